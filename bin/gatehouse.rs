@@ -1,0 +1,98 @@
+//! `gatehouse`: the all-in-one platform (every compiled-in service in one
+//! process on the embedded defaults) and the operator commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "gatehouse identity platform")]
+struct Cli {
+    /// TOML config file; `GATEHOUSE_*` environment variables override it.
+    #[arg(long, short, global = true, env = "GATEHOUSE_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every compiled-in service (the default).
+    Serve,
+    /// Password hashing tools.
+    Hash {
+        #[command(subcommand)]
+        command: HashCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HashCommand {
+    /// Print scrypt parameters that take about the given time per hash here.
+    Calibrate {
+        /// Wanted time per hash, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        target_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Hash {
+            command: HashCommand::Calibrate { target_ms },
+        }) => calibrate(target_ms),
+        None | Some(Command::Serve) => serve(cli.config),
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    runtime
+        .block_on(async {
+            let config = gatehouse::platform::init(config.as_deref())?;
+            gatehouse::platform::run(config, &gatehouse::platform::Service::compiled()).await
+        })
+        .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "identity")]
+fn calibrate(target_ms: u64) -> ExitCode {
+    let target = std::time::Duration::from_millis(target_ms);
+    let (r, p) = (8, 1);
+    match gatehouse::identity::password::calibrate(target, r, p) {
+        Ok(results) => {
+            for (log_n, ms) in &results {
+                println!(
+                    "log_n = {log_n:>2}  r = {r}  p = {p}  {ms:>8.1} ms/hash  {} MiB",
+                    ((128u64 << log_n) * u64::from(r)) >> 20
+                );
+            }
+            let best = results.iter().min_by(|a, b| {
+                (a.1 - target_ms as f64)
+                    .abs()
+                    .total_cmp(&(b.1 - target_ms as f64).abs())
+            });
+            if let Some((log_n, ms)) = best {
+                println!("\n# closest to {target_ms} ms on this machine ({ms:.1} ms):");
+                println!("[identity.scrypt]\nlog_n = {log_n}\nr = {r}\np = {p}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&anyhow::anyhow!(e)),
+    }
+}
+
+#[cfg(not(feature = "identity"))]
+fn calibrate(_target_ms: u64) -> ExitCode {
+    fail(&anyhow::anyhow!("this build has no identity service"))
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("gatehouse: {e:#}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,34 @@
+# gatehouse tasks. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Run the all-in-one platform on the embedded defaults.
+run *ARGS:
+    cargo run --release -- {{ARGS}}
+
+# The default test suite: no server needed.
+test:
+    cargo test
+
+# The integration suite against the local PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
+test-postgres:
+    cargo test --features it-postgres --test integration
+
+# Each service binary built with only its own service feature.
+build-all:
+    cargo build --no-default-features --features identity,sqlite,postgres --bin gatehouse-identity
+    cargo build --bin gatehouse
+
+fmt-check:
+    cargo fmt --check
+
+clippy:
+    cargo clippy --all-targets --features it-postgres,bench -- -D warnings
+
+# Everything CI checks.
+ci: fmt-check clippy build-all test test-postgres
+
+# Benchmarks against a running release build; prints figure, baseline and ratio per scenario.
+bench seconds="15":
+    cargo build --release --features bench --bin gatehouse --bin gatehouse-bench
+    scripts/bench.sh {{seconds}}

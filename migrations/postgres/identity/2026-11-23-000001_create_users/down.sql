@@ -1,0 +1,3 @@
+DROP TABLE outbox;
+DROP TABLE user_tokens;
+DROP TABLE users;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Starts the all-in-one platform (release build) on a scratch data directory,
+# runs gatehouse-bench against it, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-15}"
+target="${CARGO_TARGET_DIR:-target}"
+data="$(mktemp -d)"
+log="$data/platform.log"
+export GATEHOUSE_DATA_DIR="$data"
+export GATEHOUSE_LOG__FORMAT=json
+export GATEHOUSE_LOG__LEVEL=warn
+
+"$target/release/gatehouse" >"$log" 2>&1 &
+platform=$!
+trap 'kill -TERM $platform 2>/dev/null || true; wait $platform 2>/dev/null || true; rm -rf "$data"' EXIT
+
+for _ in $(seq 1 100); do
+    if curl -fs http://127.0.0.1:4102/readyz >/dev/null 2>&1; then break; fi
+    if ! kill -0 $platform 2>/dev/null; then cat "$log"; exit 1; fi
+    sleep 0.2
+done
+
+"$target/release/gatehouse-bench" --seconds "$seconds"

@@ -1,0 +1,55 @@
+//! The whole configuration of a gatehouse process: the kernel's sections and
+//! one section per service. See `gatehouse.example.toml` for every key with
+//! its default, and [`crate::kernel::config`] for how layers combine.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::config::{
+    BusConfig, DatabaseConfig, LogConfig, RegistryConfig, RpcConfig, ServerConfig,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where embedded backends keep their files (SQLite databases, keys).
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub registry: RegistryConfig,
+    pub bus: BusConfig,
+    pub rpc: RpcConfig,
+    #[cfg(feature = "identity")]
+    pub identity: crate::identity::IdentityConfig,
+    /// Accepted and ignored where the identity service is not compiled in,
+    /// so one config file serves every binary.
+    #[cfg(not(feature = "identity"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<figment::value::Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            log: LogConfig::default(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            registry: RegistryConfig::default(),
+            bus: BusConfig::default(),
+            rpc: RpcConfig::default(),
+            identity: Default::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` < `GATEHOUSE_*` environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+    ) -> Result<Self, crate::kernel::config::ConfigError> {
+        crate::kernel::config::load(file)
+    }
+}

@@ -1,0 +1,103 @@
+//! The `[identity]` config section, with its documented defaults.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Address the service's HTTP and gRPC server binds.
+    pub listen: SocketAddr,
+    /// URL other services reach this instance at; defaults to `http://<listen>`.
+    pub advertise_url: Option<String>,
+    /// Base of the links sent to users (password reset, email verification);
+    /// the token is appended as `?token=...`.
+    pub link_base_url: String,
+    /// Whether `POST /v1/users` is open to anyone.
+    pub registration_enabled: bool,
+    pub password: PasswordPolicy,
+    pub scrypt: ScryptConfig,
+    pub lockout: LockoutConfig,
+    /// Lifetime of a password-reset token.
+    pub reset_token_ttl_secs: u64,
+    /// Lifetime of an email-verification token.
+    pub verification_token_ttl_secs: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4102)),
+            advertise_url: None,
+            link_base_url: "http://127.0.0.1:8080".into(),
+            registration_enabled: true,
+            password: PasswordPolicy::default(),
+            scrypt: ScryptConfig::default(),
+            lockout: LockoutConfig::default(),
+            reset_token_ttl_secs: 3600,
+            verification_token_ttl_secs: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordPolicy {
+    /// Fewest characters (Unicode scalar values) a password may have.
+    pub min_length: usize,
+    /// Most bytes a password may have; bounds the work one request can cause.
+    pub max_bytes: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 12,
+            max_bytes: 1024,
+        }
+    }
+}
+
+/// scrypt cost. The defaults are `scrypt::Params::recommended()`
+/// (log_n 17, r 8, p 1: 128 MiB and a few hundred ms per hash);
+/// `gatehouse hash calibrate` prints values for a chosen time on this machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScryptConfig {
+    pub log_n: u8,
+    pub r: u32,
+    pub p: u32,
+    /// Hashes computed at once; 0 means one per CPU core. Requests beyond it wait.
+    pub max_concurrent: usize,
+}
+
+impl Default for ScryptConfig {
+    fn default() -> Self {
+        let p = scrypt::Params::recommended();
+        Self {
+            log_n: p.log_n(),
+            r: p.r(),
+            p: p.p(),
+            max_concurrent: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Failed logins in a row that lock the account.
+    pub max_failures: u32,
+    /// How long a locked account stays locked.
+    pub duration_secs: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            duration_secs: 900,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The identity service's one error type, and the one table that maps each
+//! variant to an HTTP status, a stable problem code and a gRPC code, so REST
+//! and gRPC callers always agree on what went wrong.
+//!
+//! Policy: input problems are the caller's (4xx, nothing changed); a database
+//! that cannot be reached is 503; anything else is logged and answered as a
+//! generic 500 without internals.
+
+use http::StatusCode;
+use tonic::Code;
+
+use crate::kernel::db::DbError;
+use crate::kernel::error::Problem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("registration is closed")]
+    RegistrationClosed,
+    #[error("no such user")]
+    NotFound,
+    #[error("email or password is wrong")]
+    InvalidCredentials,
+    #[error("the account is locked")]
+    Locked { retry_after_secs: u64 },
+    #[error("the account is disabled")]
+    Disabled,
+    #[error("the token is unknown, expired or already used")]
+    InvalidToken,
+    #[error("the user changed since version {expected}")]
+    VersionMismatch { expected: i64 },
+    #[error("service unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IdentityError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The table: (HTTP status, problem code, gRPC code, title).
+    fn parts(&self) -> (StatusCode, &'static str, Code, &'static str) {
+        use IdentityError::*;
+        match self {
+            Invalid { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Code::InvalidArgument,
+                "A field is not valid",
+            ),
+            EmailTaken => (
+                StatusCode::CONFLICT,
+                "email_taken",
+                Code::AlreadyExists,
+                "Email already registered",
+            ),
+            RegistrationClosed => (
+                StatusCode::FORBIDDEN,
+                "registration_closed",
+                Code::PermissionDenied,
+                "Registration is closed",
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                Code::NotFound,
+                "No such user",
+            ),
+            InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                Code::Unauthenticated,
+                "Email or password is wrong",
+            ),
+            Locked { .. } => (
+                StatusCode::LOCKED,
+                "account_locked",
+                Code::PermissionDenied,
+                "Account locked after repeated failures",
+            ),
+            Disabled => (
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                Code::PermissionDenied,
+                "Account disabled",
+            ),
+            InvalidToken => (
+                StatusCode::BAD_REQUEST,
+                "invalid_token",
+                Code::InvalidArgument,
+                "Token unknown, expired or already used",
+            ),
+            VersionMismatch { .. } => (
+                StatusCode::PRECONDITION_FAILED,
+                "version_mismatch",
+                Code::FailedPrecondition,
+                "The resource changed meanwhile",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Code::Unavailable,
+                "Service temporarily unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                Code::Internal,
+                "Internal error",
+            ),
+        }
+    }
+
+    fn log_if_ours(&self) {
+        match self {
+            IdentityError::Internal(e) => tracing::error!(error = %e, "identity internal error"),
+            IdentityError::Unavailable(e) => {
+                tracing::warn!(error = %e, "identity dependency unavailable")
+            }
+            _ => {}
+        }
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        self.log_if_ours();
+        let (status, code, _, title) = self.parts();
+        let problem = Problem::new(status, code, title);
+        match self {
+            IdentityError::Invalid { field, message } => problem.field(*field).detail(message),
+            IdentityError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
+            IdentityError::Unavailable(_) => problem.retry_after(1),
+            IdentityError::Internal(_) => problem,
+            other => problem.detail(other.to_string()),
+        }
+    }
+
+    pub fn to_status(&self) -> tonic::Status {
+        self.log_if_ours();
+        let (_, code, grpc, title) = self.parts();
+        let message = match self {
+            IdentityError::Internal(_) | IdentityError::Unavailable(_) => title.to_owned(),
+            other => other.to_string(),
+        };
+        let mut status = tonic::Status::new(grpc, message);
+        status.metadata_mut().insert(
+            "gatehouse-code",
+            tonic::metadata::MetadataValue::from_static(code),
+        );
+        if let IdentityError::Locked { retry_after_secs } = self
+            && let Ok(v) = retry_after_secs.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", v);
+        }
+        status
+    }
+}
+
+impl axum::response::IntoResponse for IdentityError {
+    fn into_response(self) -> axum::response::Response {
+        self.to_problem().into_response()
+    }
+}
+
+impl From<IdentityError> for tonic::Status {
+    fn from(e: IdentityError) -> Self {
+        e.to_status()
+    }
+}
+
+impl From<DbError> for IdentityError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => IdentityError::Unavailable(m),
+            DbError::Query(q) => q.into(),
+            other => IdentityError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for IdentityError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::NotFound => IdentityError::NotFound,
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                IdentityError::Unavailable(info.message().to_owned())
+            }
+            other => IdentityError::Internal(other.to_string()),
+        }
+    }
+}

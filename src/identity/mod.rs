@@ -1,0 +1,90 @@
+//! The identity service: users, registration, passwords (scrypt), password
+//! resets, email verification and lockout.
+//!
+//! Rooms, as in every service: `service.rs` (domain logic), `store.rs`
+//! (Diesel queries), `schema.rs` (tables), `http.rs` (public API), `grpc.rs`
+//! (internal API), `error.rs` (the error table), plus `password.rs` (hashing)
+//! and `notifier.rs` (how links reach users). This file wires them up.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod notifier;
+pub mod password;
+pub mod schema;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+use crate::kernel::ServiceContext;
+use crate::kernel::db::{Db, Migrations};
+use crate::kernel::health::Probes;
+use crate::kernel::outbox;
+use crate::kernel::server::{self, Running, ServiceApp};
+pub use config::IdentityConfig;
+use notifier::Notifier;
+use service::Identity;
+
+/// The service's name: its registry entry, SQLite file, PostgreSQL schema and event source.
+pub const NAME: &str = "identity";
+
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/identity");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/identity");
+
+static MIGRATIONS: Migrations = Migrations {
+    #[cfg(feature = "sqlite")]
+    sqlite: || SQLITE_MIGRATIONS,
+    #[cfg(feature = "postgres")]
+    postgres: || POSTGRES_MIGRATIONS,
+};
+
+/// Opens the database, starts the outbox relay and the server, and registers
+/// the instance. The returned task ends once the service has stopped after
+/// `ctx.shutdown`.
+pub async fn start(
+    ctx: &ServiceContext,
+    config: IdentityConfig,
+    notifier: Arc<dyn Notifier>,
+) -> anyhow::Result<Running> {
+    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (relay, relay_task) = outbox::spawn(
+        NAME,
+        db.clone(),
+        ctx.bus.clone(),
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+        ctx.shutdown.clone(),
+    );
+    let listen = config.listen;
+    let advertise = config.advertise_url.clone();
+    let identity = Identity::new(
+        db.clone(),
+        hasher,
+        notifier,
+        ctx.clock.clone(),
+        relay,
+        Arc::new(config),
+    );
+
+    let grpc = grpc::server(identity.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::identity::v1::identity_server::IdentityServer<grpc::Grpc>>()
+        .await;
+    let app = ServiceApp {
+        name: NAME,
+        http: http::routes(identity),
+        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        probes: Probes(vec![Arc::new(db)]),
+    };
+    server::launch(ctx, app, listen, advertise, health, vec![relay_task]).await
+}

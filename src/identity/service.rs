@@ -1,0 +1,679 @@
+//! Identity's domain logic: registration, credentials and lockout, password
+//! changes and resets, email verification, profiles and status. Plain Rust
+//! over the store; no HTTP or gRPC types here. Every state change writes its
+//! event to the outbox in the same transaction.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use diesel::Connection;
+use prost::Message;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::config::IdentityConfig;
+use super::error::IdentityError;
+use super::notifier::{Notice, NoticeKind, Notifier};
+use super::password::{Hasher, Password, Verified};
+use super::store::{self, Attempt, UserRow};
+use crate::kernel::clock::Clock;
+use crate::kernel::db::Db;
+use crate::kernel::outbox::{self, NewEvent, Relay};
+use crate::proto::events::v1::UserEvent;
+
+/// Longest email address accepted (RFC 5321 path limit).
+const MAX_EMAIL: usize = 254;
+/// Longest display name, in characters.
+const MAX_DISPLAY_NAME: usize = 100;
+/// Most ids one `GetUsers` call may ask for.
+pub const MAX_BATCH: usize = 500;
+
+const RESET: &str = "password_reset";
+const VERIFY: &str = "email_verification";
+
+/// A user id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserId(pub Uuid);
+
+impl UserId {
+    pub fn parse(text: &str) -> Result<Self, IdentityError> {
+        Uuid::parse_str(text)
+            .map(UserId)
+            .map_err(|_| IdentityError::invalid("id", "not a valid user id"))
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn parse(text: &str) -> Result<Self, IdentityError> {
+        match text {
+            "active" => Ok(Self::Active),
+            "disabled" => Ok(Self::Disabled),
+            _ => Err(IdentityError::invalid(
+                "status",
+                "must be \"active\" or \"disabled\"",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// A user as the outside sees it: never the password hash.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub display_name: String,
+    pub status: UserStatus,
+    pub email_verified: bool,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl TryFrom<&UserRow> for User {
+    type Error = IdentityError;
+
+    fn try_from(row: &UserRow) -> Result<Self, IdentityError> {
+        Ok(User {
+            id: UserId(
+                Uuid::parse_str(&row.id).map_err(|e| IdentityError::Internal(e.to_string()))?,
+            ),
+            email: row.email.clone(),
+            display_name: row.display_name.clone(),
+            status: UserStatus::parse(&row.status)
+                .map_err(|e| IdentityError::Internal(e.to_string()))?,
+            email_verified: row.email_verified,
+            locked_until: row.locked_until.map(|t| t.and_utc()),
+            created_at: row.created_at.and_utc(),
+            updated_at: row.updated_at.and_utc(),
+            version: row.version,
+        })
+    }
+}
+
+/// What `register` needs.
+pub struct Registration {
+    pub email: String,
+    pub password: Password,
+    pub display_name: String,
+}
+
+/// The identity service.
+#[derive(Clone)]
+pub struct Identity {
+    db: Db,
+    hasher: Hasher,
+    notifier: Arc<dyn Notifier>,
+    clock: Arc<dyn Clock>,
+    relay: Relay,
+    config: Arc<IdentityConfig>,
+}
+
+impl Identity {
+    pub fn new(
+        db: Db,
+        hasher: Hasher,
+        notifier: Arc<dyn Notifier>,
+        clock: Arc<dyn Clock>,
+        relay: Relay,
+        config: Arc<IdentityConfig>,
+    ) -> Self {
+        Self {
+            db,
+            hasher,
+            notifier,
+            clock,
+            relay,
+            config,
+        }
+    }
+
+    fn now(&self) -> NaiveDateTime {
+        self.clock.now().naive_utc()
+    }
+
+    /// Creates an account and sends its email-verification link.
+    pub async fn register(&self, input: Registration) -> Result<User, IdentityError> {
+        if !self.config.registration_enabled {
+            return Err(IdentityError::RegistrationClosed);
+        }
+        let email = validate_email(&input.email)?;
+        let normalized = email.to_lowercase();
+        let display_name = validate_display_name(&input.display_name)?;
+        self.check_policy(&input.password)?;
+        // Cheap early answer for the common duplicate; the unique index still
+        // decides races between concurrent registrations.
+        let probe = normalized.clone();
+        if self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::by_email(c, &probe)?))
+            .await?
+            .is_some()
+        {
+            return Err(IdentityError::EmailTaken);
+        }
+        let hash = self.hasher.hash(&input.password).await?;
+        let now = self.now();
+        let row = UserRow {
+            id: Uuid::now_v7().to_string(),
+            email,
+            email_normalized: normalized,
+            display_name,
+            status: UserStatus::Active.as_str().into(),
+            email_verified: false,
+            password_hash: hash,
+            failed_logins: 0,
+            locked_until: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let (token, token_hash) = new_token();
+        let expires = now + secs(self.config.verification_token_ttl_secs);
+        let event = user_event("identity.user.registered", &row);
+        let at = self.clock.now();
+        let inserted = row.clone();
+        self.db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    store::insert_user(conn, &inserted)?;
+                    store::replace_token(conn, &token_hash, &inserted.id, VERIFY, expires, now)?;
+                    outbox::enqueue(conn, &event, at)?;
+                    Ok::<_, IdentityError>(())
+                })
+            })
+            .await?;
+        self.relay.wake();
+        let user = User::try_from(&row)?;
+        self.notify(NoticeKind::EmailVerification, &row, token)
+            .await;
+        Ok(user)
+    }
+
+    /// Checks an email and password, counting failures and locking the
+    /// account after too many. Unknown emails and wrong passwords get the
+    /// same error after about the same time.
+    pub async fn verify_credentials(
+        &self,
+        email: &str,
+        password: &Password,
+    ) -> Result<User, IdentityError> {
+        let normalized = email.trim().to_lowercase();
+        if normalized.len() > MAX_EMAIL || password.as_str().len() > self.config.password.max_bytes
+        {
+            self.hasher
+                .verify_decoy(&Password::new(String::new()))
+                .await?;
+            return Err(IdentityError::InvalidCredentials);
+        }
+        let now = self.clock.now();
+        let max = i32::try_from(self.config.lockout.max_failures.max(1)).unwrap_or(i32::MAX);
+        let lock_until = (now + secs(self.config.lockout.duration_secs)).naive_utc();
+        let attempt = {
+            let normalized = normalized.clone();
+            let now = now.naive_utc();
+            self.db
+                .run(move |c| store::count_attempt(c, &normalized, now, max, lock_until))
+                .await?
+        };
+        let (user, locks) = match attempt {
+            Attempt::Unknown => {
+                self.hasher.verify_decoy(password).await?;
+                return Err(IdentityError::InvalidCredentials);
+            }
+            Attempt::Locked(until) => {
+                let left = (until.and_utc() - now).num_seconds().max(1);
+                return Err(IdentityError::Locked {
+                    retry_after_secs: left as u64,
+                });
+            }
+            Attempt::Counted { user, locks } => (*user, locks),
+        };
+        match self.hasher.verify(password, &user.password_hash).await? {
+            Verified::No => {
+                if locks {
+                    let event = user_event("identity.user.locked", &user);
+                    let at = self.clock.now();
+                    self.db
+                        .run(move |c| Ok::<_, IdentityError>(outbox::enqueue(c, &event, at)?))
+                        .await?;
+                    self.relay.wake();
+                    tracing::info!(user_id = %user.id, "account locked after repeated failed logins");
+                }
+                Err(IdentityError::InvalidCredentials)
+            }
+            verified => {
+                let rehash = match verified {
+                    Verified::YesRehash => Some(self.hasher.hash(password).await?),
+                    _ => None,
+                };
+                let id = user.id.clone();
+                let now = self.now();
+                let row = self
+                    .db
+                    .run(move |c| {
+                        c.transaction(|c| {
+                            store::clear_failures(c, &id)?;
+                            let row = match rehash {
+                                Some(hash) => store::set_password(c, &id, &hash, now, false)?,
+                                None => store::by_id(c, &id)?.ok_or(IdentityError::NotFound)?,
+                            };
+                            Ok::<_, IdentityError>(row)
+                        })
+                    })
+                    .await?;
+                let user = User::try_from(&row)?;
+                if user.status == UserStatus::Disabled {
+                    return Err(IdentityError::Disabled);
+                }
+                Ok(user)
+            }
+        }
+    }
+
+    pub async fn get_user(&self, id: UserId) -> Result<User, IdentityError> {
+        let key = id.to_string();
+        let row = self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::by_id(c, &key)?))
+            .await?
+            .ok_or(IdentityError::NotFound)?;
+        User::try_from(&row)
+    }
+
+    /// The users among `ids` that exist, in no particular order.
+    pub async fn get_users(&self, ids: Vec<UserId>) -> Result<Vec<User>, IdentityError> {
+        if ids.len() > MAX_BATCH {
+            return Err(IdentityError::invalid(
+                "ids",
+                format!("at most {MAX_BATCH} ids per call"),
+            ));
+        }
+        let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows = self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::by_ids(c, &keys)?))
+            .await?;
+        rows.iter().map(User::try_from).collect()
+    }
+
+    pub async fn update_profile(
+        &self,
+        id: UserId,
+        display_name: Option<String>,
+        expected_version: Option<i64>,
+    ) -> Result<User, IdentityError> {
+        let Some(name) = display_name else {
+            return self.get_user(id).await;
+        };
+        let name = validate_display_name(&name)?;
+        let now = self.now();
+        let at = self.clock.now();
+        let key = id.to_string();
+        let row = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let row = store::update_profile(c, &key, &name, expected_version, now)?;
+                    outbox::enqueue(c, &user_event("identity.user.updated", &row), at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        User::try_from(&row)
+    }
+
+    /// Changes a password after checking the current one.
+    pub async fn change_password(
+        &self,
+        id: UserId,
+        current: &Password,
+        new: &Password,
+    ) -> Result<User, IdentityError> {
+        let key = id.to_string();
+        let row = self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::by_id(c, &key)?))
+            .await?
+            .ok_or(IdentityError::NotFound)?;
+        if self.hasher.verify(current, &row.password_hash).await? == Verified::No {
+            return Err(IdentityError::InvalidCredentials);
+        }
+        self.check_policy(new)?;
+        let hash = self.hasher.hash(new).await?;
+        let row = self
+            .store_new_password(row.id, hash, "identity.password.changed")
+            .await?;
+        User::try_from(&row)
+    }
+
+    /// Sends a reset link if the email belongs to an active account. Answers
+    /// the same either way, so it cannot be used to find accounts.
+    pub async fn request_password_reset(&self, email: &str) -> Result<(), IdentityError> {
+        let email = validate_email(email)?;
+        self.send_token(
+            &email,
+            NoticeKind::PasswordReset,
+            RESET,
+            self.config.reset_token_ttl_secs,
+            "identity.password.reset_requested",
+            |row| row.status == UserStatus::Active.as_str(),
+        )
+        .await
+    }
+
+    /// Sets a new password with a reset token; the token works once.
+    pub async fn reset_password(&self, token: &str, new: &Password) -> Result<(), IdentityError> {
+        self.check_policy(new)?;
+        let token_hash = hash_token(token);
+        let now = self.now();
+        // Check before the costly hash so bad tokens cost no scrypt time.
+        let probe = token_hash.clone();
+        if !self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::token_usable(c, &probe, RESET, now)?))
+            .await?
+        {
+            return Err(IdentityError::InvalidToken);
+        }
+        let hash = self.hasher.hash(new).await?;
+        let now = self.now();
+        let at = self.clock.now();
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let user_id = store::consume_token(c, &token_hash, RESET, now)?
+                        .ok_or(IdentityError::InvalidToken)?;
+                    let row = store::set_password(c, &user_id, &hash, now, true)?;
+                    store::clear_failures(c, &user_id)?;
+                    store::retire_tokens(c, &user_id, RESET, now)?;
+                    outbox::enqueue(c, &user_event("identity.password.reset", &row), at)?;
+                    Ok::<_, IdentityError>(())
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(())
+    }
+
+    /// Sends a fresh verification link if the email belongs to an unverified account.
+    pub async fn request_verification(&self, email: &str) -> Result<(), IdentityError> {
+        let email = validate_email(email)?;
+        self.send_token(
+            &email,
+            NoticeKind::EmailVerification,
+            VERIFY,
+            self.config.verification_token_ttl_secs,
+            "identity.email.verification_requested",
+            |row| !row.email_verified,
+        )
+        .await
+    }
+
+    /// Marks the email verified with a verification token; the token works once.
+    pub async fn verify_email(&self, token: &str) -> Result<User, IdentityError> {
+        let token_hash = hash_token(token);
+        let now = self.now();
+        let at = self.clock.now();
+        let row = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let user_id = store::consume_token(c, &token_hash, VERIFY, now)?
+                        .ok_or(IdentityError::InvalidToken)?;
+                    let row = store::mark_email_verified(c, &user_id, now)?;
+                    outbox::enqueue(c, &user_event("identity.email.verified", &row), at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        User::try_from(&row)
+    }
+
+    pub async fn set_status(&self, id: UserId, status: UserStatus) -> Result<User, IdentityError> {
+        let key = id.to_string();
+        let now = self.now();
+        let at = self.clock.now();
+        let row = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let row = store::set_status(c, &key, status.as_str(), now)?
+                        .ok_or(IdentityError::NotFound)?;
+                    outbox::enqueue(c, &user_event("identity.user.status_changed", &row), at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        User::try_from(&row)
+    }
+
+    async fn store_new_password(
+        &self,
+        user_id: String,
+        hash: String,
+        event_type: &'static str,
+    ) -> Result<UserRow, IdentityError> {
+        let now = self.now();
+        let at = self.clock.now();
+        let row = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let row = store::set_password(c, &user_id, &hash, now, true)?;
+                    outbox::enqueue(c, &user_event(event_type, &row), at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(row)
+    }
+
+    /// Issues a single-use token of `purpose` to the account with `email`
+    /// when `eligible` holds, and hands the link to the notifier.
+    async fn send_token(
+        &self,
+        email: &str,
+        kind: NoticeKind,
+        purpose: &'static str,
+        ttl_secs: u64,
+        event_type: &'static str,
+        eligible: fn(&UserRow) -> bool,
+    ) -> Result<(), IdentityError> {
+        let normalized = email.to_lowercase();
+        let (token, token_hash) = new_token();
+        let now = self.now();
+        let at = self.clock.now();
+        let expires = now + secs(ttl_secs);
+        let issued = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let Some(row) = store::by_email(c, &normalized)? else {
+                        return Ok::<_, IdentityError>(None);
+                    };
+                    if !eligible(&row) {
+                        return Ok(None);
+                    }
+                    store::replace_token(c, &token_hash, &row.id, purpose, expires, now)?;
+                    outbox::enqueue(c, &user_event(event_type, &row), at)?;
+                    Ok(Some(row))
+                })
+            })
+            .await?;
+        if let Some(row) = issued {
+            self.relay.wake();
+            self.notify(kind, &row, token).await;
+        }
+        Ok(())
+    }
+
+    async fn notify(&self, kind: NoticeKind, row: &UserRow, token: String) {
+        let link = format!(
+            "{}{}?token={}",
+            self.config.link_base_url.trim_end_matches('/'),
+            kind.path(),
+            token
+        );
+        self.notifier
+            .send(Notice {
+                kind,
+                user_id: row.id.clone(),
+                email: row.email.clone(),
+                link,
+                token,
+            })
+            .await;
+    }
+
+    fn check_policy(&self, password: &Password) -> Result<(), IdentityError> {
+        let policy = &self.config.password;
+        let text = password.as_str();
+        if text.chars().count() < policy.min_length {
+            return Err(IdentityError::invalid(
+                "password",
+                format!("must be at least {} characters long", policy.min_length),
+            ));
+        }
+        if text.len() > policy.max_bytes {
+            return Err(IdentityError::invalid(
+                "password",
+                format!("must be at most {} bytes long", policy.max_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX / 1000))
+}
+
+pub fn validate_email(email: &str) -> Result<String, IdentityError> {
+    let email = email.trim();
+    if email.is_empty() {
+        return Err(IdentityError::invalid("email", "must not be empty"));
+    }
+    if email.len() > MAX_EMAIL {
+        return Err(IdentityError::invalid(
+            "email",
+            format!("must be at most {MAX_EMAIL} bytes long"),
+        ));
+    }
+    if !email_address::EmailAddress::is_valid(email) {
+        return Err(IdentityError::invalid(
+            "email",
+            "is not a valid email address",
+        ));
+    }
+    Ok(email.to_owned())
+}
+
+pub fn validate_display_name(name: &str) -> Result<String, IdentityError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(IdentityError::invalid("display_name", "must not be empty"));
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME {
+        return Err(IdentityError::invalid(
+            "display_name",
+            format!("must be at most {MAX_DISPLAY_NAME} characters long"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(IdentityError::invalid(
+            "display_name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// A new single-use token (256 random bits, hex) and the hash that is stored.
+fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn user_event(event_type: &'static str, row: &UserRow) -> NewEvent {
+    let payload = UserEvent {
+        user_id: row.id.clone(),
+        email: row.email.clone(),
+        display_name: row.display_name.clone(),
+        status: row.status.clone(),
+        locked_until_unix_ms: row
+            .locked_until
+            .map_or(0, |t| t.and_utc().timestamp_millis()),
+    };
+    NewEvent {
+        event_type,
+        subject: row.id.clone(),
+        payload: payload.encode_to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_checked() {
+        assert_eq!(
+            validate_email("  Ann@Example.org ").unwrap(),
+            "Ann@Example.org"
+        );
+        assert!(validate_email("not-an-email").is_err());
+        assert!(validate_email("").is_err());
+        let long = format!("{}@example.org", "a".repeat(250));
+        assert!(validate_email(&long).is_err());
+    }
+
+    #[test]
+    fn display_names_are_bounded_and_printable() {
+        assert_eq!(validate_display_name(" Ann ").unwrap(), "Ann");
+        assert!(validate_display_name("   ").is_err());
+        assert!(validate_display_name(&"x".repeat(101)).is_err());
+        assert!(validate_display_name("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, ha) = new_token();
+        let (b, _) = new_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(ha, hash_token(&a));
+        assert_ne!(ha, a);
+    }
+}

@@ -1,0 +1,309 @@
+//! Diesel queries on the identity schema. Plain functions over a connection;
+//! the service decides which run together in one transaction.
+//!
+//! Write transactions start with a write, so SQLite takes its write lock at
+//! once (waiting on the busy timeout) instead of failing on a lock upgrade.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use super::error::IdentityError;
+use super::schema::{user_tokens, users};
+use crate::kernel::db::DbConnection;
+
+/// A `users` row. No `Debug`: it holds the password hash.
+#[derive(Queryable, Selectable, Insertable, Clone)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub email_normalized: String,
+    pub display_name: String,
+    pub status: String,
+    pub email_verified: bool,
+    pub password_hash: String,
+    pub failed_logins: i32,
+    pub locked_until: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub version: i64,
+}
+
+pub fn insert_user(conn: &mut DbConnection, row: &UserRow) -> Result<(), IdentityError> {
+    match diesel::insert_into(users::table).values(row).execute(conn) {
+        Ok(_) => Ok(()),
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+            Err(IdentityError::EmailTaken)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn by_email(conn: &mut DbConnection, normalized: &str) -> QueryResult<Option<UserRow>> {
+    users::table
+        .filter(users::email_normalized.eq(normalized))
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn by_id(conn: &mut DbConnection, id: &str) -> QueryResult<Option<UserRow>> {
+    users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn by_ids(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<UserRow>> {
+    users::table
+        .filter(users::id.eq_any(ids))
+        .select(UserRow::as_select())
+        .load(conn)
+}
+
+/// What a login attempt found once it was counted.
+pub enum Attempt {
+    /// No account has this email.
+    Unknown,
+    /// The account is locked until the given time.
+    Locked(NaiveDateTime),
+    /// The attempt was counted as a failure in advance; `locks` says this
+    /// attempt reached the limit (and set the lock) should it fail.
+    Counted { user: Box<UserRow>, locks: bool },
+}
+
+/// Counts a login attempt before the password is checked, in one
+/// transaction: an expired lock is cleared, the failure counter goes up
+/// unless the account is locked, and reaching `max_failures` sets the lock.
+/// Because the count happens first and atomically, parallel guesses cannot
+/// all slip in under the limit; a correct password clears the count after.
+pub fn count_attempt(
+    conn: &mut DbConnection,
+    normalized: &str,
+    now: NaiveDateTime,
+    max_failures: i32,
+    lock_until: NaiveDateTime,
+) -> Result<Attempt, IdentityError> {
+    conn.transaction(|conn| {
+        diesel::update(
+            users::table
+                .filter(users::email_normalized.eq(normalized))
+                .filter(users::locked_until.le(now)),
+        )
+        .set((
+            users::failed_logins.eq(0),
+            users::locked_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)?;
+        let counted: Option<UserRow> = diesel::update(
+            users::table
+                .filter(users::email_normalized.eq(normalized))
+                .filter(users::locked_until.is_null()),
+        )
+        .set(users::failed_logins.eq(users::failed_logins + 1))
+        .returning(users::all_columns)
+        .get_result(conn)
+        .optional()?;
+        let Some(mut user) = counted else {
+            return Ok(match by_email(conn, normalized)? {
+                None => Attempt::Unknown,
+                Some(row) => Attempt::Locked(row.locked_until.unwrap_or(lock_until)),
+            });
+        };
+        let locks = user.failed_logins >= max_failures;
+        if locks {
+            diesel::update(users::table.find(&user.id))
+                .set(users::locked_until.eq(Some(lock_until)))
+                .execute(conn)?;
+            user.locked_until = Some(lock_until);
+        }
+        Ok(Attempt::Counted {
+            user: Box::new(user),
+            locks,
+        })
+    })
+}
+
+/// Forgets failed attempts and any lock.
+pub fn clear_failures(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::failed_logins.eq(0),
+            users::locked_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Replaces the password hash. A re-hash with new parameters is not a change
+/// of the user (`bump` false); a new password is.
+pub fn set_password(
+    conn: &mut DbConnection,
+    id: &str,
+    hash: &str,
+    now: NaiveDateTime,
+    bump: bool,
+) -> QueryResult<UserRow> {
+    let target = users::table.find(id);
+    if bump {
+        diesel::update(target)
+            .set((
+                users::password_hash.eq(hash),
+                users::updated_at.eq(now),
+                users::version.eq(users::version + 1),
+            ))
+            .returning(users::all_columns)
+            .get_result(conn)
+    } else {
+        diesel::update(target)
+            .set(users::password_hash.eq(hash))
+            .returning(users::all_columns)
+            .get_result(conn)
+    }
+}
+
+/// Applies a profile change if the user is still at `expected` (when given).
+pub fn update_profile(
+    conn: &mut DbConnection,
+    id: &str,
+    display_name: &str,
+    expected: Option<i64>,
+    now: NaiveDateTime,
+) -> Result<UserRow, IdentityError> {
+    let changes = (
+        users::display_name.eq(display_name),
+        users::updated_at.eq(now),
+        users::version.eq(users::version + 1),
+    );
+    let updated = match expected {
+        Some(v) => diesel::update(users::table.find(id).filter(users::version.eq(v)))
+            .set(changes)
+            .returning(users::all_columns)
+            .get_result(conn)
+            .optional()?,
+        None => diesel::update(users::table.find(id))
+            .set(changes)
+            .returning(users::all_columns)
+            .get_result(conn)
+            .optional()?,
+    };
+    match (updated, expected) {
+        (Some(row), _) => Ok(row),
+        (None, Some(v)) if by_id(conn, id)?.is_some() => {
+            Err(IdentityError::VersionMismatch { expected: v })
+        }
+        (None, _) => Err(IdentityError::NotFound),
+    }
+}
+
+pub fn set_status(
+    conn: &mut DbConnection,
+    id: &str,
+    status: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::status.eq(status),
+            users::updated_at.eq(now),
+            users::version.eq(users::version + 1),
+        ))
+        .returning(users::all_columns)
+        .get_result(conn)
+        .optional()
+}
+
+pub fn mark_email_verified(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<UserRow> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::email_verified.eq(true),
+            users::updated_at.eq(now),
+            users::version.eq(users::version + 1),
+        ))
+        .returning(users::all_columns)
+        .get_result(conn)
+}
+
+/// Stores a single-use token (only its hash), retiring earlier unused tokens
+/// of the same purpose for that user.
+pub fn replace_token(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    user_id: &str,
+    purpose: &str,
+    expires_at: NaiveDateTime,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    retire_tokens(conn, user_id, purpose, now)?;
+    diesel::insert_into(user_tokens::table)
+        .values((
+            user_tokens::token_hash.eq(token_hash),
+            user_tokens::user_id.eq(user_id),
+            user_tokens::purpose.eq(purpose),
+            user_tokens::expires_at.eq(expires_at),
+            user_tokens::created_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn retire_tokens(
+    conn: &mut DbConnection,
+    user_id: &str,
+    purpose: &str,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::update(
+        user_tokens::table
+            .filter(user_tokens::user_id.eq(user_id))
+            .filter(user_tokens::purpose.eq(purpose))
+            .filter(user_tokens::used_at.is_null()),
+    )
+    .set(user_tokens::used_at.eq(Some(now)))
+    .execute(conn)
+    .map(|_| ())
+}
+
+#[diesel::dsl::auto_type]
+fn usable(token_hash: String, purpose: String, now: NaiveDateTime) -> _ {
+    user_tokens::table
+        .filter(user_tokens::token_hash.eq(token_hash))
+        .filter(user_tokens::purpose.eq(purpose))
+        .filter(user_tokens::used_at.is_null())
+        .filter(user_tokens::expires_at.gt(now))
+}
+
+/// Whether the token could be used now (without using it).
+pub fn token_usable(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    purpose: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    usable(token_hash.to_owned(), purpose.to_owned(), now)
+        .select(user_tokens::user_id)
+        .first::<String>(conn)
+        .optional()
+        .map(|found| found.is_some())
+}
+
+/// Uses the token once: marks it used and answers its user, or `None` when
+/// it is unknown, expired or already used.
+pub fn consume_token(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    purpose: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<String>> {
+    diesel::update(usable(token_hash.to_owned(), purpose.to_owned(), now))
+        .set(user_tokens::used_at.eq(Some(now)))
+        .returning(user_tokens::user_id)
+        .get_result(conn)
+        .optional()
+}

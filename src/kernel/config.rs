@@ -1,0 +1,172 @@
+//! Layered configuration: built-in defaults, then a TOML file (`--config`),
+//! then `GATEHOUSE_*` environment variables, each layer overriding the one
+//! before. Nested keys use a double underscore in the environment:
+//! `GATEHOUSE_DATABASE__URL` sets `database.url`.
+//!
+//! The sections here are the kernel's own; each service adds its section to
+//! the top-level [`crate::config::Config`]. A bad value is one error naming
+//! the key, reported before anything starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A configuration that cannot be used; the message names the key or file.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `T` from its defaults, the optional TOML file and the environment.
+pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed("GATEHOUSE_").split("__"));
+    figment.extract().map_err(|e| ConfigError(e.to_string()))
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `gatehouse=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `auto` (JSON unless stdout is a terminal), `json` or `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Settings every HTTP/gRPC server shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Longest a request may take before it is answered with a timeout.
+    pub request_timeout_ms: u64,
+    /// After a stop signal, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// Which database every service of this process uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite` (a file per service under `data_dir`) or `postgres`.
+    pub backend: DatabaseBackend,
+    /// PostgreSQL connection URL; each service works in its own schema there.
+    pub url: String,
+    /// Connections per service pool.
+    pub pool_size: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            backend: DatabaseBackend::Sqlite,
+            url: String::new(),
+            pool_size: 8,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where services find each other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `in_process` (services of this process register themselves) or `static`.
+    pub backend: RegistryBackend,
+    /// For `static`: service name to the base URLs of its instances,
+    /// e.g. `identity = ["http://10.0.0.5:4102"]`.
+    pub instances: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryBackend {
+    #[default]
+    InProcess,
+    Static,
+}
+
+/// How events travel between services.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `in_process`: reaches only services inside this process.
+    pub backend: BusBackend,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusBackend {
+    #[default]
+    InProcess,
+}
+
+/// Outgoing gRPC calls to other services.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcConfig {
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The database layer services build on: one pool per service, on SQLite (a
+//! file per service) or PostgreSQL (a schema per service), migrations run at
+//! startup, and blocking Diesel work kept off the async worker threads.
+//!
+//! A store never holds a connection across an `.await`: it passes a closure to
+//! [`Db::run`], which runs it on the blocking pool with a pooled connection.
+
+mod connection;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::RunQueryDsl;
+use diesel::r2d2::Pool;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+pub use connection::{DbConnection, Manager, Target};
+
+use super::config::{DatabaseBackend, DatabaseConfig};
+
+/// Why the database could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had: the server is down or the pool exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// A service's embedded migrations, one set per compiled-in backend
+/// (`|| embed_migrations!("migrations/<backend>/<service>")`).
+pub struct Migrations {
+    #[cfg(feature = "sqlite")]
+    pub sqlite: fn() -> EmbeddedMigrations,
+    #[cfg(feature = "postgres")]
+    pub postgres: fn() -> EmbeddedMigrations,
+}
+
+/// A service's connection pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<Manager>,
+    backend: DatabaseBackend,
+}
+
+impl Db {
+    /// Opens the pool for `service` and brings its schema up to date.
+    ///
+    /// `service` names the SQLite file (`<data_dir>/<service>.db`) or the
+    /// PostgreSQL schema; it must be a plain lowercase identifier.
+    pub async fn open(
+        config: &DatabaseConfig,
+        data_dir: &Path,
+        service: &'static str,
+        migrations: &'static Migrations,
+    ) -> Result<Db, DbError> {
+        if !service.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(DbError::Config(format!("bad service name {service:?}")));
+        }
+        let target = target(config, data_dir, service)?;
+        let size = config.pool_size.max(1);
+        let acquire = Duration::from_millis(config.acquire_timeout_ms);
+        let backend = config.backend;
+        tokio::task::spawn_blocking(move || {
+            prepare(&target)?;
+            let pool = Pool::builder()
+                .max_size(size)
+                .min_idle(Some(1))
+                .connection_timeout(acquire)
+                .build(Manager { target })
+                .map_err(|e| DbError::Unavailable(e.to_string()))?;
+            let mut conn = pool
+                .get()
+                .map_err(|e| DbError::Unavailable(e.to_string()))?;
+            migrate(&mut conn, service, migrations)?;
+            Ok(Db { pool, backend })
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.backend
+    }
+
+    /// Runs `work` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| E::from(DbError::Unavailable(e.to_string())))?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+
+    /// Checks that a connection can be had and answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(|conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::health::Probe for Db {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+fn target(config: &DatabaseConfig, data_dir: &Path, service: &str) -> Result<Target, DbError> {
+    #[cfg(not(feature = "sqlite"))]
+    let _ = data_dir;
+    match config.backend {
+        #[cfg(feature = "sqlite")]
+        DatabaseBackend::Sqlite => {
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                DbError::Config(format!(
+                    "cannot create data_dir {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+            let path = data_dir.join(format!("{service}.db"));
+            Ok(Target::Sqlite {
+                path: path.to_string_lossy().into_owned(),
+            })
+        }
+        #[cfg(feature = "postgres")]
+        DatabaseBackend::Postgres => {
+            if config.url.is_empty() {
+                return Err(DbError::Config(
+                    "database.url must be set when database.backend = \"postgres\"".into(),
+                ));
+            }
+            Ok(Target::Postgres {
+                url: config.url.clone(),
+                schema: service.to_owned(),
+            })
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(DbError::Config(format!(
+            "database.backend = {other:?} is not compiled into this binary; rebuild with the `{}` feature",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
+}
+
+/// Work that must happen before the pool opens: the PostgreSQL schema has to
+/// exist before any connection can make it its search path.
+fn prepare(target: &Target) -> Result<(), DbError> {
+    match target {
+        #[cfg(feature = "sqlite")]
+        Target::Sqlite { .. } => Ok(()),
+        #[cfg(feature = "postgres")]
+        Target::Postgres { url, schema } => {
+            use diesel::Connection;
+            let mut conn = diesel::PgConnection::establish(url)
+                .map_err(|e| DbError::Unavailable(e.to_string()))?;
+            // Concurrent `CREATE SCHEMA IF NOT EXISTS` can still collide on
+            // PostgreSQL, so instances starting together take turns.
+            diesel::sql_query("SELECT pg_advisory_lock(72616301)").execute(&mut conn)?;
+            let created = diesel::sql_query(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&mut conn);
+            diesel::sql_query("SELECT pg_advisory_unlock(72616301)").execute(&mut conn)?;
+            created?;
+            Ok(())
+        }
+    }
+}
+
+fn migrate(
+    conn: &mut DbConnection,
+    service: &str,
+    migrations: &'static Migrations,
+) -> Result<(), DbError> {
+    let fail =
+        |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(format!("{service}: {e}"));
+    let applied = match conn {
+        #[cfg(feature = "sqlite")]
+        DbConnection::Sqlite(c) => c
+            .run_pending_migrations((migrations.sqlite)())
+            .map_err(fail)?
+            .len(),
+        #[cfg(feature = "postgres")]
+        DbConnection::Pg(c) => {
+            diesel::sql_query("SELECT pg_advisory_lock(72616302)").execute(c)?;
+            let result = c
+                .run_pending_migrations((migrations.postgres)())
+                .map(|v| v.len());
+            diesel::sql_query("SELECT pg_advisory_unlock(72616302)").execute(c)?;
+            result.map_err(fail)?
+        }
+    };
+    if applied > 0 {
+        tracing::info!(service, applied, "database migrations applied");
+    }
+    Ok(())
+}

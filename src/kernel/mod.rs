@@ -1,0 +1,40 @@
+//! Infrastructure shared by every service, and nothing else: no business
+//! rules live here. A service gets a [`ServiceContext`] from whoever starts it
+//! (the all-in-one platform or its own binary) and takes what it needs.
+
+pub mod bus;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod outbox;
+pub mod registry;
+pub mod rpc;
+pub mod server;
+pub mod telemetry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// Everything a service needs from the process it runs in.
+///
+/// Cloning is cheap; every field is shared.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// Where embedded backends keep their files (SQLite databases, key files).
+    pub data_dir: PathBuf,
+    pub database: config::DatabaseConfig,
+    pub server: config::ServerConfig,
+    pub registry: Arc<dyn registry::Registry>,
+    pub bus: Arc<dyn bus::EventBus>,
+    pub clients: rpc::Clients,
+    pub metrics: metrics::Metrics,
+    pub clock: Arc<dyn clock::Clock>,
+    /// Cancelled when the process is asked to stop.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,164 @@
+//! Where services find each other. A service registers its instance when it
+//! starts serving and deregisters when it stops; callers resolve a service
+//! name to the base URLs of its live instances.
+//!
+//! Backends: [`InProcessRegistry`] for the all-in-one process, and
+//! [`StaticRegistry`] for fixed addresses from config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+
+/// One running copy of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Unique per instance, e.g. `identity-127.0.0.1:4102`.
+    pub id: String,
+    pub service: String,
+    /// Base URL, e.g. `http://127.0.0.1:4102`.
+    pub url: String,
+}
+
+impl Instance {
+    pub fn new(service: &str, url: String) -> Self {
+        Self {
+            id: format!("{service}-{url}"),
+            service: service.to_owned(),
+            url,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync {
+    async fn register(&self, instance: Instance) -> Result<(), RegistryError>;
+    async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError>;
+    /// Live instances of `service`; empty when there are none.
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError>;
+    /// A name for logs and readiness output.
+    fn kind(&self) -> &'static str;
+}
+
+/// Services of one process registering with each other.
+#[derive(Default)]
+pub struct InProcessRegistry {
+    instances: RwLock<HashMap<String, Instance>>,
+}
+
+#[async_trait]
+impl Registry for InProcessRegistry {
+    async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
+        let mut map = self.instances.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(instance.id.clone(), instance);
+        Ok(())
+    }
+
+    async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError> {
+        let mut map = self.instances.write().unwrap_or_else(|e| e.into_inner());
+        map.remove(instance_id);
+        Ok(())
+    }
+
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        let map = self.instances.read().unwrap_or_else(|e| e.into_inner());
+        let mut found: Vec<Instance> = map
+            .values()
+            .filter(|i| i.service == service)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    fn kind(&self) -> &'static str {
+        "in_process"
+    }
+}
+
+/// Addresses fixed in config (`[registry.instances]`). Registration is a
+/// no-op: whoever wrote the config already knows where the service is.
+pub struct StaticRegistry {
+    instances: BTreeMap<String, Vec<Instance>>,
+}
+
+impl StaticRegistry {
+    pub fn new(config: &BTreeMap<String, Vec<String>>) -> Self {
+        let instances = config
+            .iter()
+            .map(|(service, urls)| {
+                let list = urls
+                    .iter()
+                    .map(|u| Instance::new(service, u.trim_end_matches('/').to_owned()))
+                    .collect();
+                (service.clone(), list)
+            })
+            .collect();
+        Self { instances }
+    }
+}
+
+#[async_trait]
+impl Registry for StaticRegistry {
+    async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
+        tracing::debug!(service = %instance.service, url = %instance.url,
+            "static registry: registration is taken from config");
+        Ok(())
+    }
+
+    async fn deregister(&self, _instance_id: &str) -> Result<(), RegistryError> {
+        Ok(())
+    }
+
+    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
+        Ok(self.instances.get(service).cloned().unwrap_or_default())
+    }
+
+    fn kind(&self) -> &'static str {
+        "static"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_process_registry_forgets_deregistered_instances() {
+        let r = InProcessRegistry::default();
+        let a = Instance::new("identity", "http://127.0.0.1:1".into());
+        let b = Instance::new("identity", "http://127.0.0.1:2".into());
+        r.register(a.clone()).await.unwrap();
+        r.register(b.clone()).await.unwrap();
+        r.register(Instance::new("auth", "http://127.0.0.1:3".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.resolve("identity").await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        r.deregister(&a.id).await.unwrap();
+        assert_eq!(r.resolve("identity").await.unwrap(), vec![b]);
+        assert!(r.resolve("audit").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn static_registry_answers_from_config() {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "identity".to_owned(),
+            vec!["http://10.1.1.1:4102/".to_owned()],
+        );
+        let r = StaticRegistry::new(&cfg);
+        let found = r.resolve("identity").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].url, "http://10.1.1.1:4102");
+        assert!(r.resolve("auth").await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! gRPC clients for service-to-service calls. A caller asks for a channel to
+//! a service by name; the factory resolves it through the registry and
+//! balances over the instances found, with connect and request timeouts on
+//! every call. Channels are kept per service and rebuilt when the set of
+//! instances changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::RpcConfig;
+use super::registry::{Registry, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("no instance of service {0} is registered")]
+    NoInstance(String),
+    #[error("bad address {url} for service {service}: {reason}")]
+    BadAddress {
+        service: String,
+        url: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A channel and the instance URLs it was built for.
+type Known = (Vec<String>, Channel);
+
+/// Makes channels to other services. Cheap to clone.
+#[derive(Clone)]
+pub struct Clients {
+    registry: Arc<dyn Registry>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    channels: Arc<Mutex<HashMap<String, Known>>>,
+}
+
+impl Clients {
+    pub fn new(registry: Arc<dyn Registry>, config: &RpcConfig) -> Self {
+        Self {
+            registry,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            channels: Arc::default(),
+        }
+    }
+
+    /// A channel to `service`, balanced over its registered instances.
+    /// Connections are made lazily, so this does not wait on the network.
+    pub async fn channel(&self, service: &str) -> Result<Channel, RpcError> {
+        let instances = self.registry.resolve(service).await?;
+        if instances.is_empty() {
+            return Err(RpcError::NoInstance(service.to_owned()));
+        }
+        let urls: Vec<String> = instances.into_iter().map(|i| i.url).collect();
+        let mut cache = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, channel)) = cache.get(service)
+            && *known == urls
+        {
+            return Ok(channel.clone());
+        }
+        let endpoints = urls
+            .iter()
+            .map(|url| self.endpoint(service, url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = if endpoints.len() == 1 {
+            endpoints[0].connect_lazy()
+        } else {
+            Channel::balance_list(endpoints.into_iter())
+        };
+        cache.insert(service.to_owned(), (urls, channel.clone()));
+        Ok(channel)
+    }
+
+    fn endpoint(&self, service: &str, url: &str) -> Result<Endpoint, RpcError> {
+        Endpoint::from_shared(url.to_owned())
+            .map(|e| {
+                e.connect_timeout(self.connect_timeout)
+                    .timeout(self.request_timeout)
+            })
+            .map_err(|e| RpcError::BadAddress {
+                service: service.to_owned(),
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+}

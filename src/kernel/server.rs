@@ -1,0 +1,214 @@
+//! Serving one service: its HTTP routes and its gRPC services on one port,
+//! under one tower stack, with graceful shutdown.
+//!
+//! gRPC requests are told apart by path (`/package.Service/Method`), so the
+//! tonic routes merge into the axum router; the listener speaks HTTP/1.1 and
+//! h2c on the same socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use http::{HeaderName, StatusCode};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use super::ServiceContext;
+use super::config::ServerConfig;
+use super::error::Problem;
+use super::health::{self, Probes};
+use super::metrics::{self, Metrics, Tracked};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What a service hands over to be served.
+pub struct ServiceApp {
+    pub name: &'static str,
+    /// Public HTTP routes (`/v1/...`).
+    pub http: Router,
+    /// gRPC services, already registered with `grpc_health`.
+    pub grpc: tonic::service::Routes,
+    pub probes: Probes,
+}
+
+/// Binds the address now, so a taken port is a startup error rather than a
+/// failure later in a background task.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Assembles the full router: public routes, health, metrics and gRPC, under
+/// the shared stack (request id, tracing, metrics, body limit, timeout).
+pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Router {
+    let tracked = Tracked {
+        metrics: metrics.clone(),
+        service: app.name,
+    };
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let ops = Router::new()
+        .route("/metrics", axum::routing::get(metrics::endpoint))
+        .with_state(tracked.clone());
+    app.http
+        .merge(health::routes(app.probes))
+        .merge(ops)
+        .merge(app.grpc.into_axum_router())
+        .fallback(|| async { Problem::not_found() })
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(make_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(axum::middleware::from_fn_with_state(
+                    tracked,
+                    metrics::track,
+                ))
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "The request took too long",
+                    )
+                    .into_response()
+                }))
+                .timeout(timeout),
+        )
+}
+
+fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish for at most the configured grace period.
+pub fn spawn(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    config: &ServerConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    tokio::spawn(async move {
+        let addr = listener.local_addr()?;
+        tracing::info!(service = name, %addr, "listening");
+        let stop = shutdown.clone();
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            result = serve => result,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(service = name, grace_ms = grace.as_millis() as u64,
+                    "in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A started service.
+pub struct Running {
+    pub name: &'static str,
+    /// The address it listens on (useful when it was asked for port 0).
+    pub addr: SocketAddr,
+    /// Ends when the service has stopped after the shutdown signal.
+    pub task: JoinHandle<()>,
+}
+
+/// Binds `listen`, serves `app` there, registers the instance, and on
+/// shutdown deregisters it first (so callers stop sending), then waits for
+/// the server and the service's background tasks to finish.
+pub async fn launch(
+    ctx: &ServiceContext,
+    app: ServiceApp,
+    listen: SocketAddr,
+    advertise_url: Option<String>,
+    health: tonic_health::server::HealthReporter,
+    background: Vec<JoinHandle<()>>,
+) -> anyhow::Result<Running> {
+    let name = app.name;
+    let listener = bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let router = router(app, &ctx.server, &ctx.metrics);
+    let served = spawn(name, listener, router, &ctx.server, ctx.shutdown.clone());
+    let instance = super::registry::Instance::new(
+        name,
+        advertise_url.unwrap_or_else(|| format!("http://{addr}")),
+    );
+    ctx.registry.register(instance.clone()).await?;
+    let registry = ctx.registry.clone();
+    let shutdown = ctx.shutdown.clone();
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        if let Err(e) = registry.deregister(&instance.id).await {
+            tracing::warn!(service = name, error = %e, "deregistration failed");
+        }
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        match served.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(service = name, error = %e, "server failed"),
+            Err(e) => tracing::error!(service = name, error = %e, "server task failed"),
+        }
+        for task in background {
+            if let Err(e) = task.await {
+                tracing::error!(service = name, error = %e, "background task failed");
+            }
+        }
+        tracing::info!(service = name, "stopped");
+    });
+    Ok(Running { name, addr, task })
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("stop signal received; finishing in-flight requests");
+}

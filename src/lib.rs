@@ -1,0 +1,33 @@
+//! gatehouse: an API gateway and the core identity-platform services, in one
+//! crate. Cargo features pick which services and which backends are compiled
+//! in; the `bin/` targets are thin mains over the `run` functions here.
+//!
+//! Module map:
+//! - [`kernel`]: infrastructure every service shares (config, telemetry,
+//!   metrics, health, serving, database, registry, RPC clients, bus, cache).
+//! - [`identity`]: users, registration, passwords, resets, verification, lockout.
+//! - [`platform`]: the all-in-one wiring that starts every compiled-in service.
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!(
+    "gatehouse needs at least one database backend: enable the `sqlite` or `postgres` feature."
+);
+
+#[cfg(not(any(
+    feature = "gateway",
+    feature = "auth",
+    feature = "identity",
+    feature = "authz",
+    feature = "audit"
+)))]
+compile_error!(
+    "gatehouse needs at least one service: enable `identity` (or `all`, the default) among the features."
+);
+
+pub mod config;
+pub mod kernel;
+pub mod platform;
+pub mod proto;
+
+#[cfg(feature = "identity")]
+pub mod identity;

@@ -1,0 +1,118 @@
+//! Starting services in a process: the all-in-one platform (every compiled-in
+//! service, each on its own loopback port, talking to each other only over
+//! gRPC through the registry) and the single-service binaries.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::kernel::ServiceContext;
+use crate::kernel::bus::{EventBus, InProcessBus};
+use crate::kernel::clock::SystemClock;
+use crate::kernel::config::{BusBackend, RegistryBackend};
+use crate::kernel::metrics::Metrics;
+use crate::kernel::registry::{InProcessRegistry, Registry, StaticRegistry};
+use crate::kernel::rpc::Clients;
+use crate::kernel::server::{self, Running};
+
+/// A service this build can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    #[cfg(feature = "identity")]
+    Identity,
+}
+
+impl Service {
+    /// Every service compiled into this binary.
+    pub fn compiled() -> Vec<Service> {
+        vec![
+            #[cfg(feature = "identity")]
+            Service::Identity,
+        ]
+    }
+}
+
+/// Builds the shared infrastructure from config.
+pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
+    let registry: Arc<dyn Registry> = match config.registry.backend {
+        RegistryBackend::InProcess => Arc::new(InProcessRegistry::default()),
+        RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
+    };
+    let bus: Arc<dyn EventBus> = match config.bus.backend {
+        BusBackend::InProcess => Arc::new(InProcessBus::default()),
+    };
+    Ok(ServiceContext {
+        data_dir: config.data_dir.clone(),
+        database: config.database.clone(),
+        server: config.server.clone(),
+        clients: Clients::new(registry.clone(), &config.rpc),
+        registry,
+        bus,
+        metrics: Metrics::new()?,
+        clock: Arc::new(SystemClock),
+        shutdown: CancellationToken::new(),
+    })
+}
+
+/// Starts one service with its production wiring.
+pub async fn start(
+    service: Service,
+    ctx: &ServiceContext,
+    config: &Config,
+) -> anyhow::Result<Running> {
+    match service {
+        #[cfg(feature = "identity")]
+        Service::Identity => {
+            crate::identity::start(
+                ctx,
+                config.identity.clone(),
+                Arc::new(crate::identity::notifier::LogNotifier),
+            )
+            .await
+        }
+    }
+}
+
+/// Runs `services` until SIGINT/SIGTERM, then stops them gracefully.
+pub async fn run(config: Config, services: &[Service]) -> anyhow::Result<()> {
+    let ctx = context(&config)?;
+    if !ctx.bus.crosses_processes() && services.len() < Service::compiled().len().max(2) {
+        tracing::warn!(
+            "the event bus is in-process: events of this process reach no other process; \
+             configure a shared bus when services run as separate processes"
+        );
+    }
+    let mut running = Vec::new();
+    for service in services {
+        match start(*service, &ctx, &config).await {
+            Ok(r) => {
+                tracing::info!(service = r.name, addr = %r.addr, "service started");
+                running.push(r);
+            }
+            Err(e) => {
+                ctx.shutdown.cancel();
+                for r in running {
+                    let _ = r.task.await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    server::stop_signal().await;
+    ctx.shutdown.cancel();
+    for r in running {
+        if let Err(e) = r.task.await {
+            tracing::error!(service = r.name, error = %e, "service did not stop cleanly");
+        }
+    }
+    tracing::info!("all services stopped");
+    Ok(())
+}
+
+/// Loads config and starts logging; the first thing every binary does.
+pub fn init(config_file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = Config::load(config_file)?;
+    crate::kernel::telemetry::init(&config.log)?;
+    Ok(config)
+}

@@ -1,0 +1,15 @@
+//! Code generated from `proto/` by `build.rs`: messages, tonic clients and servers.
+
+/// The event envelope and payloads that travel on the bus.
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.events.v1");
+    }
+}
+
+/// The identity service's internal gRPC contract.
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.identity.v1");
+    }
+}

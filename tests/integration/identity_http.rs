@@ -1,0 +1,379 @@
+//! Identity's public HTTP API as a client sees it.
+
+use chrono::Duration;
+use gatehouse::identity::notifier::NoticeKind;
+use prost::Message;
+use serde_json::json;
+
+use crate::support::{PASSWORD, TestApp, assert_problem};
+
+#[tokio::test]
+async fn registration_returns_the_user_and_never_a_secret() {
+    let app = TestApp::start().await;
+    let r = app
+        .post(
+            "/v1/users",
+            json!({"email": "Ann@Example.org", "password": PASSWORD, "display_name": " Ann "}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(r.headers()["etag"], "\"1\"");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(PASSWORD) && !text.contains("scrypt") && !text.contains("hash"));
+    let user: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/users/{}", user["id"].as_str().unwrap())
+    );
+    let id = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(user["email"], "Ann@Example.org");
+    assert_eq!(user["display_name"], "Ann");
+    assert_eq!(user["status"], "active");
+    assert_eq!(user["email_verified"], false);
+    assert_eq!(user["version"], 1);
+    assert!(user["created_at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn registration_writes_an_event_without_secrets() {
+    let app = TestApp::start().await;
+    let mut events = app.ctx.bus.subscribe("test", &["identity"]).await.unwrap();
+    let user = app.register("ev@example.org").await;
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("event within 5 s")
+        .unwrap();
+    assert_eq!(event.r#type, "identity.user.registered");
+    assert_eq!(event.source, "identity");
+    assert_eq!(event.subject, user["id"].as_str().unwrap());
+    let payload = gatehouse::proto::events::v1::UserEvent::decode(&event.payload[..]).unwrap();
+    assert_eq!(payload.user_id, event.subject);
+    assert_eq!(payload.email, "ev@example.org");
+    let raw = String::from_utf8_lossy(&event.payload);
+    assert!(!raw.contains(PASSWORD) && !raw.contains("scrypt"));
+}
+
+#[tokio::test]
+async fn a_taken_email_is_409_whatever_its_case() {
+    let app = TestApp::start().await;
+    app.register("dup@example.org").await;
+    let r = app
+        .post(
+            "/v1/users",
+            json!({"email": "DUP@example.ORG", "password": PASSWORD, "display_name": "Other"}),
+        )
+        .await;
+    assert_problem(r, 409, "email_taken").await;
+}
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_email_create_one_user() {
+    let app = TestApp::start().await;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let http = app.http.clone();
+        let url = format!("{}/v1/users", app.base);
+        calls.push(tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"email": "race@example.org", "password": PASSWORD, "display_name": format!("R{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_registrations_get_clear_problems_and_change_nothing() {
+    let app = TestApp::builder()
+        .identity(|c| c.password.min_length = 12)
+        .start()
+        .await;
+    let url = format!("{}/v1/users", app.base);
+    let raw = |body: &'static str| {
+        app.http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_problem(raw("{\"email\": ").await.unwrap(), 400, "malformed_json").await;
+    assert_problem(raw("[]").await.unwrap(), 422, "invalid_body").await;
+    let missing = assert_problem(
+        raw(r#"{"email":"a@example.org","password":"long enough password"}"#)
+            .await
+            .unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert!(
+        missing["detail"].as_str().unwrap().contains("display_name"),
+        "{missing}"
+    );
+    let unknown = assert_problem(
+        raw(r#"{"email":"a@example.org","password":"long enough password","display_name":"A","admin":true}"#)
+            .await
+            .unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert!(
+        unknown["detail"].as_str().unwrap().contains("admin"),
+        "{unknown}"
+    );
+
+    let no_type = app.http.post(&url).body("{}").send().await.unwrap();
+    assert_problem(no_type, 415, "unsupported_media_type").await;
+
+    let cases = [
+        (
+            json!({"email": "not-an-email", "password": PASSWORD, "display_name": "A"}),
+            "email",
+        ),
+        (
+            json!({"email": format!("{}@example.org", "a".repeat(300)), "password": PASSWORD, "display_name": "A"}),
+            "email",
+        ),
+        (
+            json!({"email": "a@example.org", "password": "short", "display_name": "A"}),
+            "password",
+        ),
+        (
+            json!({"email": "a@example.org", "password": "x".repeat(2000), "display_name": "A"}),
+            "password",
+        ),
+        (
+            json!({"email": "a@example.org", "password": PASSWORD, "display_name": "n".repeat(101)}),
+            "display_name",
+        ),
+        (
+            json!({"email": "a@example.org", "password": PASSWORD, "display_name": "   "}),
+            "display_name",
+        ),
+    ];
+    for (body, field) in cases {
+        let p = assert_problem(app.post("/v1/users", body).await, 422, "validation_failed").await;
+        assert_eq!(p["field"], field, "{p}");
+    }
+
+    let huge = json!({"email": "a@example.org", "password": PASSWORD, "display_name": "x".repeat(100_000)});
+    assert_problem(app.post("/v1/users", huge).await, 413, "payload_too_large").await;
+
+    // None of the above left anything behind: the address is still free.
+    assert_eq!(app.notices(), 0);
+    app.register("a@example.org").await;
+}
+
+#[tokio::test]
+async fn registration_can_be_closed() {
+    let app = TestApp::builder()
+        .identity(|c| c.registration_enabled = false)
+        .start()
+        .await;
+    let r = app
+        .post(
+            "/v1/users",
+            json!({"email": "x@example.org", "password": PASSWORD, "display_name": "X"}),
+        )
+        .await;
+    assert_problem(r, 403, "registration_closed").await;
+}
+
+#[tokio::test]
+async fn password_reset_works_once_and_expires() {
+    let app = TestApp::start().await;
+    app.register("reset@example.org").await;
+    let before = app.notices();
+
+    // Unknown and known addresses get the same answer; only one gets a link.
+    let r = app
+        .post(
+            "/v1/password-resets",
+            json!({"email": "nobody@example.org"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(app.notices(), before);
+    let r = app
+        .post("/v1/password-resets", json!({"email": "RESET@example.org"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let token = app
+        .last_token(NoticeKind::PasswordReset, "reset@example.org")
+        .unwrap();
+
+    let new_password = "a brand new passphrase";
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": token, "new_password": "short"}),
+        )
+        .await;
+    assert_problem(r, 422, "validation_failed").await;
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": token, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+
+    let mut grpc = app.grpc().await;
+    let ok = grpc
+        .verify_credentials(gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+            email: "reset@example.org".into(),
+            password: new_password.into(),
+        })
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let old = grpc
+        .verify_credentials(gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+            email: "reset@example.org".into(),
+            password: PASSWORD.into(),
+        })
+        .await;
+    assert_eq!(old.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // Used once: a second use fails.
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": token, "new_password": "yet another passphrase"}),
+        )
+        .await;
+    assert_problem(r, 400, "invalid_token").await;
+
+    // A fresh token expires after its lifetime.
+    app.post("/v1/password-resets", json!({"email": "reset@example.org"}))
+        .await;
+    let token = app
+        .last_token(NoticeKind::PasswordReset, "reset@example.org")
+        .unwrap();
+    app.clock.advance(Duration::seconds(3601));
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": token, "new_password": "yet another passphrase"}),
+        )
+        .await;
+    assert_problem(r, 400, "invalid_token").await;
+
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": "made-up", "new_password": "yet another passphrase"}),
+        )
+        .await;
+    assert_problem(r, 400, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn a_newer_reset_link_retires_the_older_one() {
+    let app = TestApp::start().await;
+    app.register("two@example.org").await;
+    app.post("/v1/password-resets", json!({"email": "two@example.org"}))
+        .await;
+    let first = app
+        .last_token(NoticeKind::PasswordReset, "two@example.org")
+        .unwrap();
+    app.post("/v1/password-resets", json!({"email": "two@example.org"}))
+        .await;
+    let second = app
+        .last_token(NoticeKind::PasswordReset, "two@example.org")
+        .unwrap();
+    assert_ne!(first, second);
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": first, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_problem(r, 400, "invalid_token").await;
+    let r = app
+        .post(
+            "/v1/password-resets/confirm",
+            json!({"token": second, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn email_verification_marks_the_user_once() {
+    let app = TestApp::start().await;
+    app.register("verify@example.org").await;
+    let token = app
+        .last_token(NoticeKind::EmailVerification, "verify@example.org")
+        .unwrap();
+    let r = app
+        .post("/v1/email-verifications/confirm", json!({"token": token}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let user: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(user["email_verified"], true);
+    assert_eq!(user["version"], 2);
+    let again = app
+        .post("/v1/email-verifications/confirm", json!({"token": token}))
+        .await;
+    assert_problem(again, 400, "invalid_token").await;
+
+    // Already verified: asking again sends nothing.
+    let before = app.notices();
+    let r = app
+        .post(
+            "/v1/email-verifications",
+            json!({"email": "verify@example.org"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(app.notices(), before);
+}
+
+#[tokio::test]
+async fn verification_can_be_requested_again_and_expires() {
+    let app = TestApp::start().await;
+    app.register("late@example.org").await;
+    app.clock.advance(Duration::days(2));
+    let old = app
+        .last_token(NoticeKind::EmailVerification, "late@example.org")
+        .unwrap();
+    let r = app
+        .post("/v1/email-verifications/confirm", json!({"token": old}))
+        .await;
+    assert_problem(r, 400, "invalid_token").await;
+    let r = app
+        .post(
+            "/v1/email-verifications",
+            json!({"email": "late@example.org"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let fresh = app
+        .last_token(NoticeKind::EmailVerification, "late@example.org")
+        .unwrap();
+    assert_ne!(old, fresh);
+    let r = app
+        .post("/v1/email-verifications/confirm", json!({"token": fresh}))
+        .await;
+    assert_eq!(r.status(), 200);
+}

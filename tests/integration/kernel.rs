@@ -1,0 +1,118 @@
+//! What every server offers whatever its service: health, readiness,
+//! metrics, request ids, problem answers for unknown routes, gRPC health,
+//! graceful shutdown.
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::{TestApp, assert_problem};
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served() {
+    let app = TestApp::start().await;
+    let r = app.get("/healthz").await;
+    assert_eq!(r.status(), 200);
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "ok");
+
+    app.register("m@example.org").await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("gatehouse_http_requests_total")
+                && l.contains("route=\"/v1/users\"")
+                && l.contains("status=\"201\"")
+        })
+        .unwrap_or_else(|| panic!("no request counter in\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(metrics.contains("gatehouse_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/users\",service=\"identity\""));
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made() {
+    let app = TestApp::start().await;
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = app.get("/healthz").await;
+    let made = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problem_404s() {
+    let app = TestApp::start().await;
+    assert_problem(app.get("/v1/nothing-here").await, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving() {
+    let app = TestApp::start().await;
+    let channel = app.ctx.clients.channel("identity").await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let r = health
+        .check(HealthCheckRequest {
+            service: "gatehouse.identity.v1.Identity".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn shutdown_deregisters_and_stops_serving() {
+    let app = TestApp::start().await;
+    let base = app.base.clone();
+    let registry = app.ctx.registry.clone();
+    assert_eq!(registry.resolve("identity").await.unwrap().len(), 1);
+    app.stop().await;
+    assert!(registry.resolve("identity").await.unwrap().is_empty());
+    assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
+}
+
+#[tokio::test]
+async fn config_layers_defaults_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(&file, "data_dir = \"/srv/gh\"\n[identity]\nregistration_enabled = false\n[identity.lockout]\nmax_failures = 9\n").unwrap();
+    let config = gatehouse::config::Config::load(Some(&file)).unwrap();
+    assert_eq!(config.data_dir, std::path::PathBuf::from("/srv/gh"));
+    assert!(!config.identity.registration_enabled);
+    assert_eq!(config.identity.lockout.max_failures, 9);
+    assert_eq!(config.identity.password.min_length, 12);
+
+    std::fs::write(&file, "[identity]\nregistraton_enabled = false\n").unwrap();
+    let err = gatehouse::config::Config::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("registraton_enabled"), "{err}");
+    std::fs::write(&file, "[database]\npool_size = \"many\"\n").unwrap();
+    let err = gatehouse::config::Config::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pool_size"), "{err}");
+    let err = gatehouse::config::Config::load(Some(&dir.path().join("missing.toml")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn the_example_config_is_valid_and_shows_the_defaults() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gatehouse.example.toml");
+    let loaded = gatehouse::config::Config::load(Some(&file)).unwrap();
+    let defaults = gatehouse::config::Config::default();
+    assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+}

@@ -1,0 +1,15 @@
+//! The one integration-test binary (one link instead of many on small
+//! machines). Each module is a suite; `support` holds the `TestApp` builder.
+//!
+//! By default every app runs on a fresh SQLite file; with the `it-postgres`
+//! feature the same suites run on PostgreSQL, each app in a fresh database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod identity_grpc;
+mod identity_http;
+mod kernel;
+#[cfg(feature = "it-postgres")]
+mod postgres;
+mod process;

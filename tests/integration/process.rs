@@ -1,0 +1,176 @@
+//! The `gatehouse-identity` binary as its own process: configured through
+//! the environment, reached over HTTP and gRPC, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gatehouse::proto::identity::v1 as pb;
+use gatehouse::proto::identity::v1::identity_client::IdentityClient;
+use serde_json::json;
+
+use crate::support::PASSWORD;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Waits for a log line containing `needle` and returns it.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200))
+                && line.contains(needle)
+            {
+                return line;
+            }
+        }
+        panic!("no log line containing {needle:?}");
+    }
+}
+
+fn spawn_identity(port: u16, data: &std::path::Path, extra: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GATEHOUSE_DATA_DIR", data)
+        .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+        .env("GATEHOUSE_LOG__FORMAT", "json")
+        .env("GATEHOUSE_LOG__LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Proc { child, lines }
+}
+
+#[tokio::test]
+async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut proc = spawn_identity(port, dir.path(), &[]);
+    let warning = proc.wait_line("reach no other process");
+    assert!(warning.contains("WARN"), "{warning}");
+    proc.wait_line("service started");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = http
+        .post(format!("{base}/v1/users"))
+        .json(&json!({"email": "proc@example.org", "password": PASSWORD, "display_name": "Proc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The development notifier writes the verification link to the log.
+    let line = proc.wait_line("/verify-email?token=");
+    let token = line
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect::<String>();
+    assert_eq!(token.len(), 64);
+    let r = http
+        .post(format!("{base}/v1/email-verifications/confirm"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let mut grpc = IdentityClient::connect(base.clone()).await.unwrap();
+    let user = grpc
+        .verify_credentials(pb::VerifyCredentialsRequest {
+            email: "proc@example.org".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(user.email_verified);
+
+    let pid = proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The data survives the restart.
+    let proc = spawn_identity(port, dir.path(), &[]);
+    proc.wait_line("service started");
+    let r = http
+        .post(format!("{base}/v1/users"))
+        .json(&json!({"email": "proc@example.org", "password": PASSWORD, "display_name": "Again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test]
+async fn a_bad_config_is_one_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"))
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEHOUSE_DATABASE__POOL_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("pool_size"), "{err}");
+}

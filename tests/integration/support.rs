@@ -1,0 +1,234 @@
+//! `TestApp`: the identity service started in-process on a free port with an
+//! isolated database, a memory notifier and a clock the test controls.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use gatehouse::config::Config;
+use gatehouse::identity::IdentityConfig;
+use gatehouse::identity::notifier::{MemoryNotifier, NoticeKind};
+use gatehouse::kernel::ServiceContext;
+use gatehouse::kernel::clock::ManualClock;
+use gatehouse::kernel::server::Running;
+use gatehouse::proto::identity::v1::identity_client::IdentityClient;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// scrypt parameters cheap enough for tests.
+pub fn cheap_identity() -> IdentityConfig {
+    let mut c = IdentityConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    c.scrypt.log_n = 4;
+    c.scrypt.r = 8;
+    c.scrypt.p = 1;
+    c
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub ctx: ServiceContext,
+    pub notifier: MemoryNotifier,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+    _db: Option<TestDatabase>,
+}
+
+pub struct Builder {
+    identity: IdentityConfig,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::builder().start().await
+    }
+
+    pub fn builder() -> Builder {
+        Builder {
+            identity: cheap_identity(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a user and answers its JSON.
+    pub async fn register(&self, email: &str) -> Value {
+        let r = self
+            .post(
+                "/v1/users",
+                json!({"email": email, "password": PASSWORD, "display_name": "Test User"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    /// A gRPC client reached the way other services reach identity: by name
+    /// through the registry.
+    pub async fn grpc(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.ctx.clients.channel("identity").await.unwrap())
+    }
+
+    pub fn last_token(&self, kind: NoticeKind, email: &str) -> Option<String> {
+        self.notifier.last_token(kind, email)
+    }
+
+    pub fn notices(&self) -> usize {
+        self.notifier.sent.lock().unwrap().len()
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.ctx.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.ctx.shutdown.cancel();
+    }
+}
+
+impl Builder {
+    pub fn identity(mut self, change: impl FnOnce(&mut IdentityConfig)) -> Self {
+        change(&mut self.identity);
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let db = TestDatabase::create(&mut config);
+        let mut ctx = gatehouse::platform::context(&config).unwrap();
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        ctx.clock = clock.clone();
+        let notifier = MemoryNotifier::default();
+        let running = gatehouse::identity::start(&ctx, self.identity, Arc::new(notifier.clone()))
+            .await
+            .unwrap();
+        TestApp {
+            base: format!("http://{}", running.addr),
+            ctx,
+            notifier,
+            clock,
+            http: reqwest::Client::new(),
+            running: Some(running),
+            _dir: dir,
+            _db: db,
+        }
+    }
+}
+
+/// A PostgreSQL database made for one app and dropped with it.
+pub struct TestDatabase {
+    #[cfg(feature = "it-postgres")]
+    pub name: String,
+}
+
+#[cfg(not(feature = "it-postgres"))]
+impl TestDatabase {
+    fn create(_config: &mut Config) -> Option<TestDatabase> {
+        None
+    }
+}
+
+#[cfg(feature = "it-postgres")]
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[cfg(feature = "it-postgres")]
+pub fn database_url(name: &str) -> String {
+    let server = server_url();
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(b, _)| b)
+        .to_owned();
+    format!("{base}/{name}")
+}
+
+#[cfg(feature = "it-postgres")]
+impl TestDatabase {
+    fn create(config: &mut Config) -> Option<TestDatabase> {
+        use diesel::{Connection, RunQueryDsl};
+        let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = diesel::PgConnection::establish(&server_url()).unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .unwrap();
+        config.database.backend = gatehouse::kernel::config::DatabaseBackend::Postgres;
+        config.database.url = database_url(&name);
+        config.database.pool_size = 4;
+        Some(TestDatabase { name })
+    }
+}
+
+#[cfg(feature = "it-postgres")]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl};
+        let name = self.name.clone();
+        // Off the async runtime: this blocks on the network.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut conn) = diesel::PgConnection::establish(&server_url()) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+/// Asserts a problem+json answer with the given status and code; returns the body.
+pub async fn assert_problem(r: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], format!("urn:gatehouse:problem:{code}"));
+    body
+}
+
+/// The `gatehouse-code` of a gRPC error.
+pub fn grpc_code(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("gatehouse-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
