@@ -47,7 +47,33 @@ impl Proc {
     }
 }
 
-fn spawn_identity(port: u16, data: &std::path::Path, extra: &[(&str, String)]) -> Proc {
+/// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
+/// otherwise on SQLite in the data directory.
+struct Backend {
+    env: Vec<(&'static str, String)>,
+    #[cfg(feature = "it-postgres")]
+    _db: crate::support::TestDatabase,
+}
+
+impl Backend {
+    fn new() -> Backend {
+        #[cfg(feature = "it-postgres")]
+        {
+            let db = crate::support::TestDatabase::new();
+            Backend {
+                env: vec![
+                    ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
+                    ("GATEHOUSE_DATABASE__URL", db.url()),
+                ],
+                _db: db,
+            }
+        }
+        #[cfg(not(feature = "it-postgres"))]
+        Backend { env: Vec::new() }
+    }
+}
+
+fn spawn_identity(port: u16, data: &std::path::Path, extra: &[(&'static str, String)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -78,7 +104,8 @@ fn spawn_identity(port: u16, data: &std::path::Path, extra: &[(&str, String)]) -
 async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut proc = spawn_identity(port, dir.path(), &[]);
+    let backend = Backend::new();
+    let mut proc = spawn_identity(port, dir.path(), &backend.env);
     let warning = proc.wait_line("reach no other process");
     assert!(warning.contains("WARN"), "{warning}");
     proc.wait_line("service started");
@@ -149,7 +176,7 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
     // The data survives the restart.
-    let proc = spawn_identity(port, dir.path(), &[]);
+    let proc = spawn_identity(port, dir.path(), &backend.env);
     proc.wait_line("service started");
     let r = http
         .post(format!("{base}/v1/users"))

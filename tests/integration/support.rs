@@ -177,17 +177,27 @@ pub fn database_url(name: &str) -> String {
 
 #[cfg(feature = "it-postgres")]
 impl TestDatabase {
-    fn create(config: &mut Config) -> Option<TestDatabase> {
+    /// A fresh, empty database on the test server.
+    pub fn new() -> TestDatabase {
         use diesel::{Connection, RunQueryDsl};
         let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = diesel::PgConnection::establish(&server_url()).unwrap();
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .unwrap();
+        TestDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        database_url(&self.name)
+    }
+
+    fn create(config: &mut Config) -> Option<TestDatabase> {
+        let db = TestDatabase::new();
         config.database.backend = gatehouse::kernel::config::DatabaseBackend::Postgres;
-        config.database.url = database_url(&name);
+        config.database.url = db.url();
         config.database.pool_size = 4;
-        Some(TestDatabase { name })
+        Some(db)
     }
 }
 
