@@ -52,11 +52,14 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e.into()),
     };
+    let services = gatehouse::platform::Service::compiled();
     runtime
-        .block_on(async {
-            let config = gatehouse::platform::init(config.as_deref())?;
-            gatehouse::platform::run(config, &gatehouse::platform::Service::compiled()).await
-        })
+        .block_on(gatehouse::platform::serve(
+            config.as_deref(),
+            "gatehouse",
+            &services,
+            false,
+        ))
         .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
 }
 

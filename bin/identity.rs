@@ -22,10 +22,12 @@ fn main() -> ExitCode {
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
-            rt.block_on(async {
-                let config = gatehouse::platform::init(cli.config.as_deref())?;
-                gatehouse::platform::run(config, &[gatehouse::platform::Service::Identity]).await
-            })
+            rt.block_on(gatehouse::platform::serve(
+                cli.config.as_deref(),
+                "gatehouse-identity",
+                &[gatehouse::platform::Service::Identity],
+                true,
+            ))
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

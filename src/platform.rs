@@ -75,9 +75,11 @@ pub async fn start(
 }
 
 /// Runs `services` until SIGINT/SIGTERM, then stops them gracefully.
-pub async fn run(config: Config, services: &[Service]) -> anyhow::Result<()> {
+/// `standalone` marks a single-service binary, whose in-process bus reaches
+/// no other service.
+pub async fn run(config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
     let ctx = context(&config)?;
-    if !ctx.bus.crosses_processes() && services.len() < Service::compiled().len().max(2) {
+    if standalone && !ctx.bus.crosses_processes() {
         tracing::warn!(
             "the event bus is in-process: events of this process reach no other process; \
              configure a shared bus when services run as separate processes"
@@ -110,9 +112,27 @@ pub async fn run(config: Config, services: &[Service]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads config and starts logging; the first thing every binary does.
-pub fn init(config_file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+/// Loads config and starts logging and tracing for the process `name`; the
+/// first thing every binary does, inside its Tokio runtime.
+pub fn init(
+    config_file: Option<&std::path::Path>,
+    name: &str,
+) -> anyhow::Result<(Config, crate::kernel::telemetry::Telemetry)> {
     let config = Config::load(config_file)?;
-    crate::kernel::telemetry::init(&config.log)?;
-    Ok(config)
+    let telemetry = crate::kernel::telemetry::init(&config.log, name)?;
+    Ok((config, telemetry))
+}
+
+/// Loads config, runs `services` until stopped, and flushes telemetry: the
+/// body of every serving binary.
+pub async fn serve(
+    config_file: Option<&std::path::Path>,
+    name: &str,
+    services: &[Service],
+    standalone: bool,
+) -> anyhow::Result<()> {
+    let (config, telemetry) = init(config_file, name)?;
+    let result = run(config, services, standalone).await;
+    telemetry.shutdown();
+    result
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::ServiceContext;
 use super::config::ServerConfig;
@@ -88,12 +89,15 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
-    )
+    );
+    // Continue the caller's trace when it sent a `traceparent`.
+    let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
+    span
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets

@@ -1,18 +1,49 @@
-//! One place that sets up logging: readable text in a terminal, JSON lines
-//! otherwise (or when asked). The filter comes from `RUST_LOG` when set, else
-//! from `log.level`. See the README's logging section for the field habits:
-//! structured fields, units in names, never secrets or tokens.
+//! One place that sets up logging and tracing: readable text in a terminal,
+//! JSON lines otherwise (or when asked); the filter comes from `RUST_LOG`
+//! when set, else from `log.level`. When `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, spans are also exported over OTLP/gRPC (the standard `OTEL_*`
+//! variables tune the exporter).
+//!
+//! Trace context crosses process boundaries as W3C `traceparent`: servers
+//! take it from incoming headers ([`parent_from`]), gRPC clients add it to
+//! every outgoing call ([`inject_current`]).
+//!
+//! See the README's logging section for the field habits: structured fields,
+//! units in names, never secrets or tokens.
 
 use std::io::IsTerminal;
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use super::config::{ConfigError, LogConfig, LogFormat};
 
-/// Installs the global subscriber. Call once, early in `main`.
-pub fn init(log: &LogConfig) -> Result<(), ConfigError> {
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes it.
+#[must_use]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered. Call once, after the services stopped.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("span export did not shut down cleanly: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber for the process `service_name`. Call once,
+/// early, inside the Tokio runtime (the OTLP exporter needs it).
+pub fn init(log: &LogConfig, service_name: &str) -> Result<Telemetry, ConfigError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
             EnvFilter::try_new(spec).map_err(|e| ConfigError(format!("RUST_LOG: {e}")))?
@@ -24,13 +55,69 @@ pub fn init(log: &LogConfig) -> Result<(), ConfigError> {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if json {
-        registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .try_init()
-    } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service_name)?),
+        _ => None,
     };
-    result.map_err(|e| ConfigError(format!("logging: {e}")))
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("gatehouse")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(json.then(|| tracing_subscriber::fmt::layer().json().flatten_event(true)))
+        .with((!json).then(tracing_subscriber::fmt::layer))
+        .try_init()
+        .map_err(|e| ConfigError(format!("logging: {e}")))?;
+    Ok(Telemetry { provider })
+}
+
+fn otlp_provider(service_name: &str) -> Result<SdkTracerProvider, ConfigError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| ConfigError(format!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}")))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// The trace context a caller sent in its `traceparent` header, if any.
+pub fn parent_from(headers: &http::HeaderMap) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Adds the current span's trace context to an outgoing gRPC call.
+pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
 }

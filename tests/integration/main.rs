@@ -13,3 +13,4 @@ mod kernel;
 #[cfg(feature = "it-postgres")]
 mod postgres;
 mod process;
+mod tracing;

@@ -9,11 +9,11 @@ use gatehouse::identity::IdentityConfig;
 use gatehouse::identity::notifier::{MemoryNotifier, NoticeKind};
 use gatehouse::kernel::ServiceContext;
 use gatehouse::kernel::clock::ManualClock;
+use gatehouse::kernel::rpc::RpcChannel;
 use gatehouse::kernel::server::Running;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -86,7 +86,7 @@ impl TestApp {
 
     /// A gRPC client reached the way other services reach identity: by name
     /// through the registry.
-    pub async fn grpc(&self) -> IdentityClient<Channel> {
+    pub async fn grpc(&self) -> IdentityClient<RpcChannel> {
         IdentityClient::new(self.ctx.clients.channel("identity").await.unwrap())
     }
 
