@@ -41,6 +41,8 @@ const BATCH: i64 = 100;
 const POLL: Duration = Duration::from_secs(1);
 /// How long published rows are kept (for inspection) before they are pruned.
 const KEEP_PUBLISHED: chrono::Duration = chrono::Duration::hours(24);
+/// How often the relay prunes, at most.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An event about to be written: its type, subject and encoded payload.
 pub struct NewEvent {
@@ -101,12 +103,13 @@ pub fn spawn(
     let wake = Arc::new(Notify::new());
     let relay = Relay { wake: wake.clone() };
     let handle = tokio::spawn(async move {
-        let worker = Worker {
+        let mut worker = Worker {
             source,
             db,
             bus,
             clock,
             metrics,
+            pruned_at: None,
         };
         loop {
             let stopping = tokio::select! {
@@ -136,11 +139,12 @@ struct Worker {
     bus: Arc<dyn EventBus>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    pruned_at: Option<std::time::Instant>,
 }
 
 impl Worker {
     /// Publishes pending rows until none are left or one fails.
-    async fn pass(&self) -> Result<(), String> {
+    async fn pass(&mut self) -> Result<(), String> {
         loop {
             let rows: Vec<Row> = self
                 .db
@@ -218,7 +222,11 @@ impl Worker {
         Ok(())
     }
 
-    async fn prune(&self) -> Result<(), String> {
+    async fn prune(&mut self) -> Result<(), String> {
+        if self.pruned_at.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return Ok(());
+        }
+        self.pruned_at = Some(std::time::Instant::now());
         let cutoff = (self.clock.now() - KEEP_PUBLISHED).naive_utc();
         self.db
             .run(move |conn| {

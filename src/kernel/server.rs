@@ -66,6 +66,7 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span))
+                .layer(axum::middleware::from_fn(request_scope))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(axum::middleware::from_fn_with_state(
                     tracked,
@@ -81,6 +82,20 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
                 }))
                 .timeout(timeout),
         )
+}
+
+/// Serves the request inside its request-id scope (see `telemetry::with_request_id`).
+async fn request_scope(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    super::telemetry::with_request_id(id, next.run(req)).await
 }
 
 fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {

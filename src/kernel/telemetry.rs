@@ -91,10 +91,25 @@ pub fn parent_from(headers: &http::HeaderMap) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
-/// Adds the current span's trace context to an outgoing gRPC call.
+tokio::task_local! {
+    /// The `x-request-id` of the request being served by this task.
+    static REQUEST_ID: String;
+}
+
+/// Runs `work` as part of the request `request_id`, so calls it makes to
+/// other services carry the same id.
+pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F) -> F::Output {
+    REQUEST_ID.scope(request_id, work).await
+}
+
+/// Adds the current span's trace context, and the request id being served,
+/// to an outgoing gRPC call.
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
+    if let Ok(Some(value)) = REQUEST_ID.try_with(|id| id.parse().ok()) {
+        metadata.insert("x-request-id", value);
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

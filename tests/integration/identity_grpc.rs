@@ -288,3 +288,46 @@ async fn password_change_needs_the_current_password() {
             .is_err()
     );
 }
+
+fn hash_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("gatehouse_password_hash_duration_seconds_count{operation=\"hash\"}")
+        })
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn hashes_made_with_old_parameters_are_upgraded_at_login() {
+    let mut old = TestApp::start().await;
+    old.register("old@example.org").await;
+    old.stop().await;
+
+    let new = TestApp::builder()
+        .identity(|c| c.scrypt.log_n = 5)
+        .storage_of(&old)
+        .start()
+        .await;
+    let mut grpc = new.grpc().await;
+    assert_eq!(
+        hash_count(&new.get("/metrics").await.text().await.unwrap()),
+        0
+    );
+    grpc.verify_credentials(creds("old@example.org", PASSWORD))
+        .await
+        .unwrap();
+    // The first login re-hashed with the new parameters ...
+    assert_eq!(
+        hash_count(&new.get("/metrics").await.text().await.unwrap()),
+        1
+    );
+    grpc.verify_credentials(creds("old@example.org", PASSWORD))
+        .await
+        .unwrap();
+    // ... and stored it: the second login had nothing to upgrade.
+    assert_eq!(
+        hash_count(&new.get("/metrics").await.text().await.unwrap()),
+        1
+    );
+}

@@ -5,6 +5,8 @@
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use gatehouse::kernel::bus::EventBus as _;
+
 use crate::support::{TestApp, assert_problem};
 
 #[tokio::test]
@@ -73,7 +75,7 @@ async fn grpc_health_reports_serving() {
 
 #[tokio::test]
 async fn shutdown_deregisters_and_stops_serving() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let base = app.base.clone();
     let registry = app.ctx.registry.clone();
     assert_eq!(registry.resolve("identity").await.unwrap().len(), 1);
@@ -115,4 +117,80 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     let loaded = gatehouse::config::Config::load(Some(&file)).unwrap();
     let defaults = gatehouse::config::Config::default();
     assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+}
+
+/// A bus that refuses to publish while `down` is set.
+#[derive(Default)]
+struct FlakyBus {
+    down: std::sync::atomic::AtomicBool,
+    inner: gatehouse::kernel::bus::InProcessBus,
+}
+
+#[async_trait::async_trait]
+impl gatehouse::kernel::bus::EventBus for FlakyBus {
+    async fn publish(
+        &self,
+        event: gatehouse::kernel::bus::Envelope,
+    ) -> Result<(), gatehouse::kernel::bus::BusError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(gatehouse::kernel::bus::BusError::Unavailable(
+                "down for the test".into(),
+            ));
+        }
+        self.inner.publish(event).await
+    }
+
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        sources: &[&str],
+    ) -> Result<
+        tokio::sync::mpsc::Receiver<gatehouse::kernel::bus::Envelope>,
+        gatehouse::kernel::bus::BusError,
+    > {
+        self.inner.subscribe(consumer, sources).await
+    }
+
+    fn crosses_processes(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
+    let bus = std::sync::Arc::new(FlakyBus::default());
+    bus.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = TestApp::builder().bus(bus.clone()).start().await;
+    let mut events = bus.subscribe("test", &["identity"]).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let user = app.register(&format!("u{i}@example.org")).await;
+        ids.push(user["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        events.try_recv().is_err(),
+        "nothing can be delivered while the bus is down"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("gatehouse_outbox_publish_failures_total{service=\"identity\"}"),
+        "{metrics}"
+    );
+
+    bus.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("delivered after the bus is back")
+            .unwrap();
+        got.push(e);
+    }
+    let subjects: Vec<String> = got.iter().map(|e| e.subject.clone()).collect();
+    assert_eq!(subjects, ids);
+    assert!(got.iter().all(|e| e.r#type == "identity.user.registered"));
+    // Nothing is delivered twice.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(events.try_recv().is_err());
 }

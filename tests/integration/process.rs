@@ -201,3 +201,15 @@ async fn a_bad_config_is_one_clear_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("pool_size"), "{err}");
 }
+
+#[test]
+fn hash_calibrate_prints_parameters_for_this_machine() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["hash", "calibrate", "--target-ms", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("ms/hash"), "{text}");
+    assert!(text.contains("[identity.scrypt]\nlog_n = "), "{text}");
+}

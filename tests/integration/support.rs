@@ -36,12 +36,20 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     running: Option<Running>,
+    storage: Arc<Storage>,
+}
+
+/// Where an app keeps its data; shared when a test restarts on the same data.
+struct Storage {
+    config: Config,
     _dir: tempfile::TempDir,
     _db: Option<TestDatabase>,
 }
 
 pub struct Builder {
     identity: IdentityConfig,
+    storage: Option<Arc<Storage>>,
+    bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
 }
 
 impl TestApp {
@@ -52,6 +60,8 @@ impl TestApp {
     pub fn builder() -> Builder {
         Builder {
             identity: cheap_identity(),
+            storage: None,
+            bus: None,
         }
     }
 
@@ -99,7 +109,7 @@ impl TestApp {
     }
 
     /// Stops the service gracefully and waits for it.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         self.ctx.shutdown.cancel();
         if let Some(r) = self.running.take() {
             r.task.await.unwrap();
@@ -119,14 +129,36 @@ impl Builder {
         self
     }
 
+    /// Serve the data of `app` (stopped first) instead of a fresh store.
+    pub fn storage_of(mut self, app: &TestApp) -> Self {
+        self.storage = Some(app.storage.clone());
+        self
+    }
+
+    /// Use this event bus instead of the in-process one.
+    pub fn bus(mut self, bus: Arc<dyn gatehouse::kernel::bus::EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     pub async fn start(self) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        let db = TestDatabase::create(&mut config);
-        let mut ctx = gatehouse::platform::context(&config).unwrap();
+        let storage = self.storage.unwrap_or_else(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                data_dir: dir.path().to_path_buf(),
+                ..Default::default()
+            };
+            let db = TestDatabase::create(&mut config);
+            Arc::new(Storage {
+                config,
+                _dir: dir,
+                _db: db,
+            })
+        });
+        let mut ctx = gatehouse::platform::context(&storage.config).unwrap();
+        if let Some(bus) = self.bus {
+            ctx.bus = bus;
+        }
         let clock = Arc::new(ManualClock::new(Utc::now()));
         ctx.clock = clock.clone();
         let notifier = MemoryNotifier::default();
@@ -140,8 +172,7 @@ impl Builder {
             clock,
             http: reqwest::Client::new(),
             running: Some(running),
-            _dir: dir,
-            _db: db,
+            storage,
         }
     }
 }

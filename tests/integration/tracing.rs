@@ -131,7 +131,7 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
 }
 
 #[tokio::test]
-async fn outgoing_grpc_calls_carry_the_current_trace() {
+async fn outgoing_grpc_calls_carry_the_current_trace_and_request_id() {
     // A stand-in service that records what arrives and answers "unimplemented".
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let record = seen.clone();
@@ -140,6 +140,12 @@ async fn outgoing_grpc_calls_carry_the_current_trace() {
         async move {
             if let Some(v) = headers.get("traceparent") {
                 record.lock().unwrap().push(v.to_str().unwrap().to_owned());
+            }
+            if let Some(v) = headers.get("x-request-id") {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(format!("request-id {}", v.to_str().unwrap()));
             }
             (
                 [("content-type", "application/grpc"), ("grpc-status", "12")],
@@ -170,7 +176,7 @@ async fn outgoing_grpc_calls_carry_the_current_trace() {
 
     let span = tracing::info_span!("caller");
     let trace_id = span.context().span().span_context().trace_id().to_string();
-    async {
+    let call = async {
         let channel = clients.channel("recorder").await.unwrap();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let answer = client
@@ -180,11 +186,12 @@ async fn outgoing_grpc_calls_carry_the_current_trace() {
             .await;
         assert_eq!(answer.unwrap_err().code(), tonic::Code::Unimplemented);
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    gatehouse::kernel::telemetry::with_request_id("req-42".into(), call).await;
 
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1], "request-id req-42");
     assert!(
         seen[0].starts_with(&format!("00-{trace_id}-")),
         "{} vs {trace_id}",
