@@ -4,15 +4,16 @@
 //! development notifier writes to the log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+#[path = "integration/binary.rs"]
+#[allow(dead_code)]
+mod binary;
 
 use cucumber::{World, given, then, when};
 use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::{Value, json};
+
+use binary::{ServiceProcess, free_port};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -34,87 +35,35 @@ impl std::fmt::Debug for Platform {
     }
 }
 
+/// One scenario's identity service.
 struct Service {
-    child: Child,
-    base: String,
-    log: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    process: ServiceProcess,
     _data: tempfile::TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Service {
     fn start() -> Service {
         let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"))
-            .env("GATEHOUSE_DATA_DIR", data.path())
-            .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-            .env("GATEHOUSE_LOG__FORMAT", "json")
-            .env("GATEHOUSE_LOG__LEVEL", "info")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut service = Service {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            seen: Vec::new(),
-            _data: data,
-        };
-        service.wait_for(|l| l.contains("service started"));
-        service
-    }
-
-    fn wait_for(&mut self, found: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.log.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line.clone());
-                if found(&line) {
-                    return line;
-                }
-            }
-        }
-        panic!(
-            "the service never logged the expected line; saw:\n{}",
-            self.seen.join("\n")
+        let mut process = ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-identity"),
+            free_port(),
+            data.path(),
+            &[],
         );
+        process.wait_line("service started");
+        Service {
+            process,
+            _data: data,
+        }
     }
 
-    /// The token of the latest link of `kind` (a path) logged for the user.
+    /// The token of the latest link to `path` logged for the user.
     fn token(&mut self, path: &str, user_id: &str) -> String {
         let needle = format!("{path}?token=");
-        let line = match self
-            .seen
-            .iter()
-            .rev()
-            .find(|l| l.contains(&needle) && l.contains(user_id))
-        {
+        let matches = |l: &str| l.contains(&needle) && l.contains(user_id);
+        let line = match self.process.seen.iter().rev().find(|l| matches(l)) {
             Some(line) => line.clone(),
-            None => self.wait_for(|l| l.contains(&needle) && l.contains(user_id)),
+            None => self.process.wait_for(matches),
         };
         line.split("token=")
             .nth(1)
@@ -133,7 +82,7 @@ impl Platform {
     }
 
     async fn post(&mut self, path: &str, body: Value) {
-        let url = format!("{}{path}", self.service().base);
+        let url = format!("{}{path}", self.service().process.base);
         let r = reqwest::Client::new()
             .post(url)
             .json(&body)
@@ -164,7 +113,7 @@ impl Platform {
     }
 
     async fn sign_in(&mut self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {
-        let base = self.service().base.clone();
+        let base = self.service().process.base.clone();
         let mut grpc = IdentityClient::connect(base).await.unwrap();
         grpc.verify_credentials(pb::VerifyCredentialsRequest {
             email: email.into(),

@@ -5,6 +5,7 @@
 //! feature the same suites run on PostgreSQL, each app in a fresh database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binary;
 mod support;
 
 mod identity_grpc;

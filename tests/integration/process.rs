@@ -1,51 +1,14 @@
 //! The `gatehouse-identity` binary as its own process: configured through
 //! the environment, reached over HTTP and gRPC, stopped with SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
+use crate::binary::{ServiceProcess, free_port};
 use crate::support::PASSWORD;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// Waits for a log line containing `needle` and returns it.
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200))
-                && line.contains(needle)
-            {
-                return line;
-            }
-        }
-        panic!("no log line containing {needle:?}");
-    }
-}
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
 /// otherwise on SQLite in the data directory.
@@ -73,31 +36,12 @@ impl Backend {
     }
 }
 
-fn spawn_identity(port: u16, data: &std::path::Path, extra: &[(&'static str, String)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("GATEHOUSE_DATA_DIR", data)
-        .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-        .env("GATEHOUSE_LOG__FORMAT", "json")
-        .env("GATEHOUSE_LOG__LEVEL", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Proc { child, lines }
+fn spawn_identity(
+    port: u16,
+    data: &std::path::Path,
+    env: &[(&'static str, String)],
+) -> ServiceProcess {
+    ServiceProcess::spawn(env!("CARGO_BIN_EXE_gatehouse-identity"), port, data, env)
 }
 
 #[tokio::test]
@@ -158,25 +102,10 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
         .unwrap();
     assert!(user.email_verified);
 
-    let pid = proc.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = proc.terminate().await;
     assert!(status.success(), "{status:?}");
     // The data survives the restart.
-    let proc = spawn_identity(port, dir.path(), &backend.env);
+    let mut proc = spawn_identity(port, dir.path(), &backend.env);
     proc.wait_line("service started");
     let r = http
         .post(format!("{base}/v1/users"))

@@ -2,7 +2,6 @@
 //! the test runs itself, the caller's `traceparent` continued by the server,
 //! and every outgoing gRPC call carrying the current trace.
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
+use crate::binary::{ServiceProcess, free_port};
 use crate::support::PASSWORD;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -79,28 +79,19 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     tokio::spawn(server);
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"))
-        .env("GATEHOUSE_DATA_DIR", dir.path())
-        .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-        .env("GATEHOUSE_LOG__LEVEL", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut service = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        free_port(),
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+    );
+    service.wait_line("service started");
+    let base = service.base.clone();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "identity did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let r = http
         .post(format!("{base}/v1/users"))
         .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
@@ -116,13 +107,11 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
             break s.clone();
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("no span of trace {TRACE_ID} received; got {all:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(service);
     assert_eq!(
         found.3, PARENT_ID,
         "the server span is a child of the caller's span"

@@ -1,0 +1,110 @@
+//! A gatehouse service binary run as its own process for a test: a free
+//! loopback port, a data directory, cheap password hashing, JSON logs read
+//! line by line. Shared by the integration suites and the acceptance runner.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct ServiceProcess {
+    pub child: Child,
+    pub base: String,
+    /// Every log line read so far.
+    pub seen: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` (a path) listening on `port`, keeping data in `data`;
+    /// `env` adds or overrides variables.
+    pub fn spawn(binary: &str, port: u16, data: &Path, env: &[(&str, String)]) -> ServiceProcess {
+        let mut cmd = Command::new(binary);
+        cmd.env("GATEHOUSE_DATA_DIR", data)
+            .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+            .env("GATEHOUSE_LOG__FORMAT", "json")
+            .env("GATEHOUSE_LOG__LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ServiceProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            seen: Vec::new(),
+            lines,
+        }
+    }
+
+    /// Waits (up to 30 s) for a log line that `found` accepts, and returns it.
+    pub fn wait_for(&mut self, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if found(&line) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "the service never logged the expected line; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        self.wait_for(|line| line.contains(needle))
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the exit. Async, so the
+    /// test's own clients can answer the server's goodbye meanwhile.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
