@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config,
         &[
             "proto/gatehouse/identity/v1/identity.proto",
+            "proto/gatehouse/auth/v1/auth.proto",
             "proto/gatehouse/events/v1/events.proto",
         ],
         &["proto"],

@@ -17,6 +17,7 @@ test-postgres:
 # Each service binary built with only its own service feature.
 build-all:
     cargo build --no-default-features --features identity,sqlite,postgres --bin gatehouse-identity
+    cargo build --no-default-features --features auth,sqlite,postgres --bin gatehouse-auth
     cargo build --bin gatehouse
 
 fmt-check:

@@ -25,6 +25,17 @@ enum Command {
         #[command(subcommand)]
         command: HashCommand,
     },
+    /// Token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Publish a new signing key; it signs once verifiers have had time to fetch it.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +54,9 @@ fn main() -> ExitCode {
         Some(Command::Hash {
             command: HashCommand::Calibrate { target_ms },
         }) => calibrate(target_ms),
+        Some(Command::Keys {
+            command: KeysCommand::Rotate,
+        }) => rotate(cli.config),
         None | Some(Command::Serve) => serve(cli.config),
     }
 }
@@ -61,6 +75,31 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
             false,
         ))
         .map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "auth")]
+fn rotate(config: Option<PathBuf>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(async {
+        let config = gatehouse::config::Config::load(config.as_deref())?;
+        let ctx = gatehouse::platform::context(&config)?;
+        gatehouse::auth::rotate_keys(&ctx, &config.auth).await
+    });
+    match result {
+        Ok(kid) => {
+            println!("published {kid}; it signs after auth.key_cache_ttl_secs");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+#[cfg(not(feature = "auth"))]
+fn rotate(_config: Option<PathBuf>) -> ExitCode {
+    fail(&anyhow::anyhow!("this build has no auth service"))
 }
 
 #[cfg(feature = "identity")]

@@ -21,6 +21,13 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub bus: BusConfig,
     pub rpc: RpcConfig,
+    pub tokens: crate::middleware::token::TokenConfig,
+    #[cfg(feature = "auth")]
+    pub auth: crate::auth::AuthConfig,
+    /// Accepted and ignored where the auth service is not compiled in.
+    #[cfg(not(feature = "auth"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<figment::value::Value>,
     #[cfg(feature = "identity")]
     pub identity: crate::identity::IdentityConfig,
     /// Accepted and ignored where the identity service is not compiled in,
@@ -40,6 +47,8 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             bus: BusConfig::default(),
             rpc: RpcConfig::default(),
+            tokens: Default::default(),
+            auth: Default::default(),
             identity: Default::default(),
         }
     }

@@ -26,8 +26,11 @@ compile_error!(
 
 pub mod config;
 pub mod kernel;
+pub mod middleware;
 pub mod platform;
 pub mod proto;
 
+#[cfg(feature = "auth")]
+pub mod auth;
 #[cfg(feature = "identity")]
 pub mod identity;

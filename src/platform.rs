@@ -21,6 +21,8 @@ use crate::kernel::server::{self, Running};
 pub enum Service {
     #[cfg(feature = "identity")]
     Identity,
+    #[cfg(feature = "auth")]
+    Auth,
 }
 
 impl Service {
@@ -29,6 +31,8 @@ impl Service {
         vec![
             #[cfg(feature = "identity")]
             Service::Identity,
+            #[cfg(feature = "auth")]
+            Service::Auth,
         ]
     }
 }
@@ -46,6 +50,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         data_dir: config.data_dir.clone(),
         database: config.database.clone(),
         server: config.server.clone(),
+        tokens: config.tokens.clone(),
         clients: Clients::new(registry.clone(), &config.rpc),
         registry,
         bus,
@@ -71,6 +76,8 @@ pub async fn start(
             )
             .await
         }
+        #[cfg(feature = "auth")]
+        Service::Auth => crate::auth::start(ctx, config.auth.clone()).await,
     }
 }
 

@@ -13,3 +13,10 @@ pub mod identity {
         tonic::include_proto!("gatehouse.identity.v1");
     }
 }
+
+/// The auth service's internal gRPC contract.
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.auth.v1");
+    }
+}

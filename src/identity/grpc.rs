@@ -96,6 +96,7 @@ impl pb::identity_server::Identity for Grpc {
                 id,
                 &Password::new(req.current_password),
                 &Password::new(req.new_password),
+                None,
             )
             .await?;
         Ok(Response::new(to_pb(&user)))

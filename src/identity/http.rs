@@ -5,16 +5,25 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::post;
+use axum::routing::{get, post};
+use axum::{Extension, Json};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use super::error::IdentityError;
 use super::password::Password;
-use super::service::{Identity, Registration, User};
+use super::service::{Identity, Registration, User, UserId};
 use crate::kernel::error::ApiJson;
+use crate::middleware::bearer::{self, TokenCheck};
+use crate::middleware::token::Principal;
 
-pub fn routes(identity: Identity) -> Router {
+/// The public routes; the `/v1/users/me` ones need a bearer token that
+/// `check` accepts.
+pub fn routes(identity: Identity, check: TokenCheck) -> Router {
+    let signed_in = Router::new()
+        .route("/v1/users/me", get(me).patch(update_me).delete(delete_me))
+        .route("/v1/users/me/password", post(change_my_password))
+        .route_layer(axum::middleware::from_fn_with_state(check, bearer::require));
     Router::new()
         .route("/v1/users", post(register))
         .route("/v1/password-resets", post(request_reset))
@@ -24,6 +33,7 @@ pub fn routes(identity: Identity) -> Router {
             "/v1/email-verifications/confirm",
             post(confirm_verification),
         )
+        .merge(signed_in)
         .with_state(identity)
 }
 
@@ -138,4 +148,82 @@ async fn confirm_verification(
 ) -> Result<impl IntoResponse, IdentityError> {
     let user = identity.verify_email(&body.token).await?;
     Ok(axum::Json(UserView::from(&user)))
+}
+
+/// The user with its `ETag`.
+fn with_etag(user: &User) -> axum::response::Response {
+    ([(header::ETAG, etag(user))], Json(UserView::from(user))).into_response()
+}
+
+async fn me(
+    State(identity): State<Identity>,
+    Extension(p): Extension<Principal>,
+) -> Result<impl IntoResponse, IdentityError> {
+    Ok(with_etag(&identity.get_user(UserId(p.user_id)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    display_name: Option<String>,
+}
+
+/// `If-Match: "N"` (or `W/"N"`) as a version; `*` matches any.
+fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, IdentityError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| IdentityError::invalid("If-Match", "must be an ETag this API gave out"))
+}
+
+async fn update_me(
+    State(identity): State<Identity>,
+    Extension(p): Extension<Principal>,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<ProfileBody>,
+) -> Result<impl IntoResponse, IdentityError> {
+    let expected = if_match(&headers)?;
+    let user = identity
+        .update_profile(UserId(p.user_id), body.display_name, expected)
+        .await?;
+    Ok(with_etag(&user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_my_password(
+    State(identity): State<Identity>,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<PasswordBody>,
+) -> Result<StatusCode, IdentityError> {
+    identity
+        .change_password(
+            UserId(p.user_id),
+            &Password::new(body.current_password),
+            &Password::new(body.new_password),
+            Some(p.session_id),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_me(
+    State(identity): State<Identity>,
+    Extension(p): Extension<Principal>,
+) -> Result<StatusCode, IdentityError> {
+    identity.delete_user(UserId(p.user_id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -25,6 +25,7 @@ use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
 use crate::kernel::outbox;
 use crate::kernel::server::{self, Running, ServiceApp};
+use crate::middleware::bearer::{AuthKeys, TokenCheck};
 pub use config::IdentityConfig;
 use notifier::Notifier;
 use service::Identity;
@@ -75,6 +76,19 @@ pub async fn start(
         Arc::new(config),
     );
 
+    let check = TokenCheck::new(
+        Arc::new(AuthKeys {
+            clients: ctx.clients.clone(),
+        }),
+        ctx.tokens.expect(),
+        ctx.clock.clone(),
+        ctx.tokens.access_ttl().to_std().unwrap_or_default(),
+    );
+    let revocations = check
+        .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+
     let grpc = grpc::server(identity.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -82,9 +96,17 @@ pub async fn start(
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(identity),
+        http: http::routes(identity, check),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
     };
-    server::launch(ctx, app, listen, advertise, health, vec![relay_task]).await
+    server::launch(
+        ctx,
+        app,
+        listen,
+        advertise,
+        health,
+        vec![relay_task, revocations],
+    )
+    .await
 }

@@ -345,11 +345,14 @@ impl Identity {
     }
 
     /// Changes a password after checking the current one.
+    /// Changes a password after checking the current one. `session` is the
+    /// session that asked, which auth keeps while ending the others.
     pub async fn change_password(
         &self,
         id: UserId,
         current: &Password,
         new: &Password,
+        session: Option<Uuid>,
     ) -> Result<User, IdentityError> {
         let key = id.to_string();
         let row = self
@@ -362,10 +365,39 @@ impl Identity {
         }
         self.check_policy(new)?;
         let hash = self.hasher.hash(new).await?;
+        let now = self.now();
+        let at = self.clock.now();
+        let acting = session.map(|s| s.to_string()).unwrap_or_default();
         let row = self
-            .store_new_password(row.id, hash, "identity.password.changed")
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let row = store::set_password(c, &row.id, &hash, now, true)?;
+                    let event = user_event_by("identity.password.changed", &row, acting);
+                    outbox::enqueue(c, &event, at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
             .await?;
+        self.relay.wake();
         User::try_from(&row)
+    }
+
+    /// Deletes the account and everything identity keeps about it.
+    pub async fn delete_user(&self, id: UserId) -> Result<(), IdentityError> {
+        let key = id.to_string();
+        let at = self.clock.now();
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let row = store::delete_user(c, &key)?.ok_or(IdentityError::NotFound)?;
+                    outbox::enqueue(c, &user_event("identity.user.deleted", &row), at)?;
+                    Ok::<_, IdentityError>(())
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(())
     }
 
     /// Sends a reset link if the email belongs to an active account. Answers
@@ -469,28 +501,6 @@ impl Identity {
             .await?;
         self.relay.wake();
         User::try_from(&row)
-    }
-
-    async fn store_new_password(
-        &self,
-        user_id: String,
-        hash: String,
-        event_type: &'static str,
-    ) -> Result<UserRow, IdentityError> {
-        let now = self.now();
-        let at = self.clock.now();
-        let row = self
-            .db
-            .run(move |c| {
-                c.transaction(|c| {
-                    let row = store::set_password(c, &user_id, &hash, now, true)?;
-                    outbox::enqueue(c, &user_event(event_type, &row), at)?;
-                    Ok::<_, IdentityError>(row)
-                })
-            })
-            .await?;
-        self.relay.wake();
-        Ok(row)
     }
 
     /// Issues a single-use token of `purpose` to the account with `email`
@@ -627,6 +637,11 @@ fn hash_token(token: &str) -> String {
 }
 
 fn user_event(event_type: &'static str, row: &UserRow) -> NewEvent {
+    user_event_by(event_type, row, String::new())
+}
+
+/// An event about `row` caused by the signed-in session `session_id`.
+fn user_event_by(event_type: &'static str, row: &UserRow, session_id: String) -> NewEvent {
     let payload = UserEvent {
         user_id: row.id.clone(),
         email: row.email.clone(),
@@ -635,6 +650,7 @@ fn user_event(event_type: &'static str, row: &UserRow) -> NewEvent {
         locked_until_unix_ms: row
             .locked_until
             .map_or(0, |t| t.and_utc().timestamp_millis()),
+        session_id,
     };
     NewEvent {
         event_type,

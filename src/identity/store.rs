@@ -307,3 +307,11 @@ pub fn consume_token(
         .get_result(conn)
         .optional()
 }
+
+/// Deletes a user (their tokens go with them); answers the deleted row.
+pub fn delete_user(conn: &mut DbConnection, id: &str) -> QueryResult<Option<UserRow>> {
+    diesel::delete(users::table.find(id))
+        .returning(users::all_columns)
+        .get_result(conn)
+        .optional()
+}

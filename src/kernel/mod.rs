@@ -30,6 +30,8 @@ pub struct ServiceContext {
     pub data_dir: PathBuf,
     pub database: config::DatabaseConfig,
     pub server: config::ServerConfig,
+    /// What access tokens carry and how long they live.
+    pub tokens: crate::middleware::token::TokenConfig,
     pub registry: Arc<dyn registry::Registry>,
     pub bus: Arc<dyn bus::EventBus>,
     pub clients: rpc::Clients,

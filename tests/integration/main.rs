@@ -8,6 +8,7 @@
 mod binary;
 mod support;
 
+mod auth;
 mod identity_grpc;
 mod identity_http;
 mod kernel;

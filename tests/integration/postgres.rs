@@ -14,7 +14,7 @@ struct Located {
 }
 
 #[tokio::test]
-async fn identity_tables_live_only_in_the_identity_schema() {
+async fn each_service_keeps_its_tables_in_its_own_schema() {
     let app = TestApp::start().await;
     app.register("pg@example.org").await;
     let url = app.ctx.database.url.clone();
@@ -39,6 +39,12 @@ async fn identity_tables_live_only_in_the_identity_schema() {
     assert_eq!(
         names,
         vec![
+            "auth.__diesel_schema_migrations",
+            "auth.outbox",
+            "auth.processed_events",
+            "auth.refresh_tokens",
+            "auth.sessions",
+            "auth.signing_keys",
             "identity.__diesel_schema_migrations",
             "identity.outbox",
             "identity.user_tokens",

@@ -30,12 +30,15 @@ pub fn cheap_identity() -> IdentityConfig {
 }
 
 pub struct TestApp {
+    /// Identity's base URL.
     pub base: String,
+    /// Auth's base URL.
+    pub auth_base: String,
     pub ctx: ServiceContext,
     pub notifier: MemoryNotifier,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
-    running: Option<Running>,
+    running: Vec<Running>,
     storage: Arc<Storage>,
 }
 
@@ -48,6 +51,7 @@ struct Storage {
 
 pub struct Builder {
     identity: IdentityConfig,
+    auth: gatehouse::auth::AuthConfig,
     storage: Option<Arc<Storage>>,
     bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
 }
@@ -60,6 +64,10 @@ impl TestApp {
     pub fn builder() -> Builder {
         Builder {
             identity: cheap_identity(),
+            auth: gatehouse::auth::AuthConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
             storage: None,
             bus: None,
         }
@@ -80,6 +88,51 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    pub async fn auth_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.auth_base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in and answers the token response.
+    pub async fn login(&self, email: &str, password: &str) -> Value {
+        let r = self
+            .auth_post(
+                "/v1/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// A request to identity or auth (`base`) with a bearer token.
+    pub fn with_token(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header("authorization", format!("Bearer {token}"))
+    }
+
+    /// `GET /v1/users/me` with `token`.
+    pub async fn me(&self, token: &str) -> reqwest::Response {
+        self.with_token(
+            reqwest::Method::GET,
+            format!("{}/v1/users/me", self.base),
+            token,
+        )
+        .send()
+        .await
+        .unwrap()
     }
 
     /// Registers a user and answers its JSON.
@@ -111,7 +164,7 @@ impl TestApp {
     /// Stops the service gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.ctx.shutdown.cancel();
-        if let Some(r) = self.running.take() {
+        for r in self.running.drain(..) {
             r.task.await.unwrap();
         }
     }
@@ -162,16 +215,18 @@ impl Builder {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         ctx.clock = clock.clone();
         let notifier = MemoryNotifier::default();
-        let running = gatehouse::identity::start(&ctx, self.identity, Arc::new(notifier.clone()))
+        let identity = gatehouse::identity::start(&ctx, self.identity, Arc::new(notifier.clone()))
             .await
             .unwrap();
+        let auth = gatehouse::auth::start(&ctx, self.auth).await.unwrap();
         TestApp {
-            base: format!("http://{}", running.addr),
+            base: format!("http://{}", identity.addr),
+            auth_base: format!("http://{}", auth.addr),
             ctx,
             notifier,
             clock,
             http: reqwest::Client::new(),
-            running: Some(running),
+            running: vec![identity, auth],
             storage,
         }
     }

@@ -1,0 +1,188 @@
+//! The auth service's one error type and its table: HTTP status, stable
+//! problem code and gRPC code per variant.
+//!
+//! Policy: the same answer for an unknown email and a wrong password; token
+//! problems carry the token check's reason code; a dependency that cannot
+//! be reached (database, identity) is 503.
+
+use http::StatusCode;
+use tonic::Code;
+
+use crate::kernel::db::DbError;
+use crate::kernel::error::Problem;
+use crate::middleware::bearer;
+use crate::middleware::token::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("email or password is wrong")]
+    InvalidCredentials,
+    #[error("the account is locked")]
+    Locked { retry_after_secs: u64 },
+    #[error("the account is disabled")]
+    Disabled,
+    #[error("the refresh token is unknown, expired or its session has ended")]
+    InvalidRefreshToken,
+    #[error("the refresh token was already used; the session has been ended")]
+    RefreshReused,
+    #[error("{0}")]
+    Token(TokenError),
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("service unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AuthError {
+    fn parts(&self) -> (StatusCode, &'static str, Code, &'static str) {
+        use AuthError::*;
+        match self {
+            Invalid { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Code::InvalidArgument,
+                "A field is not valid",
+            ),
+            InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                Code::Unauthenticated,
+                "Email or password is wrong",
+            ),
+            Locked { .. } => (
+                StatusCode::LOCKED,
+                "account_locked",
+                Code::PermissionDenied,
+                "Account locked after repeated failures",
+            ),
+            Disabled => (
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                Code::PermissionDenied,
+                "Account disabled",
+            ),
+            InvalidRefreshToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                Code::Unauthenticated,
+                "Refresh token not accepted",
+            ),
+            RefreshReused => (
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                Code::Unauthenticated,
+                "Refresh token reused",
+            ),
+            Token(e) => (
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                Code::Unauthenticated,
+                "Authentication required",
+            ),
+            SessionNotFound => (
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                Code::NotFound,
+                "No such session",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Code::Unavailable,
+                "Service temporarily unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                Code::Internal,
+                "Internal error",
+            ),
+        }
+    }
+
+    fn log_if_ours(&self) {
+        match self {
+            AuthError::Internal(e) => tracing::error!(error = %e, "auth internal error"),
+            AuthError::Unavailable(e) => tracing::warn!(error = %e, "auth dependency unavailable"),
+            _ => {}
+        }
+    }
+
+    pub fn to_status(&self) -> tonic::Status {
+        self.log_if_ours();
+        let (_, code, grpc, title) = self.parts();
+        let message = match self {
+            AuthError::Internal(_) | AuthError::Unavailable(_) => title.to_owned(),
+            other => other.to_string(),
+        };
+        let mut status = tonic::Status::new(grpc, message);
+        status.metadata_mut().insert(
+            "gatehouse-code",
+            tonic::metadata::MetadataValue::from_static(code),
+        );
+        status
+    }
+}
+
+impl axum::response::IntoResponse for AuthError {
+    fn into_response(self) -> axum::response::Response {
+        self.log_if_ours();
+        if let AuthError::Token(e) = self {
+            return bearer::refusal(e);
+        }
+        let (status, code, _, title) = self.parts();
+        let problem = Problem::new(status, code, title);
+        let problem = match &self {
+            AuthError::Invalid { field, message } => problem.field(*field).detail(message),
+            AuthError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
+            AuthError::Unavailable(_) => problem.retry_after(1),
+            AuthError::Internal(_) => problem,
+            other => problem.detail(other.to_string()),
+        };
+        problem.into_response()
+    }
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(e: AuthError) -> Self {
+        e.to_status()
+    }
+}
+
+impl From<TokenError> for AuthError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Unavailable => AuthError::Unavailable("token keys".into()),
+            other => AuthError::Token(other),
+        }
+    }
+}
+
+impl From<DbError> for AuthError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(m) => AuthError::Unavailable(m),
+            DbError::Query(q) => q.into(),
+            other => AuthError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for AuthError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                AuthError::Unavailable(info.message().to_owned())
+            }
+            other => AuthError::Internal(other.to_string()),
+        }
+    }
+}

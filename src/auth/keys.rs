@@ -1,0 +1,348 @@
+//! Signing keys: Ed25519 pairs kept in auth's schema with the secret half
+//! encrypted at rest (XChaCha20-Poly1305 under the key-encryption key).
+//!
+//! Lifecycle, all in terms of the injected clock:
+//! - a new key is *published* at once but *signs* only from `signs_from`,
+//!   one verifier key-cache lifetime later, so no verifier meets its id
+//!   before it has fetched it;
+//! - the key it replaces stops signing then and stays published until every
+//!   token it signed has expired (`published_until`).
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use chacha20poly1305::aead::Aead;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
+use pasetors::paserk::Id;
+use pasetors::version4::V4;
+use rand::RngCore;
+
+use super::error::AuthError;
+use super::schema::signing_keys;
+use crate::kernel::clock::Clock;
+use crate::kernel::db::Db;
+use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
+
+/// How long the signer is reused before the key table is read again (picks
+/// up rotations made by other instances or the CLI).
+const SIGNER_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The key-encryption key. Never logged, never stored in the database.
+#[derive(Clone)]
+pub struct Kek(Arc<XChaCha20Poly1305>);
+
+impl Kek {
+    /// From 64 hex characters in config, or from (creating if missing) the
+    /// owner-only file `<data_dir>/auth.kek`.
+    pub fn load(configured: &str, data_dir: &Path) -> Result<Kek, String> {
+        let bytes = if configured.is_empty() {
+            read_or_create_key_file(&data_dir.join("auth.kek"))?
+        } else {
+            hex::decode(configured.trim())
+                .map_err(|_| "auth.key_encryption_key must be 64 hex characters".to_owned())?
+        };
+        if bytes.len() != 32 {
+            return Err("auth.key_encryption_key must be 32 bytes (64 hex characters)".into());
+        }
+        Ok(Kek(Arc::new(
+            XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?,
+        )))
+    }
+
+    /// Nonce (24 bytes) followed by the ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        out.extend(
+            self.0
+                .encrypt(XNonce::from_slice(&nonce), plain)
+                .map_err(|_| "encryption failed".to_owned())?,
+        );
+        Ok(out)
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        if sealed.len() < 24 {
+            return Err("sealed value too short".into());
+        }
+        let (nonce, body) = sealed.split_at(24);
+        self.0
+            .decrypt(XNonce::from_slice(nonce), body)
+            .map_err(|_| "cannot decrypt: wrong key-encryption key or damaged data".into())
+    }
+}
+
+fn read_or_create_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return hex::decode(text.trim()).map_err(|_| format!("{}: not hex", path.display()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the key-encryption key file");
+    Ok(key.to_vec())
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone)]
+#[diesel(table_name = signing_keys)]
+pub struct KeyRow {
+    pub kid: String,
+    pub public_key: String,
+    pub secret_key_enc: Vec<u8>,
+    pub created_at: NaiveDateTime,
+    pub signs_from: NaiveDateTime,
+    pub published_until: Option<NaiveDateTime>,
+}
+
+/// The key tokens are signed with now.
+#[derive(Clone)]
+pub struct Signer {
+    pub id: Id,
+    pub secret: AsymmetricSecretKey<V4>,
+}
+
+/// A published public key.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub kid: String,
+    pub public: AsymmetricPublicKey<V4>,
+    pub signs_from: DateTime<Utc>,
+    pub published_until: Option<DateTime<Utc>>,
+}
+
+/// Signing-key storage and rotation.
+#[derive(Clone)]
+pub struct KeyRing {
+    db: Db,
+    kek: Kek,
+    clock: Arc<dyn Clock>,
+    cache_ttl: Duration,
+    access_ttl: Duration,
+    signer: Arc<RwLock<Option<(Signer, String, std::time::Instant)>>>,
+}
+
+impl KeyRing {
+    pub fn new(
+        db: Db,
+        kek: Kek,
+        clock: Arc<dyn Clock>,
+        cache_ttl: Duration,
+        access_ttl: Duration,
+    ) -> Self {
+        Self {
+            db,
+            kek,
+            clock,
+            cache_ttl,
+            access_ttl,
+            signer: Arc::default(),
+        }
+    }
+
+    /// Creates the first key, signing at once, when there is none.
+    pub async fn ensure_one(&self) -> Result<(), AuthError> {
+        let any: i64 = self
+            .db
+            .run(|c| Ok::<_, AuthError>(signing_keys::table.count().get_result(c)?))
+            .await?;
+        if any == 0 {
+            let now = self.clock.now();
+            self.insert_new(now, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a new key that signs one key-cache lifetime from now; the
+    /// current key then stays published until its last token expired.
+    pub async fn rotate(&self) -> Result<String, AuthError> {
+        let now = self.clock.now();
+        let signs_from = now + self.cache_ttl;
+        let kid = self.insert_new(now, signs_from).await?;
+        let retire_at = (signs_from + self.access_ttl).naive_utc();
+        let keep = kid.clone();
+        self.db
+            .run(move |c| {
+                diesel::update(
+                    signing_keys::table
+                        .filter(signing_keys::kid.ne(keep))
+                        .filter(signing_keys::published_until.is_null()),
+                )
+                .set(signing_keys::published_until.eq(Some(retire_at)))
+                .execute(c)
+                .map_err(AuthError::from)
+            })
+            .await?;
+        tracing::info!(kid = %kid, signs_from = %signs_from, "signing key rotated");
+        Ok(kid)
+    }
+
+    async fn insert_new(
+        &self,
+        now: DateTime<Utc>,
+        signs_from: DateTime<Utc>,
+    ) -> Result<String, AuthError> {
+        let pair =
+            AsymmetricKeyPair::<V4>::generate().map_err(|e| AuthError::Internal(e.to_string()))?;
+        let kid = key_id_of(&pair.public);
+        let row = KeyRow {
+            kid: kid.clone(),
+            public_key: public_key_paserk(&pair.public),
+            secret_key_enc: self
+                .kek
+                .seal(pair.secret.as_bytes())
+                .map_err(AuthError::Internal)?,
+            created_at: now.naive_utc(),
+            signs_from: signs_from.naive_utc(),
+            published_until: None,
+        };
+        self.db
+            .run(move |c| {
+                diesel::insert_into(signing_keys::table)
+                    .values(&row)
+                    .execute(c)
+                    .map_err(AuthError::from)
+            })
+            .await?;
+        Ok(kid)
+    }
+
+    /// The key to sign with now: the newest one whose `signs_from` has come.
+    pub async fn signer(&self) -> Result<Signer, AuthError> {
+        if let Some((signer, _, at)) = self
+            .signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && at.elapsed() < SIGNER_RELOAD
+        {
+            return Ok(signer.clone());
+        }
+        let now = self.clock.now().naive_utc();
+        let row: Option<KeyRow> = self
+            .db
+            .run(move |c| {
+                signing_keys::table
+                    .filter(signing_keys::signs_from.le(now))
+                    .order(signing_keys::signs_from.desc())
+                    .select(KeyRow::as_select())
+                    .first(c)
+                    .optional()
+                    .map_err(AuthError::from)
+            })
+            .await?;
+        let row = row.ok_or_else(|| AuthError::Internal("no signing key is active".into()))?;
+        let cached = self
+            .signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let signer = match cached {
+            Some((signer, kid, _)) if kid == row.kid => signer,
+            _ => {
+                let secret = self
+                    .kek
+                    .open(&row.secret_key_enc)
+                    .map_err(AuthError::Internal)?;
+                let secret = AsymmetricSecretKey::<V4>::from(&secret)
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                let public =
+                    public_key_from_paserk(&row.public_key).map_err(AuthError::Internal)?;
+                Signer {
+                    id: Id::from(&public),
+                    secret,
+                }
+            }
+        };
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((signer.clone(), row.kid, std::time::Instant::now()));
+        Ok(signer)
+    }
+
+    /// Every key published now.
+    pub async fn published(&self) -> Result<Vec<Published>, AuthError> {
+        let now = self.clock.now().naive_utc();
+        let rows: Vec<KeyRow> = self
+            .db
+            .run(move |c| {
+                signing_keys::table
+                    .filter(
+                        signing_keys::published_until
+                            .is_null()
+                            .or(signing_keys::published_until.gt(now)),
+                    )
+                    .order(signing_keys::signs_from.asc())
+                    .select(KeyRow::as_select())
+                    .load(c)
+                    .map_err(AuthError::from)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Published {
+                    public: public_key_from_paserk(&r.public_key).map_err(AuthError::Internal)?,
+                    kid: r.kid,
+                    signs_from: r.signs_from.and_utc(),
+                    published_until: r.published_until.map(|t| t.and_utc()),
+                })
+            })
+            .collect()
+    }
+
+    /// When the newest key was made.
+    pub async fn newest_created(&self) -> Result<Option<DateTime<Utc>>, AuthError> {
+        self.db
+            .run(|c| {
+                signing_keys::table
+                    .select(diesel::dsl::max(signing_keys::created_at))
+                    .first::<Option<NaiveDateTime>>(c)
+                    .map(|t| t.map(|t| t.and_utc()))
+                    .map_err(AuthError::from)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Kek::load("", dir.path()).unwrap();
+        let sealed = kek.seal(b"secret half").unwrap();
+        assert!(!sealed.windows(11).any(|w| w == b"secret half"));
+        assert_eq!(kek.open(&sealed).unwrap(), b"secret half");
+        // The file is reused on the next start, and only its owner may read it.
+        let again = Kek::load("", dir.path()).unwrap();
+        assert_eq!(again.open(&sealed).unwrap(), b"secret half");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("auth.kek"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = Kek::load(&"11".repeat(32), dir.path()).unwrap();
+        assert!(other.open(&sealed).is_err());
+        assert!(Kek::load("abc", dir.path()).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! The auth service: logins, PASETO v4 access tokens, sessions with rotating
+//! refresh tokens and reuse detection, revocation, and signing-key rotation.
+//!
+//! Rooms as in every service: `service.rs`, `store.rs`, `schema.rs`,
+//! `http.rs`, `grpc.rs`, `error.rs`, plus `keys.rs` (the key ring and the
+//! key-encryption key). This file wires them up and runs the background
+//! work: the outbox relay, the consumer of identity's events, and the key
+//! rotation schedule.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod keys;
+pub mod schema;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use tokio::task::JoinHandle;
+
+pub use config::AuthConfig;
+use keys::{Kek, KeyRing};
+use service::Auth;
+
+use crate::kernel::ServiceContext;
+use crate::kernel::clock::Clock;
+use crate::kernel::db::{Db, Migrations};
+use crate::kernel::health::Probes;
+use crate::kernel::outbox;
+use crate::kernel::server::{self, Running, ServiceApp};
+
+/// The service's name: registry entry, SQLite file, PostgreSQL schema, event source.
+pub const NAME: &str = "auth";
+
+/// How often the rotation schedule looks at the signing key's age.
+const ROTATION_CHECK: Duration = Duration::from_secs(60);
+
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/auth");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/auth");
+
+static MIGRATIONS: Migrations = Migrations {
+    #[cfg(feature = "sqlite")]
+    sqlite: || SQLITE_MIGRATIONS,
+    #[cfg(feature = "postgres")]
+    postgres: || POSTGRES_MIGRATIONS,
+};
+
+/// Opens the key ring on the database configured in `ctx`.
+async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(Db, Kek, KeyRing)> {
+    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let kek = Kek::load(&config.key_encryption_key, &ctx.data_dir).map_err(anyhow::Error::msg)?;
+    let ring = KeyRing::new(
+        db.clone(),
+        kek.clone(),
+        ctx.clock.clone(),
+        chrono::Duration::seconds(i64::try_from(config.key_cache_ttl_secs).unwrap_or(300)),
+        ctx.tokens.access_ttl(),
+    );
+    Ok((db, kek, ring))
+}
+
+/// `gatehouse keys rotate`: publishes a new signing key that signs after
+/// one verifier key-cache lifetime. Answers its key id.
+pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<String> {
+    let (_, _, ring) = key_ring(ctx, config).await?;
+    ring.ensure_one().await?;
+    Ok(ring.rotate().await?)
+}
+
+pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<Running> {
+    let (db, kek, ring) = key_ring(ctx, &config).await?;
+    ring.ensure_one().await?;
+    let (relay, relay_task) = outbox::spawn(
+        NAME,
+        db.clone(),
+        ctx.bus.clone(),
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+        ctx.shutdown.clone(),
+    );
+    let (listen, advertise) = (config.listen, config.advertise_url.clone());
+    let rotation_every = config.key_rotation_interval_secs;
+    let auth = Auth::new(
+        db.clone(),
+        ring.clone(),
+        kek,
+        ctx.clients.clone(),
+        ctx.clock.clone(),
+        relay,
+        Arc::new(config),
+        ctx.tokens.clone(),
+    );
+    let mut background = vec![
+        relay_task,
+        consume_identity_events(ctx, auth.clone()).await?,
+    ];
+    if rotation_every > 0 {
+        background.push(rotation_schedule(ctx, ring, rotation_every));
+    }
+
+    let grpc = grpc::server(auth.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::auth::v1::auth_server::AuthServer<grpc::Grpc>>()
+        .await;
+    let app = ServiceApp {
+        name: NAME,
+        http: http::routes(auth),
+        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        probes: Probes(vec![Arc::new(db)]),
+    };
+    server::launch(ctx, app, listen, advertise, health, background).await
+}
+
+/// Handles identity's events until shutdown; a failed event is retried
+/// (at least once, never skipped).
+async fn consume_identity_events(
+    ctx: &ServiceContext,
+    auth: Auth,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut events = ctx
+        .bus
+        .subscribe("auth", &["identity"])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = ctx.shutdown.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = auth.on_identity_event(event.clone()).await {
+                tracing::warn!(event_id = %event.id, error = %e, "identity event not handled yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {},
+                    () = shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }))
+}
+
+/// Rotates the signing key whenever the newest is older than `every_secs`.
+fn rotation_schedule(ctx: &ServiceContext, ring: KeyRing, every_secs: u64) -> JoinHandle<()> {
+    let shutdown = ctx.shutdown.clone();
+    let clock: Arc<dyn Clock> = ctx.clock.clone();
+    let every = chrono::Duration::seconds(i64::try_from(every_secs).unwrap_or(i64::MAX / 1000));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(ROTATION_CHECK) => {},
+                () = shutdown.cancelled() => break,
+            }
+            match ring.newest_created().await {
+                Ok(Some(at)) if clock.now() - at >= every => {
+                    if let Err(e) = ring.rotate().await {
+                        tracing::warn!(error = %e, "scheduled key rotation failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read signing keys for the rotation schedule")
+                }
+            }
+        }
+    })
+}

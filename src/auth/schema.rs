@@ -1,0 +1,52 @@
+//! Diesel table definitions for the auth schema; the same on SQLite and
+//! PostgreSQL (see `migrations/*/auth/`). The `outbox` table is the kernel's.
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        public_key -> Text,
+        secret_key_enc -> Binary,
+        created_at -> Timestamp,
+        signs_from -> Timestamp,
+        published_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        user_id -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        refreshed_at -> Timestamp,
+        generation -> BigInt,
+        revoked_at -> Nullable<Timestamp>,
+        revoked_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Text,
+        session_id -> Text,
+        generation -> BigInt,
+        created_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        successor_enc -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    processed_events (event_id) {
+        event_id -> Text,
+        processed_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    signing_keys,
+    sessions,
+    refresh_tokens,
+    processed_events
+);

@@ -1,0 +1,560 @@
+//! Auth's domain logic: logins through identity, sessions, refresh-token
+//! rotation with reuse detection, revocation, and token validation. Plain
+//! Rust over the store and the key ring; no HTTP or gRPC server types.
+//!
+//! Refresh tokens form one family per session, ordered by a generation
+//! counter: presenting the current one rotates it; presenting a used one
+//! within the grace window returns the pair it was rotated into (a client
+//! that lost the answer may retry); any later use ends the session.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::Connection;
+use prost::Message;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::config::AuthConfig;
+use super::error::AuthError;
+use super::keys::{Kek, KeyRing};
+use super::store::{self, SessionRow};
+use crate::kernel::clock::Clock;
+use crate::kernel::db::{Db, DbConnection};
+use crate::kernel::outbox::{self, NewEvent, Relay};
+use crate::kernel::rpc::Clients;
+use crate::middleware::token::{self, Principal, TokenConfig, TokenError};
+use crate::proto::events::v1::SessionEvent;
+use crate::proto::identity::v1::VerifyCredentialsRequest;
+use crate::proto::identity::v1::identity_client::IdentityClient;
+
+/// What login and refresh answer (the OAuth 2.0 token-response names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+}
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub refreshed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The auth service.
+#[derive(Clone)]
+pub struct Auth {
+    db: Db,
+    keys: KeyRing,
+    kek: Kek,
+    clients: Clients,
+    clock: Arc<dyn Clock>,
+    relay: Relay,
+    config: Arc<AuthConfig>,
+    tokens: TokenConfig,
+}
+
+enum Refreshed {
+    Pair(TokenPair),
+    Reused,
+}
+
+impl Auth {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        keys: KeyRing,
+        kek: Kek,
+        clients: Clients,
+        clock: Arc<dyn Clock>,
+        relay: Relay,
+        config: Arc<AuthConfig>,
+        tokens: TokenConfig,
+    ) -> Self {
+        Self {
+            db,
+            keys,
+            kek,
+            clients,
+            clock,
+            relay,
+            config,
+            tokens,
+        }
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    pub fn key_cache_ttl_secs(&self) -> u64 {
+        self.config.key_cache_ttl_secs
+    }
+
+    /// Checks the credentials with identity and opens a session.
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, AuthError> {
+        if email.trim().is_empty() || email.len() > 254 {
+            return Err(AuthError::Invalid {
+                field: "email",
+                message: "must be an email address".into(),
+            });
+        }
+        if password.is_empty() || password.len() > 4096 {
+            return Err(AuthError::Invalid {
+                field: "password",
+                message: "must not be empty".into(),
+            });
+        }
+        let channel = self
+            .clients
+            .channel("identity")
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let user = IdentityClient::new(channel)
+            .verify_credentials(VerifyCredentialsRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map_err(identity_error)?
+            .into_inner()
+            .user
+            .ok_or_else(|| AuthError::Internal("identity answered without a user".into()))?;
+        let user_id = Uuid::parse_str(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let now = self.clock.now();
+        let session = SessionRow {
+            id: Uuid::now_v7().to_string(),
+            user_id: user_id.to_string(),
+            created_at: now.naive_utc(),
+            expires_at: (now + secs(self.config.session_ttl_secs)).naive_utc(),
+            refreshed_at: now.naive_utc(),
+            generation: 1,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let pair = self.pair(user_id, &session, now).await?;
+        let refresh_hash = hash(&pair.refresh_token);
+        let event = session_event(
+            "auth.session.created",
+            &session,
+            "login",
+            self.tokens_expire_by(now),
+        );
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    store::insert_session(c, &session)?;
+                    store::insert_refresh(c, &refresh_hash, &session.id, 1, now.naive_utc())?;
+                    outbox::enqueue(c, &event, now)?;
+                    Ok::<_, AuthError>(())
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(pair)
+    }
+
+    /// Rotates a refresh token (see the module doc for the rules).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let presented = hash(refresh_token);
+        let now = self.clock.now();
+        // Sign before the transaction: key lookup may wait on the database.
+        let signer = self.keys.signer().await?;
+        let (new_refresh, new_hash) = new_refresh_token();
+        let grace = secs(self.config.refresh_grace_secs);
+        let (kek, tokens, tokens_expire_by) = (
+            self.kek.clone(),
+            self.tokens.clone(),
+            self.tokens_expire_by(now),
+        );
+        let outcome = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| -> Result<Refreshed, AuthError> {
+                    let n = now.naive_utc();
+                    if let Some(row) = store::claim_refresh(c, &presented, n)? {
+                        let session = store::session(c, &row.session_id)?
+                            .ok_or(AuthError::InvalidRefreshToken)?;
+                        if session.revoked_at.is_some() || session.expires_at <= n {
+                            return Err(AuthError::InvalidRefreshToken);
+                        }
+                        if row.generation != session.generation
+                            || !store::advance_generation(c, &session.id, row.generation, n)?
+                        {
+                            return Ok(Refreshed::Reused);
+                        }
+                        store::insert_refresh(c, &new_hash, &session.id, row.generation + 1, n)?;
+                        let user = Uuid::parse_str(&session.user_id)
+                            .map_err(|e| AuthError::Internal(e.to_string()))?;
+                        let sid = Uuid::parse_str(&session.id)
+                            .map_err(|e| AuthError::Internal(e.to_string()))?;
+                        let access = token::sign(
+                            &signer.secret,
+                            &signer.id,
+                            user,
+                            sid,
+                            &tokens.expect(),
+                            now,
+                            now + tokens.access_ttl(),
+                        )
+                        .map_err(AuthError::Internal)?;
+                        let pair = TokenPair {
+                            access_token: access,
+                            refresh_token: new_refresh,
+                            token_type: "Bearer".into(),
+                            expires_in: tokens.access_ttl().num_seconds(),
+                        };
+                        let sealed = kek
+                            .seal(
+                                &serde_json::to_vec(&pair)
+                                    .map_err(|e| AuthError::Internal(e.to_string()))?,
+                            )
+                            .map_err(AuthError::Internal)?;
+                        store::set_successor(c, &presented, &sealed)?;
+                        return Ok(Refreshed::Pair(pair));
+                    }
+                    let Some(row) = store::refresh_by_hash(c, &presented)? else {
+                        return Err(AuthError::InvalidRefreshToken);
+                    };
+                    let session = store::session(c, &row.session_id)?
+                        .ok_or(AuthError::InvalidRefreshToken)?;
+                    if session.revoked_at.is_some() {
+                        return Err(AuthError::InvalidRefreshToken);
+                    }
+                    // A retry of the latest rotation, inside the grace window,
+                    // gets the same answer again.
+                    let in_grace = row.used_at.is_some_and(|used| n - used <= grace);
+                    if in_grace
+                        && session.generation == row.generation + 1
+                        && let Some(sealed) = &row.successor_enc
+                    {
+                        let plain = kek.open(sealed).map_err(AuthError::Internal)?;
+                        let pair: TokenPair = serde_json::from_slice(&plain)
+                            .map_err(|e| AuthError::Internal(e.to_string()))?;
+                        return Ok(Refreshed::Pair(pair));
+                    }
+                    end_session(c, &session.id, "reuse_detected", now, tokens_expire_by)?;
+                    let detected = session_event(
+                        "auth.session.reuse_detected",
+                        &session,
+                        "reuse_detected",
+                        tokens_expire_by,
+                    );
+                    outbox::enqueue(c, &detected, now)?;
+                    Ok(Refreshed::Reused)
+                })
+            })
+            .await?;
+        match outcome {
+            Refreshed::Pair(pair) => Ok(pair),
+            Refreshed::Reused => {
+                self.relay.wake();
+                tracing::warn!("refresh token reuse detected; session ended");
+                Err(AuthError::RefreshReused)
+            }
+        }
+    }
+
+    /// Ends one session (any reason); false if it was unknown or ended already.
+    pub async fn revoke_session(&self, session_id: Uuid, reason: &str) -> Result<bool, AuthError> {
+        let now = self.clock.now();
+        let (id, reason, by) = (
+            session_id.to_string(),
+            reason.to_owned(),
+            self.tokens_expire_by(now),
+        );
+        let ended = self
+            .db
+            .run(move |c| c.transaction(|c| end_session(c, &id, &reason, now, by)))
+            .await?;
+        if ended {
+            self.relay.wake();
+        }
+        Ok(ended)
+    }
+
+    /// Ends every session of a user but `except`; answers how many ended.
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        except: Option<Uuid>,
+        reason: &str,
+    ) -> Result<usize, AuthError> {
+        let now = self.clock.now();
+        let (user, keep, reason, by) = (
+            user_id.to_string(),
+            except.map(|e| e.to_string()),
+            reason.to_owned(),
+            self.tokens_expire_by(now),
+        );
+        let count = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| end_user_sessions(c, &user, keep.as_deref(), &reason, now, by))
+            })
+            .await?;
+        if count > 0 {
+            self.relay.wake();
+        }
+        Ok(count)
+    }
+
+    /// Ends the caller's session if `session_id` is one of theirs.
+    pub async fn end_own_session(
+        &self,
+        principal: &Principal,
+        session_id: Uuid,
+    ) -> Result<(), AuthError> {
+        let id = session_id.to_string();
+        let row = self
+            .db
+            .run(move |c| Ok::<_, AuthError>(store::session(c, &id)?))
+            .await?;
+        match row {
+            Some(s) if s.user_id == principal.user_id.to_string() && s.revoked_at.is_none() => self
+                .revoke_session(session_id, "ended_by_user")
+                .await
+                .map(|_| ()),
+            _ => Err(AuthError::SessionNotFound),
+        }
+    }
+
+    /// The user's live sessions.
+    pub async fn sessions(&self, user_id: Uuid) -> Result<Vec<Session>, AuthError> {
+        let now = self.clock.now().naive_utc();
+        let user = user_id.to_string();
+        let rows = self
+            .db
+            .run(move |c| Ok::<_, AuthError>(store::live_sessions(c, &user, now)?))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Session {
+                    id: Uuid::parse_str(&r.id).map_err(|e| AuthError::Internal(e.to_string()))?,
+                    created_at: r.created_at.and_utc(),
+                    refreshed_at: r.refreshed_at.and_utc(),
+                    expires_at: r.expires_at.and_utc(),
+                })
+            })
+            .collect()
+    }
+
+    /// Verifies an access token against the published keys and the session
+    /// table (the authoritative answer, for auth's own routes and `ValidateToken`).
+    pub async fn validate(&self, access_token: &str) -> Result<Principal, AuthError> {
+        let kid = token::key_id(access_token)?;
+        let key = self
+            .keys
+            .published()
+            .await?
+            .into_iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let principal = token::verify(
+            access_token,
+            &key.public,
+            &self.tokens.expect(),
+            self.clock.now(),
+        )?;
+        let id = principal.session_id.to_string();
+        let session = self
+            .db
+            .run(move |c| Ok::<_, AuthError>(store::session(c, &id)?))
+            .await?;
+        match session {
+            Some(s) if s.revoked_at.is_none() => Ok(principal),
+            _ => Err(TokenError::Revoked.into()),
+        }
+    }
+
+    /// Reacts to identity's events: a new password, a reset, a disabled or
+    /// deleted account end sessions. Each event is handled once.
+    pub async fn on_identity_event(
+        &self,
+        event: crate::kernel::bus::Envelope,
+    ) -> Result<(), AuthError> {
+        let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
+            .map_err(|e| AuthError::Internal(format!("event {}: {e}", event.id)))?;
+        let (reason, keep) = match event.r#type.as_str() {
+            "identity.password.changed" => (
+                "password_changed",
+                Some(payload.session_id.clone()).filter(|s| !s.is_empty()),
+            ),
+            "identity.password.reset" => ("password_reset", None),
+            "identity.user.deleted" => ("user_deleted", None),
+            "identity.user.status_changed" if payload.status == "disabled" => {
+                ("user_disabled", None)
+            }
+            _ => return Ok(()),
+        };
+        let now = self.clock.now();
+        let by = self.tokens_expire_by(now);
+        let event_id = event.id.clone();
+        let count = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    if !store::first_time(c, &event_id, now.naive_utc())? {
+                        return Ok::<_, AuthError>(0);
+                    }
+                    end_user_sessions(c, &payload.user_id, keep.as_deref(), reason, now, by)
+                })
+            })
+            .await?;
+        if count > 0 {
+            self.relay.wake();
+            tracing::info!(
+                reason,
+                sessions = count,
+                "sessions ended after an identity event"
+            );
+        }
+        Ok(())
+    }
+
+    async fn pair(
+        &self,
+        user_id: Uuid,
+        session: &SessionRow,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AuthError> {
+        let signer = self.keys.signer().await?;
+        let sid = Uuid::parse_str(&session.id).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let access = token::sign(
+            &signer.secret,
+            &signer.id,
+            user_id,
+            sid,
+            &self.tokens.expect(),
+            now,
+            now + self.tokens.access_ttl(),
+        )
+        .map_err(AuthError::Internal)?;
+        let (refresh, _) = new_refresh_token();
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: refresh,
+            token_type: "Bearer".into(),
+            expires_in: self.tokens.access_ttl().num_seconds(),
+        })
+    }
+
+    /// The latest time an access token issued now can still be valid.
+    fn tokens_expire_by(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + self.tokens.access_ttl()
+    }
+}
+
+fn end_session(
+    c: &mut DbConnection,
+    id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+    by: DateTime<Utc>,
+) -> Result<bool, AuthError> {
+    match store::revoke(c, id, reason, now.naive_utc())? {
+        Some(s) => {
+            outbox::enqueue(
+                c,
+                &session_event("auth.session.revoked", &s, reason, by),
+                now,
+            )?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn end_user_sessions(
+    c: &mut DbConnection,
+    user_id: &str,
+    except: Option<&str>,
+    reason: &str,
+    now: DateTime<Utc>,
+    by: DateTime<Utc>,
+) -> Result<usize, AuthError> {
+    let ended = store::revoke_user(c, user_id, except, reason, now.naive_utc())?;
+    for s in &ended {
+        outbox::enqueue(
+            c,
+            &session_event("auth.session.revoked", s, reason, by),
+            now,
+        )?;
+    }
+    Ok(ended.len())
+}
+
+fn session_event(
+    event_type: &'static str,
+    s: &SessionRow,
+    reason: &str,
+    by: DateTime<Utc>,
+) -> NewEvent {
+    NewEvent {
+        event_type,
+        subject: s.user_id.clone(),
+        payload: SessionEvent {
+            session_id: s.id.clone(),
+            user_id: s.user_id.clone(),
+            reason: reason.to_owned(),
+            tokens_expire_by_unix_ms: by.timestamp_millis(),
+        }
+        .encode_to_vec(),
+    }
+}
+
+/// Maps identity's answer to `VerifyCredentials` onto auth's errors.
+fn identity_error(status: tonic::Status) -> AuthError {
+    let code = status
+        .metadata()
+        .get("gatehouse-code")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match (code, status.code()) {
+        ("invalid_credentials", _) => AuthError::InvalidCredentials,
+        ("account_locked", _) => AuthError::Locked {
+            retry_after_secs: status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60),
+        },
+        ("account_disabled", _) => AuthError::Disabled,
+        (_, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            AuthError::Unavailable(format!("identity: {}", status.message()))
+        }
+        _ => AuthError::Internal(format!(
+            "identity: {:?} {}",
+            status.code(),
+            status.message()
+        )),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX / 1000))
+}
+
+/// A new refresh token (256 random bits, URL-safe hex) and its stored hash.
+fn new_refresh_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let h = hash(&token);
+    (token, h)
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}

@@ -1,0 +1,214 @@
+//! Diesel queries on the auth schema: sessions, refresh tokens and the
+//! record of processed events. Write transactions start with a write (see
+//! identity's store for why).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{processed_events, refresh_tokens, sessions};
+use crate::kernel::db::DbConnection;
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = sessions)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub refreshed_at: NaiveDateTime,
+    pub generation: i64,
+    pub revoked_at: Option<NaiveDateTime>,
+    pub revoked_reason: Option<String>,
+}
+
+/// A refresh token row. No `Debug`: the successor holds live tokens (sealed).
+#[derive(Queryable, Selectable, Clone)]
+#[diesel(table_name = refresh_tokens)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    pub session_id: String,
+    pub generation: i64,
+    pub created_at: NaiveDateTime,
+    pub used_at: Option<NaiveDateTime>,
+    pub successor_enc: Option<Vec<u8>>,
+}
+
+pub fn insert_session(conn: &mut DbConnection, row: &SessionRow) -> QueryResult<()> {
+    diesel::insert_into(sessions::table)
+        .values(row)
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn insert_refresh(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    session_id: &str,
+    generation: i64,
+    now: NaiveDateTime,
+) -> QueryResult<()> {
+    diesel::insert_into(refresh_tokens::table)
+        .values((
+            refresh_tokens::token_hash.eq(token_hash),
+            refresh_tokens::session_id.eq(session_id),
+            refresh_tokens::generation.eq(generation),
+            refresh_tokens::created_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Marks an unused refresh token used, answering it; `None` when it is
+/// unknown or was used before.
+pub fn claim_refresh(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<RefreshRow>> {
+    diesel::update(
+        refresh_tokens::table
+            .filter(refresh_tokens::token_hash.eq(token_hash))
+            .filter(refresh_tokens::used_at.is_null()),
+    )
+    .set(refresh_tokens::used_at.eq(Some(now)))
+    .returning(refresh_tokens::all_columns)
+    .get_result(conn)
+    .optional()
+}
+
+pub fn refresh_by_hash(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> QueryResult<Option<RefreshRow>> {
+    refresh_tokens::table
+        .find(token_hash)
+        .select(RefreshRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn set_successor(conn: &mut DbConnection, token_hash: &str, sealed: &[u8]) -> QueryResult<()> {
+    diesel::update(refresh_tokens::table.find(token_hash))
+        .set(refresh_tokens::successor_enc.eq(Some(sealed)))
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn session(conn: &mut DbConnection, id: &str) -> QueryResult<Option<SessionRow>> {
+    sessions::table
+        .find(id)
+        .select(SessionRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Moves the session from generation `from` to `from + 1`; false when
+/// another rotation got there first.
+pub fn advance_generation(
+    conn: &mut DbConnection,
+    id: &str,
+    from: i64,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::generation.eq(from))
+            .filter(sessions::revoked_at.is_null()),
+    )
+    .set((
+        sessions::generation.eq(from + 1),
+        sessions::refreshed_at.eq(now),
+    ))
+    .execute(conn)
+    .map(|n| n == 1)
+}
+
+/// Ends a live session; answers it, or `None` if it was unknown or already ended.
+pub fn revoke(
+    conn: &mut DbConnection,
+    id: &str,
+    reason: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<SessionRow>> {
+    diesel::update(
+        sessions::table
+            .find(id)
+            .filter(sessions::revoked_at.is_null()),
+    )
+    .set((
+        sessions::revoked_at.eq(Some(now)),
+        sessions::revoked_reason.eq(Some(reason)),
+    ))
+    .returning(sessions::all_columns)
+    .get_result(conn)
+    .optional()
+}
+
+/// Ends every live session of a user but `except`; answers the ended ones.
+pub fn revoke_user(
+    conn: &mut DbConnection,
+    user_id: &str,
+    except: Option<&str>,
+    reason: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Vec<SessionRow>> {
+    let live = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null());
+    let changes = (
+        sessions::revoked_at.eq(Some(now)),
+        sessions::revoked_reason.eq(Some(reason)),
+    );
+    match except {
+        Some(keep) => diesel::update(live.filter(sessions::id.ne(keep)))
+            .set(changes)
+            .returning(sessions::all_columns)
+            .get_results(conn),
+        None => diesel::update(live)
+            .set(changes)
+            .returning(sessions::all_columns)
+            .get_results(conn),
+    }
+}
+
+/// A user's sessions that are neither revoked nor expired, newest first.
+pub fn live_sessions(
+    conn: &mut DbConnection,
+    user_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Vec<SessionRow>> {
+    sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(now))
+        .order(sessions::created_at.desc())
+        .select(SessionRow::as_select())
+        .load(conn)
+}
+
+/// Records that an event was handled; false if it had been already. Runs
+/// in a savepoint, so a duplicate does not spoil an enclosing transaction on
+/// PostgreSQL.
+pub fn first_time(
+    conn: &mut DbConnection,
+    event_id: &str,
+    now: NaiveDateTime,
+) -> QueryResult<bool> {
+    let inserted = conn.transaction(|c| {
+        diesel::insert_into(processed_events::table)
+            .values((
+                processed_events::event_id.eq(event_id),
+                processed_events::processed_at.eq(now),
+            ))
+            .execute(c)
+    });
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

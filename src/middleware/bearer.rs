@@ -1,0 +1,340 @@
+//! The bearer-token check every service (and later the gateway) puts in
+//! front of its protected routes.
+//!
+//! Tokens are verified locally against auth's public keys, fetched over gRPC
+//! and cached for the lifetime auth announces; a token naming an unknown key
+//! causes one refresh (at most one per [`FORCED_REFRESH_EVERY`], so garbage
+//! key ids cannot hammer auth). Verified tokens are cached until they expire.
+//! Sessions ended in auth arrive as `auth.session.revoked` events and are
+//! refused from then on, cached or not.
+//!
+//! Failures answer 401 problem+json with `WWW-Authenticate: Bearer` and the
+//! reason as `code`; nothing about the token itself is logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use moka::Expiry;
+use pasetors::keys::AsymmetricPublicKey;
+use pasetors::version4::V4;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::token::{self, Expect, Principal, TokenError};
+use crate::kernel::bus::EventBus;
+use crate::kernel::clock::Clock;
+use crate::kernel::error::Problem;
+use crate::kernel::rpc::Clients;
+use crate::proto::auth::v1::GetPublicKeysRequest;
+use crate::proto::auth::v1::auth_client::AuthClient;
+use crate::proto::events::v1::SessionEvent;
+
+/// Least time between two refreshes caused by unknown key ids.
+pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Most verified tokens kept.
+const VERIFIED_CAPACITY: u64 = 100_000;
+/// Most revoked sessions remembered.
+const REVOKED_CAPACITY: u64 = 1_000_000;
+
+/// The public keys, by PASERK id, and how long they may be kept.
+pub struct KeySet {
+    pub keys: HashMap<String, AsymmetricPublicKey<V4>>,
+    pub ttl: Duration,
+}
+
+/// Where the check gets public keys from.
+#[async_trait]
+pub trait KeySource: Send + Sync {
+    async fn fetch(&self) -> Result<KeySet, String>;
+}
+
+/// Auth's `GetPublicKeys`, reached through the registry.
+pub struct AuthKeys {
+    pub clients: Clients,
+}
+
+#[async_trait]
+impl KeySource for AuthKeys {
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let channel = self
+            .clients
+            .channel("auth")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = AuthClient::new(channel)
+            .get_public_keys(GetPublicKeysRequest {})
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        let mut keys = HashMap::new();
+        for k in answer.keys {
+            let key = crate::middleware::token::public_key_from_paserk(&k.paserk)
+                .map_err(|e| format!("key {}: {e}", k.kid))?;
+            keys.insert(k.kid, key);
+        }
+        Ok(KeySet {
+            keys,
+            ttl: Duration::from_secs(answer.cache_ttl_secs.max(1) as u64),
+        })
+    }
+}
+
+struct Cached {
+    set: KeySet,
+    fetched_at: Instant,
+}
+
+struct UntilExpiry;
+
+impl Expiry<String, Principal> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Principal,
+        _now: Instant,
+    ) -> Option<Duration> {
+        (value.expires_at - chrono::Utc::now()).to_std().ok()
+    }
+}
+
+struct ForTtl;
+
+impl Expiry<Uuid, Duration> for ForTtl {
+    fn expire_after_create(&self, _key: &Uuid, ttl: &Duration, _now: Instant) -> Option<Duration> {
+        Some(*ttl)
+    }
+}
+
+/// The shared token check. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenCheck {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Arc<dyn KeySource>,
+    expect: Expect,
+    clock: Arc<dyn Clock>,
+    keys: RwLock<Option<Cached>>,
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    verified: moka::sync::Cache<String, Principal>,
+    revoked: moka::sync::Cache<Uuid, Duration>,
+    /// How long a revocation must be remembered: the longest token lifetime.
+    remember_revocations: Duration,
+}
+
+impl TokenCheck {
+    pub fn new(
+        source: Arc<dyn KeySource>,
+        expect: Expect,
+        clock: Arc<dyn Clock>,
+        remember_revocations: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                expect,
+                clock,
+                keys: RwLock::new(None),
+                refresh: tokio::sync::Mutex::new(None),
+                verified: moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_CAPACITY)
+                    .expire_after(UntilExpiry)
+                    .build(),
+                revoked: moka::sync::Cache::builder()
+                    .max_capacity(REVOKED_CAPACITY)
+                    .expire_after(ForTtl)
+                    .build(),
+                remember_revocations,
+            }),
+        }
+    }
+
+    /// Checks a bearer token: cached when seen before, else verified.
+    pub async fn check(&self, token: &str) -> Result<Principal, TokenError> {
+        let now = self.inner.clock.now();
+        if let Some(p) = self.inner.verified.get(token) {
+            return self.still_good(p, now);
+        }
+        let principal = self.verify_uncached(token).await?;
+        self.inner
+            .verified
+            .insert(token.to_owned(), principal.clone());
+        self.still_good(principal, now)
+    }
+
+    /// Verifies without the verified-token cache (keys are still cached).
+    pub async fn verify_uncached(&self, token: &str) -> Result<Principal, TokenError> {
+        let kid = token::key_id(token)?;
+        let key = self.key(&kid).await?;
+        let principal = token::verify(token, &key, &self.inner.expect, self.inner.clock.now())?;
+        self.still_good(principal, self.inner.clock.now())
+    }
+
+    fn still_good(
+        &self,
+        p: Principal,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Principal, TokenError> {
+        if now >= p.expires_at {
+            return Err(TokenError::Expired);
+        }
+        if self.inner.revoked.contains_key(&p.session_id) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(p)
+    }
+
+    /// Refuses every token of `session_id` from now on.
+    pub fn revoke(&self, session_id: Uuid) {
+        self.inner
+            .revoked
+            .insert(session_id, self.inner.remember_revocations);
+    }
+
+    async fn key(&self, kid: &str) -> Result<AsymmetricPublicKey<V4>, TokenError> {
+        let (found, fresh) = self.lookup(kid);
+        if let (Some(key), true) = (&found, fresh) {
+            return Ok(key.clone());
+        }
+        // Stale, empty or unknown id: refresh (an unknown id at most once per
+        // FORCED_REFRESH_EVERY).
+        let mut last = self.inner.refresh.lock().await;
+        let (again, fresh) = self.lookup(kid);
+        if let (Some(key), true) = (&again, fresh) {
+            return Ok(key.clone());
+        }
+        let stale_only = again.is_some();
+        if !stale_only && fresh && last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_EVERY) {
+            return Err(TokenError::UnknownKey);
+        }
+        *last = Some(Instant::now());
+        match self.inner.source.fetch().await {
+            Ok(set) => {
+                let key = set.keys.get(kid).cloned();
+                *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+                    set,
+                    fetched_at: Instant::now(),
+                });
+                key.ok_or(TokenError::UnknownKey)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch public keys from auth");
+                // Keep working with what we had while auth is away.
+                again.ok_or(TokenError::Unavailable)
+            }
+        }
+    }
+
+    /// The cached key for `kid`, and whether the cache is still fresh.
+    fn lookup(&self, kid: &str) -> (Option<AsymmetricPublicKey<V4>>, bool) {
+        let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+        match keys.as_ref() {
+            None => (None, false),
+            Some(c) => (
+                c.set.keys.get(kid).cloned(),
+                c.fetched_at.elapsed() < c.set.ttl,
+            ),
+        }
+    }
+
+    /// Learns revoked sessions from the bus until `shutdown`.
+    pub async fn listen_for_revocations(
+        &self,
+        consumer: &str,
+        bus: &Arc<dyn EventBus>,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let mut events = bus
+            .subscribe(consumer, &["auth"])
+            .await
+            .map_err(|e| e.to_string())?;
+        let check = self.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    () = shutdown.cancelled() => None,
+                };
+                let Some(event) = event else { break };
+                if event.r#type != "auth.session.revoked" {
+                    continue;
+                }
+                match SessionEvent::decode(&event.payload[..]) {
+                    Ok(s) => match Uuid::parse_str(&s.session_id) {
+                        Ok(id) => check.revoke(id),
+                        Err(_) => {
+                            tracing::warn!(event_id = %event.id, "revocation with a bad session id")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(event_id = %event.id, error = %e, "undecodable revocation")
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// The 401 (or 503) answer for a refused token.
+pub fn refusal(error: TokenError) -> Response {
+    let status = if error == TokenError::Unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let mut response = Problem::new(status, error.code(), "Authentication required")
+        .detail(error.to_string())
+        .into_response();
+    let challenge = if error == TokenError::Missing {
+        "Bearer".to_owned()
+    } else {
+        format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            error.code()
+        )
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(req: &Request) -> Result<&str, TokenError> {
+    let value = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or(TokenError::Missing)?
+        .to_str()
+        .map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+/// Axum middleware: lets the request through with a [`Principal`] in its
+/// extensions, or answers 401.
+pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Next) -> Response {
+    let verdict = match bearer(&req) {
+        Ok(token) => check.check(token).await,
+        Err(e) => Err(e),
+    };
+    match verdict {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => refusal(e),
+    }
+}

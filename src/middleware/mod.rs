@@ -1,0 +1,11 @@
+//! The shared tower/axum middleware every public API uses, one file per
+//! concern. The gateway stacks the same pieces at the edge.
+//!
+//! - [`token`]: PASETO v4.public access tokens: the claims, signing and the
+//!   pure verification every checker shares.
+//! - [`bearer`]: the bearer-token check: keys fetched from auth over gRPC and
+//!   cached, verified tokens cached, revoked sessions learned from the bus,
+//!   and a [`token::Principal`] put into each request.
+
+pub mod bearer;
+pub mod token;

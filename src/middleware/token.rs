@@ -1,0 +1,370 @@
+//! Access tokens: PASETO v4.public (Ed25519), signed by auth, verified by
+//! anyone holding auth's public keys.
+//!
+//! Claims: `sub` (user id), `sid` (session id), `iss`, `aud`, `iat`, `nbf`,
+//! `exp` (RFC 3339), `jti`; the footer holds the signing key's PASERK id as
+//! `kid`. Time checks use the caller's clock, never the system's, so tests
+//! can expire tokens at will.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use pasetors::Public;
+use pasetors::footer::Footer;
+use pasetors::keys::{AsymmetricPublicKey, AsymmetricSecretKey};
+use pasetors::paserk::Id;
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{PublicToken, V4};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Who made a request, as proven by a verified access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a token was refused. `code()` is the stable reason clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token was sent")]
+    Missing,
+    #[error("the token is not a v4.public PASETO of this platform")]
+    Malformed,
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued for another audience")]
+    WrongAudience,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the session has ended")]
+    Revoked,
+    #[error("tokens cannot be checked right now")]
+    Unavailable,
+}
+
+impl TokenError {
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenError::Missing => "token_missing",
+            TokenError::Malformed => "token_malformed",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::WrongIssuer => "token_wrong_issuer",
+            TokenError::Revoked => "session_revoked",
+            TokenError::Unavailable => "token_check_unavailable",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<TokenError> {
+        use TokenError::*;
+        [
+            Missing,
+            Malformed,
+            UnknownKey,
+            BadSignature,
+            Expired,
+            NotYetValid,
+            WrongAudience,
+            WrongIssuer,
+            Revoked,
+            Unavailable,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+    }
+}
+
+/// What a token says, as signed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub sid: String,
+    pub iss: String,
+    pub aud: String,
+    pub iat: String,
+    pub nbf: String,
+    pub exp: String,
+    pub jti: String,
+}
+
+/// The `[tokens]` config section: what auth signs and every verifier expects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim.
+    pub audience: String,
+    /// Lifetime of an access token.
+    pub access_token_ttl_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "gatehouse".into(),
+            audience: "gatehouse".into(),
+            access_token_ttl_secs: 900,
+        }
+    }
+}
+
+impl TokenConfig {
+    pub fn expect(&self) -> Expect {
+        Expect {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+        }
+    }
+
+    pub fn access_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.access_token_ttl_secs).unwrap_or(900))
+    }
+}
+
+/// Issuer and audience a verifier insists on.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub issuer: String,
+    pub audience: String,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Signs an access token for `user_id` in `session_id`, valid from `now`
+/// until `expires_at`, with the key `kid`.
+pub fn sign(
+    key: &AsymmetricSecretKey<V4>,
+    kid: &Id,
+    user_id: Uuid,
+    session_id: Uuid,
+    expect: &Expect,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<String, String> {
+    let claims = Claims {
+        sub: user_id.to_string(),
+        sid: session_id.to_string(),
+        iss: expect.issuer.clone(),
+        aud: expect.audience.clone(),
+        iat: rfc3339(now),
+        nbf: rfc3339(now),
+        exp: rfc3339(expires_at),
+        jti: Uuid::now_v7().to_string(),
+    };
+    let payload = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
+    let mut footer = Footer::new();
+    footer.key_id(kid);
+    let footer = footer.to_string().map_err(|e| e.to_string())?;
+    PublicToken::sign(key, &payload, Some(footer.as_bytes()), None).map_err(|e| e.to_string())
+}
+
+/// The key id a token names in its footer, before anything is verified.
+pub fn key_id(token: &str) -> Result<String, TokenError> {
+    let untrusted =
+        UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+    let mut footer = Footer::new();
+    footer
+        .parse_bytes(untrusted.untrusted_footer())
+        .map_err(|_| TokenError::Malformed)?;
+    footer
+        .get_claim("kid")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or(TokenError::Malformed)
+}
+
+/// Verifies `token` with `key` and checks its claims against `expect` at `now`.
+pub fn verify(
+    token: &str,
+    key: &AsymmetricPublicKey<V4>,
+    expect: &Expect,
+    now: DateTime<Utc>,
+) -> Result<Principal, TokenError> {
+    let untrusted =
+        UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+    let trusted =
+        PublicToken::verify(key, &untrusted, None, None).map_err(|_| TokenError::BadSignature)?;
+    let claims: Claims =
+        serde_json::from_str(trusted.payload()).map_err(|_| TokenError::Malformed)?;
+    let time = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| TokenError::Malformed)
+    };
+    let (nbf, exp) = (time(&claims.nbf)?, time(&claims.exp)?);
+    time(&claims.iat)?;
+    if claims.iss != expect.issuer {
+        return Err(TokenError::WrongIssuer);
+    }
+    if claims.aud != expect.audience {
+        return Err(TokenError::WrongAudience);
+    }
+    if now < nbf {
+        return Err(TokenError::NotYetValid);
+    }
+    if now >= exp {
+        return Err(TokenError::Expired);
+    }
+    Ok(Principal {
+        user_id: Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Malformed)?,
+        session_id: Uuid::parse_str(&claims.sid).map_err(|_| TokenError::Malformed)?,
+        expires_at: exp,
+    })
+}
+
+/// The PASERK (`k4.public.…`) form of a public key.
+pub fn public_key_paserk(key: &AsymmetricPublicKey<V4>) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = pasetors::paserk::FormatAsPaserk::fmt(key, &mut out);
+    out
+}
+
+/// The PASERK id (`k4.pid.…`) of a public key.
+pub fn key_id_of(key: &AsymmetricPublicKey<V4>) -> String {
+    let mut out = String::new();
+    let _ = pasetors::paserk::FormatAsPaserk::fmt(&Id::from(key), &mut out);
+    out
+}
+
+/// Reads a `k4.public.…` PASERK.
+pub fn public_key_from_paserk(text: &str) -> Result<AsymmetricPublicKey<V4>, String> {
+    AsymmetricPublicKey::<V4>::try_from(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pasetors::keys::{AsymmetricKeyPair, Generate};
+
+    fn expect() -> Expect {
+        Expect {
+            issuer: "gatehouse".into(),
+            audience: "gatehouse".into(),
+        }
+    }
+
+    fn pair() -> (AsymmetricKeyPair<V4>, Id) {
+        let kp = AsymmetricKeyPair::<V4>::generate().unwrap();
+        let id = Id::from(&kp.public);
+        (kp, id)
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_names_its_key() {
+        let (kp, kid) = pair();
+        let now = Utc::now();
+        let (user, session) = (Uuid::now_v7(), Uuid::now_v7());
+        let token = sign(
+            &kp.secret,
+            &kid,
+            user,
+            session,
+            &expect(),
+            now,
+            now + chrono::Duration::minutes(15),
+        )
+        .unwrap();
+        assert!(token.starts_with("v4.public."));
+        let mut kid_text = String::new();
+        pasetors::paserk::FormatAsPaserk::fmt(&kid, &mut kid_text).unwrap();
+        assert_eq!(key_id(&token).unwrap(), kid_text);
+        let p = verify(&token, &kp.public, &expect(), now).unwrap();
+        assert_eq!((p.user_id, p.session_id), (user, session));
+    }
+
+    #[test]
+    fn time_issuer_audience_and_key_are_all_checked() {
+        let (kp, kid) = pair();
+        let (other, _) = pair();
+        let now = Utc::now();
+        let exp = now + chrono::Duration::minutes(15);
+        let token = sign(
+            &kp.secret,
+            &kid,
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            &expect(),
+            now,
+            exp,
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&token, &kp.public, &expect(), exp),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(
+                &token,
+                &kp.public,
+                &expect(),
+                now - chrono::Duration::seconds(5)
+            ),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            verify(&token, &other.public, &expect(), now),
+            Err(TokenError::BadSignature)
+        );
+        let elsewhere = Expect {
+            audience: "other".into(),
+            ..expect()
+        };
+        assert_eq!(
+            verify(&token, &kp.public, &elsewhere, now),
+            Err(TokenError::WrongAudience)
+        );
+        let foreign = Expect {
+            issuer: "other".into(),
+            ..expect()
+        };
+        assert_eq!(
+            verify(&token, &kp.public, &foreign, now),
+            Err(TokenError::WrongIssuer)
+        );
+    }
+
+    #[test]
+    fn tampered_and_foreign_tokens_are_refused() {
+        let (kp, kid) = pair();
+        let now = Utc::now();
+        let token = sign(
+            &kp.secret,
+            &kid,
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            &expect(),
+            now,
+            now + chrono::Duration::minutes(5),
+        )
+        .unwrap();
+        // Flip one character of the signed body.
+        let mut bytes = token.clone().into_bytes();
+        let i = "v4.public.".len() + 5;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            verify(&flipped, &kp.public, &expect(), now),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify("garbage", &kp.public, &expect(), now),
+            Err(TokenError::Malformed)
+        );
+        assert!(verify(&token[..token.len() / 2], &kp.public, &expect(), now).is_err());
+        assert_eq!(key_id("v4.local.abc"), Err(TokenError::Malformed));
+    }
+}

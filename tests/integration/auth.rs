@@ -1,0 +1,594 @@
+//! Auth as a client sees it: login through identity, refresh rotation with
+//! reuse detection, logout, sessions, keys, and the shared token check in
+//! front of identity's `/v1/users/me`.
+
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use gatehouse::kernel::clock::Clock as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{PASSWORD, TestApp, assert_problem};
+
+async fn signed_up(app: &TestApp, email: &str) -> Value {
+    app.register(email).await;
+    app.login(email, PASSWORD).await
+}
+
+fn access(pair: &Value) -> String {
+    pair["access_token"].as_str().unwrap().to_owned()
+}
+
+fn refresh_token(pair: &Value) -> String {
+    pair["refresh_token"].as_str().unwrap().to_owned()
+}
+
+/// Polls `/v1/users/me` until it answers `status`, for at most `within`.
+async fn me_becomes(
+    app: &TestApp,
+    token: &str,
+    status: u16,
+    within: StdDuration,
+) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = app.me(token).await;
+        if r.status().as_u16() == status || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn login_gives_a_bearer_pair_that_reads_my_profile() {
+    let app = TestApp::start().await;
+    let user = app.register("ann@example.org").await;
+    let pair = app.login("ANN@example.org", PASSWORD).await;
+    assert_eq!(pair["token_type"], "Bearer");
+    assert_eq!(pair["expires_in"], 900);
+    assert!(access(&pair).starts_with("v4.public."));
+    assert_eq!(refresh_token(&pair).len(), 64);
+
+    let r = app.me(&access(&pair)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"1\"");
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["id"], user["id"]);
+    assert_eq!(me["email"], "ann@example.org");
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_look_the_same() {
+    let app = TestApp::start().await;
+    app.register("ann@example.org").await;
+    let wrong = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "ann@example.org", "password": "not the password"}),
+        )
+        .await;
+    let unknown = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "bob@example.org", "password": PASSWORD}),
+        )
+        .await;
+    let wrong = assert_problem(wrong, 401, "invalid_credentials").await;
+    let unknown = assert_problem(unknown, 401, "invalid_credentials").await;
+    assert_eq!(wrong, unknown);
+    let r = app
+        .auth_post("/v1/auth/login", json!({"email": "ann@example.org"}))
+        .await;
+    assert_problem(r, 422, "invalid_body").await;
+}
+
+#[tokio::test]
+async fn a_locked_account_gets_its_own_code() {
+    let app = TestApp::builder()
+        .identity(|c| c.lockout.max_failures = 2)
+        .start()
+        .await;
+    app.register("lock@example.org").await;
+    for _ in 0..2 {
+        let r = app
+            .auth_post(
+                "/v1/auth/login",
+                json!({"email": "lock@example.org", "password": "wrong wrong"}),
+            )
+            .await;
+        assert_problem(r, 401, "invalid_credentials").await;
+    }
+    let r = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "lock@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_problem(r, 423, "account_locked").await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_ends_the_session() {
+    let app = TestApp::start().await;
+    let first = signed_up(&app, "rot@example.org").await;
+    let second: Value = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&first)}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(refresh_token(&second), refresh_token(&first));
+    assert_ne!(access(&second), access(&first));
+    assert_eq!(app.me(&access(&second)).await.status(), 200);
+
+    // A client that lost the answer retries within the grace window: same pair.
+    let retry: Value = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&first)}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retry, second);
+
+    // After the grace window the old token is a reuse: the session ends.
+    app.clock.advance(Duration::seconds(6));
+    let r = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&first)}),
+        )
+        .await;
+    assert_problem(r, 401, "refresh_token_reused").await;
+    let r = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&second)}),
+        )
+        .await;
+    assert_problem(r, 401, "invalid_refresh_token").await;
+    let r = me_becomes(&app, &access(&second), 401, StdDuration::from_secs(1)).await;
+    assert_problem(r, 401, "session_revoked").await;
+}
+
+#[tokio::test]
+async fn two_rotations_in_one_second_are_still_told_apart() {
+    let app = TestApp::start().await;
+    let a = signed_up(&app, "fast@example.org").await;
+    let b: Value = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&a)}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let c = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&b)}),
+        )
+        .await;
+    assert_eq!(c.status(), 200);
+    // The clock has not moved, but `a` is two generations old: reuse.
+    let r = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&a)}),
+        )
+        .await;
+    assert_problem(r, 401, "refresh_token_reused").await;
+}
+
+#[tokio::test]
+async fn logout_stops_the_access_token_within_a_second() {
+    let app = TestApp::start().await;
+    let pair = signed_up(&app, "out@example.org").await;
+    let token = access(&pair);
+    assert_eq!(app.me(&token).await.status(), 200);
+    let r = app
+        .with_token(
+            Method::POST,
+            format!("{}/v1/auth/logout", app.auth_base),
+            &token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = me_becomes(&app, &token, 401, StdDuration::from_secs(1)).await;
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_problem(r, 401, "session_revoked").await;
+    let r = app
+        .auth_post(
+            "/v1/auth/refresh",
+            json!({"refresh_token": refresh_token(&pair)}),
+        )
+        .await;
+    assert_problem(r, 401, "invalid_refresh_token").await;
+    // Logging out again with the dead token is refused.
+    let r = app
+        .with_token(
+            Method::POST,
+            format!("{}/v1/auth/logout", app.auth_base),
+            &token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 401, "session_revoked").await;
+}
+
+#[tokio::test]
+async fn users_see_and_end_their_own_sessions_only() {
+    let app = TestApp::start().await;
+    let laptop = signed_up(&app, "s@example.org").await;
+    let phone = app.login("s@example.org", PASSWORD).await;
+    let other = signed_up(&app, "other@example.org").await;
+
+    let list: Value = app
+        .with_token(
+            Method::GET,
+            format!("{}/v1/auth/sessions", app.auth_base),
+            &access(&laptop),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+    let phone_id = sessions.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Someone else cannot end it.
+    let r = app
+        .with_token(
+            Method::DELETE,
+            format!("{}/v1/auth/sessions/{phone_id}", app.auth_base),
+            &access(&other),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 404, "session_not_found").await;
+    assert_eq!(app.me(&access(&phone)).await.status(), 200);
+
+    let r = app
+        .with_token(
+            Method::DELETE,
+            format!("{}/v1/auth/sessions/{phone_id}", app.auth_base),
+            &access(&laptop),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    me_becomes(&app, &access(&phone), 401, StdDuration::from_secs(1)).await;
+    assert_eq!(app.me(&access(&laptop)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_a_reason() {
+    let app = TestApp::start().await;
+    let pair = signed_up(&app, "t@example.org").await;
+    let token = access(&pair);
+
+    let r = app.get("/v1/users/me").await;
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_problem(r, 401, "token_missing").await;
+    for (bad, code) in [
+        ("garbage".to_owned(), "token_malformed"),
+        (token[..token.len() / 2].to_owned(), "token_malformed"),
+        (
+            token.replacen("v4.public.", "v4.local.", 1),
+            "token_malformed",
+        ),
+        (flip(&token, 20), "token_bad_signature"),
+    ] {
+        assert_problem(app.me(&bad).await, 401, code).await;
+    }
+    let r = app
+        .http
+        .get(format!("{}/v1/users/me", app.base))
+        .header("authorization", format!("Basic {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 401, "token_malformed").await;
+
+    // Not valid yet (the clock stands before its nbf), then expired.
+    app.clock.advance(Duration::seconds(-120));
+    let fresh = app.login("t@example.org", PASSWORD).await;
+    app.clock.advance(Duration::seconds(60));
+    assert_eq!(app.me(&access(&fresh)).await.status(), 200);
+    let early = app.login("t@example.org", PASSWORD).await;
+    app.clock.advance(Duration::seconds(-30));
+    assert_problem(app.me(&access(&early)).await, 401, "token_not_yet_valid").await;
+    app.clock.advance(Duration::minutes(20));
+    assert_problem(app.me(&token).await, 401, "token_expired").await;
+}
+
+/// Changes one base64 character inside the signed part of a token.
+fn flip(token: &str, at: usize) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = "v4.public.".len() + at;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn the_shared_check_refuses_other_audiences_issuers_and_keys() {
+    use gatehouse::middleware::bearer::{AuthKeys, TokenCheck};
+    use gatehouse::middleware::token::{Expect, TokenError};
+    let app = TestApp::start().await;
+    let token = access(&signed_up(&app, "aud@example.org").await);
+    let check = |expect: Expect| {
+        TokenCheck::new(
+            std::sync::Arc::new(AuthKeys {
+                clients: app.ctx.clients.clone(),
+            }),
+            expect,
+            app.clock.clone(),
+            std::time::Duration::from_secs(900),
+        )
+    };
+    let ours = Expect {
+        issuer: "gatehouse".into(),
+        audience: "gatehouse".into(),
+    };
+    assert!(check(ours.clone()).check(&token).await.is_ok());
+    let r = check(Expect {
+        audience: "billing".into(),
+        ..ours.clone()
+    })
+    .check(&token)
+    .await;
+    assert_eq!(r.unwrap_err(), TokenError::WrongAudience);
+    let r = check(Expect {
+        issuer: "elsewhere".into(),
+        ..ours.clone()
+    })
+    .check(&token)
+    .await;
+    assert_eq!(r.unwrap_err(), TokenError::WrongIssuer);
+
+    // A token signed with a key auth never published.
+    use pasetors::keys::{AsymmetricKeyPair, Generate};
+    let stranger = AsymmetricKeyPair::<pasetors::version4::V4>::generate().unwrap();
+    let forged = gatehouse::middleware::token::sign(
+        &stranger.secret,
+        &pasetors::paserk::Id::from(&stranger.public),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        &ours,
+        app.clock.now(),
+        app.clock.now() + Duration::minutes(5),
+    )
+    .unwrap();
+    assert_problem(app.me(&forged).await, 401, "token_unknown_key").await;
+}
+
+#[tokio::test]
+async fn keys_are_published_before_they_sign_and_kept_after() {
+    let app = TestApp::start().await;
+    let keys: Value = reqwest::get(format!("{}/v1/auth/keys", app.auth_base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = keys["keys"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let first_kid = list[0]["kid"].as_str().unwrap().to_owned();
+    assert!(first_kid.starts_with("k4.pid."));
+    assert!(
+        list[0]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("k4.public.")
+    );
+    assert_eq!(keys["cache_ttl_secs"], 300);
+
+    let old_token = access(&signed_up(&app, "k@example.org").await);
+    let config = gatehouse::auth::AuthConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let new_kid = gatehouse::auth::rotate_keys(&app.ctx, &config)
+        .await
+        .unwrap();
+    let keys: Value = reqwest::get(format!("{}/v1/auth/keys", app.auth_base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+
+    // Published now, but signing only after the verifiers' cache lifetime.
+    let kid_of = |t: &str| gatehouse::middleware::token::key_id(t).unwrap();
+    let during = access(&app.login("k@example.org", PASSWORD).await);
+    assert_eq!(kid_of(&during), first_kid);
+    app.clock.advance(Duration::seconds(301));
+    tokio::time::sleep(StdDuration::from_secs(11)).await; // the signer is re-read every 10 s
+    let after = access(&app.login("k@example.org", PASSWORD).await);
+    assert_eq!(kid_of(&after), new_kid);
+    // Tokens of the old key keep working until they expire.
+    assert_eq!(app.me(&old_token).await.status(), 200);
+    assert_eq!(app.me(&after).await.status(), 200);
+    // Once every token of the old key has expired, it is no longer published.
+    app.clock.advance(Duration::minutes(16));
+    let keys: Value = reqwest::get(format!("{}/v1/auth/keys", app.auth_base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, vec![new_kid.as_str()]);
+}
+
+#[tokio::test]
+async fn my_profile_can_be_edited_with_if_match() {
+    let app = TestApp::start().await;
+    let token = access(&signed_up(&app, "edit@example.org").await);
+    let patch = |etag: Option<&str>, name: &str| {
+        let mut req = app
+            .with_token(Method::PATCH, format!("{}/v1/users/me", app.base), &token)
+            .json(&json!({"display_name": name}));
+        if let Some(tag) = etag {
+            req = req.header("if-match", tag);
+        }
+        req.send()
+    };
+    let r = patch(Some("\"1\""), "Edited").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    let r = patch(Some("\"1\""), "Lost update").await.unwrap();
+    assert_problem(r, 412, "version_mismatch").await;
+    let me: Value = app.me(&token).await.json().await.unwrap();
+    assert_eq!(me["display_name"], "Edited");
+    let r = patch(None, "").await.unwrap();
+    assert_problem(r, 422, "validation_failed").await;
+}
+
+#[tokio::test]
+async fn a_password_change_ends_my_other_sessions() {
+    let app = TestApp::start().await;
+    let here = signed_up(&app, "pw@example.org").await;
+    let elsewhere = app.login("pw@example.org", PASSWORD).await;
+    let change = |current: &str| {
+        app.with_token(
+            Method::POST,
+            format!("{}/v1/users/me/password", app.base),
+            &access(&here),
+        )
+        .json(&json!({"current_password": current, "new_password": "a brand new passphrase"}))
+        .send()
+    };
+    assert_problem(
+        change("not it at all").await.unwrap(),
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(change(PASSWORD).await.unwrap().status(), 204);
+    me_becomes(&app, &access(&elsewhere), 401, StdDuration::from_secs(2)).await;
+    assert_problem(app.me(&access(&elsewhere)).await, 401, "session_revoked").await;
+    assert_eq!(app.me(&access(&here)).await.status(), 200);
+    app.login("pw@example.org", "a brand new passphrase").await;
+}
+
+#[tokio::test]
+async fn tokens_of_disabled_or_deleted_users_stop_working() {
+    let app = TestApp::start().await;
+    let user = app.register("gone@example.org").await;
+    let token = access(&app.login("gone@example.org", PASSWORD).await);
+    let mut grpc = app.grpc().await;
+    grpc.set_status(gatehouse::proto::identity::v1::SetStatusRequest {
+        id: user["id"].as_str().unwrap().into(),
+        status: "disabled".into(),
+    })
+    .await
+    .unwrap();
+    me_becomes(&app, &token, 401, StdDuration::from_secs(2)).await;
+    assert_problem(app.me(&token).await, 401, "session_revoked").await;
+    let r = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "gone@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert_problem(r, 403, "account_disabled").await;
+
+    app.register("bye@example.org").await;
+    let token = access(&app.login("bye@example.org", PASSWORD).await);
+    let r = app
+        .with_token(Method::DELETE, format!("{}/v1/users/me", app.base), &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    me_becomes(&app, &token, 401, StdDuration::from_secs(2)).await;
+    let r = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "bye@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert_problem(r, 401, "invalid_credentials").await;
+    // The address is free again.
+    app.register("bye@example.org").await;
+}
+
+#[tokio::test]
+async fn validate_token_and_revocation_over_grpc() {
+    use gatehouse::proto::auth::v1 as pb;
+    let app = TestApp::start().await;
+    let user = app.register("g@example.org").await;
+    let token = access(&app.login("g@example.org", PASSWORD).await);
+    let mut auth = pb::auth_client::AuthClient::new(app.ctx.clients.channel("auth").await.unwrap());
+    let ok = auth
+        .validate_token(pb::ValidateTokenRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.user_id, user["id"].as_str().unwrap());
+    let keys = auth
+        .get_public_keys(pb::GetPublicKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keys.keys.len(), 1);
+    let revoked = auth
+        .revoke_user_sessions(pb::RevokeUserSessionsRequest {
+            user_id: ok.user_id.clone(),
+            except_session_id: String::new(),
+            reason: "admin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 1);
+    let e = auth
+        .validate_token(pb::ValidateTokenRequest { token })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(crate::support::grpc_code(&e), "session_revoked");
+    let e = auth
+        .revoke_session(pb::RevokeSessionRequest {
+            session_id: "nope".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
