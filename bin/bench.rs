@@ -2,17 +2,29 @@
 //! platform and prints, per scenario, the figure, its baseline and the ratio
 //! on one line.
 //!
-//! Scenario `registrations`: registrations per second through HTTP against
-//! the bare scrypt hash rate with the same parameters and concurrency on the
-//! same machine. Hashing dominates a registration, so the ratio shows what
-//! everything else (HTTP, JSON, database, outbox) costs.
+//! - `registrations_per_sec`: registrations through HTTP against the bare
+//!   scrypt hash rate with the same parameters and concurrency. Hashing
+//!   dominates a registration, so the ratio shows what everything else
+//!   (HTTP, JSON, database, outbox) costs.
+//! - `logins_per_sec`: logins through auth (which asks identity over gRPC)
+//!   against the same scrypt bound.
+//! - `token_checks_per_sec`: the shared token check with its verified-token
+//!   cache against full signature verification, in this process.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gatehouse::middleware::bearer::{KeySet, KeySource, TokenCheck};
+use gatehouse::middleware::token::{self, TokenConfig};
+use pasetors::keys::{AsymmetricKeyPair, Generate};
+use pasetors::version4::V4;
+
+const PASSWORD: &str = "benchmark password 123";
 
 #[derive(Parser)]
 #[command(name = "gatehouse-bench")]
@@ -20,6 +32,9 @@ struct Cli {
     /// Base URL of the identity service.
     #[arg(long, default_value = "http://127.0.0.1:4102")]
     identity_url: String,
+    /// Base URL of the auth service.
+    #[arg(long, default_value = "http://127.0.0.1:4101")]
+    auth_url: String,
     /// The config the platform runs with (for its scrypt parameters).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -41,21 +56,54 @@ async fn main() -> anyhow::Result<()> {
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let span = Duration::from_secs(cli.seconds);
+    let setup = format!(
+        "scrypt log_n={} r={} p={}, concurrency {concurrency}, {}s each",
+        params.log_n(),
+        params.r(),
+        params.p(),
+        cli.seconds
+    );
+    let client = reqwest::Client::new();
+    for base in [&cli.identity_url, &cli.auth_url] {
+        let ready = client.get(format!("{base}/readyz")).send().await?;
+        anyhow::ensure!(ready.status().is_success(), "{base} is not ready");
+    }
+    let run = uuid::Uuid::now_v7().simple().to_string();
 
     let hashes = hash_rate(params, concurrency, span).await?;
-    let registrations = registration_rate(&cli.identity_url, concurrency, span).await?;
+    let (c, url, r) = (client.clone(), cli.identity_url.clone(), run.clone());
+    let registrations = rate(concurrency, span, move |worker, n| {
+        register(c.clone(), url.clone(), email(&r, worker, n))
+    })
+    .await?;
+    report("registrations_per_sec", registrations, hashes, &setup, 0.9);
+
+    // One account per worker, made before the clock starts.
+    for worker in 0..concurrency {
+        register(
+            client.clone(),
+            cli.identity_url.clone(),
+            email(&run, worker, 0),
+        )
+        .await?;
+    }
+    let (c, url, r) = (client.clone(), cli.auth_url.clone(), run.clone());
+    let logins = rate(concurrency, span, move |worker, _| {
+        login(c.clone(), url.clone(), email(&r, worker, 0))
+    })
+    .await?;
+    report("logins_per_sec", logins, hashes, &setup, 0.9);
+
+    let (uncached, cached) = token_check_rates(&config.tokens, span).await?;
     report(
-        "registrations_per_sec",
-        registrations,
-        hashes,
+        "token_checks_per_sec",
+        cached,
+        uncached,
         &format!(
-            "scrypt log_n={} r={} p={}, concurrency {concurrency}, {}s each",
-            params.log_n(),
-            params.r(),
-            params.p(),
+            "cached vs full verification, one task, {}s each",
             cli.seconds
         ),
-        0.9,
+        20.0,
     );
     Ok(())
 }
@@ -72,6 +120,63 @@ fn report(name: &str, figure: f64, baseline: f64, setup: &str, target: f64) {
     );
 }
 
+fn email(run: &str, worker: usize, n: u64) -> String {
+    format!("bench-{run}-{worker}-{n}@example.org")
+}
+
+/// Successful operations per second: `concurrency` workers each calling
+/// `op` (with their number and a counter) one call after another for `span`.
+async fn rate<F, Fut>(concurrency: usize, span: Duration, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let (op, done) = (op.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < span {
+                n += 1;
+                op(worker, n).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn register(client: reqwest::Client, base: String, email: String) -> anyhow::Result<()> {
+    let r = client
+        .post(format!("{base}/v1/users"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD, "display_name": "Bench"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "registration answered {}",
+        r.status()
+    );
+    Ok(())
+}
+
+async fn login(client: reqwest::Client, base: String, email: String) -> anyhow::Result<()> {
+    let r = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().as_u16() == 200, "login answered {}", r.status());
+    Ok(())
+}
+
 /// Bare hashes per second: `concurrency` threads hashing for `span`.
 async fn hash_rate(
     params: scrypt::Params,
@@ -85,7 +190,7 @@ async fn hash_rate(
         let done = done.clone();
         workers.push(tokio::task::spawn_blocking(move || {
             while start.elapsed() < span {
-                gatehouse::identity::password::hash_blocking(&params, "benchmark password 123")
+                gatehouse::identity::password::hash_blocking(&params, PASSWORD)
                     .map_err(anyhow::Error::msg)?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -98,43 +203,61 @@ async fn hash_rate(
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Successful registrations per second through HTTP.
-async fn registration_rate(base: &str, concurrency: usize, span: Duration) -> anyhow::Result<f64> {
-    let client = reqwest::Client::new();
-    let ready = client.get(format!("{base}/readyz")).send().await?;
-    anyhow::ensure!(
-        ready.status().is_success(),
-        "identity at {base} is not ready"
+/// A key source holding one key, so no network is involved.
+struct OneKey {
+    kid: String,
+    key: pasetors::keys::AsymmetricPublicKey<V4>,
+}
+
+#[async_trait::async_trait]
+impl KeySource for OneKey {
+    async fn fetch(&self) -> Result<KeySet, String> {
+        Ok(KeySet {
+            keys: HashMap::from([(self.kid.clone(), self.key.clone())]),
+            ttl: Duration::from_secs(3600),
+        })
+    }
+}
+
+/// Token checks per second without and with the verified-token cache.
+async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Result<(f64, f64)> {
+    let pair = AsymmetricKeyPair::<V4>::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let kid = token::key_id_of(&pair.public);
+    let now = chrono::Utc::now();
+    let token = token::sign(
+        &pair.secret,
+        &pasetors::paserk::Id::from(&pair.public),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        &tokens.expect(),
+        now,
+        now + chrono::Duration::hours(1),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let check = TokenCheck::new(
+        Arc::new(OneKey {
+            kid,
+            key: pair.public,
+        }),
+        tokens.expect(),
+        Arc::new(gatehouse::kernel::clock::SystemClock),
+        Duration::from_secs(900),
     );
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for worker in 0..concurrency {
-        let (client, done, run) = (client.clone(), done.clone(), run.clone());
-        let url = format!("{base}/v1/users");
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while start.elapsed() < span {
-                n += 1;
-                let body = serde_json::json!({
-                    "email": format!("bench-{run}-{worker}-{n}@example.org"),
-                    "password": "benchmark password 123",
-                    "display_name": "Bench",
-                });
-                let r = client.post(&url).json(&body).send().await?;
-                anyhow::ensure!(
-                    r.status().as_u16() == 201,
-                    "registration answered {}",
-                    r.status()
-                );
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        }));
-    }
-    for w in workers {
-        w.await??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let measure = async |cached: bool| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < span {
+            let verdict = if cached {
+                check.check(&token).await
+            } else {
+                check.verify_uncached(&token).await
+            };
+            verdict.map_err(|e| anyhow::anyhow!("{e}"))?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    };
+    let uncached = measure(false).await?;
+    let cached = measure(true).await?;
+    Ok((uncached, cached))
 }

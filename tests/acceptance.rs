@@ -20,6 +20,9 @@ const PASSWORD: &str = "correct horse battery staple";
 #[derive(World, Default)]
 struct Platform {
     process: Option<Service>,
+    auth: Option<Service>,
+    /// Token pairs received, oldest first.
+    pairs: Vec<Value>,
     status: u16,
     body: Value,
     /// Registered users' ids by lowercased email.
@@ -43,14 +46,18 @@ struct Service {
 
 impl Service {
     fn start() -> Service {
-        let data = tempfile::tempdir().unwrap();
-        let mut process = ServiceProcess::spawn(
+        Self::spawn(
             env!("CARGO_BIN_EXE_gatehouse-identity"),
+            "identity",
             free_port(),
-            data.path(),
             &[],
-        );
-        process.wait_line("service started");
+        )
+    }
+
+    fn spawn(binary: &str, service: &str, port: u16, env: &[(&str, String)]) -> Service {
+        let data = tempfile::tempdir().unwrap();
+        let mut process = ServiceProcess::spawn(binary, service, port, data.path(), env);
+        process.started();
         Service {
             process,
             _data: data,
@@ -127,6 +134,157 @@ impl Platform {
 #[given("the identity service is running")]
 fn running(world: &mut Platform) {
     world.process = Some(Service::start());
+}
+
+#[given("the identity and auth services are running")]
+fn both_running(world: &mut Platform) {
+    let (identity_port, auth_port) = (free_port(), free_port());
+    let registry = |service: &str, port: u16| {
+        vec![
+            ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
+            (
+                if service == "auth" {
+                    "GATEHOUSE_REGISTRY__INSTANCES__AUTH"
+                } else {
+                    "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY"
+                },
+                format!("[\"http://127.0.0.1:{port}\"]"),
+            ),
+        ]
+    };
+    let mut auth_env = registry("identity", identity_port);
+    // Reuse is detected at once (no grace window) to keep scenarios short.
+    auth_env.push(("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned()));
+    world.process = Some(Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
+        identity_port,
+        &registry("auth", auth_port),
+    ));
+    world.auth = Some(Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-auth"),
+        "auth",
+        auth_port,
+        &auth_env,
+    ));
+}
+
+impl Platform {
+    fn auth_base(&self) -> String {
+        self.auth
+            .as_ref()
+            .expect("auth was started in the background")
+            .process
+            .base
+            .clone()
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) {
+        let r = request.send().await.unwrap();
+        self.status = r.status().as_u16();
+        self.body = r.json().await.unwrap_or(Value::Null);
+        if self.status == 200 && self.body["token_type"] == "Bearer" {
+            self.pairs.push(self.body.clone());
+        }
+    }
+
+    fn latest(&self, field: &str) -> String {
+        self.pairs.last().expect("signed in before")[field]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[when(expr = "{string} signs in with {string}")]
+async fn signs_in(world: &mut Platform, email: String, password: String) {
+    let url = format!("{}/v1/auth/login", world.auth_base());
+    world
+        .send(
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"email": email, "password": password})),
+        )
+        .await;
+}
+
+#[given(expr = "{string} has signed in")]
+async fn has_signed_in(world: &mut Platform, email: String) {
+    world.register(&email, PASSWORD).await;
+    signs_in(world, email, PASSWORD.to_owned()).await;
+    assert_eq!(world.status, 200, "{}", world.body);
+}
+
+#[then("the answer holds a bearer token pair")]
+fn holds_pair(world: &mut Platform) {
+    assert_eq!(world.body["token_type"], "Bearer");
+    assert!(
+        world.body["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("v4.public.")
+    );
+    assert!(world.body["refresh_token"].is_string());
+    assert!(world.body["expires_in"].as_i64().unwrap() > 0);
+}
+
+#[then(expr = "with that token my profile shows {string}")]
+async fn profile_shows(world: &mut Platform, email: String) {
+    let url = format!("{}/v1/users/me", world.service().process.base);
+    let token = world.latest("access_token");
+    world
+        .send(reqwest::Client::new().get(url).bearer_auth(token))
+        .await;
+    assert_eq!(world.status, 200, "{}", world.body);
+    assert_eq!(world.body["email"], email.as_str());
+}
+
+#[given("the latest refresh token is used")]
+#[when("the latest refresh token is used")]
+async fn refresh_latest(world: &mut Platform) {
+    let token = world.latest("refresh_token");
+    refresh_with(world, token).await;
+}
+
+#[when("the first refresh token is used again")]
+async fn refresh_first(world: &mut Platform) {
+    let token = world.pairs[0]["refresh_token"].as_str().unwrap().to_owned();
+    refresh_with(world, token).await;
+}
+
+async fn refresh_with(world: &mut Platform, token: String) {
+    let url = format!("{}/v1/auth/refresh", world.auth_base());
+    world
+        .send(
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"refresh_token": token})),
+        )
+        .await;
+}
+
+#[when(expr = "{string} signs out")]
+async fn signs_out(world: &mut Platform, _email: String) {
+    let url = format!("{}/v1/auth/logout", world.auth_base());
+    let token = world.latest("access_token");
+    world
+        .send(reqwest::Client::new().post(url).bearer_auth(token))
+        .await;
+}
+
+#[when("my profile is read with the token changed in one place")]
+async fn tampered(world: &mut Platform) {
+    let mut token = world.latest("access_token").into_bytes();
+    let i = "v4.public.".len() + 10;
+    token[i] = if token[i] == b'A' { b'B' } else { b'A' };
+    let url = format!("{}/v1/users/me", world.service().process.base);
+    world
+        .send(
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(String::from_utf8(token).unwrap()),
+        )
+        .await;
 }
 
 #[given(expr = "{string} has registered")]

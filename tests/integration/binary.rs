@@ -25,12 +25,21 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` (a path) listening on `port`, keeping data in `data`;
-    /// `env` adds or overrides variables.
-    pub fn spawn(binary: &str, port: u16, data: &Path, env: &[(&str, String)]) -> ServiceProcess {
+    /// Starts `binary` (a path) with `service` listening on `port`, keeping
+    /// data in `data`; `env` adds or overrides variables.
+    pub fn spawn(
+        binary: &str,
+        service: &str,
+        port: u16,
+        data: &Path,
+        env: &[(&str, String)],
+    ) -> ServiceProcess {
         let mut cmd = Command::new(binary);
         cmd.env("GATEHOUSE_DATA_DIR", data)
-            .env("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                format!("GATEHOUSE_{}__LISTEN", service.to_uppercase()),
+                format!("127.0.0.1:{port}"),
+            )
             .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
             .env("GATEHOUSE_LOG__FORMAT", "json")
             .env("GATEHOUSE_LOG__LEVEL", "info")
@@ -78,6 +87,11 @@ impl ServiceProcess {
     /// Waits for a log line containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> String {
         self.wait_for(|line| line.contains(needle))
+    }
+
+    /// Waits until the service logged that it started.
+    pub fn started(&mut self) {
+        self.wait_line("service started");
     }
 
     /// Sends SIGTERM and waits (up to 20 s) for the exit. Async, so the

@@ -41,7 +41,13 @@ fn spawn_identity(
     data: &std::path::Path,
     env: &[(&'static str, String)],
 ) -> ServiceProcess {
-    ServiceProcess::spawn(env!("CARGO_BIN_EXE_gatehouse-identity"), port, data, env)
+    ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
+        port,
+        data,
+        env,
+    )
 }
 
 #[tokio::test]
@@ -141,4 +147,105 @@ fn hash_calibrate_prints_parameters_for_this_machine() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("ms/hash"), "{text}");
     assert!(text.contains("[identity.scrypt]\nlog_n = "), "{text}");
+}
+
+#[tokio::test]
+async fn identity_and_auth_as_separate_processes_find_each_other_through_the_static_registry() {
+    let (identity_dir, auth_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (identity_port, auth_port) = (free_port(), free_port());
+    let backend = Backend::new();
+    let registry = |service: &str, port: u16| {
+        vec![
+            ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
+            (
+                if service == "auth" {
+                    "GATEHOUSE_REGISTRY__INSTANCES__AUTH"
+                } else {
+                    "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY"
+                },
+                format!("[\"http://127.0.0.1:{port}\"]"),
+            ),
+        ]
+    };
+    let mut identity_env = registry("auth", auth_port);
+    identity_env.extend(backend.env.iter().cloned());
+    let mut auth_env = registry("identity", identity_port);
+    auth_env.extend(backend.env.iter().cloned());
+    let mut identity = spawn_identity(identity_port, identity_dir.path(), &identity_env);
+    let mut auth = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-auth"),
+        "auth",
+        auth_port,
+        auth_dir.path(),
+        &auth_env,
+    );
+    identity.started();
+    auth.started();
+    let http = reqwest::Client::new();
+
+    let r = http
+        .post(format!("{}/v1/users", identity.base))
+        .json(&json!({"email": "two@example.org", "password": PASSWORD, "display_name": "Two"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Auth checks the password with identity over gRPC ...
+    let pair: serde_json::Value = http
+        .post(format!("{}/v1/auth/login", auth.base))
+        .json(&json!({"email": "two@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = pair["access_token"].as_str().unwrap();
+    // ... and identity verifies the token with keys fetched from auth.
+    let me = http
+        .get(format!("{}/v1/users/me", identity.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let refreshed = http
+        .post(format!("{}/v1/auth/refresh", auth.base))
+        .json(&json!({"refresh_token": pair["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let second: serde_json::Value = http
+        .post(format!("{}/v1/auth/login", auth.base))
+        .json(&json!({"email": "two@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let logout = http
+        .post(format!("{}/v1/auth/logout", auth.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let sessions = http
+        .get(format!("{}/v1/auth/sessions", auth.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sessions.status(), 401);
+    // With auth down, identity keeps verifying new tokens with the keys it has.
+    drop(auth);
+    let me = http
+        .get(format!("{}/v1/users/me", identity.base))
+        .bearer_auth(second["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
 }

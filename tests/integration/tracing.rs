@@ -81,6 +81,7 @@ async fn spans_reach_an_otlp_receiver_and_continue_the_callers_trace() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
         free_port(),
         dir.path(),
         &[
