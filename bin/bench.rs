@@ -10,6 +10,10 @@
 //!   against the same scrypt bound.
 //! - `token_checks_per_sec`: the shared token check with its verified-token
 //!   cache against full signature verification, in this process.
+//! - `me_per_sec`: `GET /v1/users/me` on the platform (token check on)
+//!   against the same routes and server stack with the check off, served by
+//!   a child process of this tool that puts a fixed principal into each
+//!   request instead.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,12 +48,23 @@ struct Cli {
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
+    /// Connections for the request-rate scenarios.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Serve the signed-in routes without a token check (used by the tool itself).
+    #[arg(long, hide = true, requires = "user_id")]
+    serve_unchecked: Option<u16>,
+    #[arg(long, hide = true)]
+    user_id: Option<uuid::Uuid>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = gatehouse::config::Config::load(cli.config.as_deref())?;
+    if let (Some(port), Some(user)) = (cli.serve_unchecked, cli.user_id) {
+        return serve_unchecked(config, port, user).await;
+    }
     let params = gatehouse::identity::password::params(&config.identity.scrypt)
         .map_err(anyhow::Error::msg)?;
     let concurrency = cli
@@ -93,6 +108,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     report("logins_per_sec", logins, hashes, &setup, 0.9);
+
+    let (on, off) = me_rates(&cli, &client, &email(&run, 0, 0), span).await?;
+    report(
+        "me_per_sec",
+        on,
+        off,
+        &format!(
+            "token check on vs off, {} connections, {}s each",
+            cli.connections, cli.seconds
+        ),
+        0.8,
+    );
 
     let (uncached, cached) = token_check_rates(&config.tokens, span).await?;
     report(
@@ -260,4 +287,113 @@ async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Resu
     let uncached = measure(false).await?;
     let cached = measure(true).await?;
     Ok((uncached, cached))
+}
+
+/// `GET /v1/users/me` per second with the token check on (the platform) and
+/// off (a child process serving the same routes behind a fixed principal).
+async fn me_rates(
+    cli: &Cli,
+    client: &reqwest::Client,
+    email: &str,
+    span: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let pair: serde_json::Value = client
+        .post(format!("{}/v1/auth/login", cli.auth_url))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = pair["access_token"].as_str().unwrap_or_default().to_owned();
+    let me: serde_json::Value = client
+        .get(format!("{}/v1/users/me", cli.identity_url))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user_id = me["id"].as_str().unwrap_or_default().to_owned();
+    let get_me = |base: String| {
+        let (c, t) = (client.clone(), token.clone());
+        move |_, _| {
+            let (c, t, url) = (c.clone(), t.clone(), format!("{base}/v1/users/me"));
+            async move {
+                let r = c.get(url).bearer_auth(t).send().await?;
+                anyhow::ensure!(
+                    r.status().as_u16() == 200,
+                    "/v1/users/me answered {}",
+                    r.status()
+                );
+                r.bytes().await?;
+                Ok(())
+            }
+        }
+    };
+    let on = rate(cli.connections, span, get_me(cli.identity_url.clone())).await?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--serve-unchecked",
+            &port.to_string(),
+            "--user-id",
+            &user_id,
+        ])
+        .kill_on_drop(true)
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the unchecked server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let off = rate(cli.connections, span, get_me(base)).await;
+    child.kill().await?;
+    Ok((on, off?))
+}
+
+/// The child process of `me_rates`: identity's signed-in routes under the
+/// usual server stack, with a fixed principal instead of the token check.
+async fn serve_unchecked(
+    config: gatehouse::config::Config,
+    port: u16,
+    user_id: uuid::Uuid,
+) -> anyhow::Result<()> {
+    use gatehouse::kernel::health::Probes;
+    use gatehouse::kernel::server::{self, ServiceApp};
+    let ctx = gatehouse::platform::context(&config)?;
+    let (identity, db, _relay) = gatehouse::identity::open(
+        &ctx,
+        config.identity.clone(),
+        Arc::new(gatehouse::identity::notifier::LogNotifier),
+    )
+    .await?;
+    let principal = gatehouse::middleware::token::Principal {
+        user_id,
+        session_id: uuid::Uuid::nil(),
+        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+    };
+    let http = gatehouse::identity::http::signed_in_routes()
+        .route_layer(axum::middleware::from_fn(
+            move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+                req.extensions_mut().insert(principal.clone());
+                next.run(req)
+            },
+        ))
+        .with_state(identity);
+    let app = ServiceApp {
+        name: "identity",
+        http,
+        grpc: tonic::service::Routes::default(),
+        probes: Probes(vec![Arc::new(db)]),
+    };
+    let router = server::router(app, &ctx.server, &ctx.metrics);
+    let listener = server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    axum::serve(listener, router).await?;
+    Ok(())
 }

@@ -20,9 +20,7 @@ use crate::middleware::token::Principal;
 /// The public routes; the `/v1/users/me` ones need a bearer token that
 /// `check` accepts.
 pub fn routes(identity: Identity, check: TokenCheck) -> Router {
-    let signed_in = Router::new()
-        .route("/v1/users/me", get(me).patch(update_me).delete(delete_me))
-        .route("/v1/users/me/password", post(change_my_password))
+    let signed_in = signed_in_routes()
         .route_layer(axum::middleware::from_fn_with_state(check, bearer::require));
     Router::new()
         .route("/v1/users", post(register))
@@ -35,6 +33,14 @@ pub fn routes(identity: Identity, check: TokenCheck) -> Router {
         )
         .merge(signed_in)
         .with_state(identity)
+}
+
+/// The routes that act for the signed-in user, without the layer that puts
+/// the [`Principal`] into the request: whoever serves them adds it.
+pub fn signed_in_routes() -> Router<Identity> {
+    Router::new()
+        .route("/v1/users/me", get(me).patch(update_me).delete(delete_me))
+        .route("/v1/users/me/password", post(change_my_password))
 }
 
 /// A user as the public API shows it.

@@ -45,14 +45,14 @@ static MIGRATIONS: Migrations = Migrations {
     postgres: || POSTGRES_MIGRATIONS,
 };
 
-/// Opens the database, starts the outbox relay and the server, and registers
-/// the instance. The returned task ends once the service has stopped after
-/// `ctx.shutdown`.
-pub async fn start(
+/// The identity service without a server of its own: its database opened
+/// and migrated, its outbox relay running. For `start` and for embedding
+/// (the benchmark serves its routes behind other middleware).
+pub async fn open(
     ctx: &ServiceContext,
     config: IdentityConfig,
     notifier: Arc<dyn Notifier>,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
     let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
     let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
         .await
@@ -65,8 +65,6 @@ pub async fn start(
         ctx.metrics.clone(),
         ctx.shutdown.clone(),
     );
-    let listen = config.listen;
-    let advertise = config.advertise_url.clone();
     let identity = Identity::new(
         db.clone(),
         hasher,
@@ -75,7 +73,20 @@ pub async fn start(
         relay,
         Arc::new(config),
     );
+    Ok((identity, db, relay_task))
+}
 
+/// Opens the database, starts the outbox relay and the server, and registers
+/// the instance. The returned task ends once the service has stopped after
+/// `ctx.shutdown`.
+pub async fn start(
+    ctx: &ServiceContext,
+    config: IdentityConfig,
+    notifier: Arc<dyn Notifier>,
+) -> anyhow::Result<Running> {
+    let listen = config.listen;
+    let advertise = config.advertise_url.clone();
+    let (identity, db, relay_task) = open(ctx, config, notifier).await?;
     let check = TokenCheck::new(
         Arc::new(AuthKeys {
             clients: ctx.clients.clone(),
