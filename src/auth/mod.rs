@@ -36,9 +36,6 @@ use crate::kernel::server::{self, Running, ServiceApp};
 /// The service's name: registry entry, SQLite file, PostgreSQL schema, event source.
 pub const NAME: &str = "auth";
 
-/// How often the rotation schedule looks at the signing key's age.
-const ROTATION_CHECK: Duration = Duration::from_secs(60);
-
 #[cfg(feature = "sqlite")]
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/auth");
 #[cfg(feature = "postgres")]
@@ -150,15 +147,17 @@ async fn consume_identity_events(
     }))
 }
 
-/// Rotates the signing key whenever the newest is older than `every_secs`.
+/// Rotates the signing key whenever the newest is older than `every_secs`,
+/// looking a tenth as often (at least every second, at most every minute).
 fn rotation_schedule(ctx: &ServiceContext, ring: KeyRing, every_secs: u64) -> JoinHandle<()> {
+    let look_every = Duration::from_secs((every_secs / 10).clamp(1, 60));
     let shutdown = ctx.shutdown.clone();
     let clock: Arc<dyn Clock> = ctx.clock.clone();
     let every = chrono::Duration::seconds(i64::try_from(every_secs).unwrap_or(i64::MAX / 1000));
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = tokio::time::sleep(ROTATION_CHECK) => {},
+                () = tokio::time::sleep(look_every) => {},
                 () = shutdown.cancelled() => break,
             }
             match ring.newest_created().await {

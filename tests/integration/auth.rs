@@ -592,3 +592,30 @@ async fn validate_token_and_revocation_over_grpc() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn the_schedule_rotates_keys_that_grew_old() {
+    let app = TestApp::builder()
+        .auth(|c| c.key_rotation_interval_secs = 10)
+        .start()
+        .await;
+    let count = || async {
+        let keys: Value = reqwest::get(format!("{}/v1/auth/keys", app.auth_base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys["keys"].as_array().unwrap().len()
+    };
+    assert_eq!(count().await, 1);
+    app.clock.advance(Duration::seconds(11));
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while count().await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation within 5 s"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+}

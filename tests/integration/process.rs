@@ -249,3 +249,27 @@ async fn identity_and_auth_as_separate_processes_find_each_other_through_the_sta
         .unwrap();
     assert_eq!(me.status(), 200);
 }
+
+#[test]
+fn keys_rotate_publishes_a_new_signing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rotate = || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["keys", "rotate"])
+            .env("GATEHOUSE_DATA_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = rotate();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let first = String::from_utf8(first.stdout).unwrap();
+    assert!(first.starts_with("published k4.pid."), "{first}");
+    let second = String::from_utf8(rotate().stdout).unwrap();
+    assert_ne!(first, second);
+    // The key-encryption key was made once, readable by its owner only.
+    assert!(dir.path().join("auth.kek").exists());
+}

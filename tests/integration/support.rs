@@ -182,6 +182,11 @@ impl Builder {
         self
     }
 
+    pub fn auth(mut self, change: impl FnOnce(&mut gatehouse::auth::AuthConfig)) -> Self {
+        change(&mut self.auth);
+        self
+    }
+
     /// Serve the data of `app` (stopped first) instead of a fresh store.
     pub fn storage_of(mut self, app: &TestApp) -> Self {
         self.storage = Some(app.storage.clone());
