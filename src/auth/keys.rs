@@ -29,6 +29,10 @@ use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_pas
 /// How long the signer is reused before the key table is read again (picks
 /// up rotations made by other instances or the CLI).
 const SIGNER_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+/// How much longer than its last token's lifetime a retired key stays
+/// published: instances may sign with it for one more `SIGNER_RELOAD`, and
+/// their clocks may differ by up to a minute.
+const RETIRE_MARGIN: Duration = Duration::seconds(70);
 
 /// The key-encryption key. Never logged, never stored in the database.
 #[derive(Clone)]
@@ -174,7 +178,7 @@ impl KeyRing {
         let now = self.clock.now();
         let signs_from = now + self.cache_ttl;
         let kid = self.insert_new(now, signs_from).await?;
-        let retire_at = (signs_from + self.access_ttl).naive_utc();
+        let retire_at = (signs_from + self.access_ttl + RETIRE_MARGIN).naive_utc();
         let keep = kid.clone();
         self.db
             .run(move |c| {

@@ -43,10 +43,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    user_revocations (user_id) {
+        user_id -> Text,
+        revoked_before -> Timestamp,
+    }
+}
+
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
     sessions,
     refresh_tokens,
-    processed_events
+    processed_events,
+    user_revocations
 );

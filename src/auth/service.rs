@@ -112,6 +112,7 @@ impl Auth {
                 message: "must not be empty".into(),
             });
         }
+        let started = self.clock.now();
         let channel = self
             .clients
             .channel("identity")
@@ -151,6 +152,13 @@ impl Auth {
             .run(move |c| {
                 c.transaction(|c| {
                     store::insert_session(c, &session)?;
+                    // The password may have been reset while identity checked
+                    // it: such a login opens no session.
+                    if store::watermark(c, &session.user_id)?
+                        .is_some_and(|w| w > started.naive_utc())
+                    {
+                        return Err(AuthError::InvalidCredentials);
+                    }
                     store::insert_refresh(c, &refresh_hash, &session.id, 1, now.naive_utc())?;
                     outbox::enqueue(c, &event, now)?;
                     Ok::<_, AuthError>(())
@@ -400,6 +408,8 @@ impl Auth {
         let now = self.clock.now();
         let by = self.tokens_expire_by(now);
         let event_id = event.id.clone();
+        let occurred =
+            DateTime::<Utc>::from_timestamp_millis(event.occurred_at_unix_ms).unwrap_or(now);
         let count = self
             .db
             .run(move |c| {
@@ -407,7 +417,10 @@ impl Auth {
                     if !store::first_time(c, &event_id, now.naive_utc())? {
                         return Ok::<_, AuthError>(0);
                     }
-                    end_user_sessions(c, &payload.user_id, keep.as_deref(), reason, now, by)
+                    let ended =
+                        end_user_sessions(c, &payload.user_id, keep.as_deref(), reason, now, by)?;
+                    store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
+                    Ok(ended)
                 })
             })
             .await?;

@@ -5,7 +5,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::schema::{processed_events, refresh_tokens, sessions};
+use super::schema::{processed_events, refresh_tokens, sessions, user_revocations};
 use crate::kernel::db::DbConnection;
 
 #[derive(Queryable, Selectable, Insertable, Clone, Debug)]
@@ -211,4 +211,39 @@ pub fn first_time(
         )) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Moves the user's "sessions ended before" mark forward to `at`.
+pub fn raise_watermark(
+    conn: &mut DbConnection,
+    user_id: &str,
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    let row = user_revocations::table.find(user_id);
+    if diesel::update(row.filter(user_revocations::revoked_before.lt(at)))
+        .set(user_revocations::revoked_before.eq(at))
+        .execute(conn)?
+        == 1
+    {
+        return Ok(());
+    }
+    // Absent (or already later): insert in a savepoint, a duplicate is fine.
+    let _ = conn.transaction(|c| {
+        diesel::insert_into(user_revocations::table)
+            .values((
+                user_revocations::user_id.eq(user_id),
+                user_revocations::revoked_before.eq(at),
+            ))
+            .execute(c)
+    });
+    Ok(())
+}
+
+/// When all of the user's sessions were last ended, if ever.
+pub fn watermark(conn: &mut DbConnection, user_id: &str) -> QueryResult<Option<NaiveDateTime>> {
+    user_revocations::table
+        .find(user_id)
+        .select(user_revocations::revoked_before)
+        .first(conn)
+        .optional()
 }

@@ -118,6 +118,49 @@ pub struct Registration {
     pub display_name: String,
 }
 
+/// Failed logins for addresses that have no account, counted and locked
+/// like real ones so that the lockout does not tell which addresses exist.
+/// Kept in memory, bounded, each entry for one lockout period.
+#[derive(Clone)]
+struct Phantoms {
+    counts: moka::sync::Cache<String, (i32, Option<DateTime<Utc>>)>,
+    turn: Arc<std::sync::Mutex<()>>,
+}
+
+impl Phantoms {
+    fn new(lockout: std::time::Duration) -> Self {
+        Self {
+            counts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(lockout.max(std::time::Duration::from_secs(1)))
+                .build(),
+            turn: Arc::default(),
+        }
+    }
+
+    /// Counts a failure for `email`; answers the lock's end when it was
+    /// already locked (the attempt is then not counted).
+    fn fail(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        max: i32,
+        lock_until: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut failures, until) = self.counts.get(email).unwrap_or((0, None));
+        match until {
+            Some(until) if until > now => return Some(until),
+            Some(_) => failures = 0,
+            None => {}
+        }
+        failures += 1;
+        let until = (failures >= max).then_some(lock_until);
+        self.counts.insert(email.to_owned(), (failures, until));
+        None
+    }
+}
+
 /// The identity service.
 #[derive(Clone)]
 pub struct Identity {
@@ -127,6 +170,7 @@ pub struct Identity {
     clock: Arc<dyn Clock>,
     relay: Relay,
     config: Arc<IdentityConfig>,
+    phantoms: Phantoms,
 }
 
 impl Identity {
@@ -138,6 +182,7 @@ impl Identity {
         relay: Relay,
         config: Arc<IdentityConfig>,
     ) -> Self {
+        let phantoms = Phantoms::new(std::time::Duration::from_secs(config.lockout.duration_secs));
         Self {
             db,
             hasher,
@@ -145,6 +190,7 @@ impl Identity {
             clock,
             relay,
             config,
+            phantoms,
         }
     }
 
@@ -237,15 +283,21 @@ impl Identity {
                 .await?
         };
         let (user, locks) = match attempt {
+            // Unknown addresses are counted and locked like accounts, and
+            // every branch spends one verification's time.
             Attempt::Unknown => {
                 self.hasher.verify_decoy(password).await?;
-                return Err(IdentityError::InvalidCredentials);
+                return match self
+                    .phantoms
+                    .fail(&normalized, now, max, lock_until.and_utc())
+                {
+                    Some(until) => Err(locked(until, now)),
+                    None => Err(IdentityError::InvalidCredentials),
+                };
             }
             Attempt::Locked(until) => {
-                let left = (until.and_utc() - now).num_seconds().max(1);
-                return Err(IdentityError::Locked {
-                    retry_after_secs: left as u64,
-                });
+                self.hasher.verify_decoy(password).await?;
+                return Err(locked(until.and_utc(), now));
             }
             Attempt::Counted { user, locks } => (*user, locks),
         };
@@ -267,18 +319,17 @@ impl Identity {
                     Verified::YesRehash => Some(self.hasher.hash(password).await?),
                     _ => None,
                 };
-                let id = user.id.clone();
-                let now = self.now();
+                let (id, checked) = (user.id.clone(), user.password_hash.clone());
                 let row = self
                     .db
                     .run(move |c| {
                         c.transaction(|c| {
-                            store::clear_failures(c, &id)?;
-                            let row = match rehash {
-                                Some(hash) => store::set_password(c, &id, &hash, now, false)?,
-                                None => store::by_id(c, &id)?.ok_or(IdentityError::NotFound)?,
-                            };
-                            Ok::<_, IdentityError>(row)
+                            // A password changed while this one was checked no
+                            // longer counts; nor may its re-hash undo the change.
+                            if !store::confirm_login(c, &id, &checked, rehash.as_deref())? {
+                                return Err(IdentityError::InvalidCredentials);
+                            }
+                            store::by_id(c, &id)?.ok_or(IdentityError::NotFound)
                         })
                     })
                     .await?;
@@ -360,19 +411,22 @@ impl Identity {
             .run(move |c| Ok::<_, IdentityError>(store::by_id(c, &key)?))
             .await?
             .ok_or(IdentityError::NotFound)?;
-        if self.hasher.verify(current, &row.password_hash).await? == Verified::No {
-            return Err(IdentityError::InvalidCredentials);
-        }
+        // Checked like a login: counted, locked after too many failures, so
+        // a stolen access token cannot guess the password without limit.
+        let checked = self.verify_credentials(&row.email, current).await?;
         self.check_policy(new)?;
         let hash = self.hasher.hash(new).await?;
         let now = self.now();
         let at = self.clock.now();
         let acting = session.map(|s| s.to_string()).unwrap_or_default();
+        let (user_id, version) = (row.id, checked.version);
         let row = self
             .db
             .run(move |c| {
                 c.transaction(|c| {
-                    let row = store::set_password(c, &row.id, &hash, now, true)?;
+                    // Applies only if nothing (a reset, another change) came between.
+                    let row = store::replace_password(c, &user_id, version, &hash, now)?
+                        .ok_or(IdentityError::VersionMismatch { expected: version })?;
                     let event = user_event_by("identity.password.changed", &row, acting);
                     outbox::enqueue(c, &event, at)?;
                     Ok::<_, IdentityError>(row)
@@ -437,7 +491,7 @@ impl Identity {
                 c.transaction(|c| {
                     let user_id = store::consume_token(c, &token_hash, RESET, now)?
                         .ok_or(IdentityError::InvalidToken)?;
-                    let row = store::set_password(c, &user_id, &hash, now, true)?;
+                    let row = store::set_password(c, &user_id, &hash, now)?;
                     store::clear_failures(c, &user_id)?;
                     store::retire_tokens(c, &user_id, RESET, now)?;
                     outbox::enqueue(c, &user_event("identity.password.reset", &row), at)?;
@@ -576,6 +630,12 @@ impl Identity {
             ));
         }
         Ok(())
+    }
+}
+
+fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> IdentityError {
+    IdentityError::Locked {
+        retry_after_secs: u64::try_from((until - now).num_seconds().max(1)).unwrap_or(1),
     }
 }
 

@@ -137,31 +137,65 @@ pub fn clear_failures(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
         .map(|_| ())
 }
 
-/// Replaces the password hash. A re-hash with new parameters is not a change
-/// of the user (`bump` false); a new password is.
+/// Completes a successful login: forgets failed attempts, and optionally
+/// stores a re-hash of the password, but only if the password is still the
+/// one that was checked (`checked_hash`); false if it changed meanwhile.
+pub fn confirm_login(
+    conn: &mut DbConnection,
+    id: &str,
+    checked_hash: &str,
+    rehash: Option<&str>,
+) -> QueryResult<bool> {
+    let target = users::table
+        .find(id)
+        .filter(users::password_hash.eq(checked_hash));
+    let reset = (
+        users::failed_logins.eq(0),
+        users::locked_until.eq(None::<NaiveDateTime>),
+    );
+    let changed = match rehash {
+        Some(hash) => diesel::update(target)
+            .set((reset, users::password_hash.eq(hash)))
+            .execute(conn)?,
+        None => diesel::update(target).set(reset).execute(conn)?,
+    };
+    Ok(changed == 1)
+}
+
+/// Replaces the password hash, a change of the user (new version).
 pub fn set_password(
     conn: &mut DbConnection,
     id: &str,
     hash: &str,
     now: NaiveDateTime,
-    bump: bool,
 ) -> QueryResult<UserRow> {
-    let target = users::table.find(id);
-    if bump {
-        diesel::update(target)
-            .set((
-                users::password_hash.eq(hash),
-                users::updated_at.eq(now),
-                users::version.eq(users::version + 1),
-            ))
-            .returning(users::all_columns)
-            .get_result(conn)
-    } else {
-        diesel::update(target)
-            .set(users::password_hash.eq(hash))
-            .returning(users::all_columns)
-            .get_result(conn)
-    }
+    diesel::update(users::table.find(id))
+        .set((
+            users::password_hash.eq(hash),
+            users::updated_at.eq(now),
+            users::version.eq(users::version + 1),
+        ))
+        .returning(users::all_columns)
+        .get_result(conn)
+}
+
+/// Replaces the password hash if the user is still at `version`.
+pub fn replace_password(
+    conn: &mut DbConnection,
+    id: &str,
+    version: i64,
+    hash: &str,
+    now: NaiveDateTime,
+) -> QueryResult<Option<UserRow>> {
+    diesel::update(users::table.find(id).filter(users::version.eq(version)))
+        .set((
+            users::password_hash.eq(hash),
+            users::updated_at.eq(now),
+            users::version.eq(users::version + 1),
+        ))
+        .returning(users::all_columns)
+        .get_result(conn)
+        .optional()
 }
 
 /// Applies a profile change if the user is still at `expected` (when given).

@@ -205,16 +205,26 @@ impl TokenCheck {
         if let (Some(key), true) = (&found, fresh) {
             return Ok(key.clone());
         }
-        // Stale, empty or unknown id: refresh (an unknown id at most once per
-        // FORCED_REFRESH_EVERY).
+        // Stale, empty or unknown id: refresh, but at most once per
+        // FORCED_REFRESH_EVERY, so neither garbage key ids nor an auth
+        // outage turn every request into a call to auth.
         let mut last = self.inner.refresh.lock().await;
         let (again, fresh) = self.lookup(kid);
         if let (Some(key), true) = (&again, fresh) {
             return Ok(key.clone());
         }
-        let stale_only = again.is_some();
-        if !stale_only && fresh && last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_EVERY) {
-            return Err(TokenError::UnknownKey);
+        if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_EVERY) {
+            let have_keys = self
+                .inner
+                .keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+            return match again {
+                Some(stale) => Ok(stale),
+                None if have_keys => Err(TokenError::UnknownKey),
+                None => Err(TokenError::Unavailable),
+            };
         }
         *last = Some(Instant::now());
         match self.inner.source.fetch().await {
@@ -336,5 +346,106 @@ pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Ne
             next.run(req).await
         }
         Err(e) => refusal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use pasetors::keys::{AsymmetricKeyPair, Generate};
+    use pasetors::paserk::Id;
+
+    use super::*;
+    use crate::kernel::clock::SystemClock;
+
+    /// Serves one key and counts how often it is asked.
+    struct Counting {
+        kid: String,
+        key: AsymmetricPublicKey<V4>,
+        fetches: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl KeySource for Counting {
+        async fn fetch(&self) -> Result<KeySet, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            Ok(KeySet {
+                keys: HashMap::from([(self.kid.clone(), self.key.clone())]),
+                ttl: Duration::from_secs(300),
+            })
+        }
+    }
+
+    fn expect() -> Expect {
+        Expect {
+            issuer: "gatehouse".into(),
+            audience: "gatehouse".into(),
+        }
+    }
+
+    fn signed_by(pair: &AsymmetricKeyPair<V4>) -> String {
+        let now = chrono::Utc::now();
+        token::sign(
+            &pair.secret,
+            &Id::from(&pair.public),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            &expect(),
+            now,
+            now + chrono::Duration::minutes(5),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_key_ids_cannot_make_the_check_hammer_auth() {
+        let known = AsymmetricKeyPair::<V4>::generate().unwrap();
+        let source = Arc::new(Counting {
+            kid: token::key_id_of(&known.public),
+            key: known.public.clone(),
+            fetches: AtomicUsize::new(0),
+        });
+        let check = TokenCheck::new(
+            source.clone(),
+            expect(),
+            Arc::new(SystemClock),
+            Duration::from_secs(900),
+        );
+        let good = signed_by(&known);
+        check.check(&good).await.unwrap();
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+
+        let stranger = AsymmetricKeyPair::<V4>::generate().unwrap();
+        for _ in 0..20 {
+            let forged = signed_by(&stranger);
+            assert_eq!(check.check(&forged).await, Err(TokenError::UnknownKey));
+        }
+        // The keys were fetched moments ago, within FORCED_REFRESH_EVERY:
+        // none of the twenty unknown ids caused another fetch.
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+        // Known tokens still pass, from the caches.
+        check.check(&good).await.unwrap();
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn revoked_sessions_are_refused_even_when_cached() {
+        let known = AsymmetricKeyPair::<V4>::generate().unwrap();
+        let source = Arc::new(Counting {
+            kid: token::key_id_of(&known.public),
+            key: known.public.clone(),
+            fetches: AtomicUsize::new(0),
+        });
+        let check = TokenCheck::new(
+            source,
+            expect(),
+            Arc::new(SystemClock),
+            Duration::from_secs(900),
+        );
+        let token = signed_by(&known);
+        let principal = check.check(&token).await.unwrap();
+        check.revoke(principal.session_id);
+        assert_eq!(check.check(&token).await, Err(TokenError::Revoked));
     }
 }

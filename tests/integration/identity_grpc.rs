@@ -331,3 +331,27 @@ async fn hashes_made_with_old_parameters_are_upgraded_at_login() {
         1
     );
 }
+
+#[tokio::test]
+async fn unknown_addresses_lock_like_real_ones() {
+    let app = TestApp::builder()
+        .identity(|c| c.lockout.max_failures = 3)
+        .start()
+        .await;
+    app.register("real@example.org").await;
+    let mut grpc = app.grpc().await;
+    let mut answers = Vec::new();
+    for email in ["real@example.org", "ghost@example.org"] {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let e = grpc
+                .verify_credentials(creds(email, "wrong password!"))
+                .await
+                .unwrap_err();
+            codes.push(grpc_code(&e));
+        }
+        answers.push(codes);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].last().unwrap(), "account_locked");
+}

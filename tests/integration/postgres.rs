@@ -45,6 +45,7 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
             "auth.refresh_tokens",
             "auth.sessions",
             "auth.signing_keys",
+            "auth.user_revocations",
             "identity.__diesel_schema_migrations",
             "identity.outbox",
             "identity.user_tokens",
