@@ -18,6 +18,7 @@ test-postgres:
 build-all:
     cargo build --no-default-features --features identity,sqlite,postgres --bin gatehouse-identity
     cargo build --no-default-features --features auth,sqlite,postgres --bin gatehouse-auth
+    cargo build --no-default-features --features gateway,sqlite,postgres --bin gatehouse-gateway
     cargo build --bin gatehouse
 
 fmt-check:

@@ -22,6 +22,12 @@ pub struct Config {
     pub bus: BusConfig,
     pub rpc: RpcConfig,
     pub tokens: crate::middleware::token::TokenConfig,
+    #[cfg(feature = "gateway")]
+    pub gateway: crate::gateway::GatewayConfig,
+    /// Accepted and ignored where the gateway is not compiled in.
+    #[cfg(not(feature = "gateway"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<figment::value::Value>,
     #[cfg(feature = "auth")]
     pub auth: crate::auth::AuthConfig,
     /// Accepted and ignored where the auth service is not compiled in.
@@ -48,6 +54,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             rpc: RpcConfig::default(),
             tokens: Default::default(),
+            gateway: Default::default(),
             auth: Default::default(),
             identity: Default::default(),
         }

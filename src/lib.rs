@@ -32,5 +32,7 @@ pub mod proto;
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 #[cfg(feature = "identity")]
 pub mod identity;

@@ -23,6 +23,8 @@ pub enum Service {
     Identity,
     #[cfg(feature = "auth")]
     Auth,
+    #[cfg(feature = "gateway")]
+    Gateway,
 }
 
 impl Service {
@@ -33,6 +35,8 @@ impl Service {
             Service::Identity,
             #[cfg(feature = "auth")]
             Service::Auth,
+            #[cfg(feature = "gateway")]
+            Service::Gateway,
         ]
     }
 }
@@ -78,6 +82,8 @@ pub async fn start(
         }
         #[cfg(feature = "auth")]
         Service::Auth => crate::auth::start(ctx, config.auth.clone()).await,
+        #[cfg(feature = "gateway")]
+        Service::Gateway => crate::gateway::start(ctx, config.gateway.clone()).await,
     }
 }
 

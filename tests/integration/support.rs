@@ -34,6 +34,8 @@ pub struct TestApp {
     pub base: String,
     /// Auth's base URL.
     pub auth_base: String,
+    /// The gateway's base URL.
+    pub gateway_base: String,
     pub ctx: ServiceContext,
     pub notifier: MemoryNotifier,
     pub clock: Arc<ManualClock>,
@@ -50,6 +52,7 @@ struct Storage {
 }
 
 pub struct Builder {
+    gateway: gatehouse::gateway::GatewayConfig,
     identity: IdentityConfig,
     auth: gatehouse::auth::AuthConfig,
     storage: Option<Arc<Storage>>,
@@ -63,6 +66,10 @@ impl TestApp {
 
     pub fn builder() -> Builder {
         Builder {
+            gateway: gatehouse::gateway::GatewayConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
             identity: cheap_identity(),
             auth: gatehouse::auth::AuthConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -187,6 +194,11 @@ impl Builder {
         self
     }
 
+    pub fn gateway(mut self, change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig)) -> Self {
+        change(&mut self.gateway);
+        self
+    }
+
     /// Serve the data of `app` (stopped first) instead of a fresh store.
     pub fn storage_of(mut self, app: &TestApp) -> Self {
         self.storage = Some(app.storage.clone());
@@ -224,14 +236,16 @@ impl Builder {
             .await
             .unwrap();
         let auth = gatehouse::auth::start(&ctx, self.auth).await.unwrap();
+        let gateway = gatehouse::gateway::start(&ctx, self.gateway).await.unwrap();
         TestApp {
+            gateway_base: format!("http://{}", gateway.addr),
             base: format!("http://{}", identity.addr),
             auth_base: format!("http://{}", auth.addr),
             ctx,
             notifier,
             clock,
             http: reqwest::Client::new(),
-            running: vec![identity, auth],
+            running: vec![identity, auth, gateway],
             storage,
         }
     }

@@ -1,0 +1,62 @@
+//! The `[gateway]` config section: where it listens and its route table.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The one address clients talk to.
+    pub listen: SocketAddr,
+    /// Timeout for an upstream answer when a route sets none.
+    pub upstream_timeout_ms: u64,
+    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
+    /// believed; for anyone else the client is the peer itself.
+    pub trusted_proxies: Vec<String>,
+    /// Routes of the team's own services, in addition to the built-in
+    /// routes of the core services.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream_timeout_ms: 30_000,
+            trusted_proxies: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// One route: requests whose normalised path is `prefix` or lies below it
+/// go to `service`. The longest matching prefix wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// The service name, as registered in the registry.
+    pub service: String,
+    /// `public`, `optional` (a token is checked when sent) or `required`.
+    #[serde(default)]
+    pub auth: AuthPolicy,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Upstream timeout for this route; the gateway default when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Allowed methods; all when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthPolicy {
+    Public,
+    Optional,
+    #[default]
+    Required,
+}

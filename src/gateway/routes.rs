@@ -1,0 +1,224 @@
+//! The route table and path normalisation. A path is normalised before it is
+//! matched (percent-decoding, duplicate slashes, dot segments), and the
+//! normalised path is what goes upstream, so `/v1/users/x/../me` meets the
+//! policy of `/v1/users/me` and nothing else.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::config::{AuthPolicy, RouteConfig};
+
+/// Characters that stay encoded in a forwarded path segment.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\');
+
+/// Why a path was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Encoded separators, invalid encoding, control characters, or `..`
+    /// climbing above the root.
+    Invalid,
+}
+
+/// The canonical form of a request path: decoded segments without empty,
+/// `.` or `..` segments. Answers the segments and the re-encoded path.
+pub fn normalise(raw: &str) -> Result<(Vec<String>, String), PathError> {
+    let mut segments: Vec<String> = Vec::new();
+    for part in raw.split('/') {
+        let decoded = percent_decode_str(part)
+            .decode_utf8()
+            .map_err(|_| PathError::Invalid)?;
+        if decoded.contains(['/', '\\']) || decoded.chars().any(char::is_control) {
+            return Err(PathError::Invalid);
+        }
+        match decoded.as_ref() {
+            "" | "." => {}
+            ".." => {
+                segments.pop().ok_or(PathError::Invalid)?;
+            }
+            segment => segments.push(segment.to_owned()),
+        }
+    }
+    let path = format!(
+        "/{}",
+        segments
+            .iter()
+            .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    Ok((segments, path))
+}
+
+/// A route ready for matching.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub config: RouteConfig,
+    segments: Vec<String>,
+}
+
+/// Routes, longest prefix first.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+/// The core services' public APIs.
+pub fn built_in() -> Vec<RouteConfig> {
+    let route = |prefix: &str, service: &str, auth| RouteConfig {
+        prefix: prefix.into(),
+        service: service.into(),
+        auth,
+        strip_prefix: false,
+        timeout_ms: None,
+        methods: Vec::new(),
+    };
+    vec![
+        // Auth checks the bearer token of its own signed-in routes itself.
+        route("/v1/auth", "auth", AuthPolicy::Public),
+        route("/v1/users", "identity", AuthPolicy::Public),
+        route("/v1/users/me", "identity", AuthPolicy::Required),
+        route("/v1/password-resets", "identity", AuthPolicy::Public),
+        route("/v1/email-verifications", "identity", AuthPolicy::Public),
+    ]
+}
+
+impl RouteTable {
+    /// The built-in routes plus `extra` (an extra route with the same prefix
+    /// as a built-in one replaces it). Bad prefixes are a config error.
+    pub fn new(extra: &[RouteConfig]) -> Result<Self, String> {
+        let mut routes: Vec<Route> = Vec::new();
+        for config in built_in().into_iter().chain(extra.iter().cloned()) {
+            let (segments, canonical) = normalise(&config.prefix)
+                .map_err(|_| format!("gateway.routes: bad prefix {:?}", config.prefix))?;
+            if canonical != config.prefix.trim_end_matches('/')
+                && !(canonical == "/" && config.prefix == "/")
+            {
+                return Err(format!(
+                    "gateway.routes: prefix {:?} is not in normal form (write {canonical:?})",
+                    config.prefix
+                ));
+            }
+            routes.retain(|r| r.segments != segments);
+            routes.push(Route { config, segments });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
+        Ok(Self { routes })
+    }
+
+    /// The route with the longest prefix that contains the path.
+    pub fn find(&self, segments: &[String]) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            segments.len() >= r.segments.len() && segments[..r.segments.len()] == r.segments[..]
+        })
+    }
+}
+
+impl Route {
+    /// The path to send upstream for a request to `segments`.
+    pub fn upstream_path(&self, segments: &[String]) -> String {
+        let rest = if self.config.strip_prefix {
+            &segments[self.segments.len()..]
+        } else {
+            segments
+        };
+        format!(
+            "/{}",
+            rest.iter()
+                .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_before_anything_else() {
+        let path = |raw| normalise(raw).map(|(_, p)| p);
+        assert_eq!(path("/v1/users/me").unwrap(), "/v1/users/me");
+        assert_eq!(path("//v1///users/./me/").unwrap(), "/v1/users/me");
+        assert_eq!(path("/v1/users/x/../me").unwrap(), "/v1/users/me");
+        assert_eq!(path("/v1/users/%2e%2e/users/me").unwrap(), "/v1/users/me");
+        assert_eq!(path("/v1/%75sers/me").unwrap(), "/v1/users/me");
+        assert_eq!(path("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(path("/").unwrap(), "/");
+        for bad in [
+            "/..",
+            "/v1/../..",
+            "/v1/users%2fme",
+            "/v1/%5cx",
+            "/v1/%00",
+            "/v1/%ff",
+        ] {
+            assert_eq!(path(bad), Err(PathError::Invalid), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_and_prefixes_match_whole_segments() {
+        let table = RouteTable::new(&[]).unwrap();
+        let find = |raw: &str| {
+            let (segments, _) = normalise(raw).unwrap();
+            table
+                .find(&segments)
+                .map(|r| (r.config.service.clone(), r.config.auth))
+        };
+        assert_eq!(
+            find("/v1/users/me"),
+            Some(("identity".into(), AuthPolicy::Required))
+        );
+        assert_eq!(
+            find("/v1/users/me/password"),
+            Some(("identity".into(), AuthPolicy::Required))
+        );
+        assert_eq!(
+            find("/v1/users"),
+            Some(("identity".into(), AuthPolicy::Public))
+        );
+        assert_eq!(
+            find("/v1/users/../users/me"),
+            Some(("identity".into(), AuthPolicy::Required))
+        );
+        assert_eq!(find("/v1/usersx"), None);
+        assert_eq!(
+            find("/v1/auth/login"),
+            Some(("auth".into(), AuthPolicy::Public))
+        );
+        assert_eq!(find("/elsewhere"), None);
+    }
+
+    #[test]
+    fn prefixes_can_be_stripped_and_bad_prefixes_refused() {
+        let extra = RouteConfig {
+            prefix: "/billing".into(),
+            service: "billing".into(),
+            auth: AuthPolicy::Required,
+            strip_prefix: true,
+            timeout_ms: Some(500),
+            methods: vec![],
+        };
+        let table = RouteTable::new(std::slice::from_ref(&extra)).unwrap();
+        let (segments, _) = normalise("/billing/invoices/7").unwrap();
+        let route = table.find(&segments).unwrap();
+        assert_eq!(route.upstream_path(&segments), "/invoices/7");
+        let bad = RouteConfig {
+            prefix: "/a/../b".into(),
+            ..extra
+        };
+        assert!(RouteTable::new(&[bad]).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! The gateway as clients meet it: one entry point routing to the services,
+//! token checks at the edge per route, path tricks, spoofed identity
+//! headers, and upstream faults.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
+use gatehouse::kernel::registry::Instance;
+use serde_json::{Value, json};
+
+use crate::support::{PASSWORD, TestApp, assert_problem};
+
+/// A stand-in upstream that records the headers it receives and echoes its
+/// path and query; `delay` makes it slow.
+async fn echo(delay: Duration) -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: http::Uri, headers: http::HeaderMap| {
+        let record = record.clone();
+        async move {
+            record.lock().unwrap().push(headers);
+            tokio::time::sleep(delay).await;
+            axum::Json(json!({"path": uri.path(), "query": uri.query()}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Sends `GET path` exactly as written (HTTP clients would resolve dot
+/// segments themselves) and answers the status and the body.
+async fn raw_get(base: &str, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn route(prefix: &str, service: &str, auth: AuthPolicy) -> RouteConfig {
+    RouteConfig {
+        prefix: prefix.into(),
+        service: service.into(),
+        auth,
+        strip_prefix: false,
+        timeout_ms: None,
+        methods: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_whole_journey_goes_through_one_entry_point() {
+    let app = TestApp::start().await;
+    let gw = &app.gateway_base;
+    let r = app
+        .http
+        .post(format!("{gw}/v1/users"))
+        .json(&json!({"email": "gw@example.org", "password": PASSWORD, "display_name": "Gee"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let pair: Value = app
+        .http
+        .post(format!("{gw}/v1/auth/login"))
+        .json(&json!({"email": "gw@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = pair["access_token"].as_str().unwrap();
+    let me = app
+        .http
+        .get(format!("{gw}/v1/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert!(me.headers().contains_key("x-request-id"));
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["email"], "gw@example.org");
+    // Auth's own signed-in routes pass through with the token.
+    let sessions = app
+        .http
+        .get(format!("{gw}/v1/auth/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sessions.status(), 200);
+}
+
+#[tokio::test]
+async fn required_routes_refuse_at_the_edge_and_paths_cannot_dodge_the_policy() {
+    let app = TestApp::start().await;
+    let gw = &app.gateway_base;
+    let get = |path: &str| app.http.get(format!("{gw}{path}")).send();
+    let r = get("/v1/users/me").await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_problem(r, 401, "token_missing").await;
+    for tricky in [
+        "/v1/users/x/../me",
+        "//v1//users/me",
+        "/v1/users/%2e%2e/users/me",
+        "/v1/%75sers/me",
+        "/v1/users/./me/",
+    ] {
+        let (status, body) = raw_get(gw, tricky).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("token_missing")),
+            "{tricky}"
+        );
+    }
+    for bad in [
+        "/v1/users/..%2f..%2fauth",
+        "/../v1/users",
+        "/v1/%00",
+        "/v1/users/../../../x",
+    ] {
+        let (status, body) = raw_get(gw, bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_path")),
+            "{bad}"
+        );
+    }
+    assert_problem(get("/v1/nothing").await.unwrap(), 404, "not_found").await;
+    assert_problem(get("/v1/usersx").await.unwrap(), 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn upstreams_get_verified_identity_and_proxy_headers_only() {
+    let (url, seen) = echo(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut r = route("/team", "team", AuthPolicy::Required);
+            r.strip_prefix = true;
+            g.routes.push(r);
+            g.routes.push(route("/open", "team", AuthPolicy::Optional));
+        })
+        .start()
+        .await;
+    app.ctx
+        .registry
+        .register(Instance::new("team", url))
+        .await
+        .unwrap();
+    let user = app.register("h@example.org").await;
+    let pair = app.login("h@example.org", PASSWORD).await;
+    let token = pair["access_token"].as_str().unwrap();
+
+    let r: Value = app
+        .http
+        .get(format!("{}/team/a%20b/c?x=1", app.gateway_base))
+        .bearer_auth(token)
+        .header("x-gatehouse-user-id", "someone-else")
+        .header("x-gatehouse-role", "admin")
+        .header("connection", "x-private")
+        .header("x-private", "1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["path"], "/a%20b/c");
+    assert_eq!(r["query"], "x=1");
+    let headers = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(headers["x-gatehouse-user-id"], user["id"].as_str().unwrap());
+    assert!(headers.contains_key("x-gatehouse-session-id"));
+    assert!(!headers.contains_key("x-gatehouse-role"));
+    assert!(!headers.contains_key("x-private"));
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert!(
+        headers["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert!(headers.contains_key("x-request-id"));
+
+    // Optional routes pass anonymous callers, without identity headers.
+    let r = app
+        .http
+        .get(format!("{}/open/x", app.gateway_base))
+        .header("x-gatehouse-user-id", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let headers = seen.lock().unwrap().pop().unwrap();
+    assert!(!headers.contains_key("x-gatehouse-user-id"));
+    // ... but a bad token on an optional route is still refused.
+    let r = app
+        .http
+        .get(format!("{}/open/x", app.gateway_base))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 401, "token_malformed").await;
+}
+
+#[tokio::test]
+async fn upstream_faults_are_clear_problems() {
+    let (slow, _) = echo(Duration::from_secs(5)).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut r = route("/slow", "slow", AuthPolicy::Public);
+            r.timeout_ms = Some(300);
+            g.routes.push(r);
+            g.routes
+                .push(route("/nowhere", "nowhere", AuthPolicy::Public));
+            g.routes.push(route("/gone", "gone", AuthPolicy::Public));
+            let mut only_get = route("/ro", "slow", AuthPolicy::Public);
+            only_get.methods = vec!["GET".into()];
+            g.routes.push(only_get);
+        })
+        .start()
+        .await;
+    app.ctx
+        .registry
+        .register(Instance::new("slow", slow))
+        .await
+        .unwrap();
+    // An instance whose port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    app.ctx
+        .registry
+        .register(Instance::new("gone", format!("http://{closed}")))
+        .await
+        .unwrap();
+    let gw = &app.gateway_base;
+
+    let started = std::time::Instant::now();
+    let r = app.http.get(format!("{gw}/slow")).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_problem(r, 504, "upstream_timeout").await;
+    let r = app.http.get(format!("{gw}/nowhere")).send().await.unwrap();
+    assert_problem(r, 503, "upstream_unavailable").await;
+    let r = app.http.get(format!("{gw}/gone")).send().await.unwrap();
+    assert_problem(r, 503, "upstream_unavailable").await;
+    let r = app.http.post(format!("{gw}/ro")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET");
+    assert_problem(r, 405, "method_not_allowed").await;
+}
