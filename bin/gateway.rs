@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "gatehouse-gateway",
-    version,
-    about = "gatehouse gateway"
-)]
+#[command(name = "gatehouse-gateway", version, about = "gatehouse gateway")]
 struct Cli {
     /// TOML config file; `GATEHOUSE_*` environment variables override it.
     #[arg(long, short, env = "GATEHOUSE_CONFIG_FILE")]

@@ -11,6 +11,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Timeout for an upstream answer when a route sets none.
     pub upstream_timeout_ms: u64,
+    /// Largest request body forwarded, in bytes; larger ones get 413.
+    pub body_limit_bytes: u64,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
     /// believed; for anyone else the client is the peer itself.
     pub trusted_proxies: Vec<String>,
@@ -24,6 +26,7 @@ impl Default for GatewayConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream_timeout_ms: 30_000,
+            body_limit_bytes: 10 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
         }

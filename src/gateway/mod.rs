@@ -43,10 +43,14 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         .map_err(anyhow::Error::msg)?;
     let gateway = proxy::Gateway::new(
         table,
-        ctx.registry.clone(),
-        check,
-        Duration::from_millis(config.upstream_timeout_ms),
-        &config.trusted_proxies,
+        proxy::Settings {
+            registry: ctx.registry.clone(),
+            check,
+            default_timeout: Duration::from_millis(config.upstream_timeout_ms),
+            body_limit: config.body_limit_bytes,
+            trusted_proxies: config.trusted_proxies.clone(),
+            metrics: ctx.metrics.clone(),
+        },
     )
     .map_err(anyhow::Error::msg)?;
     let http = Router::new()

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use super::config::AuthPolicy;
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
+use crate::kernel::metrics::{Metrics, RouteLabel};
 use crate::kernel::registry::Registry;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::token::{Principal, TokenError};
@@ -52,19 +53,26 @@ struct Inner {
     client: Client<HttpConnector, Body>,
     check: TokenCheck,
     default_timeout: Duration,
+    body_limit: u64,
     trusted: Vec<(IpAddr, u8)>,
     turn: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// What the gateway needs besides its route table.
+pub struct Settings {
+    pub registry: Arc<dyn Registry>,
+    pub check: TokenCheck,
+    pub default_timeout: Duration,
+    pub body_limit: u64,
+    pub trusted_proxies: Vec<String>,
+    pub metrics: Metrics,
 }
 
 impl Gateway {
-    pub fn new(
-        table: RouteTable,
-        registry: Arc<dyn Registry>,
-        check: TokenCheck,
-        default_timeout: Duration,
-        trusted_proxies: &[String],
-    ) -> Result<Self, String> {
-        let trusted = trusted_proxies
+    pub fn new(table: RouteTable, settings: Settings) -> Result<Self, String> {
+        let trusted = settings
+            .trusted_proxies
             .iter()
             .map(|t| {
                 parse_cidr(t).ok_or_else(|| format!("gateway.trusted_proxies: bad entry {t:?}"))
@@ -76,12 +84,14 @@ impl Gateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 table,
-                registry,
+                registry: settings.registry,
                 client: Client::builder(TokioExecutor::new()).build(connector),
-                check,
-                default_timeout,
+                check: settings.check,
+                default_timeout: settings.default_timeout,
+                body_limit: settings.body_limit,
                 trusted,
                 turn: AtomicUsize::new(0),
+                metrics: settings.metrics,
             }),
         })
     }
@@ -97,6 +107,18 @@ pub async fn forward(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
+    let mut label = String::from("unrouted");
+    let mut response = route_and_forward(&gw, peer, req, &mut label).await;
+    response.extensions_mut().insert(RouteLabel(label));
+    response
+}
+
+async fn route_and_forward(
+    gw: &Gateway,
+    peer: SocketAddr,
+    req: Request,
+    label: &mut String,
+) -> Response {
     let Ok((segments, _)) = normalise(req.uri().path()) else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -108,6 +130,15 @@ pub async fn forward(
         return Problem::not_found().into_response();
     };
     let config = &route.config;
+    label.clone_from(&config.prefix);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > gw.inner.body_limit) {
+        return crate::kernel::error::payload_too_large().into_response();
+    }
     if !config.methods.is_empty()
         && !config
             .methods
@@ -151,6 +182,11 @@ pub async fn forward(
         }
     };
     let (mut parts, body) = req.into_parts();
+    // Bodies without a declared length are cut off at the limit too.
+    let body = Body::new(http_body_util::Limited::new(
+        body,
+        usize::try_from(gw.inner.body_limit).unwrap_or(usize::MAX),
+    ));
     let headers = upstream_headers(
         &parts.headers,
         peer.ip(),
@@ -175,7 +211,23 @@ pub async fn forward(
         let mut upstream =
             Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
         *upstream.headers_mut() = headers.clone();
-        match tokio::time::timeout(timeout, gw.inner.client.request(upstream)).await {
+        let outcome = tokio::time::timeout(timeout, gw.inner.client.request(upstream)).await;
+        let status = match &outcome {
+            Err(_) => "timeout".to_owned(),
+            Ok(Ok(r)) => r.status().as_u16().to_string(),
+            Ok(Err(e)) if e.is_connect() => "connect_error".to_owned(),
+            Ok(Err(_)) => "error".to_owned(),
+        };
+        gw.inner
+            .metrics
+            .gateway_upstream_requests_total
+            .with_label_values(&[
+                config.prefix.as_str(),
+                instance.url.as_str(),
+                status.as_str(),
+            ])
+            .inc();
+        match outcome {
             Err(_) => {
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,

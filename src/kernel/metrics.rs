@@ -22,6 +22,7 @@ pub struct Metrics {
     pub outbox_publish_failures_total: IntCounterVec,
     pub outbox_pending: IntGaugeVec,
     pub password_hash_duration_seconds: HistogramVec,
+    pub gateway_upstream_requests_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +74,14 @@ impl Metrics {
             .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["operation"],
         )?;
+        let gateway_upstream_requests_total = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_gateway_upstream_requests_total",
+                "Requests the gateway forwarded, by route prefix, upstream instance and status (or error).",
+            ),
+            &["route", "upstream", "status"],
+        )?;
+        registry.register(Box::new(gateway_upstream_requests_total.clone()))?;
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
         registry.register(Box::new(outbox_published_total.clone()))?;
@@ -87,6 +96,7 @@ impl Metrics {
             outbox_publish_failures_total,
             outbox_pending,
             password_hash_duration_seconds,
+            gateway_upstream_requests_total,
         })
     }
 
@@ -100,6 +110,11 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Put into a response's extensions by handlers that route by themselves,
+/// so the request is counted under that route rather than a catch-all.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub String);
 
 /// State for [`track`]: the metrics and the service they are counted for.
 #[derive(Clone)]
@@ -120,6 +135,11 @@ pub async fn track(State(t): State<Tracked>, req: Request, next: Next) -> Respon
         None => "unmatched".to_owned(),
     };
     let response = next.run(req).await;
+    // A handler that routes by itself (the gateway) names the route it chose.
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(route, |label| label.0.clone());
     let status = response.status().as_u16().to_string();
     t.metrics
         .http_requests_total

@@ -265,3 +265,63 @@ async fn upstream_faults_are_clear_problems() {
     assert_eq!(r.headers()["allow"], "GET");
     assert_problem(r, 405, "method_not_allowed").await;
 }
+
+#[tokio::test]
+async fn oversized_bodies_stop_at_the_edge_and_requests_count_per_route() {
+    let app = TestApp::builder()
+        .gateway(|g| g.body_limit_bytes = 1024)
+        .start()
+        .await;
+    let gw = &app.gateway_base;
+    let r = app
+        .http
+        .post(format!("{gw}/v1/users"))
+        .header("content-type", "application/json")
+        .body("x".repeat(4096))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 413, "payload_too_large").await;
+    // Streamed without a length, the body is cut off at the limit.
+    let chunks = futures_chunks(4096);
+    let r = app
+        .http
+        .post(format!("{gw}/v1/users"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_client_error() || r.status().is_server_error(),
+        "{}",
+        r.status()
+    );
+    assert_ne!(r.status(), 201);
+
+    app.http
+        .get(format!("{gw}/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("gatehouse_http_requests_total{method=\"GET\",route=\"/v1/users/me\",service=\"gateway\",status=\"401\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A body of `n` bytes sent in chunks, with no declared length.
+fn futures_chunks(
+    n: usize,
+) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<axum::body::Bytes>, std::io::Error>>
++ Send
++ Sync
++ 'static {
+    tokio_stream::iter((0..n / 256).map(|_| {
+        Ok(http_body::Frame::data(axum::body::Bytes::from(vec![
+            b'x';
+            256
+        ])))
+    }))
+}
