@@ -19,6 +19,61 @@ pub struct GatewayConfig {
     /// Routes of the team's own services, in addition to the built-in
     /// routes of the core services.
     pub routes: Vec<RouteConfig>,
+    pub rate_limit: RateLimitConfig,
+    pub cors: CorsConfig,
+}
+
+/// GCRA limits: per client address for anonymous traffic, per user for
+/// authenticated traffic. A rate of 0 turns that limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_ip_per_sec: u32,
+    pub per_ip_burst: u32,
+    pub per_user_per_sec: u32,
+    pub per_user_burst: u32,
+    /// Most client addresses or users tracked at once (memory bound).
+    pub max_tracked_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_ip_per_sec: 20,
+            per_ip_burst: 40,
+            per_user_per_sec: 50,
+            per_user_burst: 100,
+            max_tracked_keys: 100_000,
+        }
+    }
+}
+
+/// Cross-origin requests from browsers. No allowed origins: no CORS headers
+/// at all (same-origin only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins, e.g. `https://app.example.org`.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub exposed_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: list(&["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            allowed_headers: list(&["authorization", "content-type", "if-match", "x-request-id"]),
+            exposed_headers: list(&["etag", "location", "retry-after", "x-request-id"]),
+            allow_credentials: false,
+            max_age_secs: 600,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -29,6 +84,8 @@ impl Default for GatewayConfig {
             body_limit_bytes: 10 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }

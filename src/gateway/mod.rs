@@ -24,11 +24,25 @@ use crate::kernel::ServiceContext;
 use crate::kernel::health::Probes;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::ratelimit::Limiter;
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub const NAME: &str = "gateway";
 
 pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Result<Running> {
     let table = routes::RouteTable::new(&config.routes).map_err(anyhow::Error::msg)?;
+    let limits = &config.rate_limit;
+    let per_ip = Limiter::new(
+        limits.per_ip_per_sec,
+        limits.per_ip_burst,
+        limits.max_tracked_keys,
+    );
+    let per_user = Limiter::new(
+        limits.per_user_per_sec,
+        limits.per_user_burst,
+        limits.max_tracked_keys,
+    );
     let check = TokenCheck::new(
         Arc::new(AuthKeys {
             clients: ctx.clients.clone(),
@@ -50,13 +64,22 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             body_limit: config.body_limit_bytes,
             trusted_proxies: config.trusted_proxies.clone(),
             metrics: ctx.metrics.clone(),
+            per_ip: per_ip.clone(),
+            per_user: per_user.clone(),
         },
     )
     .map_err(anyhow::Error::msg)?;
-    let http = Router::new()
+    let mut background = vec![revocations];
+    for limiter in [&per_ip, &per_user].into_iter().flatten() {
+        background.push(limiter.spawn_housekeeping(ctx.shutdown.clone()));
+    }
+    let mut http = Router::new()
         .route("/", any(proxy::forward))
         .route("/{*path}", any(proxy::forward))
         .with_state(gateway);
+    if let Some(cors) = cors_layer(&config.cors)? {
+        http = http.layer(cors);
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let app = ServiceApp {
         name: NAME,
@@ -64,5 +87,51 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         grpc: tonic::service::Routes::new(health_service),
         probes: Probes::default(),
     };
-    server::launch(ctx, app, config.listen, None, health, vec![revocations]).await
+    server::launch(ctx, app, config.listen, None, health, background).await
+}
+
+/// The CORS layer, or none when no origin is allowed. Preflight requests
+/// are answered here; a disallowed origin gets no CORS headers.
+fn cors_layer(c: &config::CorsConfig) -> anyhow::Result<Option<CorsLayer>> {
+    if c.allowed_origins.is_empty() {
+        return Ok(None);
+    }
+    let values = |items: &[String], what: &str| {
+        items
+            .iter()
+            .map(|i| {
+                HeaderValue::from_str(i)
+                    .map_err(|_| anyhow::anyhow!("gateway.cors.{what}: bad value {i:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let methods = c
+        .allowed_methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.as_bytes())
+                .map_err(|_| anyhow::anyhow!("gateway.cors.allowed_methods: bad method {m:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let names = |items: &[String], what: &str| {
+        items
+            .iter()
+            .map(|i| {
+                HeaderName::from_bytes(i.as_bytes())
+                    .map_err(|_| anyhow::anyhow!("gateway.cors.{what}: bad header {i:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(values(
+                &c.allowed_origins,
+                "allowed_origins",
+            )?))
+            .allow_methods(methods)
+            .allow_headers(names(&c.allowed_headers, "allowed_headers")?)
+            .expose_headers(names(&c.exposed_headers, "exposed_headers")?)
+            .allow_credentials(c.allow_credentials)
+            .max_age(Duration::from_secs(c.max_age_secs)),
+    ))
 }

@@ -24,6 +24,7 @@ use crate::kernel::error::Problem;
 use crate::kernel::metrics::{Metrics, RouteLabel};
 use crate::kernel::registry::Registry;
 use crate::middleware::bearer::{self, TokenCheck};
+use crate::middleware::ratelimit::{self, Limiter, Verdict};
 use crate::middleware::token::{Principal, TokenError};
 
 /// Headers that describe one connection, not the message.
@@ -57,6 +58,8 @@ struct Inner {
     trusted: Vec<(IpAddr, u8)>,
     turn: AtomicUsize,
     metrics: Metrics,
+    per_ip: Option<Limiter>,
+    per_user: Option<Limiter>,
 }
 
 /// What the gateway needs besides its route table.
@@ -67,6 +70,8 @@ pub struct Settings {
     pub body_limit: u64,
     pub trusted_proxies: Vec<String>,
     pub metrics: Metrics,
+    pub per_ip: Option<Limiter>,
+    pub per_user: Option<Limiter>,
 }
 
 impl Gateway {
@@ -92,6 +97,8 @@ impl Gateway {
                 trusted,
                 turn: AtomicUsize::new(0),
                 metrics: settings.metrics,
+                per_ip: settings.per_ip,
+                per_user: settings.per_user,
             }),
         })
     }
@@ -155,13 +162,56 @@ async fn route_and_forward(
         }
         return r;
     }
+    let client_ip = gw.client_ip(peer.ip(), req.headers());
     let token = bearer::bearer(&req).map(str::to_owned);
+    // Anonymous traffic is limited per client address before any token work.
+    let mut verdict = None;
+    if (token.is_err() || config.auth == AuthPolicy::Public)
+        && let Some(limiter) = &gw.inner.per_ip
+    {
+        let v = limiter.check(&client_ip.to_string());
+        if matches!(v, Verdict::Refused { .. }) {
+            return ratelimit::refusal(v);
+        }
+        verdict = Some(v);
+    }
     let principal = match admit(&gw.inner.check, config.auth, token).await {
         Ok(p) => p,
         Err(e) => return bearer::refusal(e),
     };
-    let client_ip = gw.client_ip(peer.ip(), req.headers());
-    let path = route.upstream_path(&segments);
+    if let (Some(p), Some(limiter)) = (&principal, &gw.inner.per_user) {
+        let v = limiter.check(&p.user_id.to_string());
+        if matches!(v, Verdict::Refused { .. }) {
+            return ratelimit::refusal(v);
+        }
+        verdict = Some(v);
+    }
+    let mut response = send(
+        gw,
+        config,
+        peer,
+        client_ip,
+        principal.as_ref(),
+        &route.upstream_path(&segments),
+        req,
+    )
+    .await;
+    if let Some(v) = verdict {
+        ratelimit::annotate(v, response.headers_mut());
+    }
+    response
+}
+
+/// Sends the request to an instance of the route's service.
+async fn send(
+    gw: &Gateway,
+    config: &super::config::RouteConfig,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    principal: Option<&Principal>,
+    path: &str,
+    req: Request,
+) -> Response {
     let query = req
         .uri()
         .query()
@@ -191,7 +241,7 @@ async fn route_and_forward(
         &parts.headers,
         peer.ip(),
         client_ip,
-        principal.as_ref(),
+        principal,
         gw.trusts(peer.ip()),
     );
     // Without a body the request can be sent again to another instance.

@@ -6,6 +6,8 @@
 //! - [`bearer`]: the bearer-token check: keys fetched from auth over gRPC and
 //!   cached, verified tokens cached, revoked sessions learned from the bus,
 //!   and a [`token::Principal`] put into each request.
+//! - [`ratelimit`]: GCRA rate limits by client or user, with bounded state.
 
 pub mod bearer;
+pub mod ratelimit;
 pub mod token;

@@ -325,3 +325,102 @@ fn futures_chunks(
         ])))
     }))
 }
+
+#[tokio::test]
+async fn bursts_get_429_with_retry_and_ratelimit_headers() {
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.rate_limit.per_ip_per_sec = 1;
+            g.rate_limit.per_ip_burst = 2;
+            g.rate_limit.per_user_per_sec = 1;
+            g.rate_limit.per_user_burst = 2;
+        })
+        .start()
+        .await;
+    let gw = &app.gateway_base;
+    let reset = || {
+        app.http
+            .post(format!("{gw}/v1/password-resets"))
+            .json(&json!({"email": "x@example.org"}))
+            .send()
+    };
+    let first = reset().await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.headers()["ratelimit-limit"], "2");
+    assert_eq!(first.headers()["ratelimit-remaining"], "1");
+    assert_eq!(reset().await.unwrap().status(), 202);
+    let refused = reset().await.unwrap();
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    assert_problem(refused, 429, "rate_limited").await;
+
+    // Signed-in users count on their own allowance, not their address's.
+    app.register("rl@example.org").await;
+    let token = app.login("rl@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = || {
+        app.http
+            .get(format!("{gw}/v1/users/me"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(me().await.unwrap().status(), 200);
+    assert_eq!(me().await.unwrap().status(), 200);
+    assert_problem(me().await.unwrap(), 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_for_allowed_origins_only() {
+    let app = TestApp::builder()
+        .gateway(|g| g.cors.allowed_origins = vec!["https://app.example.org".into()])
+        .start()
+        .await;
+    let gw = &app.gateway_base;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{gw}/v1/users/me"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header("access-control-request-headers", "authorization, if-match")
+            .send()
+    };
+    let ok = preflight("https://app.example.org").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+    assert!(
+        ok.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH")
+    );
+    assert_eq!(ok.headers()["access-control-max-age"], "600");
+    let refused = preflight("https://evil.example.net").await.unwrap();
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+    // Simple requests from the allowed origin get the header too.
+    let r = app
+        .http
+        .post(format!("{gw}/v1/password-resets"))
+        .header("origin", "https://app.example.org")
+        .json(&json!({"email": "x@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.org"
+    );
+}

@@ -1,0 +1,178 @@
+//! Rate limiting with GCRA (the `governor` crate), keyed by client address
+//! or user. A refused request gets 429 problem+json with `Retry-After`;
+//! every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and
+//! `RateLimit-Reset`.
+//!
+//! State is bounded: at most `max_keys` keys are tracked. When the table is
+//! full even after forgetting keys that are back to a full allowance, new
+//! keys share one overflow bucket rather than growing memory.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
+
+use crate::kernel::error::Problem;
+
+type Keyed =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// How often idle keys are forgotten.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+const OVERFLOW: &str = "~overflow";
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed { limit: u32, remaining: u32 },
+    Refused { limit: u32, retry_after: Duration },
+}
+
+/// A keyed limiter. Cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Keyed>,
+    burst: u32,
+    max_keys: usize,
+}
+
+impl Limiter {
+    /// `per_second` requests per second with bursts of `burst`; `None` when
+    /// `per_second` is 0 (no limit).
+    pub fn new(per_second: u32, burst: u32, max_keys: usize) -> Option<Self> {
+        let rate = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(rate);
+        let quota = Quota::per_second(rate).allow_burst(burst);
+        Some(Self {
+            inner: Arc::new(
+                RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            ),
+            burst: burst.get(),
+            max_keys: max_keys.max(1),
+        })
+    }
+
+    /// Takes one request from `key`'s allowance.
+    pub fn check(&self, key: &str) -> Verdict {
+        let mut key = key;
+        if self.inner.len() >= self.max_keys {
+            self.inner.retain_recent();
+            if self.inner.len() >= self.max_keys {
+                key = OVERFLOW;
+            }
+        }
+        match self.inner.check_key(&key.to_owned()) {
+            Ok(state) => Verdict::Allowed {
+                limit: self.burst,
+                remaining: state.remaining_burst_capacity(),
+            },
+            Err(not_until) => Verdict::Refused {
+                limit: self.burst,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            },
+        }
+    }
+
+    /// How many keys are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Forgets keys back at a full allowance, every minute until `shutdown`.
+    pub fn spawn_housekeeping(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(HOUSEKEEPING) => {
+                        inner.retain_recent();
+                        inner.shrink_to_fit();
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        })
+    }
+}
+
+/// Adds the `RateLimit-*` headers for `verdict`.
+pub fn annotate(verdict: Verdict, headers: &mut HeaderMap) {
+    let (limit, remaining, reset) = match verdict {
+        Verdict::Allowed { limit, remaining } => (limit, remaining, 0),
+        Verdict::Refused { limit, retry_after } => (limit, 0, seconds(retry_after)),
+    };
+    for (name, value) in [
+        ("ratelimit-limit", u64::from(limit)),
+        ("ratelimit-remaining", u64::from(remaining)),
+        ("ratelimit-reset", reset),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+}
+
+fn seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The 429 answer for a refused request.
+pub fn refusal(verdict: Verdict) -> Response {
+    let retry = match verdict {
+        Verdict::Refused { retry_after, .. } => seconds(retry_after).max(1),
+        Verdict::Allowed { .. } => 1,
+    };
+    let mut response = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too many requests",
+    )
+    .detail(format!("retry in {retry} s"))
+    .retry_after(retry)
+    .into_response();
+    annotate(verdict, response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_pass_then_requests_wait_their_turn_per_key() {
+        let limiter = Limiter::new(1, 3, 100).unwrap();
+        for left in [2, 1, 0] {
+            assert_eq!(
+                limiter.check("a"),
+                Verdict::Allowed {
+                    limit: 3,
+                    remaining: left
+                }
+            );
+        }
+        match limiter.check("a") {
+            Verdict::Refused {
+                limit: 3,
+                retry_after,
+            } => assert!(retry_after <= Duration::from_secs(1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(limiter.check("b"), Verdict::Allowed { .. }));
+        assert!(Limiter::new(0, 10, 100).is_none());
+    }
+
+    #[test]
+    fn tracked_keys_stay_bounded() {
+        let limiter = Limiter::new(1, 1, 10).unwrap();
+        for i in 0..1000 {
+            limiter.check(&format!("k{i}"));
+        }
+        assert!(limiter.tracked() <= 11, "{}", limiter.tracked());
+    }
+}
