@@ -5,9 +5,11 @@
 //! metrics) runs in front of it.
 //!
 //! Rooms: `config.rs` (the `[gateway]` section and route shape),
+//! `balance.rs` (instance choice and passive health),
 //! `routes.rs` (the route table and path normalisation), `proxy.rs`
 //! (forwarding and proxy headers). The gateway has no database.
 
+pub mod balance;
 pub mod config;
 pub mod proxy;
 pub mod routes;

@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::balance::Balancer;
 use super::config::AuthPolicy;
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
@@ -56,7 +56,7 @@ struct Inner {
     default_timeout: Duration,
     body_limit: u64,
     trusted: Vec<(IpAddr, u8)>,
-    turn: AtomicUsize,
+    balancer: Balancer,
     metrics: Metrics,
     per_ip: Option<Limiter>,
     per_user: Option<Limiter>,
@@ -95,7 +95,7 @@ impl Gateway {
                 default_timeout: settings.default_timeout,
                 body_limit: settings.body_limit,
                 trusted,
-                turn: AtomicUsize::new(0),
+                balancer: Balancer::default(),
                 metrics: settings.metrics,
                 per_ip: settings.per_ip,
                 per_user: settings.per_user,
@@ -232,11 +232,6 @@ async fn send(
         }
     };
     let (mut parts, body) = req.into_parts();
-    // Bodies without a declared length are cut off at the limit too.
-    let body = Body::new(http_body_util::Limited::new(
-        body,
-        usize::try_from(gw.inner.body_limit).unwrap_or(usize::MAX),
-    ));
     let headers = upstream_headers(
         &parts.headers,
         peer.ip(),
@@ -244,12 +239,14 @@ async fn send(
         principal,
         gw.trusts(peer.ip()),
     );
-    // Without a body the request can be sent again to another instance.
-    let replayable = http_body::Body::is_end_stream(&body);
-    let mut body = Some(body);
-    let start = gw.inner.turn.fetch_add(1, Ordering::Relaxed);
-    for attempt in 0..instances.len() {
-        let instance = &instances[(start + attempt) % instances.len()];
+    let mut body = match prepare_body(body, &parts.headers, gw.inner.body_limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut tried: Vec<String> = Vec::new();
+    while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
+        let instance = lease.instance.clone();
+        tried.push(instance.url.clone());
         let Ok(uri) = format!("{}{path}{query}", instance.url).parse::<Uri>() else {
             return problem(
                 StatusCode::BAD_GATEWAY,
@@ -258,8 +255,8 @@ async fn send(
             );
         };
         parts.uri = uri;
-        let mut upstream =
-            Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
+        let (this_body, more) = body.attempt();
+        let mut upstream = Request::from_parts(parts.clone(), this_body);
         *upstream.headers_mut() = headers.clone();
         let outcome = tokio::time::timeout(timeout, gw.inner.client.request(upstream)).await;
         let status = match &outcome {
@@ -278,19 +275,27 @@ async fn send(
             ])
             .inc();
         match outcome {
+            Ok(Ok(response)) => {
+                lease.succeeded();
+                return downstream(response);
+            }
             Err(_) => {
+                lease.failed();
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     "The service did not answer in time",
                 );
             }
-            Ok(Ok(response)) => return downstream(response),
-            Ok(Err(e)) if e.is_connect() && replayable => {
-                tracing::warn!(service = %config.service, instance = %instance.url, "upstream connect failed; trying another instance");
-                continue;
-            }
             Ok(Err(e)) => {
+                if lease.failed() {
+                    tracing::warn!(service = %config.service, instance = %instance.url, "upstream instance ejected after repeated failures");
+                }
+                // Nothing reached the instance: safe to send elsewhere.
+                if e.is_connect() && more {
+                    tracing::warn!(service = %config.service, instance = %instance.url, "upstream connect failed; trying another instance");
+                    continue;
+                }
                 tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream request failed");
                 return problem(
                     StatusCode::BAD_GATEWAY,
@@ -305,6 +310,43 @@ async fn send(
         "upstream_unavailable",
         "No instance of the service could be reached",
     )
+}
+
+/// Bodies up to this size with a declared length are read before sending,
+/// so a request can go to another instance when a connection fails.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// A request body as the attempts see it.
+enum Outgoing {
+    /// Held in memory: every attempt gets a copy.
+    Held(axum::body::Bytes),
+    /// Streamed: only the first attempt gets it.
+    Streamed(Option<Body>),
+}
+
+impl Outgoing {
+    /// The body for this attempt, and whether another attempt could follow.
+    fn attempt(&mut self) -> (Body, bool) {
+        match self {
+            Outgoing::Held(bytes) => (Body::from(bytes.clone()), true),
+            Outgoing::Streamed(body) => (body.take().unwrap_or_else(Body::empty), false),
+        }
+    }
+}
+
+async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Outgoing, Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    if http_body::Body::is_end_stream(&limited) || declared.is_some_and(|n| n <= REPLAYABLE_BODY) {
+        return match limited.collect().await {
+            Ok(collected) => Ok(Outgoing::Held(collected.to_bytes())),
+            Err(_) => Err(crate::kernel::error::payload_too_large().into_response()),
+        };
+    }
+    Ok(Outgoing::Streamed(Some(Body::new(limited))))
 }
 
 /// Applies the route's token policy: the principal when a token verified.

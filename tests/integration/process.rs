@@ -273,3 +273,127 @@ fn keys_rotate_publishes_a_new_signing_key() {
     // The key-encryption key was made once, readable by its owner only.
     assert!(dir.path().join("auth.kek").exists());
 }
+
+/// `GATEHOUSE_REGISTRY__INSTANCES__<SERVICE>` for a static registry.
+fn instances(service: &str, ports: &[u16]) -> (&'static str, String) {
+    let key = match service {
+        "auth" => "GATEHOUSE_REGISTRY__INSTANCES__AUTH",
+        _ => "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+    };
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("\"http://127.0.0.1:{p}\""))
+        .collect();
+    (key, format!("[{}]", urls.join(",")))
+}
+
+/// How many requests for `route` an instance has answered, from its metrics.
+async fn answered(base: &str, route: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("gatehouse_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
+    let (gw_port, auth_port, id1, id2) = (free_port(), free_port(), free_port(), free_port());
+    let (identity_dir, auth_dir, gw_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let backend = Backend::new();
+    let with = |mut extra: Vec<(&'static str, String)>| {
+        extra.push(("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()));
+        extra.extend(backend.env.iter().cloned());
+        extra
+    };
+    let identity_env = with(vec![instances("auth", &[auth_port])]);
+    let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
+    first.started();
+    let mut second = spawn_identity(id2, identity_dir.path(), &identity_env);
+    let mut auth = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-auth"),
+        "auth",
+        auth_port,
+        auth_dir.path(),
+        &with(vec![instances("identity", &[id1, id2])]),
+    );
+    let mut gateway = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-gateway"),
+        "gateway",
+        gw_port,
+        gw_dir.path(),
+        &with(vec![
+            instances("identity", &[id1, id2]),
+            instances("auth", &[auth_port]),
+        ]),
+    );
+    for p in [&mut second, &mut auth, &mut gateway] {
+        p.started();
+    }
+    let gw = gateway.base.clone();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{gw}/v1/users"))
+        .json(&json!({"email": "lb@example.org", "password": PASSWORD, "display_name": "LB"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let pair: serde_json::Value = http
+        .post(format!("{gw}/v1/auth/login"))
+        .json(&json!({"email": "lb@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = pair["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..40 {
+        let r = http
+            .get(format!("{gw}/v1/users/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (a, b) = (
+        answered(&first.base, "/v1/users/me").await,
+        answered(&second.base, "/v1/users/me").await,
+    );
+    assert_eq!(a + b, 40);
+    assert!(a > 0 && b > 0, "both instances get traffic: {a} and {b}");
+
+    // One instance dies; every later request still gets its answer.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    for i in 0..30 {
+        let r = http
+            .get(format!("{gw}/v1/users/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+        let r = http
+            .post(format!("{gw}/v1/password-resets"))
+            .json(&json!({"email": "lb@example.org"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "POST {i}");
+    }
+}
