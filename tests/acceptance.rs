@@ -21,6 +21,7 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Platform {
     process: Option<Service>,
     auth: Option<Service>,
+    gateway: Option<Service>,
     /// Token pairs received, oldest first.
     pairs: Vec<Value>,
     status: u16,
@@ -167,6 +168,88 @@ fn both_running(world: &mut Platform) {
         auth_port,
         &auth_env,
     ));
+}
+
+#[given("the gateway, auth and identity services are running")]
+fn three_running(world: &mut Platform) {
+    let (identity_port, auth_port, gateway_port) = (free_port(), free_port(), free_port());
+    let url = |port: u16| format!("[\"http://127.0.0.1:{port}\"]");
+    let static_registry = ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned());
+    let to_auth = ("GATEHOUSE_REGISTRY__INSTANCES__AUTH", url(auth_port));
+    let to_identity = (
+        "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+        url(identity_port),
+    );
+    world.process = Some(Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
+        identity_port,
+        &[static_registry.clone(), to_auth.clone()],
+    ));
+    world.auth = Some(Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-auth"),
+        "auth",
+        auth_port,
+        &[static_registry.clone(), to_identity.clone()],
+    ));
+    world.gateway = Some(Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-gateway"),
+        "gateway",
+        gateway_port,
+        &[static_registry, to_auth, to_identity],
+    ));
+}
+
+impl Platform {
+    fn gateway_base(&self) -> String {
+        self.gateway
+            .as_ref()
+            .expect("the gateway was started in the background")
+            .process
+            .base
+            .clone()
+    }
+}
+
+#[when(expr = "{string} registers through the gateway")]
+async fn registers_via_gateway(world: &mut Platform, email: String) {
+    let url = format!("{}/v1/users", world.gateway_base());
+    let body = json!({"email": email, "password": PASSWORD, "display_name": "Someone"});
+    world
+        .send(reqwest::Client::new().post(url).json(&body))
+        .await;
+}
+
+#[when(expr = "{string} signs in through the gateway")]
+async fn signs_in_via_gateway(world: &mut Platform, email: String) {
+    let url = format!("{}/v1/auth/login", world.gateway_base());
+    let body = json!({"email": email, "password": PASSWORD});
+    world
+        .send(reqwest::Client::new().post(url).json(&body))
+        .await;
+}
+
+#[then(expr = "with that token my profile through the gateway shows {string}")]
+async fn profile_via_gateway(world: &mut Platform, email: String) {
+    let url = format!("{}/v1/users/me", world.gateway_base());
+    let token = world.latest("access_token");
+    world
+        .send(reqwest::Client::new().get(url).bearer_auth(token))
+        .await;
+    assert_eq!(world.status, 200, "{}", world.body);
+    assert_eq!(world.body["email"], email.as_str());
+}
+
+#[when("my profile is read through the gateway without a token")]
+async fn profile_without_token(world: &mut Platform) {
+    read_raw(world, "/v1/users/me".to_owned()).await;
+}
+
+#[when(expr = "{string} is read through the gateway without a token")]
+async fn read_raw(world: &mut Platform, path: String) {
+    let (status, body) = binary::raw_get(&world.gateway_base(), &path).await;
+    world.status = status;
+    world.body = body;
 }
 
 impl Platform {

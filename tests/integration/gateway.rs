@@ -9,6 +9,7 @@ use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
 use gatehouse::kernel::registry::Instance;
 use serde_json::{Value, json};
 
+use crate::binary::raw_get;
 use crate::support::{PASSWORD, TestApp, assert_problem};
 
 /// A stand-in upstream that records the headers it receives and echoes its
@@ -28,22 +29,6 @@ async fn echo(delay: Duration) -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
-}
-
-/// Sends `GET path` exactly as written (HTTP clients would resolve dot
-/// segments themselves) and answers the status and the body.
-async fn raw_get(base: &str, path: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    let status = text[9..12].parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 fn route(prefix: &str, service: &str, auth: AuthPolicy) -> RouteConfig {
