@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// After a stop signal, how long in-flight requests may take to finish.
     pub shutdown_grace_ms: u64,
+    /// How long a client may take to send a request's headers; slower
+    /// connections are closed.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 30_000,
+            header_read_timeout_ms: 10_000,
         }
     }
 }

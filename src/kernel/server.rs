@@ -13,10 +13,14 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use http::{HeaderName, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -117,6 +121,10 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish for at most the configured grace period.
+///
+/// Connections are served by hyper directly (HTTP/1.1 and h2c on one
+/// socket) so that a client that sends its headers too slowly is cut off
+/// after `header_read_timeout_ms` instead of holding a connection open.
 pub fn spawn(
     name: &'static str,
     listener: TcpListener,
@@ -125,24 +133,61 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     tokio::spawn(async move {
         let addr = listener.local_addr()?;
         tracing::info!(service = name, %addr, "listening");
-        let stop = shutdown.clone();
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await });
-        let serve = std::pin::pin!(serve.into_future());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, go on.
+                        tracing::warn!(service = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service =
+                router
+                    .clone()
+                    .map_request(move |req: http::Request<hyper::body::Incoming>| {
+                        let mut req = req.map(axum::body::Body::new);
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        req
+                    });
+            let connection = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
         tokio::select! {
-            result = serve => result,
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace) => {
                 tracing::warn!(service = name, grace_ms = grace.as_millis() as u64,
                     "in-flight requests did not finish within the grace period");
-                Ok(())
             }
         }
+        Ok(())
     })
 }
 

@@ -194,3 +194,39 @@ async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert!(events.try_recv().is_err());
 }
+
+#[tokio::test]
+async fn clients_that_send_headers_too_slowly_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder()
+        .server(|s| s.header_read_timeout_ms = 300)
+        .start()
+        .await;
+    for base in [&app.base, &app.gateway_base] {
+        let addr = base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Half a request, then nothing.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            stream.read_to_end(&mut buf),
+        )
+        .await;
+        assert!(
+            read.is_ok(),
+            "{base}: the stalled connection was still open after 3 s"
+        );
+        // Whole requests on fresh connections are still served.
+        assert_eq!(
+            reqwest::get(format!("{base}/healthz"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}

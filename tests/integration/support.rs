@@ -52,6 +52,7 @@ struct Storage {
 }
 
 pub struct Builder {
+    server: Option<gatehouse::kernel::config::ServerConfig>,
     gateway: gatehouse::gateway::GatewayConfig,
     identity: IdentityConfig,
     auth: gatehouse::auth::AuthConfig,
@@ -66,6 +67,7 @@ impl TestApp {
 
     pub fn builder() -> Builder {
         Builder {
+            server: None,
             gateway: gatehouse::gateway::GatewayConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 ..Default::default()
@@ -194,6 +196,16 @@ impl Builder {
         self
     }
 
+    pub fn server(
+        mut self,
+        change: impl FnOnce(&mut gatehouse::kernel::config::ServerConfig),
+    ) -> Self {
+        let mut server = gatehouse::kernel::config::ServerConfig::default();
+        change(&mut server);
+        self.server = Some(server);
+        self
+    }
+
     pub fn gateway(mut self, change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig)) -> Self {
         change(&mut self.gateway);
         self
@@ -228,6 +240,9 @@ impl Builder {
         let mut ctx = gatehouse::platform::context(&storage.config).unwrap();
         if let Some(bus) = self.bus {
             ctx.bus = bus;
+        }
+        if let Some(server) = self.server {
+            ctx.server = server;
         }
         let clock = Arc::new(ManualClock::new(Utc::now()));
         ctx.clock = clock.clone();
