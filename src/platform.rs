@@ -149,3 +149,35 @@ pub async fn serve(
     telemetry.shutdown();
     result
 }
+
+/// The command line of a single-service binary.
+#[derive(clap::Parser)]
+struct ServiceCli {
+    /// TOML config file; `GATEHOUSE_*` environment variables override it.
+    #[arg(long, short, env = "GATEHOUSE_CONFIG_FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// The whole `main` of a single-service binary named `name`: parse the
+/// command line, run `service` until stopped, report a failure on stderr.
+pub fn service_main(name: &'static str, service: Service) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ServiceCli::command()
+        .name(name)
+        .about(format!("{name}: one gatehouse service in its own process"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let result = ServiceCli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|cli| {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(serve(cli.config.as_deref(), name, &[service], true))
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

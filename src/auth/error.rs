@@ -122,12 +122,7 @@ impl AuthError {
             AuthError::Internal(_) | AuthError::Unavailable(_) => title.to_owned(),
             other => other.to_string(),
         };
-        let mut status = tonic::Status::new(grpc, message);
-        status.metadata_mut().insert(
-            "gatehouse-code",
-            tonic::metadata::MetadataValue::from_static(code),
-        );
-        status
+        crate::kernel::error::grpc_status(grpc, code, message)
     }
 }
 

@@ -152,11 +152,7 @@ impl IdentityError {
             IdentityError::Internal(_) | IdentityError::Unavailable(_) => title.to_owned(),
             other => other.to_string(),
         };
-        let mut status = tonic::Status::new(grpc, message);
-        status.metadata_mut().insert(
-            "gatehouse-code",
-            tonic::metadata::MetadataValue::from_static(code),
-        );
+        let mut status = crate::kernel::error::grpc_status(grpc, code, message);
         if let IdentityError::Locked { retry_after_secs } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {

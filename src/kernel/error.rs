@@ -137,6 +137,17 @@ fn source_message(e: &dyn std::error::Error) -> String {
     last
 }
 
+/// A gRPC status carrying the same stable code as the HTTP problem, in the
+/// `gatehouse-code` metadata.
+pub fn grpc_status(grpc: tonic::Code, code: &'static str, message: String) -> tonic::Status {
+    let mut status = tonic::Status::new(grpc, message);
+    status.metadata_mut().insert(
+        "gatehouse-code",
+        tonic::metadata::MetadataValue::from_static(code),
+    );
+    status
+}
+
 pub fn payload_too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
