@@ -114,8 +114,20 @@ pub async fn forward(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
     let mut label = String::from("unrouted");
     let mut response = route_and_forward(&gw, peer, req, &mut label).await;
+    // The access log: one line per request, never the path's query or any token.
+    tracing::info!(
+        target: "gatehouse::access",
+        method = %method,
+        route = %label,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        peer = %peer.ip(),
+        "request"
+    );
     response.extensions_mut().insert(RouteLabel(label));
     response
 }

@@ -409,3 +409,35 @@ async fn cors_preflight_is_answered_for_allowed_origins_only() {
         "https://app.example.org"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_hangs_up_is_a_502() {
+    use tokio::io::AsyncReadExt;
+    // Reads the request, then closes the connection without an answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let app = TestApp::builder()
+        .gateway(|g| g.routes.push(route("/flaky", "flaky", AuthPolicy::Public)))
+        .start()
+        .await;
+    app.ctx
+        .registry
+        .register(Instance::new("flaky", url))
+        .await
+        .unwrap();
+    let r = app
+        .http
+        .post(format!("{}/flaky", app.gateway_base))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 502, "upstream_failed").await;
+}

@@ -370,6 +370,19 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // One access-log line per request; nothing about tokens or passwords.
+    let line = gateway.wait_line("gatehouse::access");
+    assert!(
+        line.contains("\"route\":\"/v1/users\"") && line.contains("\"status\":201"),
+        "{line}"
+    );
+    gateway.wait_for(|l| l.contains("gatehouse::access") && l.contains("/v1/users/me"));
+    assert!(
+        !gateway
+            .seen
+            .iter()
+            .any(|l| l.contains("v4.public.") || l.contains(PASSWORD))
+    );
     let (a, b) = (
         answered(&first.base, "/v1/users/me").await,
         answered(&second.base, "/v1/users/me").await,
