@@ -13,7 +13,7 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::{Value, json};
 
-use binary::{ServiceProcess, free_port};
+use binary::{ServiceProcess, free_port, static_registry};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -140,27 +140,14 @@ fn running(world: &mut Platform) {
 #[given("the identity and auth services are running")]
 fn both_running(world: &mut Platform) {
     let (identity_port, auth_port) = (free_port(), free_port());
-    let registry = |service: &str, port: u16| {
-        vec![
-            ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
-            (
-                if service == "auth" {
-                    "GATEHOUSE_REGISTRY__INSTANCES__AUTH"
-                } else {
-                    "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY"
-                },
-                format!("[\"http://127.0.0.1:{port}\"]"),
-            ),
-        ]
-    };
-    let mut auth_env = registry("identity", identity_port);
+    let mut auth_env = static_registry(&[("identity", &[identity_port])]);
     // Reuse is detected at once (no grace window) to keep scenarios short.
     auth_env.push(("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned()));
     world.process = Some(Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
         "identity",
         identity_port,
-        &registry("auth", auth_port),
+        &static_registry(&[("auth", &[auth_port])]),
     ));
     world.auth = Some(Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-auth"),
@@ -173,30 +160,23 @@ fn both_running(world: &mut Platform) {
 #[given("the gateway, auth and identity services are running")]
 fn three_running(world: &mut Platform) {
     let (identity_port, auth_port, gateway_port) = (free_port(), free_port(), free_port());
-    let url = |port: u16| format!("[\"http://127.0.0.1:{port}\"]");
-    let static_registry = ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned());
-    let to_auth = ("GATEHOUSE_REGISTRY__INSTANCES__AUTH", url(auth_port));
-    let to_identity = (
-        "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
-        url(identity_port),
-    );
     world.process = Some(Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
         "identity",
         identity_port,
-        &[static_registry.clone(), to_auth.clone()],
+        &static_registry(&[("auth", &[auth_port])]),
     ));
     world.auth = Some(Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-auth"),
         "auth",
         auth_port,
-        &[static_registry.clone(), to_identity.clone()],
+        &static_registry(&[("identity", &[identity_port])]),
     ));
     world.gateway = Some(Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-gateway"),
         "gateway",
         gateway_port,
-        &[static_registry, to_auth, to_identity],
+        &static_registry(&[("auth", &[auth_port]), ("identity", &[identity_port])]),
     ));
 }
 

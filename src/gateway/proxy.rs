@@ -150,12 +150,7 @@ async fn route_and_forward(
     };
     let config = &route.config;
     label.clone_from(&config.prefix);
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > gw.inner.body_limit) {
+    if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
         return crate::kernel::error::payload_too_large().into_response();
     }
     if !config.methods.is_empty()
@@ -324,6 +319,14 @@ async fn send(
     )
 }
 
+/// The body length a request declares in `Content-Length`, if it does.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Bodies up to this size with a declared length are read before sending,
 /// so a request can go to another instance when a connection fails.
 const REPLAYABLE_BODY: u64 = 64 * 1024;
@@ -347,10 +350,7 @@ impl Outgoing {
 }
 
 async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Outgoing, Response> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     if http_body::Body::is_end_stream(&limited) || declared.is_some_and(|n| n <= REPLAYABLE_BODY) {
         return match limited.collect().await {

@@ -16,6 +16,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The environment that wires separate processes together:
+/// `GATEHOUSE_REGISTRY__BACKEND=static` and, for each `(service, ports)`,
+/// its instances on loopback.
+pub fn static_registry(services: &[(&str, &[u16])]) -> Vec<(&'static str, String)> {
+    let mut env = vec![("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned())];
+    for (service, ports) in services {
+        let key = match *service {
+            "auth" => "GATEHOUSE_REGISTRY__INSTANCES__AUTH",
+            "identity" => "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+            other => panic!("no registry variable for {other}"),
+        };
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+            .collect();
+        env.push((key, format!("[{}]", urls.join(","))));
+    }
+    env
+}
+
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,

@@ -7,7 +7,7 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
-use crate::binary::{ServiceProcess, free_port};
+use crate::binary::{ServiceProcess, free_port, static_registry};
 use crate::support::PASSWORD;
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
@@ -154,22 +154,9 @@ async fn identity_and_auth_as_separate_processes_find_each_other_through_the_sta
     let (identity_dir, auth_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (identity_port, auth_port) = (free_port(), free_port());
     let backend = Backend::new();
-    let registry = |service: &str, port: u16| {
-        vec![
-            ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
-            (
-                if service == "auth" {
-                    "GATEHOUSE_REGISTRY__INSTANCES__AUTH"
-                } else {
-                    "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY"
-                },
-                format!("[\"http://127.0.0.1:{port}\"]"),
-            ),
-        ]
-    };
-    let mut identity_env = registry("auth", auth_port);
+    let mut identity_env = static_registry(&[("auth", &[auth_port])]);
     identity_env.extend(backend.env.iter().cloned());
-    let mut auth_env = registry("identity", identity_port);
+    let mut auth_env = static_registry(&[("identity", &[identity_port])]);
     auth_env.extend(backend.env.iter().cloned());
     let mut identity = spawn_identity(identity_port, identity_dir.path(), &identity_env);
     let mut auth = ServiceProcess::spawn(
@@ -274,19 +261,6 @@ fn keys_rotate_publishes_a_new_signing_key() {
     assert!(dir.path().join("auth.kek").exists());
 }
 
-/// `GATEHOUSE_REGISTRY__INSTANCES__<SERVICE>` for a static registry.
-fn instances(service: &str, ports: &[u16]) -> (&'static str, String) {
-    let key = match service {
-        "auth" => "GATEHOUSE_REGISTRY__INSTANCES__AUTH",
-        _ => "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
-    };
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("\"http://127.0.0.1:{p}\""))
-        .collect();
-    (key, format!("[{}]", urls.join(",")))
-}
-
 /// How many requests for `route` an instance has answered, from its metrics.
 async fn answered(base: &str, route: &str) -> u64 {
     let text = reqwest::get(format!("{base}/metrics"))
@@ -314,11 +288,10 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     );
     let backend = Backend::new();
     let with = |mut extra: Vec<(&'static str, String)>| {
-        extra.push(("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()));
         extra.extend(backend.env.iter().cloned());
         extra
     };
-    let identity_env = with(vec![instances("auth", &[auth_port])]);
+    let identity_env = with(static_registry(&[("auth", &[auth_port])]));
     let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
     first.started();
     let mut second = spawn_identity(id2, identity_dir.path(), &identity_env);
@@ -327,17 +300,17 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
         "auth",
         auth_port,
         auth_dir.path(),
-        &with(vec![instances("identity", &[id1, id2])]),
+        &with(static_registry(&[("identity", &[id1, id2])])),
     );
     let mut gateway = ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_gatehouse-gateway"),
         "gateway",
         gw_port,
         gw_dir.path(),
-        &with(vec![
-            instances("identity", &[id1, id2]),
-            instances("auth", &[auth_port]),
-        ]),
+        &with(static_registry(&[
+            ("identity", &[id1, id2]),
+            ("auth", &[auth_port]),
+        ])),
     );
     for p in [&mut second, &mut auth, &mut gateway] {
         p.started();
