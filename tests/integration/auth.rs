@@ -24,6 +24,12 @@ fn refresh_token(pair: &Value) -> String {
     pair["refresh_token"].as_str().unwrap().to_owned()
 }
 
+/// Presents a refresh token to auth.
+async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+    app.auth_post("/v1/auth/refresh", json!({"refresh_token": token}))
+        .await
+}
+
 /// Polls `/v1/users/me` until it answers `status`, for at most `within`.
 async fn me_becomes(
     app: &TestApp,
@@ -114,11 +120,7 @@ async fn a_locked_account_gets_its_own_code() {
 async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     let app = TestApp::start().await;
     let first = signed_up(&app, "rot@example.org").await;
-    let second: Value = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&first)}),
-        )
+    let second: Value = refresh(&app, &refresh_token(&first))
         .await
         .json()
         .await
@@ -128,11 +130,7 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     assert_eq!(app.me(&access(&second)).await.status(), 200);
 
     // A client that lost the answer retries within the grace window: same pair.
-    let retry: Value = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&first)}),
-        )
+    let retry: Value = refresh(&app, &refresh_token(&first))
         .await
         .json()
         .await
@@ -141,19 +139,9 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
 
     // After the grace window the old token is a reuse: the session ends.
     app.clock.advance(Duration::seconds(6));
-    let r = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&first)}),
-        )
-        .await;
+    let r = refresh(&app, &refresh_token(&first)).await;
     assert_problem(r, 401, "refresh_token_reused").await;
-    let r = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&second)}),
-        )
-        .await;
+    let r = refresh(&app, &refresh_token(&second)).await;
     assert_problem(r, 401, "invalid_refresh_token").await;
     let r = me_becomes(&app, &access(&second), 401, StdDuration::from_secs(1)).await;
     assert_problem(r, 401, "session_revoked").await;
@@ -163,29 +151,15 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
 async fn two_rotations_in_one_second_are_still_told_apart() {
     let app = TestApp::start().await;
     let a = signed_up(&app, "fast@example.org").await;
-    let b: Value = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&a)}),
-        )
+    let b: Value = refresh(&app, &refresh_token(&a))
         .await
         .json()
         .await
         .unwrap();
-    let c = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&b)}),
-        )
-        .await;
+    let c = refresh(&app, &refresh_token(&b)).await;
     assert_eq!(c.status(), 200);
     // The clock has not moved, but `a` is two generations old: reuse.
-    let r = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&a)}),
-        )
-        .await;
+    let r = refresh(&app, &refresh_token(&a)).await;
     assert_problem(r, 401, "refresh_token_reused").await;
 }
 
@@ -213,12 +187,7 @@ async fn logout_stops_the_access_token_within_a_second() {
             .starts_with("Bearer")
     );
     assert_problem(r, 401, "session_revoked").await;
-    let r = app
-        .auth_post(
-            "/v1/auth/refresh",
-            json!({"refresh_token": refresh_token(&pair)}),
-        )
-        .await;
+    let r = refresh(&app, &refresh_token(&pair)).await;
     assert_problem(r, 401, "invalid_refresh_token").await;
     // Logging out again with the dead token is refused.
     let r = app

@@ -36,6 +36,23 @@ pub fn static_registry(services: &[(&str, &[u16])]) -> Vec<(&'static str, String
     env
 }
 
+/// Logs in at `base` (auth or the gateway) and answers the token response.
+pub async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> serde_json::Value {
+    http.post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,

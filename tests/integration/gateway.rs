@@ -9,7 +9,7 @@ use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
 use gatehouse::kernel::registry::Instance;
 use serde_json::{Value, json};
 
-use crate::binary::raw_get;
+use crate::binary::{login, raw_get};
 use crate::support::{PASSWORD, TestApp, assert_problem};
 
 /// A stand-in upstream that records the headers it receives and echoes its
@@ -54,16 +54,7 @@ async fn the_whole_journey_goes_through_one_entry_point() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let pair: Value = app
-        .http
-        .post(format!("{gw}/v1/auth/login"))
-        .json(&json!({"email": "gw@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pair: Value = login(&app.http, gw, "gw@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap();
     let me = app
         .http

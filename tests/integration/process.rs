@@ -7,7 +7,7 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
-use crate::binary::{ServiceProcess, free_port, static_registry};
+use crate::binary::{ServiceProcess, free_port, login, static_registry};
 use crate::support::PASSWORD;
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
@@ -178,15 +178,7 @@ async fn identity_and_auth_as_separate_processes_find_each_other_through_the_sta
         .unwrap();
     assert_eq!(r.status(), 201);
     // Auth checks the password with identity over gRPC ...
-    let pair: serde_json::Value = http
-        .post(format!("{}/v1/auth/login", auth.base))
-        .json(&json!({"email": "two@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pair: serde_json::Value = login(&http, &auth.base, "two@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap();
     // ... and identity verifies the token with keys fetched from auth.
     let me = http
@@ -203,15 +195,7 @@ async fn identity_and_auth_as_separate_processes_find_each_other_through_the_sta
         .await
         .unwrap();
     assert_eq!(refreshed.status(), 200);
-    let second: serde_json::Value = http
-        .post(format!("{}/v1/auth/login", auth.base))
-        .json(&json!({"email": "two@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second: serde_json::Value = login(&http, &auth.base, "two@example.org", PASSWORD).await;
     let logout = http
         .post(format!("{}/v1/auth/logout", auth.base))
         .bearer_auth(token)
@@ -324,15 +308,7 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let pair: serde_json::Value = http
-        .post(format!("{gw}/v1/auth/login"))
-        .json(&json!({"email": "lb@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pair: serde_json::Value = login(&http, &gw, "lb@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap().to_owned();
     for _ in 0..40 {
         let r = http
