@@ -1,13 +1,13 @@
 //! Choosing an upstream instance: power of two choices on in-flight
 //! requests among the instances that are not ejected, and passive health:
 //! an instance that fails `EJECT_AFTER` times in a row (connect errors,
-//! timeouts, broken exchanges) is left out for `EJECT_FOR`, then tried again
-//! (one more failure ejects it again at once).
+//! timeouts, broken exchanges) is left out until it is readmitted, by an
+//! active probe (see `probe.rs`) or by a request it served while every
+//! instance was out. One more failure after that ejects it again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -15,23 +15,12 @@ use crate::kernel::registry::Instance;
 
 /// Consecutive failures that eject an instance.
 pub const EJECT_AFTER: u32 = 3;
-/// How long an ejected instance is left out.
-pub const EJECT_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Health {
     in_flight: AtomicUsize,
     failures: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| now < until)
-    }
+    ejected: AtomicBool,
 }
 
 /// Per-instance load and health, keyed by instance URL.
@@ -55,45 +44,67 @@ impl Drop for Lease {
 impl Lease {
     pub fn succeeded(&self) {
         self.health.failures.store(0, Ordering::Relaxed);
+        self.health.ejected.store(false, Ordering::Relaxed);
     }
 
-    /// Counts a failure; answers true when this one ejected the instance.
+    /// Counts a failure; answers true when this one ejected the instance
+    /// (so the caller starts probing it), false when it was already out.
     pub fn failed(&self) -> bool {
         let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= EJECT_AFTER {
-            let mut until = self
-                .health
-                .ejected_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            *until = Some(Instant::now() + EJECT_FOR);
-            // After the ejection, one more failure is enough to eject again.
-            self.health
-                .failures
-                .store(EJECT_AFTER - 1, Ordering::Relaxed);
-            return true;
+        if failures < EJECT_AFTER {
+            return false;
         }
-        false
+        // Readmitted instances start one failure short of ejection.
+        self.health
+            .failures
+            .store(EJECT_AFTER - 1, Ordering::Relaxed);
+        !self.health.ejected.swap(true, Ordering::Relaxed)
     }
 }
 
 impl Balancer {
     fn health(&self, url: &str) -> Arc<Health> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = states.get(url) {
+            return h.clone();
+        }
         states.entry(url.to_owned()).or_default().clone()
+    }
+
+    /// Whether the instance at `url` is out of rotation.
+    pub fn is_ejected(&self, url: &str) -> bool {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .get(url)
+            .is_some_and(|h| h.ejected.load(Ordering::Relaxed))
+    }
+
+    /// Puts the instance at `url` back into rotation.
+    pub fn readmit(&self, url: &str) {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = states.get(url) {
+            h.ejected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops what is known of an instance that left the registry.
+    pub fn forget(&self, url: &str) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.remove(url);
     }
 
     /// Picks among `instances` not in `tried`: two at random among the
     /// healthy ones (all of them when none is healthy), the less loaded wins.
     pub fn pick(&self, instances: &[Instance], tried: &[String]) -> Option<Lease> {
-        let now = Instant::now();
         let candidates: Vec<(&Instance, Arc<Health>)> = instances
             .iter()
             .filter(|i| !tried.contains(&i.url))
             .map(|i| (i, self.health(&i.url)))
             .collect();
-        let healthy: Vec<&(&Instance, Arc<Health>)> =
-            candidates.iter().filter(|(_, h)| !h.ejected(now)).collect();
+        let healthy: Vec<&(&Instance, Arc<Health>)> = candidates
+            .iter()
+            .filter(|(_, h)| !h.ejected.load(Ordering::Relaxed))
+            .collect();
         let pool: Vec<&(&Instance, Arc<Health>)> = if healthy.is_empty() {
             candidates.iter().collect()
         } else {
@@ -147,13 +158,19 @@ mod tests {
         assert!(idle_chosen >= 60, "{idle_chosen}");
         drop(busy);
 
-        for _ in 0..EJECT_AFTER {
-            let lease = b.pick(&all[2..], &[]).unwrap();
-            lease.failed();
-        }
+        let ejections: Vec<bool> = (0..EJECT_AFTER + 1)
+            .map(|_| b.pick(&all[2..], &[]).unwrap().failed())
+            .collect();
+        // Only the failure that ejects says so: one probe per ejection.
+        assert_eq!(ejections, [false, false, true, false]);
+        assert!(b.is_ejected(&all[2].url));
         for _ in 0..50 {
             assert_ne!(b.pick(&all, &[]).unwrap().instance.url, all[2].url);
         }
+        // Readmitted, it takes traffic again; one more failure ejects it.
+        b.readmit(&all[2].url);
+        assert!((0..50).any(|_| b.pick(&all, &[]).unwrap().instance.url == all[2].url));
+        assert!(b.pick(&all[2..], &[]).unwrap().failed());
         // Already tried instances are skipped; when all are, there is none.
         let tried: Vec<String> = all.iter().map(|i| i.url.clone()).collect();
         assert!(b.pick(&all, &tried).is_none());

@@ -13,6 +13,11 @@ pub struct GatewayConfig {
     pub upstream_timeout_ms: u64,
     /// Largest request body forwarded, in bytes; larger ones get 413.
     pub body_limit_bytes: u64,
+    /// Path asked of an ejected instance to tell whether it is back; any
+    /// answer below 500 readmits it.
+    pub probe_path: String,
+    /// How often an ejected instance is probed.
+    pub probe_interval_ms: u64,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
     /// believed; for anyone else the client is the peer itself.
     pub trusted_proxies: Vec<String>,
@@ -82,6 +87,8 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream_timeout_ms: 30_000,
             body_limit_bytes: 10 * 1024 * 1024,
+            probe_path: "/healthz".into(),
+            probe_interval_ms: 1_000,
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),
@@ -110,6 +117,36 @@ pub struct RouteConfig {
     /// Allowed methods; all when empty.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// How the gateway talks to the service's instances.
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+impl RouteConfig {
+    /// A route with the defaults: no prefix stripping, the gateway's
+    /// timeout, every method, HTTP/1.1 upstream.
+    pub fn new(prefix: &str, service: &str, auth: AuthPolicy) -> Self {
+        Self {
+            prefix: prefix.into(),
+            service: service.into(),
+            auth,
+            strip_prefix: false,
+            timeout_ms: None,
+            methods: Vec::new(),
+            upstream_protocol: UpstreamProtocol::default(),
+        }
+    }
+}
+
+/// The protocol spoken to upstream instances: HTTP/1.1 over pooled
+/// keep-alive connections, or HTTP/2 without TLS (prior knowledge), which
+/// multiplexes every request to an instance over one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2c,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

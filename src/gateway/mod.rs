@@ -5,12 +5,15 @@
 //! metrics) runs in front of it.
 //!
 //! Rooms: `config.rs` (the `[gateway]` section and route shape),
-//! `balance.rs` (instance choice and passive health),
-//! `routes.rs` (the route table and path normalisation), `proxy.rs`
-//! (forwarding and proxy headers). The gateway has no database.
+//! `balance.rs` (instance choice and passive health), `probe.rs` (active
+//! checks of ejected instances), `routes.rs` (the route table and path
+//! normalisation), `proxy.rs` (forwarding), `headers.rs` (what headers
+//! travel up and down). The gateway has no database.
 
 pub mod balance;
 pub mod config;
+pub mod headers;
+pub mod probe;
 pub mod proxy;
 pub mod routes;
 
@@ -68,6 +71,11 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             metrics: ctx.metrics.clone(),
             per_ip: per_ip.clone(),
             per_user: per_user.clone(),
+            probe: probe::ProbePlan {
+                path: config.probe_path.clone(),
+                interval: Duration::from_millis(config.probe_interval_ms.max(10)),
+            },
+            shutdown: ctx.shutdown.clone(),
         },
     )
     .map_err(anyhow::Error::msg)?;

@@ -10,15 +10,18 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
 
-use super::balance::Balancer;
-use super::config::AuthPolicy;
+use super::balance::{Balancer, Lease};
+use super::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
+use super::headers::{forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers};
+use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
 use crate::kernel::metrics::{Metrics, RouteLabel};
@@ -27,39 +30,30 @@ use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::ratelimit::{self, Limiter, Verdict};
 use crate::middleware::token::{Principal, TokenError};
 
-/// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-pub const USER_ID: HeaderName = HeaderName::from_static("x-gatehouse-user-id");
-pub const SESSION_ID: HeaderName = HeaderName::from_static("x-gatehouse-session-id");
-
 /// The gateway's shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+/// A pooled client for upstream instances.
+pub type Upstream = Client<HttpConnector, Body>;
+
 struct Inner {
     table: RouteTable,
     registry: Arc<dyn Registry>,
-    client: Client<HttpConnector, Body>,
+    http1: Upstream,
+    h2c: Upstream,
     check: TokenCheck,
     default_timeout: Duration,
     body_limit: u64,
     trusted: Vec<(IpAddr, u8)>,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
+    probe: ProbePlan,
     metrics: Metrics,
     per_ip: Option<Limiter>,
     per_user: Option<Limiter>,
+    shutdown: CancellationToken,
 }
 
 /// What the gateway needs besides its route table.
@@ -72,9 +66,26 @@ pub struct Settings {
     pub metrics: Metrics,
     pub per_ip: Option<Limiter>,
     pub per_user: Option<Limiter>,
+    pub probe: ProbePlan,
+    pub shutdown: CancellationToken,
 }
 
 impl Gateway {
+    /// The route table, for the merged API document.
+    pub fn table(&self) -> &RouteTable {
+        &self.inner.table
+    }
+
+    /// The upstream client for HTTP/1.1 instances.
+    pub fn client(&self) -> &Upstream {
+        &self.inner.http1
+    }
+
+    /// The registry upstream instances are found in.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.inner.registry
+    }
+
     pub fn new(table: RouteTable, settings: Settings) -> Result<Self, String> {
         let trusted = settings
             .trusted_proxies
@@ -90,15 +101,20 @@ impl Gateway {
             inner: Arc::new(Inner {
                 table,
                 registry: settings.registry,
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+                h2c: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector),
                 check: settings.check,
                 default_timeout: settings.default_timeout,
                 body_limit: settings.body_limit,
                 trusted,
-                balancer: Balancer::default(),
+                balancer: Arc::default(),
+                probe: settings.probe,
                 metrics: settings.metrics,
                 per_ip: settings.per_ip,
                 per_user: settings.per_user,
+                shutdown: settings.shutdown,
             }),
         })
     }
@@ -212,7 +228,7 @@ async fn route_and_forward(
 /// Sends the request to an instance of the route's service.
 async fn send(
     gw: &Gateway,
-    config: &super::config::RouteConfig,
+    config: &RouteConfig,
     peer: SocketAddr,
     client_ip: IpAddr,
     principal: Option<&Principal>,
@@ -250,6 +266,11 @@ async fn send(
         Ok(body) => body,
         Err(response) => return response,
     };
+    let client = match config.upstream_protocol {
+        UpstreamProtocol::Http1 => &gw.inner.http1,
+        UpstreamProtocol::H2c => &gw.inner.h2c,
+    };
+    let idempotent = is_idempotent(&parts.method);
     let mut tried: Vec<String> = Vec::new();
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
         let instance = lease.instance.clone();
@@ -265,7 +286,10 @@ async fn send(
         let (this_body, more) = body.attempt();
         let mut upstream = Request::from_parts(parts.clone(), this_body);
         *upstream.headers_mut() = headers.clone();
-        let outcome = tokio::time::timeout(timeout, gw.inner.client.request(upstream)).await;
+        if config.upstream_protocol == UpstreamProtocol::H2c {
+            *upstream.version_mut() = http::Version::HTTP_2;
+        }
+        let outcome = tokio::time::timeout(timeout, client.request(upstream)).await;
         let status = match &outcome {
             Err(_) => "timeout".to_owned(),
             Ok(Ok(r)) => r.status().as_u16().to_string(),
@@ -287,7 +311,7 @@ async fn send(
                 return downstream(response);
             }
             Err(_) => {
-                lease.failed();
+                gw.count_failure(&lease, config, client);
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -295,12 +319,11 @@ async fn send(
                 );
             }
             Ok(Err(e)) => {
-                if lease.failed() {
-                    tracing::warn!(service = %config.service, instance = %instance.url, "upstream instance ejected after repeated failures");
-                }
-                // Nothing reached the instance: safe to send elsewhere.
-                if e.is_connect() && more {
-                    tracing::warn!(service = %config.service, instance = %instance.url, "upstream connect failed; trying another instance");
+                gw.count_failure(&lease, config, client);
+                // Safe to send elsewhere: nothing reached the instance, or
+                // the method means the same when repeated.
+                if more && (e.is_connect() || idempotent) {
+                    tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream attempt failed; trying another instance");
                     continue;
                 }
                 tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream request failed");
@@ -317,6 +340,38 @@ async fn send(
         "upstream_unavailable",
         "No instance of the service could be reached",
     )
+}
+
+/// Methods that mean the same when sent twice (RFC 9110, section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+impl Gateway {
+    /// Counts a failed attempt; when it ejects the instance, starts probing it.
+    fn count_failure(&self, lease: &Lease, config: &RouteConfig, client: &Upstream) {
+        if !lease.failed() {
+            return;
+        }
+        tracing::warn!(service = %config.service, instance = %lease.instance.url, "upstream instance ejected after repeated failures");
+        probe::spawn(
+            self.inner.balancer.clone(),
+            self.inner.registry.clone(),
+            client.clone(),
+            self.inner.probe.clone(),
+            config.service.clone(),
+            lease.instance.clone(),
+            self.inner.shutdown.clone(),
+        );
+    }
 }
 
 /// The body length a request declares in `Content-Length`, if it does.
@@ -399,172 +454,9 @@ impl Gateway {
     }
 }
 
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect()
-}
-
-/// The headers sent upstream.
-fn upstream_headers(
-    incoming: &HeaderMap,
-    peer: IpAddr,
-    client: IpAddr,
-    principal: Option<&Principal>,
-    peer_trusted: bool,
-) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    let spoofable: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-gatehouse-"))
-        .cloned()
-        .collect();
-    for name in spoofable {
-        headers.remove(name);
-    }
-    let host = incoming
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
-    headers.remove(header::HOST);
-    let chain = if peer_trusted {
-        let mut chain: Vec<String> = forwarded_for(incoming)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        chain.push(peer.to_string());
-        chain.join(", ")
-    } else {
-        peer.to_string()
-    };
-    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set(&mut headers, "x-forwarded-for", chain);
-    set(&mut headers, "x-forwarded-proto", "http".into());
-    set(&mut headers, "x-forwarded-host", host.clone());
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    set(
-        &mut headers,
-        "forwarded",
-        format!("for={node};proto=http;host=\"{host}\""),
-    );
-    if let Some(p) = principal {
-        set(&mut headers, "x-gatehouse-user-id", p.user_id.to_string());
-        set(
-            &mut headers,
-            "x-gatehouse-session-id",
-            p.session_id.to_string(),
-        );
-    }
-    crate::kernel::telemetry::inject_headers(&mut headers);
-    headers
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.into_iter().chain(HOP_BY_HOP) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
-}
-
 /// The upstream's answer, streamed back without its hop-by-hop headers.
 fn downstream(response: http::Response<hyper::body::Incoming>) -> Response {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
-}
-
-fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
-    let (addr, bits) = match text.split_once('/') {
-        Some((a, b)) => (a.parse::<IpAddr>().ok()?, b.parse::<u8>().ok()?),
-        None => {
-            let a = text.parse::<IpAddr>().ok()?;
-            (a, if a.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((addr, bits))
-}
-
-fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_blocks_match_their_members_only() {
-        let (net, bits) = parse_cidr("10.0.0.0/8").unwrap();
-        assert!(in_cidr("10.2.3.4".parse().unwrap(), net, bits));
-        assert!(!in_cidr("11.0.0.1".parse().unwrap(), net, bits));
-        let (one, b) = parse_cidr("127.0.0.1").unwrap();
-        assert!(in_cidr("127.0.0.1".parse().unwrap(), one, b));
-        assert!(!in_cidr("127.0.0.2".parse().unwrap(), one, b));
-        assert!(parse_cidr("10.0.0.0/33").is_none());
-        assert!(parse_cidr("nonsense").is_none());
-        let (v6, b6) = parse_cidr("fd00::/8").unwrap();
-        assert!(in_cidr("fd12::1".parse().unwrap(), v6, b6));
-    }
-
-    #[test]
-    fn clients_cannot_forge_identity_or_hop_by_hop_headers() {
-        let mut incoming = HeaderMap::new();
-        incoming.insert("x-gatehouse-user-id", HeaderValue::from_static("admin"));
-        incoming.insert("x-gatehouse-anything", HeaderValue::from_static("x"));
-        incoming.insert("connection", HeaderValue::from_static("close, x-secret"));
-        incoming.insert("x-secret", HeaderValue::from_static("1"));
-        incoming.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        incoming.insert("host", HeaderValue::from_static("api.example.org"));
-        let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let out = upstream_headers(&incoming, peer, peer, None, false);
-        assert!(out.get("x-gatehouse-user-id").is_none());
-        assert!(out.get("x-gatehouse-anything").is_none());
-        assert!(out.get("x-secret").is_none());
-        assert!(out.get("connection").is_none());
-        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
-        assert_eq!(out["x-forwarded-host"], "api.example.org");
-        assert_eq!(
-            out["forwarded"],
-            "for=203.0.113.9;proto=http;host=\"api.example.org\""
-        );
-        // Behind a trusted proxy, its chain is kept and extended.
-        let out = upstream_headers(&incoming, peer, "6.6.6.6".parse().unwrap(), None, true);
-        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 203.0.113.9");
-        assert_eq!(
-            out["forwarded"],
-            "for=6.6.6.6;proto=http;host=\"api.example.org\""
-        );
-    }
 }

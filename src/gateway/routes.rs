@@ -75,14 +75,7 @@ pub struct RouteTable {
 
 /// The core services' public APIs.
 pub fn built_in() -> Vec<RouteConfig> {
-    let route = |prefix: &str, service: &str, auth| RouteConfig {
-        prefix: prefix.into(),
-        service: service.into(),
-        auth,
-        strip_prefix: false,
-        timeout_ms: None,
-        methods: Vec::new(),
-    };
+    let route = RouteConfig::new;
     vec![
         // Auth checks the bearer token of its own signed-in routes itself.
         route("/v1/auth", "auth", AuthPolicy::Public),
@@ -114,6 +107,11 @@ impl RouteTable {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
         Ok(Self { routes })
+    }
+
+    /// Every route, longest prefix first.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
     }
 
     /// The route with the longest prefix that contains the path.
@@ -204,12 +202,9 @@ mod tests {
     #[test]
     fn prefixes_can_be_stripped_and_bad_prefixes_refused() {
         let extra = RouteConfig {
-            prefix: "/billing".into(),
-            service: "billing".into(),
-            auth: AuthPolicy::Required,
             strip_prefix: true,
             timeout_ms: Some(500),
-            methods: vec![],
+            ..RouteConfig::new("/billing", "billing", AuthPolicy::Required)
         };
         let table = RouteTable::new(std::slice::from_ref(&extra)).unwrap();
         let (segments, _) = normalise("/billing/invoices/7").unwrap();

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
+use gatehouse::gateway::balance::EJECT_AFTER;
+use gatehouse::gateway::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
 use gatehouse::kernel::registry::Instance;
 use serde_json::{Value, json};
 
@@ -17,29 +18,57 @@ use crate::support::{PASSWORD, TestApp, assert_problem};
 async fn echo(delay: Duration) -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
     let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
     let record = seen.clone();
-    let app = axum::Router::new().fallback(move |uri: http::Uri, headers: http::HeaderMap| {
-        let record = record.clone();
-        async move {
-            record.lock().unwrap().push(headers);
-            tokio::time::sleep(delay).await;
-            axum::Json(json!({"path": uri.path(), "query": uri.query()}))
-        }
-    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    serve_echo(listener, delay, record);
     (url, seen)
 }
 
+/// Serves the echo upstream on `listener`; the answer also names the HTTP
+/// version the request came in.
+fn serve_echo(
+    listener: tokio::net::TcpListener,
+    delay: Duration,
+    record: Arc<Mutex<Vec<http::HeaderMap>>>,
+) {
+    let app = axum::Router::new().fallback(
+        move |uri: http::Uri, version: http::Version, headers: http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(headers);
+                tokio::time::sleep(delay).await;
+                axum::Json(json!({
+                    "path": uri.path(),
+                    "query": uri.query(),
+                    "version": format!("{version:?}"),
+                }))
+            }
+        },
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
+/// An upstream that reads each request, then closes the connection without
+/// an answer; answers how many connections it took.
+async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    (url, taken)
+}
+
 fn route(prefix: &str, service: &str, auth: AuthPolicy) -> RouteConfig {
-    RouteConfig {
-        prefix: prefix.into(),
-        service: service.into(),
-        auth,
-        strip_prefix: false,
-        timeout_ms: None,
-        methods: Vec::new(),
-    }
+    RouteConfig::new(prefix, service, auth)
 }
 
 #[tokio::test]
@@ -402,33 +431,139 @@ async fn cors_preflight_is_answered_for_allowed_origins_only() {
 }
 
 #[tokio::test]
-async fn an_upstream_that_hangs_up_is_a_502() {
-    use tokio::io::AsyncReadExt;
-    // Reads the request, then closes the connection without an answer.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            drop(stream);
-        }
-    });
+async fn an_upstream_that_hangs_up_is_a_502_unless_the_request_can_move() {
+    let (flaky, taken) = hang_up().await;
+    let (good, _) = echo(Duration::ZERO).await;
     let app = TestApp::builder()
-        .gateway(|g| g.routes.push(route("/flaky", "flaky", AuthPolicy::Public)))
+        .gateway(|g| {
+            g.routes.push(route("/flaky", "flaky", AuthPolicy::Public));
+            g.routes.push(route("/mixed", "mixed", AuthPolicy::Public));
+        })
         .start()
         .await;
-    app.ctx
-        .registry
-        .register(Instance::new("flaky", url))
-        .await
-        .unwrap();
+    for (service, url) in [("flaky", &flaky), ("mixed", &flaky), ("mixed", &good)] {
+        app.ctx
+            .registry
+            .register(Instance::new(service, url.clone()))
+            .await
+            .unwrap();
+    }
+    let gw = &app.gateway_base;
     let r = app
         .http
-        .post(format!("{}/flaky", app.gateway_base))
+        .post(format!("{gw}/flaky"))
         .body("payload")
         .send()
         .await
         .unwrap();
     assert_problem(r, 502, "upstream_failed").await;
+    // A GET means the same when repeated: it moves to the instance that answers.
+    let before = taken.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..20 {
+        let r = app
+            .http
+            .get(format!("{gw}/mixed/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["path"], format!("/mixed/{i}"));
+    }
+    assert!(taken.load(std::sync::atomic::Ordering::SeqCst) > before);
+}
+
+#[tokio::test]
+async fn h2c_routes_speak_http2_to_their_instances() {
+    let (url, _) = echo(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut h2 = route("/h2", "team", AuthPolicy::Public);
+            h2.upstream_protocol = UpstreamProtocol::H2c;
+            g.routes.push(h2);
+            g.routes.push(route("/h1", "team", AuthPolicy::Public));
+        })
+        .start()
+        .await;
+    app.ctx
+        .registry
+        .register(Instance::new("team", url))
+        .await
+        .unwrap();
+    let gw = &app.gateway_base;
+    for (path, version) in [("/h2/x", "HTTP/2.0"), ("/h1/x", "HTTP/1.1")] {
+        let body: Value = app
+            .http
+            .get(format!("{gw}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["version"], version, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_ejected_instance_is_probed_and_readmitted_when_it_returns() {
+    let (up, up_seen) = echo(Duration::ZERO).await;
+    // The second instance's port is closed for now.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down_url = format!("http://{down}");
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.probe_interval_ms = 100;
+            g.rate_limit.per_ip_per_sec = 0;
+            g.routes.push(route("/team", "team", AuthPolicy::Public));
+        })
+        .start()
+        .await;
+    for url in [&up, &down_url] {
+        app.ctx
+            .registry
+            .register(Instance::new("team", url.clone()))
+            .await
+            .unwrap();
+    }
+    let gw = &app.gateway_base;
+    for i in 0..40 {
+        let r = app.http.get(format!("{gw}/team/{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+    }
+    // Connects failed until the instance was ejected, then it was left out.
+    let connect_errors = app
+        .ctx
+        .metrics
+        .gateway_upstream_requests_total
+        .with_label_values(&["/team", down_url.as_str(), "connect_error"])
+        .get();
+    assert_eq!(connect_errors, u64::from(EJECT_AFTER));
+    assert_eq!(up_seen.lock().unwrap().len(), 40);
+
+    // The instance comes back; the probe finds it and traffic returns.
+    let back_seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    serve_echo(
+        tokio::net::TcpListener::bind(down).await.unwrap(),
+        Duration::ZERO,
+        back_seen.clone(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while back_seen.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never probed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..40 {
+        let r = app.http.get(format!("{gw}/team/{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {i}");
+    }
+    let served_after = back_seen.lock().unwrap().len();
+    assert!(
+        served_after > 5,
+        "readmitted instance served {served_after}"
+    );
 }

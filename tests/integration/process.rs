@@ -2,6 +2,9 @@
 //! the environment, reached over HTTP and gRPC, stopped with SIGTERM.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
@@ -291,10 +294,15 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
         "gateway",
         gw_port,
         gw_dir.path(),
-        &with(static_registry(&[
-            ("identity", &[id1, id2]),
-            ("auth", &[auth_port]),
-        ])),
+        &with({
+            let mut env = static_registry(&[("identity", &[id1, id2]), ("auth", &[auth_port])]);
+            // The load below is one user's; this test is not about limits.
+            env.push((
+                "GATEHOUSE_GATEWAY__RATE_LIMIT__PER_USER_PER_SEC",
+                "0".into(),
+            ));
+            env
+        }),
     );
     for p in [&mut second, &mut auth, &mut gateway] {
         p.started();
@@ -339,9 +347,43 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     assert_eq!(a + b, 40);
     assert!(a > 0 && b > 0, "both instances get traffic: {a} and {b}");
 
-    // One instance dies; every later request still gets its answer.
+    // One instance dies under concurrent load: GETs in flight on it move
+    // to the other instance, so no client sees an error at all.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, gw, token, stop) = (http.clone(), gw.clone(), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answered = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = http
+                        .get(format!("{gw}/v1/users/me"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .expect("the gateway always answers");
+                    assert_eq!(r.status(), 200);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_kill = answered(&first.base, "/v1/users/me").await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for c in clients {
+        total += c.await.unwrap();
+    }
+    assert!(
+        before_kill > a && total > 40,
+        "both saw load: {before_kill} before the kill, {total} in all"
+    );
+    // Every later request still gets its answer.
     for i in 0..30 {
         let r = http
             .get(format!("{gw}/v1/users/me"))

@@ -1,0 +1,189 @@
+//! The headers a request carries upstream and an answer carries back:
+//! hop-by-hop headers removed both ways, client-supplied `x-gatehouse-*`
+//! headers dropped and the verified identity set in their place, and the
+//! proxy headers (`X-Forwarded-*`, `Forwarded`) set, believing a client's
+//! own chain only when the peer is a trusted proxy.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::middleware::token::Principal;
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub const USER_ID: HeaderName = HeaderName::from_static("x-gatehouse-user-id");
+pub const SESSION_ID: HeaderName = HeaderName::from_static("x-gatehouse-session-id");
+
+pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// The headers sent upstream.
+pub fn upstream_headers(
+    incoming: &HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    principal: Option<&Principal>,
+    peer_trusted: bool,
+) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-gatehouse-"))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(name);
+    }
+    let host = incoming
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
+    headers.remove(header::HOST);
+    let chain = if peer_trusted {
+        let mut chain: Vec<String> = forwarded_for(incoming)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        chain.push(peer.to_string());
+        chain.join(", ")
+    } else {
+        peer.to_string()
+    };
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(&mut headers, "x-forwarded-for", chain);
+    set(&mut headers, "x-forwarded-proto", "http".into());
+    set(&mut headers, "x-forwarded-host", host.clone());
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    set(
+        &mut headers,
+        "forwarded",
+        format!("for={node};proto=http;host=\"{host}\""),
+    );
+    if let Some(p) = principal {
+        set(&mut headers, "x-gatehouse-user-id", p.user_id.to_string());
+        set(
+            &mut headers,
+            "x-gatehouse-session-id",
+            p.session_id.to_string(),
+        );
+    }
+    crate::kernel::telemetry::inject_headers(&mut headers);
+    headers
+}
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.into_iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a.parse::<IpAddr>().ok()?, b.parse::<u8>().ok()?),
+        None => {
+            let a = text.parse::<IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((addr, bits))
+}
+
+pub fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_match_their_members_only() {
+        let (net, bits) = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(in_cidr("10.2.3.4".parse().unwrap(), net, bits));
+        assert!(!in_cidr("11.0.0.1".parse().unwrap(), net, bits));
+        let (one, b) = parse_cidr("127.0.0.1").unwrap();
+        assert!(in_cidr("127.0.0.1".parse().unwrap(), one, b));
+        assert!(!in_cidr("127.0.0.2".parse().unwrap(), one, b));
+        assert!(parse_cidr("10.0.0.0/33").is_none());
+        assert!(parse_cidr("nonsense").is_none());
+        let (v6, b6) = parse_cidr("fd00::/8").unwrap();
+        assert!(in_cidr("fd12::1".parse().unwrap(), v6, b6));
+    }
+
+    #[test]
+    fn clients_cannot_forge_identity_or_hop_by_hop_headers() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert("x-gatehouse-user-id", HeaderValue::from_static("admin"));
+        incoming.insert("x-gatehouse-anything", HeaderValue::from_static("x"));
+        incoming.insert("connection", HeaderValue::from_static("close, x-secret"));
+        incoming.insert("x-secret", HeaderValue::from_static("1"));
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        incoming.insert("host", HeaderValue::from_static("api.example.org"));
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let out = upstream_headers(&incoming, peer, peer, None, false);
+        assert!(out.get("x-gatehouse-user-id").is_none());
+        assert!(out.get("x-gatehouse-anything").is_none());
+        assert!(out.get("x-secret").is_none());
+        assert!(out.get("connection").is_none());
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(out["x-forwarded-host"], "api.example.org");
+        assert_eq!(
+            out["forwarded"],
+            "for=203.0.113.9;proto=http;host=\"api.example.org\""
+        );
+        // Behind a trusted proxy, its chain is kept and extended.
+        let out = upstream_headers(&incoming, peer, "6.6.6.6".parse().unwrap(), None, true);
+        assert_eq!(out["x-forwarded-for"], "6.6.6.6, 203.0.113.9");
+        assert_eq!(
+            out["forwarded"],
+            "for=6.6.6.6;proto=http;host=\"api.example.org\""
+        );
+    }
+}
