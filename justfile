@@ -30,7 +30,8 @@ clippy:
 # Everything CI checks.
 ci: fmt-check clippy build-all test test-postgres
 
-# Benchmarks against a running release build; prints figure, baseline and ratio per scenario.
-bench seconds="15":
-    cargo build --release --features bench --bin gatehouse --bin gatehouse-bench
-    scripts/bench.sh {{seconds}}
+# Benchmarks against a running release build; prints figure, baseline and ratio per
+# scenario. `what`: core (platform scenarios), edge (gateway next to nginx), all.
+bench seconds="15" what="all":
+    cargo build --release --features bench --bin gatehouse --bin gatehouse-gateway --bin gatehouse-bench
+    scripts/bench.sh {{seconds}} {{what}}

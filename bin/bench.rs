@@ -14,6 +14,12 @@
 //!   against the same routes and server stack with the check off, served by
 //!   a child process of this tool that puts a fixed principal into each
 //!   request instead.
+//!
+//! With `--edge`, it runs the gateway-against-nginx benchmark instead (see
+//! `edge.rs`); `--serve-upstream` serves that benchmark's upstream.
+
+#[path = "bench/edge.rs"]
+mod edge;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +62,18 @@ struct Cli {
     serve_unchecked: Option<u16>,
     #[arg(long, hide = true)]
     user_id: Option<uuid::Uuid>,
+    /// Serve the edge benchmark's upstream on this port.
+    #[arg(long)]
+    serve_upstream: Option<u16>,
+    /// Run the edge benchmark: upstream, nginx and gateway base URLs.
+    #[arg(long, num_args = 3, value_names = ["UPSTREAM", "NGINX", "GATEWAY"])]
+    edge: Option<Vec<String>>,
+    /// wrk threads for the edge benchmark.
+    #[arg(long, default_value_t = 1)]
+    wrk_threads: usize,
+    /// wrk connections for the edge benchmark.
+    #[arg(long, default_value_t = 32)]
+    wrk_connections: usize,
 }
 
 #[tokio::main]
@@ -64,6 +82,12 @@ async fn main() -> anyhow::Result<()> {
     let config = gatehouse::config::Config::load(cli.config.as_deref())?;
     if let (Some(port), Some(user)) = (cli.serve_unchecked, cli.user_id) {
         return serve_unchecked(config, port, user).await;
+    }
+    if let Some(port) = cli.serve_upstream {
+        return edge::serve_upstream(port).await;
+    }
+    if let Some(urls) = &cli.edge {
+        return edge_benchmark(&cli, urls).await;
     }
     let params = gatehouse::identity::password::params(&config.identity.scrypt)
         .map_err(anyhow::Error::msg)?;
@@ -133,6 +157,37 @@ async fn main() -> anyhow::Result<()> {
         20.0,
     );
     Ok(())
+}
+
+/// Signs a new user in for the token of the edge benchmark's `required`
+/// route, then runs it.
+async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
+    let [upstream, nginx, gateway] = urls else {
+        anyhow::bail!("--edge takes three URLs");
+    };
+    let client = reqwest::Client::new();
+    let who = email(&uuid::Uuid::now_v7().simple().to_string(), 0, 0);
+    register(client.clone(), cli.identity_url.clone(), who.clone()).await?;
+    let pair: serde_json::Value = client
+        .post(format!("{}/v1/auth/login", cli.auth_url))
+        .json(&serde_json::json!({"email": who, "password": PASSWORD}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = pair["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("login answered no access token"))?;
+    edge::run(&edge::Edge {
+        upstream: upstream.clone(),
+        nginx: nginx.clone(),
+        gateway: gateway.clone(),
+        token: token.to_owned(),
+        seconds: cli.seconds,
+        threads: cli.wrk_threads,
+        connections: cli.wrk_connections,
+    })
 }
 
 fn report(name: &str, figure: f64, baseline: f64, setup: &str, target: f64) {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts the all-in-one platform (release build) on a scratch data directory,
-# runs gatehouse-bench against it, and stops it again.
+# runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
+# `edge`: scripts/bench-edge.sh, `all`: both), and stops it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
+what="${2:-all}"
 target="${CARGO_TARGET_DIR:-target}"
 data="$(mktemp -d)"
 log="$data/platform.log"
@@ -21,4 +23,9 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
-"$target/release/gatehouse-bench" --seconds "$seconds"
+if [ "$what" = all ] || [ "$what" = core ]; then
+    "$target/release/gatehouse-bench" --seconds "$seconds"
+fi
+if [ "$what" = all ] || [ "$what" = edge ]; then
+    scripts/bench-edge.sh "$seconds"
+fi

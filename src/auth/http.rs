@@ -1,6 +1,8 @@
 //! Auth's public HTTP API. Thin handlers: decode, call the service, encode.
 //! Routes that need a signed-in caller check the bearer token against the
 //! session table (auth is the authority on its own sessions).
+//! [`ApiDoc`] describes these routes as OpenAPI 3.1, served at
+//! `/openapi.json`; the attributes on each handler are that description.
 
 use axum::Json;
 use axum::Router;
@@ -11,13 +13,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::error::AuthError;
 use super::service::{Auth, TokenPair};
-use crate::kernel::error::ApiJson;
+use crate::kernel::error::{ApiJson, Problem};
+use crate::kernel::openapi::BearerScheme;
 use crate::middleware::bearer;
 use crate::middleware::token::Principal;
+
+/// The description of auth's public HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gatehouse auth",
+        description = "Sign-in: tokens, refresh, sessions, signing keys."
+    ),
+    paths(login, refresh, keys, logout, sessions, end_session),
+    modifiers(&BearerScheme),
+    tags((name = "auth", description = "Tokens and sessions"))
+)]
+pub struct ApiDoc;
 
 pub fn routes(auth: Auth) -> Router {
     let signed_in = Router::new()
@@ -52,13 +69,26 @@ async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next)
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     email: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Signed in: a new session", body = TokenPair),
+        (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 423, description = "Locked after repeated failures; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn login(
     State(auth): State<Auth>,
     ApiJson(body): ApiJson<LoginBody>,
@@ -66,12 +96,23 @@ async fn login(
     auth.login(&body.email, &body.password).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "A new token pair; the refresh token sent is used up", body = TokenPair),
+        (status = 401, description = "The refresh token is unknown, expired or reused (reuse ends the session)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn refresh(
     State(auth): State<Auth>,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -79,6 +120,16 @@ async fn refresh(
     auth.refresh(&body.refresh_token).await.map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session is ended"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn logout(
     State(auth): State<Auth>,
     axum::Extension(p): axum::Extension<Principal>,
@@ -87,20 +138,35 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SessionView {
+    #[schema(format = Uuid)]
     id: String,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     refreshed_at: String,
+    #[schema(format = DateTime)]
     expires_at: String,
+    /// Whether this is the session of the token that asked.
     current: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SessionList {
     sessions: Vec<SessionView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/auth/sessions",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The signed-in user's live sessions", body = SessionList),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn sessions(
     State(auth): State<Auth>,
     axum::Extension(p): axum::Extension<Principal>,
@@ -121,6 +187,18 @@ async fn sessions(
     Ok(Json(SessionList { sessions }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/auth/sessions/{id}",
+    tag = "auth",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 204, description = "The session is ended"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session of this user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn end_session(
     State(auth): State<Auth>,
     axum::Extension(p): axum::Extension<Principal>,
@@ -131,21 +209,34 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct KeyView {
+    /// PASERK `k4.pid` of the key, as in the token footer.
     kid: String,
+    /// PASERK `k4.public`.
     public_key: String,
+    #[schema(format = DateTime)]
     signs_from: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     published_until: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct KeyList {
     keys: Vec<KeyView>,
     cache_ttl_secs: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/auth/keys",
+    tag = "auth",
+    responses(
+        (status = 200, description = "The public keys that verify access tokens", body = KeyList, headers(
+            ("cache-control" = String, description = "How long the list may be cached"),
+        )),
+    )
+)]
 async fn keys(State(auth): State<Auth>) -> Result<impl IntoResponse, AuthError> {
     let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
     let keys = auth

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::task::JoinHandle;
+use utoipa::OpenApi as _;
 
 pub use config::AuthConfig;
 use keys::{Kek, KeyRing};
@@ -108,7 +109,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(auth),
+        http: http::routes(auth).merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
     };

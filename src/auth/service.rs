@@ -31,7 +31,7 @@ use crate::proto::identity::v1::VerifyCredentialsRequest;
 use crate::proto::identity::v1::identity_client::IdentityClient;
 
 /// What login and refresh answer (the OAuth 2.0 token-response names).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,

@@ -8,11 +8,14 @@
 //! `balance.rs` (instance choice and passive health), `probe.rs` (active
 //! checks of ejected instances), `routes.rs` (the route table and path
 //! normalisation), `proxy.rs` (forwarding), `headers.rs` (what headers
-//! travel up and down). The gateway has no database.
+//! travel up and down), `openapi.rs` (the merged API document at
+//! `/openapi.json` and the docs page at `/docs`). The gateway has no
+//! database.
 
 pub mod balance;
 pub mod config;
 pub mod headers;
+pub mod openapi;
 pub mod probe;
 pub mod proxy;
 pub mod routes;
@@ -86,7 +89,8 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     let mut http = Router::new()
         .route("/", any(proxy::forward))
         .route("/{*path}", any(proxy::forward))
-        .with_state(gateway);
+        .with_state(gateway.clone())
+        .merge(openapi::routes(gateway));
     if let Some(cors) = cors_layer(&config.cors)? {
         http = http.layer(cors);
     }

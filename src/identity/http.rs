@@ -1,5 +1,7 @@
 //! Identity's public HTTP API. Thin handlers: decode, call the service,
 //! encode. Bodies reject unknown fields so a typo is an error, not a no-op.
+//! [`ApiDoc`] describes these routes as OpenAPI 3.1, served at
+//! `/openapi.json`; the attributes on each handler are that description.
 
 use axum::Router;
 use axum::extract::State;
@@ -9,13 +11,38 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::error::IdentityError;
 use super::password::Password;
 use super::service::{Identity, Registration, User, UserId};
-use crate::kernel::error::ApiJson;
+use crate::kernel::error::{ApiJson, Problem};
+use crate::kernel::openapi::BearerScheme;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::token::Principal;
+
+/// The description of identity's public HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gatehouse identity",
+        description = "Users: registration, profile, passwords, email verification."
+    ),
+    paths(
+        register,
+        request_reset,
+        confirm_reset,
+        request_verification,
+        confirm_verification,
+        me,
+        update_me,
+        delete_me,
+        change_my_password
+    ),
+    modifiers(&BearerScheme),
+    tags((name = "identity", description = "Users and their credentials"))
+)]
+pub struct ApiDoc;
 
 /// The public routes; the `/v1/users/me` ones need a bearer token that
 /// `check` accepts.
@@ -44,15 +71,21 @@ pub fn signed_in_routes() -> Router<Identity> {
 }
 
 /// A user as the public API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(format = Email)]
     pub email: String,
     pub display_name: String,
+    /// `active` or `disabled`.
     pub status: &'static str,
     pub email_verified: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// Grows with every change; sent back in `If-Match`.
     pub version: i64,
 }
 
@@ -71,7 +104,7 @@ impl From<&User> for UserView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
     email: String,
@@ -79,6 +112,22 @@ struct RegisterBody {
     display_name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "identity",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "The new user", body = UserView, headers(
+            ("etag" = String, description = "The user's version"),
+            ("location" = String, description = "Where the user lives"),
+        )),
+        (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Registration is closed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email address is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing or invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn register(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<RegisterBody>,
@@ -103,12 +152,22 @@ pub fn etag(user: &User) -> String {
     format!("\"{}\"", user.version)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EmailBody {
     email: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/password-resets",
+    tag = "identity",
+    request_body = EmailBody,
+    responses(
+        (status = 202, description = "A reset link is on its way if the address has an account"),
+        (status = 422, description = "The address is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn request_reset(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<EmailBody>,
@@ -117,13 +176,24 @@ async fn request_reset(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfirmResetBody {
     token: String,
     new_password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/password-resets/confirm",
+    tag = "identity",
+    request_body = ConfirmResetBody,
+    responses(
+        (status = 204, description = "The password is changed and every session ended"),
+        (status = 400, description = "The token is unknown, used or expired", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new password is not acceptable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn confirm_reset(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<ConfirmResetBody>,
@@ -134,6 +204,16 @@ async fn confirm_reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/email-verifications",
+    tag = "identity",
+    request_body = EmailBody,
+    responses(
+        (status = 202, description = "A verification link is on its way if the address has an account"),
+        (status = 422, description = "The address is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn request_verification(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<EmailBody>,
@@ -142,12 +222,22 @@ async fn request_verification(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/email-verifications/confirm",
+    tag = "identity",
+    request_body = TokenBody,
+    responses(
+        (status = 200, description = "The user, its address verified", body = UserView),
+        (status = 400, description = "The token is unknown, used or expired", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn confirm_verification(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<TokenBody>,
@@ -161,6 +251,18 @@ fn with_etag(user: &User) -> axum::response::Response {
     ([(header::ETAG, etag(user))], Json(UserView::from(user))).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "identity",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = UserView, headers(
+            ("etag" = String, description = "The user's version"),
+        )),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn me(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,
@@ -168,7 +270,7 @@ async fn me(
     Ok(with_etag(&identity.get_user(UserId(p.user_id)).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProfileBody {
     display_name: Option<String>,
@@ -190,6 +292,22 @@ fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, IdentityErro
         .map_err(|_| IdentityError::invalid("If-Match", "must be an ETag this API gave out"))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/users/me",
+    tag = "identity",
+    security(("bearer" = [])),
+    params(("if-match" = Option<String>, Header, description = "The ETag last seen; the change is refused if the user changed since")),
+    request_body = ProfileBody,
+    responses(
+        (status = 200, description = "The changed user", body = UserView, headers(
+            ("etag" = String, description = "The user's new version"),
+        )),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The user changed since that ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn update_me(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,
@@ -203,13 +321,25 @@ async fn update_me(
     Ok(with_etag(&user))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordBody {
     current_password: String,
     new_password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/me/password",
+    tag = "identity",
+    security(("bearer" = [])),
+    request_body = PasswordBody,
+    responses(
+        (status = 204, description = "Changed; every other session ended"),
+        (status = 401, description = "No valid bearer token, or the current password is wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The new password is not acceptable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn change_my_password(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,
@@ -226,6 +356,16 @@ async fn change_my_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/me",
+    tag = "identity",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The user and its sessions are gone"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn delete_me(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,

@@ -19,6 +19,7 @@ pub mod store;
 use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use utoipa::OpenApi as _;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::db::{Db, Migrations};
@@ -107,7 +108,8 @@ pub async fn start(
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(identity, check),
+        http: http::routes(identity, check)
+            .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
     };

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 /// A problem+json body. `code` is stable and machine-readable; `type` is the
 /// same code as a URN so clients may use either.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

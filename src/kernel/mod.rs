@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod registry;
 pub mod rpc;

@@ -13,6 +13,7 @@ mod gateway;
 mod identity_grpc;
 mod identity_http;
 mod kernel;
+mod openapi;
 #[cfg(feature = "it-postgres")]
 mod postgres;
 mod process;

@@ -1,0 +1,152 @@
+//! The edge benchmark: what the gateway costs in front of a service, next
+//! to nginx doing the same job. `scripts/bench-edge.sh` starts the pieces;
+//! this module serves the small upstream and drives `wrk` against
+//!
+//! - (a) the upstream directly,
+//! - (b) nginx proxying it (keep-alive to the upstream, no access log),
+//! - (c) the gateway on a `public` route,
+//! - (d) the gateway on a `required` route with a valid token, rate limits on,
+//!
+//! with the same `wrk` settings, one after the other, and prints requests
+//! per second and p99 latency with their ratios to (b) and to (a).
+
+use std::convert::Infallible;
+use std::process::Command;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+/// The upstream's one answer: small, fixed, JSON.
+const ANSWER: &str = r#"{"ok":true}"#;
+
+/// Serves the upstream on `port` until the process is stopped: every
+/// request gets `ANSWER`, over HTTP/1.1 keep-alive or h2c.
+pub async fn serve_upstream(port: u16) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
+                        .unwrap_or_default(),
+                )
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Where each party of the benchmark listens, and the `wrk` settings.
+pub struct Edge {
+    pub upstream: String,
+    pub nginx: String,
+    pub gateway: String,
+    pub token: String,
+    pub seconds: u64,
+    pub threads: usize,
+    pub connections: usize,
+}
+
+/// One `wrk` run's outcome.
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+}
+
+pub fn run(edge: &Edge) -> anyhow::Result<()> {
+    let settings = format!(
+        "wrk -t{} -c{} -d{}s, one run after the other on this machine",
+        edge.threads, edge.connections, edge.seconds
+    );
+    println!("edge benchmark: {settings}");
+    let direct = wrk(edge, &format!("{}/bench/public/x", edge.upstream), None)?;
+    let nginx = wrk(edge, &format!("{}/bench/public/x", edge.nginx), None)?;
+    let public = wrk(edge, &format!("{}/bench/public/x", edge.gateway), None)?;
+    let required = wrk(
+        edge,
+        &format!("{}/bench/private/x", edge.gateway),
+        Some(&edge.token),
+    )?;
+    let line = |name: &str, run: &Run| {
+        println!(
+            "{name:<34} {:>9.0} req/s ({:.2}x nginx, {:.2}x direct)  p99 {:>6.2} ms ({:.2}x nginx)",
+            run.rps,
+            run.rps / nginx.rps,
+            run.rps / direct.rps,
+            run.p99_ms,
+            run.p99_ms / nginx.p99_ms,
+        );
+    };
+    line("(a) upstream directly", &direct);
+    line("(b) nginx proxy", &nginx);
+    line("(c) gateway, public route", &public);
+    line("(d) gateway, token + rate limits", &required);
+    let verdict = |ok: bool| if ok { "ok" } else { "BELOW TARGET" };
+    println!(
+        "targets: (c) >= 1.0x (b): {}; (d) >= 0.9x (b): {}; p99 (c) <= (b): {}",
+        verdict(public.rps >= nginx.rps),
+        verdict(required.rps >= 0.9 * nginx.rps),
+        verdict(public.p99_ms <= nginx.p99_ms),
+    );
+    Ok(())
+}
+
+/// Runs `wrk` against `url` and reads its requests per second and p99.
+/// Any non-2xx answer or socket error fails the run: a fast error is not
+/// a fast proxy.
+fn wrk(edge: &Edge, url: &str, token: Option<&str>) -> anyhow::Result<Run> {
+    let mut cmd = Command::new("wrk");
+    cmd.arg(format!("-t{}", edge.threads))
+        .arg(format!("-c{}", edge.connections))
+        .arg(format!("-d{}s", edge.seconds))
+        .arg("--latency");
+    if let Some(token) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+    }
+    let out = cmd.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "wrk failed on {url}: {text}");
+    parse(&text).ok_or_else(|| anyhow::anyhow!("unexpected wrk output for {url}: {text}"))
+}
+
+fn parse(text: &str) -> Option<Run> {
+    if text.contains("Non-2xx or 3xx responses") || text.contains("Socket errors") {
+        return None;
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))?
+        .trim();
+    Some(Run {
+        rps,
+        p99_ms: millis(p99)?,
+    })
+}
+
+/// `wrk`'s latency figures (`812.00us`, `1.25ms`, `2.01s`) in milliseconds.
+fn millis(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    match unit {
+        "us" => Some(value / 1000.0),
+        "ms" => Some(value),
+        "s" => Some(value * 1000.0),
+        "m" => Some(value * 60_000.0),
+        _ => None,
+    }
+}

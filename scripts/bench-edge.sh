@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The edge benchmark: the gateway next to nginx in front of the same small
+# upstream. Needs the platform's auth and identity running (scripts/bench.sh
+# starts them) for the token of the `required` route. Installs nginx and wrk
+# from Debian's packages when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-15}"
+target="${CARGO_TARGET_DIR:-target}"
+upstream_port=4190
+nginx_port=4191
+gateway_port=4192
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$target/release/gatehouse-bench" --serve-upstream "$upstream_port" &
+pids+=($!)
+
+# nginx as a reverse proxy tuned the usual way: a worker per core,
+# keep-alive connections to the upstream, no access log.
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+CONF
+"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+
+# The gateway on its own, finding auth and the upstream in a static registry.
+cat >"$work/gateway.toml" <<CONF
+[log]
+level = "warn"
+format = "json"
+
+[registry]
+backend = "static"
+
+[registry.instances]
+auth = ["http://127.0.0.1:4101"]
+bench = ["http://127.0.0.1:$upstream_port"]
+
+[gateway]
+listen = "127.0.0.1:$gateway_port"
+
+[gateway.rate_limit]
+per_ip_per_sec = 1000000
+per_ip_burst = 1000000
+per_user_per_sec = 1000000
+per_user_burst = 1000000
+
+[[gateway.routes]]
+prefix = "/bench/public"
+service = "bench"
+auth = "public"
+
+[[gateway.routes]]
+prefix = "/bench/private"
+service = "bench"
+auth = "required"
+CONF
+GATEHOUSE_DATA_DIR="$work" "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
+    >"$work/gateway.log" 2>&1 &
+pids+=($!)
+
+for url in "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
+    "http://127.0.0.1:$gateway_port/healthz"; do
+    for _ in $(seq 1 100); do
+        if curl -fs "$url" >/dev/null 2>&1; then break; fi
+        sleep 0.1
+    done
+    curl -fs "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work/nginx/error.log" 2>/dev/null; exit 1; }
+done
+
+"$target/release/gatehouse-bench" --seconds "$seconds" --edge \
+    "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port"

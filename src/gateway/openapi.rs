@@ -1,0 +1,261 @@
+//! The gateway's API document and docs page. Each service describes its own
+//! public HTTP API as OpenAPI 3.1 at `/openapi.json`; the gateway fetches
+//! those documents from instances found in the registry and merges them
+//! into one document of what a client reaches through the gateway:
+//!
+//! - a path is kept only when the route table sends it to the service that
+//!   described it (a prefix-stripping route puts its prefix back in front);
+//! - a route's method list narrows the operations listed;
+//! - on `required` routes every operation asks for a bearer token.
+//!
+//! The merged document is cached for a short while; one merge runs at a
+//! time. A service that cannot be reached is named under
+//! `x-gatehouse-unavailable` and that document is kept for less time. A
+//! service that serves no document (404) is simply not described.
+//! `/docs` is Swagger UI (its files are built into the binary) reading
+//! `/openapi.json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{Method, StatusCode, Uri, header};
+use http_body_util::BodyExt as _;
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
+
+use super::config::AuthPolicy;
+use super::proxy::Gateway;
+use super::routes::{Route, normalise};
+
+/// How long a merged document is served before it is merged again.
+const FRESH_FOR: Duration = Duration::from_secs(10);
+/// The same for a document that misses an unreachable service.
+const PARTIAL_FOR: Duration = Duration::from_secs(1);
+/// How long one service may take to hand over its document.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest service document read.
+const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
+
+/// The operation keys of an OpenAPI path item.
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+#[derive(Clone)]
+struct Docs {
+    gateway: Gateway,
+    cached: Arc<Mutex<Option<Cached>>>,
+}
+
+/// A merged document, serialised, and until when it is served.
+struct Cached {
+    until: Instant,
+    json: Bytes,
+}
+
+/// `/openapi.json` and `/docs`, served by the gateway itself.
+pub fn routes(gateway: Gateway) -> Router {
+    let docs = Docs {
+        gateway,
+        cached: Arc::default(),
+    };
+    Router::new()
+        .route("/openapi.json", get(document))
+        .with_state(docs)
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        )
+}
+
+async fn document(State(docs): State<Docs>) -> Response {
+    let mut cached = docs.cached.lock().await;
+    let json = match cached.as_ref() {
+        Some(c) if Instant::now() < c.until => c.json.clone(),
+        _ => {
+            let (doc, complete) = merge(&docs.gateway).await;
+            let json = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+            let fresh_for = if complete { FRESH_FOR } else { PARTIAL_FOR };
+            *cached = Some(Cached {
+                until: Instant::now() + fresh_for,
+                json: json.clone(),
+            });
+            json
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// The merged document, and whether every service could be asked.
+async fn merge(gw: &Gateway) -> (Value, bool) {
+    let mut services: Vec<&str> = Vec::new();
+    for route in gw.table().routes() {
+        if !services.contains(&route.config.service.as_str()) {
+            services.push(&route.config.service);
+        }
+    }
+    let mut paths = Map::new();
+    let mut components = Map::new();
+    let mut unavailable = Vec::new();
+    for service in services {
+        let doc = match fetch(gw, service).await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => continue,
+            Err(()) => {
+                unavailable.push(Value::from(service));
+                continue;
+            }
+        };
+        if let Some(own) = doc.get("paths").and_then(Value::as_object) {
+            for (path, item) in own {
+                add_path(gw, service, path, item, &mut paths);
+            }
+        }
+        if let Some(own) = doc.get("components").and_then(Value::as_object) {
+            for (kind, entries) in own {
+                let Some(entries) = entries.as_object() else {
+                    continue;
+                };
+                let merged = components
+                    .entry(kind.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Some(merged) = merged.as_object_mut() {
+                    for (name, entry) in entries {
+                        merged.entry(name.clone()).or_insert_with(|| entry.clone());
+                    }
+                }
+            }
+        }
+    }
+    let schemes = components
+        .entry("securitySchemes")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(schemes) = schemes.as_object_mut() {
+        schemes.entry("bearer").or_insert_with(
+            || json!({"type": "http", "scheme": "bearer", "bearerFormat": "PASETO v4.public"}),
+        );
+    }
+    let complete = unavailable.is_empty();
+    let mut doc = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "gatehouse",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The public HTTP API of the services behind this gateway.",
+        },
+        "paths": paths,
+        "components": components,
+    });
+    if !complete {
+        doc["x-gatehouse-unavailable"] = Value::Array(unavailable);
+    }
+    (doc, complete)
+}
+
+/// Adds the operations of `item` that the gateway routes to `service`.
+fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut Map<String, Value>) {
+    for route in gw.table().routes() {
+        if route.config.service != service {
+            continue;
+        }
+        let public_path = if route.config.strip_prefix {
+            format!("{}{}", route.config.prefix.trim_end_matches('/'), path)
+        } else {
+            path.to_owned()
+        };
+        if !routed_by(gw, &public_path, route) {
+            continue;
+        }
+        let Some(item) = item.as_object() else {
+            continue;
+        };
+        let mut kept = Map::new();
+        for (key, value) in item {
+            let is_operation = METHODS.contains(&key.as_str());
+            if is_operation && !allows(route, key) {
+                continue;
+            }
+            let mut value = value.clone();
+            if is_operation && route.config.auth == AuthPolicy::Required {
+                value["security"] = json!([{"bearer": []}]);
+            }
+            kept.insert(key.clone(), value);
+        }
+        if !kept.keys().any(|k| METHODS.contains(&k.as_str())) {
+            continue;
+        }
+        let entry = paths
+            .entry(public_path)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(entry) = entry.as_object_mut() {
+            for (key, value) in kept {
+                entry.entry(key).or_insert(value);
+            }
+        }
+    }
+}
+
+/// Whether the route table sends `path` to `route`.
+fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
+    let Ok((segments, _)) = normalise(path) else {
+        return false;
+    };
+    gw.table()
+        .find(&segments)
+        .is_some_and(|found| found.config.prefix == route.config.prefix)
+}
+
+fn allows(route: &Route, method: &str) -> bool {
+    route.config.methods.is_empty()
+        || route
+            .config
+            .methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// The document of `service`, from the first of its instances that answers:
+/// none when the service serves no document, an error when no instance
+/// could be asked.
+async fn fetch(gw: &Gateway, service: &str) -> Result<Option<Value>, ()> {
+    let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
+    for instance in instances {
+        let Ok(uri) = format!("{}/openapi.json", instance.url).parse::<Uri>() else {
+            continue;
+        };
+        let Ok(request) = http::Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(axum::body::Body::empty())
+        else {
+            continue;
+        };
+        let Ok(Ok(response)) =
+            tokio::time::timeout(FETCH_TIMEOUT, gw.client().request(request)).await
+        else {
+            continue;
+        };
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => continue,
+        }
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_DOCUMENT);
+        let Ok(Ok(body)) = tokio::time::timeout(FETCH_TIMEOUT, limited.collect()).await else {
+            continue;
+        };
+        match serde_json::from_slice::<Value>(&body.to_bytes()) {
+            Ok(doc) if doc.get("openapi").is_some() => return Ok(Some(doc)),
+            _ => {
+                tracing::warn!(service, instance = %instance.url, "service answered /openapi.json with no OpenAPI document");
+                return Ok(None);
+            }
+        }
+    }
+    Err(())
+}

@@ -1,0 +1,348 @@
+//! The API document the gateway serves matches what the services accept and
+//! answer: a sample of real requests and answers is checked against the
+//! schemas it declares, and team services' own documents are merged under
+//! the paths the gateway routes to them.
+
+use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
+use gatehouse::kernel::registry::Instance;
+use serde_json::{Value, json};
+
+use crate::support::{PASSWORD, TestApp};
+
+/// Follows a local `$ref` (`#/components/schemas/X`).
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(pointer) => {
+            let target = doc
+                .pointer(pointer.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {pointer}"));
+            resolve(doc, target)
+        }
+        None => schema,
+    }
+}
+
+fn type_matches(name: &str, value: &Value) -> bool {
+    match name {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        other => panic!("unknown schema type {other}"),
+    }
+}
+
+/// Checks `value` against `schema`: types, formats, required properties,
+/// and no property the schema does not declare.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    for key in ["oneOf", "anyOf"] {
+        if let Some(choices) = schema.get(key).and_then(Value::as_array) {
+            return choices
+                .iter()
+                .any(|c| conforms(doc, c, value, at).is_ok())
+                .then_some(())
+                .ok_or_else(|| format!("{at}: {value} matches none of {key}"));
+        }
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
+        return Err(format!("{at}: {value} is not {types:?}"));
+    }
+    if let (Some(format), Some(text)) =
+        (schema.get("format").and_then(Value::as_str), value.as_str())
+    {
+        let ok = match format {
+            "date-time" => chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+            "uuid" => uuid::Uuid::parse_str(text).is_ok(),
+            "email" => text.contains('@'),
+            _ => true,
+        };
+        if !ok {
+            return Err(format!("{at}: {text:?} is not a {format}"));
+        }
+    }
+    if let Some(object) = value.as_object() {
+        let declared = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = required.as_str().unwrap();
+            if !object.contains_key(name) {
+                return Err(format!("{at}: required {name} is missing"));
+            }
+        }
+        for (name, field) in object {
+            let Some(field_schema) = declared.get(name) else {
+                return Err(format!("{at}: {name} is not in the document"));
+            };
+            conforms(doc, field_schema, field, &format!("{at}.{name}"))?;
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            conforms(doc, items, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One request and its answer, checked against the document's operation.
+async fn exchange(
+    app: &TestApp,
+    doc: &Value,
+    (method, path, template): (http::Method, &str, &str),
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let operation = &doc["paths"][template][method.as_str().to_lowercase()];
+    assert!(
+        operation.is_object(),
+        "{method} {template} is not documented"
+    );
+    let mut request = app
+        .http
+        .request(method.clone(), format!("{}{path}", app.gateway_base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = &body {
+        let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+        conforms(doc, schema, body, "request").unwrap();
+        // Every documented field is one the service takes.
+        let declared = resolve(doc, schema)["properties"].as_object().unwrap();
+        assert!(
+            declared.keys().all(|k| body.get(k).is_some()),
+            "{template}: send every field"
+        );
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let declared = &operation["responses"][status.to_string()];
+    assert!(
+        declared.is_object(),
+        "{method} {template}: {status} is not documented"
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let answer: Value = if status == 204 {
+        Value::Null
+    } else {
+        response.json().await.unwrap()
+    };
+    match content_type {
+        Some(ct) => {
+            let schema = &declared["content"][ct.as_str()]["schema"];
+            assert!(
+                schema.is_object(),
+                "{method} {template} {status}: {ct} not documented"
+            );
+            conforms(doc, schema, &answer, "response").unwrap();
+        }
+        None => assert!(
+            declared.get("content").is_none(),
+            "{template}: body expected"
+        ),
+    }
+    (status, answer)
+}
+
+#[tokio::test]
+async fn the_merged_document_matches_what_the_services_accept_and_answer() {
+    use http::Method;
+    let app = TestApp::start().await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.gateway_base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc.get("x-gatehouse-unavailable").is_none(), "{doc}");
+    for internal in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert!(doc["paths"].get(internal).is_none(), "{internal}");
+    }
+    let user = json!({"email": "doc@example.org", "password": PASSWORD, "display_name": "Doc"});
+    let post = |path| (Method::POST, path, path);
+    let (status, created) = exchange(&app, &doc, post("/v1/users"), None, Some(user.clone())).await;
+    assert_eq!(status, 201);
+    // The check has teeth: a wrong type, a missing field, an undeclared one.
+    let schema = &doc["paths"]["/v1/users"]["post"]["responses"]["201"]["content"]["application/json"]
+        ["schema"];
+    let mut wrong = created.clone();
+    wrong["version"] = json!("7");
+    assert!(conforms(&doc, schema, &wrong, "r").is_err());
+    let mut missing = created.clone();
+    missing.as_object_mut().unwrap().remove("email");
+    assert!(conforms(&doc, schema, &missing, "r").is_err());
+    let mut extra = created.clone();
+    extra["password_hash"] = json!("x");
+    assert!(conforms(&doc, schema, &extra, "r").is_err());
+    let (status, problem) = exchange(&app, &doc, post("/v1/users"), None, Some(user)).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("email_taken"))
+    );
+    let bad = json!({"email": "short@example.org", "password": "short", "display_name": "D"});
+    let (status, _) = exchange(&app, &doc, post("/v1/users"), None, Some(bad)).await;
+    assert_eq!(status, 422);
+
+    let login = json!({"email": "doc@example.org", "password": PASSWORD});
+    let (status, pair) = exchange(&app, &doc, post("/v1/auth/login"), None, Some(login)).await;
+    assert_eq!(status, 200);
+    let refresh = json!({"refresh_token": pair["refresh_token"]});
+    let (status, pair) = exchange(&app, &doc, post("/v1/auth/refresh"), None, Some(refresh)).await;
+    assert_eq!(status, 200);
+    let token = pair["access_token"].as_str().unwrap();
+
+    let me = (Method::GET, "/v1/users/me", "/v1/users/me");
+    let (status, _) = exchange(&app, &doc, me.clone(), None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = exchange(&app, &doc, me, Some(token), None).await;
+    assert_eq!(status, 200);
+    let patch = (Method::PATCH, "/v1/users/me", "/v1/users/me");
+    let (status, user) = exchange(
+        &app,
+        &doc,
+        patch,
+        Some(token),
+        Some(json!({"display_name": "Docs"})),
+    )
+    .await;
+    assert_eq!((status, user["display_name"].as_str()), (200, Some("Docs")));
+    let sessions = (Method::GET, "/v1/auth/sessions", "/v1/auth/sessions");
+    let (status, list) = exchange(&app, &doc, sessions, Some(token), None).await;
+    assert_eq!(status, 200);
+    let other = format!("/v1/auth/sessions/{}", uuid::Uuid::now_v7());
+    let end = (Method::DELETE, other.as_str(), "/v1/auth/sessions/{id}");
+    let (status, _) = exchange(&app, &doc, end, Some(token), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
+    let keys = (Method::GET, "/v1/auth/keys", "/v1/auth/keys");
+    let (status, _) = exchange(&app, &doc, keys, None, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = exchange(&app, &doc, post("/v1/auth/logout"), Some(token), None).await;
+    assert_eq!(status, 204);
+    // Routes the gateway guards say so.
+    assert_eq!(
+        doc["paths"]["/v1/users/me"]["get"]["security"],
+        json!([{"bearer": []}])
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+/// A team service describing three paths, one of them not routed.
+async fn team_service() -> String {
+    let team_doc = json!({
+        "openapi": "3.1.0",
+        "info": {"title": "billing", "version": "1"},
+        "paths": {
+            "/invoices": {"get": {"responses": {"200": {"description": "Invoices"}}},
+                          "post": {"responses": {"201": {"description": "Made"}}}},
+            "/invoices/{id}": {"get": {"responses": {"200": {"description": "One"}}}},
+        },
+    });
+    let app = axum::Router::new().route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = team_doc.clone();
+            async move { axum::Json(doc) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_document() {
+    let url = team_service().await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut billing = RouteConfig::new("/billing", "billing", AuthPolicy::Required);
+            billing.strip_prefix = true;
+            billing.methods = vec!["GET".into()];
+            g.routes.push(billing);
+            g.routes
+                .push(RouteConfig::new("/gone", "gone", AuthPolicy::Public));
+        })
+        .start()
+        .await;
+    app.ctx
+        .registry
+        .register(Instance::new("billing", url))
+        .await
+        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    app.ctx
+        .registry
+        .register(Instance::new("gone", format!("http://{closed}")))
+        .await
+        .unwrap();
+    let gw = &app.gateway_base;
+    let doc: Value = app
+        .http
+        .get(format!("{gw}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let invoices = &doc["paths"]["/billing/invoices"];
+    assert!(invoices["get"].is_object(), "{doc}");
+    assert!(invoices.get("post").is_none(), "the route allows GET only");
+    assert_eq!(invoices["get"]["security"], json!([{"bearer": []}]));
+    assert!(doc["paths"]["/billing/invoices/{id}"]["get"].is_object());
+    assert!(doc["paths"].get("/invoices").is_none());
+    // The core services are still there; the unreachable one is named.
+    assert!(doc["paths"]["/v1/auth/login"]["post"].is_object());
+    assert_eq!(doc["x-gatehouse-unavailable"], json!(["gone"]));
+
+    let page = app.http.get(format!("{gw}/docs/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("swagger-ui"));
+    let init = app
+        .http
+        .get(format!("{gw}/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("/openapi.json"), "{init}");
+}
