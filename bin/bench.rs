@@ -446,6 +446,7 @@ async fn serve_unchecked(
         http,
         grpc: tonic::service::Routes::default(),
         probes: Probes(vec![Arc::new(db)]),
+        io_threads: None,
     };
     let router = server::router(app, &ctx.server, &ctx.metrics);
     let listener = server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;

@@ -146,16 +146,18 @@ mod tests {
     fn the_less_loaded_of_two_wins_and_failing_instances_are_ejected() {
         let b = Balancer::default();
         let all = instances();
-        // Load two instances; the idle one is chosen whenever it is drawn.
+        // Load two instances; the idle one is chosen whenever it is drawn,
+        // which is 2 draws in 3 (a uniform choice would be 1 in 3). The
+        // bound is 4.5 standard deviations below the expected 667.
         let busy: Vec<Lease> = (0..20).map(|_| b.pick(&all[..2], &[]).unwrap()).collect();
         let mut idle_chosen = 0;
-        for _ in 0..100 {
+        for _ in 0..1000 {
             let lease = b.pick(&all, &[]).unwrap();
             if lease.instance.url == all[2].url {
                 idle_chosen += 1;
             }
         }
-        assert!(idle_chosen >= 60, "{idle_chosen}");
+        assert!(idle_chosen >= 600, "{idle_chosen}");
         drop(busy);
 
         let ejections: Vec<bool> = (0..EJECT_AFTER + 1)

@@ -18,6 +18,9 @@ pub struct GatewayConfig {
     pub probe_path: String,
     /// How often an ejected instance is probed.
     pub probe_interval_ms: u64,
+    /// Threads that serve client connections, each with its own event loop
+    /// and its own upstream connections; 0 for one per CPU core.
+    pub io_threads: usize,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
     /// believed; for anyone else the client is the peer itself.
     pub trusted_proxies: Vec<String>,
@@ -89,6 +92,7 @@ impl Default for GatewayConfig {
             body_limit_bytes: 10 * 1024 * 1024,
             probe_path: "/healthz".into(),
             probe_interval_ms: 1_000,
+            io_threads: 0,
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),

@@ -100,6 +100,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         http,
         grpc: tonic::service::Routes::new(health_service),
         probes: Probes::default(),
+        io_threads: Some(config.io_threads),
     };
     server::launch(ctx, app, config.listen, None, health, background).await
 }

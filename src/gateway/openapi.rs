@@ -28,8 +28,8 @@ use http_body_util::BodyExt as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::config::AuthPolicy;
-use super::proxy::Gateway;
+use super::config::{AuthPolicy, UpstreamProtocol};
+use super::proxy::{Gateway, upstream};
 use super::routes::{Route, normalise};
 
 /// How long a merged document is served before it is merged again.
@@ -224,6 +224,7 @@ fn allows(route: &Route, method: &str) -> bool {
 /// could be asked.
 async fn fetch(gw: &Gateway, service: &str) -> Result<Option<Value>, ()> {
     let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
+    let client = upstream(UpstreamProtocol::Http1);
     for instance in instances {
         let Ok(uri) = format!("{}/openapi.json", instance.url).parse::<Uri>() else {
             continue;
@@ -235,8 +236,7 @@ async fn fetch(gw: &Gateway, service: &str) -> Result<Option<Value>, ()> {
         else {
             continue;
         };
-        let Ok(Ok(response)) =
-            tokio::time::timeout(FETCH_TIMEOUT, gw.client().request(request)).await
+        let Ok(Ok(response)) = tokio::time::timeout(FETCH_TIMEOUT, client.request(request)).await
         else {
             continue;
         };

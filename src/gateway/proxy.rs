@@ -39,11 +39,42 @@ pub struct Gateway {
 /// A pooled client for upstream instances.
 pub type Upstream = Client<HttpConnector, Body>;
 
+/// The upstream clients of one thread, HTTP/1.1 and h2c.
+struct Clients {
+    http1: Upstream,
+    h2c: Upstream,
+}
+
+thread_local! {
+    /// Each thread keeps its own pools, so a pooled upstream connection is
+    /// driven by the thread whose requests use it (see `kernel::io_threads`).
+    static CLIENTS: std::cell::OnceCell<Clients> = const { std::cell::OnceCell::new() };
+}
+
+/// This thread's client for `protocol`.
+pub fn upstream(protocol: UpstreamProtocol) -> Upstream {
+    CLIENTS.with(|cell| {
+        let clients = cell.get_or_init(|| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(2)));
+            connector.set_nodelay(true);
+            Clients {
+                http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+                h2c: Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector),
+            }
+        });
+        match protocol {
+            UpstreamProtocol::Http1 => clients.http1.clone(),
+            UpstreamProtocol::H2c => clients.h2c.clone(),
+        }
+    })
+}
+
 struct Inner {
     table: RouteTable,
     registry: Arc<dyn Registry>,
-    http1: Upstream,
-    h2c: Upstream,
     check: TokenCheck,
     default_timeout: Duration,
     body_limit: u64,
@@ -76,11 +107,6 @@ impl Gateway {
         &self.inner.table
     }
 
-    /// The upstream client for HTTP/1.1 instances.
-    pub fn client(&self) -> &Upstream {
-        &self.inner.http1
-    }
-
     /// The registry upstream instances are found in.
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.inner.registry
@@ -94,17 +120,10 @@ impl Gateway {
                 parse_cidr(t).ok_or_else(|| format!("gateway.trusted_proxies: bad entry {t:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
         Ok(Self {
             inner: Arc::new(Inner {
                 table,
                 registry: settings.registry,
-                http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-                h2c: Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .build(connector),
                 check: settings.check,
                 default_timeout: settings.default_timeout,
                 body_limit: settings.body_limit,
@@ -255,26 +274,33 @@ async fn send(
         }
     };
     let (mut parts, body) = req.into_parts();
-    let headers = upstream_headers(
+    let mut body = match prepare_body(body, &parts.headers, gw.inner.body_limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    parts.headers = upstream_headers(
         &parts.headers,
         peer.ip(),
         client_ip,
         principal,
         gw.trusts(peer.ip()),
     );
-    let mut body = match prepare_body(body, &parts.headers, gw.inner.body_limit).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let client = match config.upstream_protocol {
-        UpstreamProtocol::Http1 => &gw.inner.http1,
-        UpstreamProtocol::H2c => &gw.inner.h2c,
-    };
-    let idempotent = is_idempotent(&parts.method);
+    if config.upstream_protocol == UpstreamProtocol::H2c {
+        parts.version = http::Version::HTTP_2;
+    }
+    // The request's head, kept for another attempt only while one can follow.
+    let mut head = Some(parts);
+    let client = upstream(config.upstream_protocol);
+    let idempotent = head.as_ref().is_some_and(|h| is_idempotent(&h.method));
     let mut tried: Vec<String> = Vec::new();
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
         let instance = lease.instance.clone();
         tried.push(instance.url.clone());
+        let (this_body, more) = body.attempt();
+        let last = !more || tried.len() == instances.len();
+        let Some(mut parts) = (if last { head.take() } else { head.clone() }) else {
+            break;
+        };
         let Ok(uri) = format!("{}{path}{query}", instance.url).parse::<Uri>() else {
             return problem(
                 StatusCode::BAD_GATEWAY,
@@ -283,27 +309,22 @@ async fn send(
             );
         };
         parts.uri = uri;
-        let (this_body, more) = body.attempt();
-        let mut upstream = Request::from_parts(parts.clone(), this_body);
-        *upstream.headers_mut() = headers.clone();
-        if config.upstream_protocol == UpstreamProtocol::H2c {
-            *upstream.version_mut() = http::Version::HTTP_2;
-        }
+        let upstream = Request::from_parts(parts, this_body);
         let outcome = tokio::time::timeout(timeout, client.request(upstream)).await;
-        let status = match &outcome {
-            Err(_) => "timeout".to_owned(),
-            Ok(Ok(r)) => r.status().as_u16().to_string(),
-            Ok(Err(e)) if e.is_connect() => "connect_error".to_owned(),
-            Ok(Err(_)) => "error".to_owned(),
+        let code = match &outcome {
+            Ok(Ok(r)) => Some(r.status()),
+            _ => None,
+        };
+        let status = match (&outcome, &code) {
+            (_, Some(code)) => code.as_str(),
+            (Err(_), _) => "timeout",
+            (Ok(Err(e)), _) if e.is_connect() => "connect_error",
+            _ => "error",
         };
         gw.inner
             .metrics
             .gateway_upstream_requests_total
-            .with_label_values(&[
-                config.prefix.as_str(),
-                instance.url.as_str(),
-                status.as_str(),
-            ])
+            .with_label_values(&[config.prefix.as_str(), instance.url.as_str(), status])
             .inc();
         match outcome {
             Ok(Ok(response)) => {
@@ -311,7 +332,7 @@ async fn send(
                 return downstream(response);
             }
             Err(_) => {
-                gw.count_failure(&lease, config, client);
+                gw.count_failure(&lease, config, &client);
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -319,7 +340,7 @@ async fn send(
                 );
             }
             Ok(Err(e)) => {
-                gw.count_failure(&lease, config, client);
+                gw.count_failure(&lease, config, &client);
                 // Safe to send elsewhere: nothing reached the instance, or
                 // the method means the same when repeated.
                 if more && (e.is_connect() || idempotent) {

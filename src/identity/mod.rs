@@ -112,6 +112,7 @@ pub async fn start(
             .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
+        io_threads: None,
     };
     server::launch(
         ctx,

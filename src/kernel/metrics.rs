@@ -3,6 +3,7 @@
 //! `/metrics`; in the all-in-one process the services share one registry and
 //! are told apart by the `service` label.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -126,7 +127,7 @@ pub struct Tracked {
 /// Axum middleware counting every request and timing it, labelled by the
 /// matched route template (never the raw path, which would explode the
 /// label set with ids).
-pub async fn track(State(t): State<Tracked>, req: Request, next: Next) -> Response {
+pub async fn track(State(t): State<Arc<Tracked>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
     let route = match req.extensions().get::<MatchedPath>() {

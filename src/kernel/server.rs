@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use http::{HeaderName, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -29,6 +29,7 @@ use super::ServiceContext;
 use super::config::ServerConfig;
 use super::error::Problem;
 use super::health::{self, Probes};
+use super::io_threads::IoThreads;
 use super::metrics::{self, Metrics, Tracked};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,6 +42,10 @@ pub struct ServiceApp {
     /// gRPC services, already registered with `grpc_health`.
     pub grpc: tonic::service::Routes,
     pub probes: Probes,
+    /// Serve connections on threads of their own (see `io_threads.rs`):
+    /// `Some(0)` for one per CPU core. `None` serves them on the process's
+    /// runtime, which suits services whose requests mostly wait on others.
+    pub io_threads: Option<usize>,
 }
 
 /// Binds the address now, so a taken port is a startup error rather than a
@@ -72,8 +77,9 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
                 .layer(TraceLayer::new_for_http().make_span_with(make_span))
                 .layer(axum::middleware::from_fn(request_scope))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                // Shared: axum clones a middleware's state for every request.
                 .layer(axum::middleware::from_fn_with_state(
-                    tracked,
+                    std::sync::Arc::new(tracked),
                     metrics::track,
                 ))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -114,8 +120,11 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
         path = %req.uri().path(),
         request_id = %request_id,
     );
-    // Continue the caller's trace when it sent a `traceparent`.
-    let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
+    // Continue the caller's trace when it sent a `traceparent` (nothing to
+    // continue when this span is not recorded at all).
+    if !span.is_disabled() {
+        let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
+    }
     span
 }
 
@@ -131,6 +140,7 @@ pub fn spawn(
     router: Router,
     config: &ServerConfig,
     shutdown: CancellationToken,
+    io: Option<IoThreads>,
 ) -> JoinHandle<std::io::Result<()>> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
@@ -157,27 +167,26 @@ pub fn spawn(
                 () = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let service =
-                router
-                    .clone()
-                    .map_request(move |req: http::Request<hyper::body::Incoming>| {
-                        let mut req = req.map(axum::body::Body::new);
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        req
-                    });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
+            let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+            let Some(io) = &io else {
+                tokio::spawn(serve_connection(builder, router, watcher, stream, peer));
+                continue;
+            };
+            // Moved to the thread's own reactor, so its readiness events
+            // wake that thread alone.
+            match stream.into_std() {
+                Ok(stream) => io.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            serve_connection(builder, router, watcher, stream, peer).await
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot move a connection to its thread")
+                        }
+                    }
+                }),
+                Err(e) => tracing::warn!(error = %e, "cannot move a connection to its thread"),
+            }
         }
         drop(listener);
         tokio::select! {
@@ -187,8 +196,33 @@ pub fn spawn(
                     "in-flight requests did not finish within the grace period");
             }
         }
+        if let Some(io) = io {
+            io.stop();
+        }
         Ok(())
     })
+}
+
+/// Serves one connection with `router` until it closes (or, once shutdown
+/// has begun, until its in-flight requests are answered).
+async fn serve_connection(
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    watcher: Watcher,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// A started service.
@@ -212,12 +246,24 @@ pub async fn launch(
     background: Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Running> {
     let name = app.name;
+    let io = app
+        .io_threads
+        .map(|count| IoThreads::start(name, count))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{name}: cannot start its I/O threads: {e}"))?;
     let listener = bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let router = router(app, &ctx.server, &ctx.metrics);
-    let served = spawn(name, listener, router, &ctx.server, ctx.shutdown.clone());
+    let served = spawn(
+        name,
+        listener,
+        router,
+        &ctx.server,
+        ctx.shutdown.clone(),
+        io,
+    );
     let instance = super::registry::Instance::new(
         name,
         advertise_url.unwrap_or_else(|| format!("http://{addr}")),

@@ -114,7 +114,11 @@ pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
 
 /// Adds the current span's trace context to an outgoing HTTP request.
 pub fn inject_headers(headers: &mut http::HeaderMap) {
-    let context = tracing::Span::current().context();
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let context = span.context();
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
 
