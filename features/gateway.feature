@@ -29,3 +29,12 @@ Feature: One entry point
   Scenario: An unknown route is a problem, not a guess
     When "/v1/nothing-here" is read through the gateway without a token
     Then the answer is a 404 problem "not_found"
+
+  Scenario: The API document describes what lies behind the gateway
+    When the API document is read through the gateway
+    Then the answer is 200
+    And the document is OpenAPI "3.1.0" with "post" on "/v1/auth/login" and "get" on "/v1/users/me"
+
+  Scenario: A burst from one address is slowed down with a clear answer
+    When 60 requests for "/v1/auth/keys" are sent at once through the gateway
+    Then some answers are 429 problems "rate_limited" with Retry-After and RateLimit headers

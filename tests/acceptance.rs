@@ -28,6 +28,8 @@ struct Platform {
     body: Value,
     /// Registered users' ids by lowercased email.
     ids: std::collections::HashMap<String, String>,
+    /// Answers to a burst of requests.
+    burst: Vec<reqwest::Response>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -230,6 +232,64 @@ async fn read_raw(world: &mut Platform, path: String) {
     let (status, body) = binary::raw_get(&world.gateway_base(), &path).await;
     world.status = status;
     world.body = body;
+}
+
+#[when("the API document is read through the gateway")]
+async fn api_document(world: &mut Platform) {
+    let url = format!("{}/openapi.json", world.gateway_base());
+    world.send(reqwest::Client::new().get(url)).await;
+}
+
+#[then(
+    expr = "the document is OpenAPI {string} with {string} on {string} and {string} on {string}"
+)]
+fn document_lists(
+    world: &mut Platform,
+    version: String,
+    m1: String,
+    p1: String,
+    m2: String,
+    p2: String,
+) {
+    assert_eq!(world.body["openapi"], version.as_str());
+    for (method, path) in [(m1, p1), (m2, p2)] {
+        assert!(
+            world.body["paths"][&path][&method].is_object(),
+            "{method} {path} in {}",
+            world.body
+        );
+    }
+}
+
+#[when(expr = "{int} requests for {string} are sent at once through the gateway")]
+async fn burst(world: &mut Platform, count: usize, path: String) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", world.gateway_base());
+    let sent: Vec<_> = (0..count)
+        .map(|_| tokio::spawn(client.get(&url).send()))
+        .collect();
+    world.burst.clear();
+    for answer in sent {
+        world.burst.push(answer.await.unwrap().unwrap());
+    }
+}
+
+#[then(expr = "some answers are {int} problems {string} with Retry-After and RateLimit headers")]
+async fn some_limited(world: &mut Platform, status: u16, code: String) {
+    let mut limited = 0;
+    for r in std::mem::take(&mut world.burst) {
+        let headers = r.headers().clone();
+        assert!(headers.contains_key("ratelimit-remaining"), "{headers:?}");
+        if r.status().as_u16() == status {
+            limited += 1;
+            assert!(headers.contains_key("retry-after"));
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["code"], code.as_str());
+        } else {
+            assert_eq!(r.status(), 200);
+        }
+    }
+    assert!(limited > 0, "no request was limited");
 }
 
 impl Platform {

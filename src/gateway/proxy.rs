@@ -151,18 +151,19 @@ pub async fn forward(
 ) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let mut label = String::from("unrouted");
+    let mut label: Option<Arc<str>> = None;
     let mut response = route_and_forward(&gw, peer, req, &mut label).await;
     // The access log: one line per request, never the path's query or any token.
     tracing::info!(
         target: "gatehouse::access",
         method = %method,
-        route = %label,
+        route = label.as_deref().unwrap_or("unrouted"),
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_millis() as u64,
         peer = %peer.ip(),
         "request"
     );
+    let label = label.unwrap_or_else(|| Arc::from("unrouted"));
     response.extensions_mut().insert(RouteLabel(label));
     response
 }
@@ -171,7 +172,7 @@ async fn route_and_forward(
     gw: &Gateway,
     peer: SocketAddr,
     req: Request,
-    label: &mut String,
+    label: &mut Option<Arc<str>>,
 ) -> Response {
     let Ok((segments, _)) = normalise(req.uri().path()) else {
         return problem(
@@ -184,7 +185,7 @@ async fn route_and_forward(
         return Problem::not_found().into_response();
     };
     let config = &route.config;
-    label.clone_from(&config.prefix);
+    *label = Some(route.label.clone());
     if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
         return crate::kernel::error::payload_too_large().into_response();
     }

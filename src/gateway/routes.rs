@@ -64,6 +64,8 @@ pub fn normalise(raw: &str) -> Result<(Vec<String>, String), PathError> {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub config: RouteConfig,
+    /// The prefix, shared, for logs and metrics.
+    pub label: std::sync::Arc<str>,
     segments: Vec<String>,
 }
 
@@ -103,7 +105,11 @@ impl RouteTable {
                 ));
             }
             routes.retain(|r| r.segments != segments);
-            routes.push(Route { config, segments });
+            routes.push(Route {
+                label: config.prefix.as_str().into(),
+                config,
+                segments,
+            });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
         Ok(Self { routes })

@@ -115,7 +115,7 @@ impl Metrics {
 /// Put into a response's extensions by handlers that route by themselves,
 /// so the request is counted under that route rather than a catch-all.
 #[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
+pub struct RouteLabel(pub Arc<str>);
 
 /// State for [`track`]: the metrics and the service they are counted for.
 #[derive(Clone)]
@@ -129,26 +129,37 @@ pub struct Tracked {
 /// label set with ids).
 pub async fn track(State(t): State<Arc<Tracked>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = match req.extensions().get::<MatchedPath>() {
-        Some(p) => p.as_str().to_owned(),
-        None if is_grpc(&req) => req.uri().path().to_owned(),
-        None => "unmatched".to_owned(),
+    let method = req.method().clone();
+    // Cheap copies (shared strings), taken before the request moves on.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let grpc_path = match &matched {
+        None if is_grpc(&req) => Some(req.uri().path().to_owned()),
+        _ => None,
     };
     let response = next.run(req).await;
     // A handler that routes by itself (the gateway) names the route it chose.
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map_or(route, |label| label.0.clone());
-    let status = response.status().as_u16().to_string();
+    let route = match (
+        response.extensions().get::<RouteLabel>(),
+        &matched,
+        &grpc_path,
+    ) {
+        (Some(label), _, _) => &*label.0,
+        (None, Some(p), _) => p.as_str(),
+        (None, None, Some(path)) => path.as_str(),
+        (None, None, None) => "unmatched",
+    };
     t.metrics
         .http_requests_total
-        .with_label_values(&[t.service, &method, &route, &status])
+        .with_label_values(&[
+            t.service,
+            method.as_str(),
+            route,
+            response.status().as_str(),
+        ])
         .inc();
     t.metrics
         .http_request_duration_seconds
-        .with_label_values(&[t.service, &method, &route])
+        .with_label_values(&[t.service, method.as_str(), route])
         .observe(start.elapsed().as_secs_f64());
     response
 }

@@ -9,6 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -36,12 +37,19 @@ pub enum Verdict {
     Refused { limit: u32, retry_after: Duration },
 }
 
+/// Counting the tracked keys locks every shard of the table, so it is done
+/// once every `COUNT_EVERY` checks while the table is far from full: no more
+/// keys than that can arrive in between.
+const COUNT_EVERY: usize = 64;
+
 /// A keyed limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Keyed>,
     burst: u32,
     max_keys: usize,
+    checks: Arc<AtomicUsize>,
+    near_full: Arc<AtomicBool>,
 }
 
 impl Limiter {
@@ -57,17 +65,27 @@ impl Limiter {
             ),
             burst: burst.get(),
             max_keys: max_keys.max(1),
+            checks: Arc::default(),
+            near_full: Arc::default(),
         })
     }
 
     /// Takes one request from `key`'s allowance.
     pub fn check(&self, key: &str) -> Verdict {
         let mut key = key;
-        if self.inner.len() >= self.max_keys {
-            self.inner.retain_recent();
-            if self.inner.len() >= self.max_keys {
-                key = OVERFLOW;
+        if self.near_full.load(Ordering::Relaxed)
+            || self.checks.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0
+        {
+            let mut tracked = self.inner.len();
+            if tracked >= self.max_keys {
+                self.inner.retain_recent();
+                tracked = self.inner.len();
+                if tracked >= self.max_keys {
+                    key = OVERFLOW;
+                }
             }
+            self.near_full
+                .store(tracked + COUNT_EVERY >= self.max_keys, Ordering::Relaxed);
         }
         match self.inner.check_key(&key.to_owned()) {
             Ok(state) => Verdict::Allowed {
