@@ -74,7 +74,10 @@ impl Limiter {
     pub fn check(&self, key: &str) -> Verdict {
         let mut key = key;
         if self.near_full.load(Ordering::Relaxed)
-            || self.checks.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0
+            || self
+                .checks
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(COUNT_EVERY)
         {
             let mut tracked = self.inner.len();
             if tracked >= self.max_keys {
