@@ -65,8 +65,14 @@ struct Cli {
     /// Serve the edge benchmark's upstream on this port.
     #[arg(long)]
     serve_upstream: Option<u16>,
-    /// Run the edge benchmark: upstream, nginx and gateway base URLs.
-    #[arg(long, num_args = 3, value_names = ["UPSTREAM", "NGINX", "GATEWAY"])]
+    /// Serve the edge benchmark's bare reference proxy on this port...
+    #[arg(long, requires = "bare_upstream")]
+    serve_bare_proxy: Option<u16>,
+    /// ...forwarding to this upstream (`host:port`).
+    #[arg(long)]
+    bare_upstream: Option<String>,
+    /// Run the edge benchmark: upstream, nginx, gateway and bare proxy base URLs.
+    #[arg(long, num_args = 4, value_names = ["UPSTREAM", "NGINX", "GATEWAY", "BARE"])]
     edge: Option<Vec<String>>,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
@@ -76,9 +82,16 @@ struct Cli {
     wrk_connections: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The reference proxy runs its own runtimes, one per core.
+    if let (Some(port), Some(upstream)) = (cli.serve_bare_proxy, cli.bare_upstream.clone()) {
+        return edge::serve_bare_proxy(port, upstream);
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = gatehouse::config::Config::load(cli.config.as_deref())?;
     if let (Some(port), Some(user)) = (cli.serve_unchecked, cli.user_id) {
         return serve_unchecked(config, port, user).await;
@@ -162,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
 /// Signs a new user in for the token of the edge benchmark's `required`
 /// route, then runs it.
 async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
-    let [upstream, nginx, gateway] = urls else {
-        anyhow::bail!("--edge takes three URLs");
+    let [upstream, nginx, gateway, bare] = urls else {
+        anyhow::bail!("--edge takes four URLs");
     };
     let client = reqwest::Client::new();
     let who = email(&uuid::Uuid::now_v7().simple().to_string(), 0, 0);
@@ -183,6 +196,7 @@ async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
         upstream: upstream.clone(),
         nginx: nginx.clone(),
         gateway: gateway.clone(),
+        bare: bare.clone(),
         token: token.to_owned(),
         seconds: cli.seconds,
         threads: cli.wrk_threads,

@@ -10,6 +10,7 @@ target="${CARGO_TARGET_DIR:-target}"
 upstream_port=4190
 nginx_port=4191
 gateway_port=4192
+bare_port=4193
 
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -30,6 +31,8 @@ cleanup() {
 trap cleanup EXIT
 
 "$target/release/gatehouse-bench" --serve-upstream "$upstream_port" &
+pids+=($!)
+"$target/release/gatehouse-bench" --serve-bare-proxy "$bare_port" --bare-upstream "127.0.0.1:$upstream_port" &
 pids+=($!)
 
 # nginx as a reverse proxy tuned the usual way: a worker per core,
@@ -102,7 +105,7 @@ GATEHOUSE_DATA_DIR="$work" "$target/release/gatehouse-gateway" --config "$work/g
 pids+=($!)
 
 for url in "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
-    "http://127.0.0.1:$gateway_port/healthz"; do
+    "http://127.0.0.1:$gateway_port/healthz" "http://127.0.0.1:$bare_port/"; do
     for _ in $(seq 1 100); do
         if curl -fs "$url" >/dev/null 2>&1; then break; fi
         sleep 0.1
@@ -111,4 +114,5 @@ for url in "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
 done
 
 "$target/release/gatehouse-bench" --seconds "$seconds" --edge \
-    "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port"
+    "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port" \
+    "http://127.0.0.1:$bare_port"

@@ -6,6 +6,10 @@
 //! - (b) nginx proxying it (keep-alive to the upstream, no access log),
 //! - (c) the gateway on a `public` route,
 //! - (d) the gateway on a `required` route with a valid token, rate limits on,
+//! - (e) for reference, a bare proxy of this tool's own on the crates the
+//!   gateway is built on (hyper-util's pooled client behind hyper's server,
+//!   one event loop per core, nothing else), to tell what the gateway's
+//!   features cost from what the libraries cost,
 //!
 //! with the same `wrk` settings, one after the other, and prints requests
 //! per second and p99 latency with their ratios to (b) and to (a).
@@ -44,11 +48,74 @@ pub async fn serve_upstream(port: u16) -> anyhow::Result<()> {
     }
 }
 
+/// Serves the bare reference proxy on `port`, forwarding every request to
+/// `upstream` (`host:port`): one current-thread runtime per core, each with
+/// its own listener (SO_REUSEPORT) and its own pooled client.
+pub fn serve_bare_proxy(port: u16, upstream: String) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(bare_proxy_loop(port, upstream))
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("proxy thread panicked"))??;
+    }
+    Ok(())
+}
+
+async fn bare_proxy_loop(port: u16, upstream: String) -> anyhow::Result<()> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseport(true)?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let listener = socket.listen(1024)?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (client, upstream) = (client.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    let uri = format!(
+                        "http://{upstream}{}",
+                        req.uri().path_and_query().map_or("/", |p| p.as_str())
+                    );
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = uri.parse()?;
+                        let response = client
+                            .request(http::Request::from_parts(parts, body))
+                            .await?;
+                        Ok::<_, anyhow::Error>(response)
+                    }
+                });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// Where each party of the benchmark listens, and the `wrk` settings.
 pub struct Edge {
     pub upstream: String,
     pub nginx: String,
     pub gateway: String,
+    pub bare: String,
     pub token: String,
     pub seconds: u64,
     pub threads: usize,
@@ -75,6 +142,7 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
         &format!("{}/bench/private/x", edge.gateway),
         Some(&edge.token),
     )?;
+    let bare = wrk(edge, &format!("{}/bench/public/x", edge.bare), None)?;
     let line = |name: &str, run: &Run| {
         println!(
             "{name:<34} {:>9.0} req/s ({:.2}x nginx, {:.2}x direct)  p99 {:>6.2} ms ({:.2}x nginx)",
@@ -89,6 +157,7 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
     line("(b) nginx proxy", &nginx);
     line("(c) gateway, public route", &public);
     line("(d) gateway, token + rate limits", &required);
+    line("(e) reference: bare hyper proxy", &bare);
     let verdict = |ok: bool| if ok { "ok" } else { "BELOW TARGET" };
     println!(
         "targets: (c) >= 1.0x (b): {}; (d) >= 0.9x (b): {}; p99 (c) <= (b): {}",
