@@ -30,7 +30,8 @@ use super::config::ServerConfig;
 use super::error::Problem;
 use super::health::{self, Probes};
 use super::io_threads::IoThreads;
-use super::metrics::{self, Metrics, Tracked};
+use super::metrics::{self, Metrics, TrackLayer, Tracked};
+use super::telemetry::RequestScopeLayer;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -75,13 +76,9 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(make_span))
-                .layer(axum::middleware::from_fn(request_scope))
+                .layer(RequestScopeLayer)
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                // Shared: axum clones a middleware's state for every request.
-                .layer(axum::middleware::from_fn_with_state(
-                    std::sync::Arc::new(tracked),
-                    metrics::track,
-                ))
+                .layer(TrackLayer(std::sync::Arc::new(tracked)))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -92,20 +89,6 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
                 }))
                 .timeout(timeout),
         )
-}
-
-/// Serves the request inside its request-id scope (see `telemetry::with_request_id`).
-async fn request_scope(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    super::telemetry::with_request_id(id, next.run(req)).await
 }
 
 fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {

@@ -102,6 +102,50 @@ pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F
     REQUEST_ID.scope(request_id, work).await
 }
 
+/// Tower layer serving each request inside its request-id scope (see
+/// [`with_request_id`]), from the `x-request-id` header set before it.
+#[derive(Clone, Copy, Default)]
+pub struct RequestScopeLayer;
+
+impl<S> tower::Layer<S> for RequestScopeLayer {
+    type Service = RequestScope<S>;
+
+    fn layer(&self, inner: S) -> RequestScope<S> {
+        RequestScope { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestScope<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RequestScope<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<String, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        REQUEST_ID.scope(id, self.inner.call(req))
+    }
+}
+
 /// Adds the current span's trace context, and the request id being served,
 /// to an outgoing gRPC call.
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
