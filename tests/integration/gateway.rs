@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use gatehouse::gateway::balance::EJECT_AFTER;
 use gatehouse::gateway::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
-use gatehouse::kernel::registry::Instance;
 use serde_json::{Value, json};
 
 use crate::binary::{login, raw_get};
-use crate::support::{PASSWORD, TestApp, assert_problem};
+use crate::support::{PASSWORD, TestApp, assert_problem, closed_url};
 
 /// A stand-in upstream that records the headers it receives and echoes its
 /// path and query; `delay` makes it slow.
@@ -158,11 +157,7 @@ async fn upstreams_get_verified_identity_and_proxy_headers_only() {
         })
         .start()
         .await;
-    app.ctx
-        .registry
-        .register(Instance::new("team", url))
-        .await
-        .unwrap();
+    app.register_instance("team", url).await;
     let user = app.register("h@example.org").await;
     let pair = app.login("h@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap();
@@ -241,21 +236,9 @@ async fn upstream_faults_are_clear_problems() {
         })
         .start()
         .await;
-    app.ctx
-        .registry
-        .register(Instance::new("slow", slow))
-        .await
-        .unwrap();
+    app.register_instance("slow", slow).await;
     // An instance whose port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    app.ctx
-        .registry
-        .register(Instance::new("gone", format!("http://{closed}")))
-        .await
-        .unwrap();
+    app.register_instance("gone", closed_url()).await;
     let gw = &app.gateway_base;
 
     let started = std::time::Instant::now();
@@ -442,11 +425,7 @@ async fn an_upstream_that_hangs_up_is_a_502_unless_the_request_can_move() {
         .start()
         .await;
     for (service, url) in [("flaky", &flaky), ("mixed", &flaky), ("mixed", &good)] {
-        app.ctx
-            .registry
-            .register(Instance::new(service, url.clone()))
-            .await
-            .unwrap();
+        app.register_instance(service, url.clone()).await;
     }
     let gw = &app.gateway_base;
     let r = app
@@ -485,22 +464,9 @@ async fn h2c_routes_speak_http2_to_their_instances() {
         })
         .start()
         .await;
-    app.ctx
-        .registry
-        .register(Instance::new("team", url))
-        .await
-        .unwrap();
-    let gw = &app.gateway_base;
+    app.register_instance("team", url).await;
     for (path, version) in [("/h2/x", "HTTP/2.0"), ("/h1/x", "HTTP/1.1")] {
-        let body: Value = app
-            .http
-            .get(format!("{gw}{path}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = app.gateway_json(path).await;
         assert_eq!(body["version"], version, "{path}");
     }
 }
@@ -523,11 +489,7 @@ async fn an_ejected_instance_is_probed_and_readmitted_when_it_returns() {
         .start()
         .await;
     for url in [&up, &down_url] {
-        app.ctx
-            .registry
-            .register(Instance::new("team", url.clone()))
-            .await
-            .unwrap();
+        app.register_instance("team", url.clone()).await;
     }
     let gw = &app.gateway_base;
     for i in 0..40 {

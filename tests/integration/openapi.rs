@@ -4,10 +4,9 @@
 //! the paths the gateway routes to them.
 
 use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
-use gatehouse::kernel::registry::Instance;
 use serde_json::{Value, json};
 
-use crate::support::{PASSWORD, TestApp};
+use crate::support::{PASSWORD, TestApp, closed_url};
 
 /// Follows a local `$ref` (`#/components/schemas/X`).
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
@@ -168,15 +167,7 @@ async fn exchange(
 async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     use http::Method;
     let app = TestApp::start().await;
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.gateway_base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.gateway_json("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc.get("x-gatehouse-unavailable").is_none(), "{doc}");
     for internal in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
@@ -292,30 +283,10 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
         })
         .start()
         .await;
-    app.ctx
-        .registry
-        .register(Instance::new("billing", url))
-        .await
-        .unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    app.ctx
-        .registry
-        .register(Instance::new("gone", format!("http://{closed}")))
-        .await
-        .unwrap();
+    app.register_instance("billing", url).await;
+    app.register_instance("gone", closed_url()).await;
     let gw = &app.gateway_base;
-    let doc: Value = app
-        .http
-        .get(format!("{gw}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.gateway_json("/openapi.json").await;
     let invoices = &doc["paths"]["/billing/invoices"];
     assert!(invoices["get"].is_object(), "{doc}");
     assert!(invoices.get("post").is_none(), "the route allows GET only");

@@ -91,6 +91,31 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Registers an instance of `service` at `url` (a stand-in upstream) in
+    /// the app's registry, where the gateway finds it.
+    pub async fn register_instance(&self, service: &str, url: impl Into<String>) {
+        self.ctx
+            .registry
+            .register(gatehouse::kernel::registry::Instance::new(
+                service,
+                url.into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// The gateway's answer to `GET path`, read as JSON.
+    pub async fn gateway_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.gateway_base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.base))
@@ -361,4 +386,13 @@ pub fn grpc_code(status: &tonic::Status) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
+}
+
+/// The URL of a loopback port nobody listens on.
+pub fn closed_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!("http://{closed}")
 }
