@@ -286,9 +286,11 @@ async fn send(
         principal,
         gw.trusts(peer.ip()),
     );
-    if config.upstream_protocol == UpstreamProtocol::H2c {
-        parts.version = http::Version::HTTP_2;
-    }
+    // The client's own protocol says nothing about the upstream's.
+    parts.version = match config.upstream_protocol {
+        UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        UpstreamProtocol::H2c => http::Version::HTTP_2,
+    };
     // The request's head, kept for another attempt only while one can follow.
     let mut head = Some(parts);
     let client = upstream(config.upstream_protocol);
@@ -341,10 +343,24 @@ async fn send(
                 );
             }
             Ok(Err(e)) => {
-                gw.count_failure(&lease, config, &client);
+                match fault_of(&e) {
+                    Fault::TooLarge => {
+                        return crate::kernel::error::payload_too_large().into_response();
+                    }
+                    Fault::ClientBody => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            "body_incomplete",
+                            "The request body ended before it was complete",
+                        );
+                    }
+                    Fault::Upstream => gw.count_failure(&lease, config, &client),
+                }
                 // Safe to send elsewhere: nothing reached the instance, or
-                // the method means the same when repeated.
-                if more && (e.is_connect() || idempotent) {
+                // the method means the same when repeated (a few times at
+                // most, so a request that brings instances down cannot go
+                // through all of them).
+                if more && (e.is_connect() || (idempotent && tried.len() < MAX_ATTEMPTS)) {
                     tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream attempt failed; trying another instance");
                     continue;
                 }
@@ -362,6 +378,31 @@ async fn send(
         "upstream_unavailable",
         "No instance of the service could be reached",
     )
+}
+
+/// Attempts at most for a request that reached an instance and failed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Whose fault a failed exchange was.
+enum Fault {
+    /// The client's streamed body went over the limit.
+    TooLarge,
+    /// The client's body broke off (the client went away mid-upload).
+    ClientBody,
+    /// The instance's: counts toward ejecting it.
+    Upstream,
+}
+
+fn fault_of(e: &hyper_util::client::legacy::Error) -> Fault {
+    let chain = || std::iter::successors(std::error::Error::source(e), |err| err.source());
+    if chain().any(|err| err.is::<http_body_util::LengthLimitError>()) {
+        Fault::TooLarge
+    } else if chain().any(|err| err.is::<axum::Error>()) {
+        // Only the request body (the client's stream) fails as axum's error.
+        Fault::ClientBody
+    } else {
+        Fault::Upstream
+    }
 }
 
 /// Methods that mean the same when sent twice (RFC 9110, section 9.2.2).

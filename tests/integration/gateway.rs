@@ -31,7 +31,10 @@ fn serve_echo(
     record: Arc<Mutex<Vec<http::HeaderMap>>>,
 ) {
     let app = axum::Router::new().fallback(
-        move |uri: http::Uri, version: http::Version, headers: http::HeaderMap| {
+        move |uri: http::Uri,
+              version: http::Version,
+              headers: http::HeaderMap,
+              _body: axum::body::Bytes| {
             let record = record.clone();
             async move {
                 record.lock().unwrap().push(headers);
@@ -527,5 +530,76 @@ async fn an_ejected_instance_is_probed_and_readmitted_when_it_returns() {
     assert!(
         served_after > 5,
         "readmitted instance served {served_after}"
+    );
+}
+
+/// Sends a chunked POST of `chunks` × 512 bytes over a raw connection (no
+/// declared length) and answers the status.
+async fn chunked_post(base: &str, path: &str, chunks: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("200\r\n{}\r\n", "x".repeat(512));
+    for _ in 0..chunks {
+        // The gateway may answer and close before reading everything.
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[tokio::test]
+async fn http2_clients_and_oversized_streams_do_not_count_against_instances() {
+    let (a, a_seen) = echo(Duration::ZERO).await;
+    let (b, b_seen) = echo(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.body_limit_bytes = 1024;
+            g.rate_limit.per_ip_per_sec = 0;
+            g.routes.push(route("/team", "team", AuthPolicy::Public));
+        })
+        .start()
+        .await;
+    app.register_instance("team", a).await;
+    app.register_instance("team", b).await;
+    let gw = &app.gateway_base;
+    // A client speaking HTTP/2 reaches an HTTP/1.1 upstream.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let r = h2.get(format!("{gw}/team/{i}")).send().await.unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert_eq!(r.status(), 200, "GET {i} over HTTP/2");
+    }
+    // Streamed bodies over the limit are the client's fault: 413, and no
+    // instance is ejected for them (six failures would eject one).
+    for _ in 0..6 {
+        assert_eq!(chunked_post(gw, "/team/upload", 8).await, 413);
+    }
+    let before = (a_seen.lock().unwrap().len(), b_seen.lock().unwrap().len());
+    for i in 0..40 {
+        let r = app.http.get(format!("{gw}/team/{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let after = (a_seen.lock().unwrap().len(), b_seen.lock().unwrap().len());
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "both instances still take traffic: {before:?} -> {after:?}"
     );
 }
