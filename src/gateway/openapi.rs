@@ -8,10 +8,14 @@
 //! - a route's method list narrows the operations listed;
 //! - on `required` routes every operation asks for a bearer token.
 //!
-//! The merged document is cached for a short while; one merge runs at a
-//! time. A service that cannot be reached is named under
-//! `x-gatehouse-unavailable` and that document is kept for less time. A
-//! service that serves no document (404) is simply not described.
+//! Services are asked at once, each within a deadline; their components
+//! are merged by name, the core services' first, and the gateway's own
+//! `bearer` scheme replaces any of that name; `servers` entries are dropped
+//! (clients reach everything through the gateway). The merged document is
+//! cached for a short while; one merge runs at a time. A service that
+//! cannot be reached is named under `x-gatehouse-unavailable` and that
+//! document is kept for less time. A service that serves no document (404)
+//! is simply not described.
 //! `/docs` is Swagger UI (its files are built into the binary) reading
 //! `/openapi.json`.
 
@@ -30,14 +34,16 @@ use tokio::sync::Mutex;
 
 use super::config::{AuthPolicy, UpstreamProtocol};
 use super::proxy::{Gateway, upstream};
-use super::routes::{Route, normalise};
+use super::routes::{Route, built_in, normalise};
 
 /// How long a merged document is served before it is merged again.
 const FRESH_FOR: Duration = Duration::from_secs(10);
 /// The same for a document that misses an unreachable service.
-const PARTIAL_FOR: Duration = Duration::from_secs(1);
-/// How long one service may take to hand over its document.
+const PARTIAL_FOR: Duration = Duration::from_secs(5);
+/// How long one instance may take to hand over its document.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one service may take, over all its instances.
+const SERVICE_DEADLINE: Duration = Duration::from_secs(3);
 /// Largest service document read.
 const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
 
@@ -93,17 +99,36 @@ async fn document(State(docs): State<Docs>) -> Response {
 
 /// The merged document, and whether every service could be asked.
 async fn merge(gw: &Gateway) -> (Value, bool) {
-    let mut services: Vec<&str> = Vec::new();
+    // The core services first, so their components win a name clash.
+    let core: Vec<String> = built_in().into_iter().map(|r| r.service).collect();
+    let mut services: Vec<(String, UpstreamProtocol)> = Vec::new();
     for route in gw.table().routes() {
-        if !services.contains(&route.config.service.as_str()) {
-            services.push(&route.config.service);
+        if !services.iter().any(|(s, _)| *s == route.config.service) {
+            services.push((route.config.service.clone(), route.config.upstream_protocol));
+        }
+    }
+    services.sort_by_key(|(s, _)| !core.contains(s));
+    // Every service is asked at once; one that takes too long is unavailable.
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, (service, protocol)) in services.iter().cloned().enumerate() {
+        let gw = gw.clone();
+        asked.spawn(async move {
+            let doc = tokio::time::timeout(SERVICE_DEADLINE, fetch(&gw, &service, protocol)).await;
+            (i, doc.unwrap_or(Err(())))
+        });
+    }
+    let mut docs: Vec<Result<Option<Value>, ()>> = vec![Err(()); services.len()];
+    while let Some(answer) = asked.join_next().await {
+        if let Ok((i, doc)) = answer {
+            docs[i] = doc;
         }
     }
     let mut paths = Map::new();
     let mut components = Map::new();
     let mut unavailable = Vec::new();
-    for service in services {
-        let doc = match fetch(gw, service).await {
+    for ((service, _), doc) in services.iter().zip(docs) {
+        let service = service.as_str();
+        let doc = match doc {
             Ok(Some(doc)) => doc,
             Ok(None) => continue,
             Err(()) => {
@@ -136,8 +161,10 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
         .entry("securitySchemes")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(schemes) = schemes.as_object_mut() {
-        schemes.entry("bearer").or_insert_with(
-            || json!({"type": "http", "scheme": "bearer", "bearerFormat": "PASETO v4.public"}),
+        // The gateway's own scheme: no service's document replaces it.
+        schemes.insert(
+            "bearer".into(),
+            json!({"type": "http", "scheme": "bearer", "bearerFormat": "PASETO v4.public"}),
         );
     }
     let complete = unavailable.is_empty();
@@ -176,13 +203,24 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
         };
         let mut kept = Map::new();
         for (key, value) in item {
+            // Clients reach the API through the gateway, never at a
+            // service's own address.
+            if key == "servers" {
+                continue;
+            }
             let is_operation = METHODS.contains(&key.as_str());
             if is_operation && !allows(route, key) {
                 continue;
             }
             let mut value = value.clone();
-            if is_operation && route.config.auth == AuthPolicy::Required {
-                value["security"] = json!([{"bearer": []}]);
+            if is_operation {
+                let Some(operation) = value.as_object_mut() else {
+                    continue;
+                };
+                operation.remove("servers");
+                if route.config.auth == AuthPolicy::Required {
+                    operation.insert("security".into(), json!([{"bearer": []}]));
+                }
             }
             kept.insert(key.clone(), value);
         }
@@ -222,15 +260,24 @@ fn allows(route: &Route, method: &str) -> bool {
 /// The document of `service`, from the first of its instances that answers:
 /// none when the service serves no document, an error when no instance
 /// could be asked.
-async fn fetch(gw: &Gateway, service: &str) -> Result<Option<Value>, ()> {
+async fn fetch(
+    gw: &Gateway,
+    service: &str,
+    protocol: UpstreamProtocol,
+) -> Result<Option<Value>, ()> {
     let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
-    let client = upstream(UpstreamProtocol::Http1);
+    let client = upstream(protocol);
     for instance in instances {
         let Ok(uri) = format!("{}/openapi.json", instance.url).parse::<Uri>() else {
             continue;
         };
+        let version = match protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::H2c => http::Version::HTTP_2,
+        };
         let Ok(request) = http::Request::builder()
             .method(Method::GET)
+            .version(version)
             .uri(uri)
             .body(axum::body::Body::empty())
         else {

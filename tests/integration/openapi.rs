@@ -170,9 +170,6 @@ async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     let doc = app.gateway_json("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc.get("x-gatehouse-unavailable").is_none(), "{doc}");
-    for internal in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-        assert!(doc["paths"].get(internal).is_none(), "{internal}");
-    }
     let user = json!({"email": "doc@example.org", "password": PASSWORD, "display_name": "Doc"});
     let post = |path| (Method::POST, path, path);
     let (status, created) = exchange(&app, &doc, post("/v1/users"), None, Some(user.clone())).await;
@@ -245,17 +242,8 @@ async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     );
 }
 
-/// A team service describing three paths, one of them not routed.
-async fn team_service() -> String {
-    let team_doc = json!({
-        "openapi": "3.1.0",
-        "info": {"title": "billing", "version": "1"},
-        "paths": {
-            "/invoices": {"get": {"responses": {"200": {"description": "Invoices"}}},
-                          "post": {"responses": {"201": {"description": "Made"}}}},
-            "/invoices/{id}": {"get": {"responses": {"200": {"description": "One"}}}},
-        },
-    });
+/// A team service serving `team_doc` as its OpenAPI document.
+async fn team_service(team_doc: Value) -> String {
     let app = axum::Router::new().route(
         "/openapi.json",
         axum::routing::get(move || {
@@ -271,7 +259,33 @@ async fn team_service() -> String {
 
 #[tokio::test]
 async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_document() {
-    let url = team_service().await;
+    let ok = json!({"responses": {"200": {"description": "Fine"}}});
+    let billing = team_service(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "billing", "version": "1"},
+        "paths": {
+            "/invoices": {"get": ok, "post": {"responses": {"201": {"description": "Made"}}}},
+            "/invoices/{id}": {"get": ok},
+        },
+    }))
+    .await;
+    // A service behind a route that keeps its prefix, describing more than
+    // the gateway sends it, with addresses and a scheme of its own.
+    let ledger = team_service(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "ledger", "version": "1"},
+        "paths": {
+            "/ledger/entries": {
+                "servers": [{"url": "http://10.0.0.9:7000"}],
+                "get": {"servers": [{"url": "http://10.0.0.9:7000"}], "responses": {"200": {"description": "Entries"}}},
+            },
+            "/ledger/odd": {"get": 1},
+            "/v1/users": {"delete": ok},
+            "/other": {"get": ok},
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "oauth2", "flows": {}}}},
+    }))
+    .await;
     let app = TestApp::builder()
         .gateway(|g| {
             let mut billing = RouteConfig::new("/billing", "billing", AuthPolicy::Required);
@@ -279,11 +293,14 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
             billing.methods = vec!["GET".into()];
             g.routes.push(billing);
             g.routes
+                .push(RouteConfig::new("/ledger", "ledger", AuthPolicy::Required));
+            g.routes
                 .push(RouteConfig::new("/gone", "gone", AuthPolicy::Public));
         })
         .start()
         .await;
-    app.register_instance("billing", url).await;
+    app.register_instance("billing", billing).await;
+    app.register_instance("ledger", ledger).await;
     app.register_instance("gone", closed_url()).await;
     let gw = &app.gateway_base;
     let doc = app.gateway_json("/openapi.json").await;
@@ -293,6 +310,18 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
     assert_eq!(invoices["get"]["security"], json!([{"bearer": []}]));
     assert!(doc["paths"]["/billing/invoices/{id}"]["get"].is_object());
     assert!(doc["paths"].get("/invoices").is_none());
+    // Only what the gateway sends to a service is described as that service's.
+    let entries = &doc["paths"]["/ledger/entries"];
+    assert!(entries["get"].is_object(), "{doc}");
+    assert!(entries.get("servers").is_none() && entries["get"].get("servers").is_none());
+    assert!(doc["paths"].get("/other").is_none());
+    assert!(doc["paths"]["/v1/users"].get("delete").is_none());
+    assert!(doc["paths"]["/v1/users"]["post"].is_object());
+    assert!(doc["paths"].get("/ledger/odd").is_none());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["type"],
+        "http"
+    );
     // The core services are still there; the unreachable one is named.
     assert!(doc["paths"]["/v1/auth/login"]["post"].is_object());
     assert_eq!(doc["x-gatehouse-unavailable"], json!(["gone"]));
