@@ -3,7 +3,11 @@
 //! an instance that fails `EJECT_AFTER` times in a row (connect errors,
 //! timeouts, broken exchanges) is left out until it is readmitted, by an
 //! active probe (see `probe.rs`) or by a request it served while every
-//! instance was out. One more failure after that ejects it again.
+//! instance was out. After a probe readmits it, one more failure ejects it
+//! again; after a served request, it takes `EJECT_AFTER` as at first.
+//!
+//! State is kept per instance id (service and address), so one service's
+//! trouble with an address does not take it from another service.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -21,9 +25,11 @@ struct Health {
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejected: AtomicBool,
+    /// A probe task is running for this instance.
+    probing: AtomicBool,
 }
 
-/// Per-instance load and health, keyed by instance URL.
+/// Per-instance load and health, keyed by instance id.
 #[derive(Default)]
 pub struct Balancer {
     states: Mutex<HashMap<String, Arc<Health>>>,
@@ -48,7 +54,7 @@ impl Lease {
     }
 
     /// Counts a failure; answers true when this one ejected the instance
-    /// (so the caller starts probing it), false when it was already out.
+    /// and no probe is running for it yet (so the caller starts one).
     pub fn failed(&self) -> bool {
         let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < EJECT_AFTER {
@@ -58,39 +64,48 @@ impl Lease {
         self.health
             .failures
             .store(EJECT_AFTER - 1, Ordering::Relaxed);
-        !self.health.ejected.swap(true, Ordering::Relaxed)
+        let newly = !self.health.ejected.swap(true, Ordering::Relaxed);
+        newly && !self.health.probing.swap(true, Ordering::Relaxed)
     }
 }
 
 impl Balancer {
-    fn health(&self, url: &str) -> Arc<Health> {
+    fn health(&self, id: &str) -> Arc<Health> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = states.get(url) {
+        if let Some(h) = states.get(id) {
             return h.clone();
         }
-        states.entry(url.to_owned()).or_default().clone()
+        states.entry(id.to_owned()).or_default().clone()
     }
 
-    /// Whether the instance at `url` is out of rotation.
-    pub fn is_ejected(&self, url: &str) -> bool {
+    fn with(&self, id: &str, f: impl FnOnce(&Health)) {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states
-            .get(url)
-            .is_some_and(|h| h.ejected.load(Ordering::Relaxed))
-    }
-
-    /// Puts the instance at `url` back into rotation.
-    pub fn readmit(&self, url: &str) {
-        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = states.get(url) {
-            h.ejected.store(false, Ordering::Relaxed);
+        if let Some(h) = states.get(id) {
+            f(h);
         }
+    }
+
+    /// Whether the instance `id` is out of rotation.
+    pub fn is_ejected(&self, id: &str) -> bool {
+        let mut ejected = false;
+        self.with(id, |h| ejected = h.ejected.load(Ordering::Relaxed));
+        ejected
+    }
+
+    /// Puts the instance `id` back into rotation.
+    pub fn readmit(&self, id: &str) {
+        self.with(id, |h| h.ejected.store(false, Ordering::Relaxed));
+    }
+
+    /// Says that the probe of instance `id` has ended.
+    pub fn probe_ended(&self, id: &str) {
+        self.with(id, |h| h.probing.store(false, Ordering::Relaxed));
     }
 
     /// Drops what is known of an instance that left the registry.
-    pub fn forget(&self, url: &str) {
+    pub fn forget(&self, id: &str) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        states.remove(url);
+        states.remove(id);
     }
 
     /// Picks among `instances` not in `tried`: two at random among the
@@ -99,7 +114,7 @@ impl Balancer {
         let candidates: Vec<(&Instance, Arc<Health>)> = instances
             .iter()
             .filter(|i| !tried.contains(&i.url))
-            .map(|i| (i, self.health(&i.url)))
+            .map(|i| (i, self.health(&i.id)))
             .collect();
         let healthy: Vec<&(&Instance, Arc<Health>)> = candidates
             .iter()
@@ -165,12 +180,18 @@ mod tests {
             .collect();
         // Only the failure that ejects says so: one probe per ejection.
         assert_eq!(ejections, [false, false, true, false]);
-        assert!(b.is_ejected(&all[2].url));
+        assert!(b.is_ejected(&all[2].id));
+        // While a probe runs, a second ejection starts no other probe.
+        b.readmit(&all[2].id);
+        assert!(!b.pick(&all[2..], &[]).unwrap().failed());
+        assert!(b.is_ejected(&all[2].id));
         for _ in 0..50 {
             assert_ne!(b.pick(&all, &[]).unwrap().instance.url, all[2].url);
         }
-        // Readmitted, it takes traffic again; one more failure ejects it.
-        b.readmit(&all[2].url);
+        // Readmitted by its probe, it takes traffic again; one more failure
+        // ejects it and starts a new probe.
+        b.readmit(&all[2].id);
+        b.probe_ended(&all[2].id);
         assert!((0..50).any(|_| b.pick(&all, &[]).unwrap().instance.url == all[2].url));
         assert!(b.pick(&all[2..], &[]).unwrap().failed());
         // Already tried instances are skipped; when all are, there is none.

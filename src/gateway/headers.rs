@@ -100,6 +100,10 @@ pub fn upstream_headers(
 }
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `TE: trailers` alone is end to end in effect: gRPC needs it upstream.
+    let trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -111,6 +115,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
@@ -166,8 +173,17 @@ mod tests {
         incoming.insert("x-secret", HeaderValue::from_static("1"));
         incoming.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         incoming.insert("host", HeaderValue::from_static("api.example.org"));
+        incoming.insert("te", HeaderValue::from_static("trailers"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         let out = upstream_headers(&incoming, peer, peer, None, false);
+        // `TE: trailers` travels (gRPC needs it); other TE values do not.
+        assert_eq!(out["te"], "trailers");
+        incoming.insert("te", HeaderValue::from_static("gzip"));
+        assert!(
+            upstream_headers(&incoming, peer, peer, None, false)
+                .get("te")
+                .is_none()
+        );
         assert!(out.get("x-gatehouse-user-id").is_none());
         assert!(out.get("x-gatehouse-anything").is_none());
         assert!(out.get("x-secret").is_none());

@@ -40,6 +40,12 @@ pub const NAME: &str = "gateway";
 
 pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Result<Running> {
     let table = routes::RouteTable::new(&config.routes).map_err(anyhow::Error::msg)?;
+    if !config.probe_path.starts_with('/') {
+        anyhow::bail!(
+            "gateway.probe_path: {:?} must start with '/'",
+            config.probe_path
+        );
+    }
     let limits = &config.rate_limit;
     let per_ip = Limiter::new(
         limits.per_ip_per_sec,

@@ -34,28 +34,48 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let url = instance.url;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(plan.interval) => {}
-            }
-            if !balancer.is_ejected(&url) {
-                return;
-            }
-            if let Ok(list) = registry.resolve(&service).await
-                && !list.iter().any(|i| i.url == url)
-            {
-                balancer.forget(&url);
-                return;
-            }
-            if answers(&client, &url, &plan).await {
-                balancer.readmit(&url);
-                tracing::info!(service = %service, instance = %url, "upstream instance readmitted after a probe");
-                return;
-            }
+        let id = instance.id.clone();
+        if watch(
+            &balancer, &*registry, &client, &plan, &service, &instance, &shutdown,
+        )
+        .await
+        {
+            balancer.probe_ended(&id);
         }
     });
+}
+
+/// Probes until the instance is back, gone or the gateway stops; answers
+/// whether the instance is still known (false when it was forgotten).
+async fn watch(
+    balancer: &Balancer,
+    registry: &dyn Registry,
+    client: &Upstream,
+    plan: &ProbePlan,
+    service: &str,
+    instance: &Instance,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return true,
+            () = tokio::time::sleep(plan.interval) => {}
+        }
+        if !balancer.is_ejected(&instance.id) {
+            return true;
+        }
+        if let Ok(list) = registry.resolve(service).await
+            && !list.iter().any(|i| i.id == instance.id)
+        {
+            balancer.forget(&instance.id);
+            return false;
+        }
+        if answers(client, &instance.url, plan).await {
+            balancer.readmit(&instance.id);
+            tracing::info!(service, instance = %instance.url, "upstream instance readmitted after a probe");
+            return true;
+        }
+    }
 }
 
 /// Whether the instance answers the probe with a status below 500 within

@@ -104,6 +104,16 @@ impl RouteTable {
                     config.prefix
                 ));
             }
+            // The gateway answers these itself; a route there would never be reached.
+            if matches!(
+                segments.first().map(String::as_str),
+                Some("docs" | "openapi.json")
+            ) {
+                return Err(format!(
+                    "gateway.routes: prefix {:?} is served by the gateway itself (/docs, /openapi.json)",
+                    config.prefix
+                ));
+            }
             routes.retain(|r| r.segments != segments);
             routes.push(Route {
                 label: config.prefix.as_str().into(),
@@ -218,8 +228,15 @@ mod tests {
         assert_eq!(route.upstream_path(&segments), "/invoices/7");
         let bad = RouteConfig {
             prefix: "/a/../b".into(),
-            ..extra
+            ..extra.clone()
         };
         assert!(RouteTable::new(&[bad]).is_err());
+        for taken in ["/docs", "/openapi.json", "/docs/x"] {
+            let shadowed = RouteConfig {
+                prefix: taken.into(),
+                ..extra.clone()
+            };
+            assert!(RouteTable::new(&[shadowed]).is_err(), "{taken}");
+        }
     }
 }

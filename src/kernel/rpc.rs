@@ -2,7 +2,9 @@
 //! a service by name; the factory resolves it through the registry and
 //! balances over the instances found, with connect and request timeouts on
 //! every call. Channels are kept per service and rebuilt when the set of
-//! instances changes.
+//! instances changes. A channel's background tasks run on the runtime the
+//! factory was made on, whichever thread first asks for the channel (the
+//! gateway's I/O threads stop before the process does).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::RpcConfig;
@@ -51,6 +54,22 @@ impl Interceptor for Propagate {
 /// A channel and the instance URLs it was built for.
 type Known = (Vec<String>, Channel);
 
+/// Requests a balanced channel queues before callers wait (tonic's default).
+const BALANCE_BUFFER: usize = 1024;
+
+/// Spawns onto one runtime, from any thread.
+#[derive(Clone)]
+struct OnRuntime(tokio::runtime::Handle);
+
+impl<F> hyper::rt::Executor<F> for OnRuntime
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, work: F) {
+        self.0.spawn(work);
+    }
+}
+
 /// Makes channels to other services. Cheap to clone.
 #[derive(Clone)]
 pub struct Clients {
@@ -58,6 +77,7 @@ pub struct Clients {
     connect_timeout: Duration,
     request_timeout: Duration,
     channels: Arc<Mutex<HashMap<String, Known>>>,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Clients {
@@ -67,6 +87,7 @@ impl Clients {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             channels: Arc::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -94,10 +115,20 @@ impl Clients {
             .iter()
             .map(|url| self.endpoint(service, url))
             .collect::<Result<Vec<_>, _>>()?;
-        let channel = if endpoints.len() == 1 {
-            endpoints[0].connect_lazy()
-        } else {
-            Channel::balance_list(endpoints.into_iter())
+        let channel = match (&self.runtime, endpoints.len()) {
+            (_, 1) => endpoints[0].connect_lazy(),
+            (Some(runtime), _) => {
+                let (channel, changes) = Channel::balance_channel_with_executor(
+                    BALANCE_BUFFER,
+                    OnRuntime(runtime.clone()),
+                );
+                for endpoint in endpoints {
+                    // The queue holds BALANCE_BUFFER changes; a service has fewer instances.
+                    let _ = changes.try_send(Change::Insert(endpoint.uri().clone(), endpoint));
+                }
+                channel
+            }
+            (None, _) => Channel::balance_list(endpoints.into_iter()),
         };
         cache.insert(service.to_owned(), (urls, channel.clone()));
         Ok(channel)
@@ -106,8 +137,13 @@ impl Clients {
     fn endpoint(&self, service: &str, url: &str) -> Result<Endpoint, RpcError> {
         Endpoint::from_shared(url.to_owned())
             .map(|e| {
-                e.connect_timeout(self.connect_timeout)
-                    .timeout(self.request_timeout)
+                let e = e
+                    .connect_timeout(self.connect_timeout)
+                    .timeout(self.request_timeout);
+                match &self.runtime {
+                    Some(runtime) => e.executor(OnRuntime(runtime.clone())),
+                    None => e,
+                }
             })
             .map_err(|e| RpcError::BadAddress {
                 service: service.to_owned(),

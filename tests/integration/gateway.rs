@@ -603,3 +603,24 @@ async fn http2_clients_and_oversized_streams_do_not_count_against_instances() {
         "both instances still take traffic: {before:?} -> {after:?}"
     );
 }
+
+#[tokio::test]
+async fn requests_in_flight_through_the_gateway_finish_after_the_stop_signal() {
+    let (slow, _) = echo(Duration::from_millis(700)).await;
+    let mut app = TestApp::builder()
+        .gateway(|g| g.routes.push(route("/slow", "slow", AuthPolicy::Public)))
+        .start()
+        .await;
+    app.register_instance("slow", slow).await;
+    let request = app.http.get(format!("{}/slow/x", app.gateway_base)).send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    // The stop waited for the answer, which arrived whole.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["path"], "/slow/x");
+}
