@@ -78,18 +78,16 @@ impl Balancer {
         states.entry(id.to_owned()).or_default().clone()
     }
 
-    fn with(&self, id: &str, f: impl FnOnce(&Health)) {
+    /// `f` of the instance `id`'s state, if the instance is known.
+    fn with<R>(&self, id: &str, f: impl FnOnce(&Health) -> R) -> Option<R> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = states.get(id) {
-            f(h);
-        }
+        states.get(id).map(|h| f(h))
     }
 
     /// Whether the instance `id` is out of rotation.
     pub fn is_ejected(&self, id: &str) -> bool {
-        let mut ejected = false;
-        self.with(id, |h| ejected = h.ejected.load(Ordering::Relaxed));
-        ejected
+        self.with(id, |h| h.ejected.load(Ordering::Relaxed))
+            .unwrap_or(false)
     }
 
     /// Puts the instance `id` back into rotation.

@@ -140,6 +140,12 @@ impl RouteConfig {
             upstream_protocol: UpstreamProtocol::default(),
         }
     }
+
+    /// Whether the route takes `method` (any case): every method when the
+    /// route lists none.
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
 }
 
 /// The protocol spoken to upstream instances: HTTP/1.1 over pooled

@@ -27,13 +27,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{Method, StatusCode, Uri, header};
+use http::{StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
 use super::config::{AuthPolicy, UpstreamProtocol};
-use super::proxy::{Gateway, upstream};
+use super::proxy::{Gateway, ask, upstream};
 use super::routes::{Route, built_in, normalise};
 
 /// How long a merged document is served before it is merged again.
@@ -209,7 +209,7 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
                 continue;
             }
             let is_operation = METHODS.contains(&key.as_str());
-            if is_operation && !allows(route, key) {
+            if is_operation && !route.config.allows(key) {
                 continue;
             }
             let mut value = value.clone();
@@ -248,15 +248,6 @@ fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
         .is_some_and(|found| found.config.prefix == route.config.prefix)
 }
 
-fn allows(route: &Route, method: &str) -> bool {
-    route.config.methods.is_empty()
-        || route
-            .config
-            .methods
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(method))
-}
-
 /// The document of `service`, from the first of its instances that answers:
 /// none when the service serves no document, an error when no instance
 /// could be asked.
@@ -268,23 +259,8 @@ async fn fetch(
     let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
     let client = upstream(protocol);
     for instance in instances {
-        let Ok(uri) = format!("{}/openapi.json", instance.url).parse::<Uri>() else {
-            continue;
-        };
-        let version = match protocol {
-            UpstreamProtocol::Http1 => http::Version::HTTP_11,
-            UpstreamProtocol::H2c => http::Version::HTTP_2,
-        };
-        let Ok(request) = http::Request::builder()
-            .method(Method::GET)
-            .version(version)
-            .uri(uri)
-            .body(axum::body::Body::empty())
-        else {
-            continue;
-        };
-        let Ok(Ok(response)) = tokio::time::timeout(FETCH_TIMEOUT, client.request(request)).await
-        else {
+        let url = format!("{}/openapi.json", instance.url);
+        let Some(response) = ask(&client, &url, FETCH_TIMEOUT).await else {
             continue;
         };
         match response.status() {

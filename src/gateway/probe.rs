@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use http::{Method, Request, Uri};
 use tokio_util::sync::CancellationToken;
 
 use super::balance::Balancer;
-use super::proxy::Upstream;
+use super::proxy::{Upstream, ask};
 use crate::kernel::registry::{Instance, Registry};
 
 /// Where and how often to probe.
@@ -81,18 +79,7 @@ async fn watch(
 /// Whether the instance answers the probe with a status below 500 within
 /// one interval.
 async fn answers(client: &Upstream, url: &str, plan: &ProbePlan) -> bool {
-    let Ok(uri) = format!("{url}{}", plan.path).parse::<Uri>() else {
-        return false;
-    };
-    let Ok(request) = Request::builder()
-        .method(Method::GET)
-        .uri(uri)
-        .body(Body::empty())
-    else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(plan.interval, client.request(request)).await,
-        Ok(Ok(response)) if response.status().as_u16() < 500
-    )
+    ask(client, &format!("{url}{}", plan.path), plan.interval)
+        .await
+        .is_some_and(|response| response.status().as_u16() < 500)
 }

@@ -72,6 +72,27 @@ pub fn upstream(protocol: UpstreamProtocol) -> Upstream {
     })
 }
 
+/// A GET of the gateway's own (a probe, an API document) to `url`, an
+/// instance's address and path: the answer, or none when there was no
+/// answer within `timeout`. The request's version is left at HTTP/1.1, which
+/// either client takes: an h2c pool speaks HTTP/2 whatever it says.
+pub async fn ask(
+    client: &Upstream,
+    url: &str,
+    timeout: Duration,
+) -> Option<http::Response<hyper::body::Incoming>> {
+    let uri = url.parse::<Uri>().ok()?;
+    let request = http::Request::builder()
+        .method(Method::GET)
+        .uri(uri)
+        .body(Body::empty())
+        .ok()?;
+    tokio::time::timeout(timeout, client.request(request))
+        .await
+        .ok()?
+        .ok()
+}
+
 struct Inner {
     table: RouteTable,
     registry: Arc<dyn Registry>,
@@ -189,12 +210,7 @@ async fn route_and_forward(
     if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
         return crate::kernel::error::payload_too_large().into_response();
     }
-    if !config.methods.is_empty()
-        && !config
-            .methods
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(req.method().as_str()))
-    {
+    if !config.allows(req.method().as_str()) {
         let mut r = problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

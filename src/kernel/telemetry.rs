@@ -138,7 +138,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let id = req
             .headers()
-            .get("x-request-id")
+            .get(&super::server::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
