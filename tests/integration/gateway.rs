@@ -10,7 +10,7 @@ use gatehouse::gateway::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
 use serde_json::{Value, json};
 
 use crate::binary::{login, raw_get};
-use crate::support::{PASSWORD, TestApp, assert_problem, closed_url};
+use crate::support::{PASSWORD, TestApp, assert_problem, closed_addr, closed_url};
 
 /// A stand-in upstream that records the headers it receives and echoes its
 /// path and query; `delay` makes it slow.
@@ -67,10 +67,6 @@ async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         }
     });
     (url, taken)
-}
-
-fn route(prefix: &str, service: &str, auth: AuthPolicy) -> RouteConfig {
-    RouteConfig::new(prefix, service, auth)
 }
 
 #[tokio::test]
@@ -153,10 +149,11 @@ async fn upstreams_get_verified_identity_and_proxy_headers_only() {
     let (url, seen) = echo(Duration::ZERO).await;
     let app = TestApp::builder()
         .gateway(|g| {
-            let mut r = route("/team", "team", AuthPolicy::Required);
+            let mut r = RouteConfig::new("/team", "team", AuthPolicy::Required);
             r.strip_prefix = true;
             g.routes.push(r);
-            g.routes.push(route("/open", "team", AuthPolicy::Optional));
+            g.routes
+                .push(RouteConfig::new("/open", "team", AuthPolicy::Optional));
         })
         .start()
         .await;
@@ -227,13 +224,14 @@ async fn upstream_faults_are_clear_problems() {
     let (slow, _) = echo(Duration::from_secs(5)).await;
     let app = TestApp::builder()
         .gateway(|g| {
-            let mut r = route("/slow", "slow", AuthPolicy::Public);
+            let mut r = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
             r.timeout_ms = Some(300);
             g.routes.push(r);
             g.routes
-                .push(route("/nowhere", "nowhere", AuthPolicy::Public));
-            g.routes.push(route("/gone", "gone", AuthPolicy::Public));
-            let mut only_get = route("/ro", "slow", AuthPolicy::Public);
+                .push(RouteConfig::new("/nowhere", "nowhere", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/gone", "gone", AuthPolicy::Public));
+            let mut only_get = RouteConfig::new("/ro", "slow", AuthPolicy::Public);
             only_get.methods = vec!["GET".into()];
             g.routes.push(only_get);
         })
@@ -422,8 +420,10 @@ async fn an_upstream_that_hangs_up_is_a_502_unless_the_request_can_move() {
     let (good, _) = echo(Duration::ZERO).await;
     let app = TestApp::builder()
         .gateway(|g| {
-            g.routes.push(route("/flaky", "flaky", AuthPolicy::Public));
-            g.routes.push(route("/mixed", "mixed", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/flaky", "flaky", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/mixed", "mixed", AuthPolicy::Public));
         })
         .start()
         .await;
@@ -460,10 +460,11 @@ async fn h2c_routes_speak_http2_to_their_instances() {
     let (url, _) = echo(Duration::ZERO).await;
     let app = TestApp::builder()
         .gateway(|g| {
-            let mut h2 = route("/h2", "team", AuthPolicy::Public);
+            let mut h2 = RouteConfig::new("/h2", "team", AuthPolicy::Public);
             h2.upstream_protocol = UpstreamProtocol::H2c;
             g.routes.push(h2);
-            g.routes.push(route("/h1", "team", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/h1", "team", AuthPolicy::Public));
         })
         .start()
         .await;
@@ -478,16 +479,14 @@ async fn h2c_routes_speak_http2_to_their_instances() {
 async fn an_ejected_instance_is_probed_and_readmitted_when_it_returns() {
     let (up, up_seen) = echo(Duration::ZERO).await;
     // The second instance's port is closed for now.
-    let down = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let down = closed_addr();
     let down_url = format!("http://{down}");
     let app = TestApp::builder()
         .gateway(|g| {
             g.probe_interval_ms = 100;
             g.rate_limit.per_ip_per_sec = 0;
-            g.routes.push(route("/team", "team", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/team", "team", AuthPolicy::Public));
         })
         .start()
         .await;
@@ -570,7 +569,8 @@ async fn http2_clients_and_oversized_streams_do_not_count_against_instances() {
         .gateway(|g| {
             g.body_limit_bytes = 1024;
             g.rate_limit.per_ip_per_sec = 0;
-            g.routes.push(route("/team", "team", AuthPolicy::Public));
+            g.routes
+                .push(RouteConfig::new("/team", "team", AuthPolicy::Public));
         })
         .start()
         .await;
@@ -608,7 +608,10 @@ async fn http2_clients_and_oversized_streams_do_not_count_against_instances() {
 async fn requests_in_flight_through_the_gateway_finish_after_the_stop_signal() {
     let (slow, _) = echo(Duration::from_millis(700)).await;
     let mut app = TestApp::builder()
-        .gateway(|g| g.routes.push(route("/slow", "slow", AuthPolicy::Public)))
+        .gateway(|g| {
+            g.routes
+                .push(RouteConfig::new("/slow", "slow", AuthPolicy::Public))
+        })
         .start()
         .await;
     app.register_instance("slow", slow).await;

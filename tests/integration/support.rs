@@ -388,11 +388,15 @@ pub fn grpc_code(status: &tonic::Status) -> String {
         .to_owned()
 }
 
-/// The URL of a loopback port nobody listens on.
-pub fn closed_url() -> String {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback address nobody listens on (until a test binds it).
+pub fn closed_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
-    format!("http://{closed}")
+        .unwrap()
+}
+
+/// The URL of a loopback port nobody listens on.
+pub fn closed_url() -> String {
+    format!("http://{}", closed_addr())
 }
