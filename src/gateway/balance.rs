@@ -37,7 +37,8 @@ pub struct Balancer {
 
 /// An instance chosen for one attempt; counts as in flight until dropped.
 pub struct Lease {
-    pub instance: Instance,
+    /// The instance's place in the list it was picked from.
+    pub index: usize,
     health: Arc<Health>,
 }
 
@@ -70,14 +71,6 @@ impl Lease {
 }
 
 impl Balancer {
-    fn health(&self, id: &str) -> Arc<Health> {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = states.get(id) {
-            return h.clone();
-        }
-        states.entry(id.to_owned()).or_default().clone()
-    }
-
     /// `f` of the instance `id`'s state, if the instance is known.
     fn with<R>(&self, id: &str, f: impl FnOnce(&Health) -> R) -> Option<R> {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,26 +99,42 @@ impl Balancer {
         states.remove(id);
     }
 
-    /// Picks among `instances` not in `tried`: two at random among the
-    /// healthy ones (all of them when none is healthy), the less loaded wins.
-    pub fn pick(&self, instances: &[Instance], tried: &[String]) -> Option<Lease> {
-        let candidates: Vec<(&Instance, Arc<Health>)> = instances
+    /// Picks among `instances` whose URLs are not in `tried`: two at random
+    /// among the healthy ones (all of them when none is healthy), the less
+    /// loaded wins.
+    pub fn pick(&self, instances: &[Instance], tried: &[&str]) -> Option<Lease> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut candidates: Vec<(usize, &Instance)> = Vec::with_capacity(instances.len());
+        for (index, instance) in instances.iter().enumerate() {
+            if tried.contains(&instance.url.as_str()) {
+                continue;
+            }
+            if !states.contains_key(&instance.id) {
+                states.insert(instance.id.clone(), Arc::default());
+            }
+            candidates.push((index, instance));
+        }
+        let health = |i: &Instance| &states[&i.id];
+        let healthy = candidates
             .iter()
-            .filter(|i| !tried.contains(&i.url))
-            .map(|i| (i, self.health(&i.id)))
-            .collect();
-        let healthy: Vec<&(&Instance, Arc<Health>)> = candidates
-            .iter()
-            .filter(|(_, h)| !h.ejected.load(Ordering::Relaxed))
-            .collect();
-        let pool: Vec<&(&Instance, Arc<Health>)> = if healthy.is_empty() {
-            candidates.iter().collect()
+            .filter(|(_, i)| !health(i).ejected.load(Ordering::Relaxed))
+            .count();
+        // The pool: the healthy candidates, or all of them when none is.
+        let pool = |nth: usize| {
+            candidates
+                .iter()
+                .filter(|(_, i)| healthy == 0 || !health(i).ejected.load(Ordering::Relaxed))
+                .nth(nth)
+                .copied()
+        };
+        let size = if healthy == 0 {
+            candidates.len()
         } else {
             healthy
         };
-        let chosen = match pool.len() {
+        let (index, chosen) = match size {
             0 => return None,
-            1 => pool[0],
+            1 => pool(0)?,
             n => {
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
@@ -133,15 +142,14 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) { pool[b] } else { pool[a] }
+                let (a, b) = (pool(a)?, pool(b)?);
+                let load = |(_, i): (usize, &Instance)| health(i).in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
             }
         };
-        chosen.1.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
-            instance: chosen.0.clone(),
-            health: chosen.1.clone(),
-        })
+        let health = health(chosen).clone();
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { index, health })
     }
 }
 
@@ -166,7 +174,7 @@ mod tests {
         let mut idle_chosen = 0;
         for _ in 0..1000 {
             let lease = b.pick(&all, &[]).unwrap();
-            if lease.instance.url == all[2].url {
+            if lease.index == 2 {
                 idle_chosen += 1;
             }
         }
@@ -184,16 +192,16 @@ mod tests {
         assert!(!b.pick(&all[2..], &[]).unwrap().failed());
         assert!(b.is_ejected(&all[2].id));
         for _ in 0..50 {
-            assert_ne!(b.pick(&all, &[]).unwrap().instance.url, all[2].url);
+            assert_ne!(b.pick(&all, &[]).unwrap().index, 2);
         }
         // Readmitted by its probe, it takes traffic again; one more failure
         // ejects it and starts a new probe.
         b.readmit(&all[2].id);
         b.probe_ended(&all[2].id);
-        assert!((0..50).any(|_| b.pick(&all, &[]).unwrap().instance.url == all[2].url));
+        assert!((0..50).any(|_| b.pick(&all, &[]).unwrap().index == 2));
         assert!(b.pick(&all[2..], &[]).unwrap().failed());
         // Already tried instances are skipped; when all are, there is none.
-        let tried: Vec<String> = all.iter().map(|i| i.url.clone()).collect();
+        let tried: Vec<&str> = all.iter().map(|i| i.url.as_str()).collect();
         assert!(b.pick(&all, &tried).is_none());
     }
 }

@@ -27,7 +27,7 @@ pub const SESSION_ID: HeaderName = HeaderName::from_static("x-gatehouse-session-
 
 pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
     headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -35,33 +35,16 @@ pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
         .collect()
 }
 
-/// The headers sent upstream.
+/// Turns a client's request headers into the ones sent upstream.
 pub fn upstream_headers(
-    incoming: &HeaderMap,
+    headers: &mut HeaderMap,
     peer: IpAddr,
     client: IpAddr,
     principal: Option<&Principal>,
     peer_trusted: bool,
-) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    let spoofable: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-gatehouse-"))
-        .cloned()
-        .collect();
-    for name in spoofable {
-        headers.remove(name);
-    }
-    let host = incoming
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
-    headers.remove(header::HOST);
+) {
     let chain = if peer_trusted {
-        let mut chain: Vec<String> = forwarded_for(incoming)
+        let mut chain: Vec<String> = forwarded_for(headers)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -70,34 +53,47 @@ pub fn upstream_headers(
     } else {
         peer.to_string()
     };
-    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
+    strip_hop_by_hop(headers);
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-gatehouse-"))
+    {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-gatehouse-"))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
         }
-    };
-    set(&mut headers, "x-forwarded-for", chain);
-    set(&mut headers, "x-forwarded-proto", "http".into());
-    set(&mut headers, "x-forwarded-host", host.clone());
+    }
+    // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
+    let host = headers.remove(header::HOST);
+    let host = host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let node = match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    set(
-        &mut headers,
-        "forwarded",
-        format!("for={node};proto=http;host=\"{host}\""),
-    );
+    let forwarded = format!("for={node};proto=http;host=\"{host}\"");
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(headers, X_FORWARDED_HOST, host);
+    set(headers, X_FORWARDED_FOR, &chain);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    set(headers, header::FORWARDED, &forwarded);
     if let Some(p) = principal {
-        set(&mut headers, "x-gatehouse-user-id", p.user_id.to_string());
-        set(
-            &mut headers,
-            "x-gatehouse-session-id",
-            p.session_id.to_string(),
-        );
+        set(headers, USER_ID, &p.user_id.to_string());
+        set(headers, SESSION_ID, &p.session_id.to_string());
     }
-    crate::kernel::telemetry::inject_headers(&mut headers);
-    headers
+    crate::kernel::telemetry::inject_headers(headers);
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `TE: trailers` alone is end to end in effect: gRPC needs it upstream.
@@ -175,15 +171,16 @@ mod tests {
         incoming.insert("host", HeaderValue::from_static("api.example.org"));
         incoming.insert("te", HeaderValue::from_static("trailers"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let out = upstream_headers(&incoming, peer, peer, None, false);
+        let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
+            let mut headers = incoming.clone();
+            upstream_headers(&mut headers, peer, client, None, trusted);
+            headers
+        };
+        let out = upstream(&incoming, peer, false);
         // `TE: trailers` travels (gRPC needs it); other TE values do not.
         assert_eq!(out["te"], "trailers");
         incoming.insert("te", HeaderValue::from_static("gzip"));
-        assert!(
-            upstream_headers(&incoming, peer, peer, None, false)
-                .get("te")
-                .is_none()
-        );
+        assert!(upstream(&incoming, peer, false).get("te").is_none());
         assert!(out.get("x-gatehouse-user-id").is_none());
         assert!(out.get("x-gatehouse-anything").is_none());
         assert!(out.get("x-secret").is_none());
@@ -195,7 +192,7 @@ mod tests {
             "for=203.0.113.9;proto=http;host=\"api.example.org\""
         );
         // Behind a trusted proxy, its chain is kept and extended.
-        let out = upstream_headers(&incoming, peer, "6.6.6.6".parse().unwrap(), None, true);
+        let out = upstream(&incoming, "6.6.6.6".parse().unwrap(), true);
         assert_eq!(out["x-forwarded-for"], "6.6.6.6, 203.0.113.9");
         assert_eq!(
             out["forwarded"],

@@ -14,8 +14,10 @@
 
 pub mod balance;
 pub mod config;
+pub mod edge;
 pub mod headers;
 pub mod openapi;
+pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod routes;
@@ -23,13 +25,13 @@ pub mod routes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::any;
+use std::convert::Infallible;
 
 pub use config::GatewayConfig;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::health::Probes;
+use crate::kernel::metrics::Tracked;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
 use crate::middleware::ratelimit::Limiter;
@@ -92,13 +94,10 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     for limiter in [&per_ip, &per_user].into_iter().flatten() {
         background.push(limiter.spawn_housekeeping(ctx.shutdown.clone()));
     }
-    let mut http = Router::new()
-        .route("/", any(proxy::forward))
-        .route("/{*path}", any(proxy::forward))
-        .with_state(gateway.clone())
-        .merge(openapi::routes(gateway));
-    if let Some(cors) = cors_layer(&config.cors)? {
-        http = http.layer(cors);
+    let cors = cors_layer(&config.cors)?;
+    let mut http = openapi::routes(gateway.clone());
+    if let Some(cors) = &cors {
+        http = http.layer(cors.clone());
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     let app = ServiceApp {
@@ -108,7 +107,32 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         probes: Probes::default(),
         io_threads: Some(config.io_threads),
     };
-    server::launch(ctx, app, config.listen, None, health, background).await
+    // Proxied requests pass the same shared layers as the gateway's own,
+    // then CORS, then the proxy.
+    let proxy_layers = server::observe_layers(Tracked {
+        metrics: ctx.metrics.clone(),
+        service: NAME,
+    })
+    .option_layer(cors);
+    let launch = server::Launch {
+        listen: config.listen,
+        advertise_url: None,
+        health,
+        background,
+    };
+    server::launch_with(ctx, app, launch, move |router| {
+        move |peer| {
+            let gateway = gateway.clone();
+            edge::Edge {
+                own: server::with_peer(router.clone(), peer),
+                proxy: proxy_layers.service(tower::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(proxy::forward(gateway, peer, req).await) }
+                })),
+            }
+        }
+    })
+    .await
 }
 
 /// The CORS layer, or none when no origin is allowed. Preflight requests

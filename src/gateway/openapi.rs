@@ -64,18 +64,31 @@ struct Cached {
     json: Bytes,
 }
 
-/// `/openapi.json` and `/docs`, served by the gateway itself.
+/// Where the merged document is served.
+pub const DOCUMENT_PATH: &str = "/openapi.json";
+/// Where the docs page is served (and its files, below it).
+pub const DOCS_PATH: &str = "/docs";
+
+/// Whether `path` is the document, the docs page or one of its files.
+pub fn is_own(path: &str) -> bool {
+    path == DOCUMENT_PATH
+        || path
+            .strip_prefix(DOCS_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// [`DOCUMENT_PATH`] and [`DOCS_PATH`], served by the gateway itself.
 pub fn routes(gateway: Gateway) -> Router {
     let docs = Docs {
         gateway,
         cached: Arc::default(),
     };
     Router::new()
-        .route("/openapi.json", get(document))
+        .route(DOCUMENT_PATH, get(document))
         .with_state(docs)
         .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+            utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH)
+                .config(utoipa_swagger_ui::Config::from(DOCUMENT_PATH)),
         )
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -25,7 +25,7 @@ use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
 use crate::kernel::metrics::{Metrics, RouteLabel};
-use crate::kernel::registry::Registry;
+use crate::kernel::registry::{Instance, Registry};
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::ratelimit::{self, Limiter, Verdict};
 use crate::middleware::token::{Principal, TokenError};
@@ -164,12 +164,9 @@ fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
     Problem::new(status, code, title).into_response()
 }
 
-/// The handler behind every path the gateway does not serve itself.
-pub async fn forward(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+/// Answers a request for a path the gateway does not serve itself, from a
+/// client connected from `peer`.
+pub async fn forward(gw: Gateway, peer: SocketAddr, req: Request) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let mut label: Option<Arc<str>> = None;
@@ -261,7 +258,9 @@ async fn route_and_forward(
     response
 }
 
-/// Sends the request to an instance of the route's service.
+/// Sends the request to an instance of the route's service. The route's
+/// timeout bounds reading a held request body (408 when the client is too
+/// slow) and each instance's answer (504).
 async fn send(
     gw: &Gateway,
     config: &RouteConfig,
@@ -271,15 +270,9 @@ async fn send(
     path: &str,
     req: Request,
 ) -> Response {
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
     let timeout = config
         .timeout_ms
         .map_or(gw.inner.default_timeout, Duration::from_millis);
-
     let instances = match gw.inner.registry.resolve(&config.service).await {
         Ok(list) if !list.is_empty() => list,
         _ => {
@@ -290,13 +283,28 @@ async fn send(
             );
         }
     };
-    let (mut parts, body) = req.into_parts();
-    let mut body = match prepare_body(body, &parts.headers, gw.inner.body_limit).await {
-        Ok(body) => body,
-        Err(response) => return response,
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    parts.headers = upstream_headers(
-        &parts.headers,
+    let (mut parts, body) = req.into_parts();
+    let prepared = tokio::time::timeout(
+        timeout,
+        prepare_body(body, &parts.headers, gw.inner.body_limit),
+    );
+    let mut body = match prepared.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "The request body did not arrive in time",
+            );
+        }
+    };
+    upstream_headers(
+        &mut parts.headers,
         peer.ip(),
         client_ip,
         principal,
@@ -309,36 +317,34 @@ async fn send(
     };
     // The request's head, kept for another attempt only while one can follow.
     let mut head = Some(parts);
-    let client = upstream(config.upstream_protocol);
     let idempotent = head.as_ref().is_some_and(|h| is_idempotent(&h.method));
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<&str> = Vec::new();
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
-        let instance = lease.instance.clone();
-        tried.push(instance.url.clone());
+        let instance = &instances[lease.index];
+        tried.push(&instance.url);
         let (this_body, more) = body.attempt();
         let last = !more || tried.len() == instances.len();
-        let Some(mut parts) = (if last { head.take() } else { head.clone() }) else {
+        let Some(parts) = (if last { head.take() } else { head.clone() }) else {
             break;
         };
-        let Ok(uri) = format!("{}{path}{query}", instance.url).parse::<Uri>() else {
+        let Some(attempt) = Attempt::new(config.upstream_protocol, &instance.url, &target, parts)
+        else {
             return problem(
                 StatusCode::BAD_GATEWAY,
                 "bad_upstream",
                 "The upstream address is not valid",
             );
         };
-        parts.uri = uri;
-        let upstream = Request::from_parts(parts, this_body);
-        let outcome = tokio::time::timeout(timeout, client.request(upstream)).await;
+        let outcome = tokio::time::timeout(timeout, attempt.send(this_body)).await;
         let code = match &outcome {
             Ok(Ok(r)) => Some(r.status()),
             _ => None,
         };
-        let status = match (&outcome, &code) {
-            (_, Some(code)) => code.as_str(),
-            (Err(_), _) => "timeout",
-            (Ok(Err(e)), _) if e.is_connect() => "connect_error",
-            _ => "error",
+        let status = match &outcome {
+            Ok(Ok(_)) => code.as_ref().map_or("", StatusCode::as_str),
+            Err(_) => "timeout",
+            Ok(Err(e)) if e.connect => "connect_error",
+            Ok(Err(_)) => "error",
         };
         gw.inner
             .metrics
@@ -348,10 +354,10 @@ async fn send(
         match outcome {
             Ok(Ok(response)) => {
                 lease.succeeded();
-                return downstream(response);
+                return response;
             }
             Err(_) => {
-                gw.count_failure(&lease, config, &client);
+                gw.count_failure(&lease, instance, config);
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -359,7 +365,7 @@ async fn send(
                 );
             }
             Ok(Err(e)) => {
-                match fault_of(&e) {
+                match fault_of(&*e.error) {
                     Fault::TooLarge => {
                         return crate::kernel::error::payload_too_large().into_response();
                     }
@@ -370,17 +376,17 @@ async fn send(
                             "The request body ended before it was complete",
                         );
                     }
-                    Fault::Upstream => gw.count_failure(&lease, config, &client),
+                    Fault::Upstream => gw.count_failure(&lease, instance, config),
                 }
                 // Safe to send elsewhere: nothing reached the instance, or
                 // the method means the same when repeated (a few times at
                 // most, so a request that brings instances down cannot go
                 // through all of them).
-                if more && (e.is_connect() || (idempotent && tried.len() < MAX_ATTEMPTS)) {
-                    tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream attempt failed; trying another instance");
+                if more && (e.connect || (idempotent && tried.len() < MAX_ATTEMPTS)) {
+                    tracing::warn!(service = %config.service, instance = %instance.url, error = %e.error, "upstream attempt failed; trying another instance");
                     continue;
                 }
-                tracing::warn!(service = %config.service, instance = %instance.url, error = %e, "upstream request failed");
+                tracing::warn!(service = %config.service, instance = %instance.url, error = %e.error, "upstream request failed");
                 return problem(
                     StatusCode::BAD_GATEWAY,
                     "upstream_failed",
@@ -396,6 +402,91 @@ async fn send(
     )
 }
 
+/// One request to one instance, ready to go.
+enum Attempt {
+    /// Over this thread's HTTP/1.1 connections to `address`.
+    Http1 {
+        address: String,
+        request: http::request::Parts,
+    },
+    /// Over this thread's h2c client.
+    H2c { request: http::request::Parts },
+}
+
+/// Why an attempt failed.
+struct AttemptError {
+    /// No connection could be made: nothing reached the instance.
+    connect: bool,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Attempt {
+    /// `request` addressed to `target` (path and query) at the instance
+    /// whose base URL is `url`; none when the URL is not a usable `http://`
+    /// address.
+    fn new(
+        protocol: UpstreamProtocol,
+        url: &str,
+        target: &str,
+        mut request: http::request::Parts,
+    ) -> Option<Attempt> {
+        let rest = url.strip_prefix("http://")?;
+        let (address, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let base = base.trim_end_matches('/');
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                request.uri = format!("{base}{target}").parse().ok()?;
+                // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
+                request
+                    .headers
+                    .insert(header::HOST, HeaderValue::from_str(address).ok()?);
+                Some(Attempt::Http1 {
+                    address: address.to_owned(),
+                    request,
+                })
+            }
+            UpstreamProtocol::H2c => {
+                request.uri = format!("http://{address}{base}{target}").parse().ok()?;
+                Some(Attempt::H2c { request })
+            }
+        }
+    }
+
+    /// Sends the attempt with `body`: the answer, its body streamed back
+    /// without hop-by-hop headers.
+    async fn send(self, body: Body) -> Result<Response, AttemptError> {
+        let response = match self {
+            Attempt::Http1 { address, request } => {
+                let request = Request::from_parts(request, body);
+                match super::pool::send(&address, request).await {
+                    Ok(r) => r.map(Body::new),
+                    Err(e) => {
+                        return Err(AttemptError {
+                            connect: matches!(e, super::pool::SendError::Connect(_)),
+                            error: Box::new(e),
+                        });
+                    }
+                }
+            }
+            Attempt::H2c { request } => {
+                let request = Request::from_parts(request, body);
+                match upstream(UpstreamProtocol::H2c).request(request).await {
+                    Ok(r) => r.map(Body::new),
+                    Err(e) => {
+                        return Err(AttemptError {
+                            connect: e.is_connect(),
+                            error: Box::new(e),
+                        });
+                    }
+                }
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
 /// Attempts at most for a request that reached an instance and failed.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -409,8 +500,8 @@ enum Fault {
     Upstream,
 }
 
-fn fault_of(e: &hyper_util::client::legacy::Error) -> Fault {
-    let chain = || std::iter::successors(std::error::Error::source(e), |err| err.source());
+fn fault_of(e: &(dyn std::error::Error + 'static)) -> Fault {
+    let chain = || std::iter::successors(e.source(), |err| err.source());
     if chain().any(|err| err.is::<http_body_util::LengthLimitError>()) {
         Fault::TooLarge
     } else if chain().any(|err| err.is::<axum::Error>()) {
@@ -436,18 +527,18 @@ fn is_idempotent(method: &Method) -> bool {
 
 impl Gateway {
     /// Counts a failed attempt; when it ejects the instance, starts probing it.
-    fn count_failure(&self, lease: &Lease, config: &RouteConfig, client: &Upstream) {
+    fn count_failure(&self, lease: &Lease, instance: &Instance, config: &RouteConfig) {
         if !lease.failed() {
             return;
         }
-        tracing::warn!(service = %config.service, instance = %lease.instance.url, "upstream instance ejected after repeated failures");
+        tracing::warn!(service = %config.service, instance = %instance.url, "upstream instance ejected after repeated failures");
         probe::spawn(
             self.inner.balancer.clone(),
             self.inner.registry.clone(),
-            client.clone(),
+            upstream(config.upstream_protocol),
             self.inner.probe.clone(),
             config.service.clone(),
-            lease.instance.clone(),
+            instance.clone(),
             self.inner.shutdown.clone(),
         );
     }
@@ -531,11 +622,4 @@ impl Gateway {
             .find(|ip| !self.trusts(*ip))
             .unwrap_or(peer)
     }
-}
-
-/// The upstream's answer, streamed back without its hop-by-hop headers.
-fn downstream(response: http::Response<hyper::body::Incoming>) -> Response {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
 }

@@ -28,11 +28,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct Probes(pub Vec<Arc<dyn Probe>>);
 
-/// Routes `/healthz` and `/readyz`.
+/// Liveness: answers while the process serves.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: answers 200 when every probe passes.
+pub const READY_PATH: &str = "/readyz";
+
+/// Routes [`HEALTH_PATH`] and [`READY_PATH`].
 pub fn routes(probes: Probes) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
+        .route(HEALTH_PATH, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(READY_PATH, get(ready))
         .with_state(probes)
 }
 

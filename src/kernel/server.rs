@@ -20,7 +20,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::layer::util::{Identity, Stack};
 use tower::{ServiceBuilder, ServiceExt as _};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -56,7 +58,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Assembles the full router: public routes, health, metrics and gRPC, under
-/// the shared stack (request id, tracing, metrics, body limit, timeout).
+/// the shared stack ([`observe_layers`], body limit, timeout).
 pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Router {
     let tracked = Tracked {
         metrics: metrics.clone(),
@@ -64,7 +66,7 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
     };
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let ops = Router::new()
-        .route("/metrics", axum::routing::get(metrics::endpoint))
+        .route(METRICS_PATH, axum::routing::get(metrics::endpoint))
         .with_state(tracked.clone());
     app.http
         .merge(health::routes(app.probes))
@@ -73,12 +75,7 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(make_span))
-                .layer(RequestScopeLayer)
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(TrackLayer(std::sync::Arc::new(tracked)))
+            observe_layers(tracked)
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -91,40 +88,94 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         )
 }
 
-fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        request_id = %request_id,
-    );
-    // Continue the caller's trace when it sent a `traceparent` (nothing to
-    // continue when this span is not recorded at all).
-    if !span.is_disabled() {
-        let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
-    }
-    span
+/// Where every service serves its metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Whether `router` answers `path` for every service itself (health,
+/// readiness, metrics, gRPC health), whatever the service's own routes.
+pub fn is_kernel_path(path: &str) -> bool {
+    path == METRICS_PATH
+        || path == health::HEALTH_PATH
+        || path == health::READY_PATH
+        || path.starts_with("/grpc.health.v1.Health/")
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish for at most the configured grace period.
+/// The layers every request passes through first, outermost first:
+/// the request id (kept, or made), the request's trace span (continuing the
+/// caller's `traceparent`), the request id's scope for calls made while
+/// serving it, the request id on the answer, and the request metrics.
+pub fn observe_layers(tracked: Tracked) -> ObserveLayers {
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(RequestSpan))
+        .layer(RequestScopeLayer)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TrackLayer(std::sync::Arc::new(tracked)))
+}
+
+/// The type of [`observe_layers`].
+pub type ObserveLayers = ServiceBuilder<
+    Stack<
+        TrackLayer,
+        Stack<
+            PropagateRequestIdLayer,
+            Stack<
+                RequestScopeLayer,
+                Stack<
+                    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan>,
+                    Stack<SetRequestIdLayer<MakeRequestUuid>, Identity>,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The span of one request, named after its method, path and request id.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSpan;
+
+impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, req: &http::Request<B>) -> tracing::Span {
+        let request_id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = %request_id,
+        );
+        // Continue the caller's trace when it sent a `traceparent` (nothing to
+        // continue when this span is not recorded at all).
+        if !span.is_disabled() {
+            let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
+        }
+        span
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for at most the configured grace period. `front` makes
+/// the service that answers one connection, given its peer's address.
 ///
 /// Connections are served by hyper directly (HTTP/1.1 and h2c on one
 /// socket) so that a client that sends its headers too slowly is cut off
 /// after `header_read_timeout_ms` instead of holding a connection open.
-pub fn spawn(
+pub fn spawn<F, S>(
     name: &'static str,
     listener: TcpListener,
-    router: Router,
+    front: F,
     config: &ServerConfig,
     shutdown: CancellationToken,
     io: Option<IoThreads>,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<std::io::Result<()>>
+where
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     tokio::spawn(async move {
@@ -150,9 +201,9 @@ pub fn spawn(
                 () = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+            let (builder, service, watcher) = (builder.clone(), front(peer), graceful.watcher());
             let Some(io) = &io else {
-                tokio::spawn(serve_connection(builder, router, watcher, stream, peer));
+                tokio::spawn(serve_connection(builder, service, watcher, stream));
                 continue;
             };
             // Moved to the thread's own reactor, so its readiness events
@@ -160,9 +211,7 @@ pub fn spawn(
             match stream.into_std() {
                 Ok(stream) => io.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => {
-                            serve_connection(builder, router, watcher, stream, peer).await
-                        }
+                        Ok(stream) => serve_connection(builder, service, watcher, stream).await,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot move a connection to its thread")
                         }
@@ -186,21 +235,51 @@ pub fn spawn(
     })
 }
 
-/// Serves one connection with `router` until it closes (or, once shutdown
-/// has begun, until its in-flight requests are answered).
-async fn serve_connection(
-    builder: auto::Builder<TokioExecutor>,
-    router: Router,
-    watcher: Watcher,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) {
-    let service = router.map_request(move |req: http::Request<hyper::body::Incoming>| {
+/// The service answering one connection's requests.
+pub trait ConnectionService:
+    tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// `router` for a connection from `peer`: its requests carry
+/// [`axum::extract::ConnectInfo`].
+pub fn with_peer(router: Router, peer: SocketAddr) -> impl ConnectionService<Future: Send> {
+    router.map_request(move |req: http::Request<hyper::body::Incoming>| {
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         req
-    });
+    })
+}
+
+/// Serves one connection with `service` until it closes (or, once shutdown
+/// has begun, until its in-flight requests are answered).
+async fn serve_connection<S>(
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    watcher: Watcher,
+    stream: tokio::net::TcpStream,
+) where
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
     if let Err(e) = watcher.watch(connection).await {
@@ -228,6 +307,47 @@ pub async fn launch(
     health: tonic_health::server::HealthReporter,
     background: Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Running> {
+    let launch = Launch {
+        listen,
+        advertise_url,
+        health,
+        background,
+    };
+    launch_with(ctx, app, launch, |router| {
+        move |peer| with_peer(router.clone(), peer)
+    })
+    .await
+}
+
+/// Where and how [`launch_with`] starts a service.
+pub struct Launch {
+    pub listen: SocketAddr,
+    pub advertise_url: Option<String>,
+    pub health: tonic_health::server::HealthReporter,
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// [`launch`], with `front` choosing what answers each connection: given
+/// the service's full router, it makes the per-connection service (the
+/// gateway sends what the router does not serve to its proxy).
+pub async fn launch_with<F, M, S>(
+    ctx: &ServiceContext,
+    app: ServiceApp,
+    launch: Launch,
+    front: F,
+) -> anyhow::Result<Running>
+where
+    F: FnOnce(Router) -> M,
+    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
+    let Launch {
+        listen,
+        advertise_url,
+        health,
+        background,
+    } = launch;
     let name = app.name;
     let io = app
         .io_threads
@@ -242,7 +362,7 @@ pub async fn launch(
     let served = spawn(
         name,
         listener,
-        router,
+        front(router),
         &ctx.server,
         ctx.shutdown.clone(),
         io,

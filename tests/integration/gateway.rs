@@ -627,3 +627,107 @@ async fn requests_in_flight_through_the_gateway_finish_after_the_stop_signal() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["path"], "/slow/x");
 }
+
+/// An upstream speaking HTTP/1.1 by hand: answers `ok` to each request on a
+/// keep-alive connection and closes the connection once it has been idle
+/// for `idle`. Answers how many connections it took.
+async fn keep_alive_upstream(idle: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(Ok(n)) = tokio::time::timeout(idle, stream.read(&mut buf)).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // Requests here have no body: each ends at its blank line.
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, taken)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_until_the_upstream_closes_them() {
+    let idle = Duration::from_millis(150);
+    let (url, taken) = keep_alive_upstream(idle).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.routes
+                .push(RouteConfig::new("/kept", "kept", AuthPolicy::Public));
+        })
+        .start()
+        .await;
+    app.register_instance("kept", url).await;
+    let gw = &app.gateway_base;
+    let get = |i: usize| {
+        let request = app.http.get(format!("{gw}/kept/{i}"));
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200, "GET {i}");
+            assert_eq!(r.text().await.unwrap(), "ok");
+        }
+    };
+    // One client connection after the other: one upstream connection.
+    for i in 0..10 {
+        get(i).await;
+    }
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Once the upstream has closed it, the next request takes a new one and
+    // no request meets the closed one.
+    tokio::time::sleep(idle * 4).await;
+    for i in 10..15 {
+        get(i).await;
+    }
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_body_slower_than_the_route_timeout_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url, seen) = echo(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut route = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
+            route.timeout_ms = Some(300);
+            g.routes.push(route);
+        })
+        .start()
+        .await;
+    app.register_instance("slow", url).await;
+    let addr = app.gateway_base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Ten bytes declared, three sent, then nothing.
+    let head = format!("POST /slow/x HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 10\r\n\r\nabc");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("the gateway answers within the route's timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    // Nothing reached the upstream.
+    assert!(seen.lock().unwrap().is_empty());
+}

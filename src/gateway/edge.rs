@@ -1,0 +1,92 @@
+//! What answers one client connection: the gateway's own paths (health,
+//! metrics, the API document and docs) go to its router, everything else
+//! straight to the proxy under the same shared layers, with no routing
+//! table in between (the proxy has its own, see `routes.rs`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use hyper::body::Incoming;
+
+use super::openapi;
+use crate::kernel::server;
+
+/// The service for one connection: `own` for the gateway's own paths,
+/// `proxy` for the rest.
+#[derive(Clone)]
+pub struct Edge<O, P> {
+    pub own: O,
+    pub proxy: P,
+}
+
+/// Whether the gateway answers `path` itself.
+pub fn is_own(path: &str) -> bool {
+    server::is_kernel_path(path) || openapi::is_own(path)
+}
+
+impl<O, P, B> tower::Service<http::Request<Incoming>> for Edge<O, P>
+where
+    O: tower::Service<http::Request<Incoming>, Response = Response, Error = Infallible>,
+    P: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<O::Future, P::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both sides are always ready; ask both, as the contract wants.
+        let own = self.own.poll_ready(cx)?;
+        let proxy = self.proxy.poll_ready(cx)?;
+        if own.is_ready() && proxy.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        if is_own(req.uri().path()) {
+            EdgeFuture::Own {
+                future: self.own.call(req),
+            }
+        } else {
+            EdgeFuture::Proxy {
+                future: self.proxy.call(req.map(Body::new)),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an [`Edge`].
+    #[project = EdgeProjection]
+    pub enum EdgeFuture<O, P> {
+        Own { #[pin] future: O },
+        Proxy { #[pin] future: P },
+    }
+}
+
+impl<O, P, B> Future for EdgeFuture<O, P>
+where
+    O: Future<Output = Result<Response, Infallible>>,
+    P: Future<Output = Result<http::Response<B>, Infallible>>,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EdgeProjection::Own { future } => future.poll(cx),
+            EdgeProjection::Proxy { future } => future
+                .poll(cx)
+                .map(|answer| answer.map(|response| response.map(Body::new))),
+        }
+    }
+}
