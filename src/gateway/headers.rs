@@ -96,6 +96,13 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: look before touching anything.
+    if !headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     // `TE: trailers` alone is end to end in effect: gRPC needs it upstream.
     let trailers = headers
         .get(header::TE)

@@ -125,9 +125,11 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             let gateway = gateway.clone();
             edge::Edge {
                 own: server::with_peer(router.clone(), peer),
+                // Boxed where it is made, so the layers above move a pointer
+                // rather than the whole request's state.
                 proxy: proxy_layers.service(tower::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(proxy::forward(gateway, peer, req).await) }
+                    let forwarded = Box::pin(proxy::forward(gateway.clone(), peer, req));
+                    async move { Ok::<_, Infallible>(forwarded.await) }
                 })),
             }
         }

@@ -253,7 +253,7 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
 
 /// Whether the route table sends `path` to `route`.
 fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
-    let Ok((segments, _)) = normalise(path) else {
+    let Ok(segments) = normalise(path) else {
         return false;
     };
     gw.table()

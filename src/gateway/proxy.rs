@@ -27,7 +27,7 @@ use crate::kernel::error::Problem;
 use crate::kernel::metrics::{Metrics, RouteLabel};
 use crate::kernel::registry::{Instance, Registry};
 use crate::middleware::bearer::{self, TokenCheck};
-use crate::middleware::ratelimit::{self, Limiter, Verdict};
+use crate::middleware::ratelimit::{self, Limiter, RateKey, Verdict};
 use crate::middleware::token::{Principal, TokenError};
 
 /// The gateway's shared state. Cheap to clone.
@@ -167,7 +167,8 @@ fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
 /// Answers a request for a path the gateway does not serve itself, from a
 /// client connected from `peer`.
 pub async fn forward(gw: Gateway, peer: SocketAddr, req: Request) -> Response {
-    let started = std::time::Instant::now();
+    let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
+    let started = logged.then(std::time::Instant::now);
     let method = req.method().clone();
     let mut label: Option<Arc<str>> = None;
     let mut response = route_and_forward(&gw, peer, req, &mut label).await;
@@ -177,7 +178,7 @@ pub async fn forward(gw: Gateway, peer: SocketAddr, req: Request) -> Response {
         method = %method,
         route = label.as_deref().unwrap_or("unrouted"),
         status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = started.map_or(0, |t| t.elapsed().as_millis() as u64),
         peer = %peer.ip(),
         "request"
     );
@@ -192,7 +193,7 @@ async fn route_and_forward(
     req: Request,
     label: &mut Option<Arc<str>>,
 ) -> Response {
-    let Ok((segments, _)) = normalise(req.uri().path()) else {
+    let Ok(segments) = normalise(req.uri().path()) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "invalid_path",
@@ -225,7 +226,7 @@ async fn route_and_forward(
     if (token.is_err() || config.auth == AuthPolicy::Public)
         && let Some(limiter) = &gw.inner.per_ip
     {
-        let v = limiter.check(&client_ip.to_string());
+        let v = limiter.check(RateKey::Address(client_ip));
         if matches!(v, Verdict::Refused { .. }) {
             return ratelimit::refusal(v);
         }
@@ -236,7 +237,7 @@ async fn route_and_forward(
         Err(e) => return bearer::refusal(e),
     };
     if let (Some(p), Some(limiter)) = (&principal, &gw.inner.per_user) {
-        let v = limiter.check(&p.user_id.to_string());
+        let v = limiter.check(RateKey::User(p.user_id));
         if matches!(v, Verdict::Refused { .. }) {
             return ratelimit::refusal(v);
         }
@@ -248,7 +249,7 @@ async fn route_and_forward(
         peer,
         client_ip,
         principal.as_ref(),
-        &route.upstream_path(&segments),
+        route.upstream_target(&segments, req.uri().query()),
         req,
     )
     .await;
@@ -267,7 +268,7 @@ async fn send(
     peer: SocketAddr,
     client_ip: IpAddr,
     principal: Option<&Principal>,
-    path: &str,
+    target: String,
     req: Request,
 ) -> Response {
     let timeout = config
@@ -282,10 +283,6 @@ async fn send(
                 "No instance of the service is available",
             );
         }
-    };
-    let target = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
     };
     let (mut parts, body) = req.into_parts();
     let prepared = tokio::time::timeout(

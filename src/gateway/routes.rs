@@ -3,6 +3,8 @@
 //! normalised path is what goes upstream, so `/v1/users/x/../me` meets the
 //! policy of `/v1/users/me` and nothing else.
 
+use std::borrow::Cow;
+
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use super::config::{AuthPolicy, RouteConfig};
@@ -31,9 +33,9 @@ pub enum PathError {
 }
 
 /// The canonical form of a request path: decoded segments without empty,
-/// `.` or `..` segments. Answers the segments and the re-encoded path.
-pub fn normalise(raw: &str) -> Result<(Vec<String>, String), PathError> {
-    let mut segments: Vec<String> = Vec::new();
+/// `.` or `..` segments (borrowed from `raw` where nothing was decoded).
+pub fn normalise(raw: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
+    let mut segments: Vec<Cow<'_, str>> = Vec::new();
     for part in raw.split('/') {
         let decoded = percent_decode_str(part)
             .decode_utf8()
@@ -46,18 +48,28 @@ pub fn normalise(raw: &str) -> Result<(Vec<String>, String), PathError> {
             ".." => {
                 segments.pop().ok_or(PathError::Invalid)?;
             }
-            segment => segments.push(segment.to_owned()),
+            _ => segments.push(decoded),
         }
     }
-    let path = format!(
-        "/{}",
-        segments
-            .iter()
-            .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
-            .collect::<Vec<_>>()
-            .join("/")
-    );
-    Ok((segments, path))
+    Ok(segments)
+}
+
+/// The path of `segments`, each encoded again, followed by `?query` when
+/// there is one.
+pub fn join<S: AsRef<str>>(segments: &[S], query: Option<&str>) -> String {
+    let mut path = String::with_capacity(64);
+    for segment in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(segment.as_ref(), SEGMENT));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(query);
+    }
+    path
 }
 
 /// A route ready for matching.
@@ -94,8 +106,12 @@ impl RouteTable {
     pub fn new(extra: &[RouteConfig]) -> Result<Self, String> {
         let mut routes: Vec<Route> = Vec::new();
         for config in built_in().into_iter().chain(extra.iter().cloned()) {
-            let (segments, canonical) = normalise(&config.prefix)
-                .map_err(|_| format!("gateway.routes: bad prefix {:?}", config.prefix))?;
+            let segments: Vec<String> = normalise(&config.prefix)
+                .map_err(|_| format!("gateway.routes: bad prefix {:?}", config.prefix))?
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect();
+            let canonical = join(&segments, None);
             if canonical != config.prefix.trim_end_matches('/')
                 && !(canonical == "/" && config.prefix == "/")
             {
@@ -131,28 +147,23 @@ impl RouteTable {
     }
 
     /// The route with the longest prefix that contains the path.
-    pub fn find(&self, segments: &[String]) -> Option<&Route> {
+    pub fn find(&self, segments: &[Cow<'_, str>]) -> Option<&Route> {
         self.routes.iter().find(|r| {
-            segments.len() >= r.segments.len() && segments[..r.segments.len()] == r.segments[..]
+            segments.len() >= r.segments.len()
+                && r.segments.iter().zip(segments).all(|(a, b)| a == b)
         })
     }
 }
 
 impl Route {
-    /// The path to send upstream for a request to `segments`.
-    pub fn upstream_path(&self, segments: &[String]) -> String {
+    /// The path (and `query`) to send upstream for a request to `segments`.
+    pub fn upstream_target(&self, segments: &[Cow<'_, str>], query: Option<&str>) -> String {
         let rest = if self.config.strip_prefix {
             &segments[self.segments.len()..]
         } else {
             segments
         };
-        format!(
-            "/{}",
-            rest.iter()
-                .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        )
+        join(rest, query)
     }
 }
 
@@ -162,7 +173,7 @@ mod tests {
 
     #[test]
     fn paths_are_normalised_before_anything_else() {
-        let path = |raw| normalise(raw).map(|(_, p)| p);
+        let path = |raw| normalise(raw).map(|segments| join(&segments, None));
         assert_eq!(path("/v1/users/me").unwrap(), "/v1/users/me");
         assert_eq!(path("//v1///users/./me/").unwrap(), "/v1/users/me");
         assert_eq!(path("/v1/users/x/../me").unwrap(), "/v1/users/me");
@@ -186,7 +197,7 @@ mod tests {
     fn the_longest_prefix_wins_and_prefixes_match_whole_segments() {
         let table = RouteTable::new(&[]).unwrap();
         let find = |raw: &str| {
-            let (segments, _) = normalise(raw).unwrap();
+            let segments = normalise(raw).unwrap();
             table
                 .find(&segments)
                 .map(|r| (r.config.service.clone(), r.config.auth))
@@ -223,9 +234,13 @@ mod tests {
             ..RouteConfig::new("/billing", "billing", AuthPolicy::Required)
         };
         let table = RouteTable::new(std::slice::from_ref(&extra)).unwrap();
-        let (segments, _) = normalise("/billing/invoices/7").unwrap();
+        let segments = normalise("/billing/invoices/7").unwrap();
         let route = table.find(&segments).unwrap();
-        assert_eq!(route.upstream_path(&segments), "/invoices/7");
+        assert_eq!(route.upstream_target(&segments, None), "/invoices/7");
+        assert_eq!(
+            route.upstream_target(&segments, Some("a=1&b")),
+            "/invoices/7?a=1&b"
+        );
         let bad = RouteConfig {
             prefix: "/a/../b".into(),
             ..extra.clone()

@@ -93,13 +93,14 @@ pub fn parent_from(headers: &http::HeaderMap) -> opentelemetry::Context {
 
 tokio::task_local! {
     /// The `x-request-id` of the request being served by this task.
-    static REQUEST_ID: String;
+    static REQUEST_ID: Option<http::HeaderValue>;
 }
 
 /// Runs `work` as part of the request `request_id`, so calls it makes to
 /// other services carry the same id.
 pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F) -> F::Output {
-    REQUEST_ID.scope(request_id, work).await
+    let id = http::HeaderValue::from_str(&request_id).ok();
+    REQUEST_ID.scope(id, work).await
 }
 
 /// Tower layer serving each request inside its request-id scope (see
@@ -126,7 +127,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tokio::task::futures::TaskLocalFuture<String, S::Future>;
+    type Future = tokio::task::futures::TaskLocalFuture<Option<http::HeaderValue>, S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -136,12 +137,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let id = req
-            .headers()
-            .get(&super::server::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        // A shared copy of the header's bytes, not a new string.
+        let id = req.headers().get(&super::server::REQUEST_ID).cloned();
         REQUEST_ID.scope(id, self.inner.call(req))
     }
 }
@@ -151,7 +148,8 @@ where
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
-    if let Ok(Some(value)) = REQUEST_ID.try_with(|id| id.parse().ok()) {
+    let id = REQUEST_ID.try_with(|id| id.as_ref().and_then(|v| v.to_str().ok()?.parse().ok()));
+    if let Ok(Some(value)) = id {
         metadata.insert("x-request-id", value);
     }
 }

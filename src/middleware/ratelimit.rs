@@ -24,11 +24,21 @@ use tokio_util::sync::CancellationToken;
 use crate::kernel::error::Problem;
 
 type Keyed =
-    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+    RateLimiter<RateKey, DefaultKeyedStateStore<RateKey>, DefaultClock, StateInformationMiddleware>;
+
+/// What an allowance is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// A client address (anonymous traffic).
+    Address(std::net::IpAddr),
+    /// A signed-in user.
+    User(uuid::Uuid),
+    /// The bucket new keys share while the table is full.
+    Overflow,
+}
 
 /// How often idle keys are forgotten.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
-const OVERFLOW: &str = "~overflow";
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +82,7 @@ impl Limiter {
     }
 
     /// Takes one request from `key`'s allowance.
-    pub fn check(&self, key: &str) -> Verdict {
+    pub fn check(&self, key: RateKey) -> Verdict {
         let mut key = key;
         if self.near_full.load(Ordering::Relaxed)
             || self
@@ -85,13 +95,13 @@ impl Limiter {
                 self.inner.retain_recent();
                 tracked = self.inner.len();
                 if tracked >= self.max_keys {
-                    key = OVERFLOW;
+                    key = RateKey::Overflow;
                 }
             }
             self.near_full
                 .store(tracked + COUNT_EVERY >= self.max_keys, Ordering::Relaxed);
         }
-        match self.inner.check_key(&key.to_owned()) {
+        match self.inner.check_key(&key) {
             Ok(state) => Verdict::Allowed {
                 limit: self.burst,
                 remaining: state.remaining_burst_capacity(),
@@ -166,26 +176,34 @@ pub fn refusal(verdict: Verdict) -> Response {
 mod tests {
     use super::*;
 
+    /// A distinct key per `n`.
+    fn key(n: u32) -> RateKey {
+        RateKey::Address(std::net::IpAddr::V4(n.into()))
+    }
+
     #[test]
     fn bursts_pass_then_requests_wait_their_turn_per_key() {
         let limiter = Limiter::new(1, 3, 100).unwrap();
         for left in [2, 1, 0] {
             assert_eq!(
-                limiter.check("a"),
+                limiter.check(key(1)),
                 Verdict::Allowed {
                     limit: 3,
                     remaining: left
                 }
             );
         }
-        match limiter.check("a") {
+        match limiter.check(key(1)) {
             Verdict::Refused {
                 limit: 3,
                 retry_after,
             } => assert!(retry_after <= Duration::from_secs(1)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(limiter.check("b"), Verdict::Allowed { .. }));
+        assert!(matches!(
+            limiter.check(RateKey::User(uuid::Uuid::nil())),
+            Verdict::Allowed { .. }
+        ));
         assert!(Limiter::new(0, 10, 100).is_none());
     }
 
@@ -193,13 +211,13 @@ mod tests {
     fn tracked_keys_stay_bounded() {
         let limiter = Limiter::new(1, 1, 10).unwrap();
         for i in 0..1000 {
-            limiter.check(&format!("k{i}"));
+            limiter.check(key(i));
         }
         assert!(limiter.tracked() <= 11, "{}", limiter.tracked());
         // A table far larger than the counting interval stays bounded too.
         let limiter = Limiter::new(1, 1, 1000).unwrap();
         for i in 0..5000 {
-            limiter.check(&format!("k{i}"));
+            limiter.check(key(i));
         }
         let tracked = limiter.tracked();
         assert!(
