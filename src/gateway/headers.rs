@@ -4,7 +4,7 @@
 //! proxy headers (`X-Forwarded-*`, `Forwarded`) set, believing a client's
 //! own chain only when the peer is a trusted proxy.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -35,10 +35,30 @@ pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
         .collect()
 }
 
+/// A client connection's peer address, with its text written once per
+/// connection rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    text: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let text = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, text }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+}
+
 /// Turns a client's request headers into the ones sent upstream.
 pub fn upstream_headers(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &Peer,
     client: IpAddr,
     principal: Option<&Principal>,
     peer_trusted: bool,
@@ -48,10 +68,10 @@ pub fn upstream_headers(
             .iter()
             .map(ToString::to_string)
             .collect();
-        chain.push(peer.to_string());
-        chain.join(", ")
+        chain.push(peer.ip().to_string());
+        HeaderValue::from_str(&chain.join(", ")).ok()
     } else {
-        peer.to_string()
+        Some(peer.text.clone())
     };
     strip_hop_by_hop(headers);
     if headers
@@ -70,18 +90,23 @@ pub fn upstream_headers(
     // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
     let host = headers.remove(header::HOST);
     let host = host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let forwarded = match client {
+        IpAddr::V4(_) if client == peer.ip() => {
+            let node = peer.text.to_str().unwrap_or_default();
+            format!("for={node};proto=http;host=\"{host}\"")
+        }
+        IpAddr::V4(v4) => format!("for={v4};proto=http;host=\"{host}\""),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http;host=\"{host}\""),
     };
-    let forwarded = format!("for={node};proto=http;host=\"{host}\"");
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     };
     set(headers, X_FORWARDED_HOST, host);
-    set(headers, X_FORWARDED_FOR, &chain);
+    if let Some(chain) = chain {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     set(headers, header::FORWARDED, &forwarded);
     if let Some(p) = principal {
@@ -178,9 +203,10 @@ mod tests {
         incoming.insert("host", HeaderValue::from_static("api.example.org"));
         incoming.insert("te", HeaderValue::from_static("trailers"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let from = Peer::new(SocketAddr::new(peer, 40000));
         let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
             let mut headers = incoming.clone();
-            upstream_headers(&mut headers, peer, client, None, trusted);
+            upstream_headers(&mut headers, &from, client, None, trusted);
             headers
         };
         let out = upstream(&incoming, peer, false);

@@ -121,14 +121,15 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         background,
     };
     server::launch_with(ctx, app, launch, move |router| {
-        move |peer| {
+        move |addr| {
             let gateway = gateway.clone();
+            let peer = headers::Peer::new(addr);
             edge::Edge {
-                own: server::with_peer(router.clone(), peer),
+                own: server::with_peer(router.clone(), addr),
                 // Boxed where it is made, so the layers above move a pointer
                 // rather than the whole request's state.
                 proxy: proxy_layers.service(tower::service_fn(move |req| {
-                    let forwarded = Box::pin(proxy::forward(gateway.clone(), peer, req));
+                    let forwarded = Box::pin(proxy::forward(gateway.clone(), peer.clone(), req));
                     async move { Ok::<_, Infallible>(forwarded.await) }
                 })),
             }

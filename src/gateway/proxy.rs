@@ -3,7 +3,7 @@
 //! request and the answer through, with the proxy headers set and the
 //! hop-by-hop and client-supplied `x-gatehouse-*` headers removed.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, Lease};
 use super::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
-use super::headers::{forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers};
+use super::headers::{
+    Peer, forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers,
+};
 use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
@@ -166,12 +168,12 @@ fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
 
 /// Answers a request for a path the gateway does not serve itself, from a
 /// client connected from `peer`.
-pub async fn forward(gw: Gateway, peer: SocketAddr, req: Request) -> Response {
+pub async fn forward(gw: Gateway, peer: Peer, req: Request) -> Response {
     let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
     let started = logged.then(std::time::Instant::now);
     let method = req.method().clone();
     let mut label: Option<Arc<str>> = None;
-    let mut response = route_and_forward(&gw, peer, req, &mut label).await;
+    let mut response = route_and_forward(&gw, &peer, req, &mut label).await;
     // The access log: one line per request, never the path's query or any token.
     tracing::info!(
         target: "gatehouse::access",
@@ -189,7 +191,7 @@ pub async fn forward(gw: Gateway, peer: SocketAddr, req: Request) -> Response {
 
 async fn route_and_forward(
     gw: &Gateway,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request,
     label: &mut Option<Arc<str>>,
 ) -> Response {
@@ -265,7 +267,7 @@ async fn route_and_forward(
 async fn send(
     gw: &Gateway,
     config: &RouteConfig,
-    peer: SocketAddr,
+    peer: &Peer,
     client_ip: IpAddr,
     principal: Option<&Principal>,
     target: String,
@@ -285,11 +287,15 @@ async fn send(
         }
     };
     let (mut parts, body) = req.into_parts();
-    let prepared = tokio::time::timeout(
-        timeout,
-        prepare_body(body, &parts.headers, gw.inner.body_limit),
-    );
-    let mut body = match prepared.await {
+    let empty = http_body::Body::is_end_stream(&body);
+    // An empty body needs no waiting, nor a timer.
+    let prepared = prepare_body(body, &parts.headers, gw.inner.body_limit);
+    let prepared = if empty {
+        Ok(prepared.await)
+    } else {
+        tokio::time::timeout(timeout, prepared).await
+    };
+    let mut body = match prepared {
         Ok(Ok(body)) => body,
         Ok(Err(response)) => return response,
         Err(_) => {
@@ -302,7 +308,7 @@ async fn send(
     };
     upstream_headers(
         &mut parts.headers,
-        peer.ip(),
+        peer,
         client_ip,
         principal,
         gw.trusts(peer.ip()),
