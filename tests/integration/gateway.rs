@@ -50,23 +50,35 @@ fn serve_echo(
     tokio::spawn(async move { axum::serve(listener, app).await });
 }
 
-/// An upstream that reads each request, then closes the connection without
-/// an answer; answers how many connections it took.
-async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::AsyncReadExt;
+/// An upstream on a fresh loopback port serving each connection with
+/// `serve`; answers its URL and how many connections it took.
+async fn counting_upstream<F, Fut>(serve: F) -> (String, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = taken.clone();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            drop(stream);
+            tokio::spawn(serve(stream));
         }
     });
     (url, taken)
+}
+
+/// An upstream that reads each request, then closes the connection without
+/// an answer; answers how many connections it took.
+async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    counting_upstream(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -633,37 +645,29 @@ async fn requests_in_flight_through_the_gateway_finish_after_the_stop_signal() {
 /// for `idle`. Answers how many connections it took.
 async fn keep_alive_upstream(idle: Duration) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = taken.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Ok(Ok(n)) = tokio::time::timeout(idle, stream.read(&mut buf)).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    pending.extend_from_slice(&buf[..n]);
-                    // Requests here have no body: each ends at its blank line.
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
+    counting_upstream(move |mut stream| async move {
+        let mut pending = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok(Ok(n)) = tokio::time::timeout(idle, stream.read(&mut buf)).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            // Requests here have no body: each ends at its blank line.
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                pending.drain(..end + 4);
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok";
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
-    (url, taken)
+    })
+    .await
 }
 
 #[tokio::test]
