@@ -104,37 +104,30 @@ impl Balancer {
     /// loaded wins.
     pub fn pick(&self, instances: &[Instance], tried: &[&str]) -> Option<Lease> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let mut candidates: Vec<(usize, &Instance)> = Vec::with_capacity(instances.len());
-        for (index, instance) in instances.iter().enumerate() {
-            if tried.contains(&instance.url.as_str()) {
-                continue;
-            }
+        for instance in instances {
             if !states.contains_key(&instance.id) {
                 states.insert(instance.id.clone(), Arc::default());
             }
-            candidates.push((index, instance));
         }
-        let health = |i: &Instance| &states[&i.id];
-        let healthy = candidates
+        let candidates: Vec<(usize, &Arc<Health>)> = instances
             .iter()
-            .filter(|(_, i)| !health(i).ejected.load(Ordering::Relaxed))
-            .count();
-        // The pool: the healthy candidates, or all of them when none is.
-        let pool = |nth: usize| {
+            .enumerate()
+            .filter(|(_, i)| !tried.contains(&i.url.as_str()))
+            .map(|(index, i)| (index, &states[&i.id]))
+            .collect();
+        let healthy: Vec<(usize, &Arc<Health>)> = candidates
+            .iter()
+            .filter(|(_, h)| !h.ejected.load(Ordering::Relaxed))
+            .copied()
+            .collect();
+        let pool = if healthy.is_empty() {
             candidates
-                .iter()
-                .filter(|(_, i)| healthy == 0 || !health(i).ejected.load(Ordering::Relaxed))
-                .nth(nth)
-                .copied()
-        };
-        let size = if healthy == 0 {
-            candidates.len()
         } else {
             healthy
         };
-        let (index, chosen) = match size {
+        let (index, health) = match pool.len() {
             0 => return None,
-            1 => pool(0)?,
+            1 => pool[0],
             n => {
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
@@ -142,14 +135,15 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (pool(a)?, pool(b)?);
-                let load = |(_, i): (usize, &Instance)| health(i).in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) { b } else { a }
+                let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { pool[b] } else { pool[a] }
             }
         };
-        let health = health(chosen).clone();
         health.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Lease { index, health })
+        Some(Lease {
+            index,
+            health: health.clone(),
+        })
     }
 }
 
