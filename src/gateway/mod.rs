@@ -22,10 +22,9 @@ pub mod probe;
 pub mod proxy;
 pub mod routes;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 pub use config::GatewayConfig;
 

@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 use super::config::{AuthPolicy, UpstreamProtocol};
 use super::proxy::{Gateway, ask, upstream};
 use super::routes::{Route, built_in, normalise};
+use crate::kernel::openapi::DOCUMENT_PATH;
 
 /// How long a merged document is served before it is merged again.
 const FRESH_FOR: Duration = Duration::from_secs(10);
@@ -64,8 +65,6 @@ struct Cached {
     json: Bytes,
 }
 
-/// Where the merged document is served.
-pub const DOCUMENT_PATH: &str = "/openapi.json";
 /// Where the docs page is served (and its files, below it).
 pub const DOCS_PATH: &str = "/docs";
 
@@ -272,7 +271,7 @@ async fn fetch(
     let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
     let client = upstream(protocol);
     for instance in instances {
-        let url = format!("{}/openapi.json", instance.url);
+        let url = format!("{}{DOCUMENT_PATH}", instance.url);
         let Some(response) = ask(&client, &url, FETCH_TIMEOUT).await else {
             continue;
         };

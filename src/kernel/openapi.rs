@@ -29,11 +29,15 @@ impl Modify for BearerScheme {
     }
 }
 
-/// `GET /openapi.json` answering `doc`, serialised once.
+/// Where every service, and the gateway for the merged document, serves
+/// its API document.
+pub const DOCUMENT_PATH: &str = "/openapi.json";
+
+/// `GET` [`DOCUMENT_PATH`] answering `doc`, serialised once.
 pub fn serve(doc: &OpenApi) -> Router {
     let json = Bytes::from(serde_json::to_vec(doc).unwrap_or_default());
     Router::new().route(
-        "/openapi.json",
+        DOCUMENT_PATH,
         get(move || {
             let json = json.clone();
             async move { ([(header::CONTENT_TYPE, "application/json")], json) }
