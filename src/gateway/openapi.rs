@@ -270,7 +270,7 @@ async fn fetch(
 ) -> Result<Option<Value>, ()> {
     let instances = gw.registry().resolve(service).await.map_err(|_| ())?;
     let client = upstream(protocol);
-    for instance in instances {
+    for instance in instances.iter() {
         let url = format!("{}{DOCUMENT_PATH}", instance.url);
         let Some(response) = ask(&client, &url, FETCH_TIMEOUT).await else {
             continue;

@@ -90,7 +90,8 @@ pub async fn send(
         let (address, idle) = checkout(address).await;
         let (mut sender, fresh) = match idle {
             Some(sender) => (sender, false),
-            None => (connect(&address).await?, true),
+            // Boxed: the rare path should not enlarge every request's future.
+            None => (Box::pin(connect(&address)).await?, true),
         };
         match sender.try_send_request(request).await {
             Ok(response) => {

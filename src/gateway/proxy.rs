@@ -234,9 +234,14 @@ async fn route_and_forward(
         }
         verdict = Some(v);
     }
-    let principal = match admit(&gw.inner.check, config.auth, token).await {
-        Ok(p) => p,
-        Err(e) => return bearer::refusal(e),
+    let principal = if config.auth == AuthPolicy::Public {
+        None
+    } else {
+        // Boxed, so public routes do not carry the token check's size.
+        match Box::pin(admit(&gw.inner.check, config.auth, token)).await {
+            Ok(p) => p,
+            Err(e) => return bearer::refusal(e),
+        }
     };
     if let (Some(p), Some(limiter)) = (&principal, &gw.inner.per_user) {
         let v = limiter.check(RateKey::User(p.user_id));
@@ -473,7 +478,8 @@ impl Attempt {
             }
             Attempt::H2c { request } => {
                 let request = Request::from_parts(request, body);
-                match upstream(UpstreamProtocol::H2c).request(request).await {
+                // Boxed, so HTTP/1.1 attempts do not carry its size.
+                match Box::pin(upstream(UpstreamProtocol::H2c).request(request)).await {
                     Ok(r) => r.map(Body::new),
                     Err(e) => {
                         return Err(AttemptError {

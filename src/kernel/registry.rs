@@ -1,12 +1,14 @@
 //! Where services find each other. A service registers its instance when it
 //! starts serving and deregisters when it stops; callers resolve a service
-//! name to the base URLs of its live instances.
+//! name to the base URLs of its live instances. A resolved list is shared,
+//! not copied: callers on every request's path (the gateway) pay for a
+//! reference count, not for the instances' strings.
 //!
 //! Backends: [`InProcessRegistry`] for the all-in-one process, and
 //! [`StaticRegistry`] for fixed addresses from config.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
@@ -30,6 +32,9 @@ impl Instance {
     }
 }
 
+/// The live instances of one service, ordered by id.
+pub type Instances = Arc<[Instance]>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry unavailable: {0}")]
@@ -41,7 +46,7 @@ pub trait Registry: Send + Sync {
     async fn register(&self, instance: Instance) -> Result<(), RegistryError>;
     async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError>;
     /// Live instances of `service`; empty when there are none.
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError>;
+    async fn resolve(&self, service: &str) -> Result<Instances, RegistryError>;
     /// A name for logs and readiness output.
     fn kind(&self) -> &'static str;
 }
@@ -49,32 +54,65 @@ pub trait Registry: Send + Sync {
 /// Services of one process registering with each other.
 #[derive(Default)]
 pub struct InProcessRegistry {
-    instances: RwLock<HashMap<String, Instance>>,
+    state: RwLock<Registered>,
+}
+
+/// Instances by id, and each service's list as `resolve` answers it,
+/// rebuilt when the service's instances change.
+#[derive(Default)]
+struct Registered {
+    by_id: HashMap<String, Instance>,
+    by_service: HashMap<String, Instances>,
+}
+
+impl Registered {
+    fn relist(&mut self, service: &str) {
+        let mut found: Vec<Instance> = self
+            .by_id
+            .values()
+            .filter(|i| i.service == service)
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            self.by_service.remove(service);
+            return;
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        self.by_service.insert(service.to_owned(), found.into());
+    }
+}
+
+impl InProcessRegistry {
+    fn state(&self) -> std::sync::RwLockWriteGuard<'_, Registered> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[async_trait]
 impl Registry for InProcessRegistry {
     async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
-        let mut map = self.instances.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(instance.id.clone(), instance);
+        let mut state = self.state();
+        let service = instance.service.clone();
+        state.by_id.insert(instance.id.clone(), instance);
+        state.relist(&service);
         Ok(())
     }
 
     async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError> {
-        let mut map = self.instances.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(instance_id);
+        let mut state = self.state();
+        if let Some(gone) = state.by_id.remove(instance_id) {
+            state.relist(&gone.service);
+        }
         Ok(())
     }
 
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
-        let map = self.instances.read().unwrap_or_else(|e| e.into_inner());
-        let mut found: Vec<Instance> = map
-            .values()
-            .filter(|i| i.service == service)
+    async fn resolve(&self, service: &str) -> Result<Instances, RegistryError> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        Ok(state
+            .by_service
+            .get(service)
             .cloned()
-            .collect();
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(found)
+            .unwrap_or_else(|| Arc::new([])))
     }
 
     fn kind(&self) -> &'static str {
@@ -85,7 +123,7 @@ impl Registry for InProcessRegistry {
 /// Addresses fixed in config (`[registry.instances]`). Registration is a
 /// no-op: whoever wrote the config already knows where the service is.
 pub struct StaticRegistry {
-    instances: BTreeMap<String, Vec<Instance>>,
+    instances: BTreeMap<String, Instances>,
 }
 
 impl StaticRegistry {
@@ -93,7 +131,7 @@ impl StaticRegistry {
         let instances = config
             .iter()
             .map(|(service, urls)| {
-                let list = urls
+                let list: Instances = urls
                     .iter()
                     .map(|u| Instance::new(service, u.trim_end_matches('/').to_owned()))
                     .collect();
@@ -116,8 +154,12 @@ impl Registry for StaticRegistry {
         Ok(())
     }
 
-    async fn resolve(&self, service: &str) -> Result<Vec<Instance>, RegistryError> {
-        Ok(self.instances.get(service).cloned().unwrap_or_default())
+    async fn resolve(&self, service: &str) -> Result<Instances, RegistryError> {
+        Ok(self
+            .instances
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([])))
     }
 
     fn kind(&self) -> &'static str {
@@ -140,11 +182,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            r.resolve("identity").await.unwrap(),
-            vec![a.clone(), b.clone()]
+            *r.resolve("identity").await.unwrap(),
+            [a.clone(), b.clone()]
         );
         r.deregister(&a.id).await.unwrap();
-        assert_eq!(r.resolve("identity").await.unwrap(), vec![b]);
+        assert_eq!(*r.resolve("identity").await.unwrap(), [b]);
         assert!(r.resolve("audit").await.unwrap().is_empty());
     }
 

@@ -104,7 +104,7 @@ impl Clients {
         if instances.is_empty() {
             return Err(RpcError::NoInstance(service.to_owned()));
         }
-        let urls: Vec<String> = instances.into_iter().map(|i| i.url).collect();
+        let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
         let mut cache = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((known, channel)) = cache.get(service)
             && *known == urls

@@ -16,7 +16,6 @@ use http::{HeaderName, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -280,10 +279,74 @@ async fn serve_connection<S>(
     S: ConnectionService,
     S::Future: Send + 'static,
 {
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(stream), InPlace::new(service));
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection's tower service as hyper calls it: in place while it is
+/// ready, which the services here always are, rather than a copy of it per
+/// request. A service that is not ready is copied and driven to readiness
+/// with the request, as the tower contract asks.
+struct InPlace<S> {
+    service: std::cell::RefCell<S>,
+}
+
+impl<S> InPlace<S> {
+    fn new(service: S) -> Self {
+        InPlace {
+            service: std::cell::RefCell::new(service),
+        }
+    }
+}
+
+impl<S> hyper::service::Service<http::Request<hyper::body::Incoming>> for InPlace<S>
+where
+    S: ConnectionService,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<hyper::body::Incoming>>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut service = self.service.borrow_mut();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => InPlaceFuture::Called {
+                future: service.call(req),
+            },
+            std::task::Poll::Ready(Err(never)) => match never {},
+            std::task::Poll::Pending => InPlaceFuture::Waiting {
+                future: service.clone().oneshot(req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an [`InPlace`] service.
+    #[project = InPlaceProjection]
+    enum InPlaceFuture<C, W> {
+        Called { #[pin] future: C },
+        Waiting { #[pin] future: W },
+    }
+}
+
+impl<C, W, T> std::future::Future for InPlaceFuture<C, W>
+where
+    C: std::future::Future<Output = T>,
+    W: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.project() {
+            InPlaceProjection::Called { future } => future.poll(cx),
+            InPlaceProjection::Waiting { future } => future.poll(cx),
+        }
     }
 }
 
