@@ -306,24 +306,24 @@ impl<S> InPlace<S> {
     }
 }
 
-impl<S> hyper::service::Service<http::Request<hyper::body::Incoming>> for InPlace<S>
+impl<S, B> hyper::service::Service<http::Request<B>> for InPlace<S>
 where
-    S: ConnectionService,
+    S: tower::Service<http::Request<B>> + Clone,
 {
-    type Response = axum::response::Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<hyper::body::Incoming>>>;
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<B>>>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, req: http::Request<B>) -> Self::Future {
         let mut service = self.service.borrow_mut();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match service.poll_ready(&mut cx) {
+            // An error comes back from the copy's readiness, as it would
+            // have from the service's own.
             std::task::Poll::Ready(Ok(())) => InPlaceFuture::Called {
                 future: service.call(req),
             },
-            std::task::Poll::Ready(Err(never)) => match never {},
-            std::task::Poll::Pending => InPlaceFuture::Waiting {
+            _ => InPlaceFuture::Waiting {
                 future: service.clone().oneshot(req),
             },
         }
@@ -491,4 +491,67 @@ pub async fn stop_signal() {
         () = term => {},
     }
     tracing::info!("stop signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use hyper::service::Service as _;
+
+    use super::InPlace;
+
+    /// Ready only from its second readiness check on; counts its copies.
+    struct SlowToStart {
+        checks: Arc<AtomicUsize>,
+        copies: Arc<AtomicUsize>,
+    }
+
+    impl Clone for SlowToStart {
+        fn clone(&self) -> Self {
+            self.copies.fetch_add(1, Ordering::SeqCst);
+            SlowToStart {
+                checks: self.checks.clone(),
+                copies: self.copies.clone(),
+            }
+        }
+    }
+
+    impl tower::Service<http::Request<String>> for SlowToStart {
+        type Response = String;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<String, Self::Error>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.checks.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<String>) -> Self::Future {
+            std::future::ready(Ok(format!("answered {}", req.into_body())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_yet_still_answers_and_a_ready_one_is_not_copied() {
+        let service = SlowToStart {
+            checks: Arc::default(),
+            copies: Arc::default(),
+        };
+        let copies = service.copies.clone();
+        let in_place = InPlace::new(service);
+        let first = in_place.call(http::Request::new("one".to_owned())).await;
+        assert_eq!(first.unwrap(), "answered one");
+        // Not ready at first: a copy was driven to readiness with the request.
+        assert_eq!(copies.load(Ordering::SeqCst), 1);
+        let second = in_place.call(http::Request::new("two".to_owned())).await;
+        assert_eq!(second.unwrap(), "answered two");
+        // Ready now: called in place, no further copy.
+        assert_eq!(copies.load(Ordering::SeqCst), 1);
+    }
 }
