@@ -106,8 +106,17 @@ pub fn upstream_headers(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     set(headers, header::FORWARDED, &forwarded);
     if let Some(p) = principal {
-        set(headers, USER_ID, &p.user_id.to_string());
-        set(headers, SESSION_ID, &p.session_id.to_string());
+        let mut text = uuid::Uuid::encode_buffer();
+        set(
+            headers,
+            USER_ID,
+            p.user_id.hyphenated().encode_lower(&mut text),
+        );
+        set(
+            headers,
+            SESSION_ID,
+            p.session_id.hyphenated().encode_lower(&mut text),
+        );
     }
     crate::kernel::telemetry::inject_headers(headers);
 }

@@ -222,7 +222,7 @@ async fn route_and_forward(
         return r;
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
-    let token = bearer::bearer(&req).map(str::to_owned);
+    let token = bearer::bearer(&req);
     // Anonymous traffic is limited per client address before any token work.
     let mut verdict = None;
     if (token.is_err() || config.auth == AuthPolicy::Public)
@@ -599,13 +599,13 @@ async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Out
 async fn admit(
     check: &TokenCheck,
     policy: AuthPolicy,
-    token: Result<String, TokenError>,
+    token: Result<&str, TokenError>,
 ) -> Result<Option<Principal>, TokenError> {
     if policy == AuthPolicy::Public {
         return Ok(None);
     }
     match token {
-        Ok(token) => check.check(&token).await.map(Some),
+        Ok(token) => check.check(token).await.map(Some),
         Err(TokenError::Missing) if policy == AuthPolicy::Optional => Ok(None),
         Err(e) => Err(e),
     }
