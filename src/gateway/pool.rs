@@ -129,7 +129,7 @@ async fn checkout(address: &str) -> (Arc<str>, Option<SendRequest<Body>>) {
                 }
             };
             while let Some((sender, since)) = slot.idle.pop() {
-                if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                if usable(&sender, since) {
                     return (slot.address.clone(), Some(sender));
                 }
             }
@@ -152,11 +152,16 @@ async fn checkout(address: &str) -> (Arc<str>, Option<SendRequest<Body>>) {
 impl Idle {
     fn sweep(&mut self) {
         self.by_address.retain(|_, slot| {
-            slot.idle
-                .retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+            slot.idle.retain(|(sender, since)| usable(sender, *since));
             !slot.idle.is_empty()
         });
     }
+}
+
+/// Whether an idle connection may still take a request: open, and not
+/// idle for longer than [`IDLE_TIMEOUT`].
+fn usable(sender: &SendRequest<Body>, since: Instant) -> bool {
+    !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT
 }
 
 /// Puts `sender` back on this thread's idle list for `address`.
