@@ -15,6 +15,7 @@
 pub mod balance;
 pub mod config;
 pub mod edge;
+pub mod h1;
 pub mod headers;
 pub mod openapi;
 pub mod pool;

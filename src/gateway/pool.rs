@@ -1,12 +1,12 @@
 //! HTTP/1.1 connections to upstream instances, kept per I/O thread.
 //!
 //! Each gateway I/O thread (see `kernel::io_threads`) keeps its own idle
-//! connections per instance address. Taking one needs no lock and no
-//! hand-off to another task: the connection's task runs on the thread whose
-//! requests use it, and the connection goes back to that thread's idle list
-//! the moment the answer's body has been read to its end (when it is cut
-//! short, the connection is closed instead). Idle connections are closed
-//! after [`IDLE_TIMEOUT`], and at most [`MAX_IDLE`] are kept per address.
+//! connections per instance address. Taking one needs no lock, and the
+//! exchange over it runs in the request's own task (see `h1.rs`); the
+//! connection goes back to that thread's idle list the moment the answer's
+//! body has been read to its end (when it is cut short, the connection is
+//! closed instead). Idle connections are closed after [`IDLE_TIMEOUT`], and
+//! at most [`MAX_IDLE`] are kept per address.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,11 +17,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
+
+use super::h1::{self, Conn, Framing};
 
 /// How long a connection may wait idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -43,7 +43,7 @@ struct Idle {
 /// answers that will bring theirs back.
 struct Slot {
     address: Arc<str>,
-    idle: Vec<(SendRequest<Body>, Instant)>,
+    idle: Vec<(Conn, Instant)>,
 }
 
 thread_local! {
@@ -51,108 +51,85 @@ thread_local! {
 }
 
 /// Why an exchange failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be made: nothing reached the instance.
-    Connect(io::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
     /// The connection failed during the exchange.
-    Exchange(hyper::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "cannot connect: {e}"),
-            SendError::Exchange(e) => write!(f, "exchange failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SendError::Connect(e) => Some(e),
-            SendError::Exchange(e) => Some(e),
-        }
-    }
+    #[error("exchange failed: {0}")]
+    Exchange(#[source] h1::Error),
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to `address` (`host:port`)
-/// over an idle connection of this thread, or a new one. A request that an
-/// idle connection closed under before it was sent goes out once more on a
-/// new connection.
+/// over an idle connection of this thread, or a new one. When an idle
+/// connection turns out to have been closed by the instance before any
+/// answer came, a request without a body whose method may be repeated goes
+/// out once more on a new connection.
 pub async fn send(
     address: &str,
     request: http::Request<Body>,
-) -> Result<http::Response<Pooled>, SendError> {
-    let mut request = request;
+) -> Result<http::Response<Answer>, SendError> {
+    let (parts, body) = request.into_parts();
+    let repeatable = http_body::Body::is_end_stream(&body) && h1::is_idempotent(&parts.method);
+    let mut body = Some(body);
     loop {
-        let (address, idle) = checkout(address).await;
-        let (mut sender, fresh) = match idle {
-            Some(sender) => (sender, false),
+        let (address, idle) = checkout(address);
+        let (mut conn, fresh) = match idle {
+            Some(conn) => (conn, false),
             // Boxed: the rare path should not enlarge every request's future.
             None => (Box::pin(connect(&address)).await?, true),
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                return Ok(response.map(|body| Pooled {
-                    body,
-                    keep: Some((address, sender)),
-                }));
+        let this_body = body.take().unwrap_or_else(Body::empty);
+        match h1::exchange(&mut conn, &parts, this_body).await {
+            Ok(head) => {
+                let answer = Answer {
+                    framing: head.framing,
+                    conn: Some(conn),
+                    keep: head.reusable.then_some(address),
+                };
+                let mut answer = answer;
+                answer.release_if_done();
+                return Ok(http::Response::from_parts(head.parts, answer));
             }
-            Err(mut e) => match e.take_message() {
-                Some(back) if !fresh => request = back,
-                _ => return Err(SendError::Exchange(e.into_error())),
-            },
+            Err(h1::Error::Closed) if !fresh && repeatable => continue,
+            Err(e) => return Err(SendError::Exchange(e)),
         }
     }
 }
 
-/// The address, shared, and an idle connection to it ready for a request
-/// if this thread has one.
-async fn checkout(address: &str) -> (Arc<str>, Option<SendRequest<Body>>) {
-    loop {
-        let (shared, sender) = IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            idle.checkouts = idle.checkouts.wrapping_add(1);
-            if idle.checkouts % SWEEP_EVERY == 0 {
-                idle.sweep();
-            }
-            let slot = match idle.by_address.get_mut(address) {
-                Some(slot) => slot,
-                None => {
-                    let address: Arc<str> = Arc::from(address);
-                    idle.by_address.entry(address.clone()).or_insert(Slot {
-                        address,
-                        idle: Vec::new(),
-                    })
-                }
-            };
-            while let Some((sender, since)) = slot.idle.pop() {
-                if usable(&sender, since) {
-                    return (slot.address.clone(), Some(sender));
-                }
-            }
-            (slot.address.clone(), None)
-        });
-        let Some(mut sender) = sender else {
-            return (shared, None);
-        };
-        // A connection goes back as soon as its answer is read; its task may
-        // not have seen the end yet. Wait for it rather than open another.
-        if std::future::poll_fn(|cx| sender.poll_ready(cx))
-            .await
-            .is_ok()
-        {
-            return (shared, Some(sender));
+/// The address, shared, and an idle connection to it if this thread has
+/// one that is still usable.
+fn checkout(address: &str) -> (Arc<str>, Option<Conn>) {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.checkouts = idle.checkouts.wrapping_add(1);
+        if idle.checkouts % SWEEP_EVERY == 0 {
+            idle.sweep();
         }
-    }
+        let slot = match idle.by_address.get_mut(address) {
+            Some(slot) => slot,
+            None => {
+                let address: Arc<str> = Arc::from(address);
+                idle.by_address.entry(address.clone()).or_insert(Slot {
+                    address,
+                    idle: Vec::new(),
+                })
+            }
+        };
+        while let Some((conn, since)) = slot.idle.pop() {
+            if usable(&conn, since) {
+                return (slot.address.clone(), Some(conn));
+            }
+        }
+        (slot.address.clone(), None)
+    })
 }
 
 impl Idle {
     fn sweep(&mut self) {
         self.by_address.retain(|_, slot| {
-            slot.idle.retain(|(sender, since)| usable(sender, *since));
+            slot.idle.retain(|(conn, since)| usable(conn, *since));
             !slot.idle.is_empty()
         });
     }
@@ -160,15 +137,12 @@ impl Idle {
 
 /// Whether an idle connection may still take a request: open, and not
 /// idle for longer than [`IDLE_TIMEOUT`].
-fn usable(sender: &SendRequest<Body>, since: Instant) -> bool {
-    !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT
+fn usable(conn: &Conn, since: Instant) -> bool {
+    since.elapsed() < IDLE_TIMEOUT && conn.is_open()
 }
 
-/// Puts `sender` back on this thread's idle list for `address`.
-fn release(address: Arc<str>, sender: SendRequest<Body>) {
-    if sender.is_closed() {
-        return;
-    }
+/// Puts `conn` back on this thread's idle list for `address`.
+fn release(address: Arc<str>, conn: Conn) {
     // At thread exit the list is gone; the connection just closes.
     let _ = IDLE.try_with(|idle| {
         let mut idle = idle.borrow_mut();
@@ -177,12 +151,12 @@ fn release(address: Arc<str>, sender: SendRequest<Body>) {
             idle: Vec::new(),
         });
         if slot.idle.len() < MAX_IDLE {
-            slot.idle.push((sender, Instant::now()));
+            slot.idle.push((conn, Instant::now()));
         }
     });
 }
 
-async fn connect(address: &str) -> Result<SendRequest<Body>, SendError> {
+async fn connect(address: &str) -> Result<Conn, SendError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| {
@@ -190,64 +164,344 @@ async fn connect(address: &str) -> Result<SendRequest<Body>, SendError> {
         })?
         .map_err(SendError::Connect)?;
     stream.set_nodelay(true).map_err(SendError::Connect)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(SendError::Exchange)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }
 
-pin_project_lite::pin_project! {
-    /// An answer's body from a pooled connection. When it has been read to
-    /// its end, the connection goes back to its idle list.
-    pub struct Pooled {
-        #[pin]
-        body: Incoming,
-        keep: Option<(Arc<str>, SendRequest<Body>)>,
-    }
+/// An answer's body, read from its connection as it is polled. When it has
+/// been read to its end, a reusable connection goes back to its idle list;
+/// when it is dropped before that, the connection closes.
+pub struct Answer {
+    framing: Framing,
+    conn: Option<Conn>,
+    /// Where the connection goes back to; none when it cannot be reused.
+    keep: Option<Arc<str>>,
+}
 
-    impl PinnedDrop for Pooled {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if this.body.is_end_stream() && let Some((address, sender)) = this.keep.take() {
-                release(address, sender);
-            }
+impl Answer {
+    fn release_if_done(&mut self) {
+        if self.framing.is_done()
+            && let (Some(conn), Some(address)) = (self.conn.take(), self.keep.take())
+        {
+            release(address, conn);
         }
     }
 }
 
-impl http_body::Body for Pooled {
-    type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = h1::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some((address, sender)) = this.keep.take() {
-                    release(address, sender);
-                }
-            }
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = h1::poll_body(conn, &mut this.framing, cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
             // A broken answer leaves the connection in no state to reuse.
-            Poll::Ready(Some(Err(_))) => *this.keep = None,
-            _ => {}
+            this.conn = None;
+        } else {
+            this.release_if_done();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{SendError, send};
+    use crate::gateway::h1;
+
+    /// A request as an instance received it: head and body, raw.
+    type Received = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+    /// Reads one request (head, and a body framed by Content-Length or
+    /// chunked coding) off `stream`; none at the connection's end.
+    async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                let chunked = head.contains("transfer-encoding: chunked");
+                let body_start = end + 4;
+                let complete = match (length, chunked) {
+                    (_, true) => pending[body_start..]
+                        .windows(5)
+                        .position(|w| w == b"0\r\n\r\n")
+                        .map(|at| body_start + at + 5),
+                    (Some(n), false) => (pending.len() >= body_start + n).then_some(body_start + n),
+                    (None, false) => Some(body_start),
+                };
+                if let Some(total) = complete {
+                    return Some(pending.drain(..total).collect());
+                }
+            }
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// An instance answering each connection's requests with `answers`, in
+    /// turn (`None`: close the connection instead of answering); it counts
+    /// connections and keeps the requests.
+    async fn instance(answers: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>, Received) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Received::default();
+        let (count, keep) = (connections.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (answers, keep) = (answers.clone(), keep.clone());
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    for answer in answers {
+                        let Some(request) = read_request(&mut stream, &mut pending).await else {
+                            return;
+                        };
+                        keep.lock().unwrap().push(request);
+                        let Some(answer) = answer else { return };
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, connections, received)
+    }
+
+    fn get(address: &str, method: http::Method, body: Body) -> http::Request<Body> {
+        http::Request::builder()
+            .method(method)
+            .uri("/thing?x=1")
+            .header(http::header::HOST, address)
+            .body(body)
+            .unwrap()
+    }
+
+    async fn read_all(
+        response: http::Response<super::Answer>,
+    ) -> Result<(http::StatusCode, Vec<u8>, Option<http::HeaderMap>), h1::Error> {
+        let status = response.status();
+        let collected = response.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok((status, collected.to_bytes().to_vec(), trailers))
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_decoded_with_their_trailers_and_the_connection_is_reused() {
+        let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                       5;note=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
+        let (address, connections, received) = instance(vec![Some(chunked), Some(chunked)]).await;
+        for _ in 0..2 {
+            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+                .await
+                .unwrap();
+            let (status, body, trailers) = read_all(response).await.unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(body, b"hello world");
+            assert_eq!(trailers.unwrap()["x-sum"], "42");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        let first = received.lock().unwrap()[0].clone();
+        assert!(first.starts_with(b"GET /thing?x=1 HTTP/1.1\r\n"));
+        // A GET without a body announces none.
+        let head = String::from_utf8_lossy(&first).to_ascii_lowercase();
+        assert!(!head.contains("content-length") && !head.contains("transfer-encoding"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_to_the_close_does_not_keep_its_connection() {
+        let until_close = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it";
+        let (address, connections, _) = instance(vec![Some(until_close)]).await;
+        for _ in 0..2 {
+            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["content-type"], "text/plain");
+            // The instance's handler ends after one answer and closes.
+            let (_, body, _) = read_all(response).await.unwrap();
+            assert_eq!(body, b"all of it");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_framed_both_ways_is_read_by_its_coding_and_ends_its_connection() {
+        let both = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n0\r\n\r\n";
+        let (address, connections, _) = instance(vec![Some(both), Some(both)]).await;
+        for _ in 0..2 {
+            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+                .await
+                .unwrap();
+            assert!(response.headers().get("content-length").is_none());
+            assert_eq!(read_all(response).await.unwrap().1, b"hello");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_passed_over_and_some_answers_have_no_body() {
+        let answers = vec![
+            Some(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+            ),
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
+        ];
+        let (address, connections, _) = instance(answers).await;
+        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            .await
+            .unwrap();
+        let (status, body, _) = read_all(response).await.unwrap();
+        assert_eq!((status.as_u16(), body.len()), (204, 0));
+        // An answer to HEAD states a length but carries no body.
+        let response = send(&address, get(&address, http::Method::HEAD, Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-length"], "5");
+        let (status, body, _) = read_all(response).await.unwrap();
+        assert_eq!((status.as_u16(), body.len()), (200, 0));
+        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(read_all(response).await.unwrap().1, b"ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        // `Connection: close` was heeded: the next request needs a new one.
+        let _ = send(&address, get(&address, http::Method::GET, Body::empty())).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_not_answers() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "nonsense\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+        ] {
+            let (address, _, _) = instance(vec![Some(answer)]).await;
+            let outcome = send(&address, get(&address, http::Method::GET, Body::empty())).await;
+            assert!(
+                matches!(outcome, Err(SendError::Exchange(h1::Error::Malformed(_)))),
+                "{answer:?} gave {:?}",
+                outcome.map(|r| r.status())
+            );
+        }
+        // A body cut short by the connection's end is an error of the body.
+        for answer in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            // The instance writes it and closes.
+            let (address, _, _) = instance(vec![Some(answer)]).await;
+            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+                .await
+                .unwrap();
+            assert!(read_all(response).await.is_err(), "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_with_their_length_or_chunked() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (address, _, received) = instance(vec![Some(ok), Some(ok), Some(ok)]).await;
+        let response = send(
+            &address,
+            get(&address, http::Method::POST, Body::from("abc")),
+        )
+        .await
+        .unwrap();
+        read_all(response).await.unwrap();
+        let chunks = tokio_stream::iter(["one", "two"].map(Ok::<_, std::io::Error>));
+        let response = send(
+            &address,
+            get(&address, http::Method::PUT, Body::from_stream(chunks)),
+        )
+        .await
+        .unwrap();
+        read_all(response).await.unwrap();
+        let response = send(&address, get(&address, http::Method::POST, Body::empty()))
+            .await
+            .unwrap();
+        read_all(response).await.unwrap();
+        let received = received.lock().unwrap();
+        let text = |i: usize| String::from_utf8_lossy(&received[i]).to_string();
+        assert!(text(0).starts_with("POST /thing?x=1 HTTP/1.1\r\n"));
+        assert!(
+            text(0).ends_with("content-length: 3\r\n\r\nabc"),
+            "{}",
+            text(0)
+        );
+        assert!(
+            text(1)
+                .ends_with("transfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"),
+            "{}",
+            text(1)
+        );
+        // An empty POST still says it is empty.
+        assert!(
+            text(2).ends_with("content-length: 0\r\n\r\n"),
+            "{}",
+            text(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_meets_a_connection_closed_while_idle_goes_out_again_when_it_may() {
+        // Each connection answers once, then closes on the next request
+        // unanswered, as an instance whose idle timeout just ran out.
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (address, connections, _) = instance(vec![Some(ok), None]).await;
+        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            .await
+            .unwrap();
+        read_all(response).await.unwrap();
+        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(read_all(response).await.unwrap().1, b"ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        // A POST is not sent twice: the caller hears the connection closed.
+        let outcome = send(&address, get(&address, http::Method::POST, Body::from("x"))).await;
+        assert!(
+            matches!(outcome, Err(SendError::Exchange(h1::Error::Closed))),
+            "{:?}",
+            outcome.map(|r| r.status())
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, Lease};
 use super::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
+use super::h1::is_idempotent;
 use super::headers::{
     Peer, forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers,
 };
@@ -519,19 +520,6 @@ fn fault_of(e: &(dyn std::error::Error + 'static)) -> Fault {
     } else {
         Fault::Upstream
     }
-}
-
-/// Methods that mean the same when sent twice (RFC 9110, section 9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
 }
 
 impl Gateway {
