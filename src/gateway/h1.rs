@@ -58,6 +58,10 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("malformed answer: {0}")]
     Malformed(&'static str),
+    /// The instance's address or the request target cannot be written in
+    /// a request line.
+    #[error("the instance address or request target is not valid")]
+    Target,
     /// The client's request body failed (over the limit, or cut off).
     #[error("request body failed")]
     Body(#[source] axum::Error),
@@ -154,10 +158,32 @@ impl Conn {
     }
 }
 
-/// Sends `request` with `body` over `conn` and reads the answer's head. The
-/// answer's body is then read with [`poll_body`].
+/// Where a request goes on its connection: the instance's `host:port`,
+/// and the pieces of the request target, written one after the other.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    host: &'a str,
+    path: &'a [&'a str],
+}
+
+impl<'a> Target<'a> {
+    /// The target, when every piece is plain visible ASCII, as a request
+    /// line and a Host field need.
+    pub fn new(host: &'a str, path: &'a [&'a str]) -> Result<Target<'a>, Error> {
+        let plain = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        if host.is_empty() || !plain(host) || !path.iter().all(|p| plain(p)) {
+            return Err(Error::Target);
+        }
+        Ok(Target { host, path })
+    }
+}
+
+/// Sends `request` (its method and header fields) to `target` with `body`
+/// over `conn`, and reads the answer's head. The answer's body is then read
+/// with [`poll_body`].
 pub async fn exchange(
     conn: &mut Conn,
+    target: Target<'_>,
     request: &http::request::Parts,
     body: Body,
 ) -> Result<Head, Error> {
@@ -167,7 +193,7 @@ pub async fn exchange(
         http_body::Body::size_hint(&body).exact()
     };
     conn.write.clear();
-    encode_head(&mut conn.write, request, size);
+    encode_head(&mut conn.write, target, request, size);
     let head_only = request.method == Method::HEAD;
     if size == Some(0) {
         if let Err(e) = conn.stream.write_all(&conn.write).await {
@@ -175,8 +201,19 @@ pub async fn exchange(
         }
         return read_head(conn, head_only).await;
     }
-    // Written while the answer is awaited: an instance may answer (and stop
-    // reading) before the body is all there.
+    // Boxed: most requests have no body, and their exchange stays small.
+    Box::pin(exchange_with_body(conn, body, size, head_only)).await
+}
+
+/// The rest of [`exchange`] for a request with a body, its head waiting in
+/// the write buffer. The body is written while the answer is awaited: an
+/// instance may answer (and stop reading) before the body is all there.
+async fn exchange_with_body(
+    conn: &mut Conn,
+    body: Body,
+    size: Option<u64>,
+    head_only: bool,
+) -> Result<Head, Error> {
     let Conn {
         stream,
         read,
@@ -229,16 +266,28 @@ fn expects_body(method: &Method) -> bool {
     [Method::POST, Method::PUT, Method::PATCH].contains(method)
 }
 
-/// Writes the request line and header fields, with the framing of a body
-/// of `size` bytes (chunked when not known).
-fn encode_head(out: &mut BytesMut, request: &http::request::Parts, size: Option<u64>) {
-    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+/// Writes the request line, the instance's Host, and the request's other
+/// header fields, with the framing of a body of `size` bytes (chunked when
+/// not known).
+fn encode_head(
+    out: &mut BytesMut,
+    target: Target<'_>,
+    request: &http::request::Parts,
+    size: Option<u64>,
+) {
     out.put_slice(request.method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(target.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
+    for piece in target.path {
+        out.put_slice(piece.as_bytes());
+    }
+    out.put_slice(b" HTTP/1.1\r\nhost: ");
+    out.put_slice(target.host.as_bytes());
+    out.put_slice(b"\r\n");
     for (name, value) in &request.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
@@ -391,7 +440,8 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
         }
         let count = answer.headers.len();
         let head = read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the fields the gateway adds on the way back.
+        let mut headers = HeaderMap::with_capacity(count + 6);
         for ((name_start, name_end), (value_start, value_end)) in spans.into_iter().take(count) {
             let name = HeaderName::from_bytes(&head[name_start..name_end])
                 .map_err(|_| Error::Malformed("bad header name"))?;

@@ -61,16 +61,19 @@ pub enum SendError {
     Exchange(#[source] h1::Error),
 }
 
-/// Sends `request` (origin-form URI, `Host` set) to `address` (`host:port`)
-/// over an idle connection of this thread, or a new one. When an idle
+/// Sends `request` with `body` to `address` (`host:port`), for the request
+/// target made of `path`'s pieces, over an idle connection of this thread,
+/// or a new one. When an idle
 /// connection turns out to have been closed by the instance before any
 /// answer came, a request without a body whose method may be repeated goes
 /// out once more on a new connection.
 pub async fn send(
     address: &str,
-    request: http::Request<Body>,
+    path: &[&str],
+    parts: http::request::Parts,
+    body: Body,
 ) -> Result<http::Response<Answer>, SendError> {
-    let (parts, body) = request.into_parts();
+    let target = h1::Target::new(address, path).map_err(SendError::Exchange)?;
     let repeatable = http_body::Body::is_end_stream(&body) && h1::is_idempotent(&parts.method);
     let mut body = Some(body);
     loop {
@@ -81,7 +84,7 @@ pub async fn send(
             None => (Box::pin(connect(&address)).await?, true),
         };
         let this_body = body.take().unwrap_or_else(Body::empty);
-        match h1::exchange(&mut conn, &parts, this_body).await {
+        match h1::exchange(&mut conn, target, &parts, this_body).await {
             Ok(head) => {
                 let answer = Answer {
                     framing: head.framing,
@@ -301,13 +304,21 @@ mod tests {
         (address, connections, received)
     }
 
-    fn get(address: &str, method: http::Method, body: Body) -> http::Request<Body> {
-        http::Request::builder()
+    /// Sends a request for `/thing?x=1` to `address`, as the client of
+    /// `client.example` asked it.
+    async fn ask(
+        address: &str,
+        method: http::Method,
+        body: Body,
+    ) -> Result<http::Response<super::Answer>, SendError> {
+        let (parts, ()) = http::Request::builder()
             .method(method)
-            .uri("/thing?x=1")
-            .header(http::header::HOST, address)
-            .body(body)
+            .uri("/ignored")
+            .header(http::header::HOST, "client.example")
+            .body(())
             .unwrap()
+            .into_parts();
+        send(address, &["/thing", "?x=1"], parts, body).await
     }
 
     async fn read_all(
@@ -325,7 +336,7 @@ mod tests {
                        5;note=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
         let (address, connections, received) = instance(vec![Some(chunked), Some(chunked)]).await;
         for _ in 0..2 {
-            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            let response = ask(&address, http::Method::GET, Body::empty())
                 .await
                 .unwrap();
             let (status, body, trailers) = read_all(response).await.unwrap();
@@ -335,9 +346,12 @@ mod tests {
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
         let first = received.lock().unwrap()[0].clone();
-        assert!(first.starts_with(b"GET /thing?x=1 HTTP/1.1\r\n"));
-        // A GET without a body announces none.
         let head = String::from_utf8_lossy(&first).to_ascii_lowercase();
+        // The instance's own Host, not the client's.
+        let request_line = format!("get /thing?x=1 http/1.1\r\nhost: {address}\r\n");
+        assert!(head.starts_with(&request_line), "{head}");
+        assert!(!head.contains("client.example"));
+        // A GET without a body announces none.
         assert!(!head.contains("content-length") && !head.contains("transfer-encoding"));
     }
 
@@ -346,7 +360,7 @@ mod tests {
         let until_close = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it";
         let (address, connections, _) = instance(vec![Some(until_close)]).await;
         for _ in 0..2 {
-            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            let response = ask(&address, http::Method::GET, Body::empty())
                 .await
                 .unwrap();
             assert_eq!(response.headers()["content-type"], "text/plain");
@@ -363,7 +377,7 @@ mod tests {
                     5\r\nhello\r\n0\r\n\r\n";
         let (address, connections, _) = instance(vec![Some(both), Some(both)]).await;
         for _ in 0..2 {
-            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            let response = ask(&address, http::Method::GET, Body::empty())
                 .await
                 .unwrap();
             assert!(response.headers().get("content-length").is_none());
@@ -382,25 +396,25 @@ mod tests {
             Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
         ];
         let (address, connections, _) = instance(answers).await;
-        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+        let response = ask(&address, http::Method::GET, Body::empty())
             .await
             .unwrap();
         let (status, body, _) = read_all(response).await.unwrap();
         assert_eq!((status.as_u16(), body.len()), (204, 0));
         // An answer to HEAD states a length but carries no body.
-        let response = send(&address, get(&address, http::Method::HEAD, Body::empty()))
+        let response = ask(&address, http::Method::HEAD, Body::empty())
             .await
             .unwrap();
         assert_eq!(response.headers()["content-length"], "5");
         let (status, body, _) = read_all(response).await.unwrap();
         assert_eq!((status.as_u16(), body.len()), (200, 0));
-        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+        let response = ask(&address, http::Method::GET, Body::empty())
             .await
             .unwrap();
         assert_eq!(read_all(response).await.unwrap().1, b"ok");
         assert_eq!(connections.load(Ordering::SeqCst), 1);
         // `Connection: close` was heeded: the next request needs a new one.
-        let _ = send(&address, get(&address, http::Method::GET, Body::empty())).await;
+        let _ = ask(&address, http::Method::GET, Body::empty()).await;
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
@@ -413,7 +427,7 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
         ] {
             let (address, _, _) = instance(vec![Some(answer)]).await;
-            let outcome = send(&address, get(&address, http::Method::GET, Body::empty())).await;
+            let outcome = ask(&address, http::Method::GET, Body::empty()).await;
             assert!(
                 matches!(outcome, Err(SendError::Exchange(h1::Error::Malformed(_)))),
                 "{answer:?} gave {:?}",
@@ -428,7 +442,7 @@ mod tests {
         ] {
             // The instance writes it and closes.
             let (address, _, _) = instance(vec![Some(answer)]).await;
-            let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+            let response = ask(&address, http::Method::GET, Body::empty())
                 .await
                 .unwrap();
             assert!(read_all(response).await.is_err(), "{answer:?}");
@@ -439,22 +453,16 @@ mod tests {
     async fn request_bodies_go_with_their_length_or_chunked() {
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let (address, _, received) = instance(vec![Some(ok), Some(ok), Some(ok)]).await;
-        let response = send(
-            &address,
-            get(&address, http::Method::POST, Body::from("abc")),
-        )
-        .await
-        .unwrap();
+        let response = ask(&address, http::Method::POST, Body::from("abc"))
+            .await
+            .unwrap();
         read_all(response).await.unwrap();
         let chunks = tokio_stream::iter(["one", "two"].map(Ok::<_, std::io::Error>));
-        let response = send(
-            &address,
-            get(&address, http::Method::PUT, Body::from_stream(chunks)),
-        )
-        .await
-        .unwrap();
+        let response = ask(&address, http::Method::PUT, Body::from_stream(chunks))
+            .await
+            .unwrap();
         read_all(response).await.unwrap();
-        let response = send(&address, get(&address, http::Method::POST, Body::empty()))
+        let response = ask(&address, http::Method::POST, Body::empty())
             .await
             .unwrap();
         read_all(response).await.unwrap();
@@ -486,22 +494,41 @@ mod tests {
         // unanswered, as an instance whose idle timeout just ran out.
         let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (address, connections, _) = instance(vec![Some(ok), None]).await;
-        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+        let response = ask(&address, http::Method::GET, Body::empty())
             .await
             .unwrap();
         read_all(response).await.unwrap();
-        let response = send(&address, get(&address, http::Method::GET, Body::empty()))
+        let response = ask(&address, http::Method::GET, Body::empty())
             .await
             .unwrap();
         assert_eq!(read_all(response).await.unwrap().1, b"ok");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
         // A POST is not sent twice: the caller hears the connection closed.
-        let outcome = send(&address, get(&address, http::Method::POST, Body::from("x"))).await;
+        let outcome = ask(&address, http::Method::POST, Body::from("x")).await;
         assert!(
             matches!(outcome, Err(SendError::Exchange(h1::Error::Closed))),
             "{:?}",
             outcome.map(|r| r.status())
         );
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_cannot_be_written_is_refused_before_sending() {
+        let (address, connections, _) = instance(vec![]).await;
+        let (parts, ()) = http::Request::new(()).into_parts();
+        for path in [["/a b", ""], ["/x", "?\r\nx-evil: 1"]] {
+            let outcome = send(&address, &path, parts.clone(), Body::empty()).await;
+            assert!(matches!(
+                outcome,
+                Err(SendError::Exchange(h1::Error::Target))
+            ));
+        }
+        let outcome = send("bad host:1", &["/"], parts, Body::empty()).await;
+        assert!(matches!(
+            outcome,
+            Err(SendError::Exchange(h1::Error::Target))
+        ));
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
     }
 }

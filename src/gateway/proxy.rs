@@ -312,6 +312,8 @@ async fn send(
             );
         }
     };
+    // Room for the proxy headers, so adding them does not grow the map.
+    parts.headers.reserve(8);
     upstream_headers(
         &mut parts.headers,
         peer,
@@ -412,10 +414,12 @@ async fn send(
 }
 
 /// One request to one instance, ready to go.
-enum Attempt {
-    /// Over this thread's HTTP/1.1 connections to `address`.
+enum Attempt<'a> {
+    /// Over this thread's HTTP/1.1 connections to `address`, for the
+    /// instance's base path followed by the request's target.
     Http1 {
-        address: String,
+        address: &'a str,
+        path: [&'a str; 2],
         request: http::request::Parts,
     },
     /// Over this thread's h2c client.
@@ -429,31 +433,28 @@ struct AttemptError {
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
-impl Attempt {
+impl<'a> Attempt<'a> {
     /// `request` addressed to `target` (path and query) at the instance
     /// whose base URL is `url`; none when the URL is not a usable `http://`
     /// address.
     fn new(
         protocol: UpstreamProtocol,
-        url: &str,
-        target: &str,
+        url: &'a str,
+        target: &'a str,
         mut request: http::request::Parts,
-    ) -> Option<Attempt> {
+    ) -> Option<Attempt<'a>> {
         let rest = url.strip_prefix("http://")?;
         let (address, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let base = base.trim_end_matches('/');
         match protocol {
-            UpstreamProtocol::Http1 => {
-                request.uri = format!("{base}{target}").parse().ok()?;
-                // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
-                request
-                    .headers
-                    .insert(header::HOST, HeaderValue::from_str(address).ok()?);
-                Some(Attempt::Http1 {
-                    address: address.to_owned(),
-                    request,
-                })
-            }
+            // The request line and the upstream's own Host are written by
+            // the wire (see `h1.rs`); the client's Host travels in
+            // X-Forwarded-Host.
+            UpstreamProtocol::Http1 => Some(Attempt::Http1 {
+                address,
+                path: [base, target],
+                request,
+            }),
             UpstreamProtocol::H2c => {
                 request.uri = format!("http://{address}{base}{target}").parse().ok()?;
                 Some(Attempt::H2c { request })
@@ -465,18 +466,19 @@ impl Attempt {
     /// without hop-by-hop headers.
     async fn send(self, body: Body) -> Result<Response, AttemptError> {
         let response = match self {
-            Attempt::Http1 { address, request } => {
-                let request = Request::from_parts(request, body);
-                match super::pool::send(&address, request).await {
-                    Ok(r) => r.map(Body::new),
-                    Err(e) => {
-                        return Err(AttemptError {
-                            connect: matches!(e, super::pool::SendError::Connect(_)),
-                            error: Box::new(e),
-                        });
-                    }
+            Attempt::Http1 {
+                address,
+                path,
+                request,
+            } => match super::pool::send(address, &path, request, body).await {
+                Ok(r) => r.map(Body::new),
+                Err(e) => {
+                    return Err(AttemptError {
+                        connect: matches!(e, super::pool::SendError::Connect(_)),
+                        error: Box::new(e),
+                    });
                 }
-            }
+            },
             Attempt::H2c { request } => {
                 let request = Request::from_parts(request, body);
                 // Boxed, so HTTP/1.1 attempts do not carry its size.
@@ -565,6 +567,8 @@ impl Outgoing {
     /// The body for this attempt, and whether another attempt could follow.
     fn attempt(&mut self) -> (Body, bool) {
         match self {
+            // An empty body costs no allocation.
+            Outgoing::Held(bytes) if bytes.is_empty() => (Body::empty(), true),
             Outgoing::Held(bytes) => (Body::from(bytes.clone()), true),
             Outgoing::Streamed(body) => (body.take().unwrap_or_else(Body::empty), false),
         }
@@ -572,6 +576,9 @@ impl Outgoing {
 }
 
 async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Outgoing, Response> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Outgoing::Held(axum::body::Bytes::new()));
+    }
     let declared = declared_length(headers);
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     if http_body::Body::is_end_stream(&limited) || declared.is_some_and(|n| n <= REPLAYABLE_BODY) {
