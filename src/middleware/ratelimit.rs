@@ -141,12 +141,20 @@ pub fn annotate(verdict: Verdict, headers: &mut HeaderMap) {
         Verdict::Allowed { limit, remaining } => (limit, remaining, 0),
         Verdict::Refused { limit, retry_after } => (limit, 0, seconds(retry_after)),
     };
-    for (name, value) in [
+    // A number's text is an allocation; the common zero is not.
+    let value = |n: u64| {
+        if n == 0 {
+            HeaderValue::from_static("0")
+        } else {
+            HeaderValue::from(n)
+        }
+    };
+    for (name, n) in [
         ("ratelimit-limit", u64::from(limit)),
         ("ratelimit-remaining", u64::from(remaining)),
         ("ratelimit-reset", reset),
     ] {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        headers.insert(HeaderName::from_static(name), value(n));
     }
 }
 
