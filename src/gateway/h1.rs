@@ -239,6 +239,21 @@ async fn exchange_with_body(
             head = &mut answer => break head,
         }
     };
+    // An early answer that does not refuse the body (a success, the
+    // connection kept): the instance reads on, as a streaming handler does,
+    // so the rest of the body goes too before the answer is handed on.
+    if !sent
+        && let Ok(early) = &head
+        && early.reusable
+        && early.parts.status.as_u16() < 400
+    {
+        sent = true;
+        match send.await {
+            Ok(()) => {}
+            Err(Error::Body(e)) => return Err(Error::Body(e)),
+            Err(e) => send_failed = Some(e),
+        }
+    }
     match (head, send_failed) {
         (Ok(mut head), failed) => {
             // Sent only in part: the connection is in no state to reuse.
@@ -454,10 +469,25 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
         } else {
             !body.close
         };
+        // HTTP/1.0 has no transfer codings: such framing is faulty, and the
+        // connection is not trusted with another request.
+        if http10 && body.chunked.is_some() {
+            reusable = false;
+        }
         let framing = if head_only
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
+            // A body announced where none may be (a coding on 204 or 304, a
+            // length on 204; HEAD and 304 answers state the length of what
+            // a GET would get) could still arrive late, in front of the next
+            // exchange's answer.
+            let no_content = status == StatusCode::NO_CONTENT;
+            if !head_only
+                && (body.chunked.is_some() || no_content && body.length.is_some_and(|n| n > 0))
+            {
+                reusable = false;
+            }
             Framing::Done
         } else if let Some(chunked) = body.chunked {
             // Both framings given: the coding rules, the length does not
@@ -567,6 +597,15 @@ pub fn poll_body(
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.read) {
+                // Strictly a hex size first, and no bare line feed before
+                // the line's end: framing read more loosely than the
+                // instance meant it is how connections fall out of step.
+                Ok(httparse::Status::Complete((used, _)))
+                    if !conn.read.first().is_some_and(u8::is_ascii_hexdigit)
+                        || conn.read[..used.saturating_sub(2)].contains(&b'\n') =>
+                {
+                    return Poll::Ready(Some(Err(Error::Malformed("bad chunk size"))));
+                }
                 Ok(httparse::Status::Complete((used, size))) => {
                     conn.read.advance(used);
                     *framing = Framing::Chunked(if size == 0 {

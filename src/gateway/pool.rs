@@ -389,9 +389,7 @@ mod tests {
     #[tokio::test]
     async fn interim_answers_are_passed_over_and_some_answers_have_no_body() {
         let answers = vec![
-            Some(
-                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
-            ),
+            Some("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
             Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
             Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
         ];
@@ -439,6 +437,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            // No size at all, read loosely, would be the last chunk.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x\r\n\r\n",
         ] {
             // The instance writes it and closes.
             let (address, _, _) = instance(vec![Some(answer)]).await;
@@ -530,5 +530,65 @@ mod tests {
             Err(SendError::Exchange(h1::Error::Target))
         ));
         assert_eq!(connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_announcing_a_body_where_none_may_be_does_not_keep_its_connection() {
+        let answers = vec![
+            Some("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        ];
+        let (address, connections, _) = instance(answers.clone()).await;
+        for _ in 0..2 {
+            let response = ask(&address, http::Method::GET, Body::empty())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 204);
+            read_all(response).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_still_streaming_when_the_answer_comes_is_sent_to_its_end() {
+        // Answers as soon as the head is in, then reads the body on, as a
+        // streaming handler does; it keeps what it read.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (got, read) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer).await.unwrap();
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let _ = got.send(seen);
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<&'static str, std::io::Error>>(1);
+        tx.send(Ok("one")).await.unwrap();
+        // The rest comes once the answer has had time to arrive.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let _ = tx.send(Ok("two")).await;
+        });
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let response = ask(&address, http::Method::POST, body).await.unwrap();
+        assert_eq!(read_all(response).await.unwrap().1, b"ok");
+        let seen = String::from_utf8(read.await.unwrap()).unwrap();
+        assert!(
+            seen.ends_with("3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"),
+            "{seen}"
+        );
     }
 }
