@@ -151,9 +151,7 @@ impl Conn {
 
     /// Reads more of what the instance sent; 0 at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SPACE / 4 {
-            self.read.reserve(READ_SPACE);
-        }
+        make_room(&mut self.read);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
 }
@@ -175,6 +173,13 @@ impl<'a> Target<'a> {
             return Err(Error::Target);
         }
         Ok(Target { host, path })
+    }
+}
+
+/// Grows `read` when little room is left for the next read.
+fn make_room(read: &mut BytesMut) {
+    if read.capacity() - read.len() < READ_SPACE / 4 {
+        read.reserve(READ_SPACE);
     }
 }
 
@@ -402,9 +407,7 @@ async fn read_head_from(
                 return Err(Error::Malformed("head too large"));
             }
         }
-        if read.capacity() - read.len() < READ_SPACE / 4 {
-            read.reserve(READ_SPACE);
-        }
+        make_room(read);
         match reader.read_buf(read).await {
             Ok(0) if !received => return Err(Error::Closed),
             Ok(0) => return Err(Error::Malformed("connection closed within the head")),

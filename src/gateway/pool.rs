@@ -86,12 +86,11 @@ pub async fn send(
         let this_body = body.take().unwrap_or_else(Body::empty);
         match h1::exchange(&mut conn, target, &parts, this_body).await {
             Ok(head) => {
-                let answer = Answer {
+                let mut answer = Answer {
                     framing: head.framing,
                     conn: Some(conn),
                     keep: head.reusable.then_some(address),
                 };
-                let mut answer = answer;
                 answer.release_if_done();
                 return Ok(http::Response::from_parts(head.parts, answer));
             }
@@ -538,7 +537,7 @@ mod tests {
             Some("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
             Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
         ];
-        let (address, connections, _) = instance(answers.clone()).await;
+        let (address, connections, _) = instance(answers).await;
         for _ in 0..2 {
             let response = ask(&address, http::Method::GET, Body::empty())
                 .await

@@ -293,12 +293,11 @@ async fn send(
         }
     };
     let (mut parts, body) = req.into_parts();
-    let empty = http_body::Body::is_end_stream(&body);
-    // An empty body needs no waiting, nor a timer.
-    let prepared = prepare_body(body, &parts.headers, gw.inner.body_limit);
-    let prepared = if empty {
-        Ok(prepared.await)
+    let prepared = if http_body::Body::is_end_stream(&body) {
+        // An empty body needs no reading, nor a timer.
+        Ok(Ok(Outgoing::Held(axum::body::Bytes::new())))
     } else {
+        let prepared = prepare_body(body, &parts.headers, gw.inner.body_limit);
         tokio::time::timeout(timeout, prepared).await
     };
     let mut body = match prepared {
@@ -575,13 +574,12 @@ impl Outgoing {
     }
 }
 
+/// A non-empty request body as the attempts will see it: held when its
+/// declared length is small enough to replay, streamed otherwise.
 async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Outgoing, Response> {
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(Outgoing::Held(axum::body::Bytes::new()));
-    }
     let declared = declared_length(headers);
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    if http_body::Body::is_end_stream(&limited) || declared.is_some_and(|n| n <= REPLAYABLE_BODY) {
+    if declared.is_some_and(|n| n <= REPLAYABLE_BODY) {
         return match limited.collect().await {
             Ok(collected) => Ok(Outgoing::Held(collected.to_bytes())),
             Err(_) => Err(crate::kernel::error::payload_too_large().into_response()),
