@@ -16,6 +16,7 @@
 
 use std::fmt::Write as _;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -422,9 +423,16 @@ async fn read_head_from(
 /// Interim answers before it are taken off and passed over.
 fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Error> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut answer = httparse::Response::new(&mut fields);
-        let length = match answer.parse(read) {
+        // Left uninitialised: the parser fills what it uses, and zeroing a
+        // table this size for every answer would cost more than the parse.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut answer = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut answer,
+            read,
+            &mut fields,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -450,17 +458,17 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
             let start = part.as_ptr() as usize - base;
             (start, start + part.len())
         };
-        let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
-        let mut body = BodyFields::default();
-        for (span, field) in spans.iter_mut().zip(answer.headers.iter()) {
-            body.note(field.name, field.value)?;
-            *span = (at(field.name.as_bytes()), at(field.value));
-        }
         let count = answer.headers.len();
+        let mut spans = Vec::with_capacity(count);
+        let mut body = BodyFields::default();
+        for field in answer.headers.iter() {
+            body.note(field.name, field.value)?;
+            spans.push((at(field.name.as_bytes()), at(field.value)));
+        }
         let head = read.split_to(length).freeze();
         // Room for the fields the gateway adds on the way back.
         let mut headers = HeaderMap::with_capacity(count + 6);
-        for ((name_start, name_end), (value_start, value_end)) in spans.into_iter().take(count) {
+        for ((name_start, name_end), (value_start, value_end)) in spans {
             let name = HeaderName::from_bytes(&head[name_start..name_end])
                 .map_err(|_| Error::Malformed("bad header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))

@@ -35,23 +35,38 @@ pub enum PathError {
 /// The canonical form of a request path: decoded segments without empty,
 /// `.` or `..` segments (borrowed from `raw` where nothing was decoded).
 pub fn normalise(raw: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
-    let mut segments: Vec<Cow<'_, str>> = Vec::new();
+    let mut segments: Vec<Cow<'_, str>> = Vec::with_capacity(8);
     for part in raw.split('/') {
-        let decoded = percent_decode_str(part)
-            .decode_utf8()
-            .map_err(|_| PathError::Invalid)?;
-        if decoded.contains(['/', '\\']) || decoded.chars().any(char::is_control) {
-            return Err(PathError::Invalid);
-        }
-        match decoded.as_ref() {
+        // Most segments are plain visible ASCII with nothing to decode.
+        let plain = part
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'%' && b != b'\\');
+        let segment = if plain {
+            Cow::Borrowed(part)
+        } else {
+            decode(part)?
+        };
+        match segment.as_ref() {
             "" | "." => {}
             ".." => {
                 segments.pop().ok_or(PathError::Invalid)?;
             }
-            _ => segments.push(decoded),
+            _ => segments.push(segment),
         }
     }
     Ok(segments)
+}
+
+/// One segment percent-decoded, refused when it decodes to a separator, a
+/// control character or invalid UTF-8.
+fn decode(part: &str) -> Result<Cow<'_, str>, PathError> {
+    let decoded = percent_decode_str(part)
+        .decode_utf8()
+        .map_err(|_| PathError::Invalid)?;
+    if decoded.contains(['/', '\\']) || decoded.chars().any(char::is_control) {
+        return Err(PathError::Invalid);
+    }
+    Ok(decoded)
 }
 
 /// The path of `segments`, each encoded again, followed by `?query` when

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tower::layer::util::{Identity, Stack};
 use tower::{ServiceBuilder, ServiceExt as _};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -105,7 +107,7 @@ pub fn is_kernel_path(path: &str) -> bool {
 /// serving it, the request id on the answer, and the request metrics.
 pub fn observe_layers(tracked: Tracked) -> ObserveLayers {
     ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
         .layer(TraceLayer::new_for_http().make_span_with(RequestSpan))
         .layer(RequestScopeLayer)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -122,12 +124,25 @@ pub type ObserveLayers = ServiceBuilder<
                 RequestScopeLayer,
                 Stack<
                     TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan>,
-                    Stack<SetRequestIdLayer<MakeRequestUuid>, Identity>,
+                    Stack<SetRequestIdLayer<NewRequestId>, Identity>,
                 >,
             >,
         >,
     >,
 >;
+
+/// A random (version 4) UUID for a request that came without an id, written
+/// straight into its header value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let mut text = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        http::HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
+}
 
 /// The span of one request, named after its method, path and request id.
 #[derive(Clone, Copy, Debug)]

@@ -135,6 +135,17 @@ impl Limiter {
     }
 }
 
+const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+thread_local! {
+    /// The text of the limit last written on this thread: a limiter's
+    /// limit is the same for every answer, so it is written once.
+    static LIMIT_TEXT: std::cell::RefCell<Option<(u32, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Adds the `RateLimit-*` headers for `verdict`.
 pub fn annotate(verdict: Verdict, headers: &mut HeaderMap) {
     let (limit, remaining, reset) = match verdict {
@@ -149,13 +160,17 @@ pub fn annotate(verdict: Verdict, headers: &mut HeaderMap) {
             HeaderValue::from(n)
         }
     };
-    for (name, n) in [
-        ("ratelimit-limit", u64::from(limit)),
-        ("ratelimit-remaining", u64::from(remaining)),
-        ("ratelimit-reset", reset),
-    ] {
-        headers.insert(HeaderName::from_static(name), value(n));
-    }
+    let limit_text = LIMIT_TEXT.with_borrow_mut(|last| match last {
+        Some((n, text)) if *n == limit => text.clone(),
+        _ => {
+            let text = value(u64::from(limit));
+            *last = Some((limit, text.clone()));
+            text
+        }
+    });
+    headers.insert(LIMIT, limit_text);
+    headers.insert(REMAINING, value(u64::from(remaining)));
+    headers.insert(RESET, value(reset));
 }
 
 fn seconds(d: Duration) -> u64 {
