@@ -29,6 +29,8 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use super::headers::ProxyFields;
+
 /// The longest answer head read.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields an answer head may have.
@@ -191,6 +193,7 @@ pub async fn exchange(
     conn: &mut Conn,
     target: Target<'_>,
     request: &http::request::Parts,
+    fields: Option<&ProxyFields>,
     body: Body,
 ) -> Result<Head, Error> {
     let size = if http_body::Body::is_end_stream(&body) {
@@ -199,7 +202,7 @@ pub async fn exchange(
         http_body::Body::size_hint(&body).exact()
     };
     conn.write.clear();
-    encode_head(&mut conn.write, target, request, size);
+    encode_head(&mut conn.write, target, request, fields, size);
     let head_only = request.method == Method::HEAD;
     if size == Some(0) {
         if let Err(e) = conn.stream.write_all(&conn.write).await {
@@ -287,13 +290,15 @@ fn expects_body(method: &Method) -> bool {
     [Method::POST, Method::PUT, Method::PATCH].contains(method)
 }
 
-/// Writes the request line, the instance's Host, and the request's other
-/// header fields, with the framing of a body of `size` bytes (chunked when
+/// Writes the request line, the instance's Host, the request's other
+/// header fields and the proxy's `fields` in place of the client's fields
+/// of those names, with the framing of a body of `size` bytes (chunked when
 /// not known).
 fn encode_head(
     out: &mut BytesMut,
     target: Target<'_>,
     request: &http::request::Parts,
+    fields: Option<&ProxyFields>,
     size: Option<u64>,
 ) {
     out.put_slice(request.method.as_str().as_bytes());
@@ -308,6 +313,7 @@ fn encode_head(
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
+            || fields.is_some() && ProxyFields::replaces(name)
         {
             continue;
         }
@@ -315,6 +321,9 @@ fn encode_head(
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
+    }
+    if let Some(fields) = fields {
+        fields.write(out);
     }
     match size {
         Some(0) if !expects_body(&request.method) => {}

@@ -58,15 +58,37 @@ impl Peer {
     }
 }
 
-/// Turns a client's request headers into the ones sent upstream.
+/// The proxy fields a request carries upstream, in place of any of the
+/// same names the client sent: `X-Forwarded-For`, `-Host` and `-Proto`,
+/// `Forwarded`, and the verified identity. The HTTP/1.1 wire writes them
+/// straight after the request's own fields ([`ProxyFields::write`]); an
+/// h2c request gets them in its header map ([`ProxyFields::apply`]).
+pub struct ProxyFields {
+    forwarded_for: Option<HeaderValue>,
+    /// The client's Host, which the upstream does not get as its own.
+    host: HeaderValue,
+    /// The client's address as `Forwarded` writes it.
+    node: Node,
+    identity: Option<(HeaderValue, HeaderValue)>,
+}
+
+enum Node {
+    Peer(HeaderValue),
+    V4(std::net::Ipv4Addr),
+    V6(std::net::Ipv6Addr),
+}
+
+/// Prepares a client's request headers to go upstream: hop-by-hop and
+/// client-supplied `x-gatehouse-*` fields are removed, and the proxy fields
+/// that replace the client's own are returned.
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     peer: &Peer,
     client: IpAddr,
     principal: Option<&Principal>,
     peer_trusted: bool,
-) {
-    let chain = if peer_trusted {
+) -> ProxyFields {
+    let forwarded_for = if peer_trusted {
         let mut chain: Vec<String> = forwarded_for(headers)
             .iter()
             .map(ToString::to_string)
@@ -86,55 +108,101 @@ pub fn upstream_headers(
     for name in spoofed {
         headers.remove(name);
     }
-    // The upstream gets its own Host; the client's travels in X-Forwarded-Host.
     let host = headers
-        .remove(header::HOST)
+        .get(header::HOST)
         .filter(|v| v.to_str().is_ok())
+        .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
-    // Written as bytes: no formatting machinery for the common IPv4 peer.
-    let mut forwarded = BytesMut::with_capacity(48 + host.len());
-    match client {
-        IpAddr::V4(_) if client == peer.ip() => {
-            forwarded.put_slice(b"for=");
-            forwarded.put_slice(peer.text.as_bytes());
-        }
-        IpAddr::V4(v4) => {
-            let _ = write!(forwarded, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(forwarded, "for=\"[{v6}]\"");
-        }
-    }
-    forwarded.put_slice(b";proto=http;host=\"");
-    forwarded.put_slice(host.as_bytes());
-    forwarded.put_slice(b"\"");
-    headers.insert(X_FORWARDED_HOST, host);
-    if let Some(chain) = chain {
-        headers.insert(X_FORWARDED_FOR, chain);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Ok(v) = HeaderValue::from_maybe_shared(forwarded.freeze()) {
-        headers.insert(header::FORWARDED, v);
-    }
-    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
+    let node = match client {
+        IpAddr::V4(_) if client == peer.ip() => Node::Peer(peer.text.clone()),
+        IpAddr::V4(v4) => Node::V4(v4),
+        IpAddr::V6(v6) => Node::V6(v6),
     };
-    if let Some(p) = principal {
+    let identity = principal.and_then(|p| {
         let mut text = uuid::Uuid::encode_buffer();
-        set(
-            headers,
-            USER_ID,
-            p.user_id.hyphenated().encode_lower(&mut text),
-        );
-        set(
-            headers,
-            SESSION_ID,
-            p.session_id.hyphenated().encode_lower(&mut text),
-        );
-    }
+        let user = HeaderValue::from_str(p.user_id.hyphenated().encode_lower(&mut text)).ok()?;
+        let session =
+            HeaderValue::from_str(p.session_id.hyphenated().encode_lower(&mut text)).ok()?;
+        Some((user, session))
+    });
     crate::kernel::telemetry::inject_headers(headers);
+    ProxyFields {
+        forwarded_for,
+        host,
+        node,
+        identity,
+    }
+}
+
+impl ProxyFields {
+    /// Whether a request field of this name gives way to the proxy's own
+    /// (the upstream's Host is the wire's to write).
+    pub fn replaces(name: &HeaderName) -> bool {
+        name == header::HOST
+            || name == header::FORWARDED
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_HOST
+            || name == X_FORWARDED_PROTO
+            || name == USER_ID
+            || name == SESSION_ID
+    }
+
+    /// The fields, name and value, in the order they are written.
+    fn each(&self, mut field: impl FnMut(&HeaderName, &[u8])) {
+        field(&X_FORWARDED_HOST, self.host.as_bytes());
+        if let Some(chain) = &self.forwarded_for {
+            field(&X_FORWARDED_FOR, chain.as_bytes());
+        }
+        field(&X_FORWARDED_PROTO, b"http");
+        field(&header::FORWARDED, &self.forwarded());
+        if let Some((user, session)) = &self.identity {
+            field(&USER_ID, user.as_bytes());
+            field(&SESSION_ID, session.as_bytes());
+        }
+    }
+
+    /// The `Forwarded` value: written as bytes, with no formatting
+    /// machinery for the common IPv4 peer.
+    fn forwarded(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(48 + self.host.len());
+        match &self.node {
+            Node::Peer(text) => {
+                out.put_slice(b"for=");
+                out.put_slice(text.as_bytes());
+            }
+            Node::V4(v4) => {
+                let _ = write!(out, "for={v4}");
+            }
+            Node::V6(v6) => {
+                let _ = write!(out, "for=\"[{v6}]\"");
+            }
+        }
+        out.put_slice(b";proto=http;host=\"");
+        out.put_slice(self.host.as_bytes());
+        out.put_slice(b"\"");
+        out
+    }
+
+    /// Writes the fields as HTTP/1.1 header lines.
+    pub fn write(&self, out: &mut BytesMut) {
+        self.each(|name, value| {
+            out.put_slice(name.as_str().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        });
+    }
+
+    /// Puts the fields into `headers` in place of the client's, and takes
+    /// the client's Host out.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.remove(header::HOST);
+        self.each(|name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name.clone(), value);
+            }
+        });
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -227,7 +295,18 @@ mod tests {
         let from = Peer::new(SocketAddr::new(peer, 40000));
         let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
             let mut headers = incoming.clone();
-            upstream_headers(&mut headers, &from, client, None, trusted);
+            let fields = upstream_headers(&mut headers, &from, client, None, trusted);
+            // The wire writes the same fields as the header map gets.
+            let mut wire = BytesMut::new();
+            fields.write(&mut wire);
+            let mut applied = HeaderMap::new();
+            fields.apply(&mut applied);
+            let mut expected = String::new();
+            for (name, value) in &applied {
+                expected.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+            }
+            assert_eq!(String::from_utf8(wire.to_vec()).unwrap(), expected);
+            fields.apply(&mut headers);
             headers
         };
         let out = upstream(&incoming, peer, false);

@@ -32,6 +32,7 @@ pub use config::GatewayConfig;
 use crate::kernel::ServiceContext;
 use crate::kernel::health::Probes;
 use crate::kernel::metrics::Tracked;
+use crate::kernel::observe::ObserveLayer;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
 use crate::middleware::ratelimit::Limiter;
@@ -109,11 +110,12 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     };
     // Proxied requests pass the same shared layers as the gateway's own,
     // then CORS, then the proxy.
-    let proxy_layers = server::observe_layers(Tracked {
-        metrics: ctx.metrics.clone(),
-        service: NAME,
-    })
-    .option_layer(cors);
+    let proxy_layers = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(Tracked {
+            metrics: ctx.metrics.clone(),
+            service: NAME,
+        }))
+        .option_layer(cors);
     let launch = server::Launch {
         listen: config.listen,
         advertise_url: None,

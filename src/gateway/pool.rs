@@ -22,6 +22,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::h1::{self, Conn, Framing};
+use super::headers::ProxyFields;
 
 /// How long a connection may wait idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -70,7 +71,8 @@ pub enum SendError {
 pub async fn send(
     address: &str,
     path: &[&str],
-    parts: http::request::Parts,
+    parts: &http::request::Parts,
+    fields: Option<&ProxyFields>,
     body: Body,
 ) -> Result<http::Response<Answer>, SendError> {
     let target = h1::Target::new(address, path).map_err(SendError::Exchange)?;
@@ -84,7 +86,7 @@ pub async fn send(
             None => (Box::pin(connect(&address)).await?, true),
         };
         let this_body = body.take().unwrap_or_else(Body::empty);
-        match h1::exchange(&mut conn, target, &parts, this_body).await {
+        match h1::exchange(&mut conn, target, parts, fields, this_body).await {
             Ok(head) => {
                 let mut answer = Answer {
                     framing: head.framing,
@@ -317,7 +319,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        send(address, &["/thing", "?x=1"], parts, body).await
+        send(address, &["/thing", "?x=1"], &parts, None, body).await
     }
 
     async fn read_all(
@@ -517,13 +519,13 @@ mod tests {
         let (address, connections, _) = instance(vec![]).await;
         let (parts, ()) = http::Request::new(()).into_parts();
         for path in [["/a b", ""], ["/x", "?\r\nx-evil: 1"]] {
-            let outcome = send(&address, &path, parts.clone(), Body::empty()).await;
+            let outcome = send(&address, &path, &parts, None, Body::empty()).await;
             assert!(matches!(
                 outcome,
                 Err(SendError::Exchange(h1::Error::Target))
             ));
         }
-        let outcome = send("bad host:1", &["/"], parts, Body::empty()).await;
+        let outcome = send("bad host:1", &["/"], &parts, None, Body::empty()).await;
         assert!(matches!(
             outcome,
             Err(SendError::Exchange(h1::Error::Target))

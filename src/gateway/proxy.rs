@@ -22,7 +22,7 @@ use super::balance::{Balancer, Lease};
 use super::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
 use super::h1::is_idempotent;
 use super::headers::{
-    Peer, forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers,
+    Peer, ProxyFields, forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers,
 };
 use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
@@ -311,9 +311,7 @@ async fn send(
             );
         }
     };
-    // Room for the proxy headers, so adding them does not grow the map.
-    parts.headers.reserve(8);
-    upstream_headers(
+    let fields = upstream_headers(
         &mut parts.headers,
         peer,
         client_ip,
@@ -334,16 +332,33 @@ async fn send(
         tried.push(&instance.url);
         let (this_body, more) = body.attempt();
         let last = !more || tried.len() == instances.len();
-        let Some(parts) = (if last { head.take() } else { head.clone() }) else {
-            break;
+        let Some((address, base)) = split_url(&instance.url) else {
+            return bad_upstream();
         };
-        let Some(attempt) = Attempt::new(config.upstream_protocol, &instance.url, &target, parts)
-        else {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream",
-                "The upstream address is not valid",
-            );
+        let attempt = match config.upstream_protocol {
+            // The request line, the upstream's own Host and the proxy
+            // fields are written by the wire (see `h1.rs`), from the head
+            // kept here: another attempt needs no copy of it.
+            UpstreamProtocol::Http1 => {
+                let Some(request) = head.as_ref() else { break };
+                Attempt::Http1 {
+                    address,
+                    path: [base, &target],
+                    request,
+                    fields: &fields,
+                }
+            }
+            UpstreamProtocol::H2c => {
+                let Some(mut request) = (if last { head.take() } else { head.clone() }) else {
+                    break;
+                };
+                fields.apply(&mut request.headers);
+                let Ok(uri) = format!("http://{address}{base}{target}").parse() else {
+                    return bad_upstream();
+                };
+                request.uri = uri;
+                Attempt::H2c { request }
+            }
         };
         let outcome = tokio::time::timeout(timeout, attempt.send(this_body)).await;
         let code = match &outcome {
@@ -419,7 +434,8 @@ enum Attempt<'a> {
     Http1 {
         address: &'a str,
         path: [&'a str; 2],
-        request: http::request::Parts,
+        request: &'a http::request::Parts,
+        fields: &'a ProxyFields,
     },
     /// Over this thread's h2c client.
     H2c { request: http::request::Parts },
@@ -432,35 +448,23 @@ struct AttemptError {
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
-impl<'a> Attempt<'a> {
-    /// `request` addressed to `target` (path and query) at the instance
-    /// whose base URL is `url`; none when the URL is not a usable `http://`
-    /// address.
-    fn new(
-        protocol: UpstreamProtocol,
-        url: &'a str,
-        target: &'a str,
-        mut request: http::request::Parts,
-    ) -> Option<Attempt<'a>> {
-        let rest = url.strip_prefix("http://")?;
-        let (address, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let base = base.trim_end_matches('/');
-        match protocol {
-            // The request line and the upstream's own Host are written by
-            // the wire (see `h1.rs`); the client's Host travels in
-            // X-Forwarded-Host.
-            UpstreamProtocol::Http1 => Some(Attempt::Http1 {
-                address,
-                path: [base, target],
-                request,
-            }),
-            UpstreamProtocol::H2c => {
-                request.uri = format!("http://{address}{base}{target}").parse().ok()?;
-                Some(Attempt::H2c { request })
-            }
-        }
-    }
+/// The `host:port` and the base path (without its trailing slash) of an
+/// instance's `http://` URL; none when the URL is not one.
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    let (address, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Some((address, base.trim_end_matches('/')))
+}
 
+fn bad_upstream() -> Response {
+    problem(
+        StatusCode::BAD_GATEWAY,
+        "bad_upstream",
+        "The upstream address is not valid",
+    )
+}
+
+impl Attempt<'_> {
     /// Sends the attempt with `body`: the answer, its body streamed back
     /// without hop-by-hop headers.
     async fn send(self, body: Body) -> Result<Response, AttemptError> {
@@ -469,7 +473,8 @@ impl<'a> Attempt<'a> {
                 address,
                 path,
                 request,
-            } => match super::pool::send(address, &path, request, body).await {
+                fields,
+            } => match super::pool::send(address, &path, request, Some(fields), body).await {
                 Ok(r) => r.map(Body::new),
                 Err(e) => {
                     return Err(AttemptError {

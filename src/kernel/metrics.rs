@@ -4,10 +4,9 @@
 //! are told apart by the `service` label.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -116,123 +115,12 @@ impl Metrics {
 #[derive(Debug, Clone)]
 pub struct RouteLabel(pub Arc<str>);
 
-/// State for [`TrackLayer`]: the metrics and the service they are counted for.
+/// What the request metrics need: the metrics and the service they are
+/// counted for (see `observe.rs`).
 #[derive(Clone)]
 pub struct Tracked {
     pub metrics: Metrics,
     pub service: &'static str,
-}
-
-/// Tower layer counting every request and timing it, labelled by the
-/// matched route template (never the raw path, which would explode the
-/// label set with ids). A plain service rather than `axum::middleware`, so
-/// a request costs no copy of the services below it.
-#[derive(Clone)]
-pub struct TrackLayer(pub Arc<Tracked>);
-
-impl<S> tower::Layer<S> for TrackLayer {
-    type Service = Track<S>;
-
-    fn layer(&self, inner: S) -> Track<S> {
-        Track {
-            inner,
-            tracked: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Track<S> {
-    inner: S,
-    tracked: Arc<Tracked>,
-}
-
-impl<S> tower::Service<Request> for Track<S>
-where
-    S: tower::Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = TrackFuture<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        // Cheap copies (shared strings), taken before the request moves on.
-        let matched = req.extensions().get::<MatchedPath>().cloned();
-        let grpc_path = match &matched {
-            None if is_grpc(&req) => Some(req.uri().path().to_owned()),
-            _ => None,
-        };
-        TrackFuture {
-            start: Instant::now(),
-            method: req.method().clone(),
-            matched,
-            grpc_path,
-            tracked: self.tracked.clone(),
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The answer of a [`Track`]ed request; counts it when it is ready.
-    pub struct TrackFuture<F> {
-        #[pin]
-        inner: F,
-        start: Instant,
-        method: http::Method,
-        matched: Option<MatchedPath>,
-        grpc_path: Option<String>,
-        tracked: Arc<Tracked>,
-    }
-}
-
-impl<F, E> std::future::Future for TrackFuture<F>
-where
-    F: std::future::Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let outcome = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &outcome {
-            // A handler that routes by itself (the gateway) names the route it chose.
-            let label = response.extensions().get::<RouteLabel>();
-            let route = match (label, &*this.matched, &*this.grpc_path) {
-                (Some(label), _, _) => &*label.0,
-                (None, Some(p), _) => p.as_str(),
-                (None, None, Some(path)) => path.as_str(),
-                (None, None, None) => "unmatched",
-            };
-            let (t, method) = (&this.tracked, this.method.as_str());
-            t.metrics
-                .http_requests_total
-                .with_label_values(&[t.service, method, route, response.status().as_str()])
-                .inc();
-            t.metrics
-                .http_request_duration_seconds
-                .with_label_values(&[t.service, method, route])
-                .observe(this.start.elapsed().as_secs_f64());
-        }
-        std::task::Poll::Ready(outcome)
-    }
-}
-
-fn is_grpc(req: &Request) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// Handler for `GET /metrics`.

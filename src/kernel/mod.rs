@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod io_threads;
 pub mod metrics;
+pub mod observe;
 pub mod openapi;
 pub mod outbox;
 pub mod registry;

@@ -19,22 +19,15 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::layer::util::{Identity, Stack};
 use tower::{ServiceBuilder, ServiceExt as _};
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::ServiceContext;
 use super::config::ServerConfig;
 use super::error::Problem;
 use super::health::{self, Probes};
 use super::io_threads::IoThreads;
-use super::metrics::{self, Metrics, TrackLayer, Tracked};
-use super::telemetry::RequestScopeLayer;
+use super::metrics::{self, Metrics, Tracked};
+use super::observe::ObserveLayer;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -59,7 +52,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Assembles the full router: public routes, health, metrics and gRPC, under
-/// the shared stack ([`observe_layers`], body limit, timeout).
+/// the shared stack ([`ObserveLayer`], body limit, timeout).
 pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Router {
     let tracked = Tracked {
         metrics: metrics.clone(),
@@ -76,7 +69,8 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(
-            observe_layers(tracked)
+            ServiceBuilder::new()
+                .layer(ObserveLayer::new(tracked))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -99,75 +93,6 @@ pub fn is_kernel_path(path: &str) -> bool {
         || path == health::HEALTH_PATH
         || path == health::READY_PATH
         || path.starts_with("/grpc.health.v1.Health/")
-}
-
-/// The layers every request passes through first, outermost first:
-/// the request id (kept, or made), the request's trace span (continuing the
-/// caller's `traceparent`), the request id's scope for calls made while
-/// serving it, the request id on the answer, and the request metrics.
-pub fn observe_layers(tracked: Tracked) -> ObserveLayers {
-    ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
-        .layer(TraceLayer::new_for_http().make_span_with(RequestSpan))
-        .layer(RequestScopeLayer)
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TrackLayer(std::sync::Arc::new(tracked)))
-}
-
-/// The type of [`observe_layers`].
-pub type ObserveLayers = ServiceBuilder<
-    Stack<
-        TrackLayer,
-        Stack<
-            PropagateRequestIdLayer,
-            Stack<
-                RequestScopeLayer,
-                Stack<
-                    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan>,
-                    Stack<SetRequestIdLayer<NewRequestId>, Identity>,
-                >,
-            >,
-        >,
-    >,
->;
-
-/// A random (version 4) UUID for a request that came without an id, written
-/// straight into its header value.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let mut text = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        http::HeaderValue::from_str(id).ok().map(RequestId::new)
-    }
-}
-
-/// The span of one request, named after its method, path and request id.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestSpan;
-
-impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, req: &http::Request<B>) -> tracing::Span {
-        let request_id = req
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let span = tracing::info_span!(
-            "request",
-            method = %req.method(),
-            path = %req.uri().path(),
-            request_id = %request_id,
-        );
-        // Continue the caller's trace when it sent a `traceparent` (nothing to
-        // continue when this span is not recorded at all).
-        if !span.is_disabled() {
-            let _ = span.set_parent(super::telemetry::parent_from(req.headers()));
-        }
-        span
-    }
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then lets in-flight

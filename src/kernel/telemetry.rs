@@ -103,44 +103,13 @@ pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F
     REQUEST_ID.scope(id, work).await
 }
 
-/// Tower layer serving each request inside its request-id scope (see
-/// [`with_request_id`]), from the `x-request-id` header set before it.
-#[derive(Clone, Copy, Default)]
-pub struct RequestScopeLayer;
-
-impl<S> tower::Layer<S> for RequestScopeLayer {
-    type Service = RequestScope<S>;
-
-    fn layer(&self, inner: S) -> RequestScope<S> {
-        RequestScope { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestScope<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for RequestScope<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = tokio::task::futures::TaskLocalFuture<Option<http::HeaderValue>, S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        // A shared copy of the header's bytes, not a new string.
-        let id = req.headers().get(&super::server::REQUEST_ID).cloned();
-        REQUEST_ID.scope(id, self.inner.call(req))
-    }
+/// `work`, served inside the request-id scope of `id` (see
+/// [`inject_current`]).
+pub fn scoped<F: std::future::Future>(
+    id: Option<http::HeaderValue>,
+    work: F,
+) -> tokio::task::futures::TaskLocalFuture<Option<http::HeaderValue>, F> {
+    REQUEST_ID.scope(id, work)
 }
 
 /// Adds the current span's trace context, and the request id being served,

@@ -1,0 +1,196 @@
+//! The layer every request passes through first, in every service and in
+//! the gateway: one service doing, in this order,
+//!
+//! - the request id: the `x-request-id` the caller sent, or a new one,
+//!   set on the request and carried back on the answer;
+//! - the request's trace span, continuing the caller's `traceparent`;
+//! - the request id's scope, so calls made while serving it carry it on
+//!   (see `telemetry::inject_current`);
+//! - the request metrics, counted when the answer's head is ready, under
+//!   the matched route template (never the raw path, which would explode
+//!   the label set with ids).
+//!
+//! One layer rather than a stack of four, so that a request looks up its
+//! id once and costs one future, not four nested ones.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::MatchedPath;
+use axum::response::Response;
+use http::HeaderValue;
+use tokio::task::futures::TaskLocalFuture;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::metrics::{RouteLabel, Tracked};
+use super::server::REQUEST_ID;
+use super::telemetry;
+
+/// The layer, for the service named in `tracked`.
+#[derive(Clone)]
+pub struct ObserveLayer(Arc<Tracked>);
+
+impl ObserveLayer {
+    pub fn new(tracked: Tracked) -> ObserveLayer {
+        ObserveLayer(Arc::new(tracked))
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            tracked: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    tracked: Arc<Tracked>,
+}
+
+/// A new random (version 4) UUID, as a header value.
+pub fn new_request_id() -> HeaderValue {
+    let mut text = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The span of one request, named after its method, path and request id,
+/// continuing the caller's trace when it sent a `traceparent`.
+fn request_span<B>(req: &http::Request<B>, id: &HeaderValue) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %id.to_str().unwrap_or(""),
+    );
+    // Nothing to continue when this span is not recorded at all.
+    if !span.is_disabled() {
+        let _ = span.set_parent(telemetry::parent_from(req.headers()));
+    }
+    span
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Observe<S>
+where
+    S: tower::Service<http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let id = match req.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let span = request_span(&req, &id);
+        // Cheap copies (shared strings), taken before the request moves on.
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        let grpc_path = match &matched {
+            None if is_grpc(&req) => Some(req.uri().path().to_owned()),
+            _ => None,
+        };
+        let method = req.method().clone();
+        let inner = {
+            let _entered = span.enter();
+            tracing::debug!("started processing request");
+            telemetry::scoped(Some(id.clone()), self.inner.call(req))
+        };
+        ObserveFuture {
+            inner,
+            span,
+            id: Some(id),
+            start: Instant::now(),
+            method,
+            matched,
+            grpc_path,
+            tracked: self.tracked.clone(),
+        }
+    }
+}
+
+fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an [`Observe`]d request.
+    pub struct ObserveFuture<F: Future> {
+        #[pin]
+        inner: TaskLocalFuture<Option<HeaderValue>, F>,
+        span: tracing::Span,
+        id: Option<HeaderValue>,
+        start: Instant,
+        method: http::Method,
+        matched: Option<MatchedPath>,
+        grpc_path: Option<String>,
+        tracked: Arc<Tracked>,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut outcome = ready!(this.inner.poll(cx));
+        let elapsed = this.start.elapsed();
+        if let Ok(response) = &mut outcome {
+            let status = response.status();
+            // A handler that routes by itself (the gateway) names the route it chose.
+            let label = response.extensions().get::<RouteLabel>();
+            let route = match (label, &*this.matched, &*this.grpc_path) {
+                (Some(label), _, _) => &*label.0,
+                (None, Some(p), _) => p.as_str(),
+                (None, None, Some(path)) => path.as_str(),
+                (None, None, None) => "unmatched",
+            };
+            let (t, method) = (&this.tracked, this.method.as_str());
+            t.metrics
+                .http_requests_total
+                .with_label_values(&[t.service, method, route, status.as_str()])
+                .inc();
+            t.metrics
+                .http_request_duration_seconds
+                .with_label_values(&[t.service, method, route])
+                .observe(elapsed.as_secs_f64());
+            let latency_ms = elapsed.as_millis() as u64;
+            if status.is_server_error() {
+                tracing::error!(status = status.as_u16(), latency_ms, "response failed");
+            } else {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    latency_ms,
+                    "finished processing request"
+                );
+            }
+            if let Some(id) = this.id.take() {
+                response.headers_mut().entry(REQUEST_ID).or_insert(id);
+            }
+        }
+        Poll::Ready(outcome)
+    }
+}
