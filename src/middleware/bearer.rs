@@ -125,7 +125,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     keys: RwLock<Option<Cached>>,
     refresh: tokio::sync::Mutex<Option<Instant>>,
-    verified: moka::sync::Cache<String, Principal>,
+    /// Keyed by the token itself, hashed with foldhash: SipHash over a token
+    /// of some 500 bytes costs more than the rest of the lookup, and only
+    /// tokens that verified are ever put in.
+    verified: moka::sync::Cache<String, Principal, foldhash::fast::RandomState>,
     revoked: moka::sync::Cache<Uuid, Duration>,
     /// How long a revocation must be remembered: the longest token lifetime.
     remember_revocations: Duration,
@@ -148,7 +151,7 @@ impl TokenCheck {
                 verified: moka::sync::Cache::builder()
                     .max_capacity(VERIFIED_CAPACITY)
                     .expire_after(UntilExpiry)
-                    .build(),
+                    .build_with_hasher(foldhash::fast::RandomState::default()),
                 revoked: moka::sync::Cache::builder()
                     .max_capacity(REVOKED_CAPACITY)
                     .expire_after(ForTtl)
@@ -324,8 +327,13 @@ pub fn bearer(req: &Request) -> Result<&str, TokenError> {
         .headers()
         .get(AUTHORIZATION)
         .ok_or(TokenError::Missing)?
-        .to_str()
-        .map_err(|_| TokenError::Malformed)?;
+        .as_bytes();
+    // A field value holds no control characters, so plain ASCII is what
+    // `to_str` would accept; checked a word at a time rather than by byte.
+    let value = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.is_ascii())
+        .ok_or(TokenError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(TokenError::Malformed);
