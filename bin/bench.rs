@@ -80,6 +80,9 @@ struct Cli {
     /// wrk connections for the edge benchmark.
     #[arg(long, default_value_t = 32)]
     wrk_connections: usize,
+    /// Rounds of the edge benchmark's five runs; figures are their medians.
+    #[arg(long, default_value_t = 3)]
+    edge_rounds: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -201,6 +204,7 @@ async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
         seconds: cli.seconds,
         threads: cli.wrk_threads,
         connections: cli.wrk_connections,
+        rounds: cli.edge_rounds,
     })
 }
 
