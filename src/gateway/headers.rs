@@ -147,24 +147,26 @@ impl ProxyFields {
             || name == SESSION_ID
     }
 
-    /// The fields, name and value, in the order they are written.
-    fn each(&self, mut field: impl FnMut(&HeaderName, &[u8])) {
-        field(&X_FORWARDED_HOST, self.host.as_bytes());
+    /// The fields in the order they are written: each name, with what
+    /// writes its value into a buffer.
+    fn each(&self, mut field: impl FnMut(&HeaderName, &dyn Fn(&mut BytesMut))) {
+        field(&X_FORWARDED_HOST, &|out| {
+            out.put_slice(self.host.as_bytes())
+        });
         if let Some(chain) = &self.forwarded_for {
-            field(&X_FORWARDED_FOR, chain.as_bytes());
+            field(&X_FORWARDED_FOR, &|out| out.put_slice(chain.as_bytes()));
         }
-        field(&X_FORWARDED_PROTO, b"http");
-        field(&header::FORWARDED, &self.forwarded());
+        field(&X_FORWARDED_PROTO, &|out| out.put_slice(b"http"));
+        field(&header::FORWARDED, &|out| self.forwarded(out));
         if let Some((user, session)) = &self.identity {
-            field(&USER_ID, user.as_bytes());
-            field(&SESSION_ID, session.as_bytes());
+            field(&USER_ID, &|out| out.put_slice(user.as_bytes()));
+            field(&SESSION_ID, &|out| out.put_slice(session.as_bytes()));
         }
     }
 
-    /// The `Forwarded` value: written as bytes, with no formatting
-    /// machinery for the common IPv4 peer.
-    fn forwarded(&self) -> BytesMut {
-        let mut out = BytesMut::with_capacity(48 + self.host.len());
+    /// Writes the `Forwarded` value: as bytes, with no formatting machinery
+    /// for the common IPv4 peer.
+    fn forwarded(&self, out: &mut BytesMut) {
         match &self.node {
             Node::Peer(text) => {
                 out.put_slice(b"for=");
@@ -180,15 +182,15 @@ impl ProxyFields {
         out.put_slice(b";proto=http;host=\"");
         out.put_slice(self.host.as_bytes());
         out.put_slice(b"\"");
-        out
     }
 
-    /// Writes the fields as HTTP/1.1 header lines.
+    /// Writes the fields as HTTP/1.1 header lines, each value straight
+    /// into `out`.
     pub fn write(&self, out: &mut BytesMut) {
         self.each(|name, value| {
             out.put_slice(name.as_str().as_bytes());
             out.put_slice(b": ");
-            out.put_slice(value);
+            value(out);
             out.put_slice(b"\r\n");
         });
     }
@@ -198,7 +200,9 @@ impl ProxyFields {
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(header::HOST);
         self.each(|name, value| {
-            if let Ok(value) = HeaderValue::from_bytes(value) {
+            let mut text = BytesMut::new();
+            value(&mut text);
+            if let Ok(value) = HeaderValue::from_maybe_shared(text.freeze()) {
                 headers.insert(name.clone(), value);
             }
         });

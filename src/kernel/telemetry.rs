@@ -99,8 +99,7 @@ tokio::task_local! {
 /// Runs `work` as part of the request `request_id`, so calls it makes to
 /// other services carry the same id.
 pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F) -> F::Output {
-    let id = http::HeaderValue::from_str(&request_id).ok();
-    REQUEST_ID.scope(id, work).await
+    scoped(http::HeaderValue::from_str(&request_id).ok(), work).await
 }
 
 /// `work`, served inside the request-id scope of `id` (see
