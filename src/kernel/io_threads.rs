@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,14 @@ impl IoThreads {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-io-{i}"))
-                .spawn(move || runtime.block_on(stop.cancelled_owned()))?;
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        tokio::select! {
+                            () = stop.cancelled_owned() => {}
+                            () = anchor() => {}
+                        }
+                    })
+                })?;
         }
         Ok(IoThreads {
             handles,
@@ -61,6 +69,26 @@ impl IoThreads {
     /// Ends the threads' event loops.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+}
+
+/// How often a thread's [`anchor`] timer fires: shorter than the timeouts
+/// requests set (header reads, upstream answers).
+const ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps a timer in the thread's timer wheel at all times, due sooner than
+/// any request's timeout.
+///
+/// A thread that sets a timer due before the earliest one its event loop
+/// last went to sleep with signals its own event loop (a write to its
+/// eventfd), in case that loop is asleep and must wake sooner. With no timer
+/// at all in the wheel, every first timer after a sleep counts as earlier:
+/// under load, a proxy paid that write about once every four requests. With
+/// this one always due within [`ANCHOR_PERIOD`], the timeouts of requests,
+/// which lie further out, never count as earlier.
+async fn anchor() {
+    loop {
+        tokio::time::sleep(ANCHOR_PERIOD).await;
     }
 }
 
