@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
-use hyper::body::Incoming;
 
 use super::openapi;
 use crate::kernel::server;
@@ -28,9 +27,9 @@ pub fn is_own(path: &str) -> bool {
     server::is_kernel_path(path) || openapi::is_own(path)
 }
 
-impl<O, P, B> tower::Service<http::Request<Incoming>> for Edge<O, P>
+impl<O, P, B> tower::Service<http::Request<Body>> for Edge<O, P>
 where
-    O: tower::Service<http::Request<Incoming>, Response = Response, Error = Infallible>,
+    O: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>,
     P: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -50,14 +49,14 @@ where
         }
     }
 
-    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         if is_own(req.uri().path()) {
             EdgeFuture::Own {
                 future: self.own.call(req),
             }
         } else {
             EdgeFuture::Proxy {
-                future: self.proxy.call(req.map(Body::new)),
+                future: self.proxy.call(req),
             }
         }
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod http1;
 pub mod io_threads;
 pub mod metrics;
 pub mod observe;

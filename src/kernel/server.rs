@@ -13,9 +13,9 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use http::{HeaderName, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use super::ServiceContext;
 use super::config::ServerConfig;
 use super::error::Problem;
 use super::health::{self, Probes};
+use super::http1;
 use super::io_threads::IoThreads;
 use super::metrics::{self, Metrics, Tracked};
 use super::observe::ObserveLayer;
@@ -144,9 +145,17 @@ where
                 () = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let (builder, service, watcher) = (builder.clone(), front(peer), graceful.watcher());
+            let serving = http1::Serving {
+                service: front(peer),
+                hyper: builder.clone(),
+                watcher: graceful.watcher(),
+                // A token of the connection's own: waiting on it between
+                // requests shares no lock with other connections.
+                shutdown: shutdown.child_token(),
+                header_timeout,
+            };
             let Some(io) = &io else {
-                tokio::spawn(serve_connection(builder, service, watcher, stream));
+                tokio::spawn(http1::serve(stream, serving));
                 continue;
             };
             // Moved to the thread's own reactor, so its readiness events
@@ -154,7 +163,7 @@ where
             match stream.into_std() {
                 Ok(stream) => io.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => serve_connection(builder, service, watcher, stream).await,
+                        Ok(stream) => http1::serve(stream, serving).await,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot move a connection to its thread")
                         }
@@ -181,7 +190,7 @@ where
 /// The service answering one connection's requests.
 pub trait ConnectionService:
     tower::Service<
-        http::Request<hyper::body::Incoming>,
+        http::Request<axum::body::Body>,
         Response = axum::response::Response,
         Error = std::convert::Infallible,
     > + Clone
@@ -192,7 +201,7 @@ pub trait ConnectionService:
 
 impl<S> ConnectionService for S where
     S: tower::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<axum::body::Body>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
         > + Clone
@@ -204,42 +213,23 @@ impl<S> ConnectionService for S where
 /// `router` for a connection from `peer`: its requests carry
 /// [`axum::extract::ConnectInfo`].
 pub fn with_peer(router: Router, peer: SocketAddr) -> impl ConnectionService<Future: Send> {
-    router.map_request(move |req: http::Request<hyper::body::Incoming>| {
-        let mut req = req.map(axum::body::Body::new);
+    router.map_request(move |mut req: http::Request<axum::body::Body>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         req
     })
 }
 
-/// Serves one connection with `service` until it closes (or, once shutdown
-/// has begun, until its in-flight requests are answered).
-async fn serve_connection<S>(
-    builder: auto::Builder<TokioExecutor>,
-    service: S,
-    watcher: Watcher,
-    stream: tokio::net::TcpStream,
-) where
-    S: ConnectionService,
-    S::Future: Send + 'static,
-{
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(stream), InPlace::new(service));
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
 /// A connection's tower service as hyper calls it: in place while it is
 /// ready, which the services here always are, rather than a copy of it per
 /// request. A service that is not ready is copied and driven to readiness
 /// with the request, as the tower contract asks.
-struct InPlace<S> {
+pub(super) struct InPlace<S> {
     service: std::cell::RefCell<S>,
 }
 
 impl<S> InPlace<S> {
-    fn new(service: S) -> Self {
+    pub(super) fn new(service: S) -> Self {
         InPlace {
             service: std::cell::RefCell::new(service),
         }
@@ -248,32 +238,49 @@ impl<S> InPlace<S> {
 
 impl<S, B> hyper::service::Service<http::Request<B>> for InPlace<S>
 where
-    S: tower::Service<http::Request<B>> + Clone,
+    S: tower::Service<http::Request<axum::body::Body>> + Clone,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<B>>>;
+    type Future =
+        InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<axum::body::Body>>>;
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
-        let mut service = self.service.borrow_mut();
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match service.poll_ready(&mut cx) {
-            // An error comes back from the copy's readiness, as it would
-            // have from the service's own.
-            std::task::Poll::Ready(Ok(())) => InPlaceFuture::Called {
-                future: service.call(req),
-            },
-            _ => InPlaceFuture::Waiting {
-                future: service.clone().oneshot(req),
-            },
-        }
+        call_in_place(
+            &mut self.service.borrow_mut(),
+            req.map(axum::body::Body::new),
+        )
+    }
+}
+
+/// Calls `service` with `req` in place when it is ready, or else a copy of
+/// it once that copy is.
+pub(super) fn call_in_place<S, R>(
+    service: &mut S,
+    req: R,
+) -> InPlaceFuture<S::Future, tower::util::Oneshot<S, R>>
+where
+    S: tower::Service<R> + Clone,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match service.poll_ready(&mut cx) {
+        // An error comes back from the copy's readiness, as it would
+        // have from the service's own.
+        std::task::Poll::Ready(Ok(())) => InPlaceFuture::Called {
+            future: service.call(req),
+        },
+        _ => InPlaceFuture::Waiting {
+            future: service.clone().oneshot(req),
+        },
     }
 }
 
 pin_project_lite::pin_project! {
     /// The answer of an [`InPlace`] service.
     #[project = InPlaceProjection]
-    enum InPlaceFuture<C, W> {
+    pub(super) enum InPlaceFuture<C, W> {
         Called { #[pin] future: C },
         Waiting { #[pin] future: W },
     }
@@ -459,10 +466,12 @@ mod tests {
         }
     }
 
-    impl tower::Service<http::Request<String>> for SlowToStart {
+    impl tower::Service<http::Request<axum::body::Body>> for SlowToStart {
         type Response = String;
         type Error = std::convert::Infallible;
-        type Future = std::future::Ready<Result<String, Self::Error>>;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<String, Self::Error>> + Send>,
+        >;
 
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             if self.checks.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -472,8 +481,12 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, req: http::Request<String>) -> Self::Future {
-            std::future::ready(Ok(format!("answered {}", req.into_body())))
+        fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+            Box::pin(async move {
+                use http_body_util::BodyExt as _;
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                Ok(format!("answered {}", String::from_utf8_lossy(&body)))
+            })
         }
     }
 

@@ -230,3 +230,124 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
         );
     }
 }
+
+/// One answer read off `stream` (after what `buf` already holds): status,
+/// header fields, body (by `Content-Length`; none when it answers HEAD).
+async fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(n) = answer.parse(buf).unwrap() {
+            let status = answer.code.unwrap();
+            let fields: Vec<(String, String)> = answer
+                .headers
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(f.value).into_owned(),
+                    )
+                })
+                .collect();
+            let length = if head {
+                0
+            } else {
+                fields
+                    .iter()
+                    .find(|(name, _)| name == "content-length")
+                    .map(|(_, v)| v.parse::<usize>().unwrap())
+                    .unwrap_or_else(|| panic!("no content-length in {fields:?}"))
+            };
+            while buf.len() < n + length {
+                let mut more = [0u8; 4096];
+                let read = stream.read(&mut more).await.unwrap();
+                assert!(read > 0, "connection closed within a body");
+                buf.extend_from_slice(&more[..read]);
+            }
+            let body = buf[n..n + length].to_vec();
+            buf.drain(..n + length);
+            return (status, fields, body);
+        }
+        let mut more = [0u8; 4096];
+        let read = stream.read(&mut more).await.unwrap();
+        assert!(read > 0, "connection closed before an answer");
+        buf.extend_from_slice(&more[..read]);
+    }
+}
+
+#[tokio::test]
+async fn one_connection_carries_pipelined_requests_then_requests_with_bodies() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::start().await;
+    for base in [&app.base, &app.gateway_base] {
+        let addr = base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        // Two requests in one write: both answered, in order.
+        stream
+            .write_all(
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: one\r\n\r\n\
+                  HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: two\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let (status, fields, body) = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(status, 200, "{base}");
+        assert!(fields.contains(&("x-request-id".into(), "one".into())));
+        assert!(fields.iter().any(|(name, _)| name == "date"), "{fields:?}");
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "ok");
+        let (status, fields, _) = read_answer(&mut stream, &mut buf, true).await;
+        assert_eq!(status, 200);
+        assert!(fields.contains(&("x-request-id".into(), "two".into())));
+        // A request with a body on the same connection, then a plain one.
+        stream
+            .write_all(
+                b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        let (status, fields, _) = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(status, 422, "{base}: {fields:?}");
+        assert!(fields.contains(&("content-type".into(), "application/problem+json".into())));
+        stream
+            .write_all(b"GET /v1/nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, _, body) = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(status, 404);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "not_found", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_its_answer_and_then_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    for base in [&app.base, &app.gateway_base] {
+        let addr = base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            stream.read_to_end(&mut all),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{base}: the connection stayed open"))
+        .unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
+    }
+}
