@@ -29,10 +29,11 @@ struct Health {
     probing: AtomicBool,
 }
 
-/// Per-instance load and health, keyed by instance id.
+/// Per-instance load and health, keyed by instance id. Ids come from the
+/// registry, not from clients, so the map hashes them with a fast hash.
 #[derive(Default)]
 pub struct Balancer {
-    states: Mutex<HashMap<String, Arc<Health>>>,
+    states: Mutex<HashMap<String, Arc<Health>, foldhash::fast::RandomState>>,
 }
 
 /// An instance chosen for one attempt; counts as in flight until dropped.
@@ -104,46 +105,52 @@ impl Balancer {
     /// loaded wins.
     pub fn pick(&self, instances: &[Instance], tried: &[&str]) -> Option<Lease> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        for instance in instances {
-            if !states.contains_key(&instance.id) {
-                states.insert(instance.id.clone(), Arc::default());
-            }
-        }
-        let candidates: Vec<(usize, &Arc<Health>)> = instances
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| !tried.contains(&i.url.as_str()))
-            .map(|(index, i)| (index, &states[&i.id]))
-            .collect();
-        let healthy: Vec<(usize, &Arc<Health>)> = candidates
-            .iter()
-            .filter(|(_, h)| !h.ejected.load(Ordering::Relaxed))
-            .copied()
-            .collect();
-        let pool = if healthy.is_empty() {
-            candidates
-        } else {
-            healthy
-        };
-        let (index, health) = match pool.len() {
-            0 => return None,
-            1 => pool[0],
-            n => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) { pool[b] } else { pool[a] }
+        let mut state = |instance: &Instance| -> Arc<Health> {
+            match states.get(instance.id.as_str()) {
+                Some(health) => health.clone(),
+                None => states.entry(instance.id.clone()).or_default().clone(),
             }
         };
+        let (index, health) = match instances {
+            // One instance, the usual case: it is the choice, healthy or not.
+            [only] if !tried.contains(&only.url.as_str()) => (0, state(only)),
+            [_] | [] => return None,
+            _ => {
+                let candidates: Vec<(usize, Arc<Health>)> = instances
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| !tried.contains(&i.url.as_str()))
+                    .map(|(index, i)| (index, state(i)))
+                    .collect();
+                let healthy: Vec<&(usize, Arc<Health>)> = candidates
+                    .iter()
+                    .filter(|(_, h)| !h.ejected.load(Ordering::Relaxed))
+                    .collect();
+                let pool: Vec<&(usize, Arc<Health>)> = if healthy.is_empty() {
+                    candidates.iter().collect()
+                } else {
+                    healthy
+                };
+                let chosen = match pool.len() {
+                    0 => return None,
+                    1 => pool[0],
+                    n => {
+                        let mut rng = rand::rng();
+                        let a = rng.random_range(0..n);
+                        let mut b = rng.random_range(0..n - 1);
+                        if b >= a {
+                            b += 1;
+                        }
+                        let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
+                        if load(b) < load(a) { pool[b] } else { pool[a] }
+                    }
+                };
+                (chosen.0, chosen.1.clone())
+            }
+        };
+        drop(states);
         health.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
-            index,
-            health: health.clone(),
-        })
+        Some(Lease { index, health })
     }
 }
 

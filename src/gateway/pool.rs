@@ -36,7 +36,8 @@ const SWEEP_EVERY: u32 = 1024;
 
 #[derive(Default)]
 struct Idle {
-    by_address: HashMap<Arc<str>, Slot>,
+    /// Addresses come from the registry, not from clients: a fast hash.
+    by_address: HashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
     checkouts: u32,
 }
 
