@@ -100,9 +100,11 @@ pub fn is_kernel_path(path: &str) -> bool {
 /// requests finish for at most the configured grace period. `front` makes
 /// the service that answers one connection, given its peer's address.
 ///
-/// Connections are served by hyper directly (HTTP/1.1 and h2c on one
-/// socket) so that a client that sends its headers too slowly is cut off
-/// after `header_read_timeout_ms` instead of holding a connection open.
+/// Each connection starts in the kernel's own loop for plain HTTP/1.1
+/// requests (`http1.rs`), which hands it to hyper (HTTP/1.1 and h2c on one
+/// socket) the moment it asks for more. Either way a client that sends its
+/// headers too slowly is cut off after `header_read_timeout_ms` instead of
+/// holding a connection open.
 pub fn spawn<F, S>(
     name: &'static str,
     listener: TcpListener,
