@@ -124,7 +124,10 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     };
     server::launch_with(ctx, app, launch, move |router| {
         move |addr| {
-            let gateway = gateway.clone();
+            // A handle of the connection's own: its requests count their
+            // references on it rather than on the gateway's shared one,
+            // which requests on the other I/O threads touch too.
+            let gateway = Arc::new(gateway.clone());
             let peer = headers::Peer::new(addr);
             edge::Edge {
                 own: server::with_peer(router.clone(), addr),

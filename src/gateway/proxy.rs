@@ -169,7 +169,7 @@ fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
 
 /// Answers a request for a path the gateway does not serve itself, from a
 /// client connected from `peer`.
-pub async fn forward(gw: Gateway, peer: Peer, req: Request) -> Response {
+pub async fn forward(gw: Arc<Gateway>, peer: Peer, req: Request) -> Response {
     let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
     let started = logged.then(std::time::Instant::now);
     let method = req.method().clone();

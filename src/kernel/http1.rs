@@ -419,7 +419,8 @@ fn parse(read: &mut BytesMut) -> Parsed {
         // Put back for hyper, which answers a bad target itself.
         return unparse(read, head);
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the layers add (a request id, say) without growing.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for ((name_start, name_end), (value_start, value_end)) in spans {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[name_start..name_end]),
