@@ -30,6 +30,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::headers::ProxyFields;
+use crate::kernel::http1::BodyFraming;
 
 /// The longest answer head read.
 const MAX_HEAD: usize = 64 * 1024;
@@ -344,29 +345,21 @@ async fn send_body(
     mut body: Body,
     size: Option<u64>,
 ) -> Result<(), Error> {
-    let mut sent: u64 = 0;
+    let mut framing = BodyFraming::new(size);
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
+                // Trailer fields of a request are not passed on.
                 let Ok(data) = frame.into_data() else {
-                    // Trailer fields of a request are not passed on.
                     continue;
                 };
                 if data.is_empty() {
                     continue;
                 }
-                sent += data.len() as u64;
-                if size.is_some_and(|n| sent > n) {
+                if framing.push(out, &data).is_err() {
                     return Err(Error::Body(axum::Error::new(
                         "request body longer than declared",
                     )));
-                }
-                if size.is_none() {
-                    let _ = write!(out, "{:x}\r\n", data.len());
-                    out.put_slice(&data);
-                    out.put_slice(b"\r\n");
-                } else {
-                    out.put_slice(&data);
                 }
                 // Written before waiting for more; a body that has ended
                 // leaves with its end in one write.
@@ -377,13 +370,10 @@ async fn send_body(
             }
             Some(Err(e)) => return Err(Error::Body(e)),
             None => {
-                if size.is_some_and(|n| sent != n) {
+                if framing.finish(out).is_err() {
                     return Err(Error::Body(axum::Error::new(
                         "request body shorter than declared",
                     )));
-                }
-                if size.is_none() {
-                    out.put_slice(b"0\r\n\r\n");
                 }
                 if !out.is_empty() {
                     writer.write_all(out).await.map_err(before_answer)?;

@@ -209,7 +209,11 @@ impl Conn {
             self.stream.write_all(&self.write).await?;
             return Ok(keep);
         }
-        let mut sent: u64 = 0;
+        let mut framing = BodyFraming::new(if chunked {
+            None
+        } else {
+            Some(length.unwrap_or(u64::MAX))
+        });
         loop {
             // Bytes gathered go out before waiting on a body that has
             // nothing more yet.
@@ -228,27 +232,13 @@ impl Conn {
                 };
             match frame {
                 Some(Ok(frame)) => {
+                    // Trailer fields are not passed on.
                     let Ok(data) = frame.into_data() else {
-                        // Trailer fields are not passed on.
                         continue;
                     };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    sent += data.len() as u64;
-                    if length.is_some_and(|n| sent > n) {
-                        // More than announced: the answer cannot be framed.
+                    // More than announced: the answer cannot be framed.
+                    if framing.push(&mut self.write, &data).is_err() {
                         return Ok(false);
-                    }
-                    if chunked {
-                        let mut size = [0u8; 16];
-                        let digits = hex(data.len(), &mut size);
-                        self.write.put_slice(digits);
-                        self.write.put_slice(b"\r\n");
-                        self.write.put_slice(&data);
-                        self.write.put_slice(b"\r\n");
-                    } else {
-                        self.write.put_slice(&data);
                     }
                     if self.write.len() >= WRITE_BATCH {
                         self.stream.write_all(&self.write).await?;
@@ -259,11 +249,10 @@ impl Conn {
                 // answered otherwise: the connection is cut short.
                 Some(Err(_)) => return Ok(false),
                 None => {
-                    if length.is_some_and(|n| sent != n) {
+                    // An answer without a length (HTTP/1.0) ends with the
+                    // connection, whatever it held.
+                    if framing.finish(&mut self.write).is_err() && length.is_some() {
                         return Ok(false);
-                    }
-                    if chunked {
-                        self.write.put_slice(b"0\r\n\r\n");
                     }
                     if !self.write.is_empty() {
                         self.stream.write_all(&self.write).await?;
@@ -271,6 +260,58 @@ impl Conn {
                     }
                     return Ok(keep);
                 }
+            }
+        }
+    }
+}
+
+/// A message body written into a buffer in its framing: a length
+/// announced beforehand, or chunked coding.
+pub struct BodyFraming {
+    /// The announced length; chunked when there is none.
+    length: Option<u64>,
+    sent: u64,
+}
+
+/// A body longer or shorter than its announced length.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Misframed;
+
+impl BodyFraming {
+    pub fn new(length: Option<u64>) -> BodyFraming {
+        BodyFraming { length, sent: 0 }
+    }
+
+    /// Writes `data` to `out`, framed; refused once the body would be
+    /// longer than announced.
+    pub fn push(&mut self, out: &mut BytesMut, data: &[u8]) -> Result<(), Misframed> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sent += data.len() as u64;
+        match self.length {
+            Some(n) if self.sent > n => return Err(Misframed),
+            Some(_) => out.put_slice(data),
+            None => {
+                let mut size = [0u8; 16];
+                out.put_slice(hex(data.len(), &mut size));
+                out.put_slice(b"\r\n");
+                out.put_slice(data);
+                out.put_slice(b"\r\n");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the body's end to `out`; refused when the body was shorter
+    /// than announced.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), Misframed> {
+        match self.length {
+            Some(n) if self.sent != n => Err(Misframed),
+            Some(_) => Ok(()),
+            None => {
+                out.put_slice(b"0\r\n\r\n");
+                Ok(())
             }
         }
     }
@@ -678,6 +719,37 @@ mod tests {
             Ok(Some(_))
         ));
         assert!(matches!(parsed(b"GET / HTTP/1.1\r\nHost:").0, Ok(None)));
+    }
+
+    #[test]
+    fn bodies_are_framed_by_length_or_in_chunks() {
+        let mut out = BytesMut::new();
+        let mut chunked = BodyFraming::new(None);
+        chunked.push(&mut out, b"hello").unwrap();
+        chunked.push(&mut out, b"").unwrap();
+        chunked.push(&mut out, &[b'x'; 26]).unwrap();
+        chunked.finish(&mut out).unwrap();
+        let mut expected = b"5\r\nhello\r\n1a\r\n".to_vec();
+        expected.extend_from_slice(&[b'x'; 26]);
+        expected.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(&out[..], &expected[..]);
+
+        let mut out = BytesMut::new();
+        let mut sized = BodyFraming::new(Some(4));
+        sized.push(&mut out, b"ab").unwrap();
+        assert_eq!(
+            sized.finish(&mut out),
+            Err(Misframed),
+            "shorter than announced"
+        );
+        sized.push(&mut out, b"cd").unwrap();
+        sized.finish(&mut out).unwrap();
+        assert_eq!(&out[..], b"abcd");
+        assert_eq!(
+            sized.push(&mut out, b"e"),
+            Err(Misframed),
+            "longer than announced"
+        );
     }
 
     #[test]
