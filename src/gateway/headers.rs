@@ -69,7 +69,8 @@ pub struct ProxyFields {
     host: HeaderValue,
     /// The client's address as `Forwarded` writes it.
     node: Node,
-    identity: Option<(HeaderValue, HeaderValue)>,
+    /// The verified user and session, written as text where they go.
+    identity: Option<(uuid::Uuid, uuid::Uuid)>,
 }
 
 enum Node {
@@ -118,13 +119,7 @@ pub fn upstream_headers(
         IpAddr::V4(v4) => Node::V4(v4),
         IpAddr::V6(v6) => Node::V6(v6),
     };
-    let identity = principal.and_then(|p| {
-        let mut text = uuid::Uuid::encode_buffer();
-        let user = HeaderValue::from_str(p.user_id.hyphenated().encode_lower(&mut text)).ok()?;
-        let session =
-            HeaderValue::from_str(p.session_id.hyphenated().encode_lower(&mut text)).ok()?;
-        Some((user, session))
-    });
+    let identity = principal.map(|p| (p.user_id, p.session_id));
     crate::kernel::telemetry::inject_headers(headers);
     ProxyFields {
         forwarded_for,
@@ -159,8 +154,12 @@ impl ProxyFields {
         field(&X_FORWARDED_PROTO, &|out| out.put_slice(b"http"));
         field(&header::FORWARDED, &|out| self.forwarded(out));
         if let Some((user, session)) = &self.identity {
-            field(&USER_ID, &|out| out.put_slice(user.as_bytes()));
-            field(&SESSION_ID, &|out| out.put_slice(session.as_bytes()));
+            let text = |id: &uuid::Uuid, out: &mut BytesMut| {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                out.put_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
+            };
+            field(&USER_ID, &|out| text(user, out));
+            field(&SESSION_ID, &|out| text(session, out));
         }
     }
 
