@@ -106,8 +106,7 @@ where
             keep_alive,
             head,
         } = request;
-        let answer = call_in_place(&mut service, request).await;
-        let Ok(answer) = answer;
+        let Ok(answer) = call_in_place(&mut service, request).await;
         let keep_alive = KeepAlive {
             keep: keep_alive.keep && !shutdown.is_cancelled(),
             ..keep_alive
@@ -209,11 +208,11 @@ impl Conn {
             self.stream.write_all(&self.write).await?;
             return Ok(keep);
         }
-        let mut framing = BodyFraming::new(if chunked {
-            None
-        } else {
-            Some(length.unwrap_or(u64::MAX))
-        });
+        let mut framing = match length {
+            Some(n) => BodyFraming::new(Some(n)),
+            None if chunked => BodyFraming::new(None),
+            None => BodyFraming::until_close(),
+        };
         loop {
             // Bytes gathered go out before waiting on a body that has
             // nothing more yet.
@@ -249,9 +248,7 @@ impl Conn {
                 // answered otherwise: the connection is cut short.
                 Some(Err(_)) => return Ok(false),
                 None => {
-                    // An answer without a length (HTTP/1.0) ends with the
-                    // connection, whatever it held.
-                    if framing.finish(&mut self.write).is_err() && length.is_some() {
+                    if framing.finish(&mut self.write).is_err() {
                         return Ok(false);
                     }
                     if !self.write.is_empty() {
@@ -266,11 +263,18 @@ impl Conn {
 }
 
 /// A message body written into a buffer in its framing: a length
-/// announced beforehand, or chunked coding.
+/// announced beforehand, chunked coding, or (for an HTTP/1.0 client) up to
+/// the connection's close.
 pub struct BodyFraming {
-    /// The announced length; chunked when there is none.
-    length: Option<u64>,
+    mode: Mode,
     sent: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Length(u64),
+    Chunked,
+    UntilClose,
 }
 
 /// A body longer or shorter than its announced length.
@@ -278,8 +282,18 @@ pub struct BodyFraming {
 pub struct Misframed;
 
 impl BodyFraming {
+    /// By `length` when there is one, else chunked.
     pub fn new(length: Option<u64>) -> BodyFraming {
-        BodyFraming { length, sent: 0 }
+        let mode = length.map_or(Mode::Chunked, Mode::Length);
+        BodyFraming { mode, sent: 0 }
+    }
+
+    /// Up to the connection's close: the bytes as they are.
+    fn until_close() -> BodyFraming {
+        BodyFraming {
+            mode: Mode::UntilClose,
+            sent: 0,
+        }
     }
 
     /// Writes `data` to `out`, framed; refused once the body would be
@@ -289,10 +303,10 @@ impl BodyFraming {
             return Ok(());
         }
         self.sent += data.len() as u64;
-        match self.length {
-            Some(n) if self.sent > n => return Err(Misframed),
-            Some(_) => out.put_slice(data),
-            None => {
+        match self.mode {
+            Mode::Length(n) if self.sent > n => return Err(Misframed),
+            Mode::Length(_) | Mode::UntilClose => out.put_slice(data),
+            Mode::Chunked => {
                 let mut size = [0u8; 16];
                 out.put_slice(hex(data.len(), &mut size));
                 out.put_slice(b"\r\n");
@@ -306,10 +320,10 @@ impl BodyFraming {
     /// Writes the body's end to `out`; refused when the body was shorter
     /// than announced.
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), Misframed> {
-        match self.length {
-            Some(n) if self.sent != n => Err(Misframed),
-            Some(_) => Ok(()),
-            None => {
+        match self.mode {
+            Mode::Length(n) if self.sent != n => Err(Misframed),
+            Mode::Length(_) | Mode::UntilClose => Ok(()),
+            Mode::Chunked => {
                 out.put_slice(b"0\r\n\r\n");
                 Ok(())
             }

@@ -203,8 +203,7 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
         .start()
         .await;
     for base in [&app.base, &app.gateway_base] {
-        let addr = base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = raw_connection(base).await;
         // Half a request, then nothing.
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -229,6 +228,13 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
             200
         );
     }
+}
+
+/// A plain TCP connection to the server at `base` (`http://host:port`).
+async fn raw_connection(base: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap()
 }
 
 /// One answer read off `stream` (after what `buf` already holds): status,
@@ -285,8 +291,7 @@ async fn one_connection_carries_pipelined_requests_then_requests_with_bodies() {
     use tokio::io::AsyncWriteExt;
     let app = TestApp::start().await;
     for base in [&app.base, &app.gateway_base] {
-        let addr = base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = raw_connection(base).await;
         let mut buf = Vec::new();
         // Two requests in one write: both answered, in order.
         stream
@@ -332,8 +337,7 @@ async fn an_http10_client_gets_its_answer_and_then_the_connection_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::start().await;
     for base in [&app.base, &app.gateway_base] {
-        let addr = base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = raw_connection(base).await;
         stream
             .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
             .await
