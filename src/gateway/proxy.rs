@@ -223,26 +223,10 @@ async fn route_and_forward(
         return r;
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
-    let token = bearer::bearer(&req);
-    // Anonymous traffic is limited per client address before any token work.
     let mut verdict = None;
-    if (token.is_err() || config.auth == AuthPolicy::Public)
-        && let Some(limiter) = &gw.inner.per_ip
-    {
-        let v = limiter.check(RateKey::Address(client_ip));
-        if matches!(v, Verdict::Refused { .. }) {
-            return ratelimit::refusal(v);
-        }
-        verdict = Some(v);
-    }
-    let principal = if config.auth == AuthPolicy::Public {
-        None
-    } else {
-        // Boxed, so public routes do not carry the token check's size.
-        match Box::pin(admit(&gw.inner.check, config.auth, token)).await {
-            Ok(p) => p,
-            Err(e) => return bearer::refusal(e),
-        }
+    let principal = match admit(gw, config.auth, req.headers(), client_ip, &mut verdict).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
     };
     if let (Some(p), Some(limiter)) = (&principal, &gw.inner.per_user) {
         let v = limiter.check(RateKey::User(p.user_id));
@@ -594,19 +578,51 @@ async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Out
 }
 
 /// Applies the route's token policy: the principal when a token verified.
+///
+/// Every request that does not carry a token proven good is anonymous
+/// traffic and takes one request from its client address's allowance: no
+/// token, a token that is not a bearer token, and a token refused as
+/// forged, expired or revoked alike, so that guessing at tokens is limited
+/// like any other anonymous traffic. A token that cannot be checked because
+/// auth is away is the platform's fault, not the client's, and is not
+/// counted. A valid token counts only against its user's allowance.
 async fn admit(
-    check: &TokenCheck,
+    gw: &Gateway,
     policy: AuthPolicy,
-    token: Result<&str, TokenError>,
-) -> Result<Option<Principal>, TokenError> {
-    if policy == AuthPolicy::Public {
-        return Ok(None);
-    }
-    match token {
-        Ok(token) => check.check(token).await.map(Some),
-        Err(TokenError::Missing) if policy == AuthPolicy::Optional => Ok(None),
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+    verdict: &mut Option<Verdict>,
+) -> Result<Option<Principal>, Response> {
+    let token = match policy {
+        AuthPolicy::Public => Err(TokenError::Missing),
+        _ => bearer::bearer_token(headers),
+    };
+    let checked = match token {
+        Err(TokenError::Missing) if policy != AuthPolicy::Required => Ok(None),
         Err(e) => Err(e),
+        Ok(token) => match gw.inner.check.check_remembered(token) {
+            Some(remembered) => remembered.map(Some),
+            // Boxed, so requests answered from memory do not carry the size
+            // of a verification.
+            None => Box::pin(gw.inner.check.check_fresh(token)).await.map(Some),
+        },
+    };
+    if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable))
+        && let Some(limiter) = &gw.inner.per_ip
+    {
+        let v = limiter.check(RateKey::Address(client_ip));
+        if matches!(v, Verdict::Refused { .. }) {
+            return Err(ratelimit::refusal(v));
+        }
+        *verdict = Some(v);
     }
+    checked.map_err(|e| {
+        let mut refused = bearer::refusal(e);
+        if let Some(v) = *verdict {
+            ratelimit::annotate(v, refused.headers_mut());
+        }
+        refused
+    })
 }
 
 impl Gateway {

@@ -4,14 +4,16 @@
 //! Tokens are verified locally against auth's public keys, fetched over gRPC
 //! and cached for the lifetime auth announces; a token naming an unknown key
 //! causes one refresh (at most one per [`FORCED_REFRESH_EVERY`], so garbage
-//! key ids cannot hammer auth). Verified tokens are cached until they expire.
-//! Sessions ended in auth arrive as `auth.session.revoked` events and are
-//! refused from then on, cached or not.
+//! key ids cannot hammer auth). Verified tokens are cached until they expire,
+//! in one shared cache and, for the ones a thread served lately, in that
+//! thread's own table ([`super::recent`]). Sessions ended in auth arrive as
+//! `auth.session.revoked` events and are refused from then on, cached or not.
 //!
 //! Failures answer 401 problem+json with `WWW-Authenticate: Bearer` and the
 //! reason as `code`; nothing about the token itself is logged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use moka::Expiry;
 use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
@@ -28,6 +30,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::recent;
 use super::token::{self, Expect, Principal, TokenError};
 use crate::kernel::bus::EventBus;
 use crate::kernel::clock::Clock;
@@ -94,10 +97,10 @@ struct Cached {
 
 struct UntilExpiry;
 
-impl Expiry<String, Principal> for UntilExpiry {
+impl Expiry<Box<[u8]>, Principal> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &Box<[u8]>,
         value: &Principal,
         _now: Instant,
     ) -> Option<Duration> {
@@ -119,7 +122,12 @@ pub struct TokenCheck {
     inner: Arc<Inner>,
 }
 
+/// Numbers the checks of a process, so that per-thread tables never mix
+/// the tokens of two.
+static CHECKS: AtomicU64 = AtomicU64::new(0);
+
 struct Inner {
+    id: u64,
     source: Arc<dyn KeySource>,
     expect: Expect,
     clock: Arc<dyn Clock>,
@@ -128,8 +136,10 @@ struct Inner {
     /// Keyed by the token itself, hashed with foldhash: SipHash over a token
     /// of some 500 bytes costs more than the rest of the lookup, and only
     /// tokens that verified are ever put in.
-    verified: moka::sync::Cache<String, Principal, foldhash::fast::RandomState>,
+    verified: moka::sync::Cache<Box<[u8]>, Principal, foldhash::fast::RandomState>,
     revoked: moka::sync::Cache<Uuid, Duration>,
+    /// Moves on at every revocation, which voids the per-thread tables.
+    generation: AtomicU64,
     /// How long a revocation must be remembered: the longest token lifetime.
     remember_revocations: Duration,
 }
@@ -143,6 +153,7 @@ impl TokenCheck {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                id: CHECKS.fetch_add(1, Ordering::Relaxed),
                 source,
                 expect,
                 clock,
@@ -156,22 +167,54 @@ impl TokenCheck {
                     .max_capacity(REVOKED_CAPACITY)
                     .expire_after(ForTtl)
                     .build(),
+                generation: AtomicU64::new(0),
                 remember_revocations,
             }),
         }
     }
 
-    /// Checks a bearer token: cached when seen before, else verified.
-    pub async fn check(&self, token: &str) -> Result<Principal, TokenError> {
-        let now = self.inner.clock.now();
-        if let Some(p) = self.inner.verified.get(token) {
-            return self.still_good(p, now);
+    /// Checks a bearer token: from memory when it verified before, else
+    /// verified now.
+    pub async fn check(&self, token: impl AsRef<[u8]>) -> Result<Principal, TokenError> {
+        let token = token.as_ref();
+        match self.check_remembered(token) {
+            Some(verdict) => verdict,
+            None => self.check_fresh(token).await,
         }
-        let principal = self.verify_uncached(token).await?;
-        self.inner
-            .verified
-            .insert(token.to_owned(), principal.clone());
-        self.still_good(principal, now)
+    }
+
+    /// The verdict on a token that verified before, with no signature work;
+    /// `None` when this check has not verified it (or has forgotten it).
+    pub fn check_remembered(&self, token: &[u8]) -> Option<Result<Principal, TokenError>> {
+        let now = self.inner.clock.now();
+        // Read before the revocation check below, so that a revocation
+        // racing with it voids what is remembered here.
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        if let Some(p) = recent::get(self.inner.id, generation, token) {
+            return Some(if now >= p.expires_at {
+                Err(TokenError::Expired)
+            } else {
+                Ok(p)
+            });
+        }
+        let verdict = self.still_good(self.inner.verified.get(token)?, now);
+        if let Ok(p) = &verdict {
+            recent::put(self.inner.id, generation, token, p);
+        }
+        Some(verdict)
+    }
+
+    /// Verifies a token's signature and claims, and remembers it when good.
+    pub async fn check_fresh(&self, token: &[u8]) -> Result<Principal, TokenError> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let text = std::str::from_utf8(token)
+            .ok()
+            .filter(|t| t.is_ascii())
+            .ok_or(TokenError::Malformed)?;
+        let principal = self.verify_uncached(text).await?;
+        self.inner.verified.insert(token.into(), principal.clone());
+        recent::put(self.inner.id, generation, token, &principal);
+        Ok(principal)
     }
 
     /// Verifies without the verified-token cache (keys are still cached).
@@ -201,6 +244,7 @@ impl TokenCheck {
         self.inner
             .revoked
             .insert(session_id, self.inner.remember_revocations);
+        self.inner.generation.fetch_add(1, Ordering::Release);
     }
 
     async fn key(&self, kid: &str) -> Result<AsymmetricPublicKey<V4>, TokenError> {
@@ -323,28 +367,36 @@ pub fn refusal(error: TokenError) -> Response {
 
 /// The bearer token of a request, if it carries one.
 pub fn bearer(req: &Request) -> Result<&str, TokenError> {
-    let value = req
-        .headers()
+    std::str::from_utf8(bearer_token(req.headers())?)
+        .ok()
+        .filter(|t| t.is_ascii())
+        .ok_or(TokenError::Malformed)
+}
+
+/// The bearer token in `headers`, as the bytes sent, spaces around it
+/// trimmed. Not checked to be text: only tokens that verified are ever
+/// found in memory, and verifying checks that.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], TokenError> {
+    let value = headers
         .get(AUTHORIZATION)
         .ok_or(TokenError::Missing)?
         .as_bytes();
-    // A field value holds no control characters, so plain ASCII is what
-    // `to_str` would accept; checked a word at a time rather than by byte.
-    let value = std::str::from_utf8(value)
-        .ok()
-        .filter(|v| v.is_ascii())
+    let space = value
+        .iter()
+        .position(|b| *b == b' ')
         .ok_or(TokenError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+    let (scheme, token) = value.split_at(space);
+    let token = token.trim_ascii();
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
         return Err(TokenError::Malformed);
     }
-    Ok(token.trim())
+    Ok(token)
 }
 
 /// Axum middleware: lets the request through with a [`Principal`] in its
 /// extensions, or answers 401.
 pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Next) -> Response {
-    let verdict = match bearer(&req) {
+    let verdict = match bearer_token(req.headers()) {
         Ok(token) => check.check(token).await,
         Err(e) => Err(e),
     };

@@ -6,8 +6,11 @@
 //! - [`bearer`]: the bearer-token check: keys fetched from auth over gRPC and
 //!   cached, verified tokens cached, revoked sessions learned from the bus,
 //!   and a [`token::Principal`] put into each request.
+//! - [`recent`]: a small per-thread table of tokens that verified lately, in
+//!   front of the bearer check's shared cache.
 //! - [`ratelimit`]: GCRA rate limits by client or user, with bounded state.
 
 pub mod bearer;
 pub mod ratelimit;
+pub mod recent;
 pub mod token;

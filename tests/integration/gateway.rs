@@ -378,6 +378,54 @@ async fn bursts_get_429_with_retry_and_ratelimit_headers() {
 }
 
 #[tokio::test]
+async fn guessed_tokens_spend_the_address_allowance_and_valid_ones_do_not() {
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.rate_limit.per_ip_per_sec = 1;
+            g.rate_limit.per_ip_burst = 2;
+        })
+        .start()
+        .await;
+    let gw = &app.gateway_base;
+    app.register("guess@example.org").await;
+    let token = app.login("guess@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Signed by the platform's key, but not what it signed.
+    let mut forged = token.clone().into_bytes();
+    let i = "v4.public.".len() + 40;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let me = |token: &str| {
+        app.http
+            .get(format!("{gw}/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    let first = me(&forged).await.unwrap();
+    assert_eq!(first.headers()["ratelimit-remaining"], "1");
+    assert_problem(first, 401, "token_bad_signature").await;
+    assert_problem(me(&forged).await.unwrap(), 401, "token_bad_signature").await;
+    let refused = me(&forged).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, 429, "rate_limited").await;
+    // The same address is out of anonymous allowance for public routes too.
+    let reset = app
+        .http
+        .post(format!("{gw}/v1/password-resets"))
+        .json(&json!({"email": "guess@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(reset, 429, "rate_limited").await;
+    // A valid token is its user's own business, first use and later ones.
+    for _ in 0..3 {
+        assert_eq!(me(&token).await.unwrap().status(), 200);
+    }
+}
+
+#[tokio::test]
 async fn cors_preflight_is_answered_for_allowed_origins_only() {
     let app = TestApp::builder()
         .gateway(|g| g.cors.allowed_origins = vec!["https://app.example.org".into()])
