@@ -357,9 +357,7 @@ async fn send(
         };
         gw.inner
             .metrics
-            .gateway_upstream_requests_total
-            .with_label_values(&[config.prefix.as_str(), instance.url.as_str(), status])
-            .inc();
+            .upstream_answered(&config.prefix, &instance.url, status);
         match outcome {
             Ok(Ok(response)) => {
                 lease.succeeded();

@@ -3,17 +3,24 @@
 //! `/metrics`; in the all-in-one process the services share one registry and
 //! are told apart by the `service` label.
 
+use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process's metrics. Cheap to clone: every field is a shared handle.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Tells this set of metrics apart in the per-thread handle tables.
+    id: u64,
     registry: Registry,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
@@ -88,6 +95,7 @@ impl Metrics {
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(password_hash_duration_seconds.clone()))?;
         Ok(Self {
+            id: METRIC_SETS.fetch_add(1, Ordering::Relaxed),
             registry,
             http_requests_total,
             http_request_duration_seconds,
@@ -96,6 +104,106 @@ impl Metrics {
             outbox_pending,
             password_hash_duration_seconds,
             gateway_upstream_requests_total,
+        })
+    }
+
+    /// Counts one answered request of `service` and the time it took.
+    pub fn request_answered(
+        &self,
+        service: &'static str,
+        method: &str,
+        route: &str,
+        status: &str,
+        elapsed: Duration,
+    ) {
+        let labels = [service, method, route, status];
+        self.count_in(Family::Request, &labels, |handles| match handles {
+            Handles::Request { count, duration } => {
+                count.inc();
+                duration.observe(elapsed.as_secs_f64());
+            }
+            Handles::Upstream(_) => {}
+        });
+    }
+
+    /// Counts one request the gateway sent to `upstream` for `route`, by
+    /// the answer's status or the error.
+    pub fn upstream_answered(&self, route: &str, upstream: &str, status: &str) {
+        self.count_in(Family::Upstream, &[route, upstream, status], |handles| {
+            if let Handles::Upstream(count) = handles {
+                count.inc();
+            }
+        });
+    }
+
+    /// Runs `count` with this thread's handles for `labels` in `family`,
+    /// resolving them first when the thread has none yet.
+    fn count_in(&self, family: Family, labels: &[&str], count: impl FnOnce(&Handles)) {
+        let key = LabelRef {
+            metrics: self.id,
+            family,
+            labels,
+        };
+        let mut count = Some(count);
+        // Gone only while the thread ends; then the handles are resolved
+        // for this one count.
+        let _ = HANDLES.try_with(|table| {
+            let Ok(mut table) = table.try_borrow_mut() else {
+                return;
+            };
+            if let Some(handles) = table.get(&key) {
+                if let Some(count) = count.take() {
+                    count(handles);
+                }
+                return;
+            }
+            let Some(handles) = self.handles(family, labels) else {
+                return;
+            };
+            if table.len() >= HANDLES_PER_THREAD {
+                table.clear();
+            }
+            if let Some(count) = count.take() {
+                count(&handles);
+            }
+            let owned = LabelSet {
+                metrics: self.id,
+                family,
+                labels: labels.iter().map(|l| Box::from(*l)).collect(),
+            };
+            table.insert(owned, handles);
+        });
+        if let Some(count) = count.take()
+            && let Some(handles) = self.handles(family, labels)
+        {
+            count(&handles);
+        }
+    }
+
+    /// Resolves the handles for `labels`; none when their number is not
+    /// the family's.
+    fn handles(&self, family: Family, labels: &[&str]) -> Option<Handles> {
+        Some(match family {
+            Family::Request => {
+                let [service, method, route, _status] = labels else {
+                    return None;
+                };
+                Handles::Request {
+                    count: self
+                        .http_requests_total
+                        .get_metric_with_label_values(labels)
+                        .ok()?,
+                    duration: self
+                        .http_request_duration_seconds
+                        .get_metric_with_label_values(&[service, method, route])
+                        .ok()?,
+                }
+            }
+            Family::Upstream => Handles::Upstream(
+                self.gateway_upstream_requests_total
+                    .get_metric_with_label_values(labels)
+                    .ok()?,
+            ),
         })
     }
 
@@ -108,6 +216,120 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Numbers the metric sets of a process (tests make many).
+static METRIC_SETS: AtomicU64 = AtomicU64::new(0);
+
+/// Most label sets a thread keeps handles for; past it the table starts over.
+const HANDLES_PER_THREAD: usize = 4096;
+
+/// Which labelled metrics a handle table entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    Request,
+    Upstream,
+}
+
+/// The metrics behind one label set, resolved once.
+#[derive(Clone)]
+enum Handles {
+    Request {
+        count: IntCounter,
+        duration: Histogram,
+    },
+    Upstream(IntCounter),
+}
+
+/// A handle table entry's key, owned.
+struct LabelSet {
+    metrics: u64,
+    family: Family,
+    labels: Box<[Box<str>]>,
+}
+
+/// The same key, borrowed from the caller, so a lookup allocates nothing.
+struct LabelRef<'a> {
+    metrics: u64,
+    family: Family,
+    labels: &'a [&'a str],
+}
+
+fn hash_labels<'a, H: Hasher>(
+    metrics: u64,
+    family: Family,
+    labels: impl ExactSizeIterator<Item = &'a str>,
+    state: &mut H,
+) {
+    metrics.hash(state);
+    family.hash(state);
+    state.write_usize(labels.len());
+    for label in labels {
+        label.hash(state);
+    }
+}
+
+impl Hash for LabelSet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_labels(
+            self.metrics,
+            self.family,
+            self.labels.iter().map(|l| &**l),
+            state,
+        );
+    }
+}
+
+impl Hash for LabelRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_labels(
+            self.metrics,
+            self.family,
+            self.labels.iter().copied(),
+            state,
+        );
+    }
+}
+
+impl PartialEq for LabelSet {
+    fn eq(&self, other: &Self) -> bool {
+        (self.metrics, self.family) == (other.metrics, other.family) && self.labels == other.labels
+    }
+}
+
+impl Eq for LabelSet {}
+
+impl hashbrown::Equivalent<LabelSet> for LabelRef<'_> {
+    fn equivalent(&self, key: &LabelSet) -> bool {
+        self.metrics == key.metrics
+            && self.family == key.family
+            && self.labels.len() == key.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(key.labels.iter())
+                .all(|(a, b)| same_text(a, b))
+    }
+}
+
+/// Whether two labels say the same. Labels are mostly static strings or
+/// strings a route keeps, met again at the same address, so that is
+/// checked before the bytes.
+fn same_text(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
+type HandleTable = hashbrown::HashMap<LabelSet, Handles, foldhash::fast::RandomState>;
+
+thread_local! {
+    /// Each thread's handles to the labelled metrics it has counted in.
+    ///
+    /// Resolving a label set (`with_label_values`) hashes every label and
+    /// takes a lock that every thread shares; a request that counts itself
+    /// three times paid that three times. Here a thread resolves each label
+    /// set once and then only counts. The counts themselves are the
+    /// metrics' own, so a scrape sees every thread's at once.
+    static HANDLES: RefCell<HandleTable> = RefCell::new(HandleTable::default());
 }
 
 /// Put into a response's extensions by handlers that route by themselves,
@@ -132,4 +354,58 @@ pub async fn endpoint(State(t): State<Tracked>) -> impl IntoResponse {
         )],
         t.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_of(metrics: &Metrics, line_start: &str) -> u64 {
+        metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    #[test]
+    fn counts_from_every_thread_reach_their_own_metrics_only() {
+        let (a, b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        let ok =
+            r#"gatehouse_http_requests_total{method="GET",route="/x",service="s",status="200"}"#;
+        let took = Duration::from_millis(3);
+        a.request_answered("s", "GET", "/x", "200", took);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                a.request_answered("s", "GET", "/x", "200", took);
+                a.request_answered("s", "GET", "/x", "200", took);
+            });
+        });
+        b.request_answered("s", "GET", "/x", "200", took);
+        assert_eq!(count_of(&a, ok), 3);
+        assert_eq!(count_of(&b, ok), 1);
+        let slow = r#"gatehouse_http_request_duration_seconds_bucket{method="GET",route="/x",service="s",le="0.0025"}"#;
+        let fast = r#"gatehouse_http_request_duration_seconds_bucket{method="GET",route="/x",service="s",le="0.005"}"#;
+        assert_eq!((count_of(&a, slow), count_of(&a, fast)), (0, 3));
+
+        a.upstream_answered("/x", "http://127.0.0.1:1", "502");
+        let upstream = r#"gatehouse_gateway_upstream_requests_total{route="/x",status="502",upstream="http://127.0.0.1:1"}"#;
+        assert_eq!(count_of(&a, upstream), 1);
+        assert_eq!(count_of(&b, upstream), 0);
+    }
+
+    #[test]
+    fn a_thread_keeps_a_bounded_number_of_handles() {
+        let m = Metrics::new().unwrap();
+        for i in 0..HANDLES_PER_THREAD + 10 {
+            m.upstream_answered("/r", &format!("http://10.0.0.1:{i}"), "200");
+        }
+        assert!(HANDLES.with_borrow(|t| t.len()) <= HANDLES_PER_THREAD);
+        let last = format!(
+            r#"gatehouse_gateway_upstream_requests_total{{route="/r",status="200",upstream="http://10.0.0.1:{}"}}"#,
+            HANDLES_PER_THREAD + 9
+        );
+        assert_eq!(count_of(&m, &last), 1);
+    }
 }

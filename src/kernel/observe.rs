@@ -168,15 +168,14 @@ where
                 (None, None, Some(path)) => path.as_str(),
                 (None, None, None) => "unmatched",
             };
-            let (t, method) = (&this.tracked, this.method.as_str());
-            t.metrics
-                .http_requests_total
-                .with_label_values(&[t.service, method, route, status.as_str()])
-                .inc();
-            t.metrics
-                .http_request_duration_seconds
-                .with_label_values(&[t.service, method, route])
-                .observe(elapsed.as_secs_f64());
+            let t = &this.tracked;
+            t.metrics.request_answered(
+                t.service,
+                this.method.as_str(),
+                route,
+                status.as_str(),
+                elapsed,
+            );
             let latency_ms = elapsed.as_millis() as u64;
             if status.is_server_error() {
                 tracing::error!(status = status.as_u16(), latency_ms, "response failed");
