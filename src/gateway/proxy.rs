@@ -16,6 +16,7 @@ use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, Lease};
@@ -27,8 +28,9 @@ use super::headers::{
 use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
-use crate::kernel::metrics::{Metrics, RouteLabel};
+use crate::kernel::metrics::Metrics;
 use crate::kernel::registry::{Instance, Registry};
+use crate::kernel::telemetry;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::ratelimit::{self, Limiter, RateKey, Verdict};
 use crate::middleware::token::{Principal, TokenError};
@@ -174,7 +176,7 @@ pub async fn forward(gw: Arc<Gateway>, peer: Peer, req: Request) -> Response {
     let started = logged.then(std::time::Instant::now);
     let method = req.method().clone();
     let mut label: Option<Arc<str>> = None;
-    let mut response = route_and_forward(&gw, &peer, req, &mut label).await;
+    let response = route_and_forward(&gw, &peer, req, &mut label).await;
     // The access log: one line per request, never the path's query or any token.
     tracing::info!(
         target: "gatehouse::access",
@@ -185,8 +187,7 @@ pub async fn forward(gw: Arc<Gateway>, peer: Peer, req: Request) -> Response {
         peer = %peer.ip(),
         "request"
     );
-    let label = label.unwrap_or_else(|| Arc::from("unrouted"));
-    response.extensions_mut().insert(RouteLabel(label));
+    telemetry::name_route(label.unwrap_or_else(|| Arc::from("unrouted")));
     response
 }
 
@@ -235,16 +236,9 @@ async fn route_and_forward(
         }
         verdict = Some(v);
     }
-    let mut response = send(
-        gw,
-        config,
-        peer,
-        client_ip,
-        principal.as_ref(),
-        route.upstream_target(&segments, req.uri().query()),
-        req,
-    )
-    .await;
+    let target = route.upstream_target(&segments, req.uri().query());
+    drop(segments);
+    let mut response = send(gw, config, peer, client_ip, principal.as_ref(), target, req).await;
     if let Some(v) = verdict {
         ratelimit::annotate(v, response.headers_mut());
     }
@@ -266,7 +260,12 @@ async fn send(
     let timeout = config
         .timeout_ms
         .map_or(gw.inner.default_timeout, Duration::from_millis);
-    let instances = match gw.inner.registry.resolve(&config.service).await {
+    let registry = &gw.inner.registry;
+    let resolved = match registry.resolve_now(&config.service) {
+        Some(list) => Ok(list),
+        None => registry.resolve(&config.service).await,
+    };
+    let instances = match resolved {
         Ok(list) if !list.is_empty() => list,
         _ => {
             return problem(
@@ -310,7 +309,8 @@ async fn send(
     // The request's head, kept for another attempt only while one can follow.
     let mut head = Some(parts);
     let idempotent = head.as_ref().is_some_and(|h| is_idempotent(&h.method));
-    let mut tried: Vec<&str> = Vec::new();
+    // Held inline: most requests try one instance, a few a second.
+    let mut tried: SmallVec<[&str; 4]> = SmallVec::new();
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
         let instance = &instances[lease.index];
         tried.push(&instance.url);

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use smallvec::SmallVec;
 
 use super::config::{AuthPolicy, RouteConfig};
 
@@ -32,29 +33,99 @@ pub enum PathError {
     Invalid,
 }
 
-/// The canonical form of a request path: decoded segments without empty,
-/// `.` or `..` segments (borrowed from `raw` where nothing was decoded).
-pub fn normalise(raw: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
-    let mut segments: Vec<Cow<'_, str>> = Vec::with_capacity(8);
-    for part in raw.split('/') {
-        // Most segments are plain visible ASCII with nothing to decode.
-        let plain = part
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'%' && b != b'\\');
-        let segment = if plain {
-            Cow::Borrowed(part)
+/// A request path in canonical form: decoded segments without empty, `.`
+/// or `..` segments (borrowed from the raw path where nothing was decoded).
+/// Derefs to the segments.
+#[derive(Debug)]
+pub struct Normalised<'a> {
+    segments: SmallVec<[Cow<'a, str>; 8]>,
+    /// The raw path, when it is already what [`join`] makes of the segments:
+    /// then it can go upstream as it is, with nothing encoded again.
+    as_is: Option<&'a str>,
+}
+
+impl<'a> std::ops::Deref for Normalised<'a> {
+    type Target = [Cow<'a, str>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.segments
+    }
+}
+
+/// What a byte of a path segment asks of [`normalise`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ByteClass {
+    /// Taken as it is, and forwarded as it is.
+    Plain,
+    /// Taken as it is, but encoded again when forwarded (see [`SEGMENT`]).
+    Encoded,
+    /// Not plain: the segment is decoded (or refused).
+    Decode,
+}
+
+/// Each byte's class, worked out once from the rules above.
+static CLASSES: std::sync::LazyLock<[ByteClass; 256]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|b| {
+        let b = u8::try_from(b).unwrap_or(0);
+        if !b.is_ascii_graphic() || b == b'%' || b == b'\\' {
+            ByteClass::Decode
+        } else if utf8_percent_encode(char::from(b).encode_utf8(&mut [0; 4]), SEGMENT)
+            .next()
+            .is_some_and(|chunk| chunk.len() == 1)
+        {
+            ByteClass::Plain
         } else {
-            decode(part)?
+            ByteClass::Encoded
+        }
+    })
+});
+
+/// Normalises `raw`, a request path, in one pass over its bytes.
+pub fn normalise(raw: &str) -> Result<Normalised<'_>, PathError> {
+    let classes = &*CLASSES;
+    let mut segments: SmallVec<[Cow<'_, str>; 8]> = SmallVec::new();
+    // The normal form starts with its separator; the part before it is empty.
+    let mut as_is = raw.starts_with('/');
+    let mut start = 0;
+    let mut class = ByteClass::Plain;
+    for (i, &b) in raw
+        .as_bytes()
+        .iter()
+        .chain(std::iter::once(&b'/'))
+        .enumerate()
+    {
+        if b != b'/' {
+            class = class.max(classes[usize::from(b)]);
+            continue;
+        }
+        let part = raw.get(start..i).ok_or(PathError::Invalid)?;
+        let segment = match class {
+            ByteClass::Plain => Cow::Borrowed(part),
+            ByteClass::Encoded => {
+                as_is = false;
+                Cow::Borrowed(part)
+            }
+            ByteClass::Decode => {
+                as_is = false;
+                decode(part)?
+            }
         };
         match segment.as_ref() {
-            "" | "." => {}
+            // The empty part before the first separator is no segment.
+            "" if start == 0 => {}
+            "" | "." => as_is = false,
             ".." => {
+                as_is = false;
                 segments.pop().ok_or(PathError::Invalid)?;
             }
             _ => segments.push(segment),
         }
+        start = i + 1;
+        class = ByteClass::Plain;
     }
-    Ok(segments)
+    // The root is its own normal form, though its one part after the separator is empty.
+    let as_is = (as_is || raw == "/").then_some(raw);
+    Ok(Normalised { segments, as_is })
 }
 
 /// One segment percent-decoded, refused when it decodes to a separator, a
@@ -123,8 +194,8 @@ impl RouteTable {
         for config in built_in().into_iter().chain(extra.iter().cloned()) {
             let segments: Vec<String> = normalise(&config.prefix)
                 .map_err(|_| format!("gateway.routes: bad prefix {:?}", config.prefix))?
-                .into_iter()
-                .map(Cow::into_owned)
+                .iter()
+                .map(|s| s.clone().into_owned())
                 .collect();
             let canonical = join(&segments, None);
             if canonical != config.prefix.trim_end_matches('/')
@@ -171,14 +242,30 @@ impl RouteTable {
 }
 
 impl Route {
-    /// The path (and `query`) to send upstream for a request to `segments`.
-    pub fn upstream_target(&self, segments: &[Cow<'_, str>], query: Option<&str>) -> String {
-        let rest = if self.config.strip_prefix {
-            &segments[self.segments.len()..]
+    /// The path (and `query`) to send upstream for a request to `path`.
+    pub fn upstream_target(&self, path: &Normalised<'_>, query: Option<&str>) -> String {
+        let skipped = if self.config.strip_prefix {
+            self.segments.len()
         } else {
-            segments
+            0
         };
-        join(rest, query)
+        match path.as_is {
+            // In normal form already: the rest after the skipped segments,
+            // each of which is one separator and its text.
+            Some(raw) => {
+                let taken: usize = path.iter().take(skipped).map(|s| s.len() + 1).sum();
+                let rest = raw.get(taken..).filter(|r| !r.is_empty()).unwrap_or("/");
+                let mut target =
+                    String::with_capacity(rest.len() + query.map_or(0, |q| q.len() + 1));
+                target.push_str(rest);
+                if let Some(query) = query {
+                    target.push('?');
+                    target.push_str(query);
+                }
+                target
+            }
+            None => join(path.get(skipped..).unwrap_or_default(), query),
+        }
     }
 }
 
@@ -205,6 +292,34 @@ mod tests {
             "/v1/%ff",
         ] {
             assert_eq!(path(bad), Err(PathError::Invalid), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_path_in_normal_form_goes_upstream_as_it_is_and_any_other_as_rebuilt() {
+        let route = |strip_prefix| Route {
+            label: "/a".into(),
+            config: RouteConfig {
+                strip_prefix,
+                ..RouteConfig::new("/a", "a", AuthPolicy::Public)
+            },
+            segments: vec!["a".into()],
+        };
+        let cases = [
+            ("/a/b/c", Some("x=1"), "/a/b/c?x=1", "/b/c?x=1", true),
+            ("/a", None, "/a", "/", true),
+            ("/", None, "/", "/", true),
+            ("/a/b%2Dc", None, "/a/b-c", "/b-c", false),
+            ("/a//b/./c/", None, "/a/b/c", "/b/c", false),
+            ("/a/x/../b", None, "/a/b", "/b", false),
+            ("/a/{b}", None, "/a/%7Bb%7D", "/%7Bb%7D", false),
+            ("/a/caf%C3%A9", None, "/a/caf%C3%A9", "/caf%C3%A9", false),
+        ];
+        for (raw, query, kept, stripped, as_is) in cases {
+            let path = normalise(raw).unwrap();
+            assert_eq!(path.as_is.is_some(), as_is, "{raw}");
+            assert_eq!(route(false).upstream_target(&path, query), kept, "{raw}");
+            assert_eq!(route(true).upstream_target(&path, query), stripped, "{raw}");
         }
     }
 

@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -331,11 +330,6 @@ thread_local! {
     /// metrics' own, so a scrape sees every thread's at once.
     static HANDLES: RefCell<HandleTable> = RefCell::new(HandleTable::default());
 }
-
-/// Put into a response's extensions by handlers that route by themselves,
-/// so the request is counted under that route rather than a catch-all.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub Arc<str>);
 
 /// What the request metrics need: the metrics and the service they are
 /// counted for (see `observe.rs`).

@@ -25,7 +25,7 @@ use http::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::metrics::{RouteLabel, Tracked};
+use super::metrics::Tracked;
 use super::server::REQUEST_ID;
 use super::telemetry;
 
@@ -136,7 +136,7 @@ pin_project_lite::pin_project! {
     /// The answer of an [`Observe`]d request.
     pub struct ObserveFuture<F: Future> {
         #[pin]
-        inner: TaskLocalFuture<Option<HeaderValue>, F>,
+        inner: TaskLocalFuture<telemetry::RequestScope, F>,
         span: tracing::Span,
         id: Option<HeaderValue>,
         start: Instant,
@@ -154,16 +154,20 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _entered = this.span.enter();
-        let mut outcome = ready!(this.inner.poll(cx));
+        let mut outcome = ready!(this.inner.as_mut().poll(cx));
         let elapsed = this.start.elapsed();
         if let Ok(response) = &mut outcome {
             let status = response.status();
-            // A handler that routes by itself (the gateway) names the route it chose.
-            let label = response.extensions().get::<RouteLabel>();
-            let route = match (label, &*this.matched, &*this.grpc_path) {
-                (Some(label), _, _) => &*label.0,
+            // A handler that routes by itself (the gateway) names the route
+            // it chose in the request's scope.
+            let named = this
+                .inner
+                .take_value()
+                .and_then(telemetry::RequestScope::into_route);
+            let route = match (&named, &*this.matched, &*this.grpc_path) {
+                (Some(label), _, _) => &**label,
                 (None, Some(p), _) => p.as_str(),
                 (None, None, Some(path)) => path.as_str(),
                 (None, None, None) => "unmatched",

@@ -47,6 +47,12 @@ pub trait Registry: Send + Sync {
     async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError>;
     /// Live instances of `service`; empty when there are none.
     async fn resolve(&self, service: &str) -> Result<Instances, RegistryError>;
+    /// What [`Registry::resolve`] would answer, when the registry holds it at
+    /// hand with nothing to wait for; `None` sends the caller to `resolve`.
+    /// Saves callers on every request's path a boxed future.
+    fn resolve_now(&self, _service: &str) -> Option<Instances> {
+        None
+    }
     /// A name for logs and readiness output.
     fn kind(&self) -> &'static str;
 }
@@ -86,6 +92,15 @@ impl InProcessRegistry {
     fn state(&self) -> std::sync::RwLockWriteGuard<'_, Registered> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn instances_of(&self, service: &str) -> Instances {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .by_service
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([]))
+    }
 }
 
 #[async_trait]
@@ -107,12 +122,11 @@ impl Registry for InProcessRegistry {
     }
 
     async fn resolve(&self, service: &str) -> Result<Instances, RegistryError> {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        Ok(state
-            .by_service
-            .get(service)
-            .cloned()
-            .unwrap_or_else(|| Arc::new([])))
+        Ok(self.instances_of(service))
+    }
+
+    fn resolve_now(&self, service: &str) -> Option<Instances> {
+        Some(self.instances_of(service))
     }
 
     fn kind(&self) -> &'static str {
@@ -142,6 +156,15 @@ impl StaticRegistry {
     }
 }
 
+impl StaticRegistry {
+    fn instances_of(&self, service: &str) -> Instances {
+        self.instances
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([]))
+    }
+}
+
 #[async_trait]
 impl Registry for StaticRegistry {
     async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
@@ -155,11 +178,11 @@ impl Registry for StaticRegistry {
     }
 
     async fn resolve(&self, service: &str) -> Result<Instances, RegistryError> {
-        Ok(self
-            .instances
-            .get(service)
-            .cloned()
-            .unwrap_or_else(|| Arc::new([])))
+        Ok(self.instances_of(service))
+    }
+
+    fn resolve_now(&self, service: &str) -> Option<Instances> {
+        Some(self.instances_of(service))
     }
 
     fn kind(&self) -> &'static str {
@@ -186,8 +209,10 @@ mod tests {
             [a.clone(), b.clone()]
         );
         r.deregister(&a.id).await.unwrap();
-        assert_eq!(*r.resolve("identity").await.unwrap(), [b]);
+        assert_eq!(*r.resolve("identity").await.unwrap(), [b.clone()]);
+        assert_eq!(*r.resolve_now("identity").unwrap(), [b]);
         assert!(r.resolve("audit").await.unwrap().is_empty());
+        assert!(r.resolve_now("audit").unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -201,6 +226,8 @@ mod tests {
         let found = r.resolve("identity").await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].url, "http://10.1.1.1:4102");
+        assert_eq!(r.resolve_now("identity"), Some(found));
         assert!(r.resolve("auth").await.unwrap().is_empty());
+        assert!(r.resolve_now("auth").unwrap().is_empty());
     }
 }

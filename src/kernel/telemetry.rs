@@ -91,9 +91,25 @@ pub fn parent_from(headers: &http::HeaderMap) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
+/// What the request being served by a task carries with it.
+pub struct RequestScope {
+    /// Its `x-request-id`.
+    id: Option<http::HeaderValue>,
+    /// The route a handler that routes by itself (the gateway) chose, for
+    /// the request metrics; set while serving, read once the answer is out.
+    route: std::cell::Cell<Option<std::sync::Arc<str>>>,
+}
+
+impl RequestScope {
+    /// The route named while serving, if one was.
+    pub fn into_route(self) -> Option<std::sync::Arc<str>> {
+        self.route.into_inner()
+    }
+}
+
 tokio::task_local! {
-    /// The `x-request-id` of the request being served by this task.
-    static REQUEST_ID: Option<http::HeaderValue>;
+    /// The request being served by this task.
+    static REQUEST: RequestScope;
 }
 
 /// Runs `work` as part of the request `request_id`, so calls it makes to
@@ -102,13 +118,24 @@ pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F
     scoped(http::HeaderValue::from_str(&request_id).ok(), work).await
 }
 
-/// `work`, served inside the request-id scope of `id` (see
-/// [`inject_current`]).
+/// `work`, served inside the request scope of `id` (see [`inject_current`]
+/// and [`name_route`]).
 pub fn scoped<F: std::future::Future>(
     id: Option<http::HeaderValue>,
     work: F,
-) -> tokio::task::futures::TaskLocalFuture<Option<http::HeaderValue>, F> {
-    REQUEST_ID.scope(id, work)
+) -> tokio::task::futures::TaskLocalFuture<RequestScope, F> {
+    let scope = RequestScope {
+        id,
+        route: std::cell::Cell::new(None),
+    };
+    REQUEST.scope(scope, work)
+}
+
+/// Names the route the request being served was matched to, so that it is
+/// counted under that route rather than a catch-all. Does nothing outside a
+/// request scope.
+pub fn name_route(label: std::sync::Arc<str>) {
+    let _ = REQUEST.try_with(|scope| scope.route.set(Some(label)));
 }
 
 /// Adds the current span's trace context, and the request id being served,
@@ -116,7 +143,10 @@ pub fn scoped<F: std::future::Future>(
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
-    let id = REQUEST_ID.try_with(|id| id.as_ref().and_then(|v| v.to_str().ok()?.parse().ok()));
+    let id = REQUEST.try_with(|scope| {
+        let value = scope.id.as_ref()?;
+        value.to_str().ok()?.parse().ok()
+    });
     if let Ok(Some(value)) = id {
         metadata.insert("x-request-id", value);
     }
