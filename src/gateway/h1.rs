@@ -26,6 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt as _;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -458,7 +459,8 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
             (start, start + part.len())
         };
         let count = answer.headers.len();
-        let mut spans = Vec::with_capacity(count);
+        // Held inline: answers seldom bring more fields than this.
+        let mut spans: SmallVec<[((usize, usize), (usize, usize)); 16]> = SmallVec::new();
         let mut body = BodyFields::default();
         for field in answer.headers.iter() {
             body.note(field.name, field.value)?;

@@ -31,6 +31,7 @@ use http_body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -41,6 +42,10 @@ use super::server::{ConnectionService, InPlace, call_in_place};
 /// The longest request head read here; a longer one goes to hyper, whose
 /// own limit then applies.
 const MAX_HEAD: usize = 64 * 1024;
+
+/// The longest request target a `Uri` takes.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+
 /// The most header fields a request read here may have.
 const MAX_HEADERS: usize = 100;
 /// How much the read buffer grows by when it runs out of room.
@@ -449,7 +454,8 @@ fn parse(read: &mut BytesMut) -> Parsed {
     };
     let target = at(target.as_bytes());
     let count = request.headers.len();
-    let mut spans = Vec::with_capacity(count);
+    // Held inline: requests seldom bring more fields than this.
+    let mut spans: SmallVec<[((usize, usize), (usize, usize)); 16]> = SmallVec::new();
     let (mut close, mut keep_alive) = (false, false);
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
@@ -470,7 +476,10 @@ fn parse(read: &mut BytesMut) -> Parsed {
         spans.push((at(name), at(field.value)));
     }
     let head = read.split_to(length).freeze();
-    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
+    // The target is a path (checked above): parsed as one, with no look for
+    // a scheme or an authority; one longer than a URI may be is hyper's to refuse.
+    let path = http::uri::PathAndQuery::from_maybe_shared(head.slice(target.0..target.1));
+    let (Ok(path), true) = (path, target.1 - target.0 <= MAX_TARGET) else {
         // Put back for hyper, which answers a bad target itself.
         return unparse(read, head);
     };
@@ -488,7 +497,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
     let head_only = method == Method::HEAD;
     let mut request = http::Request::new(Body::empty());
     *request.method_mut() = method;
-    *request.uri_mut() = uri;
+    *request.uri_mut() = http::Uri::from(path);
     *request.version_mut() = if http11 {
         Version::HTTP_11
     } else {
@@ -724,6 +733,12 @@ mod tests {
             );
             assert_eq!(&rest[..], bytes, "the bytes go to hyper as they came");
         }
+        // A target longer than a URI may be is hyper's to refuse.
+        let head = |n: usize| format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(n - 1)).into_bytes();
+        assert!(matches!(parsed(&head(MAX_TARGET)).0, Ok(Some(_))));
+        let (p, rest) = parsed(&head(MAX_TARGET + 1));
+        assert!(matches!(p, Err(HandOff)));
+        assert_eq!(rest[..], head(MAX_TARGET + 1));
     }
 
     #[test]
