@@ -26,12 +26,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt as _;
-use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::headers::ProxyFields;
-use crate::kernel::http1::BodyFraming;
+use crate::kernel::deadline::Deadline;
+use crate::kernel::http1::{BodyFraming, FieldSpans};
 
 /// The longest answer head read.
 const MAX_HEAD: usize = 64 * 1024;
@@ -49,11 +50,17 @@ pub struct Conn {
     stream: TcpStream,
     read: BytesMut,
     write: BytesMut,
+    /// By when the answer's head must be in; one timer for all the
+    /// connection's exchanges.
+    deadline: Deadline,
 }
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No answer's head by the exchange's deadline.
+    #[error("no answer in time")]
+    TimedOut,
     /// The connection ended, or was reset, before any byte of an answer:
     /// on a connection that had been idle, the instance may have closed it
     /// just before the request went out.
@@ -128,12 +135,19 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+    /// A connection whose first exchange's answer is due by `deadline`.
+    pub fn new(stream: TcpStream, deadline: Instant) -> Conn {
         Conn {
             stream,
             read: BytesMut::with_capacity(READ_SPACE),
             write: BytesMut::with_capacity(1024),
+            deadline: Deadline::new(deadline),
         }
+    }
+
+    /// The next exchange's answer is due by `deadline`.
+    pub fn answer_by(&mut self, deadline: Instant) {
+        self.deadline.set(deadline);
     }
 
     /// Whether the connection can take a request: the instance has not
@@ -229,10 +243,11 @@ async fn exchange_with_body(
         stream,
         read,
         write,
+        deadline,
     } = conn;
     let (mut reader, mut writer) = stream.split();
     let send = send_body(&mut writer, write, body, size);
-    let answer = read_head_from(&mut reader, read, head_only);
+    let answer = read_head_from(&mut reader, read, deadline, head_only);
     tokio::pin!(send, answer);
     let mut sent = false;
     let mut send_failed = None;
@@ -388,14 +403,20 @@ async fn send_body(
 
 /// Reads the answer's head from `conn`.
 async fn read_head(conn: &mut Conn, head_only: bool) -> Result<Head, Error> {
-    let Conn { stream, read, .. } = conn;
+    let Conn {
+        stream,
+        read,
+        deadline,
+        ..
+    } = conn;
     let (mut reader, _) = stream.split();
-    read_head_from(&mut reader, read, head_only).await
+    read_head_from(&mut reader, read, deadline, head_only).await
 }
 
 async fn read_head_from(
     reader: &mut tokio::net::tcp::ReadHalf<'_>,
     read: &mut BytesMut,
+    deadline: &mut Deadline,
     head_only: bool,
 ) -> Result<Head, Error> {
     let mut received = !read.is_empty();
@@ -409,7 +430,22 @@ async fn read_head_from(
             }
         }
         make_room(read);
-        match reader.read_buf(read).await {
+        let got = std::future::poll_fn(|cx| {
+            if let Poll::Ready(got) =
+                tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, read)
+            {
+                return Poll::Ready(Some(got));
+            }
+            if deadline.poll_passed(cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(got) = got else {
+            return Err(Error::TimedOut);
+        };
+        match got {
             Ok(0) if !received => return Err(Error::Closed),
             Ok(0) => return Err(Error::Malformed("connection closed within the head")),
             Ok(_) => received = true,
@@ -459,8 +495,7 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
             (start, start + part.len())
         };
         let count = answer.headers.len();
-        // Held inline: answers seldom bring more fields than this.
-        let mut spans: SmallVec<[((usize, usize), (usize, usize)); 16]> = SmallVec::new();
+        let mut spans = FieldSpans::new();
         let mut body = BodyFields::default();
         for field in answer.headers.iter() {
             body.note(field.name, field.value)?;

@@ -61,6 +61,9 @@ pub enum SendError {
     /// The connection failed during the exchange.
     #[error("exchange failed: {0}")]
     Exchange(#[source] h1::Error),
+    /// No answer's head (or no connection) by the deadline.
+    #[error("no answer in time")]
+    TimedOut,
 }
 
 /// Sends `request` with `body` to `address` (`host:port`), for the request
@@ -75,6 +78,7 @@ pub async fn send(
     parts: &http::request::Parts,
     fields: Option<&ProxyFields>,
     body: Body,
+    deadline: Instant,
 ) -> Result<http::Response<Answer>, SendError> {
     let target = h1::Target::new(address, path).map_err(SendError::Exchange)?;
     let repeatable = http_body::Body::is_end_stream(&body) && h1::is_idempotent(&parts.method);
@@ -82,9 +86,12 @@ pub async fn send(
     loop {
         let (address, idle) = checkout(address);
         let (mut conn, fresh) = match idle {
-            Some(conn) => (conn, false),
+            Some(mut conn) => {
+                conn.answer_by(deadline);
+                (conn, false)
+            }
             // Boxed: the rare path should not enlarge every request's future.
-            None => (Box::pin(connect(&address)).await?, true),
+            None => (Box::pin(connect(&address, deadline)).await?, true),
         };
         let this_body = body.take().unwrap_or_else(Body::empty);
         match h1::exchange(&mut conn, target, parts, fields, this_body).await {
@@ -98,6 +105,7 @@ pub async fn send(
                 return Ok(http::Response::from_parts(head.parts, answer));
             }
             Err(h1::Error::Closed) if !fresh && repeatable => continue,
+            Err(h1::Error::TimedOut) => return Err(SendError::TimedOut),
             Err(e) => return Err(SendError::Exchange(e)),
         }
     }
@@ -161,15 +169,20 @@ fn release(address: Arc<str>, conn: Conn) {
     });
 }
 
-async fn connect(address: &str) -> Result<Conn, SendError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+/// A new connection to `address`, whose first answer is due by `deadline`.
+/// A connection not made within [`CONNECT_TIMEOUT`] is a connect failure;
+/// one not made by `deadline` leaves the exchange out of time.
+async fn connect(address: &str, deadline: Instant) -> Result<Conn, SendError> {
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address));
+    let stream = tokio::time::timeout_at(deadline, connecting)
         .await
+        .map_err(|_| SendError::TimedOut)?
         .map_err(|_| {
             SendError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
         })?
         .map_err(SendError::Connect)?;
     stream.set_nodelay(true).map_err(SendError::Connect)?;
-    Ok(Conn::new(stream))
+    Ok(Conn::new(stream, deadline))
 }
 
 /// An answer's body, read from its connection as it is polled. When it has
@@ -231,11 +244,13 @@ impl http_body::Body for Answer {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use axum::body::Body;
     use http_body_util::BodyExt as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::Instant;
 
     use super::{SendError, send};
     use crate::gateway::h1;
@@ -306,12 +321,27 @@ mod tests {
         (address, connections, received)
     }
 
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
     /// Sends a request for `/thing?x=1` to `address`, as the client of
     /// `client.example` asked it.
     async fn ask(
         address: &str,
         method: http::Method,
         body: Body,
+    ) -> Result<http::Response<super::Answer>, SendError> {
+        ask_by(address, method, body, far()).await
+    }
+
+    /// [`ask`], with the answer due by `deadline`.
+    async fn ask_by(
+        address: &str,
+        method: http::Method,
+        body: Body,
+        deadline: Instant,
     ) -> Result<http::Response<super::Answer>, SendError> {
         let (parts, ()) = http::Request::builder()
             .method(method)
@@ -320,7 +350,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        send(address, &["/thing", "?x=1"], &parts, None, body).await
+        send(address, &["/thing", "?x=1"], &parts, None, body, deadline).await
     }
 
     async fn read_all(
@@ -516,17 +546,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_not_in_by_its_deadline_times_out_and_its_connection_is_not_kept() {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        // The second request gets no answer: the instance waits for a third.
+        let (address, connections, _) = instance(vec![Some(ok), Some(""), Some(ok)]).await;
+        let response = ask(&address, http::Method::GET, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!(read_all(response).await.unwrap().1, b"ok");
+        // The kept connection's timer is due far later than this deadline.
+        let started = Instant::now();
+        let soon = started + Duration::from_millis(200);
+        let outcome = ask_by(&address, http::Method::GET, Body::empty(), soon).await;
+        assert!(matches!(outcome, Err(SendError::TimedOut)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        // The silent connection is gone: the next request makes a new one.
+        let response = ask(&address, http::Method::GET, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!(read_all(response).await.unwrap().1, b"ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_target_that_cannot_be_written_is_refused_before_sending() {
         let (address, connections, _) = instance(vec![]).await;
         let (parts, ()) = http::Request::new(()).into_parts();
         for path in [["/a b", ""], ["/x", "?\r\nx-evil: 1"]] {
-            let outcome = send(&address, &path, &parts, None, Body::empty()).await;
+            let outcome = send(&address, &path, &parts, None, Body::empty(), far()).await;
             assert!(matches!(
                 outcome,
                 Err(SendError::Exchange(h1::Error::Target))
             ));
         }
-        let outcome = send("bad host:1", &["/"], &parts, None, Body::empty()).await;
+        let outcome = send("bad host:1", &["/"], &parts, None, Body::empty(), far()).await;
         assert!(matches!(
             outcome,
             Err(SendError::Exchange(h1::Error::Target))

@@ -314,6 +314,8 @@ async fn send(
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
         let instance = &instances[lease.index];
         tried.push(&instance.url);
+        // Each attempt's answer is due within the route's timeout of its start.
+        let deadline = tokio::time::Instant::now() + timeout;
         let (this_body, more) = body.attempt();
         let last = !more || tried.len() == instances.len();
         let Some((address, base)) = split_url(&instance.url) else {
@@ -344,26 +346,26 @@ async fn send(
                 Attempt::H2c { request }
             }
         };
-        let outcome = tokio::time::timeout(timeout, attempt.send(this_body)).await;
+        let outcome = attempt.send(this_body, deadline).await;
         let code = match &outcome {
-            Ok(Ok(r)) => Some(r.status()),
+            Ok(r) => Some(r.status()),
             _ => None,
         };
         let status = match &outcome {
-            Ok(Ok(_)) => code.as_ref().map_or("", StatusCode::as_str),
-            Err(_) => "timeout",
-            Ok(Err(e)) if e.connect => "connect_error",
-            Ok(Err(_)) => "error",
+            Ok(_) => code.as_ref().map_or("", StatusCode::as_str),
+            Err(e) if e.timed_out => "timeout",
+            Err(e) if e.connect => "connect_error",
+            Err(_) => "error",
         };
         gw.inner
             .metrics
             .upstream_answered(&config.prefix, &instance.url, status);
         match outcome {
-            Ok(Ok(response)) => {
+            Ok(response) => {
                 lease.succeeded();
                 return response;
             }
-            Err(_) => {
+            Err(e) if e.timed_out => {
                 gw.count_failure(&lease, instance, config);
                 return problem(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -371,7 +373,7 @@ async fn send(
                     "The service did not answer in time",
                 );
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 match fault_of(&*e.error) {
                     Fault::TooLarge => {
                         return crate::kernel::error::payload_too_large().into_response();
@@ -427,6 +429,8 @@ enum Attempt<'a> {
 struct AttemptError {
     /// No connection could be made: nothing reached the instance.
     connect: bool,
+    /// No answer by the deadline.
+    timed_out: bool,
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -448,19 +452,27 @@ fn bad_upstream() -> Response {
 
 impl Attempt<'_> {
     /// Sends the attempt with `body`: the answer, its body streamed back
-    /// without hop-by-hop headers.
-    async fn send(self, body: Body) -> Result<Response, AttemptError> {
+    /// without hop-by-hop headers, if its head comes by `deadline`.
+    async fn send(
+        self,
+        body: Body,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, AttemptError> {
         let response = match self {
+            // The deadline is kept by the connection's own timer (see `pool`).
             Attempt::Http1 {
                 address,
                 path,
                 request,
                 fields,
-            } => match super::pool::send(address, &path, request, Some(fields), body).await {
+            } => match super::pool::send(address, &path, request, Some(fields), body, deadline)
+                .await
+            {
                 Ok(r) => r.map(Body::new),
                 Err(e) => {
                     return Err(AttemptError {
                         connect: matches!(e, super::pool::SendError::Connect(_)),
+                        timed_out: matches!(e, super::pool::SendError::TimedOut),
                         error: Box::new(e),
                     });
                 }
@@ -468,12 +480,24 @@ impl Attempt<'_> {
             Attempt::H2c { request } => {
                 let request = Request::from_parts(request, body);
                 // Boxed, so HTTP/1.1 attempts do not carry its size.
-                match Box::pin(upstream(UpstreamProtocol::H2c).request(request)).await {
-                    Ok(r) => r.map(Body::new),
-                    Err(e) => {
+                let answer = Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    upstream(UpstreamProtocol::H2c).request(request),
+                ));
+                match answer.await {
+                    Ok(Ok(r)) => r.map(Body::new),
+                    Ok(Err(e)) => {
                         return Err(AttemptError {
                             connect: e.is_connect(),
+                            timed_out: false,
                             error: Box::new(e),
+                        });
+                    }
+                    Err(elapsed) => {
+                        return Err(AttemptError {
+                            connect: false,
+                            timed_out: true,
+                            error: Box::new(elapsed),
                         });
                     }
                 }

@@ -34,14 +34,22 @@ use hyper_util::server::graceful::Watcher;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deadline::Deadline;
 use super::server::{ConnectionService, InPlace, call_in_place};
 
 /// The longest request head read here; a longer one goes to hyper, whose
 /// own limit then applies.
 const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a head field's name and value lie in the head's bytes, each as
+/// (start, end), so that values can be slices of the head, not copies.
+pub type FieldSpan = ((usize, usize), (usize, usize));
+
+/// A head's field positions, held inline: heads seldom have more fields.
+pub type FieldSpans = SmallVec<[FieldSpan; 16]>;
 
 /// The longest request target a `Uri` takes.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
@@ -454,8 +462,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
     };
     let target = at(target.as_bytes());
     let count = request.headers.len();
-    // Held inline: requests seldom bring more fields than this.
-    let mut spans: SmallVec<[((usize, usize), (usize, usize)); 16]> = SmallVec::new();
+    let mut spans = FieldSpans::new();
     let (mut close, mut keep_alive) = (false, false);
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
@@ -599,47 +606,30 @@ impl AsyncWrite for Rewind {
     }
 }
 
-/// The time by which the head of the request being waited for must be in.
-///
-/// One timer per connection, made the first time a wait outlasts a read,
-/// and moved on only when it fires before the current wait's deadline.
+/// The time by which the head of the request being waited for must be in:
+/// one timer per connection (see [`Deadline`]).
 struct HeadDeadline {
     limit: Duration,
-    deadline: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    deadline: Deadline,
 }
 
 impl HeadDeadline {
     fn new(limit: Duration) -> HeadDeadline {
         HeadDeadline {
             limit,
-            deadline: Instant::now() + limit,
-            timer: None,
+            deadline: Deadline::new(Instant::now() + limit),
         }
     }
 
     /// A wait for a new head begins.
     fn start(&mut self) {
-        self.deadline = Instant::now() + self.limit;
+        self.deadline.set(Instant::now() + self.limit);
     }
 
     /// Whether the current wait has passed its deadline; when not, the
     /// task is woken by then.
     fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.deadline;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            // Fired: for this wait, or for an earlier one.
-            if Instant::now() >= deadline {
-                return true;
-            }
-            timer.as_mut().reset(deadline);
-        }
+        self.deadline.poll_passed(cx)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod http1;

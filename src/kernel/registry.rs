@@ -209,7 +209,10 @@ mod tests {
             [a.clone(), b.clone()]
         );
         r.deregister(&a.id).await.unwrap();
-        assert_eq!(*r.resolve("identity").await.unwrap(), [b.clone()]);
+        assert_eq!(
+            *r.resolve("identity").await.unwrap(),
+            *std::slice::from_ref(&b)
+        );
         assert_eq!(*r.resolve_now("identity").unwrap(), [b]);
         assert!(r.resolve("audit").await.unwrap().is_empty());
         assert!(r.resolve_now("audit").unwrap().is_empty());
