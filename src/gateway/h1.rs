@@ -145,9 +145,16 @@ impl Conn {
         }
     }
 
-    /// The next exchange's answer is due by `deadline`.
+    /// The next exchange's answer (or the next piece of its body) is due
+    /// by `deadline`.
     pub fn answer_by(&mut self, deadline: Instant) {
         self.deadline.set(deadline);
+    }
+
+    /// Whether the deadline set with [`Conn::answer_by`] has passed; when
+    /// not, the task is woken by then.
+    pub fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.poll_passed(cx)
     }
 
     /// Whether the connection can take a request: the instance has not

@@ -79,6 +79,7 @@ pub async fn send(
     fields: Option<&ProxyFields>,
     body: Body,
     deadline: Instant,
+    pause: Duration,
 ) -> Result<http::Response<Answer>, SendError> {
     let target = h1::Target::new(address, path).map_err(SendError::Exchange)?;
     let repeatable = http_body::Body::is_end_stream(&body) && h1::is_idempotent(&parts.method);
@@ -96,10 +97,14 @@ pub async fn send(
         let this_body = body.take().unwrap_or_else(Body::empty);
         match h1::exchange(&mut conn, target, parts, fields, this_body).await {
             Ok(head) => {
+                if !head.framing.is_done() {
+                    conn.answer_by(Instant::now() + pause);
+                }
                 let mut answer = Answer {
                     framing: head.framing,
                     conn: Some(conn),
                     keep: head.reusable.then_some(address),
+                    pause,
                 };
                 answer.release_if_done();
                 return Ok(http::Response::from_parts(head.parts, answer));
@@ -193,6 +198,9 @@ pub struct Answer {
     conn: Option<Conn>,
     /// Where the connection goes back to; none when it cannot be reused.
     keep: Option<Arc<str>>,
+    /// The longest the body may pause: each piece is due within this of
+    /// the one before (of the head, for the first).
+    pause: Duration,
 }
 
 impl Answer {
@@ -217,7 +225,16 @@ impl http_body::Body for Answer {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = h1::poll_body(conn, &mut this.framing, cx);
+        let polled = match h1::poll_body(conn, &mut this.framing, cx) {
+            Poll::Pending if conn.poll_deadline(cx) => Poll::Ready(Some(Err(h1::Error::TimedOut))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if !this.framing.is_done() {
+                    conn.answer_by(Instant::now() + this.pause);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            polled => polled,
+        };
         if let Poll::Ready(Some(Err(_))) = &polled {
             // A broken answer leaves the connection in no state to reuse.
             this.conn = None;
@@ -326,6 +343,9 @@ mod tests {
         Instant::now() + Duration::from_secs(30)
     }
 
+    /// How long an answer's body may pause in these tests.
+    const PAUSE: Duration = Duration::from_millis(300);
+
     /// Sends a request for `/thing?x=1` to `address`, as the client of
     /// `client.example` asked it.
     async fn ask(
@@ -350,7 +370,16 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        send(address, &["/thing", "?x=1"], &parts, None, body, deadline).await
+        send(
+            address,
+            &["/thing", "?x=1"],
+            &parts,
+            None,
+            body,
+            deadline,
+            PAUSE,
+        )
+        .await
     }
 
     async fn read_all(
@@ -570,17 +599,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_that_pauses_too_long_fails_and_its_connection_is_not_kept() {
+        // Every answer's body stops after two of its ten bytes; the
+        // instance then waits for another request.
+        let slow = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
+        let (address, connections, _) = instance(vec![Some(slow), Some(slow)]).await;
+        let response = ask(&address, http::Method::GET, Body::empty())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let outcome = read_all(response).await;
+        assert!(matches!(outcome, Err(h1::Error::TimedOut)), "{outcome:?}");
+        assert!(started.elapsed() >= PAUSE && started.elapsed() < Duration::from_secs(5));
+        // The stalled connection is gone: the next request makes a new one.
+        let response = ask(&address, http::Method::GET, Body::empty())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_target_that_cannot_be_written_is_refused_before_sending() {
         let (address, connections, _) = instance(vec![]).await;
         let (parts, ()) = http::Request::new(()).into_parts();
         for path in [["/a b", ""], ["/x", "?\r\nx-evil: 1"]] {
-            let outcome = send(&address, &path, &parts, None, Body::empty(), far()).await;
+            let outcome = send(&address, &path, &parts, None, Body::empty(), far(), PAUSE).await;
             assert!(matches!(
                 outcome,
                 Err(SendError::Exchange(h1::Error::Target))
             ));
         }
-        let outcome = send("bad host:1", &["/"], &parts, None, Body::empty(), far()).await;
+        let outcome = send(
+            "bad host:1",
+            &["/"],
+            &parts,
+            None,
+            Body::empty(),
+            far(),
+            PAUSE,
+        )
+        .await;
         assert!(matches!(
             outcome,
             Err(SendError::Exchange(h1::Error::Target))

@@ -346,7 +346,7 @@ async fn send(
                 Attempt::H2c { request }
             }
         };
-        let outcome = attempt.send(this_body, deadline).await;
+        let outcome = attempt.send(this_body, deadline, timeout).await;
         let code = match &outcome {
             Ok(r) => Some(r.status()),
             _ => None,
@@ -452,11 +452,13 @@ fn bad_upstream() -> Response {
 
 impl Attempt<'_> {
     /// Sends the attempt with `body`: the answer, its body streamed back
-    /// without hop-by-hop headers, if its head comes by `deadline`.
+    /// without hop-by-hop headers, if its head comes by `deadline`. Over
+    /// HTTP/1.1 the body fails when it pauses longer than `pause`.
     async fn send(
         self,
         body: Body,
         deadline: tokio::time::Instant,
+        pause: Duration,
     ) -> Result<Response, AttemptError> {
         let response = match self {
             // The deadline is kept by the connection's own timer (see `pool`).
@@ -465,8 +467,16 @@ impl Attempt<'_> {
                 path,
                 request,
                 fields,
-            } => match super::pool::send(address, &path, request, Some(fields), body, deadline)
-                .await
+            } => match super::pool::send(
+                address,
+                &path,
+                request,
+                Some(fields),
+                body,
+                deadline,
+                pause,
+            )
+            .await
             {
                 Ok(r) => r.map(Body::new),
                 Err(e) => {

@@ -82,6 +82,39 @@ async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 #[tokio::test]
+async fn an_answer_whose_body_stalls_is_cut_short_within_the_routes_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Announces ten bytes, sends two, then keeps the connection open.
+    let (stalls, _) = counting_upstream(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
+        let _ = stream.write_all(head.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut r = RouteConfig::new("/stalls", "stalls", AuthPolicy::Public);
+            r.timeout_ms = Some(300);
+            g.routes.push(r);
+        })
+        .start()
+        .await;
+    app.register_instance("stalls", stalls).await;
+    let started = std::time::Instant::now();
+    let r = app
+        .http
+        .get(format!("{}/stalls", app.gateway_base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the head came in time");
+    assert!(r.bytes().await.is_err(), "the body cannot be complete");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn the_whole_journey_goes_through_one_entry_point() {
     let app = TestApp::start().await;
     let gw = &app.gateway_base;
