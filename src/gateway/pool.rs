@@ -97,14 +97,12 @@ pub async fn send(
         let this_body = body.take().unwrap_or_else(Body::empty);
         match h1::exchange(&mut conn, target, parts, fields, this_body).await {
             Ok(head) => {
-                if !head.framing.is_done() {
-                    conn.answer_by(Instant::now() + pause);
-                }
                 let mut answer = Answer {
                     framing: head.framing,
                     conn: Some(conn),
                     keep: head.reusable.then_some(address),
                     pause,
+                    pausing: false,
                 };
                 answer.release_if_done();
                 return Ok(http::Response::from_parts(head.parts, answer));
@@ -198,9 +196,11 @@ pub struct Answer {
     conn: Option<Conn>,
     /// Where the connection goes back to; none when it cannot be reused.
     keep: Option<Arc<str>>,
-    /// The longest the body may pause: each piece is due within this of
-    /// the one before (of the head, for the first).
+    /// The longest the body may wait for the instance: once a read finds
+    /// nothing, more is due within this.
     pause: Duration,
+    /// Whether the body is waiting, its deadline set.
+    pausing: bool,
 }
 
 impl Answer {
@@ -226,14 +226,23 @@ impl http_body::Body for Answer {
             return Poll::Ready(None);
         };
         let polled = match h1::poll_body(conn, &mut this.framing, cx) {
-            Poll::Pending if conn.poll_deadline(cx) => Poll::Ready(Some(Err(h1::Error::TimedOut))),
-            Poll::Ready(Some(Ok(frame))) => {
-                if !this.framing.is_done() {
+            // A body already in the buffer costs no clock reading: the
+            // deadline is set only when a read first finds nothing.
+            Poll::Pending => {
+                if !this.pausing {
+                    this.pausing = true;
                     conn.answer_by(Instant::now() + this.pause);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                if conn.poll_deadline(cx) {
+                    Poll::Ready(Some(Err(h1::Error::TimedOut)))
+                } else {
+                    Poll::Pending
+                }
             }
-            polled => polled,
+            polled => {
+                this.pausing = false;
+                polled
+            }
         };
         if let Poll::Ready(Some(Err(_))) = &polled {
             // A broken answer leaves the connection in no state to reuse.
