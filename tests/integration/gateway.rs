@@ -81,6 +81,21 @@ async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     .await
 }
 
+/// A gateway with one public route, `prefix`, to `service`'s one
+/// instance at `url`, with a timeout of 300 ms.
+async fn with_short_route(prefix: &str, service: &str, url: String) -> TestApp {
+    let app = TestApp::builder()
+        .gateway(|g| {
+            let mut route = RouteConfig::new(prefix, service, AuthPolicy::Public);
+            route.timeout_ms = Some(300);
+            g.routes.push(route);
+        })
+        .start()
+        .await;
+    app.register_instance(service, url).await;
+    app
+}
+
 #[tokio::test]
 async fn an_answer_whose_body_stalls_is_cut_short_within_the_routes_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,15 +108,7 @@ async fn an_answer_whose_body_stalls_is_cut_short_within_the_routes_timeout() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     })
     .await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut r = RouteConfig::new("/stalls", "stalls", AuthPolicy::Public);
-            r.timeout_ms = Some(300);
-            g.routes.push(r);
-        })
-        .start()
-        .await;
-    app.register_instance("stalls", stalls).await;
+    let app = with_short_route("/stalls", "stalls", stalls).await;
     let started = std::time::Instant::now();
     let r = app
         .http
@@ -790,15 +797,7 @@ async fn upstream_connections_are_reused_until_the_upstream_closes_them() {
 async fn a_request_body_slower_than_the_route_timeout_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (url, seen) = echo(Duration::ZERO).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut route = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
-            route.timeout_ms = Some(300);
-            g.routes.push(route);
-        })
-        .start()
-        .await;
-    app.register_instance("slow", url).await;
+    let app = with_short_route("/slow", "slow", url).await;
     let addr = app.gateway_base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     // Ten bytes declared, three sent, then nothing.
