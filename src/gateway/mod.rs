@@ -110,12 +110,10 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     };
     // Proxied requests pass the same shared layers as the gateway's own,
     // then CORS, then the proxy.
-    let proxy_layers = tower::ServiceBuilder::new()
-        .layer(ObserveLayer::new(Tracked {
-            metrics: ctx.metrics.clone(),
-            service: NAME,
-        }))
-        .option_layer(cors);
+    let tracked = Tracked {
+        metrics: ctx.metrics.clone(),
+        service: NAME,
+    };
     let launch = server::Launch {
         listen: config.listen,
         advertise_url: None,
@@ -129,6 +127,10 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // which requests on the other I/O threads touch too.
             let gateway = Arc::new(gateway.clone());
             let peer = headers::Peer::new(addr);
+            // Layers of the connection's own too, for the same reason.
+            let proxy_layers = tower::ServiceBuilder::new()
+                .layer(ObserveLayer::new(tracked.clone()))
+                .option_layer(cors.clone());
             edge::Edge {
                 own: server::with_peer(router.clone(), addr),
                 // Boxed where it is made, so the layers above move a pointer

@@ -175,19 +175,19 @@ pub async fn forward(gw: Arc<Gateway>, peer: Peer, req: Request) -> Response {
     let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
     let started = logged.then(std::time::Instant::now);
     let method = req.method().clone();
-    let mut label: Option<Arc<str>> = None;
+    let mut label: Option<&'static str> = None;
     let response = route_and_forward(&gw, &peer, req, &mut label).await;
     // The access log: one line per request, never the path's query or any token.
     tracing::info!(
         target: "gatehouse::access",
         method = %method,
-        route = label.as_deref().unwrap_or("unrouted"),
+        route = label.unwrap_or("unrouted"),
         status = response.status().as_u16(),
         duration_ms = started.map_or(0, |t| t.elapsed().as_millis() as u64),
         peer = %peer.ip(),
         "request"
     );
-    telemetry::name_route(label.unwrap_or_else(|| Arc::from("unrouted")));
+    telemetry::name_route(label.unwrap_or("unrouted"));
     response
 }
 
@@ -195,7 +195,7 @@ async fn route_and_forward(
     gw: &Gateway,
     peer: &Peer,
     req: Request,
-    label: &mut Option<Arc<str>>,
+    label: &mut Option<&'static str>,
 ) -> Response {
     let Ok(segments) = normalise(req.uri().path()) else {
         return problem(
@@ -208,7 +208,7 @@ async fn route_and_forward(
         return Problem::not_found().into_response();
     };
     let config = &route.config;
-    *label = Some(route.label.clone());
+    *label = Some(route.label);
     if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
         return crate::kernel::error::payload_too_large().into_response();
     }

@@ -9,6 +9,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use smallvec::SmallVec;
 
 use super::config::{AuthPolicy, RouteConfig};
+use crate::kernel::telemetry;
 
 /// Characters that stay encoded in a forwarded path segment.
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -162,8 +163,8 @@ pub fn join<S: AsRef<str>>(segments: &[S], query: Option<&str>) -> String {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub config: RouteConfig,
-    /// The prefix, shared, for logs and metrics.
-    pub label: std::sync::Arc<str>,
+    /// The prefix, for logs and metrics (see [`telemetry::intern`]).
+    pub label: &'static str,
     segments: Vec<String>,
 }
 
@@ -218,7 +219,7 @@ impl RouteTable {
             }
             routes.retain(|r| r.segments != segments);
             routes.push(Route {
-                label: config.prefix.as_str().into(),
+                label: telemetry::intern(&config.prefix),
                 config,
                 segments,
             });
@@ -298,7 +299,7 @@ mod tests {
     #[test]
     fn a_path_in_normal_form_goes_upstream_as_it_is_and_any_other_as_rebuilt() {
         let route = |strip_prefix| Route {
-            label: "/a".into(),
+            label: "/a",
             config: RouteConfig {
                 strip_prefix,
                 ..RouteConfig::new("/a", "a", AuthPolicy::Public)

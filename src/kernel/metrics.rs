@@ -3,16 +3,17 @@
 //! `/metrics`; in the all-in-one process the services share one registry and
 //! are told apart by the `service` label.
 
-use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use prometheus::local::LocalHistogram;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The process's metrics. Cheap to clone: every field is a shared handle.
@@ -118,7 +119,7 @@ impl Metrics {
         let labels = [service, method, route, status];
         self.count_in(Family::Request, &labels, |handles| match handles {
             Handles::Request { count, duration } => {
-                count.inc();
+                count.add(1);
                 duration.observe(elapsed.as_secs_f64());
             }
             Handles::Upstream(_) => {}
@@ -130,14 +131,14 @@ impl Metrics {
     pub fn upstream_answered(&self, route: &str, upstream: &str, status: &str) {
         self.count_in(Family::Upstream, &[route, upstream, status], |handles| {
             if let Handles::Upstream(count) = handles {
-                count.inc();
+                count.add(1);
             }
         });
     }
 
     /// Runs `count` with this thread's handles for `labels` in `family`,
     /// resolving them first when the thread has none yet.
-    fn count_in(&self, family: Family, labels: &[&str], count: impl FnOnce(&Handles)) {
+    fn count_in(&self, family: Family, labels: &[&str], count: impl FnOnce(&mut Handles)) {
         let key = LabelRef {
             metrics: self.id,
             family,
@@ -147,23 +148,22 @@ impl Metrics {
         // Gone only while the thread ends; then the handles are resolved
         // for this one count.
         let _ = HANDLES.try_with(|table| {
-            let Ok(mut table) = table.try_borrow_mut() else {
-                return;
-            };
-            if let Some(handles) = table.get(&key) {
+            let mut table = lock(table);
+            if let Some(handles) = table.get_mut(&key) {
                 if let Some(count) = count.take() {
                     count(handles);
                 }
                 return;
             }
-            let Some(handles) = self.handles(family, labels) else {
+            let Some(mut handles) = self.handles(family, labels) else {
                 return;
             };
             if table.len() >= HANDLES_PER_THREAD {
+                // Dropped handles pass their counts on.
                 table.clear();
             }
             if let Some(count) = count.take() {
-                count(&handles);
+                count(&mut handles);
             }
             let owned = LabelSet {
                 metrics: self.id,
@@ -173,9 +173,23 @@ impl Metrics {
             table.insert(owned, handles);
         });
         if let Some(count) = count.take()
-            && let Some(handles) = self.handles(family, labels)
+            && let Some(mut handles) = self.handles(family, labels)
         {
-            count(&handles);
+            count(&mut handles);
+        }
+    }
+
+    /// Passes every thread's counts on to the metrics, so that they can be
+    /// read (as [`Metrics::render`] does).
+    pub fn flush(&self) {
+        let tables: Vec<Arc<Mutex<HandleTable>>> = lock(&THREAD_TABLES)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for table in tables {
+            for handles in lock(&table).values_mut() {
+                handles.flush();
+            }
         }
     }
 
@@ -188,26 +202,29 @@ impl Metrics {
                     return None;
                 };
                 Handles::Request {
-                    count: self
-                        .http_requests_total
-                        .get_metric_with_label_values(labels)
-                        .ok()?,
+                    count: Pending::new(
+                        self.http_requests_total
+                            .get_metric_with_label_values(labels)
+                            .ok()?,
+                    ),
                     duration: self
                         .http_request_duration_seconds
                         .get_metric_with_label_values(&[service, method, route])
-                        .ok()?,
+                        .ok()?
+                        .local(),
                 }
             }
-            Family::Upstream => Handles::Upstream(
+            Family::Upstream => Handles::Upstream(Pending::new(
                 self.gateway_upstream_requests_total
                     .get_metric_with_label_values(labels)
                     .ok()?,
-            ),
+            )),
         })
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.flush();
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
@@ -230,14 +247,57 @@ enum Family {
     Upstream,
 }
 
-/// The metrics behind one label set, resolved once.
-#[derive(Clone)]
+/// The metrics behind one label set, resolved once, with the counts this
+/// thread has made and not yet passed on to them.
 enum Handles {
     Request {
-        count: IntCounter,
-        duration: Histogram,
+        count: Pending,
+        duration: LocalHistogram,
     },
-    Upstream(IntCounter),
+    Upstream(Pending),
+}
+
+impl Handles {
+    fn flush(&mut self) {
+        match self {
+            Handles::Request { count, duration } => {
+                count.flush();
+                duration.flush();
+            }
+            Handles::Upstream(count) => count.flush(),
+        }
+    }
+}
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A counter's increments not yet passed on to it.
+struct Pending {
+    counter: IntCounter,
+    pending: u64,
+}
+
+impl Pending {
+    fn new(counter: IntCounter) -> Pending {
+        Pending {
+            counter,
+            pending: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.pending += n;
+    }
+
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            self.counter.inc_by(std::mem::take(&mut self.pending));
+        }
+    }
 }
 
 /// A handle table entry's key, owned.
@@ -321,14 +381,33 @@ fn same_text(a: &str, b: &str) -> bool {
 type HandleTable = hashbrown::HashMap<LabelSet, Handles, foldhash::fast::RandomState>;
 
 thread_local! {
-    /// Each thread's handles to the labelled metrics it has counted in.
+    /// Each thread's handles to the labelled metrics it has counted in,
+    /// with its counts not yet passed on.
     ///
     /// Resolving a label set (`with_label_values`) hashes every label and
-    /// takes a lock that every thread shares; a request that counts itself
-    /// three times paid that three times. Here a thread resolves each label
-    /// set once and then only counts. The counts themselves are the
-    /// metrics' own, so a scrape sees every thread's at once.
-    static HANDLES: RefCell<HandleTable> = RefCell::new(HandleTable::default());
+    /// takes a lock that every thread shares; and counting straight into a
+    /// metric is an atomic write to memory every thread writes, which the
+    /// cores then pass back and forth. Here a thread resolves each label
+    /// set once and counts in memory of its own, behind a lock no other
+    /// thread takes but to flush. Counts reach the metrics when they are
+    /// read ([`Metrics::flush`]), when the table starts over, and when the
+    /// thread ends.
+    static HANDLES: Arc<Mutex<HandleTable>> = {
+        let table = Arc::default();
+        let mut tables = lock(&THREAD_TABLES);
+        tables.retain(|t| t.strong_count() > 0);
+        tables.push(Arc::downgrade(&table));
+        table
+    };
+}
+
+/// Every thread's handle table, for [`Metrics::flush`].
+static THREAD_TABLES: Mutex<Vec<Weak<Mutex<HandleTable>>>> = Mutex::new(Vec::new());
+
+/// `mutex` locked, whether or not a thread panicked holding it: counts are
+/// plain numbers, never left half-made.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the request metrics need: the metrics and the service they are
@@ -390,12 +469,36 @@ mod tests {
     }
 
     #[test]
+    fn counts_of_a_thread_still_running_reach_a_scrape() {
+        let m = Metrics::new().unwrap();
+        let line = r#"gatehouse_gateway_upstream_requests_total{route="/live",status="200",upstream="http://10.0.0.2:1"}"#;
+        let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+        let (done, wait_for_done) = std::sync::mpsc::channel::<()>();
+        let m = &m;
+        std::thread::scope(|scope| {
+            // Counts one request at each go, and stays alive in between.
+            scope.spawn(move || {
+                for _ in 0..2 {
+                    wait_for_go.recv().unwrap();
+                    m.upstream_answered("/live", "http://10.0.0.2:1", "200");
+                    done.send(()).unwrap();
+                }
+            });
+            for expected in 1..=2 {
+                go.send(()).unwrap();
+                wait_for_done.recv().unwrap();
+                assert_eq!(count_of(m, line), expected);
+            }
+        });
+    }
+
+    #[test]
     fn a_thread_keeps_a_bounded_number_of_handles() {
         let m = Metrics::new().unwrap();
         for i in 0..HANDLES_PER_THREAD + 10 {
             m.upstream_answered("/r", &format!("http://10.0.0.1:{i}"), "200");
         }
-        assert!(HANDLES.with_borrow(|t| t.len()) <= HANDLES_PER_THREAD);
+        assert!(HANDLES.with(|t| lock(t).len()) <= HANDLES_PER_THREAD);
         let last = format!(
             r#"gatehouse_gateway_upstream_requests_total{{route="/r",status="200",upstream="http://10.0.0.1:{}"}}"#,
             HANDLES_PER_THREAD + 9

@@ -166,8 +166,8 @@ where
                 .inner
                 .take_value()
                 .and_then(telemetry::RequestScope::into_route);
-            let route = match (&named, &*this.matched, &*this.grpc_path) {
-                (Some(label), _, _) => &**label,
+            let route = match (named, &*this.matched, &*this.grpc_path) {
+                (Some(label), _, _) => label,
                 (None, Some(p), _) => p.as_str(),
                 (None, None, Some(path)) => path.as_str(),
                 (None, None, None) => "unmatched",

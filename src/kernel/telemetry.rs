@@ -97,14 +97,30 @@ pub struct RequestScope {
     id: Option<http::HeaderValue>,
     /// The route a handler that routes by itself (the gateway) chose, for
     /// the request metrics; set while serving, read once the answer is out.
-    route: std::cell::Cell<Option<std::sync::Arc<str>>>,
+    route: std::cell::Cell<Option<&'static str>>,
 }
 
 impl RequestScope {
     /// The route named while serving, if one was.
-    pub fn into_route(self) -> Option<std::sync::Arc<str>> {
+    pub fn into_route(self) -> Option<&'static str> {
         self.route.into_inner()
     }
+}
+
+/// `text` as a string that lives as long as the process, kept once however
+/// often it is asked for: for names that every request carries (a route's
+/// label, say) and that are few, fixed by config. Copying such a name for a
+/// request costs nothing, where a shared string's count would be written by
+/// every thread serving requests.
+pub fn intern(text: &str) -> &'static str {
+    static KEPT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = kept.iter().find(|k| **k == text) {
+        return found;
+    }
+    let new: &'static str = Box::leak(Box::from(text));
+    kept.push(new);
+    new
 }
 
 tokio::task_local! {
@@ -134,7 +150,7 @@ pub fn scoped<F: std::future::Future>(
 /// Names the route the request being served was matched to, so that it is
 /// counted under that route rather than a catch-all. Does nothing outside a
 /// request scope.
-pub fn name_route(label: std::sync::Arc<str>) {
+pub fn name_route(label: &'static str) {
     let _ = REQUEST.try_with(|scope| scope.route.set(Some(label)));
 }
 

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -48,10 +48,17 @@ pub enum Verdict {
 }
 
 /// Counting the tracked keys locks every shard of the table, so it is done
-/// once every `COUNT_EVERY` checks while the table is far from full, and at
-/// every check once it is near. Threads racing on the flag can let in about
-/// twice that many keys past `max_keys`, a bounded overshoot.
+/// once every `COUNT_EVERY` checks of a thread while the table is far from
+/// full, and at every check once it is near. Each thread can let in about
+/// that many new keys between its counts, so the table can pass `max_keys`
+/// by about `COUNT_EVERY` per thread, a bounded overshoot.
 const COUNT_EVERY: usize = 64;
+
+thread_local! {
+    /// Checks made on this thread: a count of its own, so that checking
+    /// writes no memory other threads write too.
+    static CHECKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// A keyed limiter. Cheap to clone.
 #[derive(Clone)]
@@ -59,7 +66,6 @@ pub struct Limiter {
     inner: Arc<Keyed>,
     burst: u32,
     max_keys: usize,
-    checks: Arc<AtomicUsize>,
     near_full: Arc<AtomicBool>,
 }
 
@@ -76,7 +82,6 @@ impl Limiter {
             ),
             burst: burst.get(),
             max_keys: max_keys.max(1),
-            checks: Arc::default(),
             near_full: Arc::default(),
         })
     }
@@ -85,9 +90,8 @@ impl Limiter {
     pub fn check(&self, key: RateKey) -> Verdict {
         let mut key = key;
         if self.near_full.load(Ordering::Relaxed)
-            || self
-                .checks
-                .fetch_add(1, Ordering::Relaxed)
+            || CHECKS
+                .with(|n| n.replace(n.get().wrapping_add(1)))
                 .is_multiple_of(COUNT_EVERY)
         {
             let mut tracked = self.inner.len();

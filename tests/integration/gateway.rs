@@ -599,6 +599,7 @@ async fn an_ejected_instance_is_probed_and_readmitted_when_it_returns() {
         assert_eq!(r.status(), 200, "GET {i}");
     }
     // Connects failed until the instance was ejected, then it was left out.
+    app.ctx.metrics.flush();
     let connect_errors = app
         .ctx
         .metrics
