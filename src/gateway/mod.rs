@@ -37,6 +37,7 @@ use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
 use crate::middleware::ratelimit::Limiter;
 use http::{HeaderName, HeaderValue, Method};
+use tower::Layer as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub const NAME: &str = "gateway";
@@ -114,6 +115,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         metrics: ctx.metrics.clone(),
         service: NAME,
     };
+    let cors_layers = tower::ServiceBuilder::new().option_layer(cors);
     let launch = server::Launch {
         listen: config.listen,
         advertise_url: None,
@@ -127,18 +129,16 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // which requests on the other I/O threads touch too.
             let gateway = Arc::new(gateway.clone());
             let peer = headers::Peer::new(addr);
-            // Layers of the connection's own too, for the same reason.
-            let proxy_layers = tower::ServiceBuilder::new()
-                .layer(ObserveLayer::new(tracked.clone()))
-                .option_layer(cors.clone());
+            // The observe layer is the connection's own too, for the same reason.
+            let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {
                 own: server::with_peer(router.clone(), addr),
                 // Boxed where it is made, so the layers above move a pointer
                 // rather than the whole request's state.
-                proxy: proxy_layers.service(tower::service_fn(move |req| {
+                proxy: observe.layer(cors_layers.service(tower::service_fn(move |req| {
                     let forwarded = Box::pin(proxy::forward(gateway.clone(), peer.clone(), req));
                     async move { Ok::<_, Infallible>(forwarded.await) }
-                })),
+                }))),
             }
         }
     })
