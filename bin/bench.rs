@@ -80,7 +80,7 @@ struct Cli {
     /// wrk connections for the edge benchmark.
     #[arg(long, default_value_t = 32)]
     wrk_connections: usize,
-    /// Rounds of the edge benchmark's five runs; figures are their medians.
+    /// Rounds of the edge benchmark's six runs; figures are their medians.
     #[arg(long, default_value_t = 3)]
     edge_rounds: usize,
 }

@@ -90,8 +90,16 @@ per_ip_burst = 1000000
 per_user_per_sec = 1000000
 per_user_burst = 1000000
 
+# (c): proxying alone, as nginx does it. (f): the same with the
+# per-address rate limit. (d): a token and the per-user rate limit.
 [[gateway.routes]]
 prefix = "/bench/public"
+service = "bench"
+auth = "public"
+rate_limit = false
+
+[[gateway.routes]]
+prefix = "/bench/limited"
 service = "bench"
 auth = "public"
 

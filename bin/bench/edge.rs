@@ -120,7 +120,7 @@ pub struct Edge {
     pub seconds: u64,
     pub threads: usize,
     pub connections: usize,
-    /// How many times the five runs are made.
+    /// How many times the six runs are made.
     pub rounds: usize,
 }
 
@@ -132,12 +132,13 @@ struct Run {
 }
 
 /// The parties, in the order each round runs them.
-const PARTIES: [&str; 5] = [
+const PARTIES: [&str; 6] = [
     "(a) upstream directly",
     "(b) nginx proxy",
     "(c) gateway, public route",
     "(d) gateway, token + rate limits",
     "(e) reference: bare hyper proxy",
+    "(f) gateway, public + rate limits",
 ];
 
 /// The middle value (the mean of the two middle ones for an even count).
@@ -156,27 +157,29 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 pub fn run(edge: &Edge) -> anyhow::Result<()> {
     println!(
-        "edge benchmark: wrk -t{} -c{} -d{}s, {} rounds of the five runs one after the other on \
+        "edge benchmark: wrk -t{} -c{} -d{}s, {} rounds of the six runs one after the other on \
          this machine; medians, ratios taken within each round",
         edge.threads, edge.connections, edge.seconds, edge.rounds
     );
     let public = format!("{}/bench/public/x", edge.gateway);
     let required = format!("{}/bench/private/x", edge.gateway);
-    let targets: [(String, Option<&str>); 5] = [
+    let limited = format!("{}/bench/limited/x", edge.gateway);
+    let targets: [(String, Option<&str>); 6] = [
         (format!("{}/bench/public/x", edge.upstream), None),
         (format!("{}/bench/public/x", edge.nginx), None),
         (public, None),
         (required, Some(&edge.token)),
         (format!("{}/bench/public/x", edge.bare), None),
+        (limited, None),
     ];
     // Rounds rather than one run each: on a small shared machine a single
     // run of nginx or of the gateway can land on a slow or a fast spell.
-    let mut rounds: Vec<[Run; 5]> = Vec::with_capacity(edge.rounds);
+    let mut rounds: Vec<[Run; 6]> = Vec::with_capacity(edge.rounds);
     for _ in 0..edge.rounds.max(1) {
         let mut round = [Run {
             rps: 0.0,
             p99_ms: 0.0,
-        }; 5];
+        }; 6];
         for (slot, (url, token)) in round.iter_mut().zip(&targets) {
             *slot = wrk(edge, url, *token)?;
         }
@@ -185,11 +188,11 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
     let of = |party: usize, f: &dyn Fn(&Run) -> f64| {
         median(rounds.iter().map(|r| f(&r[party])).collect())
     };
-    let of_round = |party: usize, f: &dyn Fn(&Run, &[Run; 5]) -> f64| {
+    let of_round = |party: usize, f: &dyn Fn(&Run, &[Run; 6]) -> f64| {
         median(rounds.iter().map(|r| f(&r[party], r)).collect())
     };
-    let mut ratio_to_nginx = [0.0; 5];
-    let mut p99_to_nginx = [0.0; 5];
+    let mut ratio_to_nginx = [0.0; 6];
+    let mut p99_to_nginx = [0.0; 6];
     for (party, name) in PARTIES.iter().enumerate() {
         let rps = of(party, &|r| r.rps);
         let p99 = of(party, &|r| r.p99_ms);

@@ -124,11 +124,21 @@ pub struct RouteConfig {
     /// How the gateway talks to the service's instances.
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
+    /// Whether the gateway's rate limits apply to the route (the default).
+    /// Requests on a route without them count against no allowance, and
+    /// their answers carry no `RateLimit-*` fields: for traffic a service
+    /// limits by itself, or that comes from callers known not to abuse it.
+    #[serde(default = "limited")]
+    pub rate_limit: bool,
+}
+
+fn limited() -> bool {
+    true
 }
 
 impl RouteConfig {
     /// A route with the defaults: no prefix stripping, the gateway's
-    /// timeout, every method, HTTP/1.1 upstream.
+    /// timeout, every method, HTTP/1.1 upstream, rate limited.
     pub fn new(prefix: &str, service: &str, auth: AuthPolicy) -> Self {
         Self {
             prefix: prefix.into(),
@@ -138,6 +148,7 @@ impl RouteConfig {
             timeout_ms: None,
             methods: Vec::new(),
             upstream_protocol: UpstreamProtocol::default(),
+            rate_limit: true,
         }
     }
 

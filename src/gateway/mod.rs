@@ -23,7 +23,6 @@ pub mod probe;
 pub mod proxy;
 pub mod routes;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,11 +132,8 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {
                 own: server::with_peer(router.clone(), addr),
-                // Boxed where it is made, so the layers above move a pointer
-                // rather than the whole request's state.
                 proxy: observe.layer(cors_layers.service(tower::service_fn(move |req| {
-                    let forwarded = Box::pin(proxy::forward(gateway.clone(), peer.clone(), req));
-                    async move { Ok::<_, Infallible>(forwarded.await) }
+                    proxy::forward(&gateway, &peer, req)
                 }))),
             }
         }

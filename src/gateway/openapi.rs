@@ -257,7 +257,7 @@ fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
     };
     gw.table()
         .find(&segments)
-        .is_some_and(|found| found.config.prefix == route.config.prefix)
+        .is_some_and(|found| gw.table().route(found).config.prefix == route.config.prefix)
 }
 
 /// The document of `service`, from the first of its instances that answers:

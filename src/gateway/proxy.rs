@@ -3,8 +3,12 @@
 //! request and the answer through, with the proxy headers set and the
 //! hop-by-hop and client-supplied `x-gatehouse-*` headers removed.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -171,46 +175,126 @@ fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
 
 /// Answers a request for a path the gateway does not serve itself, from a
 /// client connected from `peer`.
-pub async fn forward(gw: Arc<Gateway>, peer: Peer, req: Request) -> Response {
+///
+/// What needs no waiting (routing, the route's policy, a token already
+/// known, rate limits) is decided here, in the call. Only the exchange with
+/// an instance is a future, and it is boxed, holding the request once: the
+/// layers above move a pointer, not the whole of a request's state.
+pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
-    let started = logged.then(std::time::Instant::now);
-    let method = req.method().clone();
-    let mut label: Option<&'static str> = None;
-    let response = route_and_forward(&gw, &peer, req, &mut label).await;
-    // The access log: one line per request, never the path's query or any token.
-    tracing::info!(
-        target: "gatehouse::access",
-        method = %method,
-        route = label.unwrap_or("unrouted"),
-        status = response.status().as_u16(),
-        duration_ms = started.map_or(0, |t| t.elapsed().as_millis() as u64),
-        peer = %peer.ip(),
-        "request"
-    );
-    telemetry::name_route(label.unwrap_or("unrouted"));
-    response
+    let access = logged.then(|| (req.method().clone(), std::time::Instant::now()));
+    let mut label = None;
+    let state = match plan(gw, peer, req, &mut label) {
+        Ok(plan) => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
+        Err(answer) => Forward::Answered(Some(answer)),
+    };
+    Forwarding {
+        state,
+        label,
+        peer: peer.ip(),
+        access,
+    }
 }
 
-async fn route_and_forward(
+/// The answer of [`forward`]; the access log line and the route's name
+/// for the metrics are written once it is ready.
+pub struct Forwarding {
+    state: Forward,
+    label: Option<&'static str>,
+    peer: IpAddr,
+    /// The method and start, when the access log is on.
+    access: Option<(Method, std::time::Instant)>,
+}
+
+enum Forward {
+    /// Decided without an instance (refused, not found, ...).
+    Answered(Option<Response>),
+    Exchanging(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl Future for Forwarding {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = match &mut this.state {
+            Forward::Answered(answer) => match answer.take() {
+                Some(answer) => answer,
+                // Polled again after its answer: there is none left to give.
+                None => return Poll::Pending,
+            },
+            Forward::Exchanging(exchange) => ready!(exchange.as_mut().poll(cx)),
+        };
+        let route = this.label.unwrap_or("unrouted");
+        if let Some((method, started)) = &this.access {
+            // The access log: one line per request, never the path's query or any token.
+            tracing::info!(
+                target: "gatehouse::access",
+                method = %method,
+                route,
+                status = response.status().as_u16(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                peer = %this.peer,
+                "request"
+            );
+        }
+        telemetry::name_route(route);
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A request admitted to its route, with what its exchange needs.
+struct Plan {
+    /// The route's place in the table.
+    route: usize,
+    /// The request's head; taken by the last attempt when that attempt
+    /// needs it as its own.
+    head: Option<http::request::Parts>,
+    body: Body,
+    peer: Peer,
+    client_ip: IpAddr,
+    /// The path and query to send upstream.
+    target: String,
+    admission: Admission,
+    /// The rate limit verdict whose headers the answer carries.
+    verdict: Option<Verdict>,
+}
+
+/// Where the route's token policy stands for a request.
+enum Admission {
+    /// Decided: the principal, when a token verified.
+    Decided(Option<Principal>),
+    /// The token is not known yet: it is verified in the exchange.
+    Unverified,
+}
+
+/// Routes `req` and applies everything about it that needs no waiting:
+/// the plan of its exchange, or the answer when it goes no further.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+fn plan(
     gw: &Gateway,
     peer: &Peer,
     req: Request,
     label: &mut Option<&'static str>,
-) -> Response {
+) -> Result<Plan, Response> {
     let Ok(segments) = normalise(req.uri().path()) else {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "invalid_path",
             "The request path is not valid",
-        );
+        ));
     };
-    let Some(route) = gw.inner.table.find(&segments) else {
-        return Problem::not_found().into_response();
+    let Some(index) = gw.inner.table.find(&segments) else {
+        return Err(Problem::not_found().into_response());
     };
+    let route = gw.inner.table.route(index);
     let config = &route.config;
     *label = Some(route.label);
     if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
-        return crate::kernel::error::payload_too_large().into_response();
+        return Err(crate::kernel::error::payload_too_large().into_response());
     }
     if !config.allows(req.method().as_str()) {
         let mut r = problem(
@@ -221,42 +305,81 @@ async fn route_and_forward(
         if let Ok(allow) = HeaderValue::from_str(&config.methods.join(", ")) {
             r.headers_mut().insert(header::ALLOW, allow);
         }
-        return r;
+        return Err(r);
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
     let mut verdict = None;
-    let principal = match admit(gw, config.auth, req.headers(), client_ip, &mut verdict).await {
-        Ok(p) => p,
-        Err(refused) => return refused,
-    };
-    if let (Some(p), Some(limiter)) = (&principal, &gw.inner.per_user) {
-        let v = limiter.check(RateKey::User(p.user_id));
-        if matches!(v, Verdict::Refused { .. }) {
-            return ratelimit::refusal(v);
+    let admission = match checked_now(gw, config.auth, req.headers()) {
+        Some(checked) => {
+            let principal = settle(gw, config, checked, client_ip, &mut verdict)?;
+            limit_user(gw, config, principal.as_ref(), &mut verdict)?;
+            Admission::Decided(principal)
         }
-        verdict = Some(v);
-    }
+        None => Admission::Unverified,
+    };
     let target = route.upstream_target(&segments, req.uri().query());
     drop(segments);
-    let mut response = send(gw, config, peer, client_ip, principal.as_ref(), target, req).await;
-    if let Some(v) = verdict {
-        ratelimit::annotate(v, response.headers_mut());
-    }
-    response
+    let (parts, body) = req.into_parts();
+    Ok(Plan {
+        route: index,
+        head: Some(parts),
+        body,
+        peer: peer.clone(),
+        client_ip,
+        target,
+        admission,
+        verdict,
+    })
 }
 
-/// Sends the request to an instance of the route's service. The route's
-/// timeout bounds reading a held request body (408 when the client is too
-/// slow) and each instance's answer (504).
-async fn send(
-    gw: &Gateway,
-    config: &RouteConfig,
-    peer: &Peer,
-    client_ip: IpAddr,
-    principal: Option<&Principal>,
-    target: String,
-    req: Request,
-) -> Response {
+/// Carries out `plan`: verifies a token not known yet, then sends the
+/// request to an instance of the route's service, with the rate limit
+/// headers on the answer.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> + Send {
+    // A block rather than an `async fn`, and the steps below borrow the
+    // plan: it is held once, where it was moved in, not copied at each step.
+    async move {
+        if let Admission::Unverified = plan.admission
+            && let Err(refused) = verify(&gw, &mut plan).await
+        {
+            return refused;
+        }
+        let mut response = send(&gw, &mut plan).await;
+        if let Some(v) = plan.verdict {
+            ratelimit::annotate(v, response.headers_mut());
+        }
+        response
+    }
+}
+
+/// Verifies the token of a request whose token was not known, and applies
+/// the route's policy and the user's rate limit to the outcome.
+async fn verify(gw: &Gateway, plan: &mut Plan) -> Result<(), Response> {
+    let token = plan.head.as_ref().map_or(Err(TokenError::Missing), |h| {
+        bearer::bearer_token(&h.headers)
+    });
+    let checked = match token {
+        // Boxed, so requests whose token is known do not carry the size
+        // of a verification.
+        Ok(token) => Box::pin(gw.inner.check.check_fresh(token)).await.map(Some),
+        Err(e) => Err(e),
+    };
+    let config = &gw.inner.table.route(plan.route).config;
+    let principal = settle(gw, config, checked, plan.client_ip, &mut plan.verdict)?;
+    limit_user(gw, config, principal.as_ref(), &mut plan.verdict)?;
+    plan.admission = Admission::Decided(principal);
+    Ok(())
+}
+
+/// Sends the planned request to an instance of the route's service. The
+/// route's timeout bounds reading a held request body (408 when the client
+/// is too slow) and each instance's answer (504).
+async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
+    let config = &gw.inner.table.route(plan.route).config;
     let timeout = config
         .timeout_ms
         .map_or(gw.inner.default_timeout, Duration::from_millis);
@@ -275,7 +398,10 @@ async fn send(
             );
         }
     };
-    let (mut parts, body) = req.into_parts();
+    let Some(parts) = plan.head.as_mut() else {
+        return bad_upstream();
+    };
+    let body = std::mem::take(&mut plan.body);
     let prepared = if http_body::Body::is_end_stream(&body) {
         // An empty body needs no reading, nor a timer.
         Ok(Ok(Outgoing::Held(axum::body::Bytes::new())))
@@ -294,10 +420,15 @@ async fn send(
             );
         }
     };
+    let principal = match &plan.admission {
+        Admission::Decided(p) => p.as_ref(),
+        Admission::Unverified => None,
+    };
+    let peer = &plan.peer;
     let fields = upstream_headers(
         &mut parts.headers,
         peer,
-        client_ip,
+        plan.client_ip,
         principal,
         gw.trusts(peer.ip()),
     );
@@ -306,9 +437,11 @@ async fn send(
         UpstreamProtocol::Http1 => http::Version::HTTP_11,
         UpstreamProtocol::H2c => http::Version::HTTP_2,
     };
-    // The request's head, kept for another attempt only while one can follow.
-    let mut head = Some(parts);
-    let idempotent = head.as_ref().is_some_and(|h| is_idempotent(&h.method));
+    let idempotent = is_idempotent(&parts.method);
+    // The request's head is kept (in the plan) for another attempt only
+    // while one can follow.
+    let head = &mut plan.head;
+    let target = &plan.target;
     // Held inline: most requests try one instance, a few a second.
     let mut tried: SmallVec<[&str; 4]> = SmallVec::new();
     while let Some(lease) = gw.inner.balancer.pick(&instances, &tried) {
@@ -329,7 +462,7 @@ async fn send(
                 let Some(request) = head.as_ref() else { break };
                 Attempt::Http1 {
                     address,
-                    path: [base, &target],
+                    path: [base, target],
                     request,
                     fields: &fields,
                 }
@@ -343,7 +476,9 @@ async fn send(
                     return bad_upstream();
                 };
                 request.uri = uri;
-                Attempt::H2c { request }
+                Attempt::H2c {
+                    request: Box::new(request),
+                }
             }
         };
         let outcome = attempt.send(this_body, deadline, timeout).await;
@@ -421,8 +556,9 @@ enum Attempt<'a> {
         request: &'a http::request::Parts,
         fields: &'a ProxyFields,
     },
-    /// Over this thread's h2c client.
-    H2c { request: http::request::Parts },
+    /// Over this thread's h2c client; boxed, so HTTP/1.1 attempts do not
+    /// carry the size of a request head.
+    H2c { request: Box<http::request::Parts> },
 }
 
 /// Why an attempt failed.
@@ -488,7 +624,7 @@ impl Attempt<'_> {
                 }
             },
             Attempt::H2c { request } => {
-                let request = Request::from_parts(request, body);
+                let request = Request::from_parts(*request, body);
                 // Boxed, so HTTP/1.1 attempts do not carry its size.
                 let answer = Box::pin(tokio::time::timeout_at(
                     deadline,
@@ -609,7 +745,33 @@ async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Out
     Ok(Outgoing::Streamed(Some(Body::new(limited))))
 }
 
-/// Applies the route's token policy: the principal when a token verified.
+/// The token check of a route's policy when it needs no waiting: no token
+/// to check, or a token whose verdict is remembered. `None` when the token
+/// must be verified.
+///
+/// What comes of a check is settled by [`settle`].
+fn checked_now(
+    gw: &Gateway,
+    policy: AuthPolicy,
+    headers: &HeaderMap,
+) -> Option<Result<Option<Principal>, TokenError>> {
+    let token = match policy {
+        AuthPolicy::Public => Err(TokenError::Missing),
+        _ => bearer::bearer_token(headers),
+    };
+    match token {
+        Err(TokenError::Missing) if policy != AuthPolicy::Required => Some(Ok(None)),
+        Err(e) => Some(Err(e)),
+        Ok(token) => gw
+            .inner
+            .check
+            .check_remembered(token)
+            .map(|remembered| remembered.map(Some)),
+    }
+}
+
+/// Applies the route's token policy to what came of the check: the
+/// principal when a token verified.
 ///
 /// Every request that does not carry a token proven good is anonymous
 /// traffic and takes one request from its client address's allowance: no
@@ -617,29 +779,21 @@ async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Out
 /// forged, expired or revoked alike, so that guessing at tokens is limited
 /// like any other anonymous traffic. A token that cannot be checked because
 /// auth is away is the platform's fault, not the client's, and is not
-/// counted. A valid token counts only against its user's allowance.
-async fn admit(
+/// counted. A valid token counts only against its user's allowance. A
+/// route without rate limits counts against neither.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+fn settle(
     gw: &Gateway,
-    policy: AuthPolicy,
-    headers: &HeaderMap,
+    route: &RouteConfig,
+    checked: Result<Option<Principal>, TokenError>,
     client_ip: IpAddr,
     verdict: &mut Option<Verdict>,
 ) -> Result<Option<Principal>, Response> {
-    let token = match policy {
-        AuthPolicy::Public => Err(TokenError::Missing),
-        _ => bearer::bearer_token(headers),
-    };
-    let checked = match token {
-        Err(TokenError::Missing) if policy != AuthPolicy::Required => Ok(None),
-        Err(e) => Err(e),
-        Ok(token) => match gw.inner.check.check_remembered(token) {
-            Some(remembered) => remembered.map(Some),
-            // Boxed, so requests answered from memory do not carry the size
-            // of a verification.
-            None => Box::pin(gw.inner.check.check_fresh(token)).await.map(Some),
-        },
-    };
     if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable))
+        && route.rate_limit
         && let Some(limiter) = &gw.inner.per_ip
     {
         let v = limiter.check(RateKey::Address(client_ip));
@@ -655,6 +809,31 @@ async fn admit(
         }
         refused
     })
+}
+
+/// Takes one request from the allowance of the verified user, if any,
+/// on a rate limited route.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+fn limit_user(
+    gw: &Gateway,
+    route: &RouteConfig,
+    principal: Option<&Principal>,
+    verdict: &mut Option<Verdict>,
+) -> Result<(), Response> {
+    if !route.rate_limit {
+        return Ok(());
+    }
+    if let (Some(p), Some(limiter)) = (principal, &gw.inner.per_user) {
+        let v = limiter.check(RateKey::User(p.user_id));
+        if matches!(v, Verdict::Refused { .. }) {
+            return Err(ratelimit::refusal(v));
+        }
+        *verdict = Some(v);
+    }
+    Ok(())
 }
 
 impl Gateway {

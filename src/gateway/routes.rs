@@ -233,12 +233,18 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route with the longest prefix that contains the path.
-    pub fn find(&self, segments: &[Cow<'_, str>]) -> Option<&Route> {
-        self.routes.iter().find(|r| {
+    /// The place of the route with the longest prefix that contains the
+    /// path (see [`RouteTable::route`]).
+    pub fn find(&self, segments: &[Cow<'_, str>]) -> Option<usize> {
+        self.routes.iter().position(|r| {
             segments.len() >= r.segments.len()
                 && r.segments.iter().zip(segments).all(|(a, b)| a == b)
         })
+    }
+
+    /// The route at `index`, a place [`RouteTable::find`] gave.
+    pub fn route(&self, index: usize) -> &Route {
+        &self.routes[index]
     }
 }
 
@@ -331,6 +337,7 @@ mod tests {
             let segments = normalise(raw).unwrap();
             table
                 .find(&segments)
+                .map(|i| table.route(i))
                 .map(|r| (r.config.service.clone(), r.config.auth))
         };
         assert_eq!(
@@ -366,7 +373,7 @@ mod tests {
         };
         let table = RouteTable::new(std::slice::from_ref(&extra)).unwrap();
         let segments = normalise("/billing/invoices/7").unwrap();
-        let route = table.find(&segments).unwrap();
+        let route = table.route(table.find(&segments).unwrap());
         assert_eq!(route.upstream_target(&segments, None), "/invoices/7");
         assert_eq!(
             route.upstream_target(&segments, Some("a=1&b")),

@@ -401,11 +401,7 @@ async fn bursts_get_429_with_retry_and_ratelimit_headers() {
     assert_problem(refused, 429, "rate_limited").await;
 
     // Signed-in users count on their own allowance, not their address's.
-    app.register("rl@example.org").await;
-    let token = app.login("rl@example.org", PASSWORD).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.signed_in("rl@example.org").await;
     let me = || {
         app.http
             .get(format!("{gw}/v1/users/me"))
@@ -418,6 +414,53 @@ async fn bursts_get_429_with_retry_and_ratelimit_headers() {
 }
 
 #[tokio::test]
+async fn a_route_without_rate_limits_spends_no_allowance() {
+    let (url, _) = echo(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.rate_limit.per_ip_per_sec = 1;
+            g.rate_limit.per_ip_burst = 2;
+            g.rate_limit.per_user_per_sec = 1;
+            g.rate_limit.per_user_burst = 2;
+            let mut open = RouteConfig::new("/unlimited", "team", AuthPolicy::Optional);
+            open.rate_limit = false;
+            g.routes.push(open);
+            g.routes
+                .push(RouteConfig::new("/limited", "team", AuthPolicy::Optional));
+        })
+        .start()
+        .await;
+    app.register_instance("team", url).await;
+    let gw = &app.gateway_base;
+    let token = app.signed_in("free@example.org").await;
+    let get = |path: &str, token: Option<&str>| {
+        let request = app.http.get(format!("{gw}{path}"));
+        match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
+        .send()
+    };
+    // Well past both bursts, anonymous and signed in alike.
+    for _ in 0..5 {
+        for token in [None, Some(token.as_str())] {
+            let r = get("/unlimited/x", token).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(!r.headers().contains_key("ratelimit-remaining"));
+        }
+    }
+    // The allowances are whole: the limited route still has its bursts.
+    for token in [None, Some(token.as_str())] {
+        for remaining in ["1", "0"] {
+            let r = get("/limited/x", token).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["ratelimit-remaining"], remaining);
+        }
+        assert_problem(get("/limited/x", token).await.unwrap(), 429, "rate_limited").await;
+    }
+}
+
+#[tokio::test]
 async fn guessed_tokens_spend_the_address_allowance_and_valid_ones_do_not() {
     let app = TestApp::builder()
         .gateway(|g| {
@@ -427,11 +470,7 @@ async fn guessed_tokens_spend_the_address_allowance_and_valid_ones_do_not() {
         .start()
         .await;
     let gw = &app.gateway_base;
-    app.register("guess@example.org").await;
-    let token = app.login("guess@example.org", PASSWORD).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.signed_in("guess@example.org").await;
     // Signed by the platform's key, but not what it signed.
     let mut forged = token.clone().into_bytes();
     let i = "v4.public.".len() + 40;

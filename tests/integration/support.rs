@@ -145,6 +145,13 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// Registers a user, logs in, and answers the access token.
+    pub async fn signed_in(&self, email: &str) -> String {
+        self.register(email).await;
+        let pair = self.login(email, PASSWORD).await;
+        pair["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// A request to identity or auth (`base`) with a bearer token.
     pub fn with_token(
         &self,
