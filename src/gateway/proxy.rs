@@ -574,7 +574,8 @@ struct AttemptError {
 /// instance's `http://` URL; none when the URL is not one.
 fn split_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("http://")?;
-    let (address, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let slash = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+    let (address, base) = rest.split_at(slash);
     Some((address, base.trim_end_matches('/')))
 }
 

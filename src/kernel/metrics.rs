@@ -117,45 +117,58 @@ impl Metrics {
         elapsed: Duration,
     ) {
         let labels = [service, method, route, status];
-        self.count_in(Family::Request, &labels, |handles| match handles {
-            Handles::Request { count, duration } => {
-                count.add(1);
-                duration.observe(elapsed.as_secs_f64());
-            }
-            Handles::Upstream(_) => {}
-        });
+        let key = LabelRef {
+            metrics: self.id,
+            family: Family::Request,
+            labels: &labels,
+        };
+        self.count_in(key, |handles| count_request(handles, elapsed));
+    }
+
+    /// [`Metrics::request_answered`] for labels that are all static text
+    /// (`service`, `method`, `route`, `status`): this thread finds their
+    /// handles by where the labels lie, without hashing or comparing text.
+    pub fn request_answered_static(&self, labels: [&'static str; 4], elapsed: Duration) {
+        let key = PlaceKey {
+            metrics: self.id,
+            family: Family::Request,
+            places: labels.map(|l| (l.as_ptr() as usize, l.len())),
+            labels,
+        };
+        self.count_in(key, |handles| count_request(handles, elapsed));
     }
 
     /// Counts one request the gateway sent to `upstream` for `route`, by
     /// the answer's status or the error.
     pub fn upstream_answered(&self, route: &str, upstream: &str, status: &str) {
-        self.count_in(Family::Upstream, &[route, upstream, status], |handles| {
+        let labels = [route, upstream, status];
+        let key = LabelRef {
+            metrics: self.id,
+            family: Family::Upstream,
+            labels: &labels,
+        };
+        self.count_in(key, |handles| {
             if let Handles::Upstream(count) = handles {
                 count.add(1);
             }
         });
     }
 
-    /// Runs `count` with this thread's handles for `labels` in `family`,
-    /// resolving them first when the thread has none yet.
-    fn count_in(&self, family: Family, labels: &[&str], count: impl FnOnce(&mut Handles)) {
-        let key = LabelRef {
-            metrics: self.id,
-            family,
-            labels,
-        };
+    /// Runs `count` with this thread's handles for `key`, resolving them
+    /// first when the thread has none yet.
+    fn count_in<K: TableKey>(&self, key: K, count: impl FnOnce(&mut Handles)) {
         let mut count = Some(count);
         // Gone only while the thread ends; then the handles are resolved
         // for this one count.
         let _ = HANDLES.try_with(|table| {
             let mut table = lock(table);
-            if let Some(handles) = table.get_mut(&key) {
+            if let Some(handles) = key.find(&mut table) {
                 if let Some(count) = count.take() {
                     count(handles);
                 }
                 return;
             }
-            let Some(mut handles) = self.handles(family, labels) else {
+            let Some(mut handles) = self.handles(key.family(), key.labels()) else {
                 return;
             };
             if table.len() >= HANDLES_PER_THREAD {
@@ -165,15 +178,10 @@ impl Metrics {
             if let Some(count) = count.take() {
                 count(&mut handles);
             }
-            let owned = LabelSet {
-                metrics: self.id,
-                family,
-                labels: labels.iter().map(|l| Box::from(*l)).collect(),
-            };
-            table.insert(owned, handles);
+            key.keep(&mut table, handles);
         });
         if let Some(count) = count.take()
-            && let Some(mut handles) = self.handles(family, labels)
+            && let Some(mut handles) = self.handles(key.family(), key.labels())
         {
             count(&mut handles);
         }
@@ -266,6 +274,14 @@ impl Handles {
             }
             Handles::Upstream(count) => count.flush(),
         }
+    }
+}
+
+/// Counts one answered request that took `elapsed` on request handles.
+fn count_request(handles: &mut Handles, elapsed: Duration) {
+    if let Handles::Request { count, duration } = handles {
+        count.add(1);
+        duration.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -378,7 +394,105 @@ fn same_text(a: &str, b: &str) -> bool {
     (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }
 
-type HandleTable = hashbrown::HashMap<LabelSet, Handles, foldhash::fast::RandomState>;
+/// A label set of static text, known by where its labels lie: static text
+/// is never freed, so the same places always hold the same text. The same
+/// text elsewhere is another key for the same metrics, counted apart and
+/// passed on to them alike.
+#[derive(Clone, Copy)]
+struct PlaceKey {
+    metrics: u64,
+    family: Family,
+    /// Each label's address and length: all that tells keys apart.
+    places: [(usize, usize); 4],
+    labels: [&'static str; 4],
+}
+
+impl PartialEq for PlaceKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self.metrics, self.family, self.places) == (other.metrics, other.family, other.places)
+    }
+}
+
+impl Eq for PlaceKey {}
+
+impl Hash for PlaceKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.metrics, self.family, self.places).hash(state);
+    }
+}
+
+/// A key a thread's handles are found by.
+trait TableKey {
+    fn family(&self) -> Family;
+    fn labels(&self) -> &[&str];
+    fn find<'t>(&self, table: &'t mut HandleTable) -> Option<&'t mut Handles>;
+    /// Keeps `handles` in `table` under this key.
+    fn keep(&self, table: &mut HandleTable, handles: Handles);
+}
+
+impl TableKey for LabelRef<'_> {
+    fn family(&self) -> Family {
+        self.family
+    }
+
+    fn labels(&self) -> &[&str] {
+        self.labels
+    }
+
+    fn find<'t>(&self, table: &'t mut HandleTable) -> Option<&'t mut Handles> {
+        table.by_text.get_mut(self)
+    }
+
+    fn keep(&self, table: &mut HandleTable, handles: Handles) {
+        let owned = LabelSet {
+            metrics: self.metrics,
+            family: self.family,
+            labels: self.labels.iter().map(|l| Box::from(*l)).collect(),
+        };
+        table.by_text.insert(owned, handles);
+    }
+}
+
+impl TableKey for PlaceKey {
+    fn family(&self) -> Family {
+        self.family
+    }
+
+    fn labels(&self) -> &[&str] {
+        &self.labels
+    }
+
+    fn find<'t>(&self, table: &'t mut HandleTable) -> Option<&'t mut Handles> {
+        table.by_place.get_mut(self)
+    }
+
+    fn keep(&self, table: &mut HandleTable, handles: Handles) {
+        table.by_place.insert(*self, handles);
+    }
+}
+
+/// A thread's handles: by the text of their labels, and, for labels of
+/// static text, by where the labels lie.
+#[derive(Default)]
+struct HandleTable {
+    by_text: hashbrown::HashMap<LabelSet, Handles, foldhash::fast::RandomState>,
+    by_place: hashbrown::HashMap<PlaceKey, Handles, foldhash::fast::RandomState>,
+}
+
+impl HandleTable {
+    fn len(&self) -> usize {
+        self.by_text.len() + self.by_place.len()
+    }
+
+    fn clear(&mut self) {
+        self.by_text.clear();
+        self.by_place.clear();
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Handles> {
+        self.by_text.values_mut().chain(self.by_place.values_mut())
+    }
+}
 
 thread_local! {
     /// Each thread's handles to the labelled metrics it has counted in,
@@ -466,6 +580,24 @@ mod tests {
         let upstream = r#"gatehouse_gateway_upstream_requests_total{route="/x",status="502",upstream="http://127.0.0.1:1"}"#;
         assert_eq!(count_of(&a, upstream), 1);
         assert_eq!(count_of(&b, upstream), 0);
+    }
+
+    #[test]
+    fn static_labels_count_with_the_same_text_found_elsewhere() {
+        let m = Metrics::new().unwrap();
+        let line =
+            r#"gatehouse_http_requests_total{method="GET",route="/s",service="s",status="200"}"#;
+        let took = Duration::from_millis(1);
+        m.request_answered_static(["s", "GET", "/s", "200"], took);
+        m.request_answered_static(["s", "GET", "/s", "200"], took);
+        // The same text, at addresses of its own.
+        let (method, route) = (String::from("GET"), String::from("/s"));
+        m.request_answered("s", &method, &route, &String::from("200"), took);
+        assert_eq!(count_of(&m, line), 3);
+        let other =
+            r#"gatehouse_http_requests_total{method="GET",route="/s",service="s",status="404"}"#;
+        m.request_answered_static(["s", "GET", "/s", "404"], took);
+        assert_eq!((count_of(&m, line), count_of(&m, other)), (3, 1));
     }
 
     #[test]

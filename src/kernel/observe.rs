@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use axum::response::Response;
+use bytes::BytesMut;
 use http::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -56,11 +57,28 @@ pub struct Observe<S> {
     tracked: Arc<Tracked>,
 }
 
+/// How many bytes of request ids a thread writes into one buffer.
+const ID_ROOM: usize = 4096;
+
+thread_local! {
+    /// Where this thread writes its next request ids. Each id is cut from
+    /// the same buffer: it costs no allocation of its own, and its copies
+    /// (on the request, in its scope, on the answer) share its bytes.
+    static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// A new random (version 4) UUID, as a header value.
 pub fn new_request_id() -> HeaderValue {
     let mut text = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let bytes = IDS.with_borrow_mut(|room| {
+        if room.capacity() - room.len() < id.len() {
+            *room = BytesMut::with_capacity(ID_ROOM);
+        }
+        room.extend_from_slice(id.as_bytes());
+        room.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The span of one request, named after its method, path and request id,
@@ -126,10 +144,57 @@ where
     }
 }
 
+/// The methods of RFC 9110 and PATCH, as static text.
+const METHODS: [(http::Method, &str); 9] = [
+    (http::Method::GET, "GET"),
+    (http::Method::POST, "POST"),
+    (http::Method::PUT, "PUT"),
+    (http::Method::DELETE, "DELETE"),
+    (http::Method::PATCH, "PATCH"),
+    (http::Method::HEAD, "HEAD"),
+    (http::Method::OPTIONS, "OPTIONS"),
+    (http::Method::CONNECT, "CONNECT"),
+    (http::Method::TRACE, "TRACE"),
+];
+
+/// `method` as static text, when it is a standard one.
+fn static_method(method: &http::Method) -> Option<&'static str> {
+    METHODS
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, text)| *text)
+}
+
+/// Every status code's three digits, 100 to 999, in order.
+static STATUS_DIGITS: [[u8; 3]; 900] = {
+    let mut digits = [[0; 3]; 900];
+    let mut i = 0;
+    while i < 900 {
+        let code = i + 100;
+        digits[i] = [
+            b'0' + (code / 100) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
+        i += 1;
+    }
+    digits
+};
+
+/// `status` as static text.
+fn static_status(status: http::StatusCode) -> Option<&'static str> {
+    let digits = STATUS_DIGITS.get(usize::from(status.as_u16()).checked_sub(100)?)?;
+    std::str::from_utf8(digits).ok()
+}
+
+/// Whether `req` is a gRPC call: HTTP/2 (the only version gRPC speaks)
+/// with a gRPC content type.
 fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 pin_project_lite::pin_project! {
@@ -166,20 +231,29 @@ where
                 .inner
                 .take_value()
                 .and_then(telemetry::RequestScope::into_route);
-            let route = match (named, &*this.matched, &*this.grpc_path) {
-                (Some(label), _, _) => label,
-                (None, Some(p), _) => p.as_str(),
-                (None, None, Some(path)) => path.as_str(),
-                (None, None, None) => "unmatched",
-            };
             let t = &this.tracked;
-            t.metrics.request_answered(
-                t.service,
-                this.method.as_str(),
-                route,
-                status.as_str(),
-                elapsed,
-            );
+            match (named, static_method(this.method), static_status(status)) {
+                // All static text (a route named by the handler, a standard
+                // method and status): found without hashing any of it.
+                (Some(route), Some(method), Some(code)) => t
+                    .metrics
+                    .request_answered_static([t.service, method, route, code], elapsed),
+                _ => {
+                    let route = match (named, &*this.matched, &*this.grpc_path) {
+                        (Some(label), _, _) => label,
+                        (None, Some(p), _) => p.as_str(),
+                        (None, None, Some(path)) => path.as_str(),
+                        (None, None, None) => "unmatched",
+                    };
+                    t.metrics.request_answered(
+                        t.service,
+                        this.method.as_str(),
+                        route,
+                        status.as_str(),
+                        elapsed,
+                    );
+                }
+            }
             let latency_ms = elapsed.as_millis() as u64;
             if status.is_server_error() {
                 tracing::error!(status = status.as_u16(), latency_ms, "response failed");
@@ -195,5 +269,40 @@ where
             }
         }
         Poll::Ready(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_random_uuids_past_their_buffer() {
+        // More ids than one buffer holds, so some are cut from a new one.
+        let ids: Vec<HeaderValue> = (0..3 * ID_ROOM / 36).map(|_| new_request_id()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for id in &ids {
+            let id = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(id.get_version_num(), 4);
+            assert!(seen.insert(id), "{id} came twice");
+        }
+        // Each id keeps its own text while later ones are written.
+        let first = ids[0].clone();
+        drop(ids);
+        assert_eq!(first.len(), 36);
+        assert!(uuid::Uuid::parse_str(first.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn static_labels_say_what_the_method_and_status_do() {
+        for code in 100..=999u16 {
+            let status = http::StatusCode::from_u16(code).unwrap();
+            assert_eq!(static_status(status), Some(status.as_str()));
+        }
+        for (method, _) in &METHODS {
+            assert_eq!(static_method(method), Some(method.as_str()));
+        }
+        let own = http::Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(static_method(&own), None);
     }
 }
