@@ -510,7 +510,7 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Erro
         }
         let head = read.split_to(length).freeze();
         // Room for the fields the gateway adds on the way back.
-        let mut headers = HeaderMap::with_capacity(count + 6);
+        let mut headers = crate::kernel::http1::header_map(count + 6);
         for ((name_start, name_end), (value_start, value_end)) in spans {
             let name = HeaderName::from_bytes(&head[name_start..name_end])
                 .map_err(|_| Error::Malformed("bad header name"))?;

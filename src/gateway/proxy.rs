@@ -32,6 +32,7 @@ use super::headers::{
 use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
 use crate::kernel::error::Problem;
+use crate::kernel::http1;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::registry::{Instance, Registry};
 use crate::kernel::telemetry;
@@ -351,6 +352,11 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
         let mut response = send(&gw, &mut plan).await;
         if let Some(v) = plan.verdict {
             ratelimit::annotate(v, response.headers_mut());
+        }
+        // The request's fields have gone upstream: their map serves the
+        // thread's next request.
+        if let Some(head) = plan.head.take() {
+            http1::recycle_headers(head.headers);
         }
         response
     }

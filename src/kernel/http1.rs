@@ -131,6 +131,49 @@ where
     }
 }
 
+/// Spare header maps a thread keeps at most.
+const SPARE_MAPS: usize = 64;
+/// The most fields a spare header map may have room for; a larger one is
+/// let go rather than kept.
+const SPARE_MAP_ROOM: usize = 128;
+
+thread_local! {
+    /// Header maps this thread has finished with, emptied, for the next
+    /// heads it reads: such a head's map costs no allocation.
+    static SPARES: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` fields: one this thread
+/// has finished with when it has one.
+pub fn header_map(capacity: usize) -> HeaderMap {
+    match SPARES.try_with(|spares| spares.borrow_mut().pop()) {
+        // A spare map has room for as many fields as it ever held; a head
+        // with more makes it grow as a new one would.
+        Ok(Some(mut map)) => {
+            if map.try_reserve(capacity).is_err() {
+                return HeaderMap::with_capacity(capacity);
+            }
+            map
+        }
+        _ => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Empties `map` and keeps it for [`header_map`], when this thread keeps
+/// few enough and the map is not large.
+pub fn recycle_headers(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_ROOM {
+        return;
+    }
+    map.clear();
+    let _ = SPARES.try_with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARE_MAPS {
+            spares.push(map);
+        }
+    });
+}
+
 /// The connection and its buffers.
 struct Conn {
     stream: TcpStream,
@@ -216,6 +259,7 @@ impl Conn {
                 out.put_slice(b"connection: keep-alive\r\n");
             }
         });
+        recycle_headers(parts.headers);
         if bodiless {
             drop(body);
             self.stream.write_all(&self.write).await?;
@@ -491,7 +535,7 @@ fn parse(read: &mut BytesMut) -> Parsed {
         return unparse(read, head);
     };
     // Room for what the layers add (a request id, say) without growing.
-    let mut headers = HeaderMap::with_capacity(count + 4);
+    let mut headers = header_map(count + 4);
     for ((name_start, name_end), (value_start, value_end)) in spans {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[name_start..name_end]),
@@ -669,6 +713,30 @@ mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_header_map_comes_back_empty_and_a_large_one_is_let_go() {
+        // Maps of this thread's own, away from other tests' threads.
+        std::thread::spawn(|| {
+            let mut map = header_map(4);
+            map.insert(header::HOST, HeaderValue::from_static("a"));
+            map.append("x-two", HeaderValue::from_static("b"));
+            map.append("x-two", HeaderValue::from_static("c"));
+            let room = map.capacity();
+            recycle_headers(map);
+            let again = header_map(2);
+            assert!(again.is_empty());
+            assert!(again.get(header::HOST).is_none());
+            assert!(again.capacity() >= room);
+
+            let mut large = HeaderMap::with_capacity(SPARE_MAP_ROOM * 2);
+            large.insert(header::HOST, HeaderValue::from_static("a"));
+            recycle_headers(large);
+            assert!(header_map(1).capacity() < SPARE_MAP_ROOM);
+        })
+        .join()
+        .unwrap();
+    }
 
     fn parsed(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut read = BytesMut::from(bytes);
