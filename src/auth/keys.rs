@@ -24,6 +24,7 @@ use super::error::AuthError;
 use super::schema::signing_keys;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::locks;
 use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
 
 /// How long the signer is reused before the key table is read again (picks
@@ -228,11 +229,7 @@ impl KeyRing {
 
     /// The key to sign with now: the newest one whose `signs_from` has come.
     pub async fn signer(&self) -> Result<Signer, AuthError> {
-        if let Some((signer, _, at)) = self
-            .signer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
+        if let Some((signer, _, at)) = locks::read(&self.signer).as_ref()
             && at.elapsed() < SIGNER_RELOAD
         {
             return Ok(signer.clone());
@@ -251,11 +248,7 @@ impl KeyRing {
             })
             .await?;
         let row = row.ok_or_else(|| AuthError::Internal("no signing key is active".into()))?;
-        let cached = self
-            .signer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let cached = locks::read(&self.signer).clone();
         let signer = match cached {
             Some((signer, kid, _)) if kid == row.kid => signer,
             _ => {
@@ -273,8 +266,7 @@ impl KeyRing {
                 }
             }
         };
-        *self.signer.write().unwrap_or_else(|e| e.into_inner()) =
-            Some((signer.clone(), row.kid, std::time::Instant::now()));
+        *locks::write(&self.signer) = Some((signer.clone(), row.kid, std::time::Instant::now()));
         Ok(signer)
     }
 

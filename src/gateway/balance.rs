@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
+use crate::kernel::locks;
 use crate::kernel::registry::Instance;
 
 /// Consecutive failures that eject an instance.
@@ -128,7 +129,7 @@ impl Lease {
 impl Balancer {
     /// `f` of the instance `id`'s state, if the instance is known.
     fn with<R>(&self, id: &str, f: impl FnOnce(&Health) -> R) -> Option<R> {
-        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let states = locks::lock(&self.states);
         states.get(id).map(|h| f(h))
     }
 
@@ -150,7 +151,7 @@ impl Balancer {
 
     /// Drops what is known of an instance that left the registry.
     pub fn forget(&self, id: &str) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = locks::lock(&self.states);
         states.remove(id);
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -161,7 +162,7 @@ impl Balancer {
             return local.clone();
         }
         let health = {
-            let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+            let mut states = locks::lock(&self.states);
             states.entry(instance.id.clone()).or_default().clone()
         };
         let local = Arc::new(Local {

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::kernel::locks;
 use async_trait::async_trait;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub struct MemoryNotifier {
 impl MemoryNotifier {
     /// The token of the latest notice of `kind` sent to `email`.
     pub fn last_token(&self, kind: NoticeKind, email: &str) -> Option<String> {
-        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = locks::lock(&self.sent);
         sent.iter()
             .rev()
             .find(|n| n.kind == kind && n.email.eq_ignore_ascii_case(email))
@@ -86,9 +87,6 @@ impl MemoryNotifier {
 #[async_trait]
 impl Notifier for MemoryNotifier {
     async fn send(&self, notice: Notice) {
-        self.sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(notice);
+        locks::lock(&self.sent).push(notice);
     }
 }

@@ -19,6 +19,7 @@ use super::password::{Hasher, Password, Verified};
 use super::store::{self, Attempt, UserRow};
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::locks;
 use crate::kernel::outbox::{self, NewEvent, Relay};
 use crate::proto::events::v1::UserEvent;
 
@@ -147,7 +148,7 @@ impl Phantoms {
         max: i32,
         lock_until: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = locks::lock(&self.turn);
         let (mut failures, until) = self.counts.get(email).unwrap_or((0, None));
         match until {
             Some(until) if until > now => return Some(until),

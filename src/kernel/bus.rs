@@ -9,6 +9,7 @@
 
 use std::sync::Mutex;
 
+use super::locks;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -53,7 +54,7 @@ pub struct InProcessBus {
 impl EventBus for InProcessBus {
     async fn publish(&self, event: Envelope) -> Result<(), BusError> {
         let targets: Vec<(String, mpsc::Sender<Envelope>)> = {
-            let subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let subs = locks::lock(&self.subscribers);
             subs.iter()
                 .filter(|s| s.sources.contains(&event.source))
                 .map(|s| (s.consumer.clone(), s.tx.clone()))
@@ -62,7 +63,7 @@ impl EventBus for InProcessBus {
         for (consumer, tx) in targets {
             if tx.send(event.clone()).await.is_err() {
                 tracing::debug!(consumer, "event consumer went away; unsubscribing");
-                let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+                let mut subs = locks::lock(&self.subscribers);
                 subs.retain(|s| !s.tx.is_closed());
             }
         }
@@ -75,7 +76,7 @@ impl EventBus for InProcessBus {
         sources: &[&str],
     ) -> Result<mpsc::Receiver<Envelope>, BusError> {
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = locks::lock(&self.subscribers);
         subs.push(Subscriber {
             consumer: consumer.to_owned(),
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),

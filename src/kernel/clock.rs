@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use super::locks;
 use chrono::{DateTime, Duration, Utc};
 
 pub trait Clock: Send + Sync {
@@ -33,13 +34,13 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = locks::lock(&self.now);
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+        *locks::lock(&self.now)
     }
 }

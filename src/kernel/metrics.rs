@@ -5,12 +5,14 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
 use prometheus::local::LocalHistogram;
+
+use super::locks::lock;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -517,12 +519,6 @@ thread_local! {
 
 /// Every thread's handle table, for [`Metrics::flush`].
 static THREAD_TABLES: Mutex<Vec<Weak<Mutex<HandleTable>>>> = Mutex::new(Vec::new());
-
-/// `mutex` locked, whether or not a thread panicked holding it: counts are
-/// plain numbers, never left half-made.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What the request metrics need: the metrics and the service they are
 /// counted for (see `observe.rs`).

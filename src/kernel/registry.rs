@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use super::locks;
 use async_trait::async_trait;
 
 /// One running copy of a service.
@@ -90,11 +91,11 @@ impl Registered {
 
 impl InProcessRegistry {
     fn state(&self) -> std::sync::RwLockWriteGuard<'_, Registered> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        locks::write(&self.state)
     }
 
     fn instances_of(&self, service: &str) -> Instances {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let state = locks::read(&self.state);
         state
             .by_service
             .get(service)

@@ -16,6 +16,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::RpcConfig;
+use super::locks;
 use super::registry::{Registry, RegistryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,7 @@ impl Clients {
             return Err(RpcError::NoInstance(service.to_owned()));
         }
         let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
-        let mut cache = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = locks::lock(&self.channels);
         if let Some((known, channel)) = cache.get(service)
             && *known == urls
         {

@@ -23,6 +23,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use super::config::{ConfigError, LogConfig, LogFormat};
+use super::locks;
 
 /// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes it.
 #[must_use]
@@ -114,7 +115,7 @@ impl RequestScope {
 /// every thread serving requests.
 pub fn intern(text: &str) -> &'static str {
     static KEPT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut kept = locks::lock(&KEPT);
     if let Some(found) = kept.iter().find(|k| **k == text) {
         return found;
     }

@@ -35,6 +35,7 @@ use super::token::{self, Expect, Principal, TokenError};
 use crate::kernel::bus::EventBus;
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
+use crate::kernel::locks;
 use crate::kernel::rpc::Clients;
 use crate::proto::auth::v1::GetPublicKeysRequest;
 use crate::proto::auth::v1::auth_client::AuthClient;
@@ -261,12 +262,7 @@ impl TokenCheck {
             return Ok(key.clone());
         }
         if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_EVERY) {
-            let have_keys = self
-                .inner
-                .keys
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some();
+            let have_keys = locks::read(&self.inner.keys).is_some();
             return match again {
                 Some(stale) => Ok(stale),
                 None if have_keys => Err(TokenError::UnknownKey),
@@ -277,7 +273,7 @@ impl TokenCheck {
         match self.inner.source.fetch().await {
             Ok(set) => {
                 let key = set.keys.get(kid).cloned();
-                *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+                *locks::write(&self.inner.keys) = Some(Cached {
                     set,
                     fetched_at: Instant::now(),
                 });
@@ -293,7 +289,7 @@ impl TokenCheck {
 
     /// The cached key for `kid`, and whether the cache is still fresh.
     fn lookup(&self, kid: &str) -> (Option<AsymmetricPublicKey<V4>>, bool) {
-        let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+        let keys = locks::read(&self.inner.keys);
         match keys.as_ref() {
             None => (None, false),
             Some(c) => (
