@@ -71,8 +71,9 @@ struct Cli {
     /// ...forwarding to this upstream (`host:port`).
     #[arg(long)]
     bare_upstream: Option<String>,
-    /// Run the edge benchmark: upstream, nginx, gateway and bare proxy base URLs.
-    #[arg(long, num_args = 4, value_names = ["UPSTREAM", "NGINX", "GATEWAY", "BARE"])]
+    /// Run the edge benchmark: upstream, nginx, gateway, bare proxy and
+    /// pinned nginx base URLs.
+    #[arg(long, num_args = 5, value_names = ["UPSTREAM", "NGINX", "GATEWAY", "BARE", "NGINX_PINNED"])]
     edge: Option<Vec<String>>,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
@@ -80,7 +81,7 @@ struct Cli {
     /// wrk connections for the edge benchmark.
     #[arg(long, default_value_t = 32)]
     wrk_connections: usize,
-    /// Rounds of the edge benchmark's six runs; figures are their medians.
+    /// Rounds of the edge benchmark's seven runs; figures are their medians.
     #[arg(long, default_value_t = 3)]
     edge_rounds: usize,
 }
@@ -178,8 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Signs a new user in for the token of the edge benchmark's `required`
 /// route, then runs it.
 async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
-    let [upstream, nginx, gateway, bare] = urls else {
-        anyhow::bail!("--edge takes four URLs");
+    let [upstream, nginx, gateway, bare, nginx_pinned] = urls else {
+        anyhow::bail!("--edge takes five URLs");
     };
     let client = reqwest::Client::new();
     let who = email(&uuid::Uuid::now_v7().simple().to_string(), 0, 0);
@@ -200,6 +201,7 @@ async fn edge_benchmark(cli: &Cli, urls: &[String]) -> anyhow::Result<()> {
         nginx: nginx.clone(),
         gateway: gateway.clone(),
         bare: bare.clone(),
+        nginx_pinned: nginx_pinned.clone(),
         token: token.to_owned(),
         seconds: cli.seconds,
         threads: cli.wrk_threads,

@@ -11,6 +11,7 @@ upstream_port=4190
 nginx_port=4191
 gateway_port=4192
 bare_port=4193
+nginx_pinned_port=4195
 
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -36,24 +37,28 @@ pids+=($!)
 pids+=($!)
 
 # nginx as a reverse proxy tuned the usual way: a worker per core,
-# keep-alive connections to the upstream, no access log.
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
+# keep-alive connections to the upstream, no access log. A second one, for
+# reference, has its workers pinned to CPUs, as the gateway's I/O threads are.
+start_nginx() { # name port extra-main-directive
+    local dir="$work/$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
 worker_processes auto;
+$3
 daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
     upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
     server {
-        listen 127.0.0.1:$nginx_port;
+        listen 127.0.0.1:$2;
         location / {
             proxy_pass http://bench;
             proxy_http_version 1.1;
@@ -65,8 +70,11 @@ http {
     }
 }
 CONF
-"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
+    "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" &
+    pids+=($!)
+}
+start_nginx nginx "$nginx_port" ""
+start_nginx nginx-pinned "$nginx_pinned_port" "worker_cpu_affinity auto;"
 
 # The gateway on its own, finding auth and the upstream in a static registry.
 cat >"$work/gateway.toml" <<CONF
@@ -113,14 +121,15 @@ GATEHOUSE_DATA_DIR="$work" "$target/release/gatehouse-gateway" --config "$work/g
 pids+=($!)
 
 for url in "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
-    "http://127.0.0.1:$gateway_port/healthz" "http://127.0.0.1:$bare_port/"; do
+    "http://127.0.0.1:$gateway_port/healthz" "http://127.0.0.1:$bare_port/" \
+    "http://127.0.0.1:$nginx_pinned_port/"; do
     for _ in $(seq 1 100); do
         if curl -fs "$url" >/dev/null 2>&1; then break; fi
         sleep 0.1
     done
-    curl -fs "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work/nginx/error.log" 2>/dev/null; exit 1; }
+    curl -fs "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work"/nginx*/error.log 2>/dev/null; exit 1; }
 done
 
 "$target/release/gatehouse-bench" --seconds "$seconds" --edge \
     "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port" \
-    "http://127.0.0.1:$bare_port"
+    "http://127.0.0.1:$bare_port" "http://127.0.0.1:$nginx_pinned_port"

@@ -10,6 +10,9 @@
 //!   gateway is built on (hyper-util's pooled client behind hyper's server,
 //!   one event loop per core, nothing else), to tell what the gateway's
 //!   features cost from what the libraries cost,
+//! - (f) the gateway on a `public` route with the per-address rate limit,
+//! - (g) for reference, nginx with each worker pinned to a CPU
+//!   (`worker_cpu_affinity auto`), as the gateway pins its I/O threads,
 //!
 //! with the same `wrk` settings, one after the other, and prints requests
 //! per second and p99 latency with their ratios to (b) and to (a).
@@ -116,11 +119,12 @@ pub struct Edge {
     pub nginx: String,
     pub gateway: String,
     pub bare: String,
+    pub nginx_pinned: String,
     pub token: String,
     pub seconds: u64,
     pub threads: usize,
     pub connections: usize,
-    /// How many times the six runs are made.
+    /// How many times the runs are made.
     pub rounds: usize,
 }
 
@@ -132,13 +136,14 @@ struct Run {
 }
 
 /// The parties, in the order each round runs them.
-const PARTIES: [&str; 6] = [
+const PARTIES: [&str; 7] = [
     "(a) upstream directly",
     "(b) nginx proxy",
     "(c) gateway, public route",
     "(d) gateway, token + rate limits",
     "(e) reference: bare hyper proxy",
     "(f) gateway, public + rate limits",
+    "(g) reference: nginx, pinned workers",
 ];
 
 /// The middle value (the mean of the two middle ones for an even count).
@@ -157,29 +162,30 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 pub fn run(edge: &Edge) -> anyhow::Result<()> {
     println!(
-        "edge benchmark: wrk -t{} -c{} -d{}s, {} rounds of the six runs one after the other on \
+        "edge benchmark: wrk -t{} -c{} -d{}s, {} rounds of the seven runs one after the other on \
          this machine; medians, ratios taken within each round",
         edge.threads, edge.connections, edge.seconds, edge.rounds
     );
     let public = format!("{}/bench/public/x", edge.gateway);
     let required = format!("{}/bench/private/x", edge.gateway);
     let limited = format!("{}/bench/limited/x", edge.gateway);
-    let targets: [(String, Option<&str>); 6] = [
+    let targets: [(String, Option<&str>); 7] = [
         (format!("{}/bench/public/x", edge.upstream), None),
         (format!("{}/bench/public/x", edge.nginx), None),
         (public, None),
         (required, Some(&edge.token)),
         (format!("{}/bench/public/x", edge.bare), None),
         (limited, None),
+        (format!("{}/bench/public/x", edge.nginx_pinned), None),
     ];
     // Rounds rather than one run each: on a small shared machine a single
     // run of nginx or of the gateway can land on a slow or a fast spell.
-    let mut rounds: Vec<[Run; 6]> = Vec::with_capacity(edge.rounds);
+    let mut rounds: Vec<[Run; 7]> = Vec::with_capacity(edge.rounds);
     for _ in 0..edge.rounds.max(1) {
         let mut round = [Run {
             rps: 0.0,
             p99_ms: 0.0,
-        }; 6];
+        }; 7];
         for (slot, (url, token)) in round.iter_mut().zip(&targets) {
             *slot = wrk(edge, url, *token)?;
         }
@@ -188,11 +194,11 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
     let of = |party: usize, f: &dyn Fn(&Run) -> f64| {
         median(rounds.iter().map(|r| f(&r[party])).collect())
     };
-    let of_round = |party: usize, f: &dyn Fn(&Run, &[Run; 6]) -> f64| {
+    let of_round = |party: usize, f: &dyn Fn(&Run, &[Run; 7]) -> f64| {
         median(rounds.iter().map(|r| f(&r[party], r)).collect())
     };
-    let mut ratio_to_nginx = [0.0; 6];
-    let mut p99_to_nginx = [0.0; 6];
+    let mut ratio_to_nginx = [0.0; 7];
+    let mut p99_to_nginx = [0.0; 7];
     for (party, name) in PARTIES.iter().enumerate() {
         let rps = of(party, &|r| r.rps);
         let p99 = of(party, &|r| r.p99_ms);

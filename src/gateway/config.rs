@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::io_threads::Pinning;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -21,6 +23,9 @@ pub struct GatewayConfig {
     /// Threads that serve client connections, each with its own event loop
     /// and its own upstream connections; 0 for one per CPU core.
     pub io_threads: usize,
+    /// Whether each I/O thread is bound to a CPU: `auto` (when there is one
+    /// thread per CPU the process may run on), `always` or `never`.
+    pub pin_io_threads: Pinning,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
     /// believed; for anyone else the client is the peer itself.
     pub trusted_proxies: Vec<String>,
@@ -93,6 +98,7 @@ impl Default for GatewayConfig {
             probe_path: "/healthz".into(),
             probe_interval_ms: 1_000,
             io_threads: 0,
+            pin_io_threads: Pinning::Auto,
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),

@@ -30,6 +30,7 @@ pub use config::GatewayConfig;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::health::Probes;
+use crate::kernel::io_threads::IoPlan;
 use crate::kernel::metrics::Tracked;
 use crate::kernel::observe::ObserveLayer;
 use crate::kernel::server::{self, Running, ServiceApp};
@@ -106,7 +107,10 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         http,
         grpc: tonic::service::Routes::new(health_service),
         probes: Probes::default(),
-        io_threads: Some(config.io_threads),
+        io_threads: Some(IoPlan {
+            count: config.io_threads,
+            pinning: config.pin_io_threads,
+        }),
     };
     // Proxied requests pass the same shared layers as the gateway's own,
     // then CORS, then the proxy.

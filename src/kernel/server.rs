@@ -26,7 +26,7 @@ use super::config::ServerConfig;
 use super::error::Problem;
 use super::health::{self, Probes};
 use super::http1;
-use super::io_threads::IoThreads;
+use super::io_threads::{IoPlan, IoThreads};
 use super::metrics::{self, Metrics, Tracked};
 use super::observe::ObserveLayer;
 
@@ -40,10 +40,10 @@ pub struct ServiceApp {
     /// gRPC services, already registered with `grpc_health`.
     pub grpc: tonic::service::Routes,
     pub probes: Probes,
-    /// Serve connections on threads of their own (see `io_threads.rs`):
-    /// `Some(0)` for one per CPU core. `None` serves them on the process's
-    /// runtime, which suits services whose requests mostly wait on others.
-    pub io_threads: Option<usize>,
+    /// Serve connections on threads of their own (see `io_threads.rs`).
+    /// `None` serves them on the process's runtime, which suits services
+    /// whose requests mostly wait on others.
+    pub io_threads: Option<IoPlan>,
 }
 
 /// Binds the address now, so a taken port is a startup error rather than a
@@ -367,7 +367,7 @@ where
     let name = app.name;
     let io = app
         .io_threads
-        .map(|count| IoThreads::start(name, count))
+        .map(|plan| IoThreads::start(name, plan))
         .transpose()
         .map_err(|e| anyhow::anyhow!("{name}: cannot start its I/O threads: {e}"))?;
     let listener = bind(listen)
