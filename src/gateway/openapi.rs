@@ -9,8 +9,11 @@
 //! - on `required` routes every operation asks for a bearer token.
 //!
 //! Services are asked at once, each within a deadline; their components
-//! are merged by name, the core services' first, and the gateway's own
-//! `bearer` scheme replaces any of that name; `servers` entries are dropped
+//! are merged by name, the core services' first. A component whose name an
+//! earlier service took for something else is renamed `service.Name`, and
+//! that service's references follow it; security schemes keep the first
+//! of each name, and the gateway's own `bearer` scheme replaces any of that
+//! name; `servers` entries are dropped
 //! (clients reach everything through the gateway). The merged document is
 //! cached for a short while; one merge runs at a time. A service that
 //! cannot be reached is named under `x-gatehouse-unavailable` and that
@@ -140,7 +143,7 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
     let mut unavailable = Vec::new();
     for ((service, _), doc) in services.iter().zip(docs) {
         let service = service.as_str();
-        let doc = match doc {
+        let mut doc = match doc {
             Ok(Some(doc)) => doc,
             Ok(None) => continue,
             Err(()) => {
@@ -148,6 +151,7 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
                 continue;
             }
         };
+        rename_clashes(service, &mut doc, &components);
         if let Some(own) = doc.get("paths").and_then(Value::as_object) {
             for (path, item) in own {
                 add_path(gw, service, path, item, &mut paths);
@@ -194,6 +198,91 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
         doc["x-gatehouse-unavailable"] = Value::Array(unavailable);
     }
     (doc, complete)
+}
+
+/// Renames the components of `doc`, `service`'s document, whose names
+/// `merged` holds for a different entry, and points the document's
+/// references at the new names. Security schemes are left: requirements
+/// name them without a reference.
+fn rename_clashes(service: &str, doc: &mut Value, merged: &Map<String, Value>) {
+    let Some(own) = doc.get_mut("components").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    for (kind, entries) in own.iter_mut() {
+        if kind == "securitySchemes" {
+            continue;
+        }
+        let (Some(entries), Some(taken)) = (
+            entries.as_object_mut(),
+            merged.get(kind).and_then(Value::as_object),
+        ) else {
+            continue;
+        };
+        let clashing: Vec<String> = entries
+            .iter()
+            .filter(|(name, entry)| taken.get(*name).is_some_and(|t| t != *entry))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in clashing {
+            let new = free_name(service, &name, |n| {
+                taken.contains_key(n) || entries.contains_key(n)
+            });
+            if let Some(entry) = entries.remove(&name) {
+                entries.insert(new.clone(), entry);
+            }
+            renamed.push((
+                format!("#/components/{kind}/{name}"),
+                format!("#/components/{kind}/{new}"),
+            ));
+        }
+    }
+    if !renamed.is_empty() {
+        repoint(doc, &renamed);
+    }
+}
+
+/// `service.name`, with what a component name may not hold in the service's
+/// name replaced, and a number added while `is_taken`.
+fn free_name(service: &str, name: &str, is_taken: impl Fn(&str) -> bool) -> String {
+    let service: String = service
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = format!("{service}.{name}");
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while is_taken(&candidate) {
+        candidate = format!("{base}.{n}");
+        n += 1;
+    }
+    candidate
+}
+
+/// Replaces every `$ref` in `value` that `renamed` lists (old, new).
+fn repoint(value: &mut Value, renamed: &[(String, String)]) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "$ref"
+                    && let Value::String(target) = v
+                    && let Some((_, new)) = renamed.iter().find(|(old, _)| old == target)
+                {
+                    *target = new.clone();
+                } else {
+                    repoint(v, renamed);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| repoint(v, renamed)),
+        _ => {}
+    }
 }
 
 /// Adds the operations of `item` that the gateway routes to `service`.

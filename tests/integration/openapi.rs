@@ -260,13 +260,21 @@ async fn team_service(team_doc: Value) -> String {
 #[tokio::test]
 async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_document() {
     let ok = json!({"responses": {"200": {"description": "Fine"}}});
+    // Its `UserView` is not identity's: the name is taken.
+    let owner = json!({"$ref": "#/components/schemas/UserView"});
+    let invoice = json!({"type": "object", "properties": {"owner": owner}});
+    let billing_user = json!({"type": "object", "properties": {"account": {"type": "string"}}});
     let billing = team_service(json!({
         "openapi": "3.1.0",
         "info": {"title": "billing", "version": "1"},
         "paths": {
             "/invoices": {"get": ok, "post": {"responses": {"201": {"description": "Made"}}}},
-            "/invoices/{id}": {"get": ok},
+            "/invoices/{id}": {"get": {"responses": {"200": {
+                "description": "The invoice",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Invoice"}}},
+            }}}},
         },
+        "components": {"schemas": {"Invoice": invoice, "UserView": billing_user}},
     }))
     .await;
     // A service behind a route that keeps its prefix, describing more than
@@ -308,7 +316,21 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
     assert!(invoices["get"].is_object(), "{doc}");
     assert!(invoices.get("post").is_none(), "the route allows GET only");
     assert_eq!(invoices["get"]["security"], json!([{"bearer": []}]));
-    assert!(doc["paths"]["/billing/invoices/{id}"]["get"].is_object());
+    // Billing's `UserView` is renamed, and its references follow it;
+    // identity's keeps its name.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["billing.UserView"], billing_user, "{doc}");
+    assert_ne!(schemas["UserView"], billing_user);
+    assert!(schemas["UserView"]["properties"]["email"].is_object());
+    assert_eq!(
+        schemas["Invoice"]["properties"]["owner"]["$ref"],
+        "#/components/schemas/billing.UserView"
+    );
+    assert_eq!(
+        doc["paths"]["/billing/invoices/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Invoice"
+    );
     assert!(doc["paths"].get("/invoices").is_none());
     // Only what the gateway sends to a service is described as that service's.
     let entries = &doc["paths"]["/ledger/entries"];
