@@ -228,6 +228,18 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
         per_round(2),
         per_round(3)
     );
+    let against_pinned = rounds
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.2}x/{:.2}x",
+                r[2].rps / r[6].rps,
+                r[2].p99_ms / r[6].p99_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("rounds, req/s and p99 of (c) vs pinned nginx (g): {against_pinned}");
     let verdict = |ok: bool| if ok { "ok" } else { "BELOW TARGET" };
     println!(
         "targets: (c) >= 1.0x (b): {}; (d) >= 0.9x (b): {}; p99 (c) <= (b): {}",

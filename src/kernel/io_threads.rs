@@ -12,7 +12,9 @@
 //! pinned to a CPU of its own (see [`Pinning`]), as nginx's
 //! `worker_cpu_affinity auto` does. Threads left free are seldom moved by
 //! the scheduler, so two of them can spend long spells on one CPU, and
-//! while they share it the connections of both wait.
+//! while they share it the connections of both wait. Threads a pinned
+//! thread starts (its runtime's blocking pool, for name lookups) share its
+//! CPU.
 //!
 //! The threads stop when [`IoThreads::stop`] is called (after the server
 //! has let in-flight requests finish); tasks still on them are dropped.
@@ -47,6 +49,7 @@ pub enum Pinning {
 pub struct IoPlan {
     /// 0 for one per CPU core.
     pub count: usize,
+    /// Whether each thread is bound to a CPU.
     pub pinning: Pinning,
 }
 
@@ -84,7 +87,12 @@ impl IoThreads {
         // The CPUs this thread may run on: the process's, unless whoever
         // starts the threads has been pinned itself.
         let cpus = pinning.plan(count, &core_affinity::get_core_ids().unwrap_or_default());
-        if cpus.is_empty() {
+        if cpus.is_empty() && pinning == Pinning::Always {
+            tracing::warn!(
+                service = name,
+                "the CPUs this process may run on are not known: I/O threads left free"
+            );
+        } else if cpus.is_empty() {
             tracing::info!(service = name, threads = count, "I/O threads left free");
         } else {
             let ids: Vec<usize> = cpus.iter().map(|c| c.id).collect();
@@ -97,13 +105,14 @@ impl IoThreads {
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
             let cpu = cpus.get(i).copied();
+            let service = name.to_owned();
             std::thread::Builder::new()
                 .name(format!("{name}-io-{i}"))
                 .spawn(move || {
                     if let Some(cpu) = cpu
                         && !core_affinity::set_for_current(cpu)
                     {
-                        tracing::warn!(cpu = cpu.id, "an I/O thread could not be pinned");
+                        tracing::warn!(service, cpu = cpu.id, "an I/O thread could not be pinned");
                     }
                     runtime.block_on(async move {
                         tokio::select! {
@@ -163,8 +172,6 @@ impl Drop for IoThreads {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
-
     use super::*;
 
     fn cpus(ids: &[usize]) -> Vec<CoreId> {
@@ -187,9 +194,10 @@ mod tests {
     }
 
     /// The CPUs each of `count` threads may run on, as seen from the threads.
+    #[cfg(target_os = "linux")]
     fn placement(count: usize, pinning: Pinning) -> Vec<Vec<usize>> {
         let threads = IoThreads::start("test", IoPlan { count, pinning }).expect("threads");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..count {
             let tx = tx.clone();
             threads.spawn(async move {
@@ -208,6 +216,8 @@ mod tests {
         seen.into_iter().map(|(_, cpus)| cpus).collect()
     }
 
+    // Elsewhere than on Linux a thread's CPUs may be a hint, or the process's.
+    #[cfg(target_os = "linux")]
     #[test]
     fn pinned_threads_each_run_on_one_cpu_in_turn() {
         let mine = ids(&core_affinity::get_core_ids().expect("this thread's CPUs"));
@@ -216,6 +226,7 @@ mod tests {
         assert_eq!(seen, expected);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn free_threads_may_run_anywhere_the_process_may() {
         let mine = ids(&core_affinity::get_core_ids().expect("this thread's CPUs"));

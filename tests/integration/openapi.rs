@@ -260,6 +260,13 @@ async fn team_service(team_doc: Value) -> String {
 #[tokio::test]
 async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_document() {
     let ok = json!({"responses": {"200": {"description": "Fine"}}});
+    // Billing and ledger both have a `Page` of `Item`s, written alike, but
+    // their `Item`s differ.
+    let page = json!({
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}},
+        "discriminator": {"propertyName": "kind", "mapping": {"item": "Item"}},
+    });
     // Its `UserView` is not identity's: the name is taken.
     let owner = json!({"$ref": "#/components/schemas/UserView"});
     let invoice = json!({"type": "object", "properties": {"owner": owner}});
@@ -274,7 +281,7 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Invoice"}}},
             }}}},
         },
-        "components": {"schemas": {"Invoice": invoice, "UserView": billing_user}},
+        "components": {"schemas": {"Invoice": invoice, "UserView": billing_user, "Page": page.clone(), "Item": {"type": "string"}}},
     }))
     .await;
     // A service behind a route that keeps its prefix, describing more than
@@ -285,13 +292,19 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
         "paths": {
             "/ledger/entries": {
                 "servers": [{"url": "http://10.0.0.9:7000"}],
-                "get": {"servers": [{"url": "http://10.0.0.9:7000"}], "responses": {"200": {"description": "Entries"}}},
+                "get": {"servers": [{"url": "http://10.0.0.9:7000"}], "responses": {"200": {
+                    "description": "Entries",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}},
+                }}},
             },
             "/ledger/odd": {"get": 1},
             "/v1/users": {"delete": ok},
             "/other": {"get": ok},
         },
-        "components": {"securitySchemes": {"bearer": {"type": "oauth2", "flows": {}}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "oauth2", "flows": {}}},
+            "schemas": {"Page": page, "Item": {"type": "integer"}},
+        },
     }))
     .await;
     let app = TestApp::builder()
@@ -337,6 +350,27 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
     assert!(entries["get"].is_object(), "{doc}");
     assert!(entries.get("servers").is_none() && entries["get"].get("servers").is_none());
     assert!(doc["paths"].get("/other").is_none());
+    // Ledger's `Item` is renamed, and so is its `Page`, which differs from
+    // billing's once it refers to the renamed `Item`.
+    assert_eq!(schemas["Item"]["type"], "string");
+    assert_eq!(schemas["ledger.Item"]["type"], "integer", "{doc}");
+    let ledger_page = &schemas["ledger.Page"];
+    assert_eq!(
+        ledger_page["properties"]["items"]["items"]["$ref"],
+        "#/components/schemas/ledger.Item"
+    );
+    assert_eq!(
+        ledger_page["discriminator"]["mapping"]["item"],
+        "ledger.Item"
+    );
+    assert_eq!(
+        schemas["Page"]["properties"]["items"]["items"]["$ref"],
+        "#/components/schemas/Item"
+    );
+    assert_eq!(
+        entries["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ledger.Page"
+    );
     assert!(doc["paths"]["/v1/users"].get("delete").is_none());
     assert!(doc["paths"]["/v1/users"]["post"].is_object());
     assert!(doc["paths"].get("/ledger/odd").is_none());
