@@ -596,7 +596,7 @@ fn bad_upstream() -> Response {
 impl Attempt<'_> {
     /// Sends the attempt with `body`: the answer, its body streamed back
     /// without hop-by-hop headers, if its head comes by `deadline`. Over
-    /// HTTP/1.1 the body fails when it pauses longer than `pause`.
+    /// The answer's body fails when it pauses longer than `pause`.
     async fn send(
         self,
         body: Body,
@@ -638,7 +638,7 @@ impl Attempt<'_> {
                     upstream(UpstreamProtocol::H2c).request(request),
                 ));
                 match answer.await {
-                    Ok(Ok(r)) => r.map(Body::new),
+                    Ok(Ok(r)) => r.map(|body| Body::new(Paced::new(body, pause))),
                     Ok(Err(e)) => {
                         return Err(AttemptError {
                             connect: e.is_connect(),
@@ -659,6 +659,64 @@ impl Attempt<'_> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// An answer's body over h2c, failing when it pauses longer than `pause`
+/// between frames, as an answer over HTTP/1.1 does (see `pool`): an
+/// instance that stalls mid-answer does not hold the client for ever.
+struct Paced {
+    body: hyper::body::Incoming,
+    pause: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    failed: bool,
+}
+
+impl Paced {
+    fn new(body: hyper::body::Incoming, pause: Duration) -> Paced {
+        Paced {
+            body,
+            pause,
+            timer: Box::pin(tokio::time::sleep(pause)),
+            failed: false,
+        }
+    }
+}
+
+impl http_body::Body for Paced {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.pause;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)))
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                this.failed = true;
+                Poll::Ready(Some(Err(axum::Error::new(
+                    "the instance's answer paused too long",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
