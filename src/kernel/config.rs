@@ -79,6 +79,10 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's headers; slower
     /// connections are closed.
     pub header_read_timeout_ms: u64,
+    /// How long an HTTP/2 connection may go without a byte either way
+    /// before it is wound up (a GOAWAY; its requests in flight may finish),
+    /// and then closed after as long again without one.
+    pub http2_idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 30_000,
             header_read_timeout_ms: 10_000,
+            http2_idle_timeout_ms: 180_000,
         }
     }
 }

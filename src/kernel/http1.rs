@@ -19,6 +19,8 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,6 +73,9 @@ pub struct Serving<S> {
     pub watcher: Watcher,
     pub shutdown: CancellationToken,
     pub header_timeout: Duration,
+    /// How long a connection handed to hyper may go without a byte from
+    /// its client before it is wound up (see [`hand_off`]).
+    pub idle_timeout: Duration,
 }
 
 /// Serves `stream` until it closes, fails, or shutdown has begun and it
@@ -86,6 +91,7 @@ where
         watcher,
         shutdown,
         header_timeout,
+        idle_timeout,
     } = serving;
     let mut conn = Conn {
         stream,
@@ -101,7 +107,14 @@ where
                 match parse(&mut conn.read) {
                     Ok(Some(request)) => break request,
                     Ok(None) => {}
-                    Err(HandOff) => return hand_off(conn, service, hyper, watcher).await,
+                    Err(HandOff) => {
+                        let over = Over {
+                            watcher,
+                            shutdown: shutdown.clone(),
+                            idle_timeout,
+                        };
+                        return hand_off(conn, service, hyper, over).await;
+                    }
                 }
             }
             let idle = conn.read.is_empty();
@@ -581,20 +594,72 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// What ends a connection handed to hyper.
+struct Over {
+    /// Held while the connection lives, so that shutdown waits for it.
+    watcher: Watcher,
+    shutdown: CancellationToken,
+    idle_timeout: Duration,
+}
+
 /// Hands the connection to hyper, with the bytes read and not yet served.
-async fn hand_off<S>(conn: Conn, service: S, hyper: auto::Builder<TokioExecutor>, watcher: Watcher)
+///
+/// The connection is wound up (HTTP/2: a GOAWAY, its streams in flight
+/// finishing) when shutdown begins, or when no byte has gone either way for
+/// `idle_timeout` (between one and two of them, as it is checked); and
+/// closed when no byte has gone either way for another `idle_timeout` after
+/// that, whether or not its client answered the GOAWAY. An HTTP/2 client
+/// that opens a connection and leaves it idle does not hold it for ever,
+/// while a stream that sends now and then keeps it.
+async fn hand_off<S>(conn: Conn, service: S, hyper: auto::Builder<TokioExecutor>, over: Over)
 where
     S: ConnectionService,
     S::Future: Send + 'static,
 {
     let Conn { stream, read, .. } = conn;
+    let moved = Arc::new(AtomicUsize::new(0));
     let io = Rewind {
         read: read.freeze(),
         stream,
+        moved: moved.clone(),
     };
+    let Over {
+        watcher,
+        shutdown,
+        idle_timeout,
+    } = over;
     let connection = hyper.serve_connection_with_upgrades(TokioIo::new(io), InPlace::new(service));
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let mut connection = pin!(connection);
+    let mut stopping = pin!(shutdown.cancelled());
+    let mut check = pin!(tokio::time::sleep(idle_timeout));
+    let mut seen = 0;
+    let mut wound_up = false;
+    let ended = loop {
+        tokio::select! {
+            ended = connection.as_mut() => break Some(ended),
+            () = stopping.as_mut(), if !wound_up => {
+                wound_up = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = check.as_mut() => {
+                let now = moved.load(Ordering::Relaxed);
+                if now == seen && wound_up {
+                    break None;
+                }
+                if now == seen {
+                    wound_up = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                seen = now;
+                check.as_mut().reset(Instant::now() + idle_timeout);
+            }
+        }
+    };
+    drop(watcher);
+    match ended {
+        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("idle connection closed"),
     }
 }
 
@@ -602,6 +667,17 @@ where
 struct Rewind {
     read: Bytes,
     stream: TcpStream,
+    /// Reads and writes that moved bytes.
+    moved: Arc<AtomicUsize>,
+}
+
+impl Rewind {
+    /// Counts `outcome`, a read or write, when it moved bytes.
+    fn count<T>(&self, outcome: &Poll<io::Result<T>>, moved: bool) {
+        if moved && matches!(outcome, Poll::Ready(Ok(_))) {
+            self.moved.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -616,7 +692,10 @@ impl AsyncRead for Rewind {
             self.read.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.count(&read, buf.filled().len() > before);
+        read
     }
 }
 
@@ -626,7 +705,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.count(&written, !buf.is_empty());
+        written
     }
 
     fn poll_write_vectored(
@@ -634,7 +715,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.count(&written, bufs.iter().any(|b| !b.is_empty()));
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

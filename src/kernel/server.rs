@@ -120,6 +120,7 @@ where
 {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let idle_timeout = Duration::from_millis(config.http2_idle_timeout_ms.max(1));
     tokio::spawn(async move {
         let addr = listener.local_addr()?;
         tracing::info!(service = name, %addr, "listening");
@@ -155,6 +156,7 @@ where
                 // requests shares no lock with other connections.
                 shutdown: shutdown.child_token(),
                 header_timeout,
+                idle_timeout,
             };
             let Some(io) = &io else {
                 tokio::spawn(http1::serve(stream, serving));

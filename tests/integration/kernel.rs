@@ -230,6 +230,65 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
     }
 }
 
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    const GOAWAY: u8 = 7;
+    let app = TestApp::builder()
+        .server(|s| s.http2_idle_timeout_ms = 300)
+        .start()
+        .await;
+    for base in [&app.base, &app.gateway_base] {
+        let mut stream = raw_connection(base).await;
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(&SETTINGS).await.unwrap();
+        // A client that keeps sending (pings, here) for well over the
+        // timeout keeps its connection.
+        let mut got = Vec::new();
+        for _ in 0..12 {
+            stream.write_all(&PING).await.unwrap();
+            let mut buf = [0u8; 4096];
+            if let Ok(read) =
+                tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await
+            {
+                let n = read.unwrap();
+                assert!(n > 0, "{base}: closed while its client was sending");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert!(
+            !frame_types(&got).contains(&GOAWAY),
+            "{base}: wound up while busy"
+        );
+        // Then nothing, not even an answer to the GOAWAY: the connection is
+        // wound up, then closed.
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "{base}: the idle connection was still open after 5 s"
+        );
+        assert!(
+            frame_types(&got).contains(&GOAWAY),
+            "{base}: closed with a GOAWAY"
+        );
+    }
+}
+
+/// The types of the HTTP/2 frames in `bytes`, in order.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
+
 /// A plain TCP connection to the server at `base` (`http://host:port`).
 async fn raw_connection(base: &str) -> tokio::net::TcpStream {
     tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
