@@ -31,6 +31,7 @@ use super::headers::{
 };
 use super::probe::{self, ProbePlan};
 use super::routes::{RouteTable, normalise};
+use crate::kernel::deadline::Deadline;
 use crate::kernel::error::Problem;
 use crate::kernel::http1;
 use crate::kernel::metrics::Metrics;
@@ -595,8 +596,8 @@ fn bad_upstream() -> Response {
 
 impl Attempt<'_> {
     /// Sends the attempt with `body`: the answer, its body streamed back
-    /// without hop-by-hop headers, if its head comes by `deadline`. Over
-    /// The answer's body fails when it pauses longer than `pause`.
+    /// without hop-by-hop headers, if its head comes by `deadline`. The
+    /// answer's body fails when it pauses longer than `pause`.
     async fn send(
         self,
         body: Body,
@@ -664,11 +665,12 @@ impl Attempt<'_> {
 
 /// An answer's body over h2c, failing when it pauses longer than `pause`
 /// between frames, as an answer over HTTP/1.1 does (see `pool`): an
-/// instance that stalls mid-answer does not hold the client for ever.
+/// instance that stalls mid-answer does not hold the client for ever. Each
+/// frame moves the [`Deadline`] on, not a timer of its own.
 struct Paced {
     body: hyper::body::Incoming,
     pause: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    deadline: Deadline,
     failed: bool,
 }
 
@@ -677,7 +679,7 @@ impl Paced {
         Paced {
             body,
             pause,
-            timer: Box::pin(tokio::time::sleep(pause)),
+            deadline: Deadline::new(tokio::time::Instant::now() + pause),
             failed: false,
         }
     }
@@ -697,17 +699,16 @@ impl http_body::Body for Paced {
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.pause;
-                this.timer.as_mut().reset(next);
+                this.deadline.set(tokio::time::Instant::now() + this.pause);
                 Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)))
             }
-            Poll::Pending => {
-                ready!(this.timer.as_mut().poll(cx));
+            Poll::Pending if this.deadline.poll_passed(cx) => {
                 this.failed = true;
                 Poll::Ready(Some(Err(axum::Error::new(
                     "the instance's answer paused too long",
                 ))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 
