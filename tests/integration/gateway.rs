@@ -81,19 +81,26 @@ async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     .await
 }
 
+/// A gateway configured by `change`, with `url` as `service`'s one instance.
+async fn with_instance(
+    service: &str,
+    url: String,
+    change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig),
+) -> TestApp {
+    let app = TestApp::builder().gateway(change).start().await;
+    app.register_instance(service, url).await;
+    app
+}
+
 /// A gateway with one public route, `prefix`, to `service`'s one
 /// instance at `url`, with a timeout of 300 ms.
 async fn with_short_route(prefix: &str, service: &str, url: String) -> TestApp {
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut route = RouteConfig::new(prefix, service, AuthPolicy::Public);
-            route.timeout_ms = Some(300);
-            g.routes.push(route);
-        })
-        .start()
-        .await;
-    app.register_instance(service, url).await;
-    app
+    with_instance(service, url, |g| {
+        let mut route = RouteConfig::new(prefix, service, AuthPolicy::Public);
+        route.timeout_ms = Some(300);
+        g.routes.push(route);
+    })
+    .await
 }
 
 #[tokio::test]
@@ -143,16 +150,13 @@ async fn an_h2c_answer_whose_body_stalls_is_cut_short_within_the_routes_timeout(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, stalls).await });
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut route = RouteConfig::new("/stalls", "stalls", AuthPolicy::Public);
-            route.upstream_protocol = UpstreamProtocol::H2c;
-            route.timeout_ms = Some(300);
-            g.routes.push(route);
-        })
-        .start()
-        .await;
-    app.register_instance("stalls", url).await;
+    let app = with_instance("stalls", url, |g| {
+        let mut route = RouteConfig::new("/stalls", "stalls", AuthPolicy::Public);
+        route.upstream_protocol = UpstreamProtocol::H2c;
+        route.timeout_ms = Some(300);
+        g.routes.push(route);
+    })
+    .await;
     let body = stalled_body(&app, "/stalls").await;
     assert!(matches!(body, Some(Err(_))), "cut short: {body:?}");
 }
@@ -235,17 +239,14 @@ async fn required_routes_refuse_at_the_edge_and_paths_cannot_dodge_the_policy() 
 #[tokio::test]
 async fn upstreams_get_verified_identity_and_proxy_headers_only() {
     let (url, seen) = echo(Duration::ZERO).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut r = RouteConfig::new("/team", "team", AuthPolicy::Required);
-            r.strip_prefix = true;
-            g.routes.push(r);
-            g.routes
-                .push(RouteConfig::new("/open", "team", AuthPolicy::Optional));
-        })
-        .start()
-        .await;
-    app.register_instance("team", url).await;
+    let app = with_instance("team", url, |g| {
+        let mut r = RouteConfig::new("/team", "team", AuthPolicy::Required);
+        r.strip_prefix = true;
+        g.routes.push(r);
+        g.routes
+            .push(RouteConfig::new("/open", "team", AuthPolicy::Optional));
+    })
+    .await;
     let user = app.register("h@example.org").await;
     let pair = app.login("h@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap();
@@ -310,22 +311,19 @@ async fn upstreams_get_verified_identity_and_proxy_headers_only() {
 #[tokio::test]
 async fn upstream_faults_are_clear_problems() {
     let (slow, _) = echo(Duration::from_secs(5)).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut r = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
-            r.timeout_ms = Some(300);
-            g.routes.push(r);
-            g.routes
-                .push(RouteConfig::new("/nowhere", "nowhere", AuthPolicy::Public));
-            g.routes
-                .push(RouteConfig::new("/gone", "gone", AuthPolicy::Public));
-            let mut only_get = RouteConfig::new("/ro", "slow", AuthPolicy::Public);
-            only_get.methods = vec!["GET".into()];
-            g.routes.push(only_get);
-        })
-        .start()
-        .await;
-    app.register_instance("slow", slow).await;
+    let app = with_instance("slow", slow, |g| {
+        let mut r = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
+        r.timeout_ms = Some(300);
+        g.routes.push(r);
+        g.routes
+            .push(RouteConfig::new("/nowhere", "nowhere", AuthPolicy::Public));
+        g.routes
+            .push(RouteConfig::new("/gone", "gone", AuthPolicy::Public));
+        let mut only_get = RouteConfig::new("/ro", "slow", AuthPolicy::Public);
+        only_get.methods = vec!["GET".into()];
+        g.routes.push(only_get);
+    })
+    .await;
     // An instance whose port nobody listens on.
     app.register_instance("gone", closed_url()).await;
     let gw = &app.gateway_base;
@@ -452,21 +450,18 @@ async fn bursts_get_429_with_retry_and_ratelimit_headers() {
 #[tokio::test]
 async fn a_route_without_rate_limits_spends_no_allowance() {
     let (url, _) = echo(Duration::ZERO).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            g.rate_limit.per_ip_per_sec = 1;
-            g.rate_limit.per_ip_burst = 2;
-            g.rate_limit.per_user_per_sec = 1;
-            g.rate_limit.per_user_burst = 2;
-            let mut open = RouteConfig::new("/unlimited", "team", AuthPolicy::Optional);
-            open.rate_limit = false;
-            g.routes.push(open);
-            g.routes
-                .push(RouteConfig::new("/limited", "team", AuthPolicy::Optional));
-        })
-        .start()
-        .await;
-    app.register_instance("team", url).await;
+    let app = with_instance("team", url, |g| {
+        g.rate_limit.per_ip_per_sec = 1;
+        g.rate_limit.per_ip_burst = 2;
+        g.rate_limit.per_user_per_sec = 1;
+        g.rate_limit.per_user_burst = 2;
+        let mut open = RouteConfig::new("/unlimited", "team", AuthPolicy::Optional);
+        open.rate_limit = false;
+        g.routes.push(open);
+        g.routes
+            .push(RouteConfig::new("/limited", "team", AuthPolicy::Optional));
+    })
+    .await;
     let gw = &app.gateway_base;
     let token = app.signed_in("free@example.org").await;
     let get = |path: &str, token: Option<&str>| {
@@ -633,17 +628,14 @@ async fn an_upstream_that_hangs_up_is_a_502_unless_the_request_can_move() {
 #[tokio::test]
 async fn h2c_routes_speak_http2_to_their_instances() {
     let (url, _) = echo(Duration::ZERO).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            let mut h2 = RouteConfig::new("/h2", "team", AuthPolicy::Public);
-            h2.upstream_protocol = UpstreamProtocol::H2c;
-            g.routes.push(h2);
-            g.routes
-                .push(RouteConfig::new("/h1", "team", AuthPolicy::Public));
-        })
-        .start()
-        .await;
-    app.register_instance("team", url).await;
+    let app = with_instance("team", url, |g| {
+        let mut h2 = RouteConfig::new("/h2", "team", AuthPolicy::Public);
+        h2.upstream_protocol = UpstreamProtocol::H2c;
+        g.routes.push(h2);
+        g.routes
+            .push(RouteConfig::new("/h1", "team", AuthPolicy::Public));
+    })
+    .await;
     for (path, version) in [("/h2/x", "HTTP/2.0"), ("/h1/x", "HTTP/1.1")] {
         let body = app.gateway_json(path).await;
         assert_eq!(body["version"], version, "{path}");
@@ -741,16 +733,13 @@ async fn chunked_post(base: &str, path: &str, chunks: usize) -> u16 {
 async fn http2_clients_and_oversized_streams_do_not_count_against_instances() {
     let (a, a_seen) = echo(Duration::ZERO).await;
     let (b, b_seen) = echo(Duration::ZERO).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            g.body_limit_bytes = 1024;
-            g.rate_limit.per_ip_per_sec = 0;
-            g.routes
-                .push(RouteConfig::new("/team", "team", AuthPolicy::Public));
-        })
-        .start()
-        .await;
-    app.register_instance("team", a).await;
+    let app = with_instance("team", a, |g| {
+        g.body_limit_bytes = 1024;
+        g.rate_limit.per_ip_per_sec = 0;
+        g.routes
+            .push(RouteConfig::new("/team", "team", AuthPolicy::Public));
+    })
+    .await;
     app.register_instance("team", b).await;
     let gw = &app.gateway_base;
     // A client speaking HTTP/2 reaches an HTTP/1.1 upstream.
@@ -838,14 +827,11 @@ async fn keep_alive_upstream(idle: Duration) -> (String, Arc<std::sync::atomic::
 async fn upstream_connections_are_reused_until_the_upstream_closes_them() {
     let idle = Duration::from_millis(150);
     let (url, taken) = keep_alive_upstream(idle).await;
-    let app = TestApp::builder()
-        .gateway(|g| {
-            g.routes
-                .push(RouteConfig::new("/kept", "kept", AuthPolicy::Public));
-        })
-        .start()
-        .await;
-    app.register_instance("kept", url).await;
+    let app = with_instance("kept", url, |g| {
+        g.routes
+            .push(RouteConfig::new("/kept", "kept", AuthPolicy::Public));
+    })
+    .await;
     let gw = &app.gateway_base;
     let get = |i: usize| {
         let request = app.http.get(format!("{gw}/kept/{i}"));
