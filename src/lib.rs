@@ -3,10 +3,27 @@
 //! in; the `bin/` targets are thin mains over the `run` functions here.
 //!
 //! Module map:
-//! - [`kernel`]: infrastructure every service shares (config, telemetry,
-//!   metrics, health, serving, database, registry, RPC clients, bus, cache).
-//! - [`identity`]: users, registration, passwords, resets, verification, lockout.
-//! - [`platform`]: the all-in-one wiring that starts every compiled-in service.
+//! - [`kernel`]: infrastructure every service shares and nothing else
+//!   (config layers, telemetry, metrics, health, serving and the HTTP/1.1
+//!   loop, I/O threads, database, registry, RPC clients, bus, outbox, cache).
+//! - [`config`]: the whole configuration of a process: the kernel's sections
+//!   and one section per service.
+//! - [`middleware`]: what every public API shares: access tokens, the
+//!   bearer-token check and rate limits.
+//! - [`proto`]: the code generated from `proto/` (messages, gRPC clients and
+//!   servers).
+//! - [`platform`]: starting services in a process: the all-in-one wiring that
+//!   starts every compiled-in service, and the single-service mains.
+//! - `identity` (feature `identity`): users, registration, passwords, resets,
+//!   verification, lockout.
+//! - `auth` (feature `auth`): logins, access and refresh tokens, sessions,
+//!   revocation, signing keys.
+//! - `gateway` (feature `gateway`): the single entry point: routes, token
+//!   checks at the edge, rate limits, CORS, load balancing, the merged API
+//!   document.
+//!
+//! The `authz` and `audit` features are reserved; those services have no
+//! module yet.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(

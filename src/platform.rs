@@ -98,7 +98,7 @@ pub async fn run(config: Config, services: &[Service], standalone: bool) -> anyh
              configure a shared bus when services run as separate processes"
         );
     }
-    let mut running = Vec::new();
+    let mut running = vec![crate::kernel::ops::start(&ctx, config.server.ops_listen).await?];
     for service in services {
         match start(*service, &ctx, &config).await {
             Ok(r) => {

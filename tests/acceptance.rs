@@ -1,7 +1,16 @@
 //! Acceptance specs (`features/*.feature`) run with cucumber against the real
-//! `gatehouse-identity` binary: each scenario starts its own process on a
-//! free port with a fresh data directory, and reads the links the
-//! development notifier writes to the log.
+//! binaries, each scenario on processes of its own, each on a free port with
+//! a fresh data directory:
+//!
+//! - `identity.feature`: `gatehouse-identity` alone;
+//! - `auth.feature`: `gatehouse-identity` and `gatehouse-auth`, two processes
+//!   that find each other through the static registry;
+//! - `gateway.feature`: `gatehouse-gateway` in front of those two, the three
+//!   wired the same way.
+//!
+//! The steps talk HTTP to the services (and gRPC to identity, to sign in
+//! without auth) and read the links the development notifier writes to the
+//! log. A step without a definition fails the run rather than being skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "integration/binary.rs"]

@@ -151,6 +151,7 @@ impl Auth {
         self.db
             .run(move |c| {
                 c.transaction(|c| {
+                    store::lock_user(c, &session.user_id)?;
                     store::insert_session(c, &session)?;
                     // The password may have been reset while identity checked
                     // it: such a login opens no session.
@@ -417,6 +418,8 @@ impl Auth {
                     if !store::first_time(c, &event_id, now.naive_utc())? {
                         return Ok::<_, AuthError>(0);
                     }
+                    // Ordered with logins under way (see `store::lock_user`).
+                    store::lock_user(c, &payload.user_id)?;
                     let ended =
                         end_user_sessions(c, &payload.user_id, keep.as_deref(), reason, now, by)?;
                     store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;

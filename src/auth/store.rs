@@ -213,6 +213,30 @@ pub fn first_time(
     }
 }
 
+/// Takes, for the rest of the transaction, the lock that orders a user's
+/// logins and the ending of all their sessions one after the other.
+///
+/// Under PostgreSQL's READ COMMITTED, a login that inserts its session and
+/// then reads the user's mark, and a revocation that ends the user's live
+/// sessions and then raises the mark, could each miss the other's
+/// uncommitted write: the session would outlive the revocation. With both
+/// holding this lock first, whichever comes second sees what the first
+/// committed. SQLite needs none: both transactions begin with a write, and
+/// SQLite lets one writer in at a time.
+pub fn lock_user(conn: &mut DbConnection, user_id: &str) -> QueryResult<()> {
+    match conn {
+        #[cfg(feature = "postgres")]
+        DbConnection::Pg(pg) => {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(72616303, hashtext($1))")
+                .bind::<diesel::sql_types::Text, _>(user_id)
+                .execute(pg)?;
+            Ok(())
+        }
+        #[cfg(feature = "sqlite")]
+        DbConnection::Sqlite(_) => Ok(()),
+    }
+}
+
 /// Moves the user's "sessions ended before" mark forward to `at`.
 pub fn raise_watermark(
     conn: &mut DbConnection,

@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` is
     /// believed; for anyone else the client is the peer itself.
     pub trusted_proxies: Vec<String>,
+    /// Whether client header fields whose names hold an underscore go
+    /// upstream. Off by default, as in nginx: CGI-style servers read `_` as
+    /// `-`, so `x_gatehouse_user_id` would pass for a field the gateway
+    /// sets. When on, names that read as a reserved one are dropped still.
+    pub underscores_in_headers: bool,
     /// Routes of the team's own services, in addition to the built-in
     /// routes of the core services.
     pub routes: Vec<RouteConfig>,
@@ -100,6 +105,7 @@ impl Default for GatewayConfig {
             io_threads: 0,
             pin_io_threads: Pinning::Auto,
             trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             cors: CorsConfig::default(),
@@ -158,10 +164,11 @@ impl RouteConfig {
         }
     }
 
-    /// Whether the route takes `method` (any case): every method when the
-    /// route lists none.
+    /// Whether the route takes `method`: every method when the route lists
+    /// none. Methods are case-sensitive (RFC 9110 section 9.1): `get` is
+    /// not `GET`.
     pub fn allows(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
 }
 

@@ -157,6 +157,13 @@ impl Conn {
         self.deadline.poll_passed(cx)
     }
 
+    /// Whether bytes the instance sent are waiting unread: after an answer
+    /// read to its end, they belong to no request, and the connection
+    /// cannot be trusted to frame the next answer.
+    pub fn has_unread(&self) -> bool {
+        !self.read.is_empty()
+    }
+
     /// Whether the connection can take a request: the instance has not
     /// closed it, and nothing unasked-for is waiting on it.
     pub fn is_open(&self) -> bool {

@@ -3,6 +3,14 @@
 //! headers dropped and the verified identity set in their place, and the
 //! proxy headers (`X-Forwarded-*`, `Forwarded`) set, believing a client's
 //! own chain only when the peer is a trusted proxy.
+//!
+//! Field names with an underscore are dropped by default: CGI, WSGI, Rack
+//! and PHP servers read `x_gatehouse_user_id` as `X-Gatehouse-User-Id`, so
+//! such a name could pose as a field the gateway sets. When they are let
+//! through (`gateway.underscores_in_headers`), those that read as a
+//! reserved name with `_` taken for `-` are dropped all the same. Method
+//! override fields (`X-HTTP-Method-Override` and its kin) are dropped too:
+//! an upstream honouring one would take a method the route never allowed.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -79,15 +87,48 @@ enum Node {
     V6(std::net::Ipv6Addr),
 }
 
-/// Prepares a client's request headers to go upstream: hop-by-hop and
-/// client-supplied `x-gatehouse-*` fields are removed, and the proxy fields
-/// that replace the client's own are returned.
+/// Fields that ask an upstream to take another method than the request's.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a client's field `name` (lower case, as a `HeaderName` holds
+/// it) stays behind: one the gateway sets itself, a method override, or,
+/// unless `underscores` lets them through, any name with an underscore.
+/// A name with underscores is judged as it reads with `-` in their place.
+pub fn withheld(name: &str, underscores: bool) -> bool {
+    if !name.contains('_') {
+        return reserved(name);
+    }
+    if !underscores {
+        return true;
+    }
+    reserved(&name.replace('_', "-"))
+}
+
+/// Whether `name` (lower case, `-` separated) is a field the gateway sets
+/// or drops itself.
+fn reserved(name: &str) -> bool {
+    name.starts_with("x-gatehouse-")
+        || METHOD_OVERRIDES.contains(&name)
+        || name.starts_with("x-forwarded-")
+        || name == "forwarded"
+        || name == "x-real-ip"
+}
+
+/// Prepares a client's request headers to go upstream: hop-by-hop,
+/// client-supplied `x-gatehouse-*` and other withheld fields (see
+/// [`withheld`]) are removed, and the proxy fields that replace the
+/// client's own are returned.
 pub fn upstream_headers(
     headers: &mut HeaderMap,
     peer: &Peer,
     client: IpAddr,
     principal: Option<&Principal>,
     peer_trusted: bool,
+    underscores: bool,
 ) -> ProxyFields {
     let forwarded_for = if peer_trusted {
         let mut chain: Vec<String> = forwarded_for(headers)
@@ -103,7 +144,7 @@ pub fn upstream_headers(
     // Collecting none allocates nothing.
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-gatehouse-"))
+        .filter(|k| withheld(k.as_str(), underscores))
         .cloned()
         .collect();
     for name in spoofed {
@@ -111,7 +152,9 @@ pub fn upstream_headers(
     }
     let host = headers
         .get(header::HOST)
-        .filter(|v| v.to_str().is_ok())
+        // Checked on arrival (see `kernel::wire`); checked again, as it is
+        // written inside a quoted string.
+        .filter(|v| crate::kernel::wire::valid_host(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
     let node = match client {
@@ -285,6 +328,22 @@ mod tests {
     }
 
     #[test]
+    fn underscored_names_stay_behind_or_are_read_as_dashes() {
+        assert!(withheld("x_custom", false));
+        assert!(!withheld("x_custom", true));
+        for reserved in [
+            "x_gatehouse_user_id",
+            "x-gatehouse_session-id",
+            "x_forwarded_for",
+            "x_http_method_override",
+        ] {
+            assert!(withheld(reserved, true), "{reserved}");
+        }
+        assert!(!withheld("x-custom", false));
+        assert!(!withheld("authorization", false));
+    }
+
+    #[test]
     fn clients_cannot_forge_identity_or_hop_by_hop_headers() {
         let mut incoming = HeaderMap::new();
         incoming.insert("x-gatehouse-user-id", HeaderValue::from_static("admin"));
@@ -294,11 +353,14 @@ mod tests {
         incoming.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         incoming.insert("host", HeaderValue::from_static("api.example.org"));
         incoming.insert("te", HeaderValue::from_static("trailers"));
+        incoming.insert("x_gatehouse_user_id", HeaderValue::from_static("admin"));
+        incoming.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        incoming.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         let from = Peer::new(SocketAddr::new(peer, 40000));
         let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
             let mut headers = incoming.clone();
-            let fields = upstream_headers(&mut headers, &from, client, None, trusted);
+            let fields = upstream_headers(&mut headers, &from, client, None, trusted, false);
             // The wire writes the same fields as the header map gets.
             let mut wire = BytesMut::new();
             fields.write(&mut wire);
@@ -319,6 +381,9 @@ mod tests {
         assert!(upstream(&incoming, peer, false).get("te").is_none());
         assert!(out.get("x-gatehouse-user-id").is_none());
         assert!(out.get("x-gatehouse-anything").is_none());
+        assert!(out.get("x_gatehouse_user_id").is_none());
+        assert!(out.get("x-http-method-override").is_none());
+        assert!(out.get("x-real-ip").is_none());
         assert!(out.get("x-secret").is_none());
         assert!(out.get("connection").is_none());
         assert_eq!(out["x-forwarded-for"], "203.0.113.9");

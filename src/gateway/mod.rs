@@ -4,17 +4,23 @@
 //! through; the same middleware as every service (request id, tracing,
 //! metrics) runs in front of it.
 //!
-//! Rooms: `config.rs` (the `[gateway]` section and route shape),
-//! `balance.rs` (instance choice and passive health), `probe.rs` (active
-//! checks of ejected instances), `routes.rs` (the route table and path
-//! normalisation), `proxy.rs` (forwarding), `headers.rs` (what headers
-//! travel up and down), `openapi.rs` (the merged API document at
-//! `/openapi.json` and the docs page at `/docs`). The gateway has no
-//! database.
+//! Rooms: `config.rs` (the `[gateway]` section and route shape), `edge.rs`
+//! (what answers a client connection: the gateway's own paths to its
+//! router, everything else to the proxy), `routes.rs` (the route table and
+//! path normalisation), `proxy.rs` (forwarding: token policy, rate limits,
+//! retries), `fault.rs` (the gateway's own answers, in one table),
+//! `headers.rs` (what headers travel up and down), `balance.rs` (instance
+//! choice and passive health), `probe.rs` (active checks of ejected
+//! instances), `pool.rs` (each I/O thread's HTTP/1.1 connections to
+//! instances), `h1.rs` (the HTTP/1.1 wire to an instance, driven by the
+//! request's own task), `openapi.rs` (the merged API document at
+//! `/openapi.json` and the docs page at `/docs`). This file wires them up.
+//! The gateway has no database.
 
 pub mod balance;
 pub mod config;
 pub mod edge;
+pub mod fault;
 pub mod h1;
 pub mod headers;
 pub mod openapi;
@@ -81,6 +87,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             default_timeout: Duration::from_millis(config.upstream_timeout_ms),
             body_limit: config.body_limit_bytes,
             trusted_proxies: config.trusted_proxies.clone(),
+            underscores_in_headers: config.underscores_in_headers,
             metrics: ctx.metrics.clone(),
             per_ip: per_ip.clone(),
             per_user: per_user.clone(),

@@ -368,7 +368,7 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
                 continue;
             }
             let is_operation = METHODS.contains(&key.as_str());
-            if is_operation && !route.config.allows(key) {
+            if is_operation && !route.config.allows(&key.to_ascii_uppercase()) {
                 continue;
             }
             let mut value = value.clone();

@@ -204,9 +204,15 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Once the body has been read to its end, puts a reusable connection
+    /// back, unless the instance sent more than its answer: bytes no
+    /// request asked for would be read as the next client's answer, so
+    /// such a connection is closed (they are looked for again when the
+    /// connection is next taken, see [`usable`]).
     fn release_if_done(&mut self) {
         if self.framing.is_done()
             && let (Some(conn), Some(address)) = (self.conn.take(), self.keep.take())
+            && !conn.has_unread()
         {
             release(address, conn);
         }

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, Lease};
 use super::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
+use super::fault::Fault;
 use super::h1::is_idempotent;
 use super::headers::{
     Peer, ProxyFields, forwarded_for, in_cidr, parse_cidr, strip_hop_by_hop, upstream_headers,
@@ -111,6 +113,8 @@ struct Inner {
     default_timeout: Duration,
     body_limit: u64,
     trusted: Vec<(IpAddr, u8)>,
+    /// Client header names with underscores go upstream (see `headers.rs`).
+    underscores: bool,
     balancer: Arc<Balancer>,
     probe: ProbePlan,
     metrics: Metrics,
@@ -126,6 +130,7 @@ pub struct Settings {
     pub default_timeout: Duration,
     pub body_limit: u64,
     pub trusted_proxies: Vec<String>,
+    pub underscores_in_headers: bool,
     pub metrics: Metrics,
     pub per_ip: Option<Limiter>,
     pub per_user: Option<Limiter>,
@@ -160,6 +165,7 @@ impl Gateway {
                 default_timeout: settings.default_timeout,
                 body_limit: settings.body_limit,
                 trusted,
+                underscores: settings.underscores_in_headers,
                 balancer: Arc::default(),
                 probe: settings.probe,
                 metrics: settings.metrics,
@@ -171,9 +177,12 @@ impl Gateway {
     }
 }
 
-fn problem(status: StatusCode, code: &'static str, title: &str) -> Response {
-    Problem::new(status, code, title).into_response()
+fn fault(fault: Fault) -> Response {
+    fault.into_response()
 }
+
+/// Every method but the tunnels and echoes the gateway takes on no route.
+const ALL_BUT_TUNNELS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Answers a request for a path the gateway does not serve itself, from a
 /// client connected from `peer`.
@@ -282,32 +291,56 @@ fn plan(
     req: Request,
     label: &mut Option<&'static str>,
 ) -> Result<Plan, Response> {
+    let client_ip = gw.client_ip(peer.ip(), req.headers());
+    // A request refused here is traffic like any other: it spends its
+    // client address's allowance, so refusals cannot be had without limit.
+    let refuse = |limited: bool, answer: Response| gw.charge_refusal(client_ip, limited, answer);
     let Ok(segments) = normalise(req.uri().path()) else {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "invalid_path",
-            "The request path is not valid",
-        ));
+        return Err(refuse(true, fault(Fault::InvalidPath)));
     };
+    if !req
+        .uri()
+        .query()
+        .is_none_or(crate::kernel::wire::valid_query)
+    {
+        return Err(refuse(true, fault(Fault::InvalidQuery)));
+    }
     let Some(index) = gw.inner.table.find(&segments) else {
-        return Err(Problem::not_found().into_response());
+        return Err(refuse(true, Problem::not_found().into_response()));
     };
     let route = gw.inner.table.route(index);
     let config = &route.config;
     *label = Some(route.label);
-    if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
-        return Err(crate::kernel::error::payload_too_large().into_response());
-    }
-    if !config.allows(req.method().as_str()) {
-        let mut r = problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "Method not allowed on this route",
-        );
-        if let Ok(allow) = HeaderValue::from_str(&config.methods.join(", ")) {
+    let limited = config.rate_limit;
+    let method = req.method();
+    // The gateway tunnels nothing and echoes nothing back.
+    if !config.allows(method.as_str()) || *method == Method::CONNECT || *method == Method::TRACE {
+        let mut r = fault(Fault::MethodNotAllowed);
+        let allowed = if config.methods.is_empty() {
+            ALL_BUT_TUNNELS.to_owned()
+        } else {
+            config.methods.join(", ")
+        };
+        if let Ok(allow) = HeaderValue::from_str(&allowed) {
             r.headers_mut().insert(header::ALLOW, allow);
         }
-        return Err(r);
+        return Err(refuse(limited, r));
+    }
+    // Only one credential is checked: one is all a request may carry.
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(refuse(limited, fault(Fault::SeveralCredentials)));
+    }
+    if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
+        return Err(refuse(
+            limited,
+            crate::kernel::error::payload_too_large().into_response(),
+        ));
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
     let mut verdict = None;
@@ -398,15 +431,11 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
     let instances = match resolved {
         Ok(list) if !list.is_empty() => list,
         _ => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_unavailable",
-                "No instance of the service is available",
-            );
+            return fault(Fault::NoInstance);
         }
     };
     let Some(parts) = plan.head.as_mut() else {
-        return bad_upstream();
+        return fault(Fault::BadUpstream);
     };
     let body = std::mem::take(&mut plan.body);
     let prepared = if http_body::Body::is_end_stream(&body) {
@@ -419,13 +448,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
     let mut body = match prepared {
         Ok(Ok(body)) => body,
         Ok(Err(response)) => return response,
-        Err(_) => {
-            return problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "The request body did not arrive in time",
-            );
-        }
+        Err(_) => return fault(Fault::BodyTimeout),
     };
     let principal = match &plan.admission {
         Admission::Decided(p) => p.as_ref(),
@@ -438,6 +461,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         plan.client_ip,
         principal,
         gw.trusts(peer.ip()),
+        gw.inner.underscores,
     );
     // The client's own protocol says nothing about the upstream's.
     parts.version = match config.upstream_protocol {
@@ -459,7 +483,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         let (this_body, more) = body.attempt();
         let last = !more || tried.len() == instances.len();
         let Some((address, base)) = split_url(&instance.url) else {
-            return bad_upstream();
+            return fault(Fault::BadUpstream);
         };
         let attempt = match config.upstream_protocol {
             // The request line, the upstream's own Host and the proxy
@@ -480,7 +504,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
                 };
                 fields.apply(&mut request.headers);
                 let Ok(uri) = format!("http://{address}{base}{target}").parse() else {
-                    return bad_upstream();
+                    return fault(Fault::BadUpstream);
                 };
                 request.uri = uri;
                 Attempt::H2c {
@@ -489,12 +513,16 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
             }
         };
         let outcome = attempt.send(this_body, deadline, timeout).await;
+        // Out of time while the exchange waited on the client's body: the
+        // client's fault, not the instance's.
+        let stalled = matches!(&outcome, Err(e) if e.timed_out) && body.client_stalled();
         let code = match &outcome {
             Ok(r) => Some(r.status()),
             _ => None,
         };
         let status = match &outcome {
             Ok(_) => code.as_ref().map_or("", StatusCode::as_str),
+            Err(_) if stalled => "body_timeout",
             Err(e) if e.timed_out => "timeout",
             Err(e) if e.connect => "connect_error",
             Err(_) => "error",
@@ -507,27 +535,23 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
                 lease.succeeded();
                 return response;
             }
+            Err(_) if stalled => return fault(Fault::BodyTimeout),
             Err(e) if e.timed_out => {
                 gw.count_failure(&lease, instance, config);
-                return problem(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "The service did not answer in time",
-                );
+                return fault(Fault::UpstreamTimeout);
             }
             Err(e) => {
-                match fault_of(&*e.error) {
-                    Fault::TooLarge => {
-                        return crate::kernel::error::payload_too_large().into_response();
+                match blame(&*e.error) {
+                    Blame::TooLarge => {
+                        let mut answer = crate::kernel::error::payload_too_large().into_response();
+                        // The rest of the body is not read: it cannot frame another request.
+                        answer
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return answer;
                     }
-                    Fault::ClientBody => {
-                        return problem(
-                            StatusCode::BAD_REQUEST,
-                            "body_incomplete",
-                            "The request body ended before it was complete",
-                        );
-                    }
-                    Fault::Upstream => gw.count_failure(&lease, instance, config),
+                    Blame::ClientBody => return fault(Fault::BodyIncomplete),
+                    Blame::Upstream => gw.count_failure(&lease, instance, config),
                 }
                 // Safe to send elsewhere: nothing reached the instance, or
                 // the method means the same when repeated (a few times at
@@ -538,19 +562,11 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
                     continue;
                 }
                 tracing::warn!(service = %config.service, instance = %instance.url, error = %e.error, "upstream request failed");
-                return problem(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    "The service failed to answer",
-                );
+                return fault(Fault::UpstreamFailed);
             }
         }
     }
-    problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream_unavailable",
-        "No instance of the service could be reached",
-    )
+    fault(Fault::NoInstance)
 }
 
 /// One request to one instance, ready to go.
@@ -584,14 +600,6 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
     let slash = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
     let (address, base) = rest.split_at(slash);
     Some((address, base.trim_end_matches('/')))
-}
-
-fn bad_upstream() -> Response {
-    problem(
-        StatusCode::BAD_GATEWAY,
-        "bad_upstream",
-        "The upstream address is not valid",
-    )
 }
 
 impl Attempt<'_> {
@@ -725,7 +733,7 @@ impl http_body::Body for Paced {
 const MAX_ATTEMPTS: usize = 3;
 
 /// Whose fault a failed exchange was.
-enum Fault {
+enum Blame {
     /// The client's streamed body went over the limit.
     TooLarge,
     /// The client's body broke off (the client went away mid-upload).
@@ -734,15 +742,15 @@ enum Fault {
     Upstream,
 }
 
-fn fault_of(e: &(dyn std::error::Error + 'static)) -> Fault {
+fn blame(e: &(dyn std::error::Error + 'static)) -> Blame {
     let chain = || std::iter::successors(e.source(), |err| err.source());
     if chain().any(|err| err.is::<http_body_util::LengthLimitError>()) {
-        Fault::TooLarge
+        Blame::TooLarge
     } else if chain().any(|err| err.is::<axum::Error>()) {
         // Only the request body (the client's stream) fails as axum's error.
-        Fault::ClientBody
+        Blame::ClientBody
     } else {
-        Fault::Upstream
+        Blame::Upstream
     }
 }
 
@@ -781,8 +789,9 @@ const REPLAYABLE_BODY: u64 = 64 * 1024;
 enum Outgoing {
     /// Held in memory: every attempt gets a copy.
     Held(axum::body::Bytes),
-    /// Streamed: only the first attempt gets it.
-    Streamed(Option<Body>),
+    /// Streamed: only the first attempt gets it; `stalled` tells whether
+    /// the attempt last found the client's body with nothing ready.
+    Streamed(Option<Body>, Arc<AtomicBool>),
 }
 
 impl Outgoing {
@@ -792,8 +801,53 @@ impl Outgoing {
             // An empty body costs no allocation.
             Outgoing::Held(bytes) if bytes.is_empty() => (Body::empty(), true),
             Outgoing::Held(bytes) => (Body::from(bytes.clone()), true),
-            Outgoing::Streamed(body) => (body.take().unwrap_or_else(Body::empty), false),
+            Outgoing::Streamed(body, stalled) => {
+                let body = body.take().map_or_else(Body::empty, |body| {
+                    Body::new(Watched {
+                        body,
+                        stalled: stalled.clone(),
+                    })
+                });
+                (body, false)
+            }
         }
+    }
+
+    /// Whether the exchange was waiting on the client's body, not on the
+    /// instance, when it stopped.
+    fn client_stalled(&self) -> bool {
+        matches!(self, Outgoing::Streamed(_, stalled) if stalled.load(Ordering::Relaxed))
+    }
+}
+
+/// A streamed request body that notes whether its last read found the
+/// client with nothing to give: when the exchange then runs out of time, it
+/// was the client that kept it waiting (a slow upload), which is answered
+/// 408 and does not count against the instance.
+struct Watched {
+    body: Body,
+    stalled: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.stalled.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -808,7 +862,10 @@ async fn prepare_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Out
             Err(_) => Err(crate::kernel::error::payload_too_large().into_response()),
         };
     }
-    Ok(Outgoing::Streamed(Some(Body::new(limited))))
+    Ok(Outgoing::Streamed(
+        Some(Body::new(limited)),
+        Arc::new(AtomicBool::new(false)),
+    ))
 }
 
 /// The token check of a route's policy when it needs no waiting: no token
@@ -903,6 +960,19 @@ fn limit_user(
 }
 
 impl Gateway {
+    /// `answer`, a refusal, after it has spent one request of the client
+    /// address's allowance when `limited`: 429 instead once that is spent.
+    fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Response {
+        if let (true, Some(limiter)) = (limited, &self.inner.per_ip) {
+            let v = limiter.check(RateKey::Address(client));
+            if matches!(v, Verdict::Refused { .. }) {
+                return ratelimit::refusal(v);
+            }
+            ratelimit::annotate(v, answer.headers_mut());
+        }
+        answer
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.inner
             .trusted

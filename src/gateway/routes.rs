@@ -119,6 +119,12 @@ pub fn normalise(raw: &str) -> Result<Normalised<'_>, PathError> {
                 as_is = false;
                 segments.pop().ok_or(PathError::Invalid)?;
             }
+            // A dot segment with path parameters (`..;x`, `.;`): servers
+            // that strip parameters before resolving dot segments (Tomcat
+            // and its kin) would climb where this route table did not.
+            dotted if dotted.starts_with('.') && is_dot_segment(dotted) => {
+                return Err(PathError::Invalid);
+            }
             _ => segments.push(segment),
         }
         start = i + 1;
@@ -127,6 +133,11 @@ pub fn normalise(raw: &str) -> Result<Normalised<'_>, PathError> {
     // The root is its own normal form, though its one part after the separator is empty.
     let as_is = (as_is || raw == "/").then_some(raw);
     Ok(Normalised { segments, as_is })
+}
+
+/// Whether `segment` is `.` or `..` followed by path parameters.
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(segment.split(';').next(), Some("." | ".."))
 }
 
 /// One segment percent-decoded, refused when it decodes to a separator, a
@@ -217,6 +228,20 @@ impl RouteTable {
                     config.prefix
                 ));
             }
+            let mut config = config;
+            for method in &mut config.methods {
+                // A standard method listed in another case means the
+                // standard one: methods are matched as they are spelt.
+                let upper = method.to_ascii_uppercase();
+                if crate::kernel::wire::method_fault(
+                    &http::Method::from_bytes(method.as_bytes())
+                        .map_err(|_| format!("gateway.routes: bad method {method:?}"))?,
+                )
+                .is_some()
+                {
+                    *method = upper;
+                }
+            }
             routes.retain(|r| r.segments != segments);
             routes.push(Route {
                 label: telemetry::intern(&config.prefix),
@@ -290,6 +315,7 @@ mod tests {
         assert_eq!(path("/v1/%75sers/me").unwrap(), "/v1/users/me");
         assert_eq!(path("/a%20b").unwrap(), "/a%20b");
         assert_eq!(path("/").unwrap(), "/");
+        assert_eq!(path("/a/.well-known/x;y").unwrap(), "/a/.well-known/x;y");
         for bad in [
             "/..",
             "/v1/../..",
@@ -297,6 +323,10 @@ mod tests {
             "/v1/%5cx",
             "/v1/%00",
             "/v1/%ff",
+            "/v1/users/..;/admin",
+            "/v1/users/..;x=1/admin",
+            "/v1/users/%2e%2e;/admin",
+            "/v1/users/.;/me",
         ] {
             assert_eq!(path(bad), Err(PathError::Invalid), "{bad}");
         }

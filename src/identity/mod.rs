@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod links;
 pub mod notifier;
 pub mod password;
 pub mod schema;
@@ -74,7 +75,18 @@ pub async fn open(
         relay,
         Arc::new(config),
     );
-    Ok((identity, db, relay_task))
+    let links = links::spawn(identity.clone(), ctx.shutdown.clone());
+    // One handle for both background tasks. Events of links sent while
+    // stopping stay in the outbox for the next start if the relay has gone.
+    let background = tokio::spawn(async move {
+        if let Err(e) = links.await {
+            tracing::error!(error = %e, "the link worker failed");
+        }
+        if let Err(e) = relay_task.await {
+            tracing::error!(error = %e, "the outbox relay failed");
+        }
+    });
+    Ok((identity, db, background))
 }
 
 /// Opens the database, starts the outbox relay and the server, and registers

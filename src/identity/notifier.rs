@@ -71,6 +71,9 @@ impl Notifier for LogNotifier {
 #[derive(Default, Clone)]
 pub struct MemoryNotifier {
     pub sent: Arc<Mutex<Vec<Notice>>>,
+    /// Held, it keeps notices from being delivered until it is let go: a
+    /// slow delivery, for tests.
+    pub held: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemoryNotifier {
@@ -87,6 +90,7 @@ impl MemoryNotifier {
 #[async_trait]
 impl Notifier for MemoryNotifier {
     async fn send(&self, notice: Notice) {
+        let _delivering = self.held.lock().await;
         locks::lock(&self.sent).push(notice);
     }
 }

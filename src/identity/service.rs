@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::config::IdentityConfig;
 use super::error::IdentityError;
+use super::links::{Link, Links};
 use super::notifier::{Notice, NoticeKind, Notifier};
 use super::password::{Hasher, Password, Verified};
 use super::store::{self, Attempt, UserRow};
@@ -172,6 +173,8 @@ pub struct Identity {
     relay: Relay,
     config: Arc<IdentityConfig>,
     phantoms: Phantoms,
+    /// Link requests waiting to be sent (see `links.rs`).
+    links: Arc<Links>,
 }
 
 impl Identity {
@@ -192,7 +195,13 @@ impl Identity {
             relay,
             config,
             phantoms,
+            links: Arc::default(),
         }
+    }
+
+    /// The queue of link requests.
+    pub(super) fn links(&self) -> &Links {
+        &self.links
     }
 
     fn now(&self) -> NaiveDateTime {
@@ -455,19 +464,42 @@ impl Identity {
         Ok(())
     }
 
-    /// Sends a reset link if the email belongs to an active account. Answers
-    /// the same either way, so it cannot be used to find accounts.
+    /// Queues a reset link for the email, sent if it belongs to an active
+    /// account. Answers the same either way, in the same time, so it cannot
+    /// be used to find accounts (see `links.rs`).
     pub async fn request_password_reset(&self, email: &str) -> Result<(), IdentityError> {
         let email = validate_email(email)?;
-        self.send_token(
-            &email,
-            NoticeKind::PasswordReset,
-            RESET,
-            self.config.reset_token_ttl_secs,
-            "identity.password.reset_requested",
-            |row| row.status == UserStatus::Active.as_str(),
-        )
-        .await
+        self.links.queue(email, Link::PasswordReset)
+    }
+
+    /// Sends the link `link` to `email` now, if the address has an account
+    /// that may have it: a reset link to an active account, a verification
+    /// link to an unverified one.
+    pub(super) async fn send_link(&self, email: &str, link: Link) -> Result<(), IdentityError> {
+        match link {
+            Link::PasswordReset => {
+                self.send_token(
+                    email,
+                    NoticeKind::PasswordReset,
+                    RESET,
+                    self.config.reset_token_ttl_secs,
+                    "identity.password.reset_requested",
+                    |row| row.status == UserStatus::Active.as_str(),
+                )
+                .await
+            }
+            Link::EmailVerification => {
+                self.send_token(
+                    email,
+                    NoticeKind::EmailVerification,
+                    VERIFY,
+                    self.config.verification_token_ttl_secs,
+                    "identity.email.verification_requested",
+                    |row| !row.email_verified,
+                )
+                .await
+            }
+        }
     }
 
     /// Sets a new password with a reset token; the token works once.
@@ -504,18 +536,11 @@ impl Identity {
         Ok(())
     }
 
-    /// Sends a fresh verification link if the email belongs to an unverified account.
+    /// Queues a fresh verification link for the email, sent if it belongs
+    /// to an unverified account; answers alike for every address.
     pub async fn request_verification(&self, email: &str) -> Result<(), IdentityError> {
         let email = validate_email(email)?;
-        self.send_token(
-            &email,
-            NoticeKind::EmailVerification,
-            VERIFY,
-            self.config.verification_token_ttl_secs,
-            "identity.email.verification_requested",
-            |row| !row.email_verified,
-        )
-        .await
+        self.links.queue(email, Link::EmailVerification)
     }
 
     /// Marks the email verified with a verification token; the token works once.

@@ -83,6 +83,9 @@ pub struct ServerConfig {
     /// before it is wound up (a GOAWAY; its requests in flight may finish),
     /// and then closed after as long again without one.
     pub http2_idle_timeout_ms: u64,
+    /// Where the process serves its metrics (and a liveness answer) to
+    /// operators: loopback by default, never a port clients reach.
+    pub ops_listen: std::net::SocketAddr,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +96,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             header_read_timeout_ms: 10_000,
             http2_idle_timeout_ms: 180_000,
+            ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
 }

@@ -16,11 +16,13 @@ pub mod locks;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod ops;
 pub mod outbox;
 pub mod registry;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

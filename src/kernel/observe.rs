@@ -1,14 +1,16 @@
 //! The layer every request passes through first, in every service and in
 //! the gateway: one service doing, in this order,
 //!
-//! - the request id: the `x-request-id` the caller sent, or a new one,
-//!   set on the request and carried back on the answer;
+//! - the request id: the `x-request-id` the caller sent when it is short
+//!   and plain (see `wire::acceptable_request_id`), or a new one, set on
+//!   the request and carried back on the answer;
 //! - the request's trace span, continuing the caller's `traceparent`;
 //! - the request id's scope, so calls made while serving it carry it on
 //!   (see `telemetry::inject_current`);
 //! - the request metrics, counted when the answer's head is ready, under
 //!   the matched route template (never the raw path, which would explode
-//!   the label set with ids).
+//!   the label set with ids), and a method outside the standard ones as
+//!   `OTHER`: no label takes a value a client chose freely.
 //!
 //! One layer rather than a stack of four, so that a request looks up its
 //! id once and costs one future, not four nested ones.
@@ -111,8 +113,8 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = match req.headers().get(&REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id) if super::wire::acceptable_request_id(id) => id.clone(),
+            _ => {
                 let id = new_request_id();
                 req.headers_mut().insert(REQUEST_ID, id.clone());
                 id
@@ -142,6 +144,19 @@ where
             tracked: self.tracked.clone(),
         }
     }
+}
+
+/// The label of every method outside [`METHODS`].
+const OTHER_METHOD: &str = "OTHER";
+
+/// Whether a gRPC answer comes from a method its service has: neither the
+/// router's 404 nor gRPC status 12 (`Unimplemented`) in its head.
+fn grpc_method_found(response: &Response) -> bool {
+    response.status() == http::StatusCode::OK
+        && response
+            .headers()
+            .get("grpc-status")
+            .is_none_or(|s| s.as_bytes() != b"12")
 }
 
 /// The methods of RFC 9110 and PATCH, as static text.
@@ -232,26 +247,26 @@ where
                 .take_value()
                 .and_then(telemetry::RequestScope::into_route);
             let t = &this.tracked;
-            match (named, static_method(this.method), static_status(status)) {
+            // A method of a client's own choosing is one label value.
+            let method = static_method(this.method).unwrap_or(OTHER_METHOD);
+            match (named, method, static_status(status)) {
                 // All static text (a route named by the handler, a standard
                 // method and status): found without hashing any of it.
-                (Some(route), Some(method), Some(code)) => t
+                (Some(route), method, Some(code)) => t
                     .metrics
                     .request_answered_static([t.service, method, route, code], elapsed),
                 _ => {
                     let route = match (named, &*this.matched, &*this.grpc_path) {
                         (Some(label), _, _) => label,
                         (None, Some(p), _) => p.as_str(),
-                        (None, None, Some(path)) => path.as_str(),
-                        (None, None, None) => "unmatched",
+                        // A gRPC method's own path, once it is known to
+                        // exist: an unknown one is answered 404 by the
+                        // router or `Unimplemented` by its service.
+                        (None, None, Some(path)) if grpc_method_found(response) => path.as_str(),
+                        _ => "unmatched",
                     };
-                    t.metrics.request_answered(
-                        t.service,
-                        this.method.as_str(),
-                        route,
-                        status.as_str(),
-                        elapsed,
-                    );
+                    t.metrics
+                        .request_answered(t.service, method, route, status.as_str(), elapsed);
                 }
             }
             let latency_ms = elapsed.as_millis() as u64;

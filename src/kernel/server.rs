@@ -27,7 +27,7 @@ use super::error::Problem;
 use super::health::{self, Probes};
 use super::http1;
 use super::io_threads::{IoPlan, IoThreads};
-use super::metrics::{self, Metrics, Tracked};
+use super::metrics::{Metrics, Tracked};
 use super::observe::ObserveLayer;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -52,7 +52,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Assembles the full router: public routes, health, metrics and gRPC, under
+/// Assembles the full router: public routes, health and gRPC, under
 /// the shared stack ([`ObserveLayer`], body limit, timeout).
 pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Router {
     let tracked = Tracked {
@@ -60,12 +60,9 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         service: app.name,
     };
     let timeout = Duration::from_millis(config.request_timeout_ms);
-    let ops = Router::new()
-        .route(METRICS_PATH, axum::routing::get(metrics::endpoint))
-        .with_state(tracked.clone());
+    // Metrics are not served here but on the operator listener (`ops.rs`).
     app.http
         .merge(health::routes(app.probes))
-        .merge(ops)
         .merge(app.grpc.into_axum_router())
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -84,14 +81,13 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         )
 }
 
-/// Where every service serves its metrics.
+/// Where the operator listener serves the process's metrics.
 pub const METRICS_PATH: &str = "/metrics";
 
 /// Whether `router` answers `path` for every service itself (health,
-/// readiness, metrics, gRPC health), whatever the service's own routes.
+/// readiness, gRPC health), whatever the service's own routes.
 pub fn is_kernel_path(path: &str) -> bool {
-    path == METRICS_PATH
-        || path == health::HEALTH_PATH
+    path == health::HEALTH_PATH
         || path == health::READY_PATH
         || path.starts_with("/grpc.health.v1.Health/")
 }
@@ -149,7 +145,7 @@ where
             };
             let _ = stream.set_nodelay(true);
             let serving = http1::Serving {
-                service: front(peer),
+                service: Checked(front(peer)),
                 hyper: builder.clone(),
                 watcher: graceful.watcher(),
                 // A token of the connection's own: waiting on it between
@@ -212,6 +208,84 @@ impl<S> ConnectionService for S where
         + Send
         + 'static
 {
+}
+
+/// A connection's service behind the wire's rules that no route may waive
+/// (see `wire.rs`): a request with a missing, repeated or invalid `Host`,
+/// or a standard method in another case, is answered 400 here, on either
+/// path a connection is read by, before anything else sees it.
+#[derive(Clone)]
+pub struct Checked<S>(pub S);
+
+impl<S> tower::Service<http::Request<axum::body::Body>> for Checked<S>
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = CheckedFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let fault = super::wire::host_fault(req.version(), req.headers())
+            .map(|title| ("invalid_host", title))
+            .or_else(|| super::wire::method_fault(req.method()).map(|t| ("invalid_method", t)));
+        match fault {
+            None => CheckedFuture::Called {
+                future: self.0.call(req),
+            },
+            Some((code, title)) => {
+                let mut answer = Problem::new(StatusCode::BAD_REQUEST, code, title).into_response();
+                // The request cannot be trusted to frame another after it.
+                answer.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                CheckedFuture::Refused {
+                    answer: Some(answer),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Checked`] service.
+    #[project = CheckedProjection]
+    pub enum CheckedFuture<F> {
+        Called { #[pin] future: F },
+        Refused { answer: Option<axum::response::Response> },
+    }
+}
+
+impl<F> std::future::Future for CheckedFuture<F>
+where
+    F: std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>,
+{
+    type Output = Result<axum::response::Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            CheckedProjection::Called { future } => future.poll(cx),
+            CheckedProjection::Refused { answer } => match answer.take() {
+                Some(answer) => std::task::Poll::Ready(Ok(answer)),
+                None => std::task::Poll::Pending,
+            },
+        }
+    }
 }
 
 /// `router` for a connection from `peer`: its requests carry

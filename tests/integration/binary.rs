@@ -56,6 +56,8 @@ pub async fn login(
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,
+    /// Where its operator endpoints (metrics) are served.
+    pub ops_base: String,
     /// Every log line read so far.
     pub seen: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -72,7 +74,12 @@ impl ServiceProcess {
         env: &[(&str, String)],
     ) -> ServiceProcess {
         let mut cmd = Command::new(binary);
+        let ops_port = free_port();
         cmd.env("GATEHOUSE_DATA_DIR", data)
+            .env(
+                "GATEHOUSE_SERVER__OPS_LISTEN",
+                format!("127.0.0.1:{ops_port}"),
+            )
             .env(
                 format!("GATEHOUSE_{}__LISTEN", service.to_uppercase()),
                 format!("127.0.0.1:{port}"),
@@ -99,6 +106,7 @@ impl ServiceProcess {
         ServiceProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            ops_base: format!("http://127.0.0.1:{ops_port}"),
             seen: Vec::new(),
             lines,
         }

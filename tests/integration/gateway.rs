@@ -379,7 +379,7 @@ async fn oversized_bodies_stop_at_the_edge_and_requests_count_per_route() {
         .send()
         .await
         .unwrap();
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("gatehouse_http_requests_total{method=\"GET\",route=\"/v1/users/me\",service=\"gateway\",status=\"401\"} 1"),
         "{metrics}"

@@ -310,26 +310,17 @@ async fn hashes_made_with_old_parameters_are_upgraded_at_login() {
         .start()
         .await;
     let mut grpc = new.grpc().await;
-    assert_eq!(
-        hash_count(&new.get("/metrics").await.text().await.unwrap()),
-        0
-    );
+    assert_eq!(hash_count(&new.metrics().await), 0);
     grpc.verify_credentials(creds("old@example.org", PASSWORD))
         .await
         .unwrap();
     // The first login re-hashed with the new parameters ...
-    assert_eq!(
-        hash_count(&new.get("/metrics").await.text().await.unwrap()),
-        1
-    );
+    assert_eq!(hash_count(&new.metrics().await), 1);
     grpc.verify_credentials(creds("old@example.org", PASSWORD))
         .await
         .unwrap();
     // ... and stored it: the second login had nothing to upgrade.
-    assert_eq!(
-        hash_count(&new.get("/metrics").await.text().await.unwrap()),
-        1
-    );
+    assert_eq!(hash_count(&new.metrics().await), 1);
 }
 
 #[tokio::test]

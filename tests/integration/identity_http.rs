@@ -213,11 +213,15 @@ async fn password_reset_works_once_and_expires() {
         )
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(app.notices(), before);
     let r = app
         .post("/v1/password-resets", json!({"email": "RESET@example.org"}))
         .await;
     assert_eq!(r.status(), 202);
+    // Links go out in the order asked for: once the second is out, the
+    // first would have been too.
+    app.await_notices(before + 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(app.notices(), before + 1);
     let token = app
         .last_token(NoticeKind::PasswordReset, "reset@example.org")
         .unwrap();
@@ -264,8 +268,10 @@ async fn password_reset_works_once_and_expires() {
     assert_problem(r, 400, "invalid_token").await;
 
     // A fresh token expires after its lifetime.
+    let before = app.notices();
     app.post("/v1/password-resets", json!({"email": "reset@example.org"}))
         .await;
+    app.await_notices(before + 1).await;
     let token = app
         .last_token(NoticeKind::PasswordReset, "reset@example.org")
         .unwrap();
@@ -288,16 +294,52 @@ async fn password_reset_works_once_and_expires() {
 }
 
 #[tokio::test]
+async fn asking_for_a_link_is_answered_alike_whether_or_not_the_address_has_an_account() {
+    let app = TestApp::start().await;
+    app.register("held@example.org").await;
+    let before = app.notices();
+    // Delivery stalls: an answer that waited on the account's own work (the
+    // lookup, the token, the notice) would not come; none does.
+    let held = app.notifier.held.lock().await;
+    for (path, email) in [
+        ("/v1/password-resets", "held@example.org"),
+        ("/v1/password-resets", "nobody@example.org"),
+        ("/v1/email-verifications", "held@example.org"),
+        ("/v1/email-verifications", "nobody@example.org"),
+    ] {
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            app.post(path, json!({ "email": email })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} for {email} waited for the delivery"));
+        assert_eq!(r.status(), 202);
+        assert!(r.bytes().await.unwrap().is_empty());
+    }
+    assert_eq!(app.notices(), before);
+    drop(held);
+    // Then the links go out: one reset and one verification, both to the account.
+    app.await_notices(before + 2).await;
+    assert!(
+        app.last_token(NoticeKind::PasswordReset, "held@example.org")
+            .is_some()
+    );
+}
+
+#[tokio::test]
 async fn a_newer_reset_link_retires_the_older_one() {
     let app = TestApp::start().await;
     app.register("two@example.org").await;
+    let before = app.notices();
     app.post("/v1/password-resets", json!({"email": "two@example.org"}))
         .await;
+    app.await_notices(before + 1).await;
     let first = app
         .last_token(NoticeKind::PasswordReset, "two@example.org")
         .unwrap();
     app.post("/v1/password-resets", json!({"email": "two@example.org"}))
         .await;
+    app.await_notices(before + 2).await;
     let second = app
         .last_token(NoticeKind::PasswordReset, "two@example.org")
         .unwrap();
@@ -337,7 +379,9 @@ async fn email_verification_marks_the_user_once() {
         .await;
     assert_problem(again, 400, "invalid_token").await;
 
-    // Already verified: asking again sends nothing.
+    // Already verified: asking again sends nothing. A link asked for
+    // after it, for an account that may have one, goes out after it.
+    app.register("other@example.org").await;
     let before = app.notices();
     let r = app
         .post(
@@ -346,7 +390,14 @@ async fn email_verification_marks_the_user_once() {
         )
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(app.notices(), before);
+    app.post(
+        "/v1/email-verifications",
+        json!({"email": "other@example.org"}),
+    )
+    .await;
+    app.await_notices(before + 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(app.notices(), before + 1);
 }
 
 #[tokio::test]
@@ -368,6 +419,7 @@ async fn verification_can_be_requested_again_and_expires() {
         )
         .await;
     assert_eq!(r.status(), 202);
+    app.await_notices(2).await;
     let fresh = app
         .last_token(NoticeKind::EmailVerification, "late@example.org")
         .unwrap();

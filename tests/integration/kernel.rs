@@ -20,7 +20,7 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(body["checks"]["database"], "ok");
 
     app.register("m@example.org").await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     let line = metrics
         .lines()
         .find(|l| {
@@ -31,6 +31,16 @@ async fn health_readiness_and_metrics_are_served() {
         .unwrap_or_else(|| panic!("no request counter in\n{metrics}"));
     assert!(line.ends_with(" 1"), "{line}");
     assert!(metrics.contains("gatehouse_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/users\",service=\"identity\""));
+    // Metrics name internal addresses and timings: never on a public port.
+    for base in [&app.base, &app.gateway_base, &app.auth_base] {
+        let r = app
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{base}");
+    }
 }
 
 #[tokio::test]
@@ -172,7 +182,7 @@ async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
         events.try_recv().is_err(),
         "nothing can be delivered while the bus is down"
     );
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("gatehouse_outbox_publish_failures_total{service=\"identity\"}"),
         "{metrics}"

@@ -2,6 +2,7 @@
 //! other suites run against PostgreSQL too under this feature.
 
 use diesel::{Connection, QueryableByName, RunQueryDsl};
+use gatehouse::kernel::clock::Clock as _;
 
 use crate::support::{TestApp, database_url};
 
@@ -58,4 +59,146 @@ fn app_database(url: &str) -> String {
     let name = url.rsplit('/').next().unwrap().to_owned();
     assert_eq!(database_url(&name), url);
     name
+}
+
+/// How many of this database's sessions wait for a lock.
+fn lock_waiters(conn: &mut diesel::PgConnection) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Count>(conn)
+    .unwrap()
+    .n
+}
+
+/// Waits (up to 10 s) until `n` sessions of the database wait for a lock.
+fn await_waiters(conn: &mut diesel::PgConnection, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lock_waiters(conn) < n {
+        assert!(std::time::Instant::now() < deadline, "never {n} waiting");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[tokio::test]
+async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
+    use prost::Message;
+    let app = TestApp::start().await;
+    let user = app.register("window@example.org").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let url = app.ctx.database.url.clone();
+    // Holds the mark's table, so that the login stops at its read of the
+    // mark, its session written but not committed, and the revocation
+    // stops where it writes the mark: the narrowest window, held open.
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
+        diesel::sql_query("LOCK TABLE auth.user_revocations IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        held.recv().unwrap();
+        diesel::sql_query("COMMIT").execute(&mut conn).unwrap();
+    });
+    locked.await.unwrap();
+    let watch_url = app.ctx.database.url.clone();
+    let mut watch =
+        tokio::task::spawn_blocking(move || diesel::PgConnection::establish(&watch_url).unwrap())
+            .await
+            .unwrap();
+    let login = {
+        let http = app.http.clone();
+        let url = format!("{}/v1/auth/login", app.auth_base);
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&serde_json::json!({"email": "window@example.org", "password": crate::support::PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    watch = tokio::task::spawn_blocking(move || {
+        await_waiters(&mut watch, 1);
+        watch
+    })
+    .await
+    .unwrap();
+    // A reset, stamped after the login began.
+    let payload = gatehouse::proto::events::v1::UserEvent {
+        user_id: user_id.clone(),
+        ..Default::default()
+    };
+    let event_id = uuid::Uuid::now_v7().to_string();
+    app.ctx
+        .bus
+        .publish(gatehouse::kernel::bus::Envelope {
+            id: event_id.clone(),
+            r#type: "identity.password.reset".into(),
+            source: "identity".into(),
+            subject: user_id.clone(),
+            occurred_at_unix_ms: (app.clock.now() + chrono::Duration::seconds(1))
+                .timestamp_millis(),
+            payload: payload.encode_to_vec(),
+        })
+        .await
+        .unwrap();
+    let mut watch = tokio::task::spawn_blocking(move || {
+        await_waiters(&mut watch, 2);
+        watch
+    })
+    .await
+    .unwrap();
+    hold.send(()).unwrap();
+    holder.join().unwrap();
+    let status = login.await.unwrap();
+    assert!(status == 200 || status == 401, "{status}");
+    // Once the reset is handled, no session of the user is live.
+    let live = tokio::task::spawn_blocking(move || {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let count = |conn: &mut diesel::PgConnection, sql: &str, bind: &str| {
+            diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Text, _>(bind)
+                .get_result::<Count>(conn)
+                .unwrap()
+                .n
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count(
+            &mut watch,
+            "SELECT count(*) AS n FROM auth.processed_events WHERE event_id = $1",
+            &event_id,
+        ) == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reset was never handled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        count(
+            &mut watch,
+            "SELECT count(*) AS n FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL",
+            &user_id,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        live, 0,
+        "a session opened by a login under way outlived the reset"
+    );
 }

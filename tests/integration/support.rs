@@ -36,6 +36,8 @@ pub struct TestApp {
     pub auth_base: String,
     /// The gateway's base URL.
     pub gateway_base: String,
+    /// The operator listener's base URL (metrics).
+    pub ops_base: String,
     pub ctx: ServiceContext,
     pub notifier: MemoryNotifier,
     pub clock: Arc<ManualClock>,
@@ -112,6 +114,18 @@ impl TestApp {
             .await
             .unwrap()
             .json()
+            .await
+            .unwrap()
+    }
+
+    /// The process's metrics, as the operator listener serves them.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.ops_base))
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }
@@ -202,6 +216,20 @@ impl TestApp {
         self.notifier.sent.lock().unwrap().len()
     }
 
+    /// Waits (up to 5 s) until `count` notices have been sent: links go out
+    /// after their request has been answered.
+    pub async fn await_notices(&self, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.notices() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {count} notices were sent",
+                self.notices()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops the service gracefully and waits for it.
     pub async fn stop(&mut self) {
         self.ctx.shutdown.cancel();
@@ -284,15 +312,19 @@ impl Builder {
             .unwrap();
         let auth = gatehouse::auth::start(&ctx, self.auth).await.unwrap();
         let gateway = gatehouse::gateway::start(&ctx, self.gateway).await.unwrap();
+        let ops = gatehouse::kernel::ops::start(&ctx, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         TestApp {
             gateway_base: format!("http://{}", gateway.addr),
+            ops_base: format!("http://{}", ops.addr),
             base: format!("http://{}", identity.addr),
             auth_base: format!("http://{}", auth.addr),
             ctx,
             notifier,
             clock,
             http: reqwest::Client::new(),
-            running: vec![identity, auth, gateway],
+            running: vec![identity, auth, gateway, ops],
             storage,
         }
     }
