@@ -309,7 +309,17 @@ impl Auth {
         let count = self
             .db
             .run(move |c| {
-                c.transaction(|c| end_user_sessions(c, &user, keep.as_deref(), &reason, now, by))
+                c.transaction(|c| {
+                    // Ordered with logins under way (see `store::lock_user`);
+                    // when every session ends, a login that began before
+                    // opens none either, as after a reset.
+                    store::lock_user(c, &user)?;
+                    let ended = end_user_sessions(c, &user, keep.as_deref(), &reason, now, by)?;
+                    if keep.is_none() {
+                        store::raise_watermark(c, &user, now.naive_utc())?;
+                    }
+                    Ok::<_, AuthError>(ended)
+                })
             })
             .await?;
         if count > 0 {

@@ -233,7 +233,10 @@ pub fn lock_user(conn: &mut DbConnection, user_id: &str) -> QueryResult<()> {
             Ok(())
         }
         #[cfg(feature = "sqlite")]
-        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Sqlite(_) => {
+            let _ = user_id;
+            Ok(())
+        }
     }
 }
 

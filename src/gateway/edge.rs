@@ -1,5 +1,5 @@
 //! What answers one client connection: the gateway's own paths (health,
-//! metrics, the API document and docs) go to its router, everything else
+//! the API document and docs) go to its router, everything else
 //! straight to the proxy under the same shared layers, with no routing
 //! table in between (the proxy has its own, see `routes.rs`).
 

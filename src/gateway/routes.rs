@@ -241,6 +241,12 @@ impl RouteTable {
                 {
                     *method = upper;
                 }
+                if *method == "CONNECT" || *method == "TRACE" {
+                    return Err(format!(
+                        "gateway.routes: {method} is never forwarded (route {:?})",
+                        config.prefix
+                    ));
+                }
             }
             routes.retain(|r| r.segments != segments);
             routes.push(Route {

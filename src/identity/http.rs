@@ -166,6 +166,7 @@ struct EmailBody {
     responses(
         (status = 202, description = "A reset link is on its way if the address has an account"),
         (status = 422, description = "The address is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many link requests are waiting; try again later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn request_reset(
@@ -212,6 +213,7 @@ async fn confirm_reset(
     responses(
         (status = 202, description = "A verification link is on its way if the address has an account"),
         (status = 422, description = "The address is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many link requests are waiting; try again later", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn request_verification(

@@ -83,6 +83,12 @@ pub struct ServerConfig {
     /// before it is wound up (a GOAWAY; its requests in flight may finish),
     /// and then closed after as long again without one.
     pub http2_idle_timeout_ms: u64,
+    /// How long a write to a client may wait for room before the client,
+    /// which has stopped reading, is cut off.
+    pub write_timeout_ms: u64,
+    /// Most requests one HTTP/2 client connection may have in flight at
+    /// once (each may take a connection to an upstream instance).
+    pub http2_max_concurrent_streams: u32,
     /// Where the process serves its metrics (and a liveness answer) to
     /// operators: loopback by default, never a port clients reach.
     pub ops_listen: std::net::SocketAddr,
@@ -96,6 +102,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             header_read_timeout_ms: 10_000,
             http2_idle_timeout_ms: 180_000,
+            write_timeout_ms: 10_000,
+            http2_max_concurrent_streams: 32,
             ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }

@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use smallvec::SmallVec;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,10 @@ pub struct Serving<S> {
     /// How long a connection handed to hyper may go without a byte from
     /// its client before it is wound up (see [`hand_off`]).
     pub idle_timeout: Duration,
+    /// How long a write to the client may wait for room: a client that
+    /// stops reading is cut off after this, as one that stops sending is
+    /// after `header_timeout`.
+    pub write_timeout: Duration,
 }
 
 /// Serves `stream` until it closes, fails, or shutdown has begun and it
@@ -92,13 +96,14 @@ where
         shutdown,
         header_timeout,
         idle_timeout,
+        write_timeout,
     } = serving;
     let mut conn = Conn {
         stream,
         read: BytesMut::with_capacity(READ_SPACE),
         write: BytesMut::with_capacity(READ_SPACE),
     };
-    let mut deadline = HeadDeadline::new(header_timeout);
+    let mut deadline = HeadDeadline::new(header_timeout, write_timeout);
     let mut stopping = pin!(shutdown.cancelled());
     loop {
         deadline.start();
@@ -112,6 +117,8 @@ where
                             watcher,
                             shutdown: shutdown.clone(),
                             idle_timeout,
+                            first_request: header_timeout,
+                            write_timeout,
                         };
                         return hand_off(conn, service, hyper, over).await;
                     }
@@ -137,7 +144,10 @@ where
             keep: keep_alive.keep && !shutdown.is_cancelled(),
             ..keep_alive
         };
-        match conn.write_answer(answer, head, keep_alive).await {
+        match conn
+            .write_answer(answer, head, keep_alive, &mut deadline)
+            .await
+        {
             Ok(true) => {}
             Ok(false) | Err(_) => return,
         }
@@ -228,6 +238,7 @@ impl Conn {
         answer: Response,
         head: bool,
         keep_alive: KeepAlive,
+        deadline: &mut HeadDeadline,
     ) -> io::Result<bool> {
         let (parts, mut body) = answer.into_parts();
         let status = parts.status;
@@ -275,7 +286,7 @@ impl Conn {
         recycle_headers(parts.headers);
         if bodiless {
             drop(body);
-            self.stream.write_all(&self.write).await?;
+            write_bounded(&mut self.stream, &self.write, deadline).await?;
             return Ok(keep);
         }
         let mut framing = match length {
@@ -293,7 +304,7 @@ impl Conn {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
                         if !self.write.is_empty() {
-                            self.stream.write_all(&self.write).await?;
+                            write_bounded(&mut self.stream, &self.write, deadline).await?;
                             self.write.clear();
                         }
                         std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -310,7 +321,7 @@ impl Conn {
                         return Ok(false);
                     }
                     if self.write.len() >= WRITE_BATCH {
-                        self.stream.write_all(&self.write).await?;
+                        write_bounded(&mut self.stream, &self.write, deadline).await?;
                         self.write.clear();
                     }
                 }
@@ -322,7 +333,7 @@ impl Conn {
                         return Ok(false);
                     }
                     if !self.write.is_empty() {
-                        self.stream.write_all(&self.write).await?;
+                        write_bounded(&mut self.stream, &self.write, deadline).await?;
                         self.write.clear();
                     }
                     return Ok(keep);
@@ -330,6 +341,43 @@ impl Conn {
             }
         }
     }
+}
+
+/// Writes all of `buf` to `stream`, failing with `TimedOut` when a write
+/// finds no room for longer than the connection's write limit. A write
+/// that goes through at once, as almost all do, reads no clock and moves no
+/// timer: the deadline is set only when the socket first has no room.
+async fn write_bounded(
+    stream: &mut TcpStream,
+    buf: &[u8],
+    deadline: &mut HeadDeadline,
+) -> io::Result<()> {
+    let mut written = 0;
+    let mut waiting = false;
+    std::future::poll_fn(|cx| {
+        while written < buf.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &buf[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    waiting = false;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if !waiting {
+                        waiting = true;
+                        deadline.start_write();
+                    }
+                    if deadline.poll_passed(cx) {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// A message body written into a buffer in its framing: a length
@@ -600,6 +648,10 @@ struct Over {
     watcher: Watcher,
     shutdown: CancellationToken,
     idle_timeout: Duration,
+    /// By when the connection must have made its first request.
+    first_request: Duration,
+    /// How long a write may wait for room (see [`write_bounded`]).
+    write_timeout: Duration,
 }
 
 /// Hands the connection to hyper, with the bytes read and not yet served.
@@ -610,7 +662,10 @@ struct Over {
 /// closed when no byte has gone either way for another `idle_timeout` after
 /// that, whether or not its client answered the GOAWAY. An HTTP/2 client
 /// that opens a connection and leaves it idle does not hold it for ever,
-/// while a stream that sends now and then keeps it.
+/// while a stream that sends now and then keeps it. A connection that has
+/// made no request within `first_request` of being handed over (an HTTP/2
+/// preface, then only pings and settings) is closed then. A write that
+/// finds no room for `write_timeout` fails, and ends the connection.
 async fn hand_off<S>(conn: Conn, service: S, hyper: auto::Builder<TokioExecutor>, over: Over)
 where
     S: ConnectionService,
@@ -618,20 +673,28 @@ where
 {
     let Conn { stream, read, .. } = conn;
     let moved = Arc::new(AtomicUsize::new(0));
-    let io = Rewind {
-        read: read.freeze(),
-        stream,
-        moved: moved.clone(),
-    };
     let Over {
         watcher,
         shutdown,
         idle_timeout,
+        first_request,
+        write_timeout,
     } = over;
-    let connection = hyper.serve_connection_with_upgrades(TokioIo::new(io), InPlace::new(service));
+    let io = Rewind {
+        read: read.freeze(),
+        stream,
+        moved: moved.clone(),
+        write_limit: write_timeout,
+        write_deadline: None,
+    };
+    let service = InPlace::new(service);
+    let calls = service.calls();
+    let connection = hyper.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = pin!(connection);
     let mut stopping = pin!(shutdown.cancelled());
     let mut check = pin!(tokio::time::sleep(idle_timeout));
+    let mut first = pin!(tokio::time::sleep(first_request));
+    let mut asked = false;
     let mut seen = 0;
     let mut wound_up = false;
     let ended = loop {
@@ -640,6 +703,13 @@ where
             () = stopping.as_mut(), if !wound_up => {
                 wound_up = true;
                 connection.as_mut().graceful_shutdown();
+            }
+            () = first.as_mut(), if !asked => {
+                asked = true;
+                // Nothing in flight to finish: closed as it is.
+                if calls.load(Ordering::Relaxed) == 0 {
+                    break None;
+                }
             }
             () = check.as_mut() => {
                 let now = moved.load(Ordering::Relaxed);
@@ -669,6 +739,33 @@ struct Rewind {
     stream: TcpStream,
     /// Reads and writes that moved bytes.
     moved: Arc<AtomicUsize>,
+    /// How long a write may find no room before it fails.
+    write_limit: Duration,
+    /// Set while a write waits for room.
+    write_deadline: Option<Deadline>,
+}
+
+impl Rewind {
+    /// `written`, a write's outcome, failed with `TimedOut` when it has
+    /// waited for room past the write limit.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.write_deadline = None;
+            return written;
+        }
+        let limit = self.write_limit;
+        let deadline = self
+            .write_deadline
+            .get_or_insert_with(|| Deadline::new(Instant::now() + limit));
+        if deadline.poll_passed(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
 }
 
 impl Rewind {
@@ -707,7 +804,7 @@ impl AsyncWrite for Rewind {
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
         self.count(&written, !buf.is_empty());
-        written
+        self.bound_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -717,7 +814,7 @@ impl AsyncWrite for Rewind {
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         self.count(&written, bufs.iter().any(|b| !b.is_empty()));
-        written
+        self.bound_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -737,13 +834,17 @@ impl AsyncWrite for Rewind {
 /// one timer per connection (see [`Deadline`]).
 struct HeadDeadline {
     limit: Duration,
+    /// How long a write may wait for room; the same timer serves, as a
+    /// connection is never waiting for a head and a write at once.
+    write_limit: Duration,
     deadline: Deadline,
 }
 
 impl HeadDeadline {
-    fn new(limit: Duration) -> HeadDeadline {
+    fn new(limit: Duration, write_limit: Duration) -> HeadDeadline {
         HeadDeadline {
             limit,
+            write_limit,
             deadline: Deadline::new(Instant::now() + limit),
         }
     }
@@ -751,6 +852,11 @@ impl HeadDeadline {
     /// A wait for a new head begins.
     fn start(&mut self) {
         self.deadline.set(Instant::now() + self.limit);
+    }
+
+    /// A wait for room to write begins.
+    fn start_write(&mut self) {
+        self.deadline.set(Instant::now() + self.write_limit);
     }
 
     /// Whether the current wait has passed its deadline; when not, the

@@ -1,7 +1,8 @@
 //! Prometheus metrics, declared here in one place with their help text.
-//! Names carry their unit (`_seconds`, `_total`). Every server exposes them at
-//! `/metrics`; in the all-in-one process the services share one registry and
-//! are told apart by the `service` label.
+//! Names carry their unit (`_seconds`, `_total`). Each process serves them at
+//! `/metrics` on its operator listener (`ops.rs`), never on a public port; in
+//! the all-in-one process the services share one registry and are told apart
+//! by the `service` label.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -117,6 +117,8 @@ where
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let header_timeout = Duration::from_millis(config.header_read_timeout_ms);
     let idle_timeout = Duration::from_millis(config.http2_idle_timeout_ms.max(1));
+    let write_timeout = Duration::from_millis(config.write_timeout_ms.max(1));
+    let max_streams = config.http2_max_concurrent_streams.max(1);
     tokio::spawn(async move {
         let addr = listener.local_addr()?;
         tracing::info!(service = name, %addr, "listening");
@@ -129,6 +131,9 @@ where
             // API traffic, copying the body next to the head and writing
             // once costs less than hyper's queue of buffers for writev.
             .writev(false);
+        // Each stream of an HTTP/2 client may become a connection to an
+        // upstream instance: one client connection takes only so many.
+        builder.http2().max_concurrent_streams(max_streams);
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -153,6 +158,7 @@ where
                 shutdown: shutdown.child_token(),
                 header_timeout,
                 idle_timeout,
+                write_timeout,
             };
             let Some(io) = &io else {
                 tokio::spawn(http1::serve(stream, serving));
@@ -304,13 +310,21 @@ pub fn with_peer(router: Router, peer: SocketAddr) -> impl ConnectionService<Fut
 /// with the request, as the tower contract asks.
 pub(super) struct InPlace<S> {
     service: std::cell::RefCell<S>,
+    /// Requests it was called with.
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<S> InPlace<S> {
     pub(super) fn new(service: S) -> Self {
         InPlace {
             service: std::cell::RefCell::new(service),
+            calls: std::sync::Arc::default(),
         }
+    }
+
+    /// The count of requests it was called with, shared.
+    pub(super) fn calls(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.calls.clone()
     }
 }
 
@@ -326,6 +340,8 @@ where
         InPlaceFuture<S::Future, tower::util::Oneshot<S, http::Request<axum::body::Body>>>;
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         call_in_place(
             &mut self.service.borrow_mut(),
             req.map(axum::body::Body::new),

@@ -8,8 +8,8 @@
 //! take it from incoming headers ([`parent_from`]), gRPC clients add it to
 //! every outgoing call ([`inject_current`]).
 //!
-//! See the README's logging section for the field habits: structured fields,
-//! units in names, never secrets or tokens.
+//! See the logging section of docs/operations.md for the field habits:
+//! structured fields, units in names, never secrets or tokens.
 
 use std::io::IsTerminal;
 

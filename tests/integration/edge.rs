@@ -454,3 +454,52 @@ async fn a_request_carries_one_credential_and_a_plain_request_id_of_its_own() {
         }
     }
 }
+
+#[tokio::test]
+async fn one_http2_client_connection_opens_only_so_many_upstream_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Each connection answers its requests slowly, so that concurrent
+    // requests need connections of their own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while read_request(&mut stream, &mut pending).await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let app = gateway("slow", url, |g| {
+        let mut route = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
+        route.rate_limit = false;
+        g.routes.push(route);
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let asks = (0..100).map(|i| {
+        let (client, url) = (client.clone(), format!("{}/slow/{i}", app.gateway_base));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    });
+    for ask in asks.collect::<Vec<_>>() {
+        assert_eq!(ask.await.unwrap(), 200);
+    }
+    let limit = gatehouse::kernel::config::ServerConfig::default().http2_max_concurrent_streams;
+    let opened = connections.load(Ordering::SeqCst);
+    assert!(
+        opened <= limit as usize,
+        "{opened} upstream connections for one client"
+    );
+}

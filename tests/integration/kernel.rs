@@ -424,3 +424,84 @@ async fn an_http10_client_gets_its_answer_and_then_the_connection_closes() {
         assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
     }
 }
+
+#[tokio::test]
+async fn an_http2_connection_that_asks_nothing_is_closed() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let app = TestApp::builder()
+        .server(|s| s.header_read_timeout_ms = 300)
+        .start()
+        .await;
+    for base in [&app.base, &app.gateway_base] {
+        let mut stream = raw_connection(base).await;
+        stream.write_all(PREFACE).await.unwrap();
+        stream.write_all(&SETTINGS).await.unwrap();
+        // Pings and nothing else: bytes move, but no request ever comes.
+        let started = Instant::now();
+        let mut closed = false;
+        while started.elapsed() < Duration::from_secs(5) {
+            if stream.write_all(&PING).await.is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await
+            {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "{base}: open after 5 s of pings without a request");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder()
+        .server(|s| {
+            s.write_timeout_ms = 300;
+            s.header_read_timeout_ms = 30_000;
+        })
+        .start()
+        .await;
+    let addr: std::net::SocketAddr = app
+        .gateway_base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // The first request is served by the kernel's loop; one with a body
+    // hands the connection to hyper for the rest.
+    for first in [
+        "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST /v1/users HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let mut requests = first.to_owned();
+        for _ in 0..1000 {
+            requests.push_str("GET /openapi.json HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        stream.write_all(requests.as_bytes()).await.unwrap();
+        // Reads nothing for a while: the answers pile up unread.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "{first:?}: the connection was still open");
+        let answers = String::from_utf8_lossy(&got)
+            .matches("HTTP/1.1 200")
+            .count();
+        assert!(
+            answers < 1000,
+            "{first:?}: all {answers} answers were written"
+        );
+    }
+}
