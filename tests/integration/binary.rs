@@ -56,8 +56,6 @@ pub async fn login(
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,
-    /// Where its operator endpoints (metrics) are served.
-    pub ops_base: String,
     /// Every log line read so far.
     pub seen: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -74,12 +72,9 @@ impl ServiceProcess {
         env: &[(&str, String)],
     ) -> ServiceProcess {
         let mut cmd = Command::new(binary);
-        let ops_port = free_port();
         cmd.env("GATEHOUSE_DATA_DIR", data)
-            .env(
-                "GATEHOUSE_SERVER__OPS_LISTEN",
-                format!("127.0.0.1:{ops_port}"),
-            )
+            // A port of the system's choosing, read from the log: see `ops_base`.
+            .env("GATEHOUSE_SERVER__OPS_LISTEN", "127.0.0.1:0")
             .env(
                 format!("GATEHOUSE_{}__LISTEN", service.to_uppercase()),
                 format!("127.0.0.1:{port}"),
@@ -106,7 +101,6 @@ impl ServiceProcess {
         ServiceProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            ops_base: format!("http://127.0.0.1:{ops_port}"),
             seen: Vec::new(),
             lines,
         }
@@ -133,6 +127,21 @@ impl ServiceProcess {
     /// Waits for a log line containing `needle`.
     pub fn wait_line(&mut self, needle: &str) -> String {
         self.wait_for(|line| line.contains(needle))
+    }
+
+    /// Where its operator endpoints (metrics) are served, as it logged.
+    pub fn ops_base(&mut self) -> String {
+        let logged = |l: &str| l.contains("operator endpoints listening");
+        let line = match self.seen.iter().find(|l| logged(l)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(logged),
+        };
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = entry["fields"]["addr"]
+            .as_str()
+            .or_else(|| entry["addr"].as_str())
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        format!("http://{addr}")
     }
 
     /// Waits until the service logged that it started.

@@ -341,8 +341,8 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
             .any(|l| l.contains("v4.public.") || l.contains(PASSWORD))
     );
     let (a, b) = (
-        answered(&first.ops_base, "/v1/users/me").await,
-        answered(&second.ops_base, "/v1/users/me").await,
+        answered(&first.ops_base(), "/v1/users/me").await,
+        answered(&second.ops_base(), "/v1/users/me").await,
     );
     assert_eq!(a + b, 40);
     assert!(a > 0 && b > 0, "both instances get traffic: {a} and {b}");
@@ -370,7 +370,7 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_kill = answered(&first.ops_base, "/v1/users/me").await;
+    let before_kill = answered(&first.ops_base(), "/v1/users/me").await;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
