@@ -21,6 +21,12 @@ build-all:
     cargo build --no-default-features --features gateway,sqlite,postgres --bin gatehouse-gateway
     cargo build --bin gatehouse
 
+# Fuzzes the public API through the gateway: schemathesis, driven by the
+# merged /openapi.json, every check and phase (scripts/fuzz-api.sh).
+fuzz-api:
+    cargo build --bin gatehouse
+    scripts/fuzz-api.sh
+
 fmt-check:
     cargo fmt --check
 
@@ -28,7 +34,7 @@ clippy:
     cargo clippy --all-targets --features it-postgres,bench -- -D warnings
 
 # Everything CI checks.
-ci: fmt-check clippy build-all test test-postgres
+ci: fmt-check clippy build-all test test-postgres fuzz-api
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: core (platform scenarios), edge (gateway next to nginx), all.

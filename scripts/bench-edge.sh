@@ -116,7 +116,7 @@ prefix = "/bench/private"
 service = "bench"
 auth = "required"
 CONF
-GATEHOUSE_DATA_DIR="$work" "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
+GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
     >"$work/gateway.log" 2>&1 &
 pids+=($!)
 

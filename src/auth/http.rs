@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::error::AuthError;
 use super::service::{Auth, TokenPair};
 use crate::kernel::error::{ApiJson, Problem};
-use crate::kernel::openapi::BearerScheme;
+use crate::kernel::openapi::{BearerScheme, CommonResponses};
 use crate::middleware::bearer;
 use crate::middleware::token::Principal;
 
@@ -31,7 +31,7 @@ use crate::middleware::token::Principal;
         description = "Sign-in: tokens, refresh, sessions, signing keys."
     ),
     paths(login, refresh, keys, logout, sessions, end_session),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     tags((name = "auth", description = "Tokens and sessions"))
 )]
 pub struct ApiDoc;
@@ -72,7 +72,9 @@ async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next)
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    #[schema(min_length = 1, max_length = 4096)]
     password: String,
 }
 
@@ -192,7 +194,7 @@ async fn sessions(
     path = "/v1/auth/sessions/{id}",
     tag = "auth",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The session id")),
+    params(("id" = String, Path, format = Uuid, description = "The session id")),
     responses(
         (status = 204, description = "The session is ended"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),

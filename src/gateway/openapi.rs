@@ -140,6 +140,14 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
     }
     let mut paths = Map::new();
     let mut components = Map::new();
+    // The shape of the gateway's own answers, which every operation
+    // lists (see `edge_answers`): a service's `Problem` of another shape
+    // is renamed.
+    let problem = <crate::kernel::error::Problem as utoipa::PartialSchema>::schema();
+    components.insert(
+        "schemas".into(),
+        json!({ "Problem": serde_json::to_value(problem).unwrap_or_default() }),
+    );
     let mut unavailable = Vec::new();
     for ((service, _), doc) in services.iter().zip(docs) {
         let service = service.as_str();
@@ -380,6 +388,7 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
                 if route.config.auth == AuthPolicy::Required {
                     operation.insert("security".into(), json!([{"bearer": []}]));
                 }
+                edge_answers(operation, &route.config);
             }
             kept.insert(key.clone(), value);
         }
@@ -394,6 +403,59 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
                 entry.entry(key).or_insert(value);
             }
         }
+    }
+}
+
+/// Adds to an operation the answers the gateway gives of its own on the
+/// route (see `fault.rs`), where the service's document does not list
+/// that status already.
+fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::config::RouteConfig) {
+    let mut answers = vec![
+        (
+            "400",
+            "The request is malformed: its path, query, Host, method or credentials (`invalid_path`, `invalid_query`, `invalid_host`, `invalid_method`, `several_credentials`)",
+        ),
+        (
+            "502",
+            "The service failed to answer (`upstream_failed`, `bad_upstream`)",
+        ),
+        (
+            "503",
+            "No instance of the service is available (`upstream_unavailable`)",
+        ),
+        (
+            "504",
+            "The service did not answer in time (`upstream_timeout`)",
+        ),
+    ];
+    if route.rate_limit {
+        answers.push((
+            "429",
+            "Too many requests from this client (`rate_limited`); see `Retry-After`",
+        ));
+    }
+    if route.auth != AuthPolicy::Public {
+        answers.push((
+            "401",
+            "The bearer token is missing, malformed, expired or revoked",
+        ));
+    }
+    let Some(responses) = operation
+        .entry("responses")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+    else {
+        return;
+    };
+    for (status, description) in answers {
+        responses.entry(status).or_insert_with(|| {
+            json!({
+                "description": description,
+                "content": {"application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/Problem"}
+                }},
+            })
+        });
     }
 }
 

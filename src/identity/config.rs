@@ -46,6 +46,8 @@ impl Default for IdentityConfig {
 pub struct PasswordPolicy {
     /// Fewest characters (Unicode scalar values) a password may have.
     pub min_length: usize,
+    /// Most characters a password may have.
+    pub max_length: usize,
     /// Most bytes a password may have; bounds the work one request can cause.
     pub max_bytes: usize,
 }
@@ -54,6 +56,7 @@ impl Default for PasswordPolicy {
     fn default() -> Self {
         Self {
             min_length: 12,
+            max_length: 256,
             max_bytes: 1024,
         }
     }

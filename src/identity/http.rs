@@ -17,9 +17,29 @@ use super::error::IdentityError;
 use super::password::Password;
 use super::service::{Identity, Registration, User, UserId};
 use crate::kernel::error::{ApiJson, Problem};
-use crate::kernel::openapi::BearerScheme;
+use crate::kernel::openapi::{BearerScheme, CommonResponses};
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::token::Principal;
+
+/// The description of identity's public HTTP API, with the password rule
+/// of `policy` stated on every password a body carries.
+pub fn api_doc(policy: &super::config::PasswordPolicy) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    // JSON Schema counts characters; a password within the byte limit at
+    // four bytes a character passes whatever it is made of.
+    let max = policy.max_length.min(policy.max_bytes / 4);
+    crate::kernel::openapi::constrain_strings(
+        &mut doc,
+        &[
+            ("RegisterBody", "password"),
+            ("PasswordBody", "new_password"),
+            ("ConfirmResetBody", "new_password"),
+        ],
+        policy.min_length,
+        max,
+    );
+    doc
+}
 
 /// The description of identity's public HTTP API.
 #[derive(OpenApi)]
@@ -39,7 +59,7 @@ use crate::middleware::token::Principal;
         delete_me,
         change_my_password
     ),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     tags((name = "identity", description = "Users and their credentials"))
 )]
 pub struct ApiDoc;
@@ -107,8 +127,14 @@ impl From<&User> for UserView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     password: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     display_name: String,
 }
 
@@ -155,6 +181,7 @@ pub fn etag(user: &User) -> String {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EmailBody {
+    #[schema(format = Email, max_length = 254)]
     email: String,
 }
 
@@ -275,31 +302,48 @@ async fn me(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProfileBody {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     display_name: Option<String>,
 }
 
-/// `If-Match: "N"` (or `W/"N"`) as a version; `*` matches any.
+/// `If-Match: "N"` (or `W/"N"`) as a version; `*` matches any. Anything
+/// else is refused, as the API document's pattern for the field says.
 fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, IdentityError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or("").trim();
-    if text == "*" {
+    let refused = || IdentityError::invalid("If-Match", "must be an ETag this API gave out");
+    let text = value.as_bytes();
+    // An empty field names no version: as if there were none.
+    if text == b"*" || text.trim_ascii().is_empty() {
         return Ok(None);
     }
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
+    let quoted = text.strip_prefix(b"W/").unwrap_or(text);
+    let digits = quoted
+        .strip_prefix(b"\"")
+        .and_then(|rest| rest.strip_suffix(b"\""))
+        .filter(|d| (1..=MAX_VERSION_DIGITS).contains(&d.len()) && d.iter().all(u8::is_ascii_digit))
+        .ok_or_else(refused)?;
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
         .map(Some)
-        .map_err(|_| IdentityError::invalid("If-Match", "must be an ETag this API gave out"))
+        .ok_or_else(refused)
 }
+
+/// The most digits of a version an `If-Match` may carry.
+const MAX_VERSION_DIGITS: usize = 18;
 
 #[utoipa::path(
     patch,
     path = "/v1/users/me",
     tag = "identity",
     security(("bearer" = [])),
-    params(("if-match" = Option<String>, Header, description = "The ETag last seen; the change is refused if the user changed since")),
+    params(("if-match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[0-9]{1,18}")$"#, description = "The ETag last seen (`\"N\"`), or `*`; the change is refused if the user changed since")),
     request_body = ProfileBody,
     responses(
         (status = 200, description = "The changed user", body = UserView, headers(

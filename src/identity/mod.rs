@@ -20,7 +20,6 @@ pub mod store;
 use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use utoipa::OpenApi as _;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::db::{Db, Migrations};
@@ -99,6 +98,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let listen = config.listen;
     let advertise = config.advertise_url.clone();
+    let password_policy = config.password.clone();
     let (identity, db, relay_task) = open(ctx, config, notifier).await?;
     let check = TokenCheck::new(
         Arc::new(AuthKeys {
@@ -120,8 +120,9 @@ pub async fn start(
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(identity, check)
-            .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
+        http: http::routes(identity, check).merge(crate::kernel::openapi::serve(&http::api_doc(
+            &password_policy,
+        ))),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,

@@ -27,7 +27,7 @@ use crate::proto::events::v1::UserEvent;
 /// Longest email address accepted (RFC 5321 path limit).
 const MAX_EMAIL: usize = 254;
 /// Longest display name, in characters.
-const MAX_DISPLAY_NAME: usize = 100;
+pub const MAX_DISPLAY_NAME: usize = 100;
 /// Most ids one `GetUsers` call may ask for.
 pub const MAX_BATCH: usize = 500;
 
@@ -216,7 +216,7 @@ impl Identity {
         let email = validate_email(&input.email)?;
         let normalized = email.to_lowercase();
         let display_name = validate_display_name(&input.display_name)?;
-        self.check_policy(&input.password)?;
+        self.check_policy(&input.password, "password")?;
         // Cheap early answer for the common duplicate; the unique index still
         // decides races between concurrent registrations.
         let probe = normalized.clone();
@@ -424,7 +424,7 @@ impl Identity {
         // Checked like a login: counted, locked after too many failures, so
         // a stolen access token cannot guess the password without limit.
         let checked = self.verify_credentials(&row.email, current).await?;
-        self.check_policy(new)?;
+        self.check_policy(new, "new_password")?;
         let hash = self.hasher.hash(new).await?;
         let now = self.now();
         let at = self.clock.now();
@@ -504,7 +504,7 @@ impl Identity {
 
     /// Sets a new password with a reset token; the token works once.
     pub async fn reset_password(&self, token: &str, new: &Password) -> Result<(), IdentityError> {
-        self.check_policy(new)?;
+        self.check_policy(new, "new_password")?;
         let token_hash = hash_token(token);
         let now = self.now();
         // Check before the costly hash so bad tokens cost no scrypt time.
@@ -640,18 +640,26 @@ impl Identity {
             .await;
     }
 
-    fn check_policy(&self, password: &Password) -> Result<(), IdentityError> {
+    /// Checks `password` against the policy; a problem names `field`, the
+    /// body field the password came in.
+    fn check_policy(&self, password: &Password, field: &'static str) -> Result<(), IdentityError> {
         let policy = &self.config.password;
         let text = password.as_str();
         if text.chars().count() < policy.min_length {
             return Err(IdentityError::invalid(
-                "password",
+                field,
                 format!("must be at least {} characters long", policy.min_length),
+            ));
+        }
+        if text.chars().count() > policy.max_length {
+            return Err(IdentityError::invalid(
+                field,
+                format!("must be at most {} characters long", policy.max_length),
             ));
         }
         if text.len() > policy.max_bytes {
             return Err(IdentityError::invalid(
-                "password",
+                field,
                 format!("must be at most {} bytes long", policy.max_bytes),
             ));
         }
@@ -690,9 +698,13 @@ pub fn validate_email(email: &str) -> Result<String, IdentityError> {
 }
 
 pub fn validate_display_name(name: &str) -> Result<String, IdentityError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(IdentityError::invalid("display_name", "must not be empty"));
+    // Judged as sent, before trimming: the API document states these
+    // rules of the value a client sends (see `http.rs`).
+    if name.chars().any(char::is_control) {
+        return Err(IdentityError::invalid(
+            "display_name",
+            "must not contain control characters",
+        ));
     }
     if name.chars().count() > MAX_DISPLAY_NAME {
         return Err(IdentityError::invalid(
@@ -700,11 +712,9 @@ pub fn validate_display_name(name: &str) -> Result<String, IdentityError> {
             format!("must be at most {MAX_DISPLAY_NAME} characters long"),
         ));
     }
-    if name.chars().any(char::is_control) {
-        return Err(IdentityError::invalid(
-            "display_name",
-            "must not contain control characters",
-        ));
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(IdentityError::invalid("display_name", "must not be empty"));
     }
     Ok(name.to_owned())
 }
@@ -767,6 +777,10 @@ mod tests {
         assert!(validate_display_name("   ").is_err());
         assert!(validate_display_name(&"x".repeat(101)).is_err());
         assert!(validate_display_name("a\u{0}b").is_err());
+        // Judged as sent: a control character is refused even where
+        // trimming would take it away.
+        assert!(validate_display_name("Ann\n").is_err());
+        assert!(validate_display_name(&format!(" {}", "x".repeat(100))).is_err());
     }
 
     #[test]

@@ -80,8 +80,12 @@ impl IntoResponse for Problem {
 }
 
 /// A JSON body extractor whose rejections are problem+json: malformed JSON is
-/// 400, a wrong or missing field 422, a missing content type 415, and a body
-/// over the limit 413.
+/// 400, a body that is not a JSON object or has a wrong or missing field
+/// 422, a missing content type 415, and a body over the limit 413.
+///
+/// Only an object passes: serde would otherwise fill a struct from an array
+/// of its fields in order (`["ann@example.org", "secret"]` for a login),
+/// a shape no client is told of and no check looks for.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -92,10 +96,25 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        let value = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => return Err(json_problem(&rejection)),
+        };
+        if !value.is_object() {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "The request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "The request body does not have the expected fields",
+            )
+            .detail(e.to_string())
+        })
     }
 }
 

@@ -7,8 +7,10 @@ use axum::body::Bytes;
 use axum::routing::get;
 use http::header;
 use utoipa::Modify;
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{Ref, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, RefOr, ResponseBuilder};
 
 /// Adds the `bearer` scheme that signed-in operations name: a PASETO
 /// v4.public access token from `POST /v1/auth/login`.
@@ -43,4 +45,117 @@ pub fn serve(doc: &OpenApi) -> Router {
             async move { ([(header::CONTENT_TYPE, "application/json")], json) }
         }),
     )
+}
+
+/// Adds to every operation the answers the shared server stack gives
+/// whatever the handler (see `server.rs` and `error.rs`): for an operation
+/// with a JSON body, 400 `malformed_json`, 413 `payload_too_large`, 415
+/// `unsupported_media_type` and 422 `invalid_body`; for every operation,
+/// 400 `invalid_host`/`invalid_method` and 503 (`timeout`, or a
+/// dependency away). An answer the operation already documents is kept.
+pub struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_common(operation);
+            }
+        }
+    }
+}
+
+fn add_common(operation: &mut Operation) {
+    // A header field is there or not: it has no `null`, which utoipa
+    // allows an optional one.
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.parameter_in != ParameterIn::Header {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema
+            && let SchemaType::Array(types) = &schema.schema_type
+        {
+            let types: Vec<Type> = types
+                .iter()
+                .filter(|t| **t != Type::Null)
+                .cloned()
+                .collect();
+            if let [only] = types.as_slice() {
+                schema.schema_type = SchemaType::Type(only.clone());
+            }
+        }
+    }
+    let mut answers = vec![
+        (
+            "400",
+            "The request is malformed: its Host or method (`invalid_host`, `invalid_method`), or its JSON body (`malformed_json`)",
+        ),
+        (
+            "503",
+            "A dependency is away or the request took too long; try again (`Retry-After`)",
+        ),
+    ];
+    if operation.request_body.is_some() {
+        answers.extend([
+            (
+                "413",
+                "The body is larger than accepted (`payload_too_large`)",
+            ),
+            (
+                "415",
+                "The body is not sent as `application/json` (`unsupported_media_type`)",
+            ),
+            (
+                "422",
+                "The body is not a JSON object with the expected fields (`invalid_body`), or a field is not valid (`validation_failed`, naming it in `field`)",
+            ),
+        ]);
+    }
+    for (status, description) in answers {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(problem(description)));
+    }
+}
+
+/// A problem+json answer described by `description`.
+pub fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+/// Sets the length bounds of string properties named as (schema, property)
+/// in `doc`'s components: a rule the service checks that the document
+/// would otherwise leave unsaid.
+pub fn constrain_strings(doc: &mut OpenApi, fields: &[(&str, &str)], min: usize, max: usize) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (schema, property) in fields {
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*schema) else {
+            continue;
+        };
+        if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(*property) {
+            field.min_length = Some(min);
+            field.max_length = Some(max);
+        }
+    }
 }

@@ -64,6 +64,15 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
     app.http
         .merge(health::routes(app.probes))
         .merge(app.grpc.into_axum_router())
+        // Every route's other methods: a problem, with the `Allow` field
+        // the router adds to it.
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed on this route",
+            )
+        })
         .fallback(|| async { Problem::not_found() })
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(

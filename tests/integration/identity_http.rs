@@ -429,3 +429,61 @@ async fn verification_can_be_requested_again_and_expires() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn only_json_objects_pass_and_wrong_methods_are_problems_too() {
+    let app = TestApp::start().await;
+    app.register("shape@example.org").await;
+    // An array of the fields in order is not a body of them.
+    let r = app
+        .auth_post("/v1/auth/login", json!(["shape@example.org", PASSWORD]))
+        .await;
+    assert_problem(r, 422, "invalid_body").await;
+    let r = app
+        .post("/v1/users", json!(["x@example.org", PASSWORD, "X"]))
+        .await;
+    assert_problem(r, 422, "invalid_body").await;
+    let pair = app.login("shape@example.org", PASSWORD).await;
+    let token = pair["access_token"].as_str().unwrap().to_owned();
+    for body in [json!([null, null]), json!("text"), json!(7)] {
+        let r = app
+            .with_token(
+                reqwest::Method::PATCH,
+                format!("{}/v1/users/me", app.base),
+                &token,
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, 422, "invalid_body").await;
+    }
+    // A problem about a new password names the field it came in.
+    let r = app
+        .with_token(
+            reqwest::Method::POST,
+            format!("{}/v1/users/me/password", app.base),
+            &token,
+        )
+        .json(&json!({"current_password": PASSWORD, "new_password": "short"}))
+        .send()
+        .await
+        .unwrap();
+    let p = assert_problem(r, 422, "validation_failed").await;
+    assert_eq!(p["field"], "new_password", "{p}");
+    // A method the route does not take: a problem, with what it takes.
+    for (base, path, allowed) in [
+        (&app.base, "/v1/users", "POST"),
+        (&app.auth_base, "/v1/auth/login", "POST"),
+        (&app.gateway_base, "/v1/users", "POST"),
+    ] {
+        let r = app.http.put(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.headers()["allow"], allowed, "{base}{path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{base}{path}"
+        );
+        assert_problem(r, 405, "method_not_allowed").await;
+    }
+}

@@ -402,3 +402,69 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
         .unwrap();
     assert!(init.contains("/openapi.json"), "{init}");
 }
+
+#[tokio::test]
+async fn the_document_states_every_answer_and_rule_the_api_keeps() {
+    let app = TestApp::start().await;
+    let doc = app.gateway_json("/openapi.json").await;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |op: &Value| -> Vec<String> {
+        op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    // A JSON body's answers, whatever the handler; the edge's own, on every route.
+    let register = op("/v1/users", "post");
+    for status in ["400", "413", "415", "422", "429", "502", "503", "504"] {
+        assert!(
+            statuses(&register).contains(&status.to_owned()),
+            "{status}: {register}"
+        );
+    }
+    let me = op("/v1/users/me", "get");
+    assert!(statuses(&me).contains(&"401".to_owned()));
+    for (_, answer) in me["responses"].as_object().unwrap() {
+        if let Some(content) = answer.get("content") {
+            assert!(
+                resolve(
+                    &doc,
+                    &content.as_object().unwrap().values().next().unwrap()["schema"]
+                )
+                .is_object()
+            );
+        }
+    }
+    // Formats and rules the services check.
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    assert_eq!(
+        schema("RegisterBody")["properties"]["email"]["format"],
+        "email"
+    );
+    assert_eq!(
+        schema("LoginBody")["properties"]["email"]["format"],
+        "email"
+    );
+    assert_eq!(
+        schema("RegisterBody")["properties"]["password"]["minLength"],
+        12
+    );
+    assert_eq!(
+        schema("PasswordBody")["properties"]["new_password"]["minLength"],
+        12
+    );
+    assert_eq!(
+        schema("ConfirmResetBody")["properties"]["new_password"]["maxLength"],
+        256
+    );
+    assert!(schema("ProfileBody")["properties"]["display_name"]["pattern"].is_string());
+    let session = op("/v1/auth/sessions/{id}", "delete");
+    assert_eq!(session["parameters"][0]["schema"]["format"], "uuid");
+    let patch = op("/v1/users/me", "patch");
+    let if_match = &patch["parameters"][0];
+    assert_eq!(if_match["name"], "if-match");
+    assert_eq!(if_match["schema"]["type"], "string");
+    assert!(if_match["schema"]["pattern"].is_string());
+}
