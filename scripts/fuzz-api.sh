@@ -67,7 +67,8 @@ status=0
     --generation-deterministic \
     --request-timeout 10 \
     --no-color \
-    --report junit --report-dir "$data/report" || status=$?
+    --generation-database none \
+    --report junit --report-dir "$target/fuzz-api-report" || status=$?
 if [ "$status" -ne 0 ] && grep -q '"level":"ERROR"' "$log"; then
     echo "--- platform errors"
     grep '"level":"ERROR"' "$log" | tail -20

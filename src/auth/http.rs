@@ -74,7 +74,8 @@ async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next)
 struct LoginBody {
     #[schema(format = Email, max_length = 254)]
     email: String,
-    #[schema(min_length = 1, max_length = 4096)]
+    /// At most 4096 bytes: 1024 characters of any kind fit.
+    #[schema(min_length = 1, max_length = 1024)]
     password: String,
 }
 

@@ -131,6 +131,9 @@ pub struct Published {
     pub published_until: Option<DateTime<Utc>>,
 }
 
+/// The signer, its key id, and when (by the injected clock) it was read.
+type ReadSigner = (Signer, String, DateTime<Utc>);
+
 /// Signing-key storage and rotation.
 #[derive(Clone)]
 pub struct KeyRing {
@@ -139,7 +142,7 @@ pub struct KeyRing {
     clock: Arc<dyn Clock>,
     cache_ttl: Duration,
     access_ttl: Duration,
-    signer: Arc<RwLock<Option<(Signer, String, std::time::Instant)>>>,
+    signer: Arc<RwLock<Option<ReadSigner>>>,
 }
 
 impl KeyRing {
@@ -229,12 +232,16 @@ impl KeyRing {
 
     /// The key to sign with now: the newest one whose `signs_from` has come.
     pub async fn signer(&self) -> Result<Signer, AuthError> {
+        let read_at = self.clock.now();
         if let Some((signer, _, at)) = locks::read(&self.signer).as_ref()
-            && at.elapsed() < SIGNER_RELOAD
+            // A clock set back leaves the signer read as fresh.
+            && (read_at - *at)
+                .to_std()
+                .map_or(true, |age| age < SIGNER_RELOAD)
         {
             return Ok(signer.clone());
         }
-        let now = self.clock.now().naive_utc();
+        let now = read_at.naive_utc();
         let row: Option<KeyRow> = self
             .db
             .run(move |c| {
@@ -266,7 +273,7 @@ impl KeyRing {
                 }
             }
         };
-        *locks::write(&self.signer) = Some((signer.clone(), row.kid, std::time::Instant::now()));
+        *locks::write(&self.signer) = Some((signer.clone(), row.kid, read_at));
         Ok(signer)
     }
 

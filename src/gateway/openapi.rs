@@ -6,7 +6,9 @@
 //! - a path is kept only when the route table sends it to the service that
 //!   described it (a prefix-stripping route puts its prefix back in front);
 //! - a route's method list narrows the operations listed;
-//! - on `required` routes every operation asks for a bearer token.
+//! - on `required` routes every operation asks for a bearer token;
+//! - every operation lists the answers the gateway gives of its own on its
+//!   route (`edge_answers`), with the gateway's `Problem` schema.
 //!
 //! Services are asked at once, each within a deadline; their components
 //! are merged by name, the core services' first. A component whose name an

@@ -1,7 +1,8 @@
 //! Identity's public HTTP API. Thin handlers: decode, call the service,
 //! encode. Bodies reject unknown fields so a typo is an error, not a no-op.
-//! [`ApiDoc`] describes these routes as OpenAPI 3.1, served at
-//! `/openapi.json`; the attributes on each handler are that description.
+//! [`ApiDoc`] describes these routes as OpenAPI 3.1; the attributes on each
+//! handler are that description. [`api_doc`] adds the configured password
+//! rule to it, and is what is served at `/openapi.json`.
 
 use axum::Router;
 use axum::extract::State;

@@ -54,6 +54,15 @@ pub async fn open(
     config: IdentityConfig,
     notifier: Arc<dyn Notifier>,
 ) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
+    let policy = &config.password;
+    if policy.min_length > policy.max_length.min(policy.max_bytes / 4) {
+        anyhow::bail!(
+            "identity.password: min_length ({}) must not exceed max_length ({}) or a quarter of max_bytes ({})",
+            policy.min_length,
+            policy.max_length,
+            policy.max_bytes
+        );
+    }
     let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
     let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
         .await

@@ -41,6 +41,11 @@ use crate::proto::auth::v1::GetPublicKeysRequest;
 use crate::proto::auth::v1::auth_client::AuthClient;
 use crate::proto::events::v1::SessionEvent;
 
+/// How long from `then` to `now`; none when the clock went back.
+fn since(then: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    (now - then).to_std().unwrap_or_default()
+}
+
 /// Least time between two refreshes caused by unknown key ids.
 pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Most verified tokens kept.
@@ -93,10 +98,12 @@ impl KeySource for AuthKeys {
 
 struct Cached {
     set: KeySet,
-    fetched_at: Instant,
+    /// By the injected clock, as every lifetime here is.
+    fetched_at: chrono::DateTime<chrono::Utc>,
 }
 
-struct UntilExpiry;
+/// Keeps a verified token until it expires by the injected clock.
+struct UntilExpiry(Arc<dyn Clock>);
 
 impl Expiry<Box<[u8]>, Principal> for UntilExpiry {
     fn expire_after_create(
@@ -105,7 +112,7 @@ impl Expiry<Box<[u8]>, Principal> for UntilExpiry {
         value: &Principal,
         _now: Instant,
     ) -> Option<Duration> {
-        (value.expires_at - chrono::Utc::now()).to_std().ok()
+        (value.expires_at - self.0.now()).to_std().ok()
     }
 }
 
@@ -133,7 +140,8 @@ struct Inner {
     expect: Expect,
     clock: Arc<dyn Clock>,
     keys: RwLock<Option<Cached>>,
-    refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// When an unknown key id last caused a refresh.
+    refresh: tokio::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// Keyed by the token itself, hashed with foldhash: SipHash over a token
     /// of some 500 bytes costs more than the rest of the lookup, and only
     /// tokens that verified are ever put in.
@@ -157,12 +165,12 @@ impl TokenCheck {
                 id: CHECKS.fetch_add(1, Ordering::Relaxed),
                 source,
                 expect,
-                clock,
+                clock: clock.clone(),
                 keys: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(None),
                 verified: moka::sync::Cache::builder()
                     .max_capacity(VERIFIED_CAPACITY)
-                    .expire_after(UntilExpiry)
+                    .expire_after(UntilExpiry(clock))
                     .build_with_hasher(foldhash::fast::RandomState::default()),
                 revoked: moka::sync::Cache::builder()
                     .max_capacity(REVOKED_CAPACITY)
@@ -261,7 +269,8 @@ impl TokenCheck {
         if let (Some(key), true) = (&again, fresh) {
             return Ok(key.clone());
         }
-        if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_EVERY) {
+        let now = self.inner.clock.now();
+        if last.is_some_and(|t| since(t, now) < FORCED_REFRESH_EVERY) {
             let have_keys = locks::read(&self.inner.keys).is_some();
             return match again {
                 Some(stale) => Ok(stale),
@@ -269,13 +278,13 @@ impl TokenCheck {
                 None => Err(TokenError::Unavailable),
             };
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         match self.inner.source.fetch().await {
             Ok(set) => {
                 let key = set.keys.get(kid).cloned();
                 *locks::write(&self.inner.keys) = Some(Cached {
                     set,
-                    fetched_at: Instant::now(),
+                    fetched_at: now,
                 });
                 key.ok_or(TokenError::UnknownKey)
             }
@@ -294,7 +303,7 @@ impl TokenCheck {
             None => (None, false),
             Some(c) => (
                 c.set.keys.get(kid).cloned(),
-                c.fetched_at.elapsed() < c.set.ttl,
+                since(c.fetched_at, self.inner.clock.now()) < c.set.ttl,
             ),
         }
     }
