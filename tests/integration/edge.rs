@@ -10,6 +10,7 @@ use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::gateway::with_instance;
 use crate::support::{PASSWORD, TestApp};
 
 /// What an upstream received: each request's raw bytes, head and body.
@@ -110,18 +111,6 @@ async fn recorder() -> (String, Received) {
     .await
 }
 
-/// A gateway whose `service` has the one instance at `url`, with routes
-/// added by `change`.
-async fn gateway(
-    service: &str,
-    url: String,
-    change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig),
-) -> TestApp {
-    let app = TestApp::builder().gateway(change).start().await;
-    app.register_instance(service, url).await;
-    app
-}
-
 /// The gateway's `host:port`.
 fn address(app: &TestApp) -> String {
     app.gateway_base.trim_start_matches("http://").to_owned()
@@ -151,7 +140,7 @@ fn seen(received: &Received) -> Vec<String> {
 #[tokio::test]
 async fn fields_named_with_underscores_or_overriding_the_method_never_reach_the_upstream() {
     let (url, received) = recorder().await;
-    let app = gateway("team", url, |g| {
+    let app = with_instance("team", url, |g| {
         g.routes
             .push(RouteConfig::new("/team", "team", AuthPolicy::Optional));
     })
@@ -181,7 +170,7 @@ async fn fields_named_with_underscores_or_overriding_the_method_never_reach_the_
 #[tokio::test]
 async fn host_is_one_valid_field_and_cannot_forge_a_forwarded_element() {
     let (url, received) = recorder().await;
-    let app = gateway("team", url, |g| {
+    let app = with_instance("team", url, |g| {
         g.routes
             .push(RouteConfig::new("/team", "team", AuthPolicy::Public));
     })
@@ -268,7 +257,7 @@ async fn methods_of_a_clients_own_share_one_label_and_refusals_spend_the_allowan
 #[tokio::test]
 async fn a_clients_fault_is_its_own_4xx_and_never_ejects_the_instance() {
     let (url, received) = recorder().await;
-    let app = gateway("echo", url, |g| {
+    let app = with_instance("echo", url, |g| {
         let mut route = RouteConfig::new("/echo", "echo", AuthPolicy::Public);
         route.timeout_ms = Some(300);
         route.rate_limit = false;
@@ -333,7 +322,7 @@ async fn bytes_an_upstream_sends_after_a_bodiless_answer_reach_no_other_client()
         }
     })
     .await;
-    let app = gateway("team", url, |g| {
+    let app = with_instance("team", url, |g| {
         let mut route = RouteConfig::new("/team", "team", AuthPolicy::Public);
         route.rate_limit = false;
         g.routes.push(route);
@@ -369,7 +358,7 @@ async fn bytes_an_upstream_sends_after_a_bodiless_answer_reach_no_other_client()
 #[tokio::test]
 async fn methods_are_case_sensitive_and_paths_cannot_climb_with_parameters() {
     let (url, received) = recorder().await;
-    let app = gateway("team", url, |g| {
+    let app = with_instance("team", url, |g| {
         let mut only_get = RouteConfig::new("/ro", "team", AuthPolicy::Public);
         only_get.methods = vec!["GET".into()];
         g.routes.push(only_get);
@@ -410,7 +399,7 @@ async fn methods_are_case_sensitive_and_paths_cannot_climb_with_parameters() {
 #[tokio::test]
 async fn a_request_carries_one_credential_and_a_plain_request_id_of_its_own() {
     let (url, received) = recorder().await;
-    let app = gateway("team", url, |g| {
+    let app = with_instance("team", url, |g| {
         g.routes
             .push(RouteConfig::new("/any", "team", AuthPolicy::Optional));
     })
@@ -479,7 +468,7 @@ async fn one_http2_client_connection_opens_only_so_many_upstream_connections() {
             });
         }
     });
-    let app = gateway("slow", url, |g| {
+    let app = with_instance("slow", url, |g| {
         let mut route = RouteConfig::new("/slow", "slow", AuthPolicy::Public);
         route.rate_limit = false;
         g.routes.push(route);

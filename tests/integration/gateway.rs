@@ -82,7 +82,7 @@ async fn hang_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 /// A gateway configured by `change`, with `url` as `service`'s one instance.
-async fn with_instance(
+pub async fn with_instance(
     service: &str,
     url: String,
     change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig),

@@ -244,9 +244,6 @@ async fn clients_that_send_headers_too_slowly_are_cut_off() {
 async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
-    const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     const GOAWAY: u8 = 7;
     let app = TestApp::builder()
         .server(|s| s.http2_idle_timeout_ms = 300)
@@ -287,6 +284,12 @@ async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
         );
     }
 }
+
+/// What a raw HTTP/2 client sends: the connection preface, an empty
+/// SETTINGS frame, and a PING.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
 
 /// The types of the HTTP/2 frames in `bytes`, in order.
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
@@ -429,9 +432,6 @@ async fn an_http10_client_gets_its_answer_and_then_the_connection_closes() {
 async fn an_http2_connection_that_asks_nothing_is_closed() {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
-    const PING: [u8; 17] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     let app = TestApp::builder()
         .server(|s| s.header_read_timeout_ms = 300)
         .start()
