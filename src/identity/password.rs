@@ -52,8 +52,8 @@ pub struct Hasher {
     params: scrypt::Params,
     permits: Arc<Semaphore>,
     metrics: Metrics,
-    /// A hash of a random password with today's parameters, verified when the
-    /// account does not exist so that case costs the same time.
+    /// A hash with today's parameters that no password has, verified when
+    /// the account does not exist so that case costs the same time.
     decoy: Arc<String>,
 }
 
@@ -76,6 +76,26 @@ pub fn hash_blocking(params: &scrypt::Params, password: &str) -> Result<String, 
         .map_err(|e| e.to_string())
 }
 
+/// A PHC string of scrypt with `params`, a random salt and random output:
+/// verifying a password against it costs what verifying against a real
+/// hash costs (the same key derivation, then a comparison that fails),
+/// without spending a hash, its time and its memory, to make it.
+fn decoy(params: &scrypt::Params) -> Result<String, String> {
+    use scrypt::password_hash::rand_core::RngCore as _;
+    use scrypt::password_hash::{Output, PasswordHash};
+    let salt = SaltString::generate(&mut OsRng);
+    let mut bytes = [0u8; scrypt::Params::RECOMMENDED_LEN];
+    OsRng.fill_bytes(&mut bytes);
+    let hash = PasswordHash {
+        algorithm: scrypt::ALG_ID,
+        version: None,
+        params: (*params).try_into().map_err(|e| format!("{e}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&bytes).map_err(|e| e.to_string())?),
+    };
+    Ok(hash.to_string())
+}
+
 impl Hasher {
     pub async fn new(config: &ScryptConfig, metrics: Metrics) -> Result<Self, String> {
         let params = params(config)?;
@@ -83,10 +103,7 @@ impl Hasher {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let decoy_secret = uuid::Uuid::new_v4().to_string();
-        let decoy = tokio::task::spawn_blocking(move || hash_blocking(&params, &decoy_secret))
-            .await
-            .map_err(|e| e.to_string())??;
+        let decoy = decoy(&params)?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrent)),
@@ -210,6 +227,32 @@ mod tests {
         };
         let newer = Hasher::new(&stronger, metrics).await.unwrap();
         assert_eq!(newer.verify(&pw, &phc).await.unwrap(), Verified::YesRehash);
+    }
+
+    #[tokio::test]
+    async fn the_decoy_is_a_hash_of_todays_parameters_that_no_password_matches() {
+        let hasher = Hasher::new(&cheap(), Metrics::new().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            hasher.decoy.starts_with("$scrypt$ln=4,r=8,p=1$"),
+            "{}",
+            hasher.decoy
+        );
+        let parsed = PasswordHash::new(&hasher.decoy).unwrap();
+        assert_eq!(parsed.hash.unwrap().len(), scrypt::Params::RECOMMENDED_LEN);
+        for guess in ["", "correct horse battery", &hasher.decoy] {
+            let pw = Password::new(guess.to_owned());
+            assert_eq!(
+                hasher.verify(&pw, &hasher.decoy).await.unwrap(),
+                Verified::No
+            );
+        }
+        // Each hasher has its own.
+        let other = Hasher::new(&cheap(), Metrics::new().unwrap())
+            .await
+            .unwrap();
+        assert_ne!(hasher.decoy, other.decoy);
     }
 
     #[test]
