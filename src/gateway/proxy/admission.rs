@@ -1,0 +1,264 @@
+//! Admission: a request routed, and what its route's policy makes of it
+//! that needs no waiting (refusals, the token already known, the rate
+//! limits), as the plan of its exchange.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::Method;
+use http::header::{self, HeaderMap, HeaderValue};
+
+use super::body::declared_length;
+use super::{Gateway, fault};
+use crate::gateway::config::{AuthPolicy, RouteConfig};
+use crate::gateway::fault::Fault;
+use crate::gateway::headers::{Peer, forwarded_for, in_cidr};
+use crate::gateway::routes::normalise;
+use crate::kernel::error::Problem;
+use crate::middleware::bearer::{self};
+use crate::middleware::ratelimit::{self, RateKey, Verdict};
+use crate::middleware::token::{Principal, TokenError};
+
+/// Every method but the tunnels and echoes the gateway takes on no route.
+const ALL_BUT_TUNNELS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// A request admitted to its route, with what its exchange needs.
+pub(super) struct Plan {
+    /// The route's place in the table.
+    pub(super) route: usize,
+    /// The request's head; taken by the last attempt when that attempt
+    /// needs it as its own.
+    pub(super) head: Option<http::request::Parts>,
+    pub(super) body: Body,
+    pub(super) peer: Peer,
+    pub(super) client_ip: IpAddr,
+    /// The path and query to send upstream.
+    pub(super) target: String,
+    pub(super) admission: Admission,
+    /// The rate limit verdict whose headers the answer carries.
+    pub(super) verdict: Option<Verdict>,
+}
+
+/// Where the route's token policy stands for a request.
+pub(super) enum Admission {
+    /// Decided: the principal, when a token verified.
+    Decided(Option<Principal>),
+    /// The token is not known yet: it is verified in the exchange.
+    Unverified,
+}
+
+/// Routes `req` and applies everything about it that needs no waiting:
+/// the plan of its exchange, or the answer when it goes no further.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+pub(super) fn plan(
+    gw: &Gateway,
+    peer: &Peer,
+    req: Request,
+    label: &mut Option<&'static str>,
+) -> Result<Plan, Response> {
+    let client_ip = gw.client_ip(peer.ip(), req.headers());
+    // A request refused here is traffic like any other: it spends its
+    // client address's allowance, so refusals cannot be had without limit.
+    let refuse = |limited: bool, answer: Response| gw.charge_refusal(client_ip, limited, answer);
+    let Ok(segments) = normalise(req.uri().path()) else {
+        return Err(refuse(true, fault(Fault::InvalidPath)));
+    };
+    if !req
+        .uri()
+        .query()
+        .is_none_or(crate::kernel::wire::valid_query)
+    {
+        return Err(refuse(true, fault(Fault::InvalidQuery)));
+    }
+    let Some(index) = gw.inner.table.find(&segments) else {
+        return Err(refuse(true, Problem::not_found().into_response()));
+    };
+    let route = gw.inner.table.route(index);
+    let config = &route.config;
+    *label = Some(route.label);
+    let limited = config.rate_limit;
+    let method = req.method();
+    // The gateway tunnels nothing and echoes nothing back.
+    if !config.allows(method.as_str()) || *method == Method::CONNECT || *method == Method::TRACE {
+        let mut r = fault(Fault::MethodNotAllowed);
+        let allowed = if config.methods.is_empty() {
+            ALL_BUT_TUNNELS.to_owned()
+        } else {
+            config.methods.join(", ")
+        };
+        if let Ok(allow) = HeaderValue::from_str(&allowed) {
+            r.headers_mut().insert(header::ALLOW, allow);
+        }
+        return Err(refuse(limited, r));
+    }
+    // Only one credential is checked: one is all a request may carry.
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(refuse(limited, fault(Fault::SeveralCredentials)));
+    }
+    if declared_length(req.headers()).is_some_and(|n| n > gw.inner.body_limit) {
+        return Err(refuse(
+            limited,
+            crate::kernel::error::payload_too_large().into_response(),
+        ));
+    }
+    let client_ip = gw.client_ip(peer.ip(), req.headers());
+    let mut verdict = None;
+    let admission = match checked_now(gw, config.auth, req.headers()) {
+        Some(checked) => {
+            let principal = settle(gw, config, checked, client_ip, &mut verdict)?;
+            limit_user(gw, config, principal.as_ref(), &mut verdict)?;
+            Admission::Decided(principal)
+        }
+        None => Admission::Unverified,
+    };
+    let target = route.upstream_target(&segments, req.uri().query());
+    drop(segments);
+    let (parts, body) = req.into_parts();
+    Ok(Plan {
+        route: index,
+        head: Some(parts),
+        body,
+        peer: peer.clone(),
+        client_ip,
+        target,
+        admission,
+        verdict,
+    })
+}
+
+/// The token check of a route's policy when it needs no waiting: no token
+/// to check, or a token whose verdict is remembered. `None` when the token
+/// must be verified.
+///
+/// What comes of a check is settled by [`settle`].
+fn checked_now(
+    gw: &Gateway,
+    policy: AuthPolicy,
+    headers: &HeaderMap,
+) -> Option<Result<Option<Principal>, TokenError>> {
+    let token = match policy {
+        AuthPolicy::Public => Err(TokenError::Missing),
+        _ => bearer::bearer_token(headers),
+    };
+    match token {
+        Err(TokenError::Missing) if policy != AuthPolicy::Required => Some(Ok(None)),
+        Err(e) => Some(Err(e)),
+        Ok(token) => gw
+            .inner
+            .check
+            .check_remembered(token)
+            .map(|remembered| remembered.map(Some)),
+    }
+}
+
+/// Applies the route's token policy to what came of the check: the
+/// principal when a token verified.
+///
+/// Every request that does not carry a token proven good is anonymous
+/// traffic and takes one request from its client address's allowance: no
+/// token, a token that is not a bearer token, and a token refused as
+/// forged, expired or revoked alike, so that guessing at tokens is limited
+/// like any other anonymous traffic. A token that cannot be checked because
+/// auth is away is the platform's fault, not the client's, and is not
+/// counted. A valid token counts only against its user's allowance. A
+/// route without rate limits counts against neither.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+pub(super) fn settle(
+    gw: &Gateway,
+    route: &RouteConfig,
+    checked: Result<Option<Principal>, TokenError>,
+    client_ip: IpAddr,
+    verdict: &mut Option<Verdict>,
+) -> Result<Option<Principal>, Response> {
+    if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable))
+        && route.rate_limit
+        && let Some(limiter) = &gw.inner.per_ip
+    {
+        let v = limiter.check(RateKey::Address(client_ip));
+        if matches!(v, Verdict::Refused { .. }) {
+            return Err(ratelimit::refusal(v));
+        }
+        *verdict = Some(v);
+    }
+    checked.map_err(|e| {
+        let mut refused = bearer::refusal(e);
+        if let Some(v) = *verdict {
+            ratelimit::annotate(v, refused.headers_mut());
+        }
+        refused
+    })
+}
+
+/// Takes one request from the allowance of the verified user, if any,
+/// on a rate limited route.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the answer the client gets, made once"
+)]
+pub(super) fn limit_user(
+    gw: &Gateway,
+    route: &RouteConfig,
+    principal: Option<&Principal>,
+    verdict: &mut Option<Verdict>,
+) -> Result<(), Response> {
+    if !route.rate_limit {
+        return Ok(());
+    }
+    if let (Some(p), Some(limiter)) = (principal, &gw.inner.per_user) {
+        let v = limiter.check(RateKey::User(p.user_id));
+        if matches!(v, Verdict::Refused { .. }) {
+            return Err(ratelimit::refusal(v));
+        }
+        *verdict = Some(v);
+    }
+    Ok(())
+}
+
+impl Gateway {
+    /// `answer`, a refusal, after it has spent one request of the client
+    /// address's allowance when `limited`: 429 instead once that is spent.
+    fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Response {
+        if let (true, Some(limiter)) = (limited, &self.inner.per_ip) {
+            let v = limiter.check(RateKey::Address(client));
+            if matches!(v, Verdict::Refused { .. }) {
+                return ratelimit::refusal(v);
+            }
+            ratelimit::annotate(v, answer.headers_mut());
+        }
+        answer
+    }
+
+    pub(super) fn trusts(&self, ip: IpAddr) -> bool {
+        self.inner
+            .trusted
+            .iter()
+            .any(|(net, bits)| in_cidr(ip, *net, *bits))
+    }
+
+    /// The client's address: the peer, unless the peer is a trusted proxy,
+    /// then the nearest untrusted address in `X-Forwarded-For`.
+    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        forwarded_for(headers)
+            .into_iter()
+            .rev()
+            .find(|ip| !self.trusts(*ip))
+            .unwrap_or(peer)
+    }
+}
