@@ -9,16 +9,27 @@
 //! queued, which takes the same time for every address; the work is done
 //! after. The queue is bounded: when it is full the request is refused with
 //! 503, whatever its address, rather than held in memory.
+//!
+//! Here too: issuing a link's single-use token (only its hash is stored)
+//! and confirming it, for a password reset or an email verification.
 
 use std::sync::Mutex;
 
+use diesel::Connection;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::IdentityError;
-use super::service::Identity;
+use super::model::{User, UserStatus, validate_email};
+use super::notifier::{Notice, NoticeKind};
+use super::password::Password;
+use super::service::{Identity, secs, user_event};
+use super::store::{self, UserRow};
 use crate::kernel::locks;
+use crate::kernel::outbox;
 
 /// Link requests waiting at most.
 const QUEUE: usize = 1024;
@@ -82,5 +93,195 @@ async fn send(identity: &Identity, email: &str, link: Link) {
     if let Err(e) = identity.send_link(email, link).await {
         // The address is not logged: it may have no account.
         tracing::warn!(error = %e, ?link, "a requested link could not be sent");
+    }
+}
+
+const RESET: &str = "password_reset";
+pub(super) const VERIFY: &str = "email_verification";
+
+impl Identity {
+    /// Queues a reset link for the email, sent if it belongs to an active
+    /// account. Answers the same either way, in the same time, so it cannot
+    /// be used to find accounts (see `links.rs`).
+    pub async fn request_password_reset(&self, email: &str) -> Result<(), IdentityError> {
+        let email = validate_email(email)?;
+        self.links.queue(email, Link::PasswordReset)
+    }
+
+    /// Sends the link `link` to `email` now, if the address has an account
+    /// that may have it: a reset link to an active account, a verification
+    /// link to an unverified one.
+    pub(super) async fn send_link(&self, email: &str, link: Link) -> Result<(), IdentityError> {
+        match link {
+            Link::PasswordReset => {
+                self.send_token(
+                    email,
+                    NoticeKind::PasswordReset,
+                    RESET,
+                    self.config.reset_token_ttl_secs,
+                    "identity.password.reset_requested",
+                    |row| row.status == UserStatus::Active.as_str(),
+                )
+                .await
+            }
+            Link::EmailVerification => {
+                self.send_token(
+                    email,
+                    NoticeKind::EmailVerification,
+                    VERIFY,
+                    self.config.verification_token_ttl_secs,
+                    "identity.email.verification_requested",
+                    |row| !row.email_verified,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Sets a new password with a reset token; the token works once.
+    pub async fn reset_password(&self, token: &str, new: &Password) -> Result<(), IdentityError> {
+        self.check_policy(new, "new_password")?;
+        let token_hash = hash_token(token);
+        let now = self.now();
+        // Check before the costly hash so bad tokens cost no scrypt time.
+        let probe = token_hash.clone();
+        if !self
+            .db
+            .run(move |c| Ok::<_, IdentityError>(store::token_usable(c, &probe, RESET, now)?))
+            .await?
+        {
+            return Err(IdentityError::InvalidToken);
+        }
+        let hash = self.hasher.hash(new).await?;
+        let now = self.now();
+        let at = self.clock.now();
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let user_id = store::consume_token(c, &token_hash, RESET, now)?
+                        .ok_or(IdentityError::InvalidToken)?;
+                    let row = store::set_password(c, &user_id, &hash, now)?;
+                    store::clear_failures(c, &user_id)?;
+                    store::retire_tokens(c, &user_id, RESET, now)?;
+                    outbox::enqueue(c, &user_event("identity.password.reset", &row), at)?;
+                    Ok::<_, IdentityError>(())
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(())
+    }
+
+    /// Queues a fresh verification link for the email, sent if it belongs
+    /// to an unverified account; answers alike for every address.
+    pub async fn request_verification(&self, email: &str) -> Result<(), IdentityError> {
+        let email = validate_email(email)?;
+        self.links.queue(email, Link::EmailVerification)
+    }
+
+    /// Marks the email verified with a verification token; the token works once.
+    pub async fn verify_email(&self, token: &str) -> Result<User, IdentityError> {
+        let token_hash = hash_token(token);
+        let now = self.now();
+        let at = self.clock.now();
+        let row = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let user_id = store::consume_token(c, &token_hash, VERIFY, now)?
+                        .ok_or(IdentityError::InvalidToken)?;
+                    let row = store::mark_email_verified(c, &user_id, now)?;
+                    outbox::enqueue(c, &user_event("identity.email.verified", &row), at)?;
+                    Ok::<_, IdentityError>(row)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        User::try_from(&row)
+    }
+
+    /// Issues a single-use token of `purpose` to the account with `email`
+    /// when `eligible` holds, and hands the link to the notifier.
+    pub(super) async fn send_token(
+        &self,
+        email: &str,
+        kind: NoticeKind,
+        purpose: &'static str,
+        ttl_secs: u64,
+        event_type: &'static str,
+        eligible: fn(&UserRow) -> bool,
+    ) -> Result<(), IdentityError> {
+        let normalized = email.to_lowercase();
+        let (token, token_hash) = new_token();
+        let now = self.now();
+        let at = self.clock.now();
+        let expires = now + secs(ttl_secs);
+        let issued = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let Some(row) = store::by_email(c, &normalized)? else {
+                        return Ok::<_, IdentityError>(None);
+                    };
+                    if !eligible(&row) {
+                        return Ok(None);
+                    }
+                    store::replace_token(c, &token_hash, &row.id, purpose, expires, now)?;
+                    outbox::enqueue(c, &user_event(event_type, &row), at)?;
+                    Ok(Some(row))
+                })
+            })
+            .await?;
+        if let Some(row) = issued {
+            self.relay.wake();
+            self.notify(kind, &row, token).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn notify(&self, kind: NoticeKind, row: &UserRow, token: String) {
+        let link = format!(
+            "{}{}?token={}",
+            self.config.link_base_url.trim_end_matches('/'),
+            kind.path(),
+            token
+        );
+        self.notifier
+            .send(Notice {
+                kind,
+                user_id: row.id.clone(),
+                email: row.email.clone(),
+                link,
+                token,
+            })
+            .await;
+    }
+}
+
+/// A new single-use token (256 random bits, hex) and the hash that is stored.
+pub(super) fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub(super) fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, ha) = new_token();
+        let (b, _) = new_token();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(ha, hash_token(&a));
+        assert_ne!(ha, a);
     }
 }

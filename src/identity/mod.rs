@@ -7,10 +7,12 @@
 //! and `notifier.rs` (how links reach users). This file wires them up.
 
 pub mod config;
+mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod links;
+pub mod model;
 pub mod notifier;
 pub mod password;
 pub mod schema;
