@@ -7,13 +7,13 @@
 //! Rooms: `config.rs` (the `[gateway]` section and route shape), `edge.rs`
 //! (what answers a client connection: the gateway's own paths to its
 //! router, everything else to the proxy), `routes.rs` (the route table and
-//! path normalisation), `proxy.rs` (forwarding: token policy, rate limits,
-//! retries), `fault.rs` (the gateway's own answers, in one table),
+//! path normalisation), `proxy/` (forwarding: admission with the token policy and rate
+//! limits, attempts, retries), `fault.rs` (the gateway's own answers, in one table),
 //! `headers.rs` (what headers travel up and down), `balance.rs` (instance
 //! choice and passive health), `probe.rs` (active checks of ejected
-//! instances), `pool.rs` (each I/O thread's HTTP/1.1 connections to
-//! instances), `h1.rs` (the HTTP/1.1 wire to an instance, driven by the
-//! request's own task), `openapi.rs` (the merged API document at
+//! instances), `pool/` (each I/O thread's HTTP/1.1 connections to
+//! instances), `h1/` (the HTTP/1.1 wire to an instance, driven by the
+//! request's own task: the request sent, the answer read), `openapi.rs` (the merged API document at
 //! `/openapi.json` and the docs page at `/docs`). This file wires them up.
 //! The gateway has no database.
 

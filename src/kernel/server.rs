@@ -106,7 +106,7 @@ pub fn is_kernel_path(path: &str) -> bool {
 /// the service that answers one connection, given its peer's address.
 ///
 /// Each connection starts in the kernel's own loop for plain HTTP/1.1
-/// requests (`http1.rs`), which hands it to hyper (HTTP/1.1 and h2c on one
+/// requests (`http1/`), which hands it to hyper (HTTP/1.1 and h2c on one
 /// socket) the moment it asks for more. Either way a client that sends its
 /// headers too slowly is cut off after `header_read_timeout_ms` instead of
 /// holding a connection open.

@@ -2,7 +2,7 @@
 //!
 //! Each gateway I/O thread (see `kernel::io_threads`) keeps its own idle
 //! connections per instance address. Taking one needs no lock, and the
-//! exchange over it runs in the request's own task (see `h1.rs`); the
+//! exchange over it runs in the request's own task (see `h1/`); the
 //! connection goes back to that thread's idle list the moment the answer's
 //! body has been read to its end (when it is cut short, the connection is
 //! closed instead). Idle connections are closed after [`IDLE_TIMEOUT`], and

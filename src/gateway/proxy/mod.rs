@@ -318,7 +318,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         };
         let attempt = match config.upstream_protocol {
             // The request line, the upstream's own Host and the proxy
-            // fields are written by the wire (see `h1.rs`), from the head
+            // fields are written by the wire (see `h1/`), from the head
             // kept here: another attempt needs no copy of it.
             UpstreamProtocol::Http1 => {
                 let Some(request) = head.as_ref() else { break };
