@@ -117,6 +117,19 @@ impl Limiter {
         }
     }
 
+    /// Takes one request from `key`'s allowance: the verdict while some is
+    /// left, the 429 answer once it is spent.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the refusal is the answer the client gets, made once"
+    )]
+    pub fn spend(&self, key: RateKey) -> Result<Verdict, Response> {
+        match self.check(key) {
+            refused @ Verdict::Refused { .. } => Err(refusal(refused)),
+            allowed => Ok(allowed),
+        }
+    }
+
     /// How many keys are tracked now.
     pub fn tracked(&self) -> usize {
         self.inner.len()

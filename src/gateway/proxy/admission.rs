@@ -188,11 +188,7 @@ pub(super) fn settle(
         && route.rate_limit
         && let Some(limiter) = &gw.inner.per_ip
     {
-        let v = limiter.check(RateKey::Address(client_ip));
-        if matches!(v, Verdict::Refused { .. }) {
-            return Err(ratelimit::refusal(v));
-        }
-        *verdict = Some(v);
+        *verdict = Some(limiter.spend(RateKey::Address(client_ip))?);
     }
     checked.map_err(|e| {
         let mut refused = bearer::refusal(e);
@@ -219,11 +215,7 @@ pub(super) fn limit_user(
         return Ok(());
     }
     if let (Some(p), Some(limiter)) = (principal, &gw.inner.per_user) {
-        let v = limiter.check(RateKey::User(p.user_id));
-        if matches!(v, Verdict::Refused { .. }) {
-            return Err(ratelimit::refusal(v));
-        }
-        *verdict = Some(v);
+        *verdict = Some(limiter.spend(RateKey::User(p.user_id))?);
     }
     Ok(())
 }
@@ -233,11 +225,10 @@ impl Gateway {
     /// address's allowance when `limited`: 429 instead once that is spent.
     fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Response {
         if let (true, Some(limiter)) = (limited, &self.inner.per_ip) {
-            let v = limiter.check(RateKey::Address(client));
-            if matches!(v, Verdict::Refused { .. }) {
-                return ratelimit::refusal(v);
+            match limiter.spend(RateKey::Address(client)) {
+                Ok(v) => ratelimit::annotate(v, answer.headers_mut()),
+                Err(refused) => return refused,
             }
-            ratelimit::annotate(v, answer.headers_mut());
         }
         answer
     }
