@@ -31,6 +31,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::metrics::Tracked;
 use super::server::REQUEST_ID;
 use super::telemetry;
+use super::wire::METHODS;
 
 /// The layer, for the service named in `tracked`.
 #[derive(Clone)]
@@ -158,19 +159,6 @@ fn grpc_method_found(response: &Response) -> bool {
             .get("grpc-status")
             .is_none_or(|s| s.as_bytes() != b"12")
 }
-
-/// The methods of RFC 9110 and PATCH, as static text.
-const METHODS: [(http::Method, &str); 9] = [
-    (http::Method::GET, "GET"),
-    (http::Method::POST, "POST"),
-    (http::Method::PUT, "PUT"),
-    (http::Method::DELETE, "DELETE"),
-    (http::Method::PATCH, "PATCH"),
-    (http::Method::HEAD, "HEAD"),
-    (http::Method::OPTIONS, "OPTIONS"),
-    (http::Method::CONNECT, "CONNECT"),
-    (http::Method::TRACE, "TRACE"),
-];
 
 /// `method` as static text, when it is a standard one.
 fn static_method(method: &http::Method) -> Option<&'static str> {

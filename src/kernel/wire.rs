@@ -62,18 +62,26 @@ pub fn host_fault(version: Version, headers: &HeaderMap) -> Option<&'static str>
 pub fn method_fault(method: &Method) -> Option<&'static str> {
     let text = method.as_str();
     if text.bytes().any(|b| b.is_ascii_lowercase())
-        && STANDARD
+        && METHODS
             .iter()
-            .any(|standard| standard.eq_ignore_ascii_case(text))
+            .any(|(_, standard)| standard.eq_ignore_ascii_case(text))
     {
         return Some("Methods are case-sensitive: standard methods are upper case");
     }
     None
 }
 
-/// The methods of RFC 9110 and PATCH.
-const STANDARD: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+/// The methods of RFC 9110 and PATCH, with their names as static text.
+pub const METHODS: [(Method, &str); 9] = [
+    (Method::GET, "GET"),
+    (Method::POST, "POST"),
+    (Method::PUT, "PUT"),
+    (Method::DELETE, "DELETE"),
+    (Method::PATCH, "PATCH"),
+    (Method::HEAD, "HEAD"),
+    (Method::OPTIONS, "OPTIONS"),
+    (Method::CONNECT, "CONNECT"),
+    (Method::TRACE, "TRACE"),
 ];
 
 /// A request id a client may choose: up to [`MAX_REQUEST_ID`] characters
