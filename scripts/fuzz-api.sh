@@ -67,7 +67,6 @@ status=0
     --generation-deterministic \
     --request-timeout 10 \
     --no-color \
-    --generation-database none \
     --report junit --report-dir "$target/fuzz-api-report" || status=$?
 if [ "$status" -ne 0 ] && grep -q '"level":"ERROR"' "$log"; then
     echo "--- platform errors"
