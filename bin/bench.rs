@@ -16,10 +16,14 @@
 //!   request instead.
 //!
 //! With `--edge`, it runs the gateway-against-nginx benchmark instead (see
-//! `edge.rs`); `--serve-upstream` serves that benchmark's upstream.
+//! `edge.rs`); `--serve-upstream` serves that benchmark's upstream. With
+//! `--footprint`, it starts the release binaries itself and measures their
+//! idle memory and the all-in-one's start (see `footprint.rs`).
 
 #[path = "bench/edge.rs"]
 mod edge;
+#[path = "bench/footprint.rs"]
+mod footprint;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +79,9 @@ struct Cli {
     /// pinned nginx base URLs.
     #[arg(long, num_args = 5, value_names = ["UPSTREAM", "NGINX", "GATEWAY", "BARE", "NGINX_PINNED"])]
     edge: Option<Vec<String>>,
+    /// Run the footprint benchmark with the release binaries in this directory.
+    #[arg(long, value_name = "BIN_DIR")]
+    footprint: Option<PathBuf>,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
     wrk_threads: usize,
@@ -105,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(urls) = &cli.edge {
         return edge_benchmark(&cli, urls).await;
+    }
+    if let Some(bin_dir) = &cli.footprint {
+        return footprint::run(bin_dir).await;
     }
     let params = gatehouse::identity::password::params(&config.identity.scrypt)
         .map_err(anyhow::Error::msg)?;

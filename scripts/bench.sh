@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Starts the all-in-one platform (release build) on a scratch data directory,
+# `footprint`: gatehouse-bench starts the release binaries itself and reads
+# their idle memory and the all-in-one's start. Then, for `core` and `edge`,
+# starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
-# `edge`: scripts/bench-edge.sh, `all`: both), and stops it again.
+# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 what="${2:-all}"
 target="${CARGO_TARGET_DIR:-target}"
+if [ "$what" = all ] || [ "$what" = footprint ]; then
+    "$target/release/gatehouse-bench" --footprint "$target/release"
+fi
+if [ "$what" = footprint ]; then exit 0; fi
+
 data="$(mktemp -d)"
 log="$data/platform.log"
 export GATEHOUSE_DATA_DIR="$data"

@@ -41,13 +41,10 @@ compile_error!(
     "gatehouse needs at least one service: enable `identity` (or `all`, the default) among the features."
 );
 
-/// mimalloc rather than the system allocator: a proxied request makes
-/// many small, short-lived allocations across threads, where glibc's
-/// malloc spends a noticeable share of the gateway's time. Built as its v2
-/// (see Cargo.toml): every allocation comes with its alignment, and v3
-/// over-allocates for such requests above 1 KiB.
+/// mimalloc for small blocks, the system allocator for large ones (see
+/// [`kernel::alloc`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kernel::alloc::Allocator = kernel::alloc::Allocator;
 
 pub mod config;
 pub mod kernel;

@@ -2,6 +2,7 @@
 //! rules live here. A service gets a [`ServiceContext`] from whoever starts it
 //! (the all-in-one platform or its own binary) and takes what it needs.
 
+pub mod alloc;
 pub mod bus;
 pub mod cache;
 pub mod clock;
