@@ -255,7 +255,10 @@ async fn all_in_one(setup: &Setup) -> anyhow::Result<()> {
     let env = [
         ("GATEHOUSE_GATEWAY__LISTEN", format!("127.0.0.1:{gateway}")),
         ("GATEHOUSE_AUTH__LISTEN", format!("127.0.0.1:{auth}")),
-        ("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{identity}")),
+        (
+            "GATEHOUSE_IDENTITY__LISTEN",
+            format!("127.0.0.1:{identity}"),
+        ),
         ("GATEHOUSE_SERVER__OPS_LISTEN", format!("127.0.0.1:{ops}")),
     ];
     let base = format!("http://127.0.0.1:{gateway}");
@@ -288,7 +291,10 @@ async fn single_services(setup: &Setup) -> anyhow::Result<()> {
         vec![
             ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
             ("GATEHOUSE_REGISTRY__INSTANCES__AUTH", instances(auth)),
-            ("GATEHOUSE_REGISTRY__INSTANCES__IDENTITY", instances(identity)),
+            (
+                "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+                instances(identity),
+            ),
             ("GATEHOUSE_SERVER__OPS_LISTEN", format!("127.0.0.1:{ops}")),
         ]
     };

@@ -12,12 +12,15 @@
 //! `headers.rs` (what headers travel up and down), `balance.rs` (instance
 //! choice and passive health), `probe.rs` (active checks of ejected
 //! instances), `pool/` (each I/O thread's HTTP/1.1 connections to
-//! instances), `h1/` (the HTTP/1.1 wire to an instance, driven by the
-//! request's own task: the request sent, the answer read), `openapi.rs` (the merged API document at
-//! `/openapi.json` and the docs page at `/docs`). This file wires them up.
+//! instances), `h1/` (exchanges with an instance over such a connection,
+//! driven by the request's own task, by the rules of `kernel::wire`),
+//! `client.rs` (hyper's clients: h2c upstreams and the gateway's own
+//! requests), `openapi.rs` (the merged API document at `/openapi.json` and
+//! the docs page at `/docs`). This file wires them up.
 //! The gateway has no database.
 
 pub mod balance;
+pub mod client;
 pub mod config;
 pub mod edge;
 pub mod fault;
@@ -142,7 +145,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // The observe layer is the connection's own too, for the same reason.
             let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {
-                own: server::with_peer(router.clone(), addr),
+                own: crate::kernel::connection::with_peer(router.clone(), addr),
                 proxy: observe.layer(cors_layers.service(tower::service_fn(move |req| {
                     proxy::forward(&gateway, &peer, req)
                 }))),

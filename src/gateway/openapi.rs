@@ -37,8 +37,9 @@ use http_body_util::BodyExt as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
+use super::client::{ask, upstream};
 use super::config::{AuthPolicy, UpstreamProtocol};
-use super::proxy::{Gateway, ask, upstream};
+use super::proxy::Gateway;
 use super::routes::{Route, built_in, normalise};
 use crate::kernel::openapi::DOCUMENT_PATH;
 

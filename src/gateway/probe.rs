@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::Balancer;
-use super::proxy::{Upstream, ask};
+use super::client::{Upstream, ask};
 use crate::kernel::registry::{Instance, Registry};
 
 /// Where and how often to probe.

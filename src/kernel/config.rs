@@ -191,3 +191,33 @@ impl Default for RpcConfig {
         }
     }
 }
+
+/// The `[tokens]` config section: what auth signs and every verifier
+/// expects (see `middleware::token`, which reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim.
+    pub audience: String,
+    /// Lifetime of an access token.
+    pub access_token_ttl_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "gatehouse".into(),
+            audience: "gatehouse".into(),
+            access_token_ttl_secs: 900,
+        }
+    }
+}
+
+impl TokenConfig {
+    /// How long an access token lives.
+    pub fn access_ttl(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.access_token_ttl_secs).unwrap_or(900))
+    }
+}

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod db;
 pub mod deadline;
 pub mod error;
@@ -40,7 +41,7 @@ pub struct ServiceContext {
     pub database: config::DatabaseConfig,
     pub server: config::ServerConfig,
     /// What access tokens carry and how long they live.
-    pub tokens: crate::middleware::token::TokenConfig,
+    pub tokens: config::TokenConfig,
     pub registry: Arc<dyn registry::Registry>,
     pub bus: Arc<dyn bus::EventBus>,
     pub clients: rpc::Clients,

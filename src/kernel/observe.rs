@@ -29,9 +29,9 @@ use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::Tracked;
-use super::server::REQUEST_ID;
 use super::telemetry;
 use super::wire::METHODS;
+use super::wire::REQUEST_ID;
 
 /// The layer, for the service named in `tracked`.
 #[derive(Clone)]

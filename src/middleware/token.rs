@@ -97,38 +97,16 @@ pub struct Claims {
     pub jti: String,
 }
 
-/// The `[tokens]` config section: what auth signs and every verifier expects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenConfig {
-    /// The `iss` claim.
-    pub issuer: String,
-    /// The `aud` claim.
-    pub audience: String,
-    /// Lifetime of an access token.
-    pub access_token_ttl_secs: u64,
-}
+pub use crate::kernel::config::TokenConfig;
 
-impl Default for TokenConfig {
-    fn default() -> Self {
-        Self {
-            issuer: "gatehouse".into(),
-            audience: "gatehouse".into(),
-            access_token_ttl_secs: 900,
-        }
-    }
-}
-
+/// The token check's side of the `[tokens]` section.
 impl TokenConfig {
+    /// The issuer and audience a verifier insists on.
     pub fn expect(&self) -> Expect {
         Expect {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
         }
-    }
-
-    pub fn access_ttl(&self) -> chrono::Duration {
-        chrono::Duration::seconds(i64::try_from(self.access_token_ttl_secs).unwrap_or(900))
     }
 }
 

@@ -7,30 +7,30 @@
 //! by whoever polls it, which is the client connection's own task. No
 //! connection task, channel or hand-off sits between the two sides.
 //!
-//! Framing follows RFC 9112: a request body of known length goes with
-//! `Content-Length`, any other in chunked coding; an answer is read by its
+//! The framing rules and limits are `kernel::wire`'s, shared with the
+//! kernel's server loop: a request body of known length goes with
+//! `Content-Length`, any other in chunked coding; a response is read by its
 //! chunked coding, by `Content-Length`, or up to the connection's close, and
-//! has no body when it answers HEAD or is 204 or 304. Interim (1xx) answers
-//! are passed over. A connection is offered for reuse only when the answer
-//! said it may be and both messages were read and written whole.
+//! has no body when it answers HEAD or is 204 or 304. A connection is
+//! offered for reuse only when the response said it may be and both
+//! messages were read and written whole.
 //!
-//! Rooms: this file sends the request; `answer.rs` reads the answer, its
+//! Rooms: this file sends the request; `answer.rs` reads the response, its
 //! head and its body.
 
 mod answer;
 
-pub use answer::{Chunk, Framing, Head, poll_body};
+pub use crate::kernel::wire::{Chunk, Framing};
+pub use answer::poll_body;
 use answer::{read_head, read_head_from};
 
-use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use bytes::{BufMut as _, BytesMut};
+use bytes::BytesMut;
 use http::Method;
-use http::header;
 use http_body_util::BodyExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -38,18 +38,9 @@ use tokio::time::Instant;
 
 use super::headers::ProxyFields;
 use crate::kernel::deadline::Deadline;
-use crate::kernel::http1::BodyFraming;
-
-/// The longest answer head read.
-const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields an answer head may have.
-const MAX_HEADERS: usize = 128;
-/// The longest chunk-size line, or trailer section, read.
-const MAX_LINE: usize = 8 * 1024;
-/// How much the read buffer grows by when it runs out of room.
-const READ_SPACE: usize = 8 * 1024;
-/// The most request body bytes gathered before they are written.
-const WRITE_BATCH: usize = 64 * 1024;
+use crate::kernel::wire::{
+    self, BodyFraming, READ_SPACE, RequestHead, ResponseHead, WRITE_BATCH, make_room,
+};
 
 /// An open connection to an instance, with its buffers.
 pub struct Conn {
@@ -83,6 +74,12 @@ pub enum Error {
     /// The client's request body failed (over the limit, or cut off).
     #[error("request body failed")]
     Body(#[source] axum::Error),
+}
+
+impl From<wire::Malformed> for Error {
+    fn from(m: wire::Malformed) -> Error {
+        Error::Malformed(m.0)
+    }
 }
 
 /// Methods that mean the same when sent twice (RFC 9110, section 9.2.2).
@@ -173,13 +170,6 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Grows `read` when little room is left for the next read.
-fn make_room(read: &mut BytesMut) {
-    if read.capacity() - read.len() < READ_SPACE / 4 {
-        read.reserve(READ_SPACE);
-    }
-}
-
 /// Sends `request` (its method and header fields) to `target` with `body`
 /// over `conn`, and reads the answer's head. The answer's body is then read
 /// with [`poll_body`].
@@ -189,7 +179,7 @@ pub async fn exchange(
     request: &http::request::Parts,
     fields: Option<&ProxyFields>,
     body: Body,
-) -> Result<Head, Error> {
+) -> Result<ResponseHead, Error> {
     let size = if http_body::Body::is_end_stream(&body) {
         Some(0)
     } else {
@@ -216,7 +206,7 @@ async fn exchange_with_body(
     body: Body,
     size: Option<u64>,
     head_only: bool,
-) -> Result<Head, Error> {
+) -> Result<ResponseHead, Error> {
     let Conn {
         stream,
         read,
@@ -279,16 +269,10 @@ fn before_answer(e: io::Error) -> Error {
     }
 }
 
-/// Methods whose requests carry a body by their meaning; an empty one is
-/// announced with `Content-Length: 0`.
-fn expects_body(method: &Method) -> bool {
-    [Method::POST, Method::PUT, Method::PATCH].contains(method)
-}
-
-/// Writes the request line, the instance's Host, the request's other
-/// header fields and the proxy's `fields` in place of the client's fields
-/// of those names, with the framing of a body of `size` bytes (chunked when
-/// not known).
+/// Writes the request line for `target`, the instance's Host, the
+/// request's other header fields and the proxy's `fields` in place of the
+/// client's fields of those names, with the framing of a body of `size`
+/// bytes (chunked when not known).
 fn encode_head(
     out: &mut BytesMut,
     target: Target<'_>,
@@ -296,38 +280,23 @@ fn encode_head(
     fields: Option<&ProxyFields>,
     size: Option<u64>,
 ) {
-    out.put_slice(request.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    for piece in target.path {
-        out.put_slice(piece.as_bytes());
-    }
-    out.put_slice(b" HTTP/1.1\r\nhost: ");
-    out.put_slice(target.host.as_bytes());
-    out.put_slice(b"\r\n");
-    for (name, value) in &request.headers {
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || fields.is_some() && ProxyFields::replaces(name)
-        {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if let Some(fields) = fields {
-        fields.write(out);
-    }
-    match size {
-        Some(0) if !expects_body(&request.method) => {}
-        Some(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        None => out.put_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.put_slice(b"\r\n");
+    let head = RequestHead {
+        method: &request.method,
+        path: target.path,
+        host: target.host,
+        headers: &request.headers,
+    };
+    wire::encode_request_head(
+        out,
+        &head,
+        size,
+        |name| fields.is_some() && ProxyFields::replaces(name),
+        |out| {
+            if let Some(fields) = fields {
+                fields.write(out);
+            }
+        },
+    );
 }
 
 /// Writes the head waiting in `out`, then `body`, in its framing: `size`

@@ -12,9 +12,9 @@ mod admission;
 mod attempt;
 mod body;
 
+use super::client::upstream;
 use admission::{Admission, Plan, limit_user, plan, settle};
 use attempt::{Attempt, Blame, MAX_ATTEMPTS, blame, split_url};
-pub use attempt::{Upstream, ask, upstream};
 use body::{Outgoing, prepare_body};
 
 use std::convert::Infallible;
@@ -39,10 +39,10 @@ use super::h1::is_idempotent;
 use super::headers::{Peer, parse_cidr, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
-use crate::kernel::http1;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::registry::{Instance, Registry};
 use crate::kernel::telemetry;
+use crate::kernel::wire;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::ratelimit::{self, Limiter};
 use crate::middleware::token::TokenError;
@@ -221,7 +221,7 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
         // The request's fields have gone upstream: their map serves the
         // thread's next request.
         if let Some(head) = plan.head.take() {
-            http1::recycle_headers(head.headers);
+            wire::recycle_headers(head.headers);
         }
         response
     }

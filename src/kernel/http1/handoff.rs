@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Conn;
+use crate::kernel::connection::{ConnectionService, InPlace};
 use crate::kernel::deadline::Deadline;
-use crate::kernel::server::{ConnectionService, InPlace};
 
 /// What ends a connection handed to hyper.
 pub(super) struct Over {

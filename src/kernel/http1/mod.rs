@@ -16,25 +16,20 @@
 //! begun, a connection with no request in flight is closed, and one with a
 //! request in flight is closed once its answer has been written.
 //!
-//! Rooms: this file serves the connection and writes its answers;
-//! `head.rs` reads request heads, `framing.rs` frames bodies (for the
-//! gateway's client side too), `handoff.rs` hands a connection to hyper.
+//! Rooms: this file serves the connection and writes its answers, by the
+//! rules and limits of `kernel::wire`; `handoff.rs` hands a connection to
+//! hyper.
 
-mod framing;
 mod handoff;
-mod head;
 
-pub use framing::{BodyFraming, Misframed};
 use handoff::{Over, hand_off};
-pub use head::{FieldSpan, FieldSpans, header_map, recycle_headers};
-use head::{HandOff, KeepAlive, Request, has_token, parse};
 
 use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use bytes::{BufMut as _, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap};
@@ -47,13 +42,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{ConnectionService, call_in_place};
 use super::deadline::Deadline;
-use super::server::{ConnectionService, call_in_place};
-
-/// How much the read buffer grows by when it runs out of room.
-const READ_SPACE: usize = 8 * 1024;
-/// The most answer body bytes gathered before they are written.
-const WRITE_BATCH: usize = 64 * 1024;
+use super::error::Problem;
+use super::wire::{
+    BodyFraming, KeepAlive, NotRead, READ_SPACE, Request, WRITE_BATCH, encode_response_head,
+    has_token, make_room, parse_request, recycle_headers,
+};
 
 /// What one connection is served with.
 pub struct Serving<S> {
@@ -101,10 +96,14 @@ where
         deadline.start();
         let request = loop {
             if !conn.read.is_empty() {
-                match parse(&mut conn.read) {
+                match parse_request(&mut conn.read) {
                     Ok(Some(request)) => break request,
                     Ok(None) => {}
-                    Err(HandOff) => {
+                    Err(NotRead::HeadTooLarge) => {
+                        let _ = conn.write_refusal(&mut deadline).await;
+                        return;
+                    }
+                    Err(NotRead::HandOff) => {
                         let over = Over {
                             watcher,
                             shutdown: shutdown.clone(),
@@ -154,6 +153,22 @@ struct Conn {
 }
 
 impl Conn {
+    /// Answers a request head longer than the wire's limit with 431 and
+    /// `Connection: close`: nothing after it can be read in step.
+    async fn write_refusal(&mut self, deadline: &mut HeadDeadline) -> io::Result<bool> {
+        let answer = Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "head_too_large",
+            "The request head is too large",
+        )
+        .into_response();
+        let close = KeepAlive {
+            keep: false,
+            http11: true,
+        };
+        self.write_answer(answer, false, close, deadline).await
+    }
+
     /// Reads more of the client's bytes; 0 at their end. Gives up when the
     /// head takes too long, and, between requests, when shutdown begins.
     fn poll_fill(
@@ -163,9 +178,7 @@ impl Conn {
         deadline: &mut HeadDeadline,
         stopping: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_SPACE / 4 {
-            self.read.reserve(READ_SPACE);
-        }
+        make_room(&mut self.read);
         if let Poll::Ready(read) =
             tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
         {
@@ -211,7 +224,7 @@ impl Conn {
         out.clear();
         // HEAD and 304 answers keep the length a GET would have had.
         let kept_length = head || status == StatusCode::NOT_MODIFIED;
-        encode_head(out, status, &parts.headers, kept_length, |out| {
+        encode_response_head(out, status, &parts.headers, kept_length, |out| {
             let length = match length {
                 Some(n) if !bodiless => Some(n),
                 Some(n) if head && n > 0 && !parts.headers.contains_key(header::CONTENT_LENGTH) => {
@@ -337,44 +350,6 @@ fn connection_closes(headers: &HeaderMap) -> bool {
         .any(|v| has_token(v.as_bytes(), b"close"))
 }
 
-/// Writes the status line, the answer's fields (but its framing fields,
-/// which `framing` writes; its `Content-Length` stays when `kept_length`),
-/// and a `Date` when it has none.
-fn encode_head(
-    out: &mut BytesMut,
-    status: StatusCode,
-    headers: &HeaderMap,
-    kept_length: bool,
-    framing: impl FnOnce(&mut BytesMut),
-) {
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    let mut dated = false;
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH && !kept_length
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
-            continue;
-        }
-        dated |= name == header::DATE;
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if !dated {
-        out.put_slice(b"date: ");
-        date::write(out);
-        out.put_slice(b"\r\n");
-    }
-    framing(out);
-    out.put_slice(b"\r\n");
-}
-
 /// The time by which the head of the request being waited for must be in:
 /// one timer per connection (see [`Deadline`]).
 struct HeadDeadline {
@@ -408,38 +383,5 @@ impl HeadDeadline {
     /// task is woken by then.
     fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline.poll_passed(cx)
-    }
-}
-
-/// The `Date` field's value, made once a second per thread.
-mod date {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use bytes::{BufMut as _, BytesMut};
-
-    struct Cached {
-        second: u64,
-        text: String,
-    }
-
-    thread_local! {
-        static DATE: RefCell<Cached> = const {
-            RefCell::new(Cached { second: u64::MAX, text: String::new() })
-        };
-    }
-
-    /// Writes the current date (IMF-fixdate) to `out`.
-    pub fn write(out: &mut BytesMut) {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        DATE.with(|cached| {
-            let mut cached = cached.borrow_mut();
-            if cached.second != second {
-                cached.second = second;
-                cached.text = httpdate::fmt_http_date(now);
-            }
-            out.put_slice(cached.text.as_bytes());
-        });
     }
 }

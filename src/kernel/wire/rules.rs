@@ -1,9 +1,12 @@
-//! Rules of the HTTP wire that every server here keeps, whichever path
-//! (the kernel's HTTP/1.1 loop or hyper) read the request, each with the
-//! RFC section it follows.
+//! Rules about a request's fields that every server here keeps, whichever
+//! path (the kernel's HTTP/1.1 loop or hyper) read the request, and
+//! whichever version it came in, each with the RFC section it follows.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
+
+/// The field carrying a request's id, in the request and its answer.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Whether `value` is a valid `Host` field value (RFC 9110 section 7.2,
 /// RFC 3986 section 3.2.2): `uri-host [ ":" port ]`, made only of the
