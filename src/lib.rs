@@ -5,7 +5,9 @@
 //! Module map:
 //! - [`kernel`]: infrastructure every service shares and nothing else
 //!   (config layers, telemetry, metrics, health, serving and the HTTP/1.1
-//!   loop, I/O threads, database, registry, RPC clients, bus, outbox, cache).
+//!   loop, the HTTP wire's rules and limits for servers and clients alike,
+//!   I/O threads, database, registry, RPC clients, bus, outbox, cache, the
+//!   allocator).
 //! - [`config`]: the whole configuration of a process: the kernel's sections
 //!   and one section per service.
 //! - [`middleware`]: what every public API shares: access tokens, the
