@@ -13,16 +13,12 @@
 //! Here too: issuing a link's single-use token (only its hash is stored)
 //! and confirming it, for a password reset or an email verification.
 
-use std::sync::Mutex;
-
 use diesel::Connection;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::IdentityError;
+use super::link_queue::{Link, RESET, VERIFY, hash_token, new_token};
 use super::model::{User, UserStatus, validate_email};
 use super::notifier::{Notice, NoticeKind};
 use super::password::Password;
@@ -30,43 +26,6 @@ use super::service::{Identity, secs, user_event};
 use super::store::{self, UserRow};
 use crate::kernel::locks;
 use crate::kernel::outbox;
-
-/// Link requests waiting at most.
-const QUEUE: usize = 1024;
-
-/// A link asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Link {
-    PasswordReset,
-    EmailVerification,
-}
-
-/// The queue of link requests: an address (already validated) and what it
-/// asked for.
-pub struct Links {
-    tx: mpsc::Sender<(String, Link)>,
-    /// Taken by the worker when it starts.
-    rx: Mutex<Option<mpsc::Receiver<(String, Link)>>>,
-}
-
-impl Default for Links {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        Links {
-            tx,
-            rx: Mutex::new(Some(rx)),
-        }
-    }
-}
-
-impl Links {
-    /// Queues `link` for `email`; refused when the queue is full.
-    pub fn queue(&self, email: String, link: Link) -> Result<(), IdentityError> {
-        self.tx
-            .try_send((email, link))
-            .map_err(|_| IdentityError::Unavailable("too many link requests are waiting".into()))
-    }
-}
 
 /// Works the queue of `identity` until `shutdown`, then sends what is
 /// still waiting and ends. A second call finds no queue and ends at once.
@@ -95,9 +54,6 @@ async fn send(identity: &Identity, email: &str, link: Link) {
         tracing::warn!(error = %e, ?link, "a requested link could not be sent");
     }
 }
-
-const RESET: &str = "password_reset";
-pub(super) const VERIFY: &str = "email_verification";
 
 impl Identity {
     /// Queues a reset link for the email, sent if it belongs to an active
@@ -255,33 +211,5 @@ impl Identity {
                 token,
             })
             .await;
-    }
-}
-
-/// A new single-use token (256 random bits, hex) and the hash that is stored.
-pub(super) fn new_token() -> (String, String) {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = hex::encode(bytes);
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-pub(super) fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_and_only_their_hash_is_kept() {
-        let (a, ha) = new_token();
-        let (b, _) = new_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-        assert_eq!(ha, hash_token(&a));
-        assert_ne!(ha, a);
     }
 }

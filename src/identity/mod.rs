@@ -3,18 +3,24 @@
 //!
 //! Rooms, as in every service: `service.rs` (domain logic), `store.rs`
 //! (Diesel queries), `schema.rs` (tables), `http.rs` (public API), `grpc.rs`
-//! (internal API), `error.rs` (the error table), plus `password.rs` (hashing)
-//! and `notifier.rs` (how links reach users). This file wires them up.
+//! (internal API), `error.rs` (the error table), plus `model.rs` (the user
+//! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
+//! a password, lockout) with `phantoms.rs` (lockout of addresses with no
+//! account), `links.rs` (reset and verification links) with `link_queue.rs`
+//! (their queue and tokens), and `notifier.rs` (how links reach users).
+//! This file wires them up.
 
 pub mod config;
 mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod http;
+mod link_queue;
 pub mod links;
 pub mod model;
 pub mod notifier;
 pub mod password;
+mod phantoms;
 pub mod schema;
 pub mod service;
 pub mod store;

@@ -15,15 +15,15 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::config::IdentityConfig;
-use super::credentials::Phantoms;
 use super::error::IdentityError;
-use super::links::{Links, VERIFY, new_token};
+use super::link_queue::{Links, VERIFY, new_token};
 pub use super::model::{
     MAX_BATCH, MAX_DISPLAY_NAME, Registration, User, UserId, UserStatus, validate_display_name,
     validate_email,
 };
 use super::notifier::{NoticeKind, Notifier};
 use super::password::{Hasher, Password};
+use super::phantoms::Phantoms;
 use super::store::{self, UserRow};
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
