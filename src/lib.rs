@@ -24,8 +24,10 @@
 //!   checks at the edge, rate limits, CORS, load balancing, the merged API
 //!   document.
 //!
-//! The `authz` and `audit` features are reserved; those services have no
-//! module yet.
+//! - `authz` (feature `authz`): roles, groups, bindings and permission
+//!   checks; so far the model and its resolution.
+//!
+//! The `audit` feature is reserved; that service has no module yet.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(
@@ -56,6 +58,8 @@ pub mod proto;
 
 #[cfg(feature = "auth")]
 pub mod auth;
+#[cfg(feature = "authz")]
+pub mod authz;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 #[cfg(feature = "identity")]

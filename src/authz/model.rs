@@ -1,0 +1,807 @@
+//! What authorization is made of, and how a check is decided: permissions
+//! (`resource_type:action`, with `type:*` and `*`), resources (`type:id`)
+//! and their parents, roles (named sets of permissions), groups (which may
+//! contain groups, never in a circle), and bindings that give a subject (a
+//! user or a group) a role at a scope, possibly until some time.
+//!
+//! [`Policy`] holds one revision of all of it in memory and answers checks
+//! without I/O, each with the chain that decided it: the binding, its role
+//! and the permission in it, the groups the user reached it through, and
+//! the parents the resource reached it through. The store rebuilds a
+//! policy from the database; nothing here knows where it came from.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// The longest permission or resource text.
+pub const MAX_NAME: usize = 128;
+
+/// Why a permission, a resource or a change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0:?} is not a permission: `resource_type:action`, `resource_type:*` or `*`")]
+    BadPermission(String),
+    #[error("{0:?} is not a resource: `resource_type:id`")]
+    BadResource(String),
+    #[error("a group cannot contain itself, directly or through other groups")]
+    GroupCycle,
+    #[error("a resource cannot be its own parent, directly or through others")]
+    ParentCycle,
+    #[error("the chain of parents would be longer than {0}")]
+    TooDeep(usize),
+}
+
+/// A resource type: dot-separated segments (`billing.invoices`), each a
+/// lower-case letter followed by lower-case letters, digits, `_` or `-`.
+fn valid_type(text: &str) -> bool {
+    text.split('.').all(|segment| {
+        let mut bytes = segment.bytes();
+        bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    })
+}
+
+/// An action: a lower-case letter followed by lower-case letters, digits,
+/// `_` or `-`.
+fn valid_action(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A permission as granted by a role: one action on one type, every action
+/// on one type, or everything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// `*`
+    All,
+    /// `resource_type:*`
+    AnyAction(String),
+    /// `resource_type:action`
+    Action(String, String),
+}
+
+impl Permission {
+    /// Parses `text`; anything but the three shapes is refused.
+    pub fn parse(text: &str) -> Result<Permission, ModelError> {
+        let bad = || ModelError::BadPermission(text.to_owned());
+        if text == "*" {
+            return Ok(Permission::All);
+        }
+        if text.len() > MAX_NAME {
+            return Err(bad());
+        }
+        let (kind, action) = text.split_once(':').ok_or_else(bad)?;
+        if !valid_type(kind) {
+            return Err(bad());
+        }
+        match action {
+            "*" => Ok(Permission::AnyAction(kind.to_owned())),
+            action if valid_action(action) => {
+                Ok(Permission::Action(kind.to_owned(), action.to_owned()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Parses a permission a check asks about: one action on one type.
+    pub fn parse_asked(text: &str) -> Result<Permission, ModelError> {
+        match Permission::parse(text)? {
+            asked @ Permission::Action(..) => Ok(asked),
+            _ => Err(ModelError::BadPermission(text.to_owned())),
+        }
+    }
+
+    /// Whether holding `self` grants `asked`.
+    pub fn covers(&self, asked: &Permission) -> bool {
+        match (self, asked) {
+            (Permission::All, _) => true,
+            (Permission::AnyAction(kind), Permission::AnyAction(asked))
+            | (Permission::AnyAction(kind), Permission::Action(asked, _)) => kind == asked,
+            (Permission::Action(kind, action), Permission::Action(asked, asked_action)) => {
+                kind == asked && action == asked_action
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Permission::All => f.write_str("*"),
+            Permission::AnyAction(kind) => write!(f, "{kind}:*"),
+            Permission::Action(kind, action) => write!(f, "{kind}:{action}"),
+        }
+    }
+}
+
+/// One resource: `type:id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resource {
+    pub kind: String,
+    pub id: String,
+}
+
+impl Resource {
+    /// Parses `type:id`; the id is visible ASCII without spaces.
+    pub fn parse(text: &str) -> Result<Resource, ModelError> {
+        let bad = || ModelError::BadResource(text.to_owned());
+        if text.len() > MAX_NAME {
+            return Err(bad());
+        }
+        let (kind, id) = text.split_once(':').ok_or_else(bad)?;
+        if !valid_type(kind) || id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad());
+        }
+        Ok(Resource {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
+
+/// Where a binding holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Everywhere,
+    /// Every resource of one type, and everything under them.
+    Type(String),
+    /// One resource, and everything under it.
+    Resource(Resource),
+}
+
+/// Who a binding is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    User(Uuid),
+    Group(Uuid),
+}
+
+/// A named set of permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub permissions: BTreeSet<Permission>,
+    /// Made at the first start; never deleted.
+    pub builtin: bool,
+}
+
+/// A subject holding a role at a scope, until `expires_at` when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub id: Uuid,
+    pub subject: Subject,
+    pub role: String,
+    pub scope: Scope,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a check was allowed: the binding and everything between it and the
+/// question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub binding: Uuid,
+    pub role: String,
+    /// The role's permission that covers the one asked about.
+    pub permission: Permission,
+    /// The groups from the user to the binding's subject, nearest first;
+    /// empty when the binding is the user's own.
+    pub groups: Vec<Uuid>,
+    /// The scope the binding holds at.
+    pub scope: Scope,
+    /// The parents from the resource asked about to the binding's scope,
+    /// nearest first; empty when the scope holds the resource itself.
+    pub parents: Vec<Resource>,
+}
+
+/// Why a check was denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No binding of the user's, or of a group of theirs, grants it here.
+    NotGranted,
+    /// Only bindings that have expired would have granted it; the latest
+    /// of them ended then.
+    Expired(DateTime<Utc>),
+}
+
+/// A check's answer, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed(Grant),
+    Denied(Denial),
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allowed(_))
+    }
+}
+
+/// One revision of everything a check reads.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The revision of the writes this policy holds.
+    pub revision: u64,
+    roles: HashMap<String, Role>,
+    /// Each group's direct members.
+    members: HashMap<Uuid, HashSet<Subject>>,
+    /// The groups each subject is a direct member of.
+    member_of: HashMap<Subject, HashSet<Uuid>>,
+    bindings: Vec<Binding>,
+    /// Each subject's bindings, as indexes into `bindings`.
+    bindings_of: HashMap<Subject, Vec<usize>>,
+    parents: HashMap<Resource, Resource>,
+    /// The longest chain of parents looked up.
+    max_depth: usize,
+}
+
+impl Policy {
+    /// An empty policy whose chains of parents are at most `max_depth` long.
+    pub fn new(revision: u64, max_depth: usize) -> Policy {
+        Policy {
+            revision,
+            max_depth,
+            ..Policy::default()
+        }
+    }
+
+    pub fn add_role(&mut self, role: Role) {
+        self.roles.insert(role.name.clone(), role);
+    }
+
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+
+    /// Adds `member` to `group`; refused when the group would then contain
+    /// itself.
+    pub fn add_member(&mut self, group: Uuid, member: Subject) -> Result<(), ModelError> {
+        if let Subject::Group(inner) = member
+            && (inner == group || self.contains(inner, group))
+        {
+            return Err(ModelError::GroupCycle);
+        }
+        self.members.entry(group).or_default().insert(member);
+        self.member_of.entry(member).or_default().insert(group);
+        Ok(())
+    }
+
+    /// Whether `outer` contains `group`, directly or through other groups.
+    fn contains(&self, outer: Uuid, group: Uuid) -> bool {
+        let mut seen = HashSet::new();
+        let mut next = vec![outer];
+        while let Some(g) = next.pop() {
+            if !seen.insert(g) {
+                continue;
+            }
+            for member in self.members.get(&g).into_iter().flatten() {
+                if let Subject::Group(inner) = member {
+                    if *inner == group {
+                        return true;
+                    }
+                    next.push(*inner);
+                }
+            }
+        }
+        false
+    }
+
+    pub fn add_binding(&mut self, binding: Binding) {
+        self.bindings_of
+            .entry(binding.subject)
+            .or_default()
+            .push(self.bindings.len());
+        self.bindings.push(binding);
+    }
+
+    /// Registers `child` under `parent`; refused when the chain would run
+    /// in a circle or grow longer than the depth allowed.
+    pub fn set_parent(&mut self, child: Resource, parent: Resource) -> Result<(), ModelError> {
+        let above = self.ancestors(&parent);
+        if parent == child || above.contains(&child) {
+            return Err(ModelError::ParentCycle);
+        }
+        if above.len() + 1 > self.max_depth
+            || self.depth_below(&child) + above.len() + 1 > self.max_depth
+        {
+            return Err(ModelError::TooDeep(self.max_depth));
+        }
+        self.parents.insert(child, parent);
+        Ok(())
+    }
+
+    /// The parents of `resource`, nearest first, at most `max_depth`.
+    fn ancestors(&self, resource: &Resource) -> Vec<Resource> {
+        let mut chain = Vec::new();
+        let mut at = resource;
+        while let Some(parent) = self.parents.get(at) {
+            if chain.len() >= self.max_depth || chain.contains(parent) {
+                break;
+            }
+            chain.push(parent.clone());
+            at = parent;
+        }
+        chain
+    }
+
+    /// How many levels of children lie below `resource`.
+    fn depth_below(&self, resource: &Resource) -> usize {
+        let mut depth = 0;
+        let mut level: Vec<&Resource> = vec![resource];
+        while !level.is_empty() && depth <= self.max_depth {
+            level = self
+                .parents
+                .iter()
+                .filter(|(_, parent)| level.contains(parent))
+                .map(|(child, _)| child)
+                .collect();
+            if !level.is_empty() {
+                depth += 1;
+            }
+        }
+        depth
+    }
+
+    /// The user and every group they are in, each with the groups between,
+    /// nearest first; breadth first, so each group comes with its shortest
+    /// path.
+    fn reach(&self, user: Uuid) -> Vec<(Subject, Vec<Uuid>)> {
+        let mut found = vec![(Subject::User(user), Vec::new())];
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([(Subject::User(user), Vec::<Uuid>::new())]);
+        while let Some((subject, path)) = queue.pop_front() {
+            for group in self.member_of.get(&subject).into_iter().flatten() {
+                if seen.insert(*group) {
+                    let mut path = path.clone();
+                    path.push(*group);
+                    found.push((Subject::Group(*group), path.clone()));
+                    queue.push_back((Subject::Group(*group), path));
+                }
+            }
+        }
+        found
+    }
+
+    /// How `scope` holds at `resource` (or, without one, at the type of
+    /// the permission asked about): the parents between, or none when it
+    /// does not hold there.
+    fn holds(
+        &self,
+        scope: &Scope,
+        asked: &Permission,
+        resource: Option<&Resource>,
+    ) -> Option<Vec<Resource>> {
+        let Some(resource) = resource else {
+            return match (scope, asked) {
+                (Scope::Everywhere, _) => Some(Vec::new()),
+                (Scope::Type(kind), Permission::Action(asked, _)) if kind == asked => {
+                    Some(Vec::new())
+                }
+                _ => None,
+            };
+        };
+        let at_self = |r: &Resource| match scope {
+            Scope::Everywhere => true,
+            Scope::Type(kind) => &r.kind == kind,
+            Scope::Resource(one) => one == r,
+        };
+        if at_self(resource) {
+            return Some(Vec::new());
+        }
+        let chain = self.ancestors(resource);
+        let at = chain.iter().position(at_self)?;
+        Some(chain[..=at].to_vec())
+    }
+
+    /// Whether `user` may do `asked` on `resource` (or at its type, without
+    /// one) at `now`, and why.
+    pub fn check(
+        &self,
+        user: Uuid,
+        asked: &Permission,
+        resource: Option<&Resource>,
+        now: DateTime<Utc>,
+    ) -> Decision {
+        let mut best: Option<Grant> = None;
+        let mut expired: Option<DateTime<Utc>> = None;
+        for (subject, groups) in self.reach(user) {
+            for index in self.bindings_of.get(&subject).into_iter().flatten() {
+                let binding = &self.bindings[*index];
+                let Some(role) = self.roles.get(&binding.role) else {
+                    continue;
+                };
+                let Some(permission) = role.permissions.iter().find(|p| p.covers(asked)) else {
+                    continue;
+                };
+                let Some(parents) = self.holds(&binding.scope, asked, resource) else {
+                    continue;
+                };
+                if let Some(end) = binding.expires_at
+                    && end <= now
+                {
+                    expired = expired.max(Some(end));
+                    continue;
+                }
+                let grant = Grant {
+                    binding: binding.id,
+                    role: role.name.clone(),
+                    permission: permission.clone(),
+                    groups: groups.clone(),
+                    scope: binding.scope.clone(),
+                    parents,
+                };
+                // The shortest explanation: fewest groups, then fewest parents.
+                let shorter = best.as_ref().is_none_or(|b| {
+                    (grant.groups.len(), grant.parents.len()) < (b.groups.len(), b.parents.len())
+                });
+                if shorter {
+                    best = Some(grant);
+                }
+            }
+        }
+        match (best, expired) {
+            (Some(grant), _) => Decision::Allowed(grant),
+            (None, Some(end)) => Decision::Denied(Denial::Expired(end)),
+            (None, None) => Decision::Denied(Denial::NotGranted),
+        }
+    }
+
+    /// Every permission `user` holds at `resource` (or, without one, those
+    /// held everywhere) at `now`, as the roles state them.
+    pub fn permissions(
+        &self,
+        user: Uuid,
+        resource: Option<&Resource>,
+        now: DateTime<Utc>,
+    ) -> BTreeSet<Permission> {
+        let mut held = BTreeSet::new();
+        for (subject, _) in self.reach(user) {
+            for index in self.bindings_of.get(&subject).into_iter().flatten() {
+                let binding = &self.bindings[*index];
+                if binding.expires_at.is_some_and(|end| end <= now) {
+                    continue;
+                }
+                let Some(role) = self.roles.get(&binding.role) else {
+                    continue;
+                };
+                for permission in &role.permissions {
+                    let at = match resource {
+                        Some(_) => self.holds(&binding.scope, permission, resource).is_some(),
+                        None => binding.scope == Scope::Everywhere,
+                    };
+                    if at {
+                        held.insert(permission.clone());
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    /// The users who may do `asked` on `resource` at `now`: those bound
+    /// themselves and the members of bound groups, however deep.
+    pub fn subjects(
+        &self,
+        asked: &Permission,
+        resource: Option<&Resource>,
+        now: DateTime<Utc>,
+    ) -> BTreeSet<Uuid> {
+        let mut users = BTreeSet::new();
+        let mut groups = Vec::new();
+        for binding in &self.bindings {
+            if binding.expires_at.is_some_and(|end| end <= now)
+                || !self
+                    .roles
+                    .get(&binding.role)
+                    .is_some_and(|role| role.permissions.iter().any(|p| p.covers(asked)))
+                || self.holds(&binding.scope, asked, resource).is_none()
+            {
+                continue;
+            }
+            match binding.subject {
+                Subject::User(user) => {
+                    users.insert(user);
+                }
+                Subject::Group(group) => groups.push(group),
+            }
+        }
+        let mut seen = HashSet::new();
+        while let Some(group) = groups.pop() {
+            if !seen.insert(group) {
+                continue;
+            }
+            for member in self.members.get(&group).into_iter().flatten() {
+                match member {
+                    Subject::User(user) => {
+                        users.insert(*user);
+                    }
+                    Subject::Group(inner) => groups.push(*inner),
+                }
+            }
+        }
+        users
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Permission {
+        Permission::parse(text).unwrap()
+    }
+
+    fn r(text: &str) -> Resource {
+        Resource::parse(text).unwrap()
+    }
+
+    fn role(name: &str, permissions: &[&str]) -> Role {
+        Role {
+            name: name.into(),
+            description: String::new(),
+            permissions: permissions.iter().map(|t| p(t)).collect(),
+            builtin: false,
+        }
+    }
+
+    fn bind(subject: Subject, role: &str, scope: Scope) -> Binding {
+        Binding {
+            id: Uuid::now_v7(),
+            subject,
+            role: role.into(),
+            scope,
+            expires_at: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn permissions_have_three_shapes_and_wildcards_cover_what_they_name() {
+        assert_eq!(p("*"), Permission::All);
+        assert_eq!(p("users:*"), Permission::AnyAction("users".into()));
+        assert_eq!(
+            p("billing.invoices:write"),
+            Permission::Action("billing.invoices".into(), "write".into())
+        );
+        for bad in [
+            "",
+            "users",
+            "users:",
+            ":read",
+            "Users:read",
+            "users:Read",
+            "users:read:x",
+            "users.:read",
+            "1users:read",
+            "users:*read",
+            "users :read",
+            "*:read",
+            "**",
+        ] {
+            assert!(Permission::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Permission::parse(&format!("a:{}", "b".repeat(MAX_NAME))).is_err());
+        assert!(Permission::parse_asked("users:*").is_err());
+        assert!(Permission::parse_asked("*").is_err());
+
+        assert!(p("*").covers(&p("users:read")));
+        assert!(p("users:*").covers(&p("users:read")));
+        assert!(!p("users:*").covers(&p("users.admins:read")));
+        assert!(p("users:read").covers(&p("users:read")));
+        assert!(!p("users:read").covers(&p("users:write")));
+        assert!(!p("users:read").covers(&p("users:*")));
+        for text in ["*", "users:*", "billing.invoices:write"] {
+            assert_eq!(p(text).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn resources_are_a_type_and_an_id() {
+        assert_eq!(r("projects:42").to_string(), "projects:42");
+        for bad in [
+            "projects",
+            "projects:",
+            ":42",
+            "Projects:42",
+            "projects:4 2",
+        ] {
+            assert!(Resource::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_check_is_allowed_by_a_binding_and_says_which() {
+        let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut policy = Policy::new(1, 8);
+        policy.add_role(role("reader", &["users:read"]));
+        let binding = bind(Subject::User(ann), "reader", Scope::Everywhere);
+        let id = binding.id;
+        policy.add_binding(binding);
+        let Decision::Allowed(grant) = policy.check(ann, &p("users:read"), None, now()) else {
+            panic!("ann may read users")
+        };
+        assert_eq!(grant.binding, id);
+        assert_eq!(grant.role, "reader");
+        assert_eq!(grant.permission, p("users:read"));
+        assert!(grant.groups.is_empty() && grant.parents.is_empty());
+        assert_eq!(
+            policy.check(ann, &p("users:write"), None, now()),
+            Decision::Denied(Denial::NotGranted)
+        );
+        assert_eq!(
+            policy.check(bob, &p("users:read"), None, now()),
+            Decision::Denied(Denial::NotGranted)
+        );
+    }
+
+    #[test]
+    fn nested_groups_pass_their_bindings_down_and_refuse_circles() {
+        let ann = Uuid::now_v7();
+        let (staff, admins, outer) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut policy = Policy::new(1, 8);
+        policy.add_role(role("auditor", &["audit:read"]));
+        policy.add_member(admins, Subject::User(ann)).unwrap();
+        policy.add_member(staff, Subject::Group(admins)).unwrap();
+        policy.add_member(outer, Subject::Group(staff)).unwrap();
+        policy.add_binding(bind(Subject::Group(outer), "auditor", Scope::Everywhere));
+        let Decision::Allowed(grant) = policy.check(ann, &p("audit:read"), None, now()) else {
+            panic!("ann is in outer through two groups")
+        };
+        assert_eq!(grant.groups, [admins, staff, outer]);
+        assert_eq!(
+            policy.subjects(&p("audit:read"), None, now()),
+            BTreeSet::from([ann])
+        );
+
+        assert_eq!(
+            policy.add_member(admins, Subject::Group(outer)),
+            Err(ModelError::GroupCycle)
+        );
+        assert_eq!(
+            policy.add_member(staff, Subject::Group(staff)),
+            Err(ModelError::GroupCycle)
+        );
+        // The refused edges changed nothing: the path is as it was.
+        let Decision::Allowed(again) = policy.check(ann, &p("audit:read"), None, now()) else {
+            panic!("still allowed")
+        };
+        assert_eq!(again.groups, [admins, staff, outer]);
+    }
+
+    #[test]
+    fn scopes_hold_at_their_resource_its_type_and_everything_under_it() {
+        let ann = Uuid::now_v7();
+        let mut policy = Policy::new(1, 2);
+        policy.add_role(role("editor", &["projects:*"]));
+        policy.set_parent(r("projects:42"), r("orgs:7")).unwrap();
+        policy.set_parent(r("orgs:7"), r("tenants:1")).unwrap();
+        policy.add_binding(bind(
+            Subject::User(ann),
+            "editor",
+            Scope::Resource(r("orgs:7")),
+        ));
+
+        let Decision::Allowed(grant) =
+            policy.check(ann, &p("projects:write"), Some(&r("projects:42")), now())
+        else {
+            panic!("a binding on the parent covers the child")
+        };
+        assert_eq!(grant.parents, [r("orgs:7")]);
+        assert_eq!(grant.permission, p("projects:*"));
+        assert!(
+            !policy
+                .check(ann, &p("projects:write"), Some(&r("projects:43")), now())
+                .allowed()
+        );
+        assert!(
+            !policy
+                .check(ann, &p("projects:write"), Some(&r("tenants:1")), now())
+                .allowed()
+        );
+        assert!(
+            !policy
+                .check(ann, &p("projects:write"), None, now())
+                .allowed()
+        );
+
+        // The depth is bounded, and a circle refused.
+        assert_eq!(
+            policy.set_parent(r("tenants:1"), r("regions:eu")),
+            Err(ModelError::TooDeep(2))
+        );
+        assert_eq!(
+            policy.set_parent(r("tenants:1"), r("projects:42")),
+            Err(ModelError::ParentCycle)
+        );
+
+        let bob = Uuid::now_v7();
+        policy.add_binding(bind(
+            Subject::User(bob),
+            "editor",
+            Scope::Type("projects".into()),
+        ));
+        assert!(
+            policy
+                .check(bob, &p("projects:read"), Some(&r("projects:99")), now())
+                .allowed()
+        );
+        assert!(
+            policy
+                .check(bob, &p("projects:read"), None, now())
+                .allowed()
+        );
+        assert!(
+            !policy
+                .check(bob, &p("projects:read"), Some(&r("orgs:7")), now())
+                .allowed()
+        );
+        assert_eq!(
+            policy.subjects(&p("projects:read"), Some(&r("projects:42")), now()),
+            BTreeSet::from([ann, bob])
+        );
+        assert_eq!(
+            policy.permissions(ann, Some(&r("projects:42")), now()),
+            BTreeSet::from([p("projects:*")])
+        );
+        assert!(policy.permissions(ann, None, now()).is_empty());
+    }
+
+    #[test]
+    fn expired_bindings_grant_nothing_and_the_denial_says_so() {
+        let ann = Uuid::now_v7();
+        let mut policy = Policy::new(1, 8);
+        policy.add_role(role("admin", &["*"]));
+        let mut until = bind(Subject::User(ann), "admin", Scope::Everywhere);
+        let end = now() - chrono::Duration::minutes(1);
+        until.expires_at = Some(end);
+        policy.add_binding(until.clone());
+        assert_eq!(
+            policy.check(ann, &p("users:read"), None, now()),
+            Decision::Denied(Denial::Expired(end))
+        );
+        assert!(
+            policy
+                .check(
+                    ann,
+                    &p("users:read"),
+                    None,
+                    end - chrono::Duration::seconds(1)
+                )
+                .allowed()
+        );
+        assert!(policy.permissions(ann, None, now()).is_empty());
+        assert!(policy.subjects(&p("users:read"), None, now()).is_empty());
+    }
+
+    #[test]
+    fn the_shortest_explanation_is_the_one_given() {
+        let ann = Uuid::now_v7();
+        let group = Uuid::now_v7();
+        let mut policy = Policy::new(1, 8);
+        policy.add_role(role("reader", &["users:read"]));
+        policy.add_member(group, Subject::User(ann)).unwrap();
+        policy.add_binding(bind(Subject::Group(group), "reader", Scope::Everywhere));
+        let own = bind(Subject::User(ann), "reader", Scope::Everywhere);
+        let own_id = own.id;
+        policy.add_binding(own);
+        let Decision::Allowed(grant) = policy.check(ann, &p("users:read"), None, now()) else {
+            panic!("allowed twice over")
+        };
+        assert_eq!(grant.binding, own_id);
+        assert!(grant.groups.is_empty());
+    }
+}
