@@ -4,7 +4,40 @@
 //! role everywhere, on one resource type, or on one resource and what lies
 //! under it.
 //!
-//! Rooms so far: `model.rs`, the model and how a check is decided, with
-//! the chain that decided it, on one in-memory revision of the policy.
+//! Rooms so far: `model.rs` (the model, and how a check is decided, with
+//! the chain that decided it, on one in-memory revision of the policy),
+//! `store.rs` (the policy stored and read back, every write a new
+//! revision), `schema.rs` (its tables), `error.rs`.
 
+pub mod error;
 pub mod model;
+pub mod schema;
+pub mod store;
+
+use std::path::Path;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+use crate::kernel::config::DatabaseConfig;
+use crate::kernel::db::{Db, DbError, Migrations};
+
+/// The service's name: its registry entry, SQLite file and PostgreSQL schema.
+pub const NAME: &str = "authz";
+
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/authz");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/authz");
+
+static MIGRATIONS: Migrations = Migrations {
+    #[cfg(feature = "sqlite")]
+    sqlite: || SQLITE_MIGRATIONS,
+    #[cfg(feature = "postgres")]
+    postgres: || POSTGRES_MIGRATIONS,
+};
+
+/// Opens authz's database (its SQLite file under `data_dir`, or its
+/// PostgreSQL schema) with its migrations applied.
+pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {
+    Db::open(database, data_dir, NAME, &MIGRATIONS).await
+}

@@ -277,6 +277,19 @@ impl Policy {
         Ok(())
     }
 
+    /// Adds a membership read back from the store, where circles were
+    /// refused when it was written.
+    pub fn load_member(&mut self, group: Uuid, member: Subject) {
+        self.members.entry(group).or_default().insert(member);
+        self.member_of.entry(member).or_default().insert(group);
+    }
+
+    /// Adds a parent read back from the store, where circles and depth were
+    /// checked when it was written; lookups stop at `max_depth` anyway.
+    pub fn load_parent(&mut self, child: Resource, parent: Resource) {
+        self.parents.insert(child, parent);
+    }
+
     /// Whether `outer` contains `group`, directly or through other groups.
     fn contains(&self, outer: Uuid, group: Uuid) -> bool {
         let mut seen = HashSet::new();

@@ -9,6 +9,7 @@ mod binary;
 mod support;
 
 mod auth;
+mod authz;
 mod edge;
 mod gateway;
 mod identity_grpc;
