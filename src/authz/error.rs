@@ -15,6 +15,9 @@ pub enum AuthzError {
     /// A role or group of that name exists already.
     #[error("{0} exists already")]
     Exists(String),
+    /// A check asked for a revision newer than any written.
+    #[error("revision {asked} has not been written; the latest is {stored}")]
+    RevisionAhead { asked: u64, stored: u64 },
     /// The stored policy cannot be read back: a row the model refuses.
     #[error("stored policy unreadable: {0}")]
     Corrupt(String),

@@ -7,11 +7,13 @@
 //! Rooms so far: `model.rs` (the model, and how a check is decided, with
 //! the chain that decided it, on one in-memory revision of the policy),
 //! `store.rs` (the policy stored and read back, every write a new
-//! revision), `schema.rs` (its tables), `error.rs`.
+//! revision), `schema.rs` (its tables), `service.rs` (checks from the
+//! policy held in memory, kept current by revision), `error.rs`.
 
 pub mod error;
 pub mod model;
 pub mod schema;
+pub mod service;
 pub mod store;
 
 use std::path::Path;

@@ -7,6 +7,7 @@ use gatehouse::authz::error::AuthzError;
 use gatehouse::authz::model::{
     Binding, Decision, ModelError, Permission, Policy, Resource, Role, Scope, Subject,
 };
+use gatehouse::authz::service::{Authz, Question};
 use gatehouse::authz::{open_db, store};
 use gatehouse::kernel::db::Db;
 use uuid::Uuid;
@@ -187,4 +188,143 @@ async fn a_refused_write_changes_nothing() {
         expires_at: None,
     });
     assert!(!probe.check(ann, &p("x:y"), None, now).allowed());
+}
+
+async fn service(app: &TestApp, refresh: std::time::Duration) -> Authz {
+    Authz::new(open(app).await, app.clock.clone(), DEPTH, refresh)
+        .await
+        .unwrap()
+}
+
+fn question(user: Uuid, permission: &str, resource: Option<&str>) -> Question {
+    Question {
+        user,
+        permission: permission.into(),
+        resource: resource.map(Into::into),
+    }
+}
+
+/// Two instances on one database: what one writes, the other answers from
+/// at once when asked for that revision, and within its refresh interval
+/// when not.
+#[tokio::test]
+async fn a_check_is_never_answered_from_a_revision_older_than_asked() {
+    let app = TestApp::start().await;
+    let writer = service(&app, std::time::Duration::from_secs(3600)).await;
+    let reader = service(&app, std::time::Duration::from_secs(60)).await;
+    let ann = Uuid::now_v7();
+    let asked = question(ann, "audit:read", None);
+    let (decision, seen) = reader.check(&asked, 0).await.unwrap();
+    assert!(!decision.allowed());
+
+    let revision = writer
+        .bind(Binding {
+            id: Uuid::now_v7(),
+            subject: Subject::User(ann),
+            role: "auditor".into(),
+            scope: Scope::Everywhere,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    assert!(revision > seen);
+    // The writer holds its own write at once.
+    assert!(writer.check(&asked, 0).await.unwrap().0.allowed());
+    // The reader still holds what it read, unless asked for the write's revision.
+    assert!(!reader.check(&asked, 0).await.unwrap().0.allowed());
+    let (decision, at) = reader.check(&asked, revision).await.unwrap();
+    assert!(decision.allowed());
+    assert_eq!(at, revision);
+
+    // A write the reader was not told of is seen once its refresh interval
+    // has passed.
+    let bob = Uuid::now_v7();
+    let later = writer
+        .bind(Binding {
+            id: Uuid::now_v7(),
+            subject: Subject::User(bob),
+            role: "admin".into(),
+            scope: Scope::Everywhere,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let bobs = question(bob, "users:write", None);
+    assert!(!reader.check(&bobs, 0).await.unwrap().0.allowed());
+    app.clock.advance(chrono::Duration::seconds(61));
+    let (decision, at) = reader.check(&bobs, 0).await.unwrap();
+    assert!(decision.allowed());
+    assert_eq!(at, later);
+
+    // A revision nobody has written is an error, not a guess.
+    assert!(matches!(
+        reader.check(&bobs, later + 10).await,
+        Err(AuthzError::RevisionAhead { .. })
+    ));
+}
+
+#[tokio::test]
+async fn checks_in_a_batch_share_one_revision_and_bad_questions_are_refused() {
+    let app = TestApp::start().await;
+    let authz = service(&app, std::time::Duration::from_secs(1)).await;
+    let ann = Uuid::now_v7();
+    authz
+        .create_role(Role {
+            name: "editor".into(),
+            description: String::new(),
+            permissions: [p("projects:*")].into(),
+            builtin: false,
+        })
+        .await
+        .unwrap();
+    authz.set_parent("projects:42", "orgs:7").await.unwrap();
+    let revision = authz
+        .bind(Binding {
+            id: Uuid::now_v7(),
+            subject: Subject::User(ann),
+            role: "editor".into(),
+            scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let (answers, at) = authz
+        .batch_check(
+            &[
+                question(ann, "projects:write", Some("projects:42")),
+                question(ann, "projects:write", Some("projects:43")),
+                question(ann, "orgs:write", Some("orgs:7")),
+            ],
+            revision,
+        )
+        .await
+        .unwrap();
+    assert_eq!(at, revision);
+    let allowed: Vec<bool> = answers.iter().map(Decision::allowed).collect();
+    assert_eq!(allowed, [true, false, false]);
+    let (held, _) = authz
+        .permissions(ann, Some("projects:42"), 0)
+        .await
+        .unwrap();
+    assert_eq!(held, [p("projects:*")].into());
+    let (who, _) = authz
+        .subjects("projects:read", Some("projects:42"), 0)
+        .await
+        .unwrap();
+    assert_eq!(who, [ann].into());
+
+    for (permission, resource) in [
+        ("projects", None),
+        ("projects:*", None),
+        ("*", None),
+        ("projects:read", Some("projects")),
+    ] {
+        assert!(
+            matches!(
+                authz.check(&question(ann, permission, resource), 0).await,
+                Err(AuthzError::Invalid(_))
+            ),
+            "{permission} {resource:?}"
+        );
+    }
 }

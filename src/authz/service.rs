@@ -1,0 +1,242 @@
+//! The authz service's logic: checks answered from the policy held in
+//! memory, and the writes that change it.
+//!
+//! The policy is read from the database whole and kept as one immutable
+//! revision; a check reads it without I/O. It is read again when a write
+//! of this instance moves the revision on, when a check asks for a
+//! revision newer than the one held (`at_least_revision`: a check never
+//! answers from state older than what the caller has seen written), and,
+//! for writes of other instances, when a check finds the one held older
+//! than the refresh interval and the stored revision has moved.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::error::AuthzError;
+use super::model::{Binding, Decision, Permission, Policy, Resource, Role, Subject};
+use super::store;
+use crate::kernel::clock::Clock;
+use crate::kernel::db::Db;
+use crate::kernel::locks;
+
+/// The policy held, and when it was last known to be current.
+struct Held {
+    policy: Arc<Policy>,
+    checked_at: DateTime<Utc>,
+}
+
+/// The authz service. Cloning is cheap; clones share the policy held.
+#[derive(Clone)]
+pub struct Authz {
+    db: Db,
+    clock: Arc<dyn Clock>,
+    held: Arc<RwLock<Held>>,
+    /// Serialises reloads, so a burst of checks reads the database once.
+    reload: Arc<tokio::sync::Mutex<()>>,
+    max_depth: usize,
+    refresh: chrono::Duration,
+}
+
+/// A check's question.
+#[derive(Debug, Clone)]
+pub struct Question {
+    pub user: Uuid,
+    pub permission: String,
+    /// `type:id`, or none to ask at the permission's type.
+    pub resource: Option<String>,
+}
+
+impl Authz {
+    /// The service on `db`, its policy read now; chains of parents are
+    /// looked up at most `max_depth` deep, and writes of other instances
+    /// are looked for at most every `refresh`.
+    pub async fn new(
+        db: Db,
+        clock: Arc<dyn Clock>,
+        max_depth: usize,
+        refresh: Duration,
+    ) -> Result<Authz, AuthzError> {
+        let policy = db.run(move |conn| store::load(conn, max_depth)).await?;
+        let held = Held {
+            policy: Arc::new(policy),
+            checked_at: clock.now(),
+        };
+        Ok(Authz {
+            db,
+            clock,
+            held: Arc::new(RwLock::new(held)),
+            reload: Arc::default(),
+            max_depth,
+            refresh: chrono::Duration::from_std(refresh).unwrap_or(chrono::Duration::seconds(1)),
+        })
+    }
+
+    fn held(&self) -> (Arc<Policy>, DateTime<Utc>) {
+        let held = locks::read(&self.held);
+        (held.policy.clone(), held.checked_at)
+    }
+
+    /// The policy at `at_least` or newer, and no older than the refresh
+    /// interval allows.
+    pub async fn policy(&self, at_least: u64) -> Result<Arc<Policy>, AuthzError> {
+        let (policy, checked_at) = self.held();
+        let now = self.clock.now();
+        if policy.revision >= at_least && now - checked_at < self.refresh {
+            return Ok(policy);
+        }
+        let _turn = self.reload.lock().await;
+        // Another task may have read it meanwhile.
+        let (policy, checked_at) = self.held();
+        if policy.revision >= at_least && now - checked_at < self.refresh {
+            return Ok(policy);
+        }
+        let stored = self
+            .db
+            .run(|conn| Ok::<_, AuthzError>(store::current_revision(conn)?))
+            .await?;
+        let stored = u64::try_from(stored).unwrap_or_default();
+        if stored < at_least {
+            return Err(AuthzError::RevisionAhead {
+                asked: at_least,
+                stored,
+            });
+        }
+        let policy = if stored == policy.revision {
+            policy
+        } else {
+            let depth = self.max_depth;
+            Arc::new(self.db.run(move |conn| store::load(conn, depth)).await?)
+        };
+        *locks::write(&self.held) = Held {
+            policy: policy.clone(),
+            checked_at: now,
+        };
+        Ok(policy)
+    }
+
+    /// Answers `question` from a policy at `at_least` or newer, with the
+    /// revision it was answered at.
+    pub async fn check(
+        &self,
+        question: &Question,
+        at_least: u64,
+    ) -> Result<(Decision, u64), AuthzError> {
+        let mut answers = self
+            .batch_check(std::slice::from_ref(question), at_least)
+            .await?;
+        let decision = answers
+            .0
+            .pop()
+            .ok_or(AuthzError::NotFound("answer".into()))?;
+        Ok((decision, answers.1))
+    }
+
+    /// Answers every question from one revision.
+    pub async fn batch_check(
+        &self,
+        questions: &[Question],
+        at_least: u64,
+    ) -> Result<(Vec<Decision>, u64), AuthzError> {
+        let asked: Vec<(Permission, Option<Resource>)> = questions
+            .iter()
+            .map(|q| {
+                let permission = Permission::parse_asked(&q.permission)?;
+                let resource = q.resource.as_deref().map(Resource::parse).transpose()?;
+                Ok((permission, resource))
+            })
+            .collect::<Result<_, AuthzError>>()?;
+        let policy = self.policy(at_least).await?;
+        let now = self.clock.now();
+        let decisions = questions
+            .iter()
+            .zip(&asked)
+            .map(|(q, (permission, resource))| {
+                policy.check(q.user, permission, resource.as_ref(), now)
+            })
+            .collect();
+        Ok((decisions, policy.revision))
+    }
+
+    /// Every permission `user` holds at `resource` (or everywhere).
+    pub async fn permissions(
+        &self,
+        user: Uuid,
+        resource: Option<&str>,
+        at_least: u64,
+    ) -> Result<(BTreeSet<Permission>, u64), AuthzError> {
+        let resource = resource.map(Resource::parse).transpose()?;
+        let policy = self.policy(at_least).await?;
+        let held = policy.permissions(user, resource.as_ref(), self.clock.now());
+        Ok((held, policy.revision))
+    }
+
+    /// The users who may do `permission` at `resource` (or at its type).
+    pub async fn subjects(
+        &self,
+        permission: &str,
+        resource: Option<&str>,
+        at_least: u64,
+    ) -> Result<(BTreeSet<Uuid>, u64), AuthzError> {
+        let permission = Permission::parse_asked(permission)?;
+        let resource = resource.map(Resource::parse).transpose()?;
+        let policy = self.policy(at_least).await?;
+        let users = policy.subjects(&permission, resource.as_ref(), self.clock.now());
+        Ok((users, policy.revision))
+    }
+
+    /// Runs a write, then holds the policy at its revision or newer.
+    async fn write<F>(&self, write: F) -> Result<u64, AuthzError>
+    where
+        F: FnOnce(&mut crate::kernel::db::DbConnection) -> Result<i64, AuthzError> + Send + 'static,
+    {
+        let revision = self.db.run(write).await?;
+        let revision = u64::try_from(revision).unwrap_or_default();
+        self.policy(revision).await?;
+        Ok(revision)
+    }
+
+    pub async fn create_role(&self, role: Role) -> Result<u64, AuthzError> {
+        let now = self.clock.now().naive_utc();
+        self.write(move |conn| store::create_role(conn, &role, now))
+            .await
+    }
+
+    pub async fn create_group(
+        &self,
+        id: Uuid,
+        name: String,
+        description: String,
+    ) -> Result<u64, AuthzError> {
+        let now = self.clock.now().naive_utc();
+        self.write(move |conn| store::create_group(conn, id, &name, &description, now))
+            .await
+    }
+
+    pub async fn add_member(&self, group: Uuid, member: Subject) -> Result<u64, AuthzError> {
+        let now = self.clock.now().naive_utc();
+        self.write(move |conn| store::add_member(conn, group, member, now))
+            .await
+    }
+
+    pub async fn bind(&self, binding: Binding) -> Result<u64, AuthzError> {
+        let now = self.clock.now().naive_utc();
+        self.write(move |conn| store::bind(conn, &binding, now))
+            .await
+    }
+
+    pub async fn unbind(&self, id: Uuid) -> Result<u64, AuthzError> {
+        self.write(move |conn| store::unbind(conn, id)).await
+    }
+
+    pub async fn set_parent(&self, child: &str, parent: &str) -> Result<u64, AuthzError> {
+        let child = Resource::parse(child)?;
+        let parent = Resource::parse(parent)?;
+        let depth = self.max_depth;
+        self.write(move |conn| store::set_parent(conn, &child, &parent, depth))
+            .await
+    }
+}
