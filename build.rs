@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/gatehouse/identity/v1/identity.proto",
             "proto/gatehouse/auth/v1/auth.proto",
+            "proto/gatehouse/authz/v1/authz.proto",
             "proto/gatehouse/events/v1/events.proto",
         ],
         &["proto"],

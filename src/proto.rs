@@ -20,3 +20,10 @@ pub mod auth {
         tonic::include_proto!("gatehouse.auth.v1");
     }
 }
+
+/// The authz service's internal gRPC contract.
+pub mod authz {
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.authz.v1");
+    }
+}

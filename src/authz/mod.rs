@@ -8,9 +8,11 @@
 //! the chain that decided it, on one in-memory revision of the policy),
 //! `store.rs` (the policy stored and read back, every write a new
 //! revision), `schema.rs` (its tables), `service.rs` (checks from the
-//! policy held in memory, kept current by revision), `error.rs`.
+//! policy held in memory, kept current by revision), `grpc.rs` (the
+//! internal API), `error.rs` (the error table).
 
 pub mod error;
+pub mod grpc;
 pub mod model;
 pub mod schema;
 pub mod service;

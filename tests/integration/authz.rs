@@ -10,9 +10,11 @@ use gatehouse::authz::model::{
 use gatehouse::authz::service::{Authz, Question};
 use gatehouse::authz::{open_db, store};
 use gatehouse::kernel::db::Db;
+use gatehouse::proto::authz::v1 as pb;
+use gatehouse::proto::authz::v1::authz_client::AuthzClient;
 use uuid::Uuid;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, grpc_code};
 
 const DEPTH: usize = 8;
 
@@ -327,4 +329,147 @@ async fn checks_in_a_batch_share_one_revision_and_bad_questions_are_refused() {
             "{permission} {resource:?}"
         );
     }
+}
+
+/// Serves authz's gRPC API on a port of its own; a client for it.
+async fn grpc(authz: Authz) -> AuthzClient<tonic::transport::Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(gatehouse::authz::grpc::server(authz))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    AuthzClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn asked(user: Uuid, permission: &str, resource: &str) -> pb::Question {
+    pb::Question {
+        user_id: user.to_string(),
+        permission: permission.into(),
+        resource: resource.into(),
+    }
+}
+
+#[tokio::test]
+async fn the_grpc_api_explains_its_answers_and_refuses_bad_questions() {
+    let app = TestApp::start().await;
+    let authz = service(&app, std::time::Duration::from_secs(1)).await;
+    let (ann, team) = (Uuid::now_v7(), Uuid::now_v7());
+    authz
+        .create_group(team, "team".into(), String::new())
+        .await
+        .unwrap();
+    authz.add_member(team, Subject::User(ann)).await.unwrap();
+    authz.set_parent("projects:42", "orgs:7").await.unwrap();
+    let binding = Uuid::now_v7();
+    let revision = authz
+        .bind(Binding {
+            id: binding,
+            subject: Subject::Group(team),
+            role: "admin".into(),
+            scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let mut client = grpc(authz).await;
+
+    let checked = client
+        .check(pb::CheckRequest {
+            question: Some(asked(ann, "projects:delete", "projects:42")),
+            at_least_revision: revision,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.revision, revision);
+    let answer = checked.answer.unwrap();
+    assert!(answer.allowed);
+    let grant = answer.grant.unwrap();
+    assert_eq!(grant.binding_id, binding.to_string());
+    assert_eq!(grant.role, "admin");
+    assert_eq!(grant.permission, "*");
+    assert_eq!(grant.group_ids, [team.to_string()]);
+    assert_eq!(grant.scope, "orgs:7");
+    assert_eq!(grant.parents, ["orgs:7"]);
+
+    let batch = client
+        .batch_check(pb::BatchCheckRequest {
+            questions: vec![
+                asked(ann, "projects:read", "projects:42"),
+                asked(ann, "projects:read", "projects:9"),
+                asked(Uuid::now_v7(), "projects:read", "projects:42"),
+            ],
+            at_least_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let allowed: Vec<bool> = batch.answers.iter().map(|a| a.allowed).collect();
+    assert_eq!(allowed, [true, false, false]);
+    assert_eq!(batch.answers[1].denial, "not_granted");
+
+    let held = client
+        .list_permissions(pb::ListPermissionsRequest {
+            user_id: ann.to_string(),
+            resource: "projects:42".into(),
+            at_least_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.permissions, ["*"]);
+    let who = client
+        .list_subjects(pb::ListSubjectsRequest {
+            permission: "projects:read".into(),
+            resource: "projects:42".into(),
+            at_least_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.user_ids, [ann.to_string()]);
+
+    // Bad questions: the caller's fault, named.
+    for (question, code) in [
+        (asked(ann, "projects", ""), "validation_failed"),
+        (asked(ann, "projects:read", "projects"), "validation_failed"),
+        (
+            pb::Question {
+                user_id: "not-an-id".into(),
+                ..asked(ann, "projects:read", "")
+            },
+            "validation_failed",
+        ),
+    ] {
+        let refused = client
+            .check(pb::CheckRequest {
+                question: Some(question),
+                at_least_revision: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(grpc_code(&refused), code);
+    }
+    let ahead = client
+        .check(pb::CheckRequest {
+            question: Some(asked(ann, "projects:read", "")),
+            at_least_revision: revision + 100,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(grpc_code(&ahead), "revision_ahead");
+    let too_many = client
+        .batch_check(pb::BatchCheckRequest {
+            questions: vec![asked(ann, "projects:read", ""); 101],
+            at_least_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
 }
