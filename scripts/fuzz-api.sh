@@ -25,6 +25,7 @@ free_port() {
 gateway_port="$(free_port)"
 identity_port="$(free_port)"
 auth_port="$(free_port)"
+authz_port="$(free_port)"
 data="$(mktemp -d)"
 log="$data/platform.log"
 
@@ -34,6 +35,7 @@ GATEHOUSE_DATA_DIR="$data" \
 GATEHOUSE_GATEWAY__LISTEN="127.0.0.1:$gateway_port" \
 GATEHOUSE_IDENTITY__LISTEN="127.0.0.1:$identity_port" \
 GATEHOUSE_AUTH__LISTEN="127.0.0.1:$auth_port" \
+GATEHOUSE_AUTHZ__LISTEN="127.0.0.1:$authz_port" \
 GATEHOUSE_SERVER__OPS_LISTEN="127.0.0.1:0" \
 GATEHOUSE_IDENTITY__SCRYPT__LOG_N=4 \
 GATEHOUSE_IDENTITY__LOCKOUT__MAX_FAILURES=1000000 \

@@ -34,6 +34,12 @@ pub struct Config {
     #[cfg(not(feature = "auth"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<figment::value::Value>,
+    #[cfg(feature = "authz")]
+    pub authz: crate::authz::AuthzConfig,
+    /// Accepted and ignored where the authz service is not compiled in.
+    #[cfg(not(feature = "authz"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<figment::value::Value>,
     #[cfg(feature = "identity")]
     pub identity: crate::identity::IdentityConfig,
     /// Accepted and ignored where the identity service is not compiled in,
@@ -56,6 +62,7 @@ impl Default for Config {
             tokens: Default::default(),
             gateway: Default::default(),
             auth: Default::default(),
+            authz: Default::default(),
             identity: Default::default(),
         }
     }

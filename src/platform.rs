@@ -23,6 +23,8 @@ pub enum Service {
     Identity,
     #[cfg(feature = "auth")]
     Auth,
+    #[cfg(feature = "authz")]
+    Authz,
     #[cfg(feature = "gateway")]
     Gateway,
 }
@@ -35,6 +37,8 @@ impl Service {
             Service::Identity,
             #[cfg(feature = "auth")]
             Service::Auth,
+            #[cfg(feature = "authz")]
+            Service::Authz,
             #[cfg(feature = "gateway")]
             Service::Gateway,
         ]
@@ -82,6 +86,8 @@ pub async fn start(
         }
         #[cfg(feature = "auth")]
         Service::Auth => crate::auth::start(ctx, config.auth.clone()).await,
+        #[cfg(feature = "authz")]
+        Service::Authz => crate::authz::start(ctx, config.authz.clone()).await,
         #[cfg(feature = "gateway")]
         Service::Gateway => crate::gateway::start(ctx, config.gateway.clone()).await,
     }

@@ -2,7 +2,7 @@
 //! and how soon the all-in-one answers after it starts.
 //!
 //! - Resident memory (VmRSS) of the all-in-one and of each single-service
-//!   binary (identity, auth and the gateway as three processes), each on a
+//!   binary (identity, auth, authz and the gateway as four processes), each on a
 //!   fresh data directory with the default scrypt cost: a few seconds after
 //!   start, and again a few seconds after a burst of registrations and
 //!   logins through the gateway has ended.
@@ -251,10 +251,11 @@ async fn all_in_one(setup: &Setup) -> anyhow::Result<()> {
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let [gateway, auth, identity, ops] = ports()?;
+    let [gateway, auth, authz, identity, ops] = ports()?;
     let env = [
         ("GATEHOUSE_GATEWAY__LISTEN", format!("127.0.0.1:{gateway}")),
         ("GATEHOUSE_AUTH__LISTEN", format!("127.0.0.1:{auth}")),
+        ("GATEHOUSE_AUTHZ__LISTEN", format!("127.0.0.1:{authz}")),
         (
             "GATEHOUSE_IDENTITY__LISTEN",
             format!("127.0.0.1:{identity}"),
@@ -279,13 +280,22 @@ async fn all_in_one(setup: &Setup) -> anyhow::Result<()> {
     again.stop().await
 }
 
-/// Identity, auth and the gateway as three processes that find each other
-/// through the static registry.
+/// Identity, auth, authz and the gateway as four processes that find each
+/// other through the static registry.
 async fn single_services(setup: &Setup) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let [gateway, auth, identity, ops_gateway, ops_auth, ops_identity] = ports()?;
+    let [
+        gateway,
+        auth,
+        authz,
+        identity,
+        ops_gateway,
+        ops_auth,
+        ops_authz,
+        ops_identity,
+    ] = ports()?;
     let instances = |port: u16| format!(r#"["http://127.0.0.1:{port}"]"#);
     let common = |ops: u16| {
         vec![
@@ -317,10 +327,15 @@ async fn single_services(setup: &Setup) -> anyhow::Result<()> {
         "gatehouse-gateway",
         &with(common(ops_gateway), "GATEHOUSE_GATEWAY__LISTEN", gateway),
     )?;
+    let mut az = setup.spawn(
+        "gatehouse-authz",
+        "gatehouse-authz",
+        &with(common(ops_authz), "GATEHOUSE_AUTHZ__LISTEN", authz),
+    )?;
     let base = format!("http://127.0.0.1:{gateway}");
-    wait_answering(&client, &base, &mut [&mut id, &mut au, &mut gw]).await?;
-    measure(&client, &base, &[&id, &au, &gw], SINGLE_TARGET_MIB).await?;
-    for p in [gw, au, id] {
+    wait_answering(&client, &base, &mut [&mut id, &mut au, &mut gw, &mut az]).await?;
+    measure(&client, &base, &[&id, &au, &gw, &az], SINGLE_TARGET_MIB).await?;
+    for p in [gw, au, az, id] {
         p.stop().await?;
     }
     Ok(())

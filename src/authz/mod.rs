@@ -11,6 +11,7 @@
 //! policy held in memory, kept current by revision), `grpc.rs` (the
 //! internal API), `error.rs` (the error table).
 
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod model;
@@ -19,11 +20,18 @@ pub mod service;
 pub mod store;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+pub use config::AuthzConfig;
+
+use crate::kernel::ServiceContext;
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
+use crate::kernel::health::Probes;
+use crate::kernel::server::{self, Running, ServiceApp};
 
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
 pub const NAME: &str = "authz";
@@ -44,4 +52,38 @@ static MIGRATIONS: Migrations = Migrations {
 /// PostgreSQL schema) with its migrations applied.
 pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {
     Db::open(database, data_dir, NAME, &MIGRATIONS).await
+}
+
+/// Starts the service: its database, the policy in memory, its gRPC API,
+/// registered in the registry.
+pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<Running> {
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    let authz = service::Authz::new(
+        db.clone(),
+        ctx.clock.clone(),
+        config.max_parent_depth,
+        Duration::from_millis(config.refresh_ms),
+    )
+    .await?;
+    let grpc = grpc::server(authz);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::authz::v1::authz_server::AuthzServer<grpc::Grpc>>()
+        .await;
+    let app = ServiceApp {
+        name: NAME,
+        http: axum::Router::new(),
+        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        probes: Probes(vec![Arc::new(db)]),
+        io_threads: None,
+    };
+    server::launch(
+        ctx,
+        app,
+        config.listen,
+        config.advertise_url,
+        health,
+        Vec::new(),
+    )
+    .await
 }

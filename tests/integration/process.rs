@@ -1,4 +1,4 @@
-//! The `gatehouse-identity` binary as its own process: configured through
+//! The single-service binaries as their own processes: configured through
 //! the environment, reached over HTTP and gRPC, stopped with SIGTERM.
 
 use std::process::Command;
@@ -400,4 +400,46 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
             .unwrap();
         assert_eq!(r.status(), 202, "POST {i}");
     }
+}
+
+#[tokio::test]
+async fn the_authz_binary_answers_checks_over_grpc_and_stops_on_sigterm() {
+    use gatehouse::proto::authz::v1 as authz;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let backend = Backend::new();
+    let mut proc = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-authz"),
+        "authz",
+        port,
+        dir.path(),
+        &backend.env,
+    );
+    proc.started();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let mut client = authz::authz_client::AuthzClient::connect(base)
+        .await
+        .unwrap();
+    let answer = client
+        .check(authz::CheckRequest {
+            question: Some(authz::Question {
+                user_id: uuid::Uuid::now_v7().to_string(),
+                permission: "users:read".into(),
+                resource: String::new(),
+            }),
+            at_least_revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.revision, 1,
+        "a fresh policy is at its first revision"
+    );
+    let answer = answer.answer.unwrap();
+    assert!(!answer.allowed);
+    assert_eq!(answer.denial, "not_granted");
+    assert!(proc.terminate().await.success());
 }
