@@ -65,6 +65,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
         Duration::from_millis(config.refresh_ms),
     )
     .await?;
+    let background = vec![follow_identity(ctx, authz.clone()).await?];
     let grpc = grpc::server(authz);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -83,7 +84,44 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
         config.listen,
         config.advertise_url,
         health,
-        Vec::new(),
+        background,
     )
     .await
+}
+
+/// Handles identity's events until shutdown; a failed event is tried again
+/// (at least once, never skipped), but one that cannot be read is logged
+/// and passed over.
+async fn follow_identity(
+    ctx: &ServiceContext,
+    authz: service::Authz,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut events = ctx
+        .bus
+        .subscribe(NAME, &["identity"])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = ctx.shutdown.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = authz.on_identity_event(&event).await {
+                if let error::AuthzError::Corrupt(_) = e {
+                    tracing::error!(error = %e, event = %event.id, "identity event passed over");
+                    break;
+                }
+                tracing::warn!(error = %e, event = %event.id, "identity event failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }))
 }

@@ -310,6 +310,15 @@ impl Policy {
         false
     }
 
+    /// The bindings of `subject` itself (not of its groups).
+    pub fn bindings_of(&self, subject: Subject) -> impl Iterator<Item = &Binding> {
+        self.bindings_of
+            .get(&subject)
+            .into_iter()
+            .flatten()
+            .map(|index| &self.bindings[*index])
+    }
+
     pub fn add_binding(&mut self, binding: Binding) {
         self.bindings_of
             .entry(binding.subject)

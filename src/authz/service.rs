@@ -239,4 +239,48 @@ impl Authz {
         self.write(move |conn| store::set_parent(conn, &child, &parent, depth))
             .await
     }
+
+    /// Follows identity's events: a registered user gets the built-in
+    /// `user` role everywhere, and a deleted user's bindings and
+    /// memberships go. Handling an event twice changes nothing more.
+    pub async fn on_identity_event(
+        &self,
+        event: &crate::kernel::bus::Envelope,
+    ) -> Result<(), AuthzError> {
+        use prost::Message as _;
+        let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
+            .map_err(|e| AuthzError::Corrupt(format!("event {}: {e}", event.id)))?;
+        let Ok(user) = Uuid::parse_str(&payload.user_id) else {
+            return Err(AuthzError::Corrupt(format!("event {}: user id", event.id)));
+        };
+        let now = self.clock.now().naive_utc();
+        let written = match event.r#type.as_str() {
+            "identity.user.registered" => {
+                let binding = Binding {
+                    id: Uuid::now_v7(),
+                    subject: Subject::User(user),
+                    role: USER_ROLE.into(),
+                    scope: super::model::Scope::Everywhere,
+                    expires_at: None,
+                };
+                self.db
+                    .run(move |conn| store::bind_once(conn, &binding, now))
+                    .await?
+            }
+            "identity.user.deleted" => {
+                self.db
+                    .run(move |conn| store::forget_user(conn, user))
+                    .await?
+            }
+            _ => None,
+        };
+        if let Some(revision) = written {
+            self.policy(u64::try_from(revision).unwrap_or_default())
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+/// The built-in role every registered user gets.
+pub const USER_ROLE: &str = "user";

@@ -366,3 +366,61 @@ pub fn set_parent(
         Ok(())
     })
 }
+
+/// Stores `binding` unless the same subject already holds the same role at
+/// the same scope; the new revision, or none when nothing was written.
+pub fn bind_once(
+    conn: &mut DbConnection,
+    binding: &Binding,
+    now: NaiveDateTime,
+) -> Result<Option<i64>, AuthzError> {
+    let (subject_kind, subject_id) = subject_columns(binding.subject);
+    let (scope_kind, scope) = scope_columns(&binding.scope);
+    let held: i64 = bindings::table
+        .filter(bindings::subject_kind.eq(subject_kind))
+        .filter(bindings::subject_id.eq(subject_id))
+        .filter(bindings::role.eq(&binding.role))
+        .filter(bindings::scope_kind.eq(scope_kind))
+        .filter(bindings::scope.eq(scope))
+        .count()
+        .get_result(conn)?;
+    if held > 0 {
+        return Ok(None);
+    }
+    bind(conn, binding, now).map(Some)
+}
+
+/// Removes every binding and membership of `user`; the new revision, or
+/// none when there was nothing to remove.
+pub fn forget_user(conn: &mut DbConnection, user: Uuid) -> Result<Option<i64>, AuthzError> {
+    let id = user.to_string();
+    let bound: i64 = bindings::table
+        .filter(bindings::subject_kind.eq("user"))
+        .filter(bindings::subject_id.eq(&id))
+        .count()
+        .get_result(conn)?;
+    let member: i64 = memberships::table
+        .filter(memberships::member_kind.eq("user"))
+        .filter(memberships::member_id.eq(&id))
+        .count()
+        .get_result(conn)?;
+    if bound + member == 0 {
+        return Ok(None);
+    }
+    write(conn, |conn| {
+        diesel::delete(
+            bindings::table
+                .filter(bindings::subject_kind.eq("user"))
+                .filter(bindings::subject_id.eq(&id)),
+        )
+        .execute(conn)?;
+        diesel::delete(
+            memberships::table
+                .filter(memberships::member_kind.eq("user"))
+                .filter(memberships::member_id.eq(&id)),
+        )
+        .execute(conn)?;
+        Ok(())
+    })
+    .map(Some)
+}

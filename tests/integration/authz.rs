@@ -14,7 +14,7 @@ use gatehouse::proto::authz::v1 as pb;
 use gatehouse::proto::authz::v1::authz_client::AuthzClient;
 use uuid::Uuid;
 
-use crate::support::{TestApp, grpc_code};
+use crate::support::{PASSWORD, TestApp, grpc_code};
 
 const DEPTH: usize = 8;
 
@@ -472,4 +472,91 @@ async fn the_grpc_api_explains_its_answers_and_refuses_bad_questions() {
         .await
         .unwrap_err();
     assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+}
+
+/// Waits (up to 5 s) until the stored policy satisfies `done`.
+async fn until(db: &Db, done: impl Fn(&Policy) -> bool) -> Policy {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = policy(db).await;
+        if done(&now) {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reached in 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_registered_user_gets_the_user_role_and_a_deleted_one_keeps_no_binding() {
+    let app = TestApp::start().await;
+    let config = gatehouse::authz::AuthzConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let _running = gatehouse::authz::start(&app.ctx, config).await.unwrap();
+    let db = open(&app).await;
+    let user = app.register("ann@example.org").await;
+    let ann = Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    let roles = |policy: &Policy| -> Vec<(String, Scope)> {
+        policy
+            .bindings_of(Subject::User(ann))
+            .map(|b| (b.role.clone(), b.scope.clone()))
+            .collect()
+    };
+    let bound = until(&db, |p| !roles(p).is_empty()).await;
+    assert_eq!(roles(&bound), [("user".to_owned(), Scope::Everywhere)]);
+
+    // The same event handled again binds nothing more.
+    let authz = service(&app, std::time::Duration::from_secs(1)).await;
+    let registered = gatehouse::kernel::bus::Envelope {
+        id: Uuid::now_v7().to_string(),
+        r#type: "identity.user.registered".into(),
+        source: "identity".into(),
+        subject: ann.to_string(),
+        occurred_at_unix_ms: 0,
+        payload: prost::Message::encode_to_vec(&gatehouse::proto::events::v1::UserEvent {
+            user_id: ann.to_string(),
+            ..Default::default()
+        }),
+    };
+    authz.on_identity_event(&registered).await.unwrap();
+    let again = policy(&db).await;
+    assert_eq!(again.revision, bound.revision);
+    assert_eq!(roles(&again).len(), 1);
+
+    // A group membership of hers goes with her account too.
+    let team = Uuid::now_v7();
+    authz
+        .create_group(team, "team".into(), String::new())
+        .await
+        .unwrap();
+    authz.add_member(team, Subject::User(ann)).await.unwrap();
+    let token = app.login("ann@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone = app
+        .http
+        .delete(format!("{}/v1/users/me", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+    let after = until(&db, |p| roles(p).is_empty()).await;
+    let mut probe = after.clone();
+    probe.add_binding(Binding {
+        id: Uuid::now_v7(),
+        subject: Subject::Group(team),
+        role: "admin".into(),
+        scope: Scope::Everywhere,
+        expires_at: None,
+    });
+    assert!(
+        !probe
+            .check(ann, &p("users:read"), None, Utc::now())
+            .allowed(),
+        "she is in the team no more"
+    );
 }
