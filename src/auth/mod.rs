@@ -28,6 +28,7 @@ use keys::{Kek, KeyRing};
 use service::Auth;
 
 use crate::kernel::ServiceContext;
+use crate::kernel::bus::{self, Unhandled};
 use crate::kernel::clock::Clock;
 use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
@@ -117,36 +118,26 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     server::launch(ctx, app, listen, advertise, health, background).await
 }
 
-/// Handles identity's events until shutdown; a failed event is retried
-/// (at least once, never skipped).
+/// Handles identity's events until shutdown (see [`bus::follow`]).
 async fn consume_identity_events(
     ctx: &ServiceContext,
     auth: Auth,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut events = ctx
-        .bus
-        .subscribe("auth", &["identity"])
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shutdown = ctx.shutdown.clone();
-    Ok(tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => e,
-                () = shutdown.cancelled() => None,
-            };
-            let Some(event) = event else { break };
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = auth.on_identity_event(event.clone()).await {
-                tracing::warn!(event_id = %event.id, error = %e, "identity event not handled yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {},
-                    () = shutdown.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
+    let follow = bus::follow(
+        &ctx.bus,
+        NAME,
+        &["identity"],
+        ctx.shutdown.clone(),
+        move |event| {
+            let auth = auth.clone();
+            async move {
+                auth.on_identity_event(event)
+                    .await
+                    .map_err(|e| Unhandled::Retry(e.to_string()))
             }
-        }
-    }))
+        },
+    );
+    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Rotates the signing key whenever the newest is older than `every_secs`,

@@ -28,6 +28,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 pub use config::AuthzConfig;
 
 use crate::kernel::ServiceContext;
+use crate::kernel::bus::{self, Unhandled};
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
@@ -89,39 +90,25 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .await
 }
 
-/// Handles identity's events until shutdown; a failed event is tried again
-/// (at least once, never skipped), but one that cannot be read is logged
-/// and passed over.
+/// Handles identity's events until shutdown (see [`bus::follow`]).
 async fn follow_identity(
     ctx: &ServiceContext,
     authz: service::Authz,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut events = ctx
-        .bus
-        .subscribe(NAME, &["identity"])
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shutdown = ctx.shutdown.clone();
-    Ok(tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => e,
-                () = shutdown.cancelled() => None,
-            };
-            let Some(event) = event else { break };
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = authz.on_identity_event(&event).await {
-                if let error::AuthzError::Corrupt(_) = e {
-                    tracing::error!(error = %e, event = %event.id, "identity event passed over");
-                    break;
-                }
-                tracing::warn!(error = %e, event = %event.id, "identity event failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
+    let follow = bus::follow(
+        &ctx.bus,
+        NAME,
+        &["identity"],
+        ctx.shutdown.clone(),
+        move |event| {
+            let authz = authz.clone();
+            async move {
+                authz.on_identity_event(&event).await.map_err(|e| match e {
+                    error::AuthzError::Corrupt(e) => Unhandled::Unreadable(e),
+                    other => Unhandled::Retry(other.to_string()),
+                })
             }
-        }
-    }))
+        },
+    );
+    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -7,11 +7,15 @@
 //! Queues are bounded: a slow consumer slows the publisher (the outbox relay)
 //! rather than growing memory without limit.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::locks;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::proto::events::v1::Envelope;
 
@@ -88,6 +92,65 @@ impl EventBus for InProcessBus {
     fn crosses_processes(&self) -> bool {
         false
     }
+}
+
+/// Why a consumer did not handle an event.
+#[derive(Debug)]
+pub enum Unhandled {
+    /// Not now (a database away, say): the same event is tried again.
+    Retry(String),
+    /// Never: the event cannot be read. It is logged and passed over.
+    Unreadable(String),
+}
+
+/// The longest wait between two tries of one event.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Subscribes `consumer` to `sources` and hands each event to `handle`, in
+/// order, until shutdown. An event `handle` could not take now is tried
+/// again, waiting longer each time (up to 10 s), before the next one is
+/// looked at: events are handled at least once and never skipped, except
+/// those that cannot be read at all.
+pub async fn follow<H, F>(
+    bus: &Arc<dyn EventBus>,
+    consumer: &str,
+    sources: &[&str],
+    shutdown: CancellationToken,
+    handle: H,
+) -> Result<JoinHandle<()>, BusError>
+where
+    H: Fn(Envelope) -> F + Send + 'static,
+    F: Future<Output = Result<(), Unhandled>> + Send,
+{
+    let mut events = bus.subscribe(consumer, sources).await?;
+    let consumer = consumer.to_owned();
+    Ok(tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                () = shutdown.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match handle(event.clone()).await {
+                    Ok(()) => break,
+                    Err(Unhandled::Unreadable(e)) => {
+                        tracing::error!(consumer, event_id = %event.id, error = %e, "event cannot be read; passed over");
+                        break;
+                    }
+                    Err(Unhandled::Retry(e)) => {
+                        tracing::warn!(consumer, event_id = %event.id, error = %e, "event not handled yet; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {},
+                    () = shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use super::recent;
 use super::token::{self, Expect, Principal, TokenError};
-use crate::kernel::bus::EventBus;
+use crate::kernel::bus::{self, EventBus, Unhandled};
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
 use crate::kernel::locks;
@@ -315,34 +315,23 @@ impl TokenCheck {
         bus: &Arc<dyn EventBus>,
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let mut events = bus
-            .subscribe(consumer, &["auth"])
-            .await
-            .map_err(|e| e.to_string())?;
         let check = self.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = events.recv() => e,
-                    () = shutdown.cancelled() => None,
-                };
-                let Some(event) = event else { break };
+        let follow = bus::follow(bus, consumer, &["auth"], shutdown, move |event| {
+            let check = check.clone();
+            async move {
                 if event.r#type != "auth.session.revoked" {
-                    continue;
+                    return Ok(());
                 }
-                match SessionEvent::decode(&event.payload[..]) {
-                    Ok(s) => match Uuid::parse_str(&s.session_id) {
-                        Ok(id) => check.revoke(id),
-                        Err(_) => {
-                            tracing::warn!(event_id = %event.id, "revocation with a bad session id")
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(event_id = %event.id, error = %e, "undecodable revocation")
-                    }
-                }
+                let session = SessionEvent::decode(&event.payload[..])
+                    .map_err(|e| Unhandled::Unreadable(format!("revocation: {e}")))?;
+                let id = Uuid::parse_str(&session.session_id).map_err(|_| {
+                    Unhandled::Unreadable("revocation with a bad session id".into())
+                })?;
+                check.revoke(id);
+                Ok(())
             }
-        }))
+        });
+        follow.await.map_err(|e| e.to_string())
     }
 }
 
