@@ -4,7 +4,7 @@
 //! role everywhere, on one resource type, or on one resource and what lies
 //! under it.
 //!
-//! Rooms so far: `model.rs` (the model, and how a check is decided, with
+//! Rooms so far: `model/` (the model, and how a check is decided, with
 //! the chain that decided it, on one in-memory revision of the policy),
 //! `store.rs` (the policy stored and read back, every write a new
 //! revision), `schema.rs` (its tables), `service.rs` (checks from the

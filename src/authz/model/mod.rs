@@ -1,0 +1,99 @@
+//! What authorization is made of: permissions (`resource_type:action`, with
+//! `type:*` and `*`), resources (`type:id`) and their parents, roles (named
+//! sets of permissions), groups (which may contain groups, never in a
+//! circle), and bindings that give a subject (a user or a group) a role at a
+//! scope, possibly until some time; and what a check answers.
+//!
+//! Rooms: this file holds the records; `names.rs` parses permissions and
+//! resources; `policy.rs` holds one revision of it all and decides checks.
+//! The store rebuilds a policy from the database; nothing here knows where
+//! it came from.
+
+mod names;
+mod policy;
+
+pub use names::{MAX_NAME, ModelError, Permission, Resource};
+pub use policy::Policy;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Where a binding holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Everywhere,
+    /// Every resource of one type, and everything under them.
+    Type(String),
+    /// One resource, and everything under it.
+    Resource(Resource),
+}
+
+/// Who a binding is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    User(Uuid),
+    Group(Uuid),
+}
+
+/// A named set of permissions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub permissions: BTreeSet<Permission>,
+    /// Made at the first start; never deleted.
+    pub builtin: bool,
+}
+
+/// A subject holding a role at a scope, until `expires_at` when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub id: Uuid,
+    pub subject: Subject,
+    pub role: String,
+    pub scope: Scope,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a check was allowed: the binding and everything between it and the
+/// question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub binding: Uuid,
+    pub role: String,
+    /// The role's permission that covers the one asked about.
+    pub permission: Permission,
+    /// The groups from the user to the binding's subject, nearest first;
+    /// empty when the binding is the user's own.
+    pub groups: Vec<Uuid>,
+    /// The scope the binding holds at.
+    pub scope: Scope,
+    /// The parents from the resource asked about to the binding's scope,
+    /// nearest first; empty when the scope holds the resource itself.
+    pub parents: Vec<Resource>,
+}
+
+/// Why a check was denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No binding of the user's, or of a group of theirs, grants it here.
+    NotGranted,
+    /// Only bindings that have expired would have granted it; the latest
+    /// of them ended then.
+    Expired(DateTime<Utc>),
+}
+
+/// A check's answer, with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed(Grant),
+    Denied(Denial),
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allowed(_))
+    }
+}
