@@ -50,6 +50,15 @@ pub struct Question {
     pub resource: Option<String>,
 }
 
+impl Question {
+    /// The permission asked about, and the resource when there is one.
+    fn parse(&self) -> Result<(Permission, Option<Resource>), AuthzError> {
+        let permission = Permission::parse_asked(&self.permission)?;
+        let resource = self.resource.as_deref().map(Resource::parse).transpose()?;
+        Ok((permission, resource))
+    }
+}
+
 impl Authz {
     /// The service on `db`, its policy read now; chains of parents are
     /// looked up at most `max_depth` deep, and writes of other instances
@@ -83,15 +92,18 @@ impl Authz {
     /// The policy at `at_least` or newer, and no older than the refresh
     /// interval allows.
     pub async fn policy(&self, at_least: u64) -> Result<Arc<Policy>, AuthzError> {
-        let (policy, checked_at) = self.held();
         let now = self.clock.now();
-        if policy.revision >= at_least && now - checked_at < self.refresh {
+        let fresh = |policy: &Policy, checked_at: DateTime<Utc>| {
+            policy.revision >= at_least && now - checked_at < self.refresh
+        };
+        let (policy, checked_at) = self.held();
+        if fresh(&policy, checked_at) {
             return Ok(policy);
         }
         let _turn = self.reload.lock().await;
         // Another task may have read it meanwhile.
         let (policy, checked_at) = self.held();
-        if policy.revision >= at_least && now - checked_at < self.refresh {
+        if fresh(&policy, checked_at) {
             return Ok(policy);
         }
         let stored = self
@@ -125,14 +137,10 @@ impl Authz {
         question: &Question,
         at_least: u64,
     ) -> Result<(Decision, u64), AuthzError> {
-        let mut answers = self
-            .batch_check(std::slice::from_ref(question), at_least)
-            .await?;
-        let decision = answers
-            .0
-            .pop()
-            .ok_or(AuthzError::NotFound("answer".into()))?;
-        Ok((decision, answers.1))
+        let (asked, resource) = question.parse()?;
+        let policy = self.policy(at_least).await?;
+        let decision = policy.check(question.user, &asked, resource.as_ref(), self.clock.now());
+        Ok((decision, policy.revision))
     }
 
     /// Answers every question from one revision.
@@ -143,12 +151,8 @@ impl Authz {
     ) -> Result<(Vec<Decision>, u64), AuthzError> {
         let asked: Vec<(Permission, Option<Resource>)> = questions
             .iter()
-            .map(|q| {
-                let permission = Permission::parse_asked(&q.permission)?;
-                let resource = q.resource.as_deref().map(Resource::parse).transpose()?;
-                Ok((permission, resource))
-            })
-            .collect::<Result<_, AuthzError>>()?;
+            .map(Question::parse)
+            .collect::<Result<_, _>>()?;
         let policy = self.policy(at_least).await?;
         let now = self.clock.now();
         let decisions = questions

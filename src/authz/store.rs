@@ -65,15 +65,55 @@ fn scope_columns(scope: &Scope) -> (&'static str, String) {
     }
 }
 
+/// A stored resource, which was valid when it was written.
+fn resource_of(text: &str) -> Result<Resource, AuthzError> {
+    Resource::parse(text).map_err(|e| AuthzError::Corrupt(e.to_string()))
+}
+
 fn scope_of(kind: &str, text: &str) -> Result<Scope, AuthzError> {
     match kind {
         "everywhere" => Ok(Scope::Everywhere),
         "type" => Ok(Scope::Type(text.to_owned())),
-        "resource" => Ok(Scope::Resource(
-            Resource::parse(text).map_err(|e| AuthzError::Corrupt(e.to_string()))?,
-        )),
+        "resource" => Ok(Scope::Resource(resource_of(text)?)),
         _ => Err(AuthzError::Corrupt(format!("scope kind {kind}"))),
     }
+}
+
+/// The stored memberships, each a group and one member; with `groups_only`,
+/// only the groups held in groups.
+fn stored_members(
+    conn: &mut DbConnection,
+    groups_only: bool,
+) -> Result<Vec<(Uuid, Subject)>, AuthzError> {
+    let mut query = memberships::table
+        .select((
+            memberships::group_id,
+            memberships::member_kind,
+            memberships::member_id,
+        ))
+        .into_boxed();
+    if groups_only {
+        query = query.filter(memberships::member_kind.eq("group"));
+    }
+    query
+        .load::<(String, String, String)>(conn)?
+        .into_iter()
+        .map(|(group, kind, id)| {
+            let group = Uuid::parse_str(&group)
+                .map_err(|_| AuthzError::Corrupt(format!("group {group}")))?;
+            Ok((group, subject_of(&kind, &id)?))
+        })
+        .collect()
+}
+
+/// The stored parents, each a child and its parent.
+fn stored_parents(conn: &mut DbConnection) -> Result<Vec<(Resource, Resource)>, AuthzError> {
+    resource_parents::table
+        .select((resource_parents::child, resource_parents::parent))
+        .load::<(String, String)>(conn)?
+        .into_iter()
+        .map(|(child, parent)| Ok((resource_of(&child)?, resource_of(&parent)?)))
+        .collect()
 }
 
 /// The whole stored policy at its current revision, with chains of
@@ -107,24 +147,11 @@ pub fn load(conn: &mut DbConnection, max_depth: usize) -> Result<Policy, AuthzEr
                 builtin,
             });
         }
-        for (group, kind, id) in memberships::table
-            .select((
-                memberships::group_id,
-                memberships::member_kind,
-                memberships::member_id,
-            ))
-            .load::<(String, String, String)>(conn)?
-        {
-            let group = Uuid::parse_str(&group)
-                .map_err(|_| AuthzError::Corrupt(format!("group {group}")))?;
-            policy.load_member(group, subject_of(&kind, &id)?);
+        for (group, member) in stored_members(conn, false)? {
+            policy.load_member(group, member);
         }
-        for (child, parent) in resource_parents::table
-            .select((resource_parents::child, resource_parents::parent))
-            .load::<(String, String)>(conn)?
-        {
-            let read = |t: &str| Resource::parse(t).map_err(|e| AuthzError::Corrupt(e.to_string()));
-            policy.load_parent(read(&child)?, read(&parent)?);
+        for (child, parent) in stored_parents(conn)? {
+            policy.load_parent(child, parent);
         }
         type BindingColumns = (
             String,
@@ -248,18 +275,8 @@ pub fn add_member(
             group_exists(conn, inner)?;
             // The groups as they stand, inside this transaction.
             let mut graph = Policy::new(0, 0);
-            for (outer, kind, id) in memberships::table
-                .select((
-                    memberships::group_id,
-                    memberships::member_kind,
-                    memberships::member_id,
-                ))
-                .filter(memberships::member_kind.eq("group"))
-                .load::<(String, String, String)>(conn)?
-            {
-                let outer = Uuid::parse_str(&outer)
-                    .map_err(|_| AuthzError::Corrupt(format!("group {outer}")))?;
-                graph.load_member(outer, subject_of(&kind, &id)?);
+            for (outer, inner) in stored_members(conn, true)? {
+                graph.load_member(outer, inner);
             }
             graph.add_member(group, member)?;
         }
@@ -342,14 +359,9 @@ pub fn set_parent(
 ) -> Result<i64, AuthzError> {
     write(conn, |conn| {
         let mut tree = Policy::new(0, max_depth);
-        for (c, p) in resource_parents::table
-            .select((resource_parents::child, resource_parents::parent))
-            .load::<(String, String)>(conn)?
-        {
-            let read = |t: &str| Resource::parse(t).map_err(|e| AuthzError::Corrupt(e.to_string()));
-            let c = read(&c)?;
+        for (c, p) in stored_parents(conn)? {
             if &c != child {
-                tree.load_parent(c, read(&p)?);
+                tree.load_parent(c, p);
             }
         }
         tree.set_parent(child.clone(), parent.clone())?;
