@@ -120,6 +120,14 @@ fn stored_parents(conn: &mut DbConnection) -> Result<Vec<(Resource, Resource)>, 
 /// parents looked up at most `max_depth` deep.
 pub fn load(conn: &mut DbConnection, max_depth: usize) -> Result<Policy, AuthzError> {
     conn.transaction(|conn| {
+        // Every table as of one moment, so that the revision read first is
+        // the revision of everything read after it. A SQLite read
+        // transaction is one snapshot already; PostgreSQL's default gives
+        // each statement its own.
+        #[cfg(feature = "postgres")]
+        if let DbConnection::Pg(_) = conn {
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn)?;
+        }
         let at = current_revision(conn)?;
         let mut policy = Policy::new(u64::try_from(at).unwrap_or_default(), max_depth);
         let mut granted: HashMap<String, Vec<Permission>> = HashMap::new();
