@@ -30,6 +30,30 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Administrators: the first account, and roles granted by hand.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make an account that holds the `admin` role. The password is read
+    /// from the terminal, or from the first line of standard input.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+    /// Bind a role to an account, everywhere.
+    Grant {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Keys {
             command: KeysCommand::Rotate,
         }) => rotate(cli.config),
+        Some(Command::Admin { command }) => admin(cli.config, command),
         None | Some(Command::Serve) => serve(cli.config),
     }
 }
@@ -132,6 +157,69 @@ fn calibrate(target_ms: u64) -> ExitCode {
 #[cfg(not(feature = "identity"))]
 fn calibrate(_target_ms: u64) -> ExitCode {
     fail(&anyhow::anyhow!("this build has no identity service"))
+}
+
+#[cfg(all(feature = "identity", feature = "authz"))]
+fn admin(config: Option<PathBuf>, command: AdminCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(async {
+        let config = gatehouse::config::Config::load(config.as_deref())?;
+        let ctx = gatehouse::platform::context(&config)?;
+        let (email, role) = match command {
+            AdminCommand::Create { email, name } => {
+                let password = read_password()?;
+                let user = gatehouse::identity::create_account(
+                    &ctx,
+                    config.identity.clone(),
+                    &email,
+                    password,
+                    &name,
+                )
+                .await?;
+                println!("created {} ({})", user.email, user.id);
+                (email, "admin".to_owned())
+            }
+            AdminCommand::Grant { email, role } => (email, role),
+        };
+        let user = gatehouse::identity::find_account(&ctx, &email)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no account has the address {email}"))?;
+        match gatehouse::authz::grant(&ctx, user.0, &role).await? {
+            Some(revision) => println!("granted {role} to {email} at revision {revision}"),
+            None => println!("{email} holds {role} already"),
+        }
+        anyhow::Ok(())
+    });
+    result.map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+}
+
+#[cfg(not(all(feature = "identity", feature = "authz")))]
+fn admin(_config: Option<PathBuf>, _command: AdminCommand) -> ExitCode {
+    fail(&anyhow::anyhow!(
+        "this build has no identity or no authz service"
+    ))
+}
+
+/// The password, from the terminal without echo, or else the first line
+/// of standard input; never from an argument, which other users of the
+/// machine could read.
+#[cfg(all(feature = "identity", feature = "authz"))]
+fn read_password() -> anyhow::Result<gatehouse::identity::password::Password> {
+    use std::io::IsTerminal as _;
+    let text = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    Ok(gatehouse::identity::password::Password::new(text))
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {

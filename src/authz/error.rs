@@ -28,6 +28,17 @@ pub enum AuthzError {
     /// A role or group of that name exists already.
     #[error("{0} exists already")]
     Exists(String),
+    /// A built-in role cannot be deleted, nor `admin`'s permissions changed.
+    #[error("role {0} is built in")]
+    Builtin(String),
+    /// A role still bound, deleted without `force`.
+    #[error(
+        "role {role} is still bound {bindings} times; delete with force=true to remove the bindings too"
+    )]
+    RoleBound { role: String, bindings: i64 },
+    /// The caller lacks the permission the request needs.
+    #[error("this needs the permission {0}")]
+    Forbidden(&'static str),
     /// A check asked for a revision newer than any written.
     #[error("revision {asked} has not been written; the latest is {stored}")]
     RevisionAhead { asked: u64, stored: u64 },
@@ -78,6 +89,24 @@ impl AuthzError {
                 Code::AlreadyExists,
                 "Already exists",
             ),
+            Builtin(_) => (
+                StatusCode::CONFLICT,
+                "builtin_role",
+                Code::FailedPrecondition,
+                "Built-in roles stay as they are",
+            ),
+            RoleBound { .. } => (
+                StatusCode::CONFLICT,
+                "role_bound",
+                Code::FailedPrecondition,
+                "The role is still bound",
+            ),
+            Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Code::PermissionDenied,
+                "Forbidden",
+            ),
             RevisionAhead { .. } => (
                 StatusCode::CONFLICT,
                 "revision_ahead",
@@ -122,9 +151,51 @@ impl AuthzError {
     }
 }
 
+impl axum::response::IntoResponse for AuthzError {
+    fn into_response(self) -> axum::response::Response {
+        let (status, code, _, title) = self.parts();
+        let detail = match status {
+            StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::error!(error = %self, "authz failed");
+                None
+            }
+            _ => Some(self.to_string()),
+        };
+        let mut problem = crate::kernel::error::Problem::new(status, code, title);
+        if let Some(detail) = detail {
+            problem = problem.detail(detail);
+        }
+        if let AuthzError::Field { field, .. } = &self {
+            problem = problem.field(*field);
+        }
+        if let AuthzError::Forbidden(permission) = &self {
+            problem = problem.permission(*permission);
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            problem = problem.retry_after(1);
+        }
+        problem.into_response()
+    }
+}
+
 impl From<AuthzError> for tonic::Status {
     fn from(e: AuthzError) -> Self {
         e.to_status()
+    }
+}
+
+impl From<crate::kernel::paging::PageError> for AuthzError {
+    fn from(e: crate::kernel::paging::PageError) -> Self {
+        AuthzError::Field {
+            field: e.field,
+            message: e.message.to_owned(),
+        }
+    }
+}
+
+impl From<super::model::NameError> for AuthzError {
+    fn from(e: super::model::NameError) -> Self {
+        AuthzError::Invalid(ModelError::Name(e))
     }
 }
 

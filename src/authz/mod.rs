@@ -14,6 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod model;
 pub mod schema;
 pub mod service;
@@ -32,7 +33,10 @@ use crate::kernel::bus::{self, Unhandled};
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
+use crate::kernel::outbox;
 use crate::kernel::server::{self, Running, ServiceApp};
+use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use utoipa::OpenApi as _;
 
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
 pub const NAME: &str = "authz";
@@ -59,14 +63,38 @@ pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, D
 /// registered in the registry.
 pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<Running> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    let (relay, relay_task) = outbox::spawn(
+        NAME,
+        db.clone(),
+        ctx.bus.clone(),
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+        ctx.shutdown.clone(),
+    );
     let authz = service::Authz::new(
         db.clone(),
         ctx.clock.clone(),
         config.max_parent_depth,
         Duration::from_millis(config.refresh_ms),
     )
-    .await?;
-    let background = vec![follow_identity(ctx, authz.clone()).await?];
+    .await?
+    .with_relay(relay);
+    let mut background = vec![relay_task, follow_identity(ctx, authz.clone()).await?];
+    let check = TokenCheck::new(
+        Arc::new(AuthKeys {
+            clients: ctx.clients.clone(),
+        }),
+        ctx.tokens.expect(),
+        ctx.clock.clone(),
+        ctx.tokens.access_ttl().to_std().unwrap_or_default(),
+    );
+    let revocations = check
+        .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    background.push(revocations);
+    let routes = http::routes(authz.clone(), check)
+        .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi()));
     let grpc = grpc::server(authz);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -74,7 +102,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: axum::Router::new(),
+        http: routes,
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
@@ -111,4 +139,30 @@ async fn follow_identity(
         },
     );
     follow.await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Binds `role` to `user` everywhere from the command line (`gatehouse
+/// admin grant`); answers the revision, or none when the user held it
+/// already. A running instance sees it within `refresh_ms`; its event
+/// waits in the outbox for the service's relay.
+pub async fn grant(
+    ctx: &ServiceContext,
+    user: uuid::Uuid,
+    role: &str,
+) -> anyhow::Result<Option<i64>> {
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    let binding = model::Binding {
+        id: uuid::Uuid::now_v7(),
+        subject: model::Subject::User(user),
+        role: role.to_owned(),
+        scope: model::Scope::Everywhere,
+        expires_at: None,
+    };
+    let by = store::By {
+        actor: None,
+        at: ctx.clock.now(),
+    };
+    Ok(db
+        .run(move |conn| store::bind_once(conn, &by, &binding))
+        .await?)
 }

@@ -22,6 +22,7 @@ use super::store;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::locks;
+use crate::kernel::outbox::Relay;
 
 /// The policy held, and when it was last known to be current.
 struct Held {
@@ -39,6 +40,8 @@ pub struct Authz {
     reload: Arc<tokio::sync::Mutex<()>>,
     max_depth: usize,
     refresh: chrono::Duration,
+    /// Told after each write, so its event leaves the outbox at once.
+    relay: Option<Relay>,
 }
 
 /// A check's question.
@@ -81,7 +84,14 @@ impl Authz {
             reload: Arc::default(),
             max_depth,
             refresh: chrono::Duration::from_std(refresh).unwrap_or(chrono::Duration::seconds(1)),
+            relay: None,
         })
+    }
+
+    /// The service, waking `relay` after each write.
+    pub fn with_relay(mut self, relay: Relay) -> Authz {
+        self.relay = Some(relay);
+        self
     }
 
     fn held(&self) -> (Arc<Policy>, DateTime<Utc>) {
@@ -192,56 +202,162 @@ impl Authz {
         Ok((users, policy.revision))
     }
 
-    /// Runs a write, then holds the policy at its revision or newer.
+    /// Who writes now: `actor`, or the platform when none.
+    fn by(&self, actor: Option<Uuid>) -> store::By {
+        store::By {
+            actor,
+            at: self.clock.now(),
+        }
+    }
+
+    /// Runs a write, wakes the relay for its event, then holds the policy
+    /// at its revision or newer.
     async fn write<F>(&self, write: F) -> Result<u64, AuthzError>
     where
         F: FnOnce(&mut crate::kernel::db::DbConnection) -> Result<i64, AuthzError> + Send + 'static,
     {
         let revision = self.db.run(write).await?;
+        self.written(revision).await
+    }
+
+    async fn written(&self, revision: i64) -> Result<u64, AuthzError> {
+        if let Some(relay) = &self.relay {
+            relay.wake();
+        }
         let revision = u64::try_from(revision).unwrap_or_default();
         self.policy(revision).await?;
         Ok(revision)
     }
 
-    pub async fn create_role(&self, role: Role) -> Result<u64, AuthzError> {
-        let now = self.clock.now().naive_utc();
-        self.write(move |conn| store::create_role(conn, &role, now))
+    pub async fn create_role(&self, actor: Option<Uuid>, role: Role) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::create_role(conn, &by, &role))
+            .await
+    }
+
+    pub async fn update_role(
+        &self,
+        actor: Option<Uuid>,
+        name: String,
+        description: Option<String>,
+        permissions: Option<BTreeSet<Permission>>,
+    ) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| {
+            store::update_role(
+                conn,
+                &by,
+                &name,
+                description.as_deref(),
+                permissions.as_ref(),
+            )
+        })
+        .await
+    }
+
+    pub async fn delete_role(
+        &self,
+        actor: Option<Uuid>,
+        name: String,
+        force: bool,
+    ) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::delete_role(conn, &by, &name, force))
             .await
     }
 
     pub async fn create_group(
         &self,
+        actor: Option<Uuid>,
         id: Uuid,
         name: String,
         description: String,
     ) -> Result<u64, AuthzError> {
-        let now = self.clock.now().naive_utc();
-        self.write(move |conn| store::create_group(conn, id, &name, &description, now))
+        let by = self.by(actor);
+        self.write(move |conn| store::create_group(conn, &by, id, &name, &description))
             .await
     }
 
-    pub async fn add_member(&self, group: Uuid, member: Subject) -> Result<u64, AuthzError> {
-        let now = self.clock.now().naive_utc();
-        self.write(move |conn| store::add_member(conn, group, member, now))
+    pub async fn update_group(
+        &self,
+        actor: Option<Uuid>,
+        id: Uuid,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| {
+            store::update_group(conn, &by, id, name.as_deref(), description.as_deref())
+        })
+        .await
+    }
+
+    pub async fn delete_group(&self, actor: Option<Uuid>, id: Uuid) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::delete_group(conn, &by, id))
             .await
     }
 
-    pub async fn bind(&self, binding: Binding) -> Result<u64, AuthzError> {
-        let now = self.clock.now().naive_utc();
-        self.write(move |conn| store::bind(conn, &binding, now))
+    pub async fn add_member(
+        &self,
+        actor: Option<Uuid>,
+        group: Uuid,
+        member: Subject,
+    ) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::add_member(conn, &by, group, member))
             .await
     }
 
-    pub async fn unbind(&self, id: Uuid) -> Result<u64, AuthzError> {
-        self.write(move |conn| store::unbind(conn, id)).await
+    pub async fn remove_member(
+        &self,
+        actor: Option<Uuid>,
+        group: Uuid,
+        member: Subject,
+    ) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::remove_member(conn, &by, group, member))
+            .await
     }
 
-    pub async fn set_parent(&self, child: &str, parent: &str) -> Result<u64, AuthzError> {
+    pub async fn bind(&self, actor: Option<Uuid>, binding: Binding) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::bind(conn, &by, &binding))
+            .await
+    }
+
+    pub async fn unbind(&self, actor: Option<Uuid>, id: Uuid) -> Result<u64, AuthzError> {
+        let by = self.by(actor);
+        self.write(move |conn| store::unbind(conn, &by, id)).await
+    }
+
+    pub async fn set_parent(
+        &self,
+        actor: Option<Uuid>,
+        child: &str,
+        parent: &str,
+    ) -> Result<u64, AuthzError> {
         let child = Resource::parse(child)?;
         let parent = Resource::parse(parent)?;
-        let depth = self.max_depth;
-        self.write(move |conn| store::set_parent(conn, &child, &parent, depth))
+        let (by, depth) = (self.by(actor), self.max_depth);
+        self.write(move |conn| store::set_parent(conn, &by, &child, &parent, depth))
             .await
+    }
+
+    pub async fn remove_parent(&self, actor: Option<Uuid>, child: &str) -> Result<u64, AuthzError> {
+        let child = Resource::parse(child)?;
+        let by = self.by(actor);
+        self.write(move |conn| store::remove_parent(conn, &by, &child))
+            .await
+    }
+
+    /// Runs a read of the stored rows.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, AuthzError>
+    where
+        F: FnOnce(&mut crate::kernel::db::DbConnection) -> Result<T, AuthzError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.db.run(read).await
     }
 
     /// Follows identity's events: a registered user gets the built-in
@@ -257,7 +373,7 @@ impl Authz {
         let Ok(user) = Uuid::parse_str(&payload.user_id) else {
             return Err(AuthzError::Corrupt(format!("event {}: user id", event.id)));
         };
-        let now = self.clock.now().naive_utc();
+        let by = self.by(None);
         let written = match event.r#type.as_str() {
             "identity.user.registered" => {
                 let binding = Binding {
@@ -268,19 +384,18 @@ impl Authz {
                     expires_at: None,
                 };
                 self.db
-                    .run(move |conn| store::bind_once(conn, &binding, now))
+                    .run(move |conn| store::bind_once(conn, &by, &binding))
                     .await?
             }
             "identity.user.deleted" => {
                 self.db
-                    .run(move |conn| store::forget_user(conn, user))
+                    .run(move |conn| store::forget_user(conn, &by, user))
                     .await?
             }
             _ => None,
         };
         if let Some(revision) = written {
-            self.policy(u64::try_from(revision).unwrap_or_default())
-                .await?;
+            self.written(revision).await?;
         }
         Ok(())
     }

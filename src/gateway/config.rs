@@ -34,6 +34,9 @@ pub struct GatewayConfig {
     /// `-`, so `x_gatehouse_user_id` would pass for a field the gateway
     /// sets. When on, names that read as a reserved one are dropped still.
     pub underscores_in_headers: bool,
+    /// How long authz's answers to routes' permission checks are kept (0:
+    /// asked every time). A change in authz drops them at once.
+    pub permission_cache_ms: u64,
     /// Routes of the team's own services, in addition to the built-in
     /// routes of the core services.
     pub routes: Vec<RouteConfig>,
@@ -106,6 +109,7 @@ impl Default for GatewayConfig {
             pin_io_threads: Pinning::Auto,
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
+            permission_cache_ms: 5_000,
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             cors: CorsConfig::default(),
@@ -142,6 +146,16 @@ pub struct RouteConfig {
     /// limits by itself, or that comes from callers known not to abuse it.
     #[serde(default = "limited")]
     pub rate_limit: bool,
+    /// The permission (`resource_type:action`) a caller needs, asked of
+    /// authz after the token check; the route must then be `required`.
+    #[serde(default)]
+    pub permission: Option<String>,
+    /// The path segment (counted from 1, after normalisation) that names
+    /// the resource the permission is asked at: `/billing/invoices/42` with
+    /// 3 asks at `billing.invoices:42` for `billing.invoices:read`. A path
+    /// without that segment is asked at the permission's type.
+    #[serde(default)]
+    pub resource_segment: Option<usize>,
 }
 
 fn limited() -> bool {
@@ -161,6 +175,8 @@ impl RouteConfig {
             methods: Vec::new(),
             upstream_protocol: UpstreamProtocol::default(),
             rate_limit: true,
+            permission: None,
+            resource_segment: None,
         }
     }
 

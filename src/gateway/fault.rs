@@ -40,6 +40,8 @@ pub enum Fault {
     UpstreamFailed,
     /// The instance's registered address cannot be used.
     BadUpstream,
+    /// Authz could not answer a route's permission check.
+    AuthzUnavailable,
 }
 
 impl Fault {
@@ -107,6 +109,12 @@ impl Fault {
                 "The upstream address is not valid",
                 false,
             ),
+            AuthzUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authz_unavailable",
+                "The permission check could not be made; try again",
+                false,
+            ),
         }
     }
 
@@ -126,7 +134,7 @@ impl Fault {
     }
 
     /// Every fault, for the API document and the table's tests.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 11] = [
         Fault::InvalidPath,
         Fault::InvalidQuery,
         Fault::MethodNotAllowed,
@@ -137,6 +145,7 @@ impl Fault {
         Fault::UpstreamTimeout,
         Fault::UpstreamFailed,
         Fault::BadUpstream,
+        Fault::AuthzUnavailable,
     ];
 }
 
@@ -151,6 +160,15 @@ impl IntoResponse for Fault {
         }
         response
     }
+}
+
+/// The answer to a caller without a route's permission: 403 `forbidden`,
+/// naming it.
+pub fn forbidden(permission: &str) -> Response {
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+        .detail(format!("this needs the permission {permission}"))
+        .permission(permission)
+        .into_response()
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use crate::kernel::metrics::Tracked;
 use crate::kernel::observe::ObserveLayer;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::permit::Permits;
 use crate::middleware::ratelimit::Limiter;
 use http::{HeaderName, HeaderValue, Method};
 use tower::Layer as _;
@@ -82,6 +83,14 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
         .await
         .map_err(anyhow::Error::msg)?;
+    let permits = Permits::new(
+        ctx.clients.clone(),
+        Duration::from_millis(config.permission_cache_ms),
+    );
+    let changes = permits
+        .listen(NAME, &ctx.bus, ctx.shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let gateway = proxy::Gateway::new(
         table,
         proxy::Settings {
@@ -99,10 +108,11 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
                 interval: Duration::from_millis(config.probe_interval_ms.max(10)),
             },
             shutdown: ctx.shutdown.clone(),
+            permits: permits.clone(),
         },
     )
     .map_err(anyhow::Error::msg)?;
-    let mut background = vec![revocations];
+    let mut background = vec![revocations, changes];
     for limiter in [&per_ip, &per_user].into_iter().flatten() {
         background.push(limiter.spawn_housekeeping(ctx.shutdown.clone()));
     }

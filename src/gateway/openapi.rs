@@ -443,6 +443,12 @@ fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::conf
             "The bearer token is missing, malformed, expired or revoked",
         ));
     }
+    if route.permission.is_some() {
+        answers.push((
+            "403",
+            "The caller lacks the route's permission (`forbidden`, naming it in `permission`)",
+        ));
+    }
     let Some(responses) = operation
         .entry("responses")
         .or_insert_with(|| Value::Object(Map::new()))

@@ -195,6 +195,7 @@ pub fn built_in() -> Vec<RouteConfig> {
         route("/v1/users/me", "identity", AuthPolicy::Required),
         route("/v1/password-resets", "identity", AuthPolicy::Public),
         route("/v1/email-verifications", "identity", AuthPolicy::Public),
+        route("/v1/authz", "authz", AuthPolicy::Required),
     ]
 }
 
@@ -228,6 +229,7 @@ impl RouteTable {
                     config.prefix
                 ));
             }
+            check_permission(&config)?;
             let mut config = config;
             for method in &mut config.methods {
                 // A standard method listed in another case means the
@@ -279,7 +281,47 @@ impl RouteTable {
     }
 }
 
+/// A route's permission must be one action on one type, on a route that
+/// requires a token; a resource segment needs a permission.
+fn check_permission(config: &RouteConfig) -> Result<(), String> {
+    let prefix = &config.prefix;
+    match (&config.permission, config.resource_segment) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(format!(
+            "gateway.routes: route {prefix:?} names a resource_segment but no permission"
+        )),
+        (Some(permission), segment) => {
+            crate::middleware::names::Permission::parse_asked(permission)
+                .map_err(|e| format!("gateway.routes: route {prefix:?}: {e}"))?;
+            if config.auth != AuthPolicy::Required {
+                return Err(format!(
+                    "gateway.routes: route {prefix:?} names a permission, so its auth must be \"required\""
+                ));
+            }
+            if segment == Some(0) {
+                return Err(format!(
+                    "gateway.routes: route {prefix:?}: resource_segment counts from 1"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
 impl Route {
+    /// The resource a request to `path` asks the route's permission at:
+    /// the permission's type and the path's resource segment, when the
+    /// route names one and the path has it.
+    pub fn resource(&self, path: &Normalised<'_>) -> Option<String> {
+        let segment = path.get(self.config.resource_segment?.checked_sub(1)?)?;
+        let permission = self.config.permission.as_deref()?;
+        let (kind, _) = permission.split_once(':')?;
+        let resource = format!("{kind}:{segment}");
+        crate::middleware::names::Resource::parse(&resource)
+            .is_ok()
+            .then_some(resource)
+    }
+
     /// The path (and `query`) to send upstream for a request to `path`.
     pub fn upstream_target(&self, path: &Normalised<'_>, query: Option<&str>) -> String {
         let skipped = if self.config.strip_prefix {

@@ -23,6 +23,9 @@ pub struct IdentityConfig {
     pub reset_token_ttl_secs: u64,
     /// Lifetime of an email-verification token.
     pub verification_token_ttl_secs: u64,
+    /// How long authz's answers to the admin API's permission checks are
+    /// kept (0: asked every time). A change in authz drops them at once.
+    pub permission_cache_ms: u64,
 }
 
 impl Default for IdentityConfig {
@@ -37,6 +40,7 @@ impl Default for IdentityConfig {
             lockout: LockoutConfig::default(),
             reset_token_ttl_secs: 3600,
             verification_token_ttl_secs: 86_400,
+            permission_cache_ms: 5_000,
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum IdentityError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// The caller lacks the permission the request needs.
+    #[error("this needs the permission {0}")]
+    Forbidden(&'static str),
 }
 
 impl IdentityError {
@@ -107,6 +110,12 @@ impl IdentityError {
                 Code::FailedPrecondition,
                 "The resource changed meanwhile",
             ),
+            Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Code::PermissionDenied,
+                "Forbidden",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -141,6 +150,9 @@ impl IdentityError {
             IdentityError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
             IdentityError::Unavailable(_) => problem.retry_after(1),
             IdentityError::Internal(_) => problem,
+            IdentityError::Forbidden(permission) => {
+                problem.detail(self.to_string()).permission(*permission)
+            }
             other => problem.detail(other.to_string()),
         }
     }
@@ -171,6 +183,18 @@ impl axum::response::IntoResponse for IdentityError {
 impl From<IdentityError> for tonic::Status {
     fn from(e: IdentityError) -> Self {
         e.to_status()
+    }
+}
+
+impl From<crate::kernel::paging::PageError> for IdentityError {
+    fn from(e: crate::kernel::paging::PageError) -> Self {
+        IdentityError::invalid(e.field, e.message)
+    }
+}
+
+impl From<crate::middleware::permit::PermitError> for IdentityError {
+    fn from(e: crate::middleware::permit::PermitError) -> Self {
+        IdentityError::Unavailable(e.to_string())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::middleware::token::Principal;
 /// The description of identity's public HTTP API, with the password rule
 /// of `policy` stated on every password a body carries.
 pub fn api_doc(policy: &super::config::PasswordPolicy) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
+    let mut doc = ApiDoc::openapi().merge_from(super::admin::AdminDoc::openapi());
     // JSON Schema counts characters; a password within the byte limit at
     // four bytes a character passes whatever it is made of.
     let max = policy.max_length.min(policy.max_bytes / 4);
@@ -277,7 +277,7 @@ async fn confirm_verification(
 }
 
 /// The user with its `ETag`.
-fn with_etag(user: &User) -> axum::response::Response {
+pub(super) fn with_etag(user: &User) -> axum::response::Response {
     ([(header::ETAG, etag(user))], Json(UserView::from(user))).into_response()
 }
 
@@ -313,7 +313,7 @@ struct ProfileBody {
 
 /// `If-Match: "N"` (or `W/"N"`) as a version; `*` matches any. Anything
 /// else is refused, as the API document's pattern for the field says.
-fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, IdentityError> {
+pub(super) fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, IdentityError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };

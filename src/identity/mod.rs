@@ -7,9 +7,11 @@
 //! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
 //! a password, lockout) with `phantoms.rs` (lockout of addresses with no
 //! account), `links.rs` (reset and verification links) with `link_queue.rs`
-//! (their queue and tokens), and `notifier.rs` (how links reach users).
+//! (their queue and tokens), `notifier.rs` (how links reach users), and
+//! `admin.rs` (the admin API over other users' accounts, guarded by authz).
 //! This file wires them up.
 
+pub mod admin;
 pub mod config;
 mod credentials;
 pub mod error;
@@ -35,6 +37,7 @@ use crate::kernel::health::Probes;
 use crate::kernel::outbox;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::permit::Permits;
 pub use config::IdentityConfig;
 use notifier::Notifier;
 use service::Identity;
@@ -116,6 +119,14 @@ pub async fn start(
     let listen = config.listen;
     let advertise = config.advertise_url.clone();
     let password_policy = config.password.clone();
+    let permits = Permits::new(
+        ctx.clients.clone(),
+        std::time::Duration::from_millis(config.permission_cache_ms),
+    );
+    let changes = permits
+        .listen(NAME, &ctx.bus, ctx.shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (identity, db, relay_task) = open(ctx, config, notifier).await?;
     let check = TokenCheck::new(
         Arc::new(AuthKeys {
@@ -137,9 +148,11 @@ pub async fn start(
         .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(identity, check).merge(crate::kernel::openapi::serve(&http::api_doc(
-            &password_policy,
-        ))),
+        http: http::routes(identity.clone(), check.clone())
+            .merge(admin::routes(identity, permits, check))
+            .merge(crate::kernel::openapi::serve(&http::api_doc(
+                &password_policy,
+            ))),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
@@ -150,7 +163,56 @@ pub async fn start(
         listen,
         advertise,
         health,
-        vec![relay_task, revocations],
+        vec![relay_task, revocations, changes],
     )
     .await
+}
+
+/// Makes an account from the command line (`gatehouse admin create`): open
+/// to registration or not, its `identity.user.registered` event waiting in
+/// the outbox for the service's relay.
+pub async fn create_account(
+    ctx: &ServiceContext,
+    config: IdentityConfig,
+    email: &str,
+    password: password::Password,
+    display_name: &str,
+) -> anyhow::Result<service::User> {
+    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let config = IdentityConfig {
+        registration_enabled: true,
+        ..config
+    };
+    let identity = Identity::new(
+        db,
+        hasher,
+        Arc::new(notifier::LogNotifier),
+        ctx.clock.clone(),
+        outbox::Relay::idle(),
+        Arc::new(config),
+    );
+    let registration = service::Registration {
+        email: email.to_owned(),
+        password,
+        display_name: display_name.to_owned(),
+    };
+    Ok(identity.register(registration).await?)
+}
+
+/// The id of the account at `email`, for the command line.
+pub async fn find_account(
+    ctx: &ServiceContext,
+    email: &str,
+) -> anyhow::Result<Option<service::UserId>> {
+    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let normalized = email.trim().to_lowercase();
+    let row = db
+        .run(move |c| Ok::<_, error::IdentityError>(store::by_email(c, &normalized)?))
+        .await?;
+    Ok(row
+        .and_then(|r| uuid::Uuid::parse_str(&r.id).ok())
+        .map(service::UserId))
 }

@@ -143,6 +143,22 @@ impl Identity {
         User::try_from(&row)
     }
 
+    /// Up to `limit` users that `filter` lets through, after the user `after`.
+    pub async fn list_users(
+        &self,
+        filter: store::UserFilter,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<User>, IdentityError> {
+        let rows = self
+            .db
+            .run(move |c| {
+                Ok::<_, IdentityError>(store::list_users(c, &filter, after.as_deref(), limit)?)
+            })
+            .await?;
+        rows.iter().map(User::try_from).collect()
+    }
+
     /// The users among `ids` that exist, in no particular order.
     pub async fn get_users(&self, ids: Vec<UserId>) -> Result<Vec<User>, IdentityError> {
         if ids.len() > MAX_BATCH {

@@ -349,3 +349,48 @@ pub fn delete_user(conn: &mut DbConnection, id: &str) -> QueryResult<Option<User
         .get_result(conn)
         .optional()
 }
+
+/// Which users a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Only addresses that start with this (compared as stored: lower case).
+    pub email_prefix: Option<String>,
+    pub status: Option<&'static str>,
+}
+
+/// Up to `limit` users that `filter` lets through, by id (the order they
+/// registered in), after `after`.
+pub fn list_users(
+    conn: &mut DbConnection,
+    filter: &UserFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<UserRow>> {
+    let mut query = users::table
+        .select(UserRow::as_select())
+        .order(users::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(prefix) = &filter.email_prefix {
+        // `%` and `_` in the prefix are themselves, not wildcards.
+        let escaped: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        query = query.filter(
+            users::email_normalized
+                .like(format!("{escaped}%"))
+                .escape('\\'),
+        );
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(users::status.eq(status));
+    }
+    if let Some(after) = after {
+        query = query.filter(users::id.gt(after.to_owned()));
+    }
+    query.load(conn)
+}

@@ -25,6 +25,9 @@ pub struct Problem {
     /// Which input field was at fault, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The permission the caller lacks, on a 403 `forbidden`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
 }
@@ -38,6 +41,7 @@ impl Problem {
             code,
             detail: None,
             field: None,
+            permission: None,
             retry_after_secs: None,
         }
     }
@@ -49,6 +53,11 @@ impl Problem {
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.permission = Some(permission.into());
         self
     }
 
@@ -115,6 +124,35 @@ where
             )
             .detail(e.to_string())
         })
+    }
+}
+
+/// A query-string extractor whose rejection is problem+json: a parameter
+/// that is missing, unknown or of the wrong shape is 422 `invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    "A query parameter is missing, unknown or not valid",
+                )
+                .detail(e.to_string())
+            })
     }
 }
 

@@ -20,6 +20,7 @@ pub mod observe;
 pub mod openapi;
 pub mod ops;
 pub mod outbox;
+pub mod paging;
 pub mod registry;
 pub mod rpc;
 pub mod server;

@@ -129,6 +129,44 @@ fn add_common(operation: &mut Operation) {
     }
 }
 
+/// Adds to every operation that asks for a bearer token the answers of a
+/// permission check: 401 without a valid token, 403 `forbidden` (naming
+/// the permission it needs) without the permission. For APIs whose every
+/// signed-in operation is guarded by a permission.
+pub struct PermissionResponses;
+
+impl Modify for PermissionResponses {
+    fn modify(&self, doc: &mut OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|op| op.security.as_ref().is_some_and(|s| !s.is_empty()))
+            {
+                for (status, description) in [
+                    ("401", "No valid bearer token"),
+                    (
+                        "403",
+                        "The caller lacks the permission this needs (`forbidden`, naming it in `permission`)",
+                    ),
+                ] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| RefOr::T(problem(description)));
+                }
+            }
+        }
+    }
+}
+
 /// A problem+json answer described by `description`.
 pub fn problem(description: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()

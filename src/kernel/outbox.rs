@@ -84,6 +84,15 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A handle no relay listens to, for writers outside a running service
+    /// (the command line): their rows wait in the outbox until the
+    /// service's own relay publishes them.
+    pub fn idle() -> Relay {
+        Relay {
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
     /// Asks the relay to look now, e.g. right after a commit that wrote events.
     pub fn wake(&self) {
         self.wake.notify_one();

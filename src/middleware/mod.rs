@@ -8,9 +8,15 @@
 //!   and a [`token::Principal`] put into each request.
 //! - [`recent`]: a small per-thread table of tokens that verified lately, in
 //!   front of the bearer check's shared cache.
+//! - [`names`]: permission and resource names, as authz and those who ask
+//!   it write them.
+//! - [`permit`]: asking authz whether a user may do something, with the
+//!   answers kept a short while and dropped on authz's change events.
 //! - [`ratelimit`]: GCRA rate limits by client or user, with bounded state.
 
 pub mod bearer;
+pub mod names;
+pub mod permit;
 pub mod ratelimit;
 pub mod recent;
 pub mod token;

@@ -47,7 +47,10 @@ async fn the_stored_policy_reads_back_and_decides_as_written() {
             .contains(&Permission::All)
     );
 
-    let now = Utc::now().naive_utc();
+    let by = store::By {
+        actor: None,
+        at: Utc::now(),
+    };
     let (ann, team) = (Uuid::now_v7(), Uuid::now_v7());
     let reader = Role {
         name: "reader".into(),
@@ -66,12 +69,13 @@ async fn the_stored_policy_reads_back_and_decides_as_written() {
     let revisions = db
         .run(move |conn| {
             Ok::<_, AuthzError>([
-                store::create_role(conn, &reader, now)?,
-                store::create_group(conn, team, "team", "The team", now)?,
-                store::add_member(conn, team, Subject::User(ann), now)?,
-                store::bind(conn, &b, now)?,
+                store::create_role(conn, &by, &reader)?,
+                store::create_group(conn, &by, team, "team", "The team")?,
+                store::add_member(conn, &by, team, Subject::User(ann))?,
+                store::bind(conn, &by, &b)?,
                 store::set_parent(
                     conn,
+                    &by,
                     &Resource::parse("projects:42").unwrap(),
                     &Resource::parse("orgs:7").unwrap(),
                     DEPTH,
@@ -100,7 +104,10 @@ async fn the_stored_policy_reads_back_and_decides_as_written() {
     );
 
     let id = binding.id;
-    let after = db.run(move |conn| store::unbind(conn, id)).await.unwrap();
+    let after = db
+        .run(move |conn| store::unbind(conn, &by, id))
+        .await
+        .unwrap();
     assert_eq!(after, 7);
     assert!(
         !policy(&db)
@@ -114,12 +121,15 @@ async fn the_stored_policy_reads_back_and_decides_as_written() {
 async fn a_refused_write_changes_nothing() {
     let app = TestApp::start().await;
     let db = open(&app).await;
-    let now = Utc::now().naive_utc();
+    let by = store::By {
+        actor: None,
+        at: Utc::now(),
+    };
     let (outer, inner) = (Uuid::now_v7(), Uuid::now_v7());
     db.run(move |conn| {
-        store::create_group(conn, outer, "outer", "", now)?;
-        store::create_group(conn, inner, "inner", "", now)?;
-        store::add_member(conn, outer, Subject::Group(inner), now)
+        store::create_group(conn, &by, outer, "outer", "")?;
+        store::create_group(conn, &by, inner, "inner", "")?;
+        store::add_member(conn, &by, outer, Subject::Group(inner))
     })
     .await
     .unwrap();
@@ -128,11 +138,12 @@ async fn a_refused_write_changes_nothing() {
     let refused = db
         .run(move |conn| {
             Ok::<_, AuthzError>(vec![
-                store::add_member(conn, inner, Subject::Group(outer), now),
-                store::add_member(conn, Uuid::now_v7(), Subject::User(Uuid::now_v7()), now),
-                store::create_group(conn, Uuid::now_v7(), "outer", "", now),
+                store::add_member(conn, &by, inner, Subject::Group(outer)),
+                store::add_member(conn, &by, Uuid::now_v7(), Subject::User(Uuid::now_v7())),
+                store::create_group(conn, &by, Uuid::now_v7(), "outer", ""),
                 store::bind(
                     conn,
+                    &by,
                     &Binding {
                         id: Uuid::now_v7(),
                         subject: Subject::User(Uuid::now_v7()),
@@ -140,11 +151,11 @@ async fn a_refused_write_changes_nothing() {
                         scope: Scope::Everywhere,
                         expires_at: None,
                     },
-                    now,
                 ),
-                store::unbind(conn, Uuid::now_v7()),
+                store::unbind(conn, &by, Uuid::now_v7()),
                 store::set_parent(
                     conn,
+                    &by,
                     &Resource::parse("orgs:7").unwrap(),
                     &Resource::parse("orgs:7").unwrap(),
                     DEPTH,
@@ -220,13 +231,16 @@ async fn a_check_is_never_answered_from_a_revision_older_than_asked() {
     assert!(!decision.allowed());
 
     let revision = writer
-        .bind(Binding {
-            id: Uuid::now_v7(),
-            subject: Subject::User(ann),
-            role: "auditor".into(),
-            scope: Scope::Everywhere,
-            expires_at: None,
-        })
+        .bind(
+            None,
+            Binding {
+                id: Uuid::now_v7(),
+                subject: Subject::User(ann),
+                role: "auditor".into(),
+                scope: Scope::Everywhere,
+                expires_at: None,
+            },
+        )
         .await
         .unwrap();
     assert!(revision > seen);
@@ -242,13 +256,16 @@ async fn a_check_is_never_answered_from_a_revision_older_than_asked() {
     // has passed.
     let bob = Uuid::now_v7();
     let later = writer
-        .bind(Binding {
-            id: Uuid::now_v7(),
-            subject: Subject::User(bob),
-            role: "admin".into(),
-            scope: Scope::Everywhere,
-            expires_at: None,
-        })
+        .bind(
+            None,
+            Binding {
+                id: Uuid::now_v7(),
+                subject: Subject::User(bob),
+                role: "admin".into(),
+                scope: Scope::Everywhere,
+                expires_at: None,
+            },
+        )
         .await
         .unwrap();
     let bobs = question(bob, "users:write", None);
@@ -271,23 +288,32 @@ async fn checks_in_a_batch_share_one_revision_and_bad_questions_are_refused() {
     let authz = service(&app, std::time::Duration::from_secs(1)).await;
     let ann = Uuid::now_v7();
     authz
-        .create_role(Role {
-            name: "editor".into(),
-            description: String::new(),
-            permissions: [p("projects:*")].into(),
-            builtin: false,
-        })
+        .create_role(
+            None,
+            Role {
+                name: "editor".into(),
+                description: String::new(),
+                permissions: [p("projects:*")].into(),
+                builtin: false,
+            },
+        )
         .await
         .unwrap();
-    authz.set_parent("projects:42", "orgs:7").await.unwrap();
+    authz
+        .set_parent(None, "projects:42", "orgs:7")
+        .await
+        .unwrap();
     let revision = authz
-        .bind(Binding {
-            id: Uuid::now_v7(),
-            subject: Subject::User(ann),
-            role: "editor".into(),
-            scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
-            expires_at: None,
-        })
+        .bind(
+            None,
+            Binding {
+                id: Uuid::now_v7(),
+                subject: Subject::User(ann),
+                role: "editor".into(),
+                scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
+                expires_at: None,
+            },
+        )
         .await
         .unwrap();
     let (answers, at) = authz
@@ -359,20 +385,29 @@ async fn the_grpc_api_explains_its_answers_and_refuses_bad_questions() {
     let authz = service(&app, std::time::Duration::from_secs(1)).await;
     let (ann, team) = (Uuid::now_v7(), Uuid::now_v7());
     authz
-        .create_group(team, "team".into(), String::new())
+        .create_group(None, team, "team".into(), String::new())
         .await
         .unwrap();
-    authz.add_member(team, Subject::User(ann)).await.unwrap();
-    authz.set_parent("projects:42", "orgs:7").await.unwrap();
+    authz
+        .add_member(None, team, Subject::User(ann))
+        .await
+        .unwrap();
+    authz
+        .set_parent(None, "projects:42", "orgs:7")
+        .await
+        .unwrap();
     let binding = Uuid::now_v7();
     let revision = authz
-        .bind(Binding {
-            id: binding,
-            subject: Subject::Group(team),
-            role: "admin".into(),
-            scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
-            expires_at: None,
-        })
+        .bind(
+            None,
+            Binding {
+                id: binding,
+                subject: Subject::Group(team),
+                role: "admin".into(),
+                scope: Scope::Resource(Resource::parse("orgs:7").unwrap()),
+                expires_at: None,
+            },
+        )
         .await
         .unwrap();
     let mut client = grpc(authz).await;
@@ -528,10 +563,13 @@ async fn a_registered_user_gets_the_user_role_and_a_deleted_one_keeps_no_binding
     // A group membership of hers goes with her account too.
     let team = Uuid::now_v7();
     authz
-        .create_group(team, "team".into(), String::new())
+        .create_group(None, team, "team".into(), String::new())
         .await
         .unwrap();
-    authz.add_member(team, Subject::User(ann)).await.unwrap();
+    authz
+        .add_member(None, team, Subject::User(ann))
+        .await
+        .unwrap();
     let token = app.login("ann@example.org", PASSWORD).await["access_token"]
         .as_str()
         .unwrap()

@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod authz;
+mod authz_admin;
 mod edge;
 mod gateway;
 mod identity_grpc;

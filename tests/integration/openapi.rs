@@ -166,7 +166,7 @@ async fn exchange(
 #[tokio::test]
 async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     use http::Method;
-    let app = TestApp::start().await;
+    let app = TestApp::builder().with_authz().start().await;
     let doc = app.gateway_json("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc.get("x-gatehouse-unavailable").is_none(), "{doc}");
@@ -308,6 +308,7 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
     }))
     .await;
     let app = TestApp::builder()
+        .with_authz()
         .gateway(|g| {
             let mut billing = RouteConfig::new("/billing", "billing", AuthPolicy::Required);
             billing.strip_prefix = true;
@@ -405,7 +406,7 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
 
 #[tokio::test]
 async fn the_document_states_every_answer_and_rule_the_api_keeps() {
-    let app = TestApp::start().await;
+    let app = TestApp::builder().with_authz().start().await;
     let doc = app.gateway_json("/openapi.json").await;
     let op = |path: &str, method: &str| doc["paths"][path][method].clone();
     let statuses = |op: &Value| -> Vec<String> {

@@ -60,6 +60,7 @@ pub struct Builder {
     auth: gatehouse::auth::AuthConfig,
     storage: Option<Arc<Storage>>,
     bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
+    authz: bool,
 }
 
 impl TestApp {
@@ -81,7 +82,33 @@ impl TestApp {
             },
             storage: None,
             bus: None,
+            authz: false,
         }
+    }
+
+    /// Registers a user, makes it an admin (as `gatehouse admin grant`
+    /// does), signs it in and answers its access token. The running authz
+    /// sees the grant once its refresh interval has passed on the app's
+    /// clock, which this moves on.
+    pub async fn admin(&self, email: &str) -> String {
+        let user = self.register(email).await;
+        let id = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+        gatehouse::authz::grant(&self.ctx, id, "admin")
+            .await
+            .unwrap();
+        self.clock.advance(chrono::Duration::seconds(2));
+        let pair = self.login(email, PASSWORD).await;
+        pair["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A request through the gateway with a bearer token.
+    pub fn through(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.with_token(method, format!("{}{path}", self.gateway_base), token)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
@@ -277,6 +304,12 @@ impl Builder {
         self
     }
 
+    /// Start authz too.
+    pub fn with_authz(mut self) -> Self {
+        self.authz = true;
+        self
+    }
+
     /// Use this event bus instead of the in-process one.
     pub fn bus(mut self, bus: Arc<dyn gatehouse::kernel::bus::EventBus>) -> Self {
         self.bus = Some(bus);
@@ -312,19 +345,30 @@ impl Builder {
             .unwrap();
         let auth = gatehouse::auth::start(&ctx, self.auth).await.unwrap();
         let gateway = gatehouse::gateway::start(&ctx, self.gateway).await.unwrap();
+        let mut running = vec![identity, auth];
+        if self.authz {
+            let config = gatehouse::authz::AuthzConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            };
+            running.push(gatehouse::authz::start(&ctx, config).await.unwrap());
+        }
         let ops = gatehouse::kernel::ops::start(&ctx, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         TestApp {
             gateway_base: format!("http://{}", gateway.addr),
             ops_base: format!("http://{}", ops.addr),
-            base: format!("http://{}", identity.addr),
-            auth_base: format!("http://{}", auth.addr),
+            base: format!("http://{}", running[0].addr),
+            auth_base: format!("http://{}", running[1].addr),
+            running: {
+                running.extend([gateway, ops]);
+                running
+            },
             ctx,
             notifier,
             clock,
             http: reqwest::Client::new(),
-            running: vec![identity, auth, gateway, ops],
             storage,
         }
     }

@@ -4,16 +4,30 @@
 //! circle), and bindings that give a subject (a user or a group) a role at a
 //! scope, possibly until some time; and what a check answers.
 //!
-//! Rooms: this file holds the records; `names.rs` parses permissions and
-//! resources; `policy.rs` holds one revision of it all and decides checks.
+//! Rooms: this file holds the records and what the model refuses;
+//! `policy.rs` holds one revision of it all and decides checks. The names
+//! (permissions and resources) are parsed by `middleware::names`, which
+//! the services and the gateway that ask authz share.
 //! The store rebuilds a policy from the database; nothing here knows where
 //! it came from.
 
-mod names;
 mod policy;
 
-pub use names::{MAX_NAME, ModelError, Permission, Resource};
+pub use crate::middleware::names::{MAX_NAME, NameError, Permission, Resource};
 pub use policy::Policy;
+
+/// Why a name or a change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("a group cannot contain itself, directly or through other groups")]
+    GroupCycle,
+    #[error("a resource cannot be its own parent, directly or through others")]
+    ParentCycle,
+    #[error("the chain of parents would be longer than {0}")]
+    TooDeep(usize),
+}
 
 use std::collections::BTreeSet;
 

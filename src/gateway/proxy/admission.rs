@@ -39,6 +39,8 @@ pub(super) struct Plan {
     pub(super) admission: Admission,
     /// The rate limit verdict whose headers the answer carries.
     pub(super) verdict: Option<Verdict>,
+    /// The resource the route's permission is asked at, when it names one.
+    pub(super) resource: Option<String>,
 }
 
 /// Where the route's token policy stands for a request.
@@ -123,6 +125,7 @@ pub(super) fn plan(
         None => Admission::Unverified,
     };
     let target = route.upstream_target(&segments, req.uri().query());
+    let resource = route.resource(&segments);
     drop(segments);
     let (parts, body) = req.into_parts();
     Ok(Plan {
@@ -134,6 +137,7 @@ pub(super) fn plan(
         target,
         admission,
         verdict,
+        resource,
     })
 }
 

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balancer, Lease};
 use super::config::{RouteConfig, UpstreamProtocol};
-use super::fault::Fault;
+use super::fault::{self, Fault};
 use super::h1::is_idempotent;
 use super::headers::{Peer, parse_cidr, upstream_headers};
 use super::probe::{self, ProbePlan};
@@ -44,6 +44,7 @@ use crate::kernel::registry::{Instance, Registry};
 use crate::kernel::telemetry;
 use crate::kernel::wire;
 use crate::middleware::bearer::{self, TokenCheck};
+use crate::middleware::permit::Permits;
 use crate::middleware::ratelimit::{self, Limiter};
 use crate::middleware::token::TokenError;
 
@@ -68,6 +69,7 @@ struct Inner {
     per_ip: Option<Limiter>,
     per_user: Option<Limiter>,
     shutdown: CancellationToken,
+    permits: Permits,
 }
 
 /// What the gateway needs besides its route table.
@@ -83,6 +85,8 @@ pub struct Settings {
     pub per_user: Option<Limiter>,
     pub probe: ProbePlan,
     pub shutdown: CancellationToken,
+    /// Asks authz the permissions routes name.
+    pub permits: Permits,
 }
 
 impl Gateway {
@@ -119,6 +123,7 @@ impl Gateway {
                 per_ip: settings.per_ip,
                 per_user: settings.per_user,
                 shutdown: settings.shutdown,
+                permits: settings.permits,
             }),
         })
     }
@@ -214,6 +219,12 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
         {
             return refused;
         }
+        if let Some(permission) = &gw.inner.table.route(plan.route).config.permission
+            && let Err(refused) =
+                permitted(&gw, &plan.admission, plan.resource.as_deref(), permission).await
+        {
+            return refused;
+        }
         let mut response = send(&gw, &mut plan).await;
         if let Some(v) = plan.verdict {
             ratelimit::annotate(v, response.headers_mut());
@@ -244,6 +255,33 @@ async fn verify(gw: &Gateway, plan: &mut Plan) -> Result<(), Response> {
     limit_user(gw, config, principal.as_ref(), &mut plan.verdict)?;
     plan.admission = Admission::Decided(principal);
     Ok(())
+}
+
+/// Asks authz whether the request's user holds the route's `permission`
+/// (at `resource`): 403 naming it when not, 503 when authz
+/// cannot say. The route requires a token, so a user is known by now.
+async fn permitted(
+    gw: &Gateway,
+    admission: &Admission,
+    resource: Option<&str>,
+    permission: &str,
+) -> Result<(), Response> {
+    let Admission::Decided(Some(principal)) = admission else {
+        return Err(bearer::refusal(TokenError::Missing));
+    };
+    match gw
+        .inner
+        .permits
+        .allowed(principal.user_id, permission, resource)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(fault::forbidden(permission)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a route's permission check failed");
+            Err(fault(Fault::AuthzUnavailable))
+        }
+    }
 }
 
 /// Sends the planned request to an instance of the route's service. The

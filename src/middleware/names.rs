@@ -1,25 +1,21 @@
-//! The names a policy is written in: permissions (`resource_type:action`,
+//! The names authorization is written in: permissions (`resource_type:action`,
 //! `resource_type:*` or `*`) and resources (`resource_type:id`), each
-//! parsed strictly, and what covers what.
+//! parsed strictly, and what covers what. Authz decides with them; the
+//! gateway and the services that ask it check the names they are
+//! configured with before they ask.
 
 use std::fmt;
 
 /// The longest permission or resource text.
 pub const MAX_NAME: usize = 128;
 
-/// Why a permission, a resource or a change is refused.
+/// Why a permission or a resource is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ModelError {
+pub enum NameError {
     #[error("{0:?} is not a permission: `resource_type:action`, `resource_type:*` or `*`")]
     BadPermission(String),
     #[error("{0:?} is not a resource: `resource_type:id`")]
     BadResource(String),
-    #[error("a group cannot contain itself, directly or through other groups")]
-    GroupCycle,
-    #[error("a resource cannot be its own parent, directly or through others")]
-    ParentCycle,
-    #[error("the chain of parents would be longer than {0}")]
-    TooDeep(usize),
 }
 
 /// A resource type: dot-separated segments (`billing.invoices`), each a
@@ -54,8 +50,8 @@ pub enum Permission {
 
 impl Permission {
     /// Parses `text`; anything but the three shapes is refused.
-    pub fn parse(text: &str) -> Result<Permission, ModelError> {
-        let bad = || ModelError::BadPermission(text.to_owned());
+    pub fn parse(text: &str) -> Result<Permission, NameError> {
+        let bad = || NameError::BadPermission(text.to_owned());
         if text == "*" {
             return Ok(Permission::All);
         }
@@ -76,10 +72,10 @@ impl Permission {
     }
 
     /// Parses a permission a check asks about: one action on one type.
-    pub fn parse_asked(text: &str) -> Result<Permission, ModelError> {
+    pub fn parse_asked(text: &str) -> Result<Permission, NameError> {
         match Permission::parse(text)? {
             asked @ Permission::Action(..) => Ok(asked),
-            _ => Err(ModelError::BadPermission(text.to_owned())),
+            _ => Err(NameError::BadPermission(text.to_owned())),
         }
     }
 
@@ -116,8 +112,8 @@ pub struct Resource {
 
 impl Resource {
     /// Parses `type:id`; the id is visible ASCII without spaces.
-    pub fn parse(text: &str) -> Result<Resource, ModelError> {
-        let bad = || ModelError::BadResource(text.to_owned());
+    pub fn parse(text: &str) -> Result<Resource, NameError> {
+        let bad = || NameError::BadResource(text.to_owned());
         if text.len() > MAX_NAME {
             return Err(bad());
         }

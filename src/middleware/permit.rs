@@ -1,0 +1,180 @@
+//! Asking authz whether a user may do something: the client the gateway
+//! and the services share, over authz's gRPC API, with the answers kept a
+//! short while per (user, permission, resource).
+//!
+//! A kept answer never outlives the change that voids it: authz writes an
+//! `authz.*` event for every change, and each one drops the answers it may
+//! alter (the named users', or all when the change may alter anyone's).
+//! A question asked while such an event arrives is not kept, and every
+//! question asks for the newest revision an event told of, so an instance
+//! of authz that has not yet read the change cannot answer from before it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::kernel::bus::{self, EventBus, Unhandled};
+use crate::kernel::rpc::Clients;
+use crate::proto::authz::v1 as pb;
+use crate::proto::authz::v1::authz_client::AuthzClient;
+use crate::proto::events::v1::PolicyEvent;
+
+/// Most answers kept.
+const CAPACITY: u64 = 100_000;
+
+/// Why a question got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermitError {
+    /// Authz refused the question itself: a malformed permission or
+    /// resource.
+    #[error("authz refused the question: {0}")]
+    Invalid(String),
+    /// Authz could not be reached, or failed.
+    #[error("authz is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    user: Uuid,
+    permission: Box<str>,
+    resource: Option<Box<str>>,
+}
+
+/// The shared client. Cheap to clone.
+#[derive(Clone)]
+pub struct Permits {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clients: Clients,
+    /// None when answers are not kept.
+    answers: Option<moka::sync::Cache<Key, bool>>,
+    /// Moves on at every change, so an answer asked before it is not kept.
+    generation: AtomicU64,
+    /// The newest revision a change event told of.
+    revision: AtomicU64,
+}
+
+impl Permits {
+    /// Asks authz through `clients`, keeping each answer for `keep` (not
+    /// at all when zero).
+    pub fn new(clients: Clients, keep: Duration) -> Permits {
+        let answers = (!keep.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(keep)
+                .support_invalidation_closures()
+                .build()
+        });
+        Permits {
+            inner: Arc::new(Inner {
+                clients,
+                answers,
+                generation: AtomicU64::new(0),
+                revision: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether `user` may do `permission` (one action on one type) on
+    /// `resource` (`type:id`), or at the permission's type without one.
+    pub async fn allowed(
+        &self,
+        user: Uuid,
+        permission: &str,
+        resource: Option<&str>,
+    ) -> Result<bool, PermitError> {
+        let key = Key {
+            user,
+            permission: permission.into(),
+            resource: resource.map(Into::into),
+        };
+        if let Some(kept) = self.inner.answers.as_ref().and_then(|a| a.get(&key)) {
+            return Ok(kept);
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let allowed = self.ask(&key).await?;
+        if let Some(answers) = &self.inner.answers
+            && self.inner.generation.load(Ordering::Acquire) == generation
+        {
+            answers.insert(key, allowed);
+        }
+        Ok(allowed)
+    }
+
+    async fn ask(&self, key: &Key) -> Result<bool, PermitError> {
+        let channel = self
+            .inner
+            .clients
+            .channel("authz")
+            .await
+            .map_err(|e| PermitError::Unavailable(e.to_string()))?;
+        let asked = pb::CheckRequest {
+            question: Some(pb::Question {
+                user_id: key.user.to_string(),
+                permission: key.permission.to_string(),
+                resource: key.resource.as_deref().unwrap_or_default().to_owned(),
+            }),
+            at_least_revision: self.inner.revision.load(Ordering::Acquire),
+        };
+        match AuthzClient::new(channel).check(asked).await {
+            Ok(answer) => Ok(answer.into_inner().answer.is_some_and(|a| a.allowed)),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(PermitError::Invalid(status.message().to_owned()))
+            }
+            Err(status) => Err(PermitError::Unavailable(status.message().to_owned())),
+        }
+    }
+
+    /// Drops the answers `change` may alter, and asks from its revision on.
+    pub fn forget(&self, change: &PolicyEvent) {
+        self.inner
+            .revision
+            .fetch_max(change.revision, Ordering::AcqRel);
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let Some(answers) = &self.inner.answers else {
+            return;
+        };
+        let users: Vec<Uuid> = change
+            .user_ids
+            .iter()
+            .filter_map(|u| Uuid::parse_str(u).ok())
+            .collect();
+        let named = !users.is_empty() && users.len() == change.user_ids.len();
+        // A change that names no one may alter anyone's answers; a cache
+        // that cannot drop by user drops them all.
+        if !named
+            || answers
+                .invalidate_entries_if(move |key, _| users.contains(&key.user))
+                .is_err()
+        {
+            answers.invalidate_all();
+        }
+    }
+
+    /// Learns authz's changes from the bus until `shutdown`.
+    pub async fn listen(
+        &self,
+        consumer: &str,
+        bus: &Arc<dyn EventBus>,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let permits = self.clone();
+        let follow = bus::follow(bus, consumer, &["authz"], shutdown, move |event| {
+            let permits = permits.clone();
+            async move {
+                let change = PolicyEvent::decode(&event.payload[..])
+                    .map_err(|e| Unhandled::Unreadable(format!("authz change: {e}")))?;
+                permits.forget(&change);
+                Ok(())
+            }
+        });
+        follow.await.map_err(|e| e.to_string())
+    }
+}
