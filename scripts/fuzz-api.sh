@@ -38,6 +38,7 @@ GATEHOUSE_AUTH__LISTEN="127.0.0.1:$auth_port" \
 GATEHOUSE_AUTHZ__LISTEN="127.0.0.1:$authz_port" \
 GATEHOUSE_SERVER__OPS_LISTEN="127.0.0.1:0" \
 GATEHOUSE_IDENTITY__SCRYPT__LOG_N=4 \
+GATEHOUSE_AUTHZ__REFRESH_MS=0 \
 GATEHOUSE_IDENTITY__LOCKOUT__MAX_FAILURES=1000000 \
 GATEHOUSE_GATEWAY__RATE_LIMIT__PER_IP_PER_SEC=1000000 \
 GATEHOUSE_GATEWAY__RATE_LIMIT__PER_IP_BURST=1000000 \
@@ -56,8 +57,12 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 
-# Signed-in operations get a user of their own (see fuzz_hooks.py).
-export GATEHOUSE_FUZZ_BASE="$base"
+# Signed-in operations get a user of their own, made an admin on the
+# platform's data directory (see fuzz_hooks.py); authz reads such grants at
+# once with refresh_ms = 0.
+export FUZZ_GATEWAY="$base"
+export FUZZ_BINARY="$binary"
+export FUZZ_DATA_DIR="$data"
 export SCHEMATHESIS_HOOKS=fuzz_hooks
 export PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
 status=0

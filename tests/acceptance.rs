@@ -6,7 +6,9 @@
 //! - `auth.feature`: `gatehouse-identity` and `gatehouse-auth`, two processes
 //!   that find each other through the static registry;
 //! - `gateway.feature`: `gatehouse-gateway` in front of those two, the three
-//!   wired the same way.
+//!   wired the same way;
+//! - `authz.feature`: the all-in-one `gatehouse`, its first admin made with
+//!   `gatehouse admin create` on the same data directory.
 //!
 //! The steps talk HTTP to the services (and gRPC to identity, to sign in
 //! without auth) and read the links the development notifier writes to the
@@ -39,6 +41,12 @@ struct Platform {
     ids: std::collections::HashMap<String, String>,
     /// Answers to a burst of requests.
     burst: Vec<reqwest::Response>,
+    /// Access tokens of signed-in users, by lowercased email.
+    tokens: std::collections::HashMap<String, String>,
+    /// The admin's access token.
+    admin: Option<String>,
+    /// The latest role and binding the admin made.
+    granted: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -200,6 +208,221 @@ impl Platform {
             .base
             .clone()
     }
+}
+
+#[given("the whole platform is running")]
+async fn platform_running(world: &mut Platform) {
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let env: Vec<(&str, String)> = ["AUTH", "IDENTITY", "AUTHZ"]
+        .iter()
+        .zip(&ports[1..])
+        .map(|(service, port)| match *service {
+            "AUTH" => ("GATEHOUSE_AUTH__LISTEN", format!("127.0.0.1:{port}")),
+            "IDENTITY" => ("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}")),
+            _ => ("GATEHOUSE_AUTHZ__LISTEN", format!("127.0.0.1:{port}")),
+        })
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let mut process = binary::ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse"),
+        "gateway",
+        ports[0],
+        data.path(),
+        &env,
+    );
+    let ready = format!("{}/readyz", process.base);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    world.gateway = Some(Service {
+        process,
+        _data: data,
+    });
+}
+
+#[given(expr = "{string} was made an admin from the command line")]
+async fn made_admin(world: &mut Platform, email: String) {
+    use std::io::Write as _;
+    let data = world.gateway.as_ref().unwrap()._data.path().to_owned();
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["admin", "create", "--email", &email])
+        .env("GATEHOUSE_DATA_DIR", &data)
+        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("granted admin"), "{said}");
+    signs_in_via_gateway(world, email).await;
+    assert_eq!(world.status, 200, "{}", world.body);
+    let token = world.body["access_token"].as_str().unwrap().to_owned();
+    // The running platform sees a grant made beside it within authz's
+    // refresh interval.
+    let url = format!("{}/v1/authz/roles", world.gateway_base());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    world.admin = Some(token);
+}
+
+#[given(expr = "{string} has signed up through the gateway")]
+async fn signed_up(world: &mut Platform, email: String) {
+    registers_via_gateway(world, email.clone()).await;
+    assert_eq!(world.status, 201, "{}", world.body);
+    let id = world.body["id"].as_str().unwrap().to_owned();
+    world.ids.insert(email.to_lowercase(), id);
+    signs_in_via_gateway(world, email.clone()).await;
+    let token = world.body["access_token"].as_str().unwrap().to_owned();
+    world.tokens.insert(email.to_lowercase(), token);
+}
+
+impl Platform {
+    /// Sends `method path` through the gateway with `token` (and `body`).
+    async fn as_user(
+        &mut self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) {
+        let url = format!("{}{path}", self.gateway_base());
+        let mut request = reqwest::Client::new()
+            .request(method, url)
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await;
+    }
+
+    async fn as_admin(&mut self, method: reqwest::Method, path: &str, body: Option<Value>) {
+        let token = self.admin.clone().expect("an admin was made");
+        self.as_user(&token, method, path, body).await;
+    }
+
+    async fn list_users(&mut self, email: &str) {
+        let token = self.tokens[&email.to_lowercase()].clone();
+        self.as_user(&token, reqwest::Method::GET, "/v1/users", None)
+            .await;
+    }
+
+    /// Lists the users as `email` until the answer is `status`, for at
+    /// most a second.
+    async fn list_users_until(&mut self, email: &str, status: u16) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            self.list_users(email).await;
+            if self.status == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {} {} after a second",
+                self.status,
+                self.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[when(expr = "{string} lists the users through the gateway")]
+async fn lists_users(world: &mut Platform, email: String) {
+    world.list_users(&email).await;
+}
+
+#[then(expr = "the problem names the permission {string}")]
+fn names_permission(world: &mut Platform, permission: String) {
+    assert_eq!(
+        world.body["permission"],
+        permission.as_str(),
+        "{}",
+        world.body
+    );
+}
+
+#[when(expr = "the admin grants {string} a role allowing {string}")]
+async fn grants(world: &mut Platform, email: String, permission: String) {
+    let role = format!("can-{}", permission.replace([':', '.'], "-"));
+    world
+        .as_admin(
+            reqwest::Method::POST,
+            "/v1/authz/roles",
+            Some(json!({"name": role, "permissions": [permission]})),
+        )
+        .await;
+    assert_eq!(world.status, 201, "{}", world.body);
+    let subject = format!("user:{}", world.user_id(&email));
+    world
+        .as_admin(
+            reqwest::Method::POST,
+            "/v1/authz/bindings",
+            Some(json!({"subject": subject, "role": role})),
+        )
+        .await;
+    assert_eq!(world.status, 201, "{}", world.body);
+    let binding = world.body["id"].as_str().unwrap().to_owned();
+    world.granted = Some((role, binding));
+}
+
+#[when("the admin takes that grant back")]
+async fn takes_back(world: &mut Platform) {
+    let (_, binding) = world.granted.clone().expect("a grant was made");
+    let path = format!("/v1/authz/bindings/{binding}");
+    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(world.status, 204, "{}", world.body);
+}
+
+#[when("the admin deletes that role")]
+async fn deletes_role(world: &mut Platform) {
+    let (role, _) = world.granted.clone().expect("a grant was made");
+    deletes_named_role(world, role).await;
+}
+
+#[when("the admin deletes that role with force")]
+async fn deletes_role_with_force(world: &mut Platform) {
+    let (role, _) = world.granted.clone().expect("a grant was made");
+    let path = format!("/v1/authz/roles/{role}?force=true");
+    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+}
+
+#[when(expr = "the admin deletes the role {string}")]
+async fn deletes_named_role(world: &mut Platform, role: String) {
+    let path = format!("/v1/authz/roles/{role}");
+    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+}
+
+#[then(expr = "within a second {string} can list the users through the gateway")]
+async fn can_list(world: &mut Platform, email: String) {
+    world.list_users_until(&email, 200).await;
+    assert!(world.body["items"].is_array(), "{}", world.body);
+}
+
+#[then(expr = "within a second {string} is refused the users with a {int} problem {string}")]
+async fn refused_users(world: &mut Platform, email: String, status: u16, code: String) {
+    world.list_users_until(&email, status).await;
+    assert_eq!(world.body["code"], code.as_str(), "{}", world.body);
 }
 
 #[when(expr = "{string} registers through the gateway")]

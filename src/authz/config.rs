@@ -16,6 +16,9 @@ pub struct AuthzConfig {
     /// How old the policy held in memory may grow before a check looks for
     /// writes of other instances.
     pub refresh_ms: u64,
+    /// How many users' reaches (the groups they are in, however deep) are
+    /// kept between checks at one revision; 0 works each out per check.
+    pub reach_cache_entries: u64,
 }
 
 impl Default for AuthzConfig {
@@ -25,6 +28,7 @@ impl Default for AuthzConfig {
             advertise_url: None,
             max_parent_depth: 8,
             refresh_ms: 1000,
+            reach_cache_entries: 100_000,
         }
     }
 }

@@ -78,7 +78,8 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
         Duration::from_millis(config.refresh_ms),
     )
     .await?
-    .with_relay(relay);
+    .with_relay(relay)
+    .with_reach_cache(config.reach_cache_entries);
     let mut background = vec![relay_task, follow_identity(ctx, authz.clone()).await?];
     let check = TokenCheck::new(
         Arc::new(AuthKeys {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::error::AuthzError;
-use super::model::{Binding, Decision, Permission, Policy, Resource, Role, Subject};
+use super::model::{Binding, Decision, Permission, Policy, Reach, Resource, Role, Subject};
 use super::store;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
@@ -42,6 +42,9 @@ pub struct Authz {
     refresh: chrono::Duration,
     /// Told after each write, so its event leaves the outbox at once.
     relay: Option<Relay>,
+    /// Each user's reach (the groups they are in), as worked out at a
+    /// revision; none when reaches are worked out for every check.
+    reaches: Option<moka::sync::Cache<Uuid, Arc<Reach>>>,
 }
 
 /// A check's question.
@@ -85,7 +88,31 @@ impl Authz {
             max_depth,
             refresh: chrono::Duration::from_std(refresh).unwrap_or(chrono::Duration::seconds(1)),
             relay: None,
+            reaches: None,
         })
+    }
+
+    /// The service, keeping up to `entries` users' reaches between checks
+    /// at one revision (none when 0).
+    pub fn with_reach_cache(mut self, entries: u64) -> Authz {
+        self.reaches = (entries > 0).then(|| moka::sync::Cache::new(entries));
+        self
+    }
+
+    /// `user`'s reach in `policy`: kept from an earlier check at the same
+    /// revision, or worked out now.
+    fn reach(&self, policy: &Policy, user: Uuid) -> Arc<Reach> {
+        let Some(reaches) = &self.reaches else {
+            return Arc::new(policy.reach(user));
+        };
+        if let Some(kept) = reaches.get(&user)
+            && kept.revision == policy.revision
+        {
+            return kept;
+        }
+        let reach = Arc::new(policy.reach(user));
+        reaches.insert(user, reach.clone());
+        reach
     }
 
     /// The service, waking `relay` after each write.
@@ -149,7 +176,8 @@ impl Authz {
     ) -> Result<(Decision, u64), AuthzError> {
         let (asked, resource) = question.parse()?;
         let policy = self.policy(at_least).await?;
-        let decision = policy.check(question.user, &asked, resource.as_ref(), self.clock.now());
+        let reach = self.reach(&policy, question.user);
+        let decision = policy.check_from(&reach, &asked, resource.as_ref(), self.clock.now());
         Ok((decision, policy.revision))
     }
 
@@ -169,7 +197,8 @@ impl Authz {
             .iter()
             .zip(&asked)
             .map(|(q, (permission, resource))| {
-                policy.check(q.user, permission, resource.as_ref(), now)
+                let reach = self.reach(&policy, q.user);
+                policy.check_from(&reach, permission, resource.as_ref(), now)
             })
             .collect();
         Ok((decisions, policy.revision))

@@ -99,6 +99,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the page before.
+    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
     cursor: Option<String>,
 }
 
@@ -149,7 +150,7 @@ async fn list(
     path = "/v1/users/{id}",
     tag = "identity",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id")),
     responses(
         (status = 200, description = "The user", body = UserView, headers(
             ("etag" = String, description = "The user's version"),
@@ -184,8 +185,8 @@ struct AdminProfileBody {
     tag = "identity",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The user's id"),
-        ("if-match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[0-9]{1,18}")$"#, description = "The ETag last seen (`\"N\"`), or `*`; the change is refused if the user changed since"),
+        ("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id"),
+        ("if-match" = Option<String>, Header, pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#, description = "The ETag last seen (`\"N\"`), or `*`; the change is refused if the user changed since"),
     ),
     request_body = AdminProfileBody,
     responses(
@@ -218,7 +219,7 @@ async fn update(
     path = "/v1/users/{id}",
     tag = "identity",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id")),
     responses(
         (status = 204, description = "The user and its sessions are gone"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
@@ -251,7 +252,7 @@ async fn set_status(
     path = "/v1/users/{id}/disable",
     tag = "identity",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id")),
     responses(
         (status = 200, description = "The user, disabled: it cannot sign in, and its sessions end", body = UserView),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
@@ -270,7 +271,7 @@ async fn disable(
     path = "/v1/users/{id}/enable",
     tag = "identity",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id")),
     responses(
         (status = 200, description = "The user, active again", body = UserView),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
@@ -289,7 +290,7 @@ async fn enable(
     path = "/v1/users/{id}/password-reset",
     tag = "identity",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The user's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The user's id")),
     responses(
         (status = 202, description = "A reset link is on its way to the user's address, if the account is active"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),

@@ -291,6 +291,7 @@ pub(super) fn with_etag(user: &User) -> axum::response::Response {
             ("etag" = String, description = "The user's version"),
         )),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The user is gone (its token is refused once the session's end has reached this service)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn me(
@@ -344,7 +345,7 @@ const MAX_VERSION_DIGITS: usize = 18;
     path = "/v1/users/me",
     tag = "identity",
     security(("bearer" = [])),
-    params(("if-match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[0-9]{1,18}")$"#, description = "The ETag last seen (`\"N\"`), or `*`; the change is refused if the user changed since")),
+    params(("if-match" = Option<String>, Header, pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#, description = "The ETag last seen (`\"N\"`), or `*`; the change is refused if the user changed since")),
     request_body = ProfileBody,
     responses(
         (status = 200, description = "The changed user", body = UserView, headers(
@@ -411,6 +412,7 @@ async fn change_my_password(
     responses(
         (status = 204, description = "The user and its sessions are gone"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The user is gone already (its token is refused once the session's end has reached this service)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_me(

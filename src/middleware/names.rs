@@ -28,6 +28,11 @@ fn valid_type(text: &str) -> bool {
     })
 }
 
+/// Whether `text` is a resource type, as a scope names one.
+pub fn is_resource_type(text: &str) -> bool {
+    text.len() <= MAX_NAME && valid_type(text)
+}
+
 /// An action: a lower-case letter followed by lower-case letters, digits,
 /// `_` or `-`.
 fn valid_action(text: &str) -> bool {

@@ -13,13 +13,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::groups::subject;
-use super::{READ, WRITE, id_in_path, require, time, written};
+use super::{READ, WRITE, id_in_path, require, role_name, time, written};
 use crate::authz::error::AuthzError;
-use crate::authz::model::{Binding, Permission, Resource, Scope};
+use crate::authz::model::{Binding, Resource, Scope};
 use crate::authz::service::Authz;
 use crate::authz::store::{self, BindingFilter, scope_text, subject_text};
 use crate::kernel::error::{ApiJson, ApiQuery, Problem};
 use crate::kernel::paging::{Page, PageRequest};
+use crate::middleware::names::is_resource_type;
 use crate::middleware::token::Principal;
 
 pub fn routes() -> Router<Authz> {
@@ -65,14 +66,13 @@ fn scope(text: &str) -> Result<Scope, AuthzError> {
     if text.contains(':') {
         return Ok(Scope::Resource(Resource::parse(text)?));
     }
-    // A type is what stands before `:*` in a permission.
-    match Permission::parse(&format!("{text}:*")) {
-        Ok(Permission::AnyAction(kind)) => Ok(Scope::Type(kind)),
-        _ => Err(AuthzError::Field {
-            field: "scope",
-            message: "`*`, a resource type, or `type:id`".into(),
-        }),
+    if is_resource_type(text) {
+        return Ok(Scope::Type(text.to_owned()));
     }
+    Err(AuthzError::Field {
+        field: "scope",
+        message: "`*`, a resource type, or `type:id`".into(),
+    })
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -80,13 +80,18 @@ fn scope(text: &str) -> Result<Scope, AuthzError> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only the bindings of this subject: `user:<id>` or `group:<id>`.
+    #[param(
+        pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     subject: Option<String>,
     /// Only the bindings of this role.
+    #[param(pattern = r"^[a-z][a-z0-9_-]{0,63}$")]
     role: Option<String>,
     /// Rows on a page, 1 to 200 (50 when absent).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the page before.
+    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
     cursor: Option<String>,
 }
 
@@ -108,23 +113,17 @@ pub async fn list(
 ) -> Result<Json<Page<BindingView>>, AuthzError> {
     require(&authz, &caller, READ).await?;
     let page = PageRequest::new(query.limit, query.cursor.as_deref())?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|key| {
-            Uuid::parse_str(key).map_err(|_| AuthzError::Field {
-                field: "cursor",
-                message: "is not a cursor this API gave out".into(),
-            })
-        })
-        .transpose()?;
+    let after = page.after.clone();
     let filter = BindingFilter {
         subject: query
             .subject
             .as_deref()
             .map(|s| subject("subject", s))
             .transpose()?,
-        role: query.role,
+        role: query
+            .role
+            .map(|r| role_name("role", &r).map(|()| r))
+            .transpose()?,
     };
     let fetch = page.fetch();
     let rows = authz
@@ -137,10 +136,17 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct NewBinding {
     /// `user:<id>` or `group:<id>`.
-    #[schema(pattern = "^(user|group):[0-9a-fA-F-]{36}$")]
+    #[schema(
+        pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     subject: String,
+    #[schema(pattern = r"^[a-z][a-z0-9_-]{0,63}$")]
     role: String,
     /// `*` (everywhere, the default), a resource type, or `type:id`.
+    #[schema(
+        pattern = r"^(\*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+)$",
+        max_length = 128
+    )]
     #[serde(default = "everywhere")]
     scope: String,
     /// When the binding ends; it holds for good without one.
@@ -197,7 +203,7 @@ pub async fn create(
     path = "/v1/authz/bindings/{id}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The binding's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The binding's id")),
     responses(
         (status = 200, description = "The binding", body = BindingView),
         (status = 404, description = "No such binding", body = Problem, content_type = "application/problem+json"),
@@ -219,7 +225,7 @@ pub async fn show(
     path = "/v1/authz/bindings/{id}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The binding's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The binding's id")),
     responses(
         (status = 204, description = "The binding is gone", headers(
             ("gatehouse-revision" = u64, description = "The revision of the write"),
@@ -242,10 +248,16 @@ pub async fn remove(
 #[serde(deny_unknown_fields)]
 pub struct NewParent {
     /// The resource, `type:id`.
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     child: String,
     /// The resource it lies under, `type:id`.
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     parent: String,
 }
 
@@ -279,6 +291,10 @@ pub async fn set_parent(
 #[into_params(parameter_in = Query)]
 pub struct ParentQuery {
     /// The resource to take from under its parent, `type:id`.
+    #[param(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     child: String,
 }
 

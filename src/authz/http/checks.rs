@@ -38,19 +38,39 @@ async fn about(authz: &Authz, caller: &Principal, user: Option<Uuid>) -> Result<
     }
 }
 
+/// A revision: a whole number, which JSON may also write as `7.0`.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom("a revision is a whole number, 0 or more"))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     /// The user asked about; the caller when absent.
     user_id: Option<Uuid>,
     /// One action on one type: `resource_type:action`.
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$",
+        max_length = 128
+    )]
     permission: String,
     /// `type:id`; without one, the check asks at the permission's type.
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     resource: Option<String>,
     /// Answer from this revision or a newer one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     at_least_revision: u64,
 }
 
@@ -153,9 +173,15 @@ pub async fn check(
 pub struct BatchQuestion {
     /// The user asked about; the caller when absent.
     user_id: Option<Uuid>,
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$",
+        max_length = 128
+    )]
     permission: String,
-    #[schema(max_length = 128)]
+    #[schema(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     resource: Option<String>,
 }
 
@@ -164,7 +190,7 @@ pub struct BatchQuestion {
 pub struct BatchBody {
     #[schema(max_items = 100)]
     questions: Vec<BatchQuestion>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     at_least_revision: u64,
 }
 
@@ -221,6 +247,10 @@ pub struct PermissionsQuery {
     /// The user asked about; the caller when absent.
     user_id: Option<Uuid>,
     /// `type:id`; without one, the permissions held everywhere.
+    #[param(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     resource: Option<String>,
     at_least_revision: Option<u64>,
 }
@@ -267,8 +297,16 @@ pub async fn permissions(
 #[into_params(parameter_in = Query)]
 pub struct SubjectsQuery {
     /// `resource_type:action`.
+    #[param(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$",
+        max_length = 128
+    )]
     permission: String,
     /// `type:id`; without one, at the permission's type.
+    #[param(
+        pattern = r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:[!-~]+$",
+        max_length = 128
+    )]
     resource: Option<String>,
     at_least_revision: Option<u64>,
 }

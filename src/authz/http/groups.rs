@@ -73,7 +73,11 @@ pub(super) fn subject(field: &'static str, text: &str) -> Result<Subject, AuthzE
         message: "`user:<id>` or `group:<id>`".into(),
     };
     let (kind, id) = text.split_once(':').ok_or_else(bad)?;
-    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    // The hyphenated form only, as the API document says.
+    let id = Some(id)
+        .filter(|id| id.len() == 36)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or_else(bad)?;
     match kind {
         "user" => Ok(Subject::User(id)),
         "group" => Ok(Subject::Group(id)),
@@ -166,7 +170,7 @@ pub async fn create(
     path = "/v1/authz/groups/{id}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The group's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id")),
     responses(
         (status = 200, description = "The group", body = GroupView),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
@@ -201,7 +205,7 @@ pub struct GroupChange {
     path = "/v1/authz/groups/{id}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The group's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id")),
     request_body = GroupChange,
     responses(
         (status = 200, description = "The changed group", body = GroupView, headers(
@@ -237,7 +241,7 @@ pub async fn update(
     path = "/v1/authz/groups/{id}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The group's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id")),
     responses(
         (status = 204, description = "The group is gone, with its memberships and bindings", headers(
             ("gatehouse-revision" = u64, description = "The revision of the write"),
@@ -261,7 +265,7 @@ pub async fn remove(
     path = "/v1/authz/groups/{id}/members",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The group's id"), ListQuery),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id"), ListQuery),
     responses(
         (status = 200, description = "A page of the group's direct members: users, then groups", body = Page<MemberView>),
         (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
@@ -277,11 +281,11 @@ pub async fn members(
     require(&authz, &caller, READ).await?;
     let group = id_in_path(&id, "group")?;
     let page = PageRequest::new(query.limit, query.cursor.as_deref())?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|key| subject("cursor", key))
-        .transpose()?;
+    // `kind:id` of the last member shown.
+    let after = page.after.as_deref().map(|key| {
+        let (kind, id) = key.split_once(':').unwrap_or((key, ""));
+        (kind.to_owned(), id.to_owned())
+    });
     let fetch = page.fetch();
     let rows = authz
         .read(move |conn| store::list_members(conn, group, after, fetch))
@@ -300,7 +304,9 @@ pub async fn members(
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
     /// `user:<id>` or `group:<id>`.
-    #[schema(pattern = "^(user|group):[0-9a-fA-F-]{36}$")]
+    #[schema(
+        pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     member: String,
 }
 
@@ -309,7 +315,7 @@ pub struct NewMember {
     path = "/v1/authz/groups/{id}/members",
     tag = "authz",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The group's id")),
+    params(("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id")),
     request_body = NewMember,
     responses(
         (status = 204, description = "The member is in the group (adding one already there changes nothing)", headers(
@@ -340,8 +346,8 @@ pub async fn add_member(
     tag = "authz",
     security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "The group's id"),
-        ("member" = String, Path, description = "`user:<id>` or `group:<id>`"),
+        ("id" = String, Path, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The group's id"),
+        ("member" = String, Path, pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "`user:<id>` or `group:<id>`"),
     ),
     responses(
         (status = 204, description = "The member is out of the group", headers(

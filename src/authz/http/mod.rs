@@ -110,6 +110,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the page before.
+    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
     pub cursor: Option<String>,
 }
 
@@ -129,6 +130,27 @@ fn time(at: DateTime<Utc>) -> String {
 /// An id in a path; one that is not an id names nothing there is.
 fn id_in_path(text: &str, what: &str) -> Result<Uuid, AuthzError> {
     Uuid::parse_str(text).map_err(|_| AuthzError::NotFound(format!("{what} {text}")))
+}
+
+/// The longest role name.
+const MAX_ROLE: usize = 64;
+
+/// A role name: a lower-case letter, then lower-case letters, digits, `_`
+/// or `-`.
+pub(super) fn role_name(field: &'static str, text: &str) -> Result<(), AuthzError> {
+    let mut bytes = text.bytes();
+    let valid = text.len() <= MAX_ROLE
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(AuthzError::Field {
+            field,
+            message: "a lower-case letter, then lower-case letters, digits, _ or - (at most 64)"
+                .into(),
+        })
+    }
 }
 
 /// Whether `text` is at most `max` characters with no control characters.

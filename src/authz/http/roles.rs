@@ -6,13 +6,13 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ListQuery, READ, WRITE, check_text, require, time, written};
+use super::{ListQuery, READ, WRITE, check_text, require, role_name, time, written};
 use crate::authz::error::AuthzError;
 use crate::authz::model::{Permission, Role};
 use crate::authz::service::Authz;
@@ -30,8 +30,6 @@ pub fn routes() -> Router<Authz> {
         )
 }
 
-/// The longest role name.
-const MAX_ROLE: usize = 64;
 /// The most permissions a role holds.
 const MAX_PERMISSIONS: usize = 100;
 
@@ -62,25 +60,26 @@ impl From<&RoleRow> for RoleView {
     }
 }
 
-/// A role name: a lower-case letter, then lower-case letters, digits, `_`
-/// or `-`.
-fn role_name(text: &str) -> Result<(), AuthzError> {
-    let mut bytes = text.bytes();
-    let valid = text.len() <= MAX_ROLE
-        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(AuthzError::Field {
-            field: "name",
-            message: "a lower-case letter, then lower-case letters, digits, _ or - (at most 64)"
-                .into(),
-        })
+/// A permission a role holds: `resource_type:action`, `resource_type:*`
+/// or `*`.
+#[derive(Deserialize)]
+pub struct PermissionText(String);
+
+impl utoipa::PartialSchema for PermissionText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(
+                r"^(\*|[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*:(\*|[a-z][a-z0-9_-]*))$",
+            ))
+            .max_length(Some(crate::authz::model::MAX_NAME))
+            .into()
     }
 }
 
-fn permissions(texts: &[String]) -> Result<BTreeSet<Permission>, AuthzError> {
+impl ToSchema for PermissionText {}
+
+fn permissions(texts: &[PermissionText]) -> Result<BTreeSet<Permission>, AuthzError> {
     if texts.len() > MAX_PERMISSIONS {
         return Err(AuthzError::Field {
             field: "permissions",
@@ -89,7 +88,7 @@ fn permissions(texts: &[String]) -> Result<BTreeSet<Permission>, AuthzError> {
     }
     Ok(texts
         .iter()
-        .map(|t| Permission::parse(t))
+        .map(|t| Permission::parse(&t.0))
         .collect::<Result<_, _>>()?)
 }
 
@@ -125,15 +124,15 @@ pub async fn list(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRole {
-    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}$")]
+    #[schema(pattern = r"^[a-z][a-z0-9_-]{0,63}$")]
     name: String,
-    #[schema(max_length = 500)]
+    #[schema(max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     #[serde(default)]
     description: String,
     /// `resource_type:action`, `resource_type:*` or `*`.
     #[schema(max_items = 100)]
     #[serde(default)]
-    permissions: Vec<String>,
+    permissions: Vec<PermissionText>,
 }
 
 #[utoipa::path(
@@ -143,9 +142,8 @@ pub struct NewRole {
     security(("bearer" = [])),
     request_body = NewRole,
     responses(
-        (status = 201, description = "The new role", body = RoleView, headers(
+        (status = 201, description = "The new role, at `/v1/authz/roles/{name}`", body = RoleView, headers(
             ("gatehouse-revision" = u64, description = "The revision of the write"),
-            ("location" = String, description = "Where the role lives"),
         )),
         (status = 409, description = "A role of that name exists (`already_exists`)", body = crate::kernel::error::Problem, content_type = "application/problem+json"),
     )
@@ -156,7 +154,7 @@ pub async fn create(
     ApiJson(body): ApiJson<NewRole>,
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
-    role_name(&body.name)?;
+    role_name("name", &body.name)?;
     check_text("description", &body.description, 0, 500)?;
     let role = Role {
         name: body.name.clone(),
@@ -167,14 +165,9 @@ pub async fn create(
     let revision = authz.create_role(Some(caller.user_id), role).await?;
     let name = body.name;
     let row = authz.read(move |conn| store::role(conn, &name)).await?;
-    let location = format!("/v1/authz/roles/{}", row.name);
     Ok(written(
         revision,
-        (
-            StatusCode::CREATED,
-            [(header::LOCATION, location)],
-            Json(RoleView::from(&row)),
-        ),
+        (StatusCode::CREATED, Json(RoleView::from(&row))),
     ))
 }
 
@@ -183,7 +176,7 @@ pub async fn create(
     path = "/v1/authz/roles/{name}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The role's name")),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$", description = "The role's name")),
     responses(
         (status = 200, description = "The role", body = RoleView),
         (status = 404, description = "No such role", body = crate::kernel::error::Problem, content_type = "application/problem+json"),
@@ -202,11 +195,11 @@ pub async fn show(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleChange {
-    #[schema(max_length = 500)]
+    #[schema(max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     description: Option<String>,
     /// The role's whole new set of permissions.
     #[schema(max_items = 100)]
-    permissions: Option<Vec<String>>,
+    permissions: Option<Vec<PermissionText>>,
 }
 
 #[utoipa::path(
@@ -214,7 +207,7 @@ pub struct RoleChange {
     path = "/v1/authz/roles/{name}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The role's name")),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$", description = "The role's name")),
     request_body = RoleChange,
     responses(
         (status = 200, description = "The changed role", body = RoleView, headers(
@@ -261,7 +254,7 @@ pub struct DeleteQuery {
     path = "/v1/authz/roles/{name}",
     tag = "authz",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "The role's name"), DeleteQuery),
+    params(("name" = String, Path, pattern = r"^[a-z][a-z0-9_-]{0,63}$", description = "The role's name"), DeleteQuery),
     responses(
         (status = 204, description = "The role is gone, and with `force` its bindings", headers(
             ("gatehouse-revision" = u64, description = "The revision of the write"),

@@ -14,7 +14,7 @@
 mod policy;
 
 pub use crate::middleware::names::{MAX_NAME, NameError, Permission, Resource};
-pub use policy::Policy;
+pub use policy::{Policy, Reach};
 
 /// Why a name or a change is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,6 +12,15 @@ use super::{
     Binding, Decision, Denial, Grant, ModelError, Permission, Resource, Role, Scope, Subject,
 };
 
+/// A user and the groups they are in, each with the groups between.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub user: Uuid,
+    /// The revision of the policy it was worked out in.
+    pub revision: u64,
+    found: Vec<(Subject, Vec<Uuid>)>,
+}
+
 /// One revision of everything a check reads.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -161,8 +170,9 @@ impl Policy {
 
     /// The user and every group they are in, each with the groups between,
     /// nearest first; breadth first, so each group comes with its shortest
-    /// path.
-    fn reach(&self, user: Uuid) -> Vec<(Subject, Vec<Uuid>)> {
+    /// path. What a check of the user starts from, the same for every check
+    /// at this revision: the service keeps it per user (see [`Reach`]).
+    pub fn reach(&self, user: Uuid) -> Reach {
         let mut found = vec![(Subject::User(user), Vec::new())];
         let mut seen = HashSet::new();
         let mut queue = VecDeque::from([(Subject::User(user), Vec::<Uuid>::new())]);
@@ -176,7 +186,11 @@ impl Policy {
                 }
             }
         }
-        found
+        Reach {
+            user,
+            revision: self.revision,
+            found,
+        }
     }
 
     /// How `scope` holds at `resource` (or, without one, at the type of
@@ -219,10 +233,21 @@ impl Policy {
         resource: Option<&Resource>,
         now: DateTime<Utc>,
     ) -> Decision {
+        self.check_from(&self.reach(user), asked, resource, now)
+    }
+
+    /// [`Policy::check`] from the user's reach, made at this revision.
+    pub fn check_from(
+        &self,
+        reach: &Reach,
+        asked: &Permission,
+        resource: Option<&Resource>,
+        now: DateTime<Utc>,
+    ) -> Decision {
         let mut best: Option<Grant> = None;
         let mut expired: Option<DateTime<Utc>> = None;
-        for (subject, groups) in self.reach(user) {
-            for index in self.bindings_of.get(&subject).into_iter().flatten() {
+        for (subject, groups) in &reach.found {
+            for index in self.bindings_of.get(subject).into_iter().flatten() {
                 let binding = &self.bindings[*index];
                 let Some(role) = self.roles.get(&binding.role) else {
                     continue;
@@ -272,8 +297,8 @@ impl Policy {
         now: DateTime<Utc>,
     ) -> BTreeSet<Permission> {
         let mut held = BTreeSet::new();
-        for (subject, _) in self.reach(user) {
-            for index in self.bindings_of.get(&subject).into_iter().flatten() {
+        for (subject, _) in &self.reach(user).found {
+            for index in self.bindings_of.get(subject).into_iter().flatten() {
                 let binding = &self.bindings[*index];
                 if binding.expires_at.is_some_and(|end| end <= now) {
                     continue;

@@ -164,11 +164,11 @@ pub fn group(conn: &mut DbConnection, id: Uuid) -> Result<GroupRow, AuthzError> 
 }
 
 /// Up to `limit` direct members of `group`, users then groups, each by
-/// id, after `after`.
+/// id, after `after` (a member's kind and id).
 pub fn list_members(
     conn: &mut DbConnection,
     group: Uuid,
-    after: Option<Subject>,
+    after: Option<(String, String)>,
     limit: i64,
 ) -> Result<Vec<(Subject, DateTime<Utc>)>, AuthzError> {
     super::writes::group_exists(conn, group)?;
@@ -184,11 +184,10 @@ pub fn list_members(
         .order((memberships::member_kind.desc(), memberships::member_id))
         .limit(limit)
         .into_boxed();
-    if let Some(after) = after {
-        let (kind, id) = subject_columns(after);
+    if let Some((kind, id)) = after {
         query = query.filter(
             memberships::member_kind
-                .lt(kind)
+                .lt(kind.clone())
                 .or(memberships::member_kind
                     .eq(kind)
                     .and(memberships::member_id.gt(id))),
@@ -206,7 +205,7 @@ pub fn list_members(
 pub fn list_bindings(
     conn: &mut DbConnection,
     filter: &BindingFilter,
-    after: Option<Uuid>,
+    after: Option<String>,
     limit: i64,
 ) -> Result<Vec<(Binding, DateTime<Utc>)>, AuthzError> {
     let mut query = bindings::table
@@ -224,7 +223,7 @@ pub fn list_bindings(
         query = query.filter(bindings::role.eq(role.clone()));
     }
     if let Some(after) = after {
-        query = query.filter(bindings::id.gt(after.to_string()));
+        query = query.filter(bindings::id.gt(after));
     }
     query
         .load::<BindingColumns>(conn)?
