@@ -38,8 +38,8 @@ clippy:
 ci: fmt-check clippy build-all test test-postgres fuzz-api
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
-# scenario. `what`: footprint (idle memory, start), core (platform scenarios),
-# edge (gateway next to nginx), all.
+# scenario. `what`: footprint (idle memory, start), authz (checks over gRPC),
+# core (platform scenarios), edge (gateway next to nginx), all.
 bench seconds="15" what="all":
     cargo build --release --features bench --bins
     scripts/bench.sh {{seconds}} {{what}}

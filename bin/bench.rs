@@ -18,8 +18,12 @@
 //! With `--edge`, it runs the gateway-against-nginx benchmark instead (see
 //! `edge.rs`); `--serve-upstream` serves that benchmark's upstream. With
 //! `--footprint`, it starts the release binaries itself and measures their
-//! idle memory and the all-in-one's start (see `footprint.rs`).
+//! idle memory and the all-in-one's start (see `footprint.rs`). With
+//! `--authz`, it measures authz's checks over gRPC on a policy it makes
+//! itself (see `authz.rs`).
 
+#[path = "bench/authz.rs"]
+mod authz;
 #[path = "bench/edge.rs"]
 mod edge;
 #[path = "bench/footprint.rs"]
@@ -82,6 +86,9 @@ struct Cli {
     /// Run the footprint benchmark with the release binaries in this directory.
     #[arg(long, value_name = "BIN_DIR")]
     footprint: Option<PathBuf>,
+    /// Run the authz benchmark (self-contained: it starts authz itself).
+    #[arg(long)]
+    authz: bool,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
     wrk_threads: usize,
@@ -115,6 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(bin_dir) = &cli.footprint {
         return footprint::run(bin_dir).await;
+    }
+    if cli.authz {
+        return authz::run(cli.seconds, cli.connections).await;
     }
     let params = gatehouse::identity::password::params(&config.identity.scrypt)
         .map_err(anyhow::Error::msg)?;

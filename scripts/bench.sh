@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `footprint`: gatehouse-bench starts the release binaries itself and reads
-# their idle memory and the all-in-one's start. Then, for `core` and `edge`,
+# their idle memory and the all-in-one's start. `authz`: it starts authz
+# itself on a policy it writes. Then, for `core` and `edge`,
 # starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
-# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the three.
+# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the four.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
@@ -12,7 +13,10 @@ target="${CARGO_TARGET_DIR:-target}"
 if [ "$what" = all ] || [ "$what" = footprint ]; then
     "$target/release/gatehouse-bench" --footprint "$target/release"
 fi
-if [ "$what" = footprint ]; then exit 0; fi
+if [ "$what" = all ] || [ "$what" = authz ]; then
+    "$target/release/gatehouse-bench" --authz --seconds "$seconds"
+fi
+if [ "$what" = footprint ] || [ "$what" = authz ]; then exit 0; fi
 
 data="$(mktemp -d)"
 log="$data/platform.log"

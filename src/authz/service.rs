@@ -110,7 +110,7 @@ impl Authz {
         {
             return kept;
         }
-        let reach = Arc::new(policy.reach(user));
+        let reach = Arc::new(policy.reach_indexed(user));
         reaches.insert(user, reach.clone());
         reach
     }

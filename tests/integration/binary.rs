@@ -25,6 +25,7 @@ pub fn static_registry(services: &[(&str, &[u16])]) -> Vec<(&'static str, String
         let key = match *service {
             "auth" => "GATEHOUSE_REGISTRY__INSTANCES__AUTH",
             "identity" => "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+            "authz" => "GATEHOUSE_REGISTRY__INSTANCES__AUTHZ",
             other => panic!("no registry variable for {other}"),
         };
         let urls: Vec<String> = ports

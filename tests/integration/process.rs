@@ -443,3 +443,170 @@ async fn the_authz_binary_answers_checks_over_grpc_and_stops_on_sigterm() {
     assert_eq!(answer.denial, "not_granted");
     assert!(proc.terminate().await.success());
 }
+
+/// The four binaries a deployment of separate processes runs, on one data
+/// directory (each service keeps its own file, or schema, in it), the first
+/// admin made with `gatehouse admin create` beside them: authz's admin API
+/// and identity's, which asks authz over gRPC, both through the gateway.
+#[tokio::test]
+async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::new();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let (identity, auth, authz, gateway) = (ports[0], ports[1], ports[2], ports[3]);
+    let with = |services: &[(&str, &[u16])], extra: &[(&'static str, String)]| {
+        let mut env = static_registry(services);
+        env.extend(backend.env.iter().cloned());
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let mut processes = vec![
+        ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-identity"),
+            "identity",
+            identity,
+            dir.path(),
+            // Asked every time: authz's change events do not cross
+            // processes without a shared bus.
+            &with(
+                &[("auth", &[auth]), ("authz", &[authz])],
+                &[("GATEHOUSE_IDENTITY__PERMISSION_CACHE_MS", "0".into())],
+            ),
+        ),
+        ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-auth"),
+            "auth",
+            auth,
+            dir.path(),
+            &with(&[("identity", &[identity])], &[]),
+        ),
+        ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-authz"),
+            "authz",
+            authz,
+            dir.path(),
+            &with(&[("auth", &[auth])], &[]),
+        ),
+        ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-gateway"),
+            "gateway",
+            gateway,
+            dir.path(),
+            &with(
+                &[
+                    ("auth", &[auth]),
+                    ("identity", &[identity]),
+                    ("authz", &[authz]),
+                ],
+                &[],
+            ),
+        ),
+    ];
+    for process in &mut processes {
+        process.started();
+    }
+    let base = format!("http://127.0.0.1:{gateway}");
+    let http = reqwest::Client::new();
+    let register = |email: &str| {
+        http.post(format!("{base}/v1/users"))
+            .json(&json!({"email": email, "password": PASSWORD, "display_name": "Ann"}))
+            .send()
+    };
+    let ann = register("ann@example.org").await.unwrap();
+    assert_eq!(ann.status(), 201);
+    let ann_id = ann.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ann = login(&http, &base, "ann@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let users = || {
+        http.get(format!("{base}/v1/users"))
+            .bearer_auth(&ann)
+            .send()
+    };
+    assert_eq!(users().await.unwrap().status(), 403);
+
+    // The first admin, from the command line on the same data.
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["admin", "create", "--email", "root@example.org"])
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+        .envs(backend.env.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let root = login(&http, &base, "root@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Authz reads a write made beside it within its refresh interval (1 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let roles = http
+            .get(format!("{base}/v1/authz/roles"))
+            .bearer_auth(&root)
+            .send()
+            .await
+            .unwrap();
+        if roles.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", roles.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = http
+        .post(format!("{base}/v1/authz/bindings"))
+        .bearer_auth(&root)
+        .json(&json!({"subject": format!("user:{ann_id}"), "role": "auditor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let role = http
+        .post(format!("{base}/v1/authz/roles"))
+        .bearer_auth(&root)
+        .json(&json!({"name": "support", "permissions": ["users:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(role.status(), 201);
+    let bound = http
+        .post(format!("{base}/v1/authz/bindings"))
+        .bearer_auth(&root)
+        .json(&json!({"subject": format!("user:{ann_id}"), "role": "support"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201);
+    let listed = users().await.unwrap();
+    assert_eq!(listed.status(), 200, "identity asked authz over gRPC");
+    let check: serde_json::Value = http
+        .post(format!("{base}/v1/authz/check"))
+        .bearer_auth(&ann)
+        .json(&json!({"permission": "audit:read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["allowed"], true, "{check}");
+    assert_eq!(check["grant"]["role"], "auditor");
+    for process in &mut processes {
+        assert!(process.terminate().await.success());
+    }
+}

@@ -306,8 +306,11 @@ pub fn load(conn: &mut DbConnection, max_depth: usize) -> Result<Policy, AuthzEr
         for (child, parent) in stored_parents(conn)? {
             policy.load_parent(child, parent);
         }
+        // In the order they were made (ids are UUIDv7), which settles ties
+        // between explanations.
         for columns in bindings::table
             .select(BINDING_COLUMNS)
+            .order(bindings::id)
             .load::<BindingColumns>(conn)?
         {
             policy.add_binding(binding_of(columns)?.0);
