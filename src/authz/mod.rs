@@ -35,7 +35,7 @@ use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
 use crate::kernel::outbox;
 use crate::kernel::server::{self, Running, ServiceApp};
-use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::bearer::TokenCheck;
 use utoipa::OpenApi as _;
 
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
@@ -81,16 +81,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .with_relay(relay)
     .with_reach_cache(config.reach_cache_entries);
     let mut background = vec![relay_task, follow_identity(ctx, authz.clone()).await?];
-    let check = TokenCheck::new(
-        Arc::new(AuthKeys {
-            clients: ctx.clients.clone(),
-        }),
-        ctx.tokens.expect(),
-        ctx.clock.clone(),
-        ctx.tokens.access_ttl().to_std().unwrap_or_default(),
-    );
-    let revocations = check
-        .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
     background.push(revocations);

@@ -42,9 +42,18 @@ pub struct Authz {
     refresh: chrono::Duration,
     /// Told after each write, so its event leaves the outbox at once.
     relay: Option<Relay>,
-    /// Each user's reach (the groups they are in), as worked out at a
+    /// Users' reaches (the groups they are in), as worked out at one
     /// revision; none when reaches are worked out for every check.
-    reaches: Option<moka::sync::Cache<Uuid, Arc<Reach>>>,
+    reaches: Option<Arc<RwLock<Reaches>>>,
+}
+
+/// Reaches kept for the checks of one revision: a plain map behind a
+/// lock, read far more often than written, emptied when the revision moves
+/// on or when it is full.
+struct Reaches {
+    revision: u64,
+    kept: std::collections::HashMap<Uuid, Arc<Reach>, foldhash::fast::RandomState>,
+    capacity: usize,
 }
 
 /// A check's question.
@@ -95,7 +104,13 @@ impl Authz {
     /// The service, keeping up to `entries` users' reaches between checks
     /// at one revision (none when 0).
     pub fn with_reach_cache(mut self, entries: u64) -> Authz {
-        self.reaches = (entries > 0).then(|| moka::sync::Cache::new(entries));
+        self.reaches = (entries > 0).then(|| {
+            Arc::new(RwLock::new(Reaches {
+                revision: 0,
+                kept: Default::default(),
+                capacity: usize::try_from(entries).unwrap_or(usize::MAX),
+            }))
+        });
         self
     }
 
@@ -105,13 +120,23 @@ impl Authz {
         let Some(reaches) = &self.reaches else {
             return Arc::new(policy.reach(user));
         };
-        if let Some(kept) = reaches.get(&user)
-            && kept.revision == policy.revision
         {
-            return kept;
+            let held = locks::read(reaches);
+            if held.revision == policy.revision
+                && let Some(kept) = held.kept.get(&user)
+            {
+                return kept.clone();
+            }
         }
         let reach = Arc::new(policy.reach_indexed(user));
-        reaches.insert(user, reach.clone());
+        let mut held = locks::write(reaches);
+        if held.revision < policy.revision || held.kept.len() >= held.capacity {
+            held.kept.clear();
+            held.revision = held.revision.max(policy.revision);
+        }
+        if held.revision == policy.revision {
+            held.kept.insert(user, reach.clone());
+        }
         reach
     }
 

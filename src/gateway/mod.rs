@@ -43,7 +43,7 @@ use crate::kernel::io_threads::IoPlan;
 use crate::kernel::metrics::Tracked;
 use crate::kernel::observe::ObserveLayer;
 use crate::kernel::server::{self, Running, ServiceApp};
-use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
 use crate::middleware::ratelimit::Limiter;
 use http::{HeaderName, HeaderValue, Method};
@@ -71,16 +71,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         limits.per_user_burst,
         limits.max_tracked_keys,
     );
-    let check = TokenCheck::new(
-        Arc::new(AuthKeys {
-            clients: ctx.clients.clone(),
-        }),
-        ctx.tokens.expect(),
-        ctx.clock.clone(),
-        ctx.tokens.access_ttl().to_std().unwrap_or_default(),
-    );
-    let revocations = check
-        .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
     let permits = Permits::new(

@@ -36,7 +36,7 @@ use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
 use crate::kernel::outbox;
 use crate::kernel::server::{self, Running, ServiceApp};
-use crate::middleware::bearer::{AuthKeys, TokenCheck};
+use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
 pub use config::IdentityConfig;
 use notifier::Notifier;
@@ -128,16 +128,7 @@ pub async fn start(
         .await
         .map_err(anyhow::Error::msg)?;
     let (identity, db, relay_task) = open(ctx, config, notifier).await?;
-    let check = TokenCheck::new(
-        Arc::new(AuthKeys {
-            clients: ctx.clients.clone(),
-        }),
-        ctx.tokens.expect(),
-        ctx.clock.clone(),
-        ctx.tokens.access_ttl().to_std().unwrap_or_default(),
-    );
-    let revocations = check
-        .listen_for_revocations(NAME, &ctx.bus, ctx.shutdown.clone())
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
 

@@ -308,6 +308,27 @@ impl TokenCheck {
         }
     }
 
+    /// The check a service of `ctx` puts in front of its routes: keys from
+    /// auth through `ctx`'s clients, revoked sessions learned from its bus
+    /// as `consumer` until shutdown (the task that learns them is returned).
+    pub async fn for_service(
+        ctx: &crate::kernel::ServiceContext,
+        consumer: &str,
+    ) -> Result<(TokenCheck, tokio::task::JoinHandle<()>), String> {
+        let check = TokenCheck::new(
+            Arc::new(AuthKeys {
+                clients: ctx.clients.clone(),
+            }),
+            ctx.tokens.expect(),
+            ctx.clock.clone(),
+            ctx.tokens.access_ttl().to_std().unwrap_or_default(),
+        );
+        let revocations = check
+            .listen_for_revocations(consumer, &ctx.bus, ctx.shutdown.clone())
+            .await?;
+        Ok((check, revocations))
+    }
+
     /// Learns revoked sessions from the bus until `shutdown`.
     pub async fn listen_for_revocations(
         &self,

@@ -203,18 +203,7 @@ pub fn delete_group(conn: &mut DbConnection, by: &By, id: Uuid) -> Result<i64, A
         group_exists(conn, id)?;
         let text = id.to_string();
         diesel::delete(memberships::table.filter(memberships::group_id.eq(&text))).execute(conn)?;
-        diesel::delete(
-            memberships::table
-                .filter(memberships::member_kind.eq("group"))
-                .filter(memberships::member_id.eq(&text)),
-        )
-        .execute(conn)?;
-        diesel::delete(
-            bindings::table
-                .filter(bindings::subject_kind.eq("group"))
-                .filter(bindings::subject_id.eq(&text)),
-        )
-        .execute(conn)?;
+        forget(conn, Subject::Group(id))?;
         diesel::delete(user_groups::table.filter(user_groups::id.eq(&text))).execute(conn)?;
         Ok(Change::new("authz.group.deleted", text))
     })
@@ -383,6 +372,24 @@ pub fn remove_parent(
     })
 }
 
+/// Removes `subject`'s bindings and its places in groups.
+fn forget(conn: &mut DbConnection, subject: Subject) -> Result<(), AuthzError> {
+    let (kind, id) = subject_columns(subject);
+    diesel::delete(
+        bindings::table
+            .filter(bindings::subject_kind.eq(kind))
+            .filter(bindings::subject_id.eq(&id)),
+    )
+    .execute(conn)?;
+    diesel::delete(
+        memberships::table
+            .filter(memberships::member_kind.eq(kind))
+            .filter(memberships::member_id.eq(&id)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Stores `binding` unless the same subject already holds the same role at
 /// the same scope; the new revision, or none when nothing was written.
 pub fn bind_once(
@@ -428,18 +435,7 @@ pub fn forget_user(
         return Ok(None);
     }
     write(conn, by, |conn| {
-        diesel::delete(
-            bindings::table
-                .filter(bindings::subject_kind.eq("user"))
-                .filter(bindings::subject_id.eq(&id)),
-        )
-        .execute(conn)?;
-        diesel::delete(
-            memberships::table
-                .filter(memberships::member_kind.eq("user"))
-                .filter(memberships::member_id.eq(&id)),
-        )
-        .execute(conn)?;
+        forget(conn, Subject::User(user))?;
         Ok(Change::new("authz.subject.forgotten", &id).of(Subject::User(user)))
     })
     .map(Some)
