@@ -96,13 +96,24 @@ pub async fn start(
 /// Runs `services` until SIGINT/SIGTERM, then stops them gracefully.
 /// `standalone` marks a single-service binary, whose in-process bus reaches
 /// no other service.
-pub async fn run(config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
     let ctx = context(&config)?;
     if standalone && !ctx.bus.crosses_processes() {
         tracing::warn!(
-            "the event bus is in-process: events of this process reach no other process; \
-             configure a shared bus when services run as separate processes"
+            "the event bus is in-process: events of this process reach no other process, \
+             and no answer of authz is kept here; configure a shared bus when services run \
+             as separate processes"
         );
+        // Authz's change events would not reach this process to drop the
+        // answers it kept, so it keeps none.
+        #[cfg(feature = "gateway")]
+        {
+            config.gateway.permission_cache_ms = 0;
+        }
+        #[cfg(feature = "identity")]
+        {
+            config.identity.permission_cache_ms = 0;
+        }
     }
     let mut running = vec![crate::kernel::ops::start(&ctx, config.server.ops_listen).await?];
     for service in services {

@@ -90,7 +90,7 @@ fn user_in_path(text: &str) -> Result<UserId, IdentityError> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only addresses that start with this (case does not matter).
-    #[param(max_length = 254)]
+    #[param(max_length = 254, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     email_prefix: Option<String>,
     /// Only users of this status: `active` or `disabled`.
     #[param(pattern = "^(active|disabled)$")]
@@ -99,7 +99,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the page before.
-    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
+    #[param(pattern = "^(0[1-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]){0,512}$")]
     cursor: Option<String>,
 }
 
@@ -127,8 +127,15 @@ async fn list(
         .map(UserStatus::parse)
         .transpose()?
         .map(UserStatus::as_str);
-    if query.email_prefix.as_ref().is_some_and(|p| p.len() > 254) {
-        return Err(IdentityError::invalid("email_prefix", "at most 254 bytes"));
+    if query
+        .email_prefix
+        .as_ref()
+        .is_some_and(|p| p.len() > 254 || p.chars().any(char::is_control))
+    {
+        return Err(IdentityError::invalid(
+            "email_prefix",
+            "at most 254 bytes, no control characters",
+        ));
     }
     let filter = UserFilter {
         email_prefix: query.email_prefix.map(|p| p.to_lowercase()),

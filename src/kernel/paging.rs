@@ -19,7 +19,7 @@ pub const MAX_LIMIT: u32 = 200;
 /// The longest key a cursor may carry.
 const MAX_KEY: usize = 512;
 /// What a cursor looks like, as the API documents state it.
-pub const CURSOR_PATTERN: &str = "^([0-9a-fA-F]{2}){0,512}$";
+pub const CURSOR_PATTERN: &str = "^(0[1-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]){0,512}$";
 
 /// A query parameter that is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +53,8 @@ impl PageRequest {
                     .ok()
                     .filter(|key| key.len() <= MAX_KEY)
                     .map(|key| String::from_utf8_lossy(&key).into_owned())
+                    // No database takes a NUL in text.
+                    .filter(|key| !key.contains('\0'))
                     .ok_or(PageError {
                         field: "cursor",
                         message: "is not a cursor this API gave out",
@@ -128,7 +130,7 @@ mod tests {
                 "limit"
             );
         }
-        for cursor in ["zz", "abc", &"61".repeat(MAX_KEY + 1)] {
+        for cursor in ["zz", "abc", "6100", &"61".repeat(MAX_KEY + 1)] {
             assert_eq!(
                 PageRequest::new(None, Some(cursor)).unwrap_err().field,
                 "cursor",

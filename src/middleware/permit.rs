@@ -103,7 +103,13 @@ impl Permits {
         if let Some(answers) = &self.inner.answers
             && self.inner.generation.load(Ordering::Acquire) == generation
         {
-            answers.insert(key, allowed);
+            answers.insert(key.clone(), allowed);
+            // A change that arrived between the look above and the insert
+            // has dropped what was kept before it, not this answer: drop it
+            // too.
+            if self.inner.generation.load(Ordering::Acquire) != generation {
+                answers.invalidate(&key);
+            }
         }
         Ok(allowed)
     }

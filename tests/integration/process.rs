@@ -466,12 +466,9 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
             "identity",
             identity,
             dir.path(),
-            // Asked every time: authz's change events do not cross
-            // processes without a shared bus.
-            &with(
-                &[("auth", &[auth]), ("authz", &[authz])],
-                &[("GATEHOUSE_IDENTITY__PERMISSION_CACHE_MS", "0".into())],
-            ),
+            // Without a shared bus it keeps no answer of authz, so the
+            // refusal below does not outlive the grant after it.
+            &with(&[("auth", &[auth]), ("authz", &[authz])], &[]),
         ),
         ServiceProcess::spawn(
             env!("CARGO_BIN_EXE_gatehouse-auth"),

@@ -91,7 +91,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// The `next_cursor` of the page before.
-    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
+    #[param(pattern = "^(0[1-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]){0,512}$")]
     cursor: Option<String>,
 }
 
@@ -178,6 +178,7 @@ pub async fn create(
     ApiJson(body): ApiJson<NewBinding>,
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
+    role_name("role", &body.role)?;
     let binding = Binding {
         id: Uuid::now_v7(),
         subject: subject("subject", &body.subject)?,

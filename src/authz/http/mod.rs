@@ -110,7 +110,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the page before.
-    #[param(pattern = "^([0-9a-fA-F]{2}){0,512}$")]
+    #[param(pattern = "^(0[1-9a-fA-F]|[1-9a-fA-F][0-9a-fA-F]){0,512}$")]
     pub cursor: Option<String>,
 }
 

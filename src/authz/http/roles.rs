@@ -79,6 +79,11 @@ impl utoipa::PartialSchema for PermissionText {
 
 impl ToSchema for PermissionText {}
 
+/// A name in a path that no role can have names none there is.
+fn known(name: &str) -> Result<(), AuthzError> {
+    role_name("name", name).map_err(|_| AuthzError::NotFound(format!("role {name}")))
+}
+
 fn permissions(texts: &[PermissionText]) -> Result<BTreeSet<Permission>, AuthzError> {
     if texts.len() > MAX_PERMISSIONS {
         return Err(AuthzError::Field {
@@ -188,6 +193,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<RoleView>, AuthzError> {
     require(&authz, &caller, READ).await?;
+    known(&name)?;
     let row = authz.read(move |conn| store::role(conn, &name)).await?;
     Ok(Json(RoleView::from(&row)))
 }
@@ -224,6 +230,7 @@ pub async fn update(
     ApiJson(body): ApiJson<RoleChange>,
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
+    known(&name)?;
     if let Some(description) = &body.description {
         check_text("description", description, 0, 500)?;
     }
@@ -271,6 +278,7 @@ pub async fn remove(
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
+    known(&name)?;
     let revision = authz
         .delete_role(Some(caller.user_id), name, query.force)
         .await?;

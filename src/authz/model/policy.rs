@@ -289,6 +289,11 @@ impl Policy {
         resource: Option<&Resource>,
         now: DateTime<Utc>,
     ) -> Decision {
+        // A reach indexes this revision's bindings; one of another revision
+        // is worked out again.
+        if reach.revision != self.revision {
+            return self.check_from(&self.reach(reach.user), asked, resource, now);
+        }
         let mut best: Option<Grant> = None;
         let mut best_key: Option<(usize, usize, usize)> = None;
         let mut expired: Option<DateTime<Utc>> = None;
