@@ -96,6 +96,10 @@ pub async fn start(
 /// Runs `services` until SIGINT/SIGTERM, then stops them gracefully.
 /// `standalone` marks a single-service binary, whose in-process bus reaches
 /// no other service.
+#[cfg_attr(
+    not(any(feature = "gateway", feature = "identity")),
+    allow(unused_mut, reason = "only the gateway and identity keep authz's answers")
+)]
 pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
     let ctx = context(&config)?;
     if standalone && !ctx.bus.crosses_processes() {
