@@ -98,7 +98,10 @@ pub async fn start(
 /// no other service.
 #[cfg_attr(
     not(any(feature = "gateway", feature = "identity")),
-    allow(unused_mut, reason = "only the gateway and identity keep authz's answers")
+    allow(
+        unused_mut,
+        reason = "only the gateway and identity keep authz's answers"
+    )
 )]
 pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
     let ctx = context(&config)?;
