@@ -176,6 +176,7 @@ impl Identity {
             .db
             .run(move |c| {
                 c.transaction(|c| {
+                    store::lock_for_write(c, &normalized)?;
                     let Some(row) = store::by_email(c, &normalized)? else {
                         return Ok::<_, IdentityError>(None);
                     };

@@ -264,6 +264,17 @@ pub fn mark_email_verified(
         .get_result(conn)
 }
 
+/// Takes SQLite's write lock for a transaction whose first need is a read
+/// (of the account at `normalized`): a write that changes nothing. Read
+/// first, the transaction could not upgrade its lock while another writer
+/// held it, and would fail at once instead of waiting its turn.
+pub fn lock_for_write(conn: &mut DbConnection, normalized: &str) -> QueryResult<()> {
+    diesel::update(users::table.filter(users::email_normalized.eq(normalized)))
+        .set(users::id.eq(users::id))
+        .execute(conn)
+        .map(|_| ())
+}
+
 /// Stores a single-use token (only its hash), retiring earlier unused tokens
 /// of the same purpose for that user.
 pub fn replace_token(

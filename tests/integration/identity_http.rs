@@ -485,3 +485,42 @@ async fn only_json_objects_pass_and_wrong_methods_are_problems_too() {
         assert_problem(r, 405, "method_not_allowed").await;
     }
 }
+
+/// A link asked for while another connection holds identity's write lock,
+/// and commits a change meanwhile, still goes out once the lock is free:
+/// the link's transaction waits its turn for the lock instead of failing
+/// on the change it did not see.
+#[cfg(not(feature = "it-postgres"))]
+#[tokio::test]
+async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
+    use diesel::{Connection, RunQueryDsl};
+    let app = TestApp::start().await;
+    app.register("busy@example.org").await;
+    let before = app.notices();
+    let path = app.ctx.data_dir.join("identity.db");
+    let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .unwrap();
+    diesel::sql_query(
+        "UPDATE users SET display_name = 'Changed' WHERE email_normalized = 'busy@example.org'",
+    )
+    .execute(&mut other)
+    .unwrap();
+    let r = app
+        .post("/v1/password-resets", json!({"email": "busy@example.org"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        app.notices(),
+        before,
+        "nothing goes out while the lock is held"
+    );
+    diesel::sql_query("COMMIT").execute(&mut other).unwrap();
+    app.await_notices(before + 1).await;
+    assert!(
+        app.last_token(NoticeKind::PasswordReset, "busy@example.org")
+            .is_some()
+    );
+}
