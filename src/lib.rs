@@ -11,7 +11,8 @@
 //! - [`config`]: the whole configuration of a process: the kernel's sections
 //!   and one section per service.
 //! - [`middleware`]: what every public API shares: access tokens, the
-//!   bearer-token check and rate limits.
+//!   bearer-token check, rate limits, permission names and the client that
+//!   asks authz.
 //! - [`proto`]: the code generated from `proto/` (messages, gRPC clients and
 //!   servers).
 //! - [`platform`]: starting services in a process: the all-in-one wiring that
@@ -25,7 +26,8 @@
 //!   document.
 //!
 //! - `authz` (feature `authz`): roles, groups, bindings and permission
-//!   checks; so far the model and its resolution.
+//!   checks that say why; the admin API and the checks the other services
+//!   and the gateway ask for.
 //!
 //! The `audit` feature is reserved; that service has no module yet.
 

@@ -4,12 +4,14 @@
 //! role everywhere, on one resource type, or on one resource and what lies
 //! under it.
 //!
-//! Rooms so far: `model/` (the model, and how a check is decided, with
-//! the chain that decided it, on one in-memory revision of the policy),
-//! `store.rs` (the policy stored and read back, every write a new
-//! revision), `schema.rs` (its tables), `service.rs` (checks from the
-//! policy held in memory, kept current by revision), `grpc.rs` (the
-//! internal API), `error.rs` (the error table).
+//! Rooms: `model/` (the model, and how a check is decided, with the chain
+//! that decided it, on one in-memory revision of the policy), `store/` (the
+//! policy stored and read back, every write a new revision with its event
+//! in the outbox), `schema.rs` (its tables), `service.rs` (checks from the
+//! policy held in memory, kept current by revision, and the writes),
+//! `http/` (the admin API and the checks for signed-in users), `grpc.rs`
+//! (the internal API), `error.rs` (the error table). This file wires them
+//! up, and holds what the command line writes (`grant`).
 
 pub mod config;
 pub mod error;

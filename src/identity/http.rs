@@ -25,7 +25,7 @@ use crate::middleware::token::Principal;
 /// The description of identity's public HTTP API, with the password rule
 /// of `policy` stated on every password a body carries.
 pub fn api_doc(policy: &super::config::PasswordPolicy) -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi().merge_from(super::admin::AdminDoc::openapi());
+    let mut doc = ApiDoc::openapi();
     // JSON Schema counts characters; a password within the byte limit at
     // four bytes a character passes whatever it is made of.
     let max = policy.max_length.min(policy.max_bytes / 4);

@@ -31,6 +31,8 @@ use std::sync::Arc;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+use utoipa::OpenApi as _;
+
 use crate::kernel::ServiceContext;
 use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
@@ -141,9 +143,9 @@ pub async fn start(
         name: NAME,
         http: http::routes(identity.clone(), check.clone())
             .merge(admin::routes(identity, permits, check))
-            .merge(crate::kernel::openapi::serve(&http::api_doc(
-                &password_policy,
-            ))),
+            .merge(crate::kernel::openapi::serve(
+                &http::api_doc(&password_policy).merge_from(admin::AdminDoc::openapi()),
+            )),
         grpc: tonic::service::Routes::new(grpc).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,

@@ -23,7 +23,9 @@ use uuid::Uuid;
 
 use super::error::AuthzError;
 use super::model::{Binding, Permission, Policy, Resource, Role, Scope, Subject};
-use super::schema::{bindings, memberships, resource_parents, revision, role_permissions, roles};
+use super::schema::{
+    bindings, memberships, resource_parents, revision, role_permissions, roles, user_groups,
+};
 use crate::kernel::db::DbConnection;
 use crate::kernel::outbox::{self, NewEvent};
 use crate::proto::events::v1::PolicyEvent;
@@ -259,6 +261,18 @@ fn binding_of(columns: BindingColumns) -> Result<(Binding, DateTime<Utc>), Authz
         expires_at: expires_at.map(|t| t.and_utc()),
     };
     Ok((binding, created_at.and_utc()))
+}
+
+/// Refused with `NotFound` unless the group exists.
+fn group_exists(conn: &mut DbConnection, group: Uuid) -> Result<(), AuthzError> {
+    let found: i64 = user_groups::table
+        .filter(user_groups::id.eq(group.to_string()))
+        .count()
+        .get_result(conn)?;
+    if found == 0 {
+        return Err(AuthzError::NotFound(format!("group {group}")));
+    }
+    Ok(())
 }
 
 /// The whole stored policy at its current revision, with chains of

@@ -171,7 +171,7 @@ pub fn list_members(
     after: Option<(String, String)>,
     limit: i64,
 ) -> Result<Vec<(Subject, DateTime<Utc>)>, AuthzError> {
-    super::writes::group_exists(conn, group)?;
+    super::group_exists(conn, group)?;
     // `group` sorts before `user`; users are listed first, as the order of
     // kinds below says.
     let mut query = memberships::table

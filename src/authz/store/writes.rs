@@ -8,7 +8,8 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::{
-    By, Change, Policy, scope_columns, stored_members, stored_parents, subject_columns, write,
+    By, Change, Policy, group_exists, scope_columns, stored_members, stored_parents,
+    subject_columns, write,
 };
 use crate::authz::error::AuthzError;
 use crate::authz::model::{Binding, Permission, Resource, Role, Subject};
@@ -207,17 +208,6 @@ pub fn delete_group(conn: &mut DbConnection, by: &By, id: Uuid) -> Result<i64, A
         diesel::delete(user_groups::table.filter(user_groups::id.eq(&text))).execute(conn)?;
         Ok(Change::new("authz.group.deleted", text))
     })
-}
-
-pub(super) fn group_exists(conn: &mut DbConnection, group: Uuid) -> Result<(), AuthzError> {
-    let found: i64 = user_groups::table
-        .filter(user_groups::id.eq(group.to_string()))
-        .count()
-        .get_result(conn)?;
-    if found == 0 {
-        return Err(AuthzError::NotFound(format!("group {group}")));
-    }
-    Ok(())
 }
 
 /// Puts `member` in `group`; refused when either group does not exist or
