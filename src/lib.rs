@@ -29,7 +29,8 @@
 //!   checks that say why; the admin API and the checks the other services
 //!   and the gateway ask for.
 //!
-//! The `audit` feature is reserved; that service has no module yet.
+//! - `audit` (feature `audit`): the tamper-evident audit log; so far its
+//!   chain, its store and its verification.
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(
@@ -58,6 +59,8 @@ pub mod middleware;
 pub mod platform;
 pub mod proto;
 
+#[cfg(feature = "audit")]
+pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 #[cfg(feature = "authz")]

@@ -8,6 +8,7 @@
 mod binary;
 mod support;
 
+mod audit;
 mod auth;
 mod authz;
 mod authz_admin;

@@ -1,0 +1,291 @@
+//! What the audit log is made of, and how it proves itself: each entry's
+//! hash is SHA-256 over the previous entry's hash and the entry's own
+//! canonical form, so changing, removing or adding an entry anywhere breaks
+//! the chain from there on; [`Verifier`] walks the chain and names the
+//! first entry that does not hold.
+//!
+//! The canonical form is every field, in a fixed order, each as its length
+//! (8 bytes, big-endian) and its bytes: no two different entries share one,
+//! whatever their fields hold.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The hash before the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An entry about to be appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// The bus event it is made from; an event is recorded once.
+    pub event_id: Option<String>,
+    pub at: DateTime<Utc>,
+    /// `user:<id>`, `service:<name>`, or empty when nobody is known.
+    pub actor: String,
+    /// What happened, e.g. `identity.user.registered`.
+    pub action: String,
+    /// What it happened to, e.g. `user:<id>`.
+    pub subject: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    pub client_ip: String,
+    pub request_id: String,
+    pub trace_id: String,
+    /// A JSON object; never secrets.
+    pub details: String,
+}
+
+/// An entry of the log, with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its number: 1 for the first entry, one more for each after it.
+    pub seq: i64,
+    pub id: Uuid,
+    pub fields: NewEntry,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Entry {
+    /// The entry numbered `seq`, after the entry whose hash is `prev_hash`.
+    pub fn chain(seq: i64, id: Uuid, fields: NewEntry, prev_hash: &str) -> Entry {
+        let hash = chain_hash(prev_hash, &canonical(seq, id, &fields));
+        Entry {
+            seq,
+            id,
+            fields,
+            prev_hash: prev_hash.to_owned(),
+            hash,
+        }
+    }
+
+    /// The hash the entry's fields and its `prev_hash` make, whatever is
+    /// stored beside them.
+    pub fn computed_hash(&self) -> String {
+        chain_hash(&self.prev_hash, &canonical(self.seq, self.id, &self.fields))
+    }
+}
+
+/// Timestamps in the canonical form: UTC, microseconds, which both
+/// databases keep.
+pub fn canonical_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn canonical(seq: i64, id: Uuid, f: &NewEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let seq = seq.to_string();
+    let id = id.to_string();
+    let at = canonical_time(f.at);
+    let event = f.event_id.as_deref().unwrap_or_default();
+    for field in [
+        seq.as_str(),
+        id.as_str(),
+        event,
+        at.as_str(),
+        f.actor.as_str(),
+        f.action.as_str(),
+        f.subject.as_str(),
+        f.outcome.as_str(),
+        f.client_ip.as_str(),
+        f.request_id.as_str(),
+        f.trace_id.as_str(),
+        f.details.as_str(),
+    ] {
+        out.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
+fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(prev_hash.as_bytes());
+    digest.update(canonical);
+    hex::encode(digest.finalize())
+}
+
+/// The first entry that does not hold, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Its fields, or its hash, were changed.
+    Altered(i64),
+    /// It is missing: the entries before and after it are there.
+    Deleted(i64),
+    /// It was not made by the chain: it does not follow the entry before.
+    Inserted(i64),
+}
+
+/// Walks the chain in order, one entry at a time, and stops at the first
+/// finding.
+///
+/// An entry that holds in itself but does not follow the one before is
+/// either foreign (put there) or the sign that the one before was changed
+/// and hashed again; the entry after it tells which: if that one follows
+/// it, it is the chain's own and its predecessor was altered.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    next_seq: i64,
+    prev_hash: String,
+    checked: u64,
+    /// An entry that does not follow the one before, until the next shows
+    /// which of the two is at fault.
+    suspect: Option<(i64, String)>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            next_seq: 1,
+            prev_hash: GENESIS.to_owned(),
+            checked: 0,
+            suspect: None,
+        }
+    }
+}
+
+impl Verifier {
+    /// Takes the next entry (in `seq` order); a finding when it, or the one
+    /// before, does not hold.
+    pub fn feed(&mut self, entry: &Entry) -> Result<(), Finding> {
+        if let Some((seq, hash)) = self.suspect.take() {
+            return Err(if entry.prev_hash == hash {
+                Finding::Altered(seq - 1)
+            } else {
+                Finding::Inserted(seq)
+            });
+        }
+        if entry.seq > self.next_seq {
+            return Err(Finding::Deleted(self.next_seq));
+        }
+        if entry.computed_hash() != entry.hash {
+            return Err(Finding::Altered(entry.seq));
+        }
+        if entry.seq < self.next_seq {
+            return Err(Finding::Inserted(entry.seq));
+        }
+        if entry.prev_hash != self.prev_hash {
+            self.suspect = Some((entry.seq, entry.hash.clone()));
+        }
+        self.next_seq = entry.seq + 1;
+        self.prev_hash.clone_from(&entry.hash);
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// After the last entry: the chain's head, as the log records it, must
+    /// be where the walk ended.
+    pub fn finish(&self, head_seq: i64, head_hash: &str) -> Result<u64, Finding> {
+        if let Some((seq, _)) = &self.suspect {
+            return Err(Finding::Inserted(*seq));
+        }
+        let last = self.next_seq - 1;
+        if head_seq > last {
+            return Err(Finding::Deleted(self.next_seq));
+        }
+        if head_seq < last {
+            return Err(Finding::Inserted(head_seq + 1));
+        }
+        if head_hash != self.prev_hash {
+            return Err(Finding::Altered(last));
+        }
+        Ok(self.checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(n: usize) -> NewEntry {
+        NewEntry {
+            event_id: Some(format!("event-{n}")),
+            at: DateTime::from_timestamp(1_800_000_000 + n as i64, 123_456_000).unwrap(),
+            actor: format!("user:{n}"),
+            action: "identity.user.registered".into(),
+            subject: format!("user:{n}"),
+            outcome: "success".into(),
+            client_ip: "192.0.2.1".into(),
+            request_id: format!("req-{n}"),
+            trace_id: String::new(),
+            details: "{}".into(),
+        }
+    }
+
+    fn log(count: usize) -> Vec<Entry> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for n in 0..count {
+            let prev = entries
+                .last()
+                .map_or(GENESIS, |e| e.hash.as_str())
+                .to_owned();
+            entries.push(Entry::chain(n as i64 + 1, Uuid::now_v7(), fields(n), &prev));
+        }
+        entries
+    }
+
+    fn verify(entries: &[Entry], head: (i64, &str)) -> Result<u64, Finding> {
+        let mut verifier = Verifier::default();
+        for entry in entries {
+            verifier.feed(entry)?;
+        }
+        verifier.finish(head.0, head.1)
+    }
+
+    #[test]
+    fn a_whole_chain_verifies_and_each_kind_of_tampering_is_named() {
+        let entries = log(6);
+        let head = (6, entries[5].hash.as_str());
+        assert_eq!(verify(&entries, head), Ok(6));
+        assert_eq!(verify(&[], (0, GENESIS)), Ok(0));
+
+        // A field changed, its hash left as it was: altered.
+        let mut edited = entries.clone();
+        edited[2].fields.details = r#"{"role":"admin"}"#.into();
+        assert_eq!(verify(&edited, head), Err(Finding::Altered(3)));
+        // Changed with its hash made again: the next entry no longer
+        // follows it, though that one is the chain's own.
+        edited[2].hash = edited[2].computed_hash();
+        assert_eq!(verify(&edited, head), Err(Finding::Altered(3)));
+
+        // The last one changed and hashed again: the head knows its hash.
+        let mut last = entries.clone();
+        last[5].fields.outcome = "failure".into();
+        last[5].hash = last[5].computed_hash();
+        assert_eq!(verify(&last, head), Err(Finding::Altered(6)));
+
+        // One taken out of the middle: deleted.
+        let mut removed = entries.clone();
+        removed.remove(3);
+        assert_eq!(verify(&removed, head), Err(Finding::Deleted(4)));
+        // The last one taken out: the head says it was there.
+        assert_eq!(verify(&entries[..5], head), Err(Finding::Deleted(6)));
+
+        // One added at the end, however well it is made: the head does not
+        // know it.
+        let mut added = entries.clone();
+        added.push(Entry::chain(7, Uuid::now_v7(), fields(7), &entries[5].hash));
+        assert_eq!(verify(&added, head), Err(Finding::Inserted(7)));
+        // One put in place of another, with its own fields and hash: it does
+        // not follow the entry before.
+        let mut swapped = entries.clone();
+        swapped[4] = Entry::chain(5, Uuid::now_v7(), fields(40), GENESIS);
+        assert_eq!(verify(&swapped, head), Err(Finding::Inserted(5)));
+    }
+
+    #[test]
+    fn the_canonical_form_tells_apart_fields_that_concatenate_alike() {
+        let mut a = fields(1);
+        let mut b = fields(1);
+        a.actor = "user:1".into();
+        a.action = "x".into();
+        b.actor = "user:1x".into();
+        b.action = String::new();
+        let id = Uuid::now_v7();
+        assert_ne!(
+            Entry::chain(1, id, a, GENESIS).hash,
+            Entry::chain(1, id, b, GENESIS).hash
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Diesel queries on the audit schema: entries appended to the chain, read
+//! back a page at a time, and the whole chain verified.
+//!
+//! An append's transaction starts by moving the chain's head (a write, so
+//! SQLite takes its write lock at once and PostgreSQL locks the head row):
+//! appends are serialised, and each entry follows the one before it.
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::error::AuditError;
+use super::model::{Entry, Finding, NewEntry, Verifier};
+use super::schema::{chain_head, entries};
+use crate::kernel::db::DbConnection;
+
+/// Entries read at a time while verifying.
+const VERIFY_PAGE: i64 = 1000;
+
+/// An `entries` row.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = entries)]
+struct Row {
+    seq: i64,
+    id: String,
+    event_id: Option<String>,
+    at: NaiveDateTime,
+    actor: String,
+    action: String,
+    subject: String,
+    outcome: String,
+    client_ip: String,
+    request_id: String,
+    trace_id: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl From<Row> for Entry {
+    fn from(row: Row) -> Entry {
+        Entry {
+            seq: row.seq,
+            // An id that does not read is an altered entry: its hash says so.
+            id: Uuid::parse_str(&row.id).unwrap_or_default(),
+            fields: NewEntry {
+                event_id: row.event_id,
+                at: row.at.and_utc(),
+                actor: row.actor,
+                action: row.action,
+                subject: row.subject,
+                outcome: row.outcome,
+                client_ip: row.client_ip,
+                request_id: row.request_id,
+                trace_id: row.trace_id,
+                details: row.details,
+            },
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        }
+    }
+}
+
+/// The number and hash of the last entry appended.
+pub fn head(conn: &mut DbConnection) -> QueryResult<(i64, String)> {
+    chain_head::table
+        .select((chain_head::seq, chain_head::hash))
+        .filter(chain_head::id.eq(1))
+        .first(conn)
+}
+
+/// Appends `new` to the chain in one transaction, each entry after the one
+/// before; an entry of an event already recorded is passed over. Answers
+/// the entries appended.
+pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, AuditError> {
+    conn.transaction(|conn| {
+        // The write that takes the lock; the head is read after it.
+        diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
+            .set(chain_head::seq.eq(chain_head::seq))
+            .execute(conn)?;
+        let (mut seq, mut prev) = head(conn)?;
+        let mut appended = Vec::with_capacity(new.len());
+        for fields in new {
+            if let Some(event) = &fields.event_id {
+                let recorded: i64 = entries::table
+                    .filter(entries::event_id.eq(event))
+                    .count()
+                    .get_result(conn)?;
+                if recorded > 0 {
+                    continue;
+                }
+            }
+            // Microseconds: what both databases keep, so the entry reads
+            // back exactly as it was hashed.
+            let fields = NewEntry {
+                at: fields.at.trunc_subsecs(6),
+                ..fields.clone()
+            };
+            seq += 1;
+            let entry = Entry::chain(seq, Uuid::now_v7(), fields, &prev);
+            let f = &entry.fields;
+            diesel::insert_into(entries::table)
+                .values((
+                    entries::seq.eq(entry.seq),
+                    entries::id.eq(entry.id.to_string()),
+                    entries::event_id.eq(&f.event_id),
+                    entries::at.eq(f.at.naive_utc()),
+                    entries::actor.eq(&f.actor),
+                    entries::action.eq(&f.action),
+                    entries::subject.eq(&f.subject),
+                    entries::outcome.eq(&f.outcome),
+                    entries::client_ip.eq(&f.client_ip),
+                    entries::request_id.eq(&f.request_id),
+                    entries::trace_id.eq(&f.trace_id),
+                    entries::details.eq(&f.details),
+                    entries::prev_hash.eq(&entry.prev_hash),
+                    entries::hash.eq(&entry.hash),
+                ))
+                .execute(conn)?;
+            prev.clone_from(&entry.hash);
+            appended.push(entry);
+        }
+        diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
+            .set((chain_head::seq.eq(seq), chain_head::hash.eq(&prev)))
+            .execute(conn)?;
+        Ok(appended)
+    })
+}
+
+/// Which entries a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` entries that `filter` lets through, in order, after the
+/// entry numbered `after`.
+pub fn list(
+    conn: &mut DbConnection,
+    filter: &Filter,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<Entry>> {
+    let mut query = entries::table
+        .select(Row::as_select())
+        .filter(entries::seq.gt(after))
+        .order(entries::seq)
+        .limit(limit)
+        .into_boxed();
+    if let Some(actor) = &filter.actor {
+        query = query.filter(entries::actor.eq(actor.clone()));
+    }
+    if let Some(action) = &filter.action {
+        query = query.filter(entries::action.eq(action.clone()));
+    }
+    if let Some(subject) = &filter.subject {
+        query = query.filter(entries::subject.eq(subject.clone()));
+    }
+    if let Some(from) = filter.from {
+        query = query.filter(entries::at.ge(from.naive_utc()));
+    }
+    if let Some(until) = filter.until {
+        query = query.filter(entries::at.lt(until.naive_utc()));
+    }
+    Ok(query
+        .load::<Row>(conn)?
+        .into_iter()
+        .map(Entry::from)
+        .collect())
+}
+
+/// Walks the whole chain from the first entry to the head: how many
+/// entries hold, or the first that does not.
+pub fn verify(conn: &mut DbConnection) -> Result<Result<u64, Finding>, AuditError> {
+    conn.transaction(|conn| {
+        // The chain and its head as of one moment, whatever is appended
+        // meanwhile (a SQLite read transaction is one snapshot already).
+        #[cfg(feature = "postgres")]
+        if let DbConnection::Pg(_) = conn {
+            diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn)?;
+        }
+        let mut verifier = Verifier::default();
+        let mut after = 0;
+        loop {
+            let page = list(conn, &Filter::default(), after, VERIFY_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in &page {
+                if let Err(finding) = verifier.feed(entry) {
+                    return Ok(Err(finding));
+                }
+            }
+        }
+        let (seq, hash) = head(conn)?;
+        Ok(verifier.finish(seq, &hash))
+    })
+}
