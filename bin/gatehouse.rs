@@ -35,6 +35,18 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole chain; exit 1 and name the first entry that was
+    /// altered, deleted or inserted.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +94,9 @@ fn main() -> ExitCode {
             command: KeysCommand::Rotate,
         }) => rotate(cli.config),
         Some(Command::Admin { command }) => admin(cli.config, command),
+        Some(Command::Audit {
+            command: AuditCommand::Verify,
+        }) => audit_verify(cli.config),
         None | Some(Command::Serve) => serve(cli.config),
     }
 }
@@ -220,6 +235,41 @@ fn read_password() -> anyhow::Result<gatehouse::identity::password::Password> {
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     Ok(gatehouse::identity::password::Password::new(text))
+}
+
+#[cfg(feature = "audit")]
+fn audit_verify(config: Option<PathBuf>) -> ExitCode {
+    use gatehouse::audit::model::Finding;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = runtime.block_on(async {
+        let config = gatehouse::config::Config::load(config.as_deref())?;
+        let db = gatehouse::audit::open_db(&config.database, &config.data_dir).await?;
+        anyhow::Ok(db.run(gatehouse::audit::store::verify).await?)
+    });
+    match result {
+        Ok(Ok(count)) => {
+            println!("the audit log holds: {count} entries verified");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(finding)) => {
+            let (what, seq) = match finding {
+                Finding::Altered(seq) => ("altered", seq),
+                Finding::Deleted(seq) => ("deleted", seq),
+                Finding::Inserted(seq) => ("inserted", seq),
+            };
+            println!("the audit log does not hold: entry {seq} was {what}");
+            ExitCode::FAILURE
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+#[cfg(not(feature = "audit"))]
+fn audit_verify(_config: Option<PathBuf>) -> ExitCode {
+    fail(&anyhow::anyhow!("this build has no audit service"))
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {

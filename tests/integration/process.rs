@@ -607,3 +607,76 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
         assert!(process.terminate().await.success());
     }
 }
+
+/// `gatehouse audit verify` on the log of a data directory (or a
+/// deployment's database): it holds, until a row is changed behind the
+/// store's back, and then the command fails naming the entry.
+#[tokio::test]
+async fn audit_verify_names_the_entry_that_was_changed() {
+    use diesel::RunQueryDsl;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::new();
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["audit", "verify"])
+            .env("GATEHOUSE_DATA_DIR", dir.path())
+            .envs(backend.env.iter().cloned())
+            .output()
+            .unwrap()
+    };
+    let empty = verify();
+    assert!(empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("0 entries verified"));
+
+    let mut config = gatehouse::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    for (key, value) in &backend.env {
+        match *key {
+            "GATEHOUSE_DATABASE__BACKEND" => {
+                config.database.backend = gatehouse::kernel::config::DatabaseBackend::Postgres;
+            }
+            "GATEHOUSE_DATABASE__URL" => config.database.url = value.clone(),
+            _ => {}
+        }
+    }
+    let db = gatehouse::audit::open_db(&config.database, &config.data_dir)
+        .await
+        .unwrap();
+    let entries: Vec<gatehouse::audit::model::NewEntry> = (0..3)
+        .map(|n| gatehouse::audit::model::NewEntry {
+            event_id: Some(format!("event-{n}")),
+            at: chrono::Utc::now(),
+            actor: "user:ann".into(),
+            action: "authz.binding.created".into(),
+            subject: "user:bob".into(),
+            outcome: "success".into(),
+            client_ip: String::new(),
+            request_id: String::new(),
+            trace_id: String::new(),
+            details: "{}".into(),
+        })
+        .collect();
+    db.run(move |conn| gatehouse::audit::store::append(conn, &entries))
+        .await
+        .unwrap();
+    let held = verify();
+    assert!(held.status.success());
+    assert!(String::from_utf8_lossy(&held.stdout).contains("3 entries verified"));
+
+    db.run(|conn| {
+        diesel::sql_query("UPDATE entries SET subject = 'user:mallory' WHERE seq = 2")
+            .execute(conn)
+            .map_err(gatehouse::audit::error::AuditError::from)
+    })
+    .await
+    .unwrap();
+    let broken = verify();
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&broken.stdout).contains("entry 2 was altered"),
+        "{}",
+        String::from_utf8_lossy(&broken.stdout)
+    );
+}
