@@ -246,8 +246,14 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
+        let key =
+            gatehouse::audit::keys::AuditKey::load(&config.data_dir).map_err(anyhow::Error::msg)?;
         let db = gatehouse::audit::open_db(&config.database, &config.data_dir).await?;
-        anyhow::Ok(db.run(gatehouse::audit::store::verify).await?)
+        let public = key.public.clone();
+        anyhow::Ok(
+            db.run(move |conn| gatehouse::audit::store::verify(conn, &public))
+                .await?,
+        )
     });
     match result {
         Ok(Ok(count)) => {
@@ -259,6 +265,7 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
                 Finding::Altered(seq) => ("altered", seq),
                 Finding::Deleted(seq) => ("deleted", seq),
                 Finding::Inserted(seq) => ("inserted", seq),
+                Finding::ForgedCheckpoint(seq) => ("vouched for by a forged checkpoint", seq),
             };
             println!("the audit log does not hold: entry {seq} was {what}");
             ExitCode::FAILURE

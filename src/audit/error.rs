@@ -10,6 +10,9 @@ use crate::kernel::db::DbError;
 pub enum AuditError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The key could not sign (it is not an Ed25519 key).
+    #[error("cannot sign a checkpoint: {0}")]
+    Signing(String),
 }
 
 impl From<diesel::result::Error> for AuditError {

@@ -2,11 +2,13 @@
 //! each entry chained to the one before by its hash, so that an entry
 //! changed, removed or added is found (see `model.rs`).
 //!
-//! Rooms so far: `model.rs` (entries, their canonical form and hash, the
-//! verifier), `store.rs` (appending to the chain, listing, verifying),
+//! Rooms so far: `model.rs` (entries, their canonical form and hash, signed
+//! checkpoints, the verifier), `keys.rs` (the key that signs checkpoints),
+//! `store.rs` (appending to the chain, checkpoints, listing, verifying),
 //! `schema.rs` (its tables), `error.rs` (the error type).
 
 pub mod error;
+pub mod keys;
 pub mod model;
 pub mod schema;
 pub mod store;

@@ -9,6 +9,10 @@
 //! whatever their fields hold.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use pasetors::Public;
+use pasetors::keys::AsymmetricPublicKey;
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{PublicToken, V4};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -111,10 +115,64 @@ fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
 pub enum Finding {
     /// Its fields, or its hash, were changed.
     Altered(i64),
-    /// It is missing: the entries before and after it are there.
+    /// It is missing: the entries before and after it are there, or a
+    /// signed checkpoint names it.
     Deleted(i64),
     /// It was not made by the chain: it does not follow the entry before.
     Inserted(i64),
+    /// The checkpoint at this entry is not signed by audit's key.
+    ForgedCheckpoint(i64),
+}
+
+/// The chain's head at a moment, signed: `signature` is a PASETO v4.public
+/// token whose message is [`Checkpoint::message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub at: DateTime<Utc>,
+    /// PASERK `k4.pid` of the key that signed it.
+    pub key_id: String,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// What is signed: the entry's number and hash, and when.
+    pub fn message(seq: i64, hash: &str, at: DateTime<Utc>) -> String {
+        format!(
+            "gatehouse.audit.checkpoint.v1|{seq}|{hash}|{}",
+            canonical_time(at)
+        )
+    }
+
+    /// Signs the head `(seq, hash)` at `at` with `key`.
+    pub fn sign(
+        seq: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+        key: &super::keys::AuditKey,
+    ) -> Result<Checkpoint, String> {
+        let message = Checkpoint::message(seq, hash, at);
+        let signature = PublicToken::sign(&key.secret, message.as_bytes(), None, None)
+            .map_err(|e| e.to_string())?;
+        Ok(Checkpoint {
+            seq,
+            hash: hash.to_owned(),
+            at,
+            key_id: key.id.clone(),
+            signature,
+        })
+    }
+
+    /// Whether `key` signed exactly this checkpoint.
+    pub fn signed_by(&self, key: &AsymmetricPublicKey<V4>) -> bool {
+        UntrustedToken::<Public, V4>::try_from(self.signature.as_str())
+            .ok()
+            .and_then(|token| PublicToken::verify(key, &token, None, None).ok())
+            .is_some_and(|trusted| {
+                trusted.payload() == Checkpoint::message(self.seq, &self.hash, self.at)
+            })
+    }
 }
 
 /// Walks the chain in order, one entry at a time, and stops at the first
@@ -132,6 +190,8 @@ pub struct Verifier {
     /// An entry that does not follow the one before, until the next shows
     /// which of the two is at fault.
     suspect: Option<(i64, String)>,
+    /// The hashes signed checkpoints vouch for, by entry.
+    vouched: std::collections::BTreeMap<i64, String>,
 }
 
 impl Default for Verifier {
@@ -141,11 +201,30 @@ impl Default for Verifier {
             prev_hash: GENESIS.to_owned(),
             checked: 0,
             suspect: None,
+            vouched: Default::default(),
         }
     }
 }
 
 impl Verifier {
+    /// A verifier that holds the chain to `checkpoints` as well; one that
+    /// `key` did not sign is a finding.
+    pub fn with_checkpoints(
+        checkpoints: &[Checkpoint],
+        key: &AsymmetricPublicKey<V4>,
+    ) -> Result<Verifier, Finding> {
+        let mut verifier = Verifier::default();
+        for checkpoint in checkpoints {
+            if !checkpoint.signed_by(key) {
+                return Err(Finding::ForgedCheckpoint(checkpoint.seq));
+            }
+            verifier
+                .vouched
+                .insert(checkpoint.seq, checkpoint.hash.clone());
+        }
+        Ok(verifier)
+    }
+
     /// Takes the next entry (in `seq` order); a finding when it, or the one
     /// before, does not hold.
     pub fn feed(&mut self, entry: &Entry) -> Result<(), Finding> {
@@ -159,7 +238,12 @@ impl Verifier {
         if entry.seq > self.next_seq {
             return Err(Finding::Deleted(self.next_seq));
         }
-        if entry.computed_hash() != entry.hash {
+        if entry.computed_hash() != entry.hash
+            || self
+                .vouched
+                .get(&entry.seq)
+                .is_some_and(|hash| *hash != entry.hash)
+        {
             return Err(Finding::Altered(entry.seq));
         }
         if entry.seq < self.next_seq {
@@ -181,6 +265,13 @@ impl Verifier {
             return Err(Finding::Inserted(*seq));
         }
         let last = self.next_seq - 1;
+        // A checkpoint beyond the last entry: a tail was cut off, however
+        // the head was made to agree.
+        if let Some((vouched, _)) = self.vouched.last_key_value()
+            && *vouched > last
+        {
+            return Err(Finding::Deleted(self.next_seq));
+        }
         if head_seq > last {
             return Err(Finding::Deleted(self.next_seq));
         }
@@ -272,6 +363,60 @@ mod tests {
         let mut swapped = entries.clone();
         swapped[4] = Entry::chain(5, Uuid::now_v7(), fields(40), GENESIS);
         assert_eq!(verify(&swapped, head), Err(Finding::Inserted(5)));
+    }
+
+    #[test]
+    fn signed_checkpoints_catch_a_cut_tail_and_a_chain_made_again() {
+        let dir = std::env::temp_dir().join(format!("audit-key-{}", Uuid::now_v7()));
+        let key = crate::audit::keys::AuditKey::load(&dir).unwrap();
+        let entries = log(6);
+        let at = DateTime::from_timestamp(1_800_000_100, 0).unwrap();
+        let checkpoint = Checkpoint::sign(5, &entries[4].hash, at, &key).unwrap();
+        assert!(checkpoint.signed_by(&key.public));
+        let with = |checkpoints: &[Checkpoint], kept: &[Entry], head: (i64, &str)| {
+            let mut verifier = Verifier::with_checkpoints(checkpoints, &key.public)?;
+            for entry in kept {
+                verifier.feed(entry)?;
+            }
+            verifier.finish(head.0, head.1)
+        };
+        let cp = std::slice::from_ref(&checkpoint);
+        assert_eq!(with(cp, &entries, (6, &entries[5].hash)), Ok(6));
+        // The last two cut off and the head set back to match: the
+        // checkpoint still names entry 5.
+        assert_eq!(
+            with(cp, &entries[..4], (4, &entries[3].hash)),
+            Err(Finding::Deleted(5))
+        );
+        // The chain made again from entry 3 on, every hash consistent: the
+        // checkpoint's hash is not entry 5's any more.
+        let mut remade = entries[..2].to_vec();
+        for n in 2..6 {
+            let prev = remade[n - 1].hash.clone();
+            remade.push(Entry::chain(
+                n as i64 + 1,
+                Uuid::now_v7(),
+                fields(n + 10),
+                &prev,
+            ));
+        }
+        let head = remade[5].hash.clone();
+        assert_eq!(with(&[], &remade, (6, &head)), Ok(6), "unseen without one");
+        assert_eq!(with(cp, &remade, (6, &head)), Err(Finding::Altered(5)));
+        // A checkpoint changed, or signed by another key: forged.
+        let mut moved = checkpoint.clone();
+        moved.hash.clone_from(&remade[4].hash);
+        assert_eq!(
+            with(&[moved], &remade, (6, &head)),
+            Err(Finding::ForgedCheckpoint(5))
+        );
+        let other = crate::audit::keys::AuditKey::load(&dir.join("other")).unwrap();
+        let foreign = Checkpoint::sign(5, &remade[4].hash, at, &other).unwrap();
+        assert_eq!(
+            with(&[foreign], &remade, (6, &head)),
+            Err(Finding::ForgedCheckpoint(5))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

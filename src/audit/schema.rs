@@ -27,3 +27,13 @@ diesel::table! {
         hash -> Text,
     }
 }
+
+diesel::table! {
+    checkpoints (seq) {
+        seq -> BigInt,
+        hash -> Text,
+        at -> Timestamp,
+        key_id -> Text,
+        signature -> Text,
+    }
+}

@@ -7,11 +7,14 @@
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
+use pasetors::keys::AsymmetricPublicKey;
+use pasetors::version4::V4;
 use uuid::Uuid;
 
 use super::error::AuditError;
-use super::model::{Entry, Finding, NewEntry, Verifier};
-use super::schema::{chain_head, entries};
+use super::keys::AuditKey;
+use super::model::{Checkpoint, Entry, Finding, NewEntry, Verifier};
+use super::schema::{chain_head, checkpoints, entries};
 use crate::kernel::db::DbConnection;
 
 /// Entries read at a time while verifying.
@@ -127,6 +130,64 @@ pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, A
     })
 }
 
+/// Signs the chain's head as it is now, unless it is empty or signed
+/// already; the checkpoint written, if one was.
+pub fn checkpoint(
+    conn: &mut DbConnection,
+    key: &AuditKey,
+    at: DateTime<Utc>,
+) -> Result<Option<Checkpoint>, AuditError> {
+    conn.transaction(|conn| {
+        // The head as of this write lock: no append slips in between.
+        diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
+            .set(chain_head::seq.eq(chain_head::seq))
+            .execute(conn)?;
+        let (seq, hash) = head(conn)?;
+        let signed: i64 = checkpoints::table
+            .filter(checkpoints::seq.eq(seq))
+            .count()
+            .get_result(conn)?;
+        if seq == 0 || signed > 0 {
+            return Ok(None);
+        }
+        let checkpoint =
+            Checkpoint::sign(seq, &hash, at.trunc_subsecs(6), key).map_err(AuditError::Signing)?;
+        diesel::insert_into(checkpoints::table)
+            .values((
+                checkpoints::seq.eq(checkpoint.seq),
+                checkpoints::hash.eq(&checkpoint.hash),
+                checkpoints::at.eq(checkpoint.at.naive_utc()),
+                checkpoints::key_id.eq(&checkpoint.key_id),
+                checkpoints::signature.eq(&checkpoint.signature),
+            ))
+            .execute(conn)?;
+        Ok(Some(checkpoint))
+    })
+}
+
+/// Every checkpoint, in order.
+pub fn checkpoints(conn: &mut DbConnection) -> QueryResult<Vec<Checkpoint>> {
+    Ok(checkpoints::table
+        .select((
+            checkpoints::seq,
+            checkpoints::hash,
+            checkpoints::at,
+            checkpoints::key_id,
+            checkpoints::signature,
+        ))
+        .order(checkpoints::seq)
+        .load::<(i64, String, NaiveDateTime, String, String)>(conn)?
+        .into_iter()
+        .map(|(seq, hash, at, key_id, signature)| Checkpoint {
+            seq,
+            hash,
+            at: at.and_utc(),
+            key_id,
+            signature,
+        })
+        .collect())
+}
+
 /// Which entries a listing shows.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -173,9 +234,13 @@ pub fn list(
         .collect())
 }
 
-/// Walks the whole chain from the first entry to the head: how many
-/// entries hold, or the first that does not.
-pub fn verify(conn: &mut DbConnection) -> Result<Result<u64, Finding>, AuditError> {
+/// Walks the whole chain from the first entry to the head, held to every
+/// checkpoint, which `key` must have signed: how many entries hold, or the
+/// first finding.
+pub fn verify(
+    conn: &mut DbConnection,
+    key: &AsymmetricPublicKey<V4>,
+) -> Result<Result<u64, Finding>, AuditError> {
     conn.transaction(|conn| {
         // The chain and its head as of one moment, whatever is appended
         // meanwhile (a SQLite read transaction is one snapshot already).
@@ -183,7 +248,10 @@ pub fn verify(conn: &mut DbConnection) -> Result<Result<u64, Finding>, AuditErro
         if let DbConnection::Pg(_) = conn {
             diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn)?;
         }
-        let mut verifier = Verifier::default();
+        let mut verifier = match Verifier::with_checkpoints(&checkpoints(conn)?, key) {
+            Ok(verifier) => verifier,
+            Err(finding) => return Ok(Err(finding)),
+        };
         let mut after = 0;
         loop {
             let page = list(conn, &Filter::default(), after, VERIFY_PAGE)?;

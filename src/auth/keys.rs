@@ -44,7 +44,11 @@ impl Kek {
     /// owner-only file `<data_dir>/auth.kek`.
     pub fn load(configured: &str, data_dir: &Path) -> Result<Kek, String> {
         let bytes = if configured.is_empty() {
-            read_or_create_key_file(&data_dir.join("auth.kek"))?
+            crate::kernel::keyfile::read_or_create(&data_dir.join("auth.kek"), || {
+                let mut key = vec![0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                key
+            })?
         } else {
             hex::decode(configured.trim())
                 .map_err(|_| "auth.key_encryption_key must be 64 hex characters".to_owned())?
@@ -79,29 +83,6 @@ impl Kek {
             .decrypt(XNonce::from_slice(nonce), body)
             .map_err(|_| "cannot decrypt: wrong key-encryption key or damaged data".into())
     }
-}
-
-fn read_or_create_key_file(path: &Path) -> Result<Vec<u8>, String> {
-    if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        return hex::decode(text.trim()).map_err(|_| format!("{}: not hex", path.display()));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, hex::encode(key).as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), "created the key-encryption key file");
-    Ok(key.to_vec())
 }
 
 #[derive(Queryable, Selectable, Insertable, Clone)]

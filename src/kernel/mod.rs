@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod http1;
 pub mod io_threads;
+pub mod keyfile;
 pub mod locks;
 pub mod metrics;
 pub mod observe;

@@ -5,6 +5,7 @@
 
 use chrono::{Duration, Utc};
 use diesel::{ExpressionMethods, RunQueryDsl};
+use gatehouse::audit::keys::AuditKey;
 use gatehouse::audit::model::{Entry, Finding, NewEntry};
 use gatehouse::audit::store::{self, Filter};
 use gatehouse::audit::{error::AuditError, open_db};
@@ -28,7 +29,15 @@ fn entry(n: usize, actor: &str, action: &str) -> NewEntry {
 }
 
 async fn verify(db: &Db) -> Result<u64, Finding> {
-    db.run(store::verify).await.unwrap()
+    let dir = db_key_dir();
+    let key = AuditKey::load(&dir).unwrap().public;
+    db.run(move |conn| store::verify(conn, &key)).await.unwrap()
+}
+
+/// Where the tests keep audit's key: one for the whole run, as a data
+/// directory keeps one.
+fn db_key_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("gatehouse-test-audit-key")
 }
 
 async fn sql(db: &Db, statement: &'static str) {
@@ -164,4 +173,32 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
     .await
     .unwrap();
     assert_eq!(verify(&db).await, Err(Finding::Inserted(6)));
+    sql(&db, "DELETE FROM entries WHERE seq = 6").await;
+    assert_eq!(verify(&db).await, Ok(5));
+
+    // A checkpoint signs the head; the tail cut off with the head set back
+    // to match is then found.
+    let key = AuditKey::load(&db_key_dir()).unwrap();
+    let signed = db
+        .run(move |conn| store::checkpoint(conn, &key, Utc::now()))
+        .await
+        .unwrap()
+        .expect("a head to sign");
+    assert_eq!(signed.seq, 5);
+    let key = AuditKey::load(&db_key_dir()).unwrap();
+    let again = db
+        .run(move |conn| store::checkpoint(conn, &key, Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(again, None, "a head is signed once");
+    assert_eq!(verify(&db).await, Ok(5));
+    sql(&db, "DELETE FROM entries WHERE seq >= 4").await;
+    sql(
+        &db,
+        "UPDATE chain_head SET seq = 3, hash = (SELECT hash FROM entries WHERE seq = 3)",
+    )
+    .await;
+    assert_eq!(verify(&db).await, Err(Finding::Deleted(4)));
+    sql(&db, "UPDATE checkpoints SET hash = 'x'").await;
+    assert_eq!(verify(&db).await, Err(Finding::ForgedCheckpoint(5)));
 }

@@ -661,6 +661,12 @@ async fn audit_verify_names_the_entry_that_was_changed() {
     db.run(move |conn| gatehouse::audit::store::append(conn, &entries))
         .await
         .unwrap();
+    let key = gatehouse::audit::keys::AuditKey::load(dir.path()).unwrap();
+    let signed = db
+        .run(move |conn| gatehouse::audit::store::checkpoint(conn, &key, chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(signed.map(|c| c.seq), Some(3));
     let held = verify();
     assert!(held.status.success());
     assert!(String::from_utf8_lossy(&held.stdout).contains("3 entries verified"));
