@@ -225,6 +225,13 @@ impl Verifier {
         Ok(verifier)
     }
 
+    /// Starts the walk after the entry a checkpoint vouches for: where the
+    /// kept chain begins once older entries were removed.
+    pub fn start_after(&mut self, anchor: &Checkpoint) {
+        self.next_seq = anchor.seq + 1;
+        self.prev_hash.clone_from(&anchor.hash);
+    }
+
     /// Takes the next entry (in `seq` order); a finding when it, or the one
     /// before, does not hold.
     pub fn feed(&mut self, entry: &Entry) -> Result<(), Finding> {

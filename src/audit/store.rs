@@ -165,6 +165,41 @@ pub fn checkpoint(
     })
 }
 
+/// The number of the oldest entry kept.
+fn oldest_kept(conn: &mut DbConnection) -> QueryResult<Option<i64>> {
+    entries::table
+        .select(diesel::dsl::min(entries::seq))
+        .first::<Option<i64>>(conn)
+}
+
+/// Removes the entries made before `before`, up to the newest checkpoint
+/// among them, which then anchors what is kept (with the checkpoints
+/// after it); the number of entries removed.
+pub fn retain(conn: &mut DbConnection, before: DateTime<Utc>) -> Result<usize, AuditError> {
+    conn.transaction(|conn| {
+        diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
+            .set(chain_head::seq.eq(chain_head::seq))
+            .execute(conn)?;
+        let mut anchor = None;
+        for checkpoint in checkpoints(conn)?.into_iter().rev() {
+            let made: Option<NaiveDateTime> = entries::table
+                .select(entries::at)
+                .filter(entries::seq.eq(checkpoint.seq))
+                .first(conn)
+                .optional()?;
+            if made.is_some_and(|at| at.and_utc() < before) {
+                anchor = Some(checkpoint.seq);
+                break;
+            }
+        }
+        let Some(anchor) = anchor else { return Ok(0) };
+        let removed =
+            diesel::delete(entries::table.filter(entries::seq.le(anchor))).execute(conn)?;
+        diesel::delete(checkpoints::table.filter(checkpoints::seq.lt(anchor))).execute(conn)?;
+        Ok(removed)
+    })
+}
+
 /// Every checkpoint, in order.
 pub fn checkpoints(conn: &mut DbConnection) -> QueryResult<Vec<Checkpoint>> {
     Ok(checkpoints::table
@@ -248,10 +283,23 @@ pub fn verify(
         if let DbConnection::Pg(_) = conn {
             diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn)?;
         }
-        let mut verifier = match Verifier::with_checkpoints(&checkpoints(conn)?, key) {
+        let signed = checkpoints(conn)?;
+        let mut verifier = match Verifier::with_checkpoints(&signed, key) {
             Ok(verifier) => verifier,
             Err(finding) => return Ok(Err(finding)),
         };
+        // Entries removed by retention end at a checkpoint, which anchors
+        // what is kept; without one, what is missing was deleted.
+        let (oldest, head_seq) = (oldest_kept(conn)?, head(conn)?.0);
+        let first = oldest.unwrap_or(head_seq + 1);
+        if first > 1 {
+            // The newest checkpoint before what is kept: the anchor when it
+            // is the entry just before, else the missing begin after it.
+            match signed.iter().rev().find(|c| c.seq < first) {
+                Some(anchor) if anchor.seq == first - 1 => verifier.start_after(anchor),
+                before => return Ok(Err(Finding::Deleted(before.map_or(1, |c| c.seq + 1)))),
+            }
+        }
         let mut after = 0;
         loop {
             let page = list(conn, &Filter::default(), after, VERIFY_PAGE)?;

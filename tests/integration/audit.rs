@@ -202,3 +202,49 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
     sql(&db, "UPDATE checkpoints SET hash = 'x'").await;
     assert_eq!(verify(&db).await, Err(Finding::ForgedCheckpoint(5)));
 }
+
+#[tokio::test]
+async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verifies() {
+    let app = TestApp::start().await;
+    let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
+    let old = Utc::now() - Duration::days(100);
+    let append = |entries: Vec<NewEntry>| db.run(move |conn| store::append(conn, &entries));
+    let sign = || {
+        let key = AuditKey::load(&db_key_dir()).unwrap();
+        db.run(move |conn| store::checkpoint(conn, &key, Utc::now()))
+    };
+    let aged = |n: usize| NewEntry {
+        at: old + Duration::minutes(n as i64),
+        ..entry(n, "user:ann", "identity.user.updated")
+    };
+    append((1..=3).map(aged).collect()).await.unwrap();
+    sign().await.unwrap();
+    append((4..=5).map(aged).collect()).await.unwrap();
+    sign().await.unwrap();
+    append(
+        (6..=7)
+            .map(|n| entry(n, "user:ann", "identity.user.updated"))
+            .collect(),
+    )
+    .await
+    .unwrap();
+
+    // Nothing is old enough without a checkpoint among the old: nothing
+    // goes. Then the old entries go up to the newest old checkpoint.
+    let removed = db.run(move |conn| store::retain(conn, old)).await.unwrap();
+    assert_eq!(removed, 0);
+    let removed = db
+        .run(|conn| store::retain(conn, Utc::now() - Duration::days(30)))
+        .await
+        .unwrap();
+    assert_eq!(removed, 5);
+    assert_eq!(
+        verify(&db).await,
+        Ok(2),
+        "what is kept verifies from its anchor"
+    );
+
+    // One more removed behind retention's back: nothing vouches for it.
+    sql(&db, "DELETE FROM entries WHERE seq = 6").await;
+    assert_eq!(verify(&db).await, Err(Finding::Deleted(6)));
+}
