@@ -119,11 +119,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
 
 #[cfg(feature = "auth")]
 fn rotate(config: Option<PathBuf>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e.into()),
-    };
-    let result = runtime.block_on(async {
+    let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
         let ctx = gatehouse::platform::context(&config)?;
         gatehouse::auth::rotate_keys(&ctx, &config.auth).await
@@ -176,11 +172,7 @@ fn calibrate(_target_ms: u64) -> ExitCode {
 
 #[cfg(all(feature = "identity", feature = "authz"))]
 fn admin(config: Option<PathBuf>, command: AdminCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e.into()),
-    };
-    let result = runtime.block_on(async {
+    let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
         let ctx = gatehouse::platform::context(&config)?;
         let (email, role) = match command {
@@ -240,11 +232,7 @@ fn read_password() -> anyhow::Result<gatehouse::identity::password::Password> {
 #[cfg(feature = "audit")]
 fn audit_verify(config: Option<PathBuf>) -> ExitCode {
     use gatehouse::audit::model::Finding;
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e.into()),
-    };
-    let result = runtime.block_on(async {
+    let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
         let key =
             gatehouse::audit::keys::AuditKey::load(&config.data_dir).map_err(anyhow::Error::msg)?;
@@ -277,6 +265,16 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
 #[cfg(not(feature = "audit"))]
 fn audit_verify(_config: Option<PathBuf>) -> ExitCode {
     fail(&anyhow::anyhow!("this build has no audit service"))
+}
+
+/// Runs an operator command's `work` on a runtime of its own, then waits
+/// for the runtime's blocking work (database connections among it) to end
+/// before the process does.
+fn run_command<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    result
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {

@@ -543,7 +543,8 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
     let out = cli.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{}: {}",
+        out.status,
         String::from_utf8_lossy(&out.stdout)
     );
     let root = login(&http, &base, "root@example.org", PASSWORD).await["access_token"]
