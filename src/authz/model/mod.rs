@@ -5,16 +5,21 @@
 //! scope, possibly until some time; and what a check answers.
 //!
 //! Rooms: this file holds the records and what the model refuses;
-//! `policy.rs` holds one revision of it all and decides checks. The names
-//! (permissions and resources) are parsed by `middleware::names`, which
-//! the services and the gateway that ask authz share.
+//! `policy.rs` holds one revision of it all, `decide.rs` decides checks on
+//! it, `tests.rs` tests the decisions. The names (permissions and
+//! resources) are parsed by `middleware::names`, which the services and the
+//! gateway that ask authz share.
 //! The store rebuilds a policy from the database; nothing here knows where
 //! it came from.
 
+mod decide;
 mod policy;
+#[cfg(test)]
+mod tests;
 
 pub use crate::middleware::names::{MAX_NAME, NameError, Permission, Resource};
-pub use policy::{Policy, Reach};
+pub use decide::Reach;
+pub use policy::Policy;
 
 /// Why a name or a change is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
