@@ -153,6 +153,9 @@ impl AuthzError {
 
 impl axum::response::IntoResponse for AuthzError {
     fn into_response(self) -> axum::response::Response {
+        if let AuthzError::Forbidden(permission) = &self {
+            return crate::kernel::error::Problem::forbidden(permission).into_response();
+        }
         let (status, code, _, title) = self.parts();
         let detail = match status {
             StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE => {
@@ -167,9 +170,6 @@ impl axum::response::IntoResponse for AuthzError {
         }
         if let AuthzError::Field { field, .. } = &self {
             problem = problem.field(*field);
-        }
-        if let AuthzError::Forbidden(permission) = &self {
-            problem = problem.permission(*permission);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             problem = problem.retry_after(1);

@@ -5,8 +5,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::error::AuthzError;
-use super::model::{Decision, Denial, Scope};
+use super::model::{Decision, Denial};
 use super::service::{Authz, Question};
+use super::store::scope_text;
 use crate::proto::authz::v1 as pb;
 use crate::proto::authz::v1::authz_server::AuthzServer;
 
@@ -54,11 +55,7 @@ fn answer(decision: Decision) -> pb::Answer {
                 role: grant.role,
                 permission: grant.permission.to_string(),
                 group_ids: grant.groups.iter().map(Uuid::to_string).collect(),
-                scope: match grant.scope {
-                    Scope::Everywhere => "*".into(),
-                    Scope::Type(kind) => kind,
-                    Scope::Resource(r) => r.to_string(),
-                },
+                scope: scope_text(&grant.scope),
                 parents: grant.parents.iter().map(ToString::to_string).collect(),
             }),
             ..pb::Answer::default()

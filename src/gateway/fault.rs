@@ -165,10 +165,7 @@ impl IntoResponse for Fault {
 /// The answer to a caller without a route's permission: 403 `forbidden`,
 /// naming it.
 pub fn forbidden(permission: &str) -> Response {
-    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
-        .detail(format!("this needs the permission {permission}"))
-        .permission(permission)
-        .into_response()
+    Problem::forbidden(permission).into_response()
 }
 
 #[cfg(test)]

@@ -150,9 +150,7 @@ impl IdentityError {
             IdentityError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
             IdentityError::Unavailable(_) => problem.retry_after(1),
             IdentityError::Internal(_) => problem,
-            IdentityError::Forbidden(permission) => {
-                problem.detail(self.to_string()).permission(*permission)
-            }
+            IdentityError::Forbidden(permission) => Problem::forbidden(permission),
             other => problem.detail(other.to_string()),
         }
     }

@@ -59,14 +59,12 @@ static MIGRATIONS: Migrations = Migrations {
     postgres: || POSTGRES_MIGRATIONS,
 };
 
-/// The identity service without a server of its own: its database opened
-/// and migrated, its outbox relay running. For `start` and for embedding
-/// (the benchmark serves its routes behind other middleware).
-pub async fn open(
+/// Identity's database, opened and migrated, and its password hasher, once
+/// the config's password rule is known to be one a password can meet.
+async fn store_and_hasher(
     ctx: &ServiceContext,
-    config: IdentityConfig,
-    notifier: Arc<dyn Notifier>,
-) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
+    config: &IdentityConfig,
+) -> anyhow::Result<(Db, password::Hasher)> {
     let policy = &config.password;
     if policy.min_length > policy.max_length.min(policy.max_bytes / 4) {
         anyhow::bail!(
@@ -80,6 +78,18 @@ pub async fn open(
     let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
         .await
         .map_err(anyhow::Error::msg)?;
+    Ok((db, hasher))
+}
+
+/// The identity service without a server of its own: its database opened
+/// and migrated, its outbox relay running. For `start` and for embedding
+/// (the benchmark serves its routes behind other middleware).
+pub async fn open(
+    ctx: &ServiceContext,
+    config: IdentityConfig,
+    notifier: Arc<dyn Notifier>,
+) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
+    let (db, hasher) = store_and_hasher(ctx, &config).await?;
     let (relay, relay_task) = outbox::spawn(
         NAME,
         db.clone(),
@@ -171,10 +181,7 @@ pub async fn create_account(
     password: password::Password,
     display_name: &str,
 ) -> anyhow::Result<service::User> {
-    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
-    let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (db, hasher) = store_and_hasher(ctx, &config).await?;
     let config = IdentityConfig {
         registration_enabled: true,
         ..config

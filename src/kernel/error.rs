@@ -66,6 +66,14 @@ impl Problem {
         self
     }
 
+    /// 403 `forbidden` for a caller without `permission`, which it names:
+    /// the one answer the gateway and every service give for it.
+    pub fn forbidden(permission: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+            .detail(format!("this needs the permission {permission}"))
+            .permission(permission)
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "No such resource")
     }

@@ -57,20 +57,34 @@ pub struct CommonResponses;
 
 impl Modify for CommonResponses {
     fn modify(&self, doc: &mut OpenApi) {
-        for item in doc.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                add_common(operation);
-            }
-        }
+        operations(doc).for_each(add_common);
+    }
+}
+
+/// Every operation of `doc` (those of the methods the APIs use).
+fn operations(doc: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
+    doc.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
+/// Adds each `(status, description)` problem answer `operation` does not
+/// document already.
+fn add_problems(operation: &mut Operation, answers: &[(&str, &str)]) {
+    for (status, description) in answers {
+        operation
+            .responses
+            .responses
+            .entry((*status).to_owned())
+            .or_insert_with(|| RefOr::T(problem(description)));
     }
 }
 
@@ -120,13 +134,7 @@ fn add_common(operation: &mut Operation) {
             ),
         ]);
     }
-    for (status, description) in answers {
-        operation
-            .responses
-            .responses
-            .entry(status.to_owned())
-            .or_insert_with(|| RefOr::T(problem(description)));
-    }
+    add_problems(operation, &answers);
 }
 
 /// Adds to every operation that asks for a bearer token the answers of a
@@ -137,32 +145,19 @@ pub struct PermissionResponses;
 
 impl Modify for PermissionResponses {
     fn modify(&self, doc: &mut OpenApi) {
-        for item in doc.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            .filter(|op| op.security.as_ref().is_some_and(|s| !s.is_empty()))
-            {
-                for (status, description) in [
+        let signed_in =
+            operations(doc).filter(|op| op.security.as_ref().is_some_and(|s| !s.is_empty()));
+        for operation in signed_in {
+            add_problems(
+                operation,
+                &[
                     ("401", "No valid bearer token"),
                     (
                         "403",
                         "The caller lacks the permission this needs (`forbidden`, naming it in `permission`)",
                     ),
-                ] {
-                    operation
-                        .responses
-                        .responses
-                        .entry(status.to_owned())
-                        .or_insert_with(|| RefOr::T(problem(description)));
-                }
-            }
+                ],
+            );
         }
     }
 }

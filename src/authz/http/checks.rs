@@ -223,14 +223,23 @@ pub async fn batch_check(
             message: format!("at most {MAX_BATCH} in one call"),
         });
     }
-    let mut questions = Vec::with_capacity(body.questions.len());
-    for q in body.questions {
-        questions.push(Question {
-            user: about(&authz, &caller, q.user_id).await?,
+    // Asking about anyone else needs `authz:read`, asked once for the batch.
+    if body
+        .questions
+        .iter()
+        .any(|q| q.user_id.is_some_and(|u| u != caller.user_id))
+    {
+        require(&authz, &caller, READ).await?;
+    }
+    let questions: Vec<Question> = body
+        .questions
+        .into_iter()
+        .map(|q| Question {
+            user: q.user_id.unwrap_or(caller.user_id),
             permission: q.permission,
             resource: q.resource,
-        });
-    }
+        })
+        .collect();
     let (decisions, revision) = authz
         .batch_check(&questions, body.at_least_revision)
         .await?;
