@@ -8,12 +8,26 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A loopback port free now, for a process about to be started. Taken
+/// below the kernel's ephemeral range (32768 and up), where the ports the
+/// system hands out for `:0` (operator listeners, test servers) never land,
+/// and never the same twice in one test run: a port handed out and not yet
+/// bound cannot be taken by another test meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Runs that overlap (another checkout's) start at other places.
+    let start = std::process::id() % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < COUNT, "no free port left below the ephemeral range");
+        let port = u16::try_from(FIRST + (start + n) % COUNT).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The environment that wires separate processes together:
