@@ -8,11 +8,13 @@
 mod connection;
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Barrier, mpsc};
+use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use diesel::r2d2::Pool;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use scheduled_thread_pool::ScheduledThreadPool;
 
 pub use connection::{DbConnection, Manager, Target};
 
@@ -46,8 +48,55 @@ pub struct Migrations {
 /// A service's connection pool.
 #[derive(Clone)]
 pub struct Db {
+    // Dropped before `_workers`, whose drop waits for the pool's threads.
     pool: Pool<Manager>,
     backend: DatabaseBackend,
+    _workers: Arc<Workers>,
+}
+
+/// The threads on which the pool opens connections in the background (it
+/// keeps one idle). When the last handle on the pool goes, dropping this
+/// waits until each thread has finished the job it was on: a process may
+/// end right after, and libpq torn down by the exit under a thread still
+/// connecting crashes the process.
+struct Workers(Arc<ScheduledThreadPool>);
+
+impl Workers {
+    const THREADS: usize = 3;
+    const SETTLE: Duration = Duration::from_secs(5);
+
+    fn new() -> Workers {
+        Workers(Arc::new(
+            ScheduledThreadPool::builder()
+                .num_threads(Self::THREADS)
+                .thread_name_pattern("db-connect-{}")
+                .build(),
+        ))
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // One waiting job per thread: all of them running at once means no
+        // thread is still inside an earlier job.
+        let (started, all_started) = mpsc::channel();
+        let gate = Arc::new(Barrier::new(Self::THREADS));
+        for _ in 0..Self::THREADS {
+            let (started, gate) = (started.clone(), gate.clone());
+            self.0.execute(move || {
+                let _ = started.send(());
+                gate.wait();
+            });
+        }
+        let deadline = Instant::now() + Self::SETTLE;
+        for _ in 0..Self::THREADS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if all_started.recv_timeout(left).is_err() {
+                tracing::warn!("database connections still opening at shutdown");
+                return;
+            }
+        }
+    }
 }
 
 impl Db {
@@ -68,11 +117,13 @@ impl Db {
         let size = config.pool_size.max(1);
         let acquire = Duration::from_millis(config.acquire_timeout_ms);
         let backend = config.backend;
+        let workers = Arc::new(Workers::new());
         tokio::task::spawn_blocking(move || {
             prepare(&target)?;
             let pool = Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
+                .thread_pool(workers.0.clone())
                 .connection_timeout(acquire)
                 .build(Manager { target })
                 .map_err(|e| DbError::Unavailable(e.to_string()))?;
@@ -80,7 +131,11 @@ impl Db {
                 .get()
                 .map_err(|e| DbError::Unavailable(e.to_string()))?;
             migrate(&mut conn, service, migrations)?;
-            Ok(Db { pool, backend })
+            Ok(Db {
+                pool,
+                backend,
+                _workers: workers,
+            })
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
