@@ -62,6 +62,7 @@ async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next)
     };
     match verdict {
         Ok(principal) => {
+            crate::kernel::telemetry::set_actor(principal.user_id);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }

@@ -129,6 +129,8 @@ impl Auth {
             .user
             .ok_or_else(|| AuthError::Internal("identity answered without a user".into()))?;
         let user_id = Uuid::parse_str(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
+        // The user who signed in opened the session.
+        crate::kernel::telemetry::set_actor(user_id);
         let now = self.clock.now();
         let session = SessionRow {
             id: Uuid::now_v7().to_string(),

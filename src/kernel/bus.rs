@@ -165,6 +165,7 @@ mod tests {
             subject: "s1".into(),
             occurred_at_unix_ms: 0,
             payload: vec![],
+            ..Envelope::default()
         }
     }
 

@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// Where the process serves its metrics (and a liveness answer) to
     /// operators: loopback by default, never a port clients reach.
     pub ops_listen: std::net::SocketAddr,
+    /// Peers (addresses or blocks such as `10.0.0.0/8`) whose `Forwarded:
+    /// for=` names the client a request is from: the gateway, and services
+    /// calling each other. A request from any other peer is from the peer.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +109,7 @@ impl Default for ServerConfig {
             write_timeout_ms: 10_000,
             http2_max_concurrent_streams: 32,
             ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
         }
     }
 }

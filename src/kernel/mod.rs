@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod ops;
+pub mod origin;
 pub mod outbox;
 pub mod paging;
 pub mod registry;

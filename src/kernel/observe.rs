@@ -29,17 +29,32 @@ use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::Tracked;
+use super::origin::{self, Cidr};
 use super::telemetry;
 use super::wire::METHODS;
 use super::wire::REQUEST_ID;
 
 /// The layer, for the service named in `tracked`.
 #[derive(Clone)]
-pub struct ObserveLayer(Arc<Tracked>);
+pub struct ObserveLayer {
+    tracked: Arc<Tracked>,
+    trusted: Option<Arc<[Cidr]>>,
+}
 
 impl ObserveLayer {
     pub fn new(tracked: Tracked) -> ObserveLayer {
-        ObserveLayer(Arc::new(tracked))
+        ObserveLayer {
+            tracked: Arc::new(tracked),
+            trusted: None,
+        }
+    }
+
+    /// Also keeps where each request came from in its scope, for the
+    /// events it causes: the client a peer in `trusted` forwards, or the
+    /// peer (see [`origin::client`]).
+    pub fn with_origin(mut self, trusted: Vec<Cidr>) -> ObserveLayer {
+        self.trusted = Some(trusted.into());
+        self
     }
 }
 
@@ -49,7 +64,8 @@ impl<S> tower::Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
-            tracked: self.0.clone(),
+            tracked: self.tracked.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }
@@ -58,6 +74,20 @@ impl<S> tower::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     tracked: Arc<Tracked>,
+    trusted: Option<Arc<[Cidr]>>,
+}
+
+/// Where `req` came from, when it came over a connection.
+fn origin_of<B>(req: &http::Request<B>, trusted: &[Cidr]) -> Option<telemetry::Origin> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    Some(telemetry::Origin {
+        client: origin::client(peer, req.headers(), trusted),
+        traceparent: req.headers().get("traceparent").cloned(),
+    })
 }
 
 /// How many bytes of request ids a thread writes into one buffer.
@@ -129,10 +159,11 @@ where
             _ => None,
         };
         let method = req.method().clone();
+        let origin = self.trusted.as_ref().and_then(|t| origin_of(&req, t));
         let inner = {
             let _entered = span.enter();
             tracing::debug!("started processing request");
-            telemetry::scoped(Some(id.clone()), self.inner.call(req))
+            telemetry::scoped(Some(id.clone()), origin, self.inner.call(req))
         };
         ObserveFuture {
             inner,

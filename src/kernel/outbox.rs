@@ -32,6 +32,10 @@ diesel::table! {
         payload -> Binary,
         occurred_at -> Timestamp,
         published_at -> Nullable<Timestamp>,
+        actor -> Text,
+        client_ip -> Text,
+        request_id -> Text,
+        trace_id -> Text,
     }
 }
 
@@ -51,11 +55,17 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
-/// Writes `event` into the outbox; call inside the transaction that makes
-/// the change the event reports.
+/// Writes `event` into the outbox, with the origin of the request that
+/// caused it (see [`super::origin`]); call inside the transaction that
+/// makes the change the event reports.
 pub fn enqueue(conn: &mut DbConnection, event: &NewEvent, at: DateTime<Utc>) -> QueryResult<()> {
+    let origin = super::origin::current();
     diesel::insert_into(outbox::table)
         .values((
+            outbox::actor.eq(&origin.actor),
+            outbox::client_ip.eq(&origin.client_ip),
+            outbox::request_id.eq(&origin.request_id),
+            outbox::trace_id.eq(&origin.trace_id),
             outbox::event_id.eq(uuid::Uuid::now_v7().to_string()),
             outbox::event_type.eq(event.event_type),
             outbox::subject.eq(&event.subject),
@@ -75,6 +85,10 @@ struct Row {
     subject: String,
     payload: Vec<u8>,
     occurred_at: NaiveDateTime,
+    actor: String,
+    client_ip: String,
+    request_id: String,
+    trace_id: String,
 }
 
 /// Handle to a running relay.
@@ -206,6 +220,10 @@ impl Worker {
             subject: row.subject,
             occurred_at_unix_ms: row.occurred_at.and_utc().timestamp_millis(),
             payload: row.payload,
+            actor: row.actor,
+            client_ip: row.client_ip,
+            request_id: row.request_id,
+            trace_id: row.trace_id,
         }
     }
 

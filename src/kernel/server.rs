@@ -53,14 +53,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Assembles the full router: public routes, health and gRPC, under
 /// the shared stack ([`ObserveLayer`], body limit, timeout).
-pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Router {
+pub fn router(
+    app: ServiceApp,
+    config: &ServerConfig,
+    metrics: &Metrics,
+) -> Result<Router, super::config::ConfigError> {
+    let trusted =
+        super::origin::Cidr::parse_all(&config.trusted_proxies, "server.trusted_proxies")?;
     let tracked = Tracked {
         metrics: metrics.clone(),
         service: app.name,
     };
     let timeout = Duration::from_millis(config.request_timeout_ms);
     // Metrics are not served here but on the operator listener (`ops.rs`).
-    app.http
+    Ok(app
+        .http
         .merge(health::routes(app.probes))
         .merge(app.grpc.into_axum_router())
         // Every route's other methods: a problem, with the `Allow` field
@@ -76,7 +83,7 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(ObserveLayer::new(tracked))
+                .layer(ObserveLayer::new(tracked).with_origin(trusted))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -86,7 +93,7 @@ pub fn router(app: ServiceApp, config: &ServerConfig, metrics: &Metrics) -> Rout
                     .into_response()
                 }))
                 .timeout(timeout),
-        )
+        ))
 }
 
 /// Where the operator listener serves the process's metrics.
@@ -274,7 +281,7 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    let router = router(app, &ctx.server, &ctx.metrics);
+    let router = router(app, &ctx.server, &ctx.metrics)?;
     let served = spawn(
         name,
         listener,

@@ -14,7 +14,7 @@
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -99,6 +99,19 @@ pub struct RequestScope {
     /// The route a handler that routes by itself (the gateway) chose, for
     /// the request metrics; set while serving, read once the answer is out.
     route: std::cell::Cell<Option<&'static str>>,
+    /// Where it came from, for the events it causes; services keep it, the
+    /// gateway (which causes none) does not.
+    origin: Option<Origin>,
+    /// The signed-in user who made it, once a token check found one.
+    actor: std::cell::Cell<Option<uuid::Uuid>>,
+}
+
+/// Where a request came from (see [`super::origin`]).
+pub struct Origin {
+    pub client: std::net::IpAddr,
+    /// The caller's `traceparent`, for the trace id when no span of this
+    /// process records one.
+    pub traceparent: Option<http::HeaderValue>,
 }
 
 impl RequestScope {
@@ -132,20 +145,69 @@ tokio::task_local! {
 /// Runs `work` as part of the request `request_id`, so calls it makes to
 /// other services carry the same id.
 pub async fn with_request_id<F: std::future::Future>(request_id: String, work: F) -> F::Output {
-    scoped(http::HeaderValue::from_str(&request_id).ok(), work).await
+    scoped(http::HeaderValue::from_str(&request_id).ok(), None, work).await
 }
 
-/// `work`, served inside the request scope of `id` (see [`inject_current`]
-/// and [`name_route`]).
+/// `work`, served inside the request scope of `id`, from `origin` (see
+/// [`inject_current`] and [`name_route`]).
 pub fn scoped<F: std::future::Future>(
     id: Option<http::HeaderValue>,
+    origin: Option<Origin>,
     work: F,
 ) -> tokio::task::futures::TaskLocalFuture<RequestScope, F> {
     let scope = RequestScope {
         id,
         route: std::cell::Cell::new(None),
+        origin,
+        actor: std::cell::Cell::new(None),
     };
     REQUEST.scope(scope, work)
+}
+
+/// Records the signed-in user making the request being served, as the
+/// actor of the events it causes. Does nothing outside a request scope.
+pub fn set_actor(user: uuid::Uuid) {
+    let _ = REQUEST.try_with(|scope| scope.actor.set(Some(user)));
+}
+
+/// What events caused by the request being served record about it; none
+/// outside a request scope.
+pub fn event_origin() -> Option<super::origin::EventOrigin> {
+    REQUEST
+        .try_with(|scope| {
+            let span = tracing::Span::current().context();
+            let traced = span.span().span_context().clone();
+            let trace_id = if traced.is_valid() {
+                traced.trace_id().to_string()
+            } else {
+                scope
+                    .origin
+                    .as_ref()
+                    .and_then(|o| o.traceparent.as_ref())
+                    .and_then(|t| super::origin::trace_id_of(t.as_bytes()))
+                    .unwrap_or_default()
+            };
+            super::origin::EventOrigin {
+                actor: scope
+                    .actor
+                    .get()
+                    .map(|u| format!("user:{u}"))
+                    .unwrap_or_default(),
+                client_ip: scope
+                    .origin
+                    .as_ref()
+                    .map(|o| o.client.to_string())
+                    .unwrap_or_default(),
+                request_id: scope
+                    .id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                trace_id,
+            }
+        })
+        .ok()
 }
 
 /// Names the route the request being served was matched to, so that it is
@@ -155,17 +217,42 @@ pub fn name_route(label: &'static str) {
     let _ = REQUEST.try_with(|scope| scope.route.set(Some(label)));
 }
 
-/// Adds the current span's trace context, and the request id being served,
-/// to an outgoing gRPC call.
+/// Adds the current span's trace context, and the request id being served
+/// and its client, to an outgoing gRPC call: the service called records
+/// them on the events the call causes.
 pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
-    let id = REQUEST.try_with(|scope| {
-        let value = scope.id.as_ref()?;
-        value.to_str().ok()?.parse().ok()
+    let _ = REQUEST.try_with(|scope| {
+        if let Some(value) = scope
+            .id
+            .as_ref()
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            metadata.insert("x-request-id", value);
+        }
+        let Some(origin) = &scope.origin else { return };
+        if let Ok(value) = forwarded_value(origin.client).parse() {
+            metadata.insert("forwarded", value);
+        }
+        // No span of this process continues the caller's trace: pass the
+        // caller's on as it came.
+        if !metadata.contains_key("traceparent")
+            && let Some(value) = origin
+                .traceparent
+                .as_ref()
+                .and_then(|t| t.to_str().ok()?.parse().ok())
+        {
+            metadata.insert("traceparent", value);
+        }
     });
-    if let Ok(Some(value)) = id {
-        metadata.insert("x-request-id", value);
+}
+
+/// `client` as a `Forwarded` field value.
+fn forwarded_value(client: std::net::IpAddr) -> String {
+    match client {
+        std::net::IpAddr::V4(v4) => format!("for={v4}"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
     }
 }
 

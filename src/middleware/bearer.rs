@@ -417,6 +417,7 @@ pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Ne
     };
     match verdict {
         Ok(principal) => {
+            crate::kernel::telemetry::set_actor(principal.user_id);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }

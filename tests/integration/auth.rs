@@ -609,6 +609,7 @@ async fn a_login_that_started_before_a_reset_opens_no_session() {
         subject: payload.user_id.clone(),
         occurred_at_unix_ms: (app.clock.now() + Duration::seconds(60)).timestamp_millis(),
         payload: payload.encode_to_vec(),
+        ..Default::default()
     };
     app.ctx.bus.publish(event).await.unwrap();
     let deadline = std::time::Instant::now() + StdDuration::from_secs(2);

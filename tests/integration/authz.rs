@@ -554,6 +554,7 @@ async fn a_registered_user_gets_the_user_role_and_a_deleted_one_keeps_no_binding
             user_id: ann.to_string(),
             ..Default::default()
         }),
+        ..Default::default()
     };
     authz.on_identity_event(&registered).await.unwrap();
     let again = policy(&db).await;

@@ -524,3 +524,58 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
             .is_some()
     );
 }
+
+/// Each event names the request that caused it: the client's address as
+/// the gateway saw it, the request id, the trace, and the signed-in user.
+#[tokio::test]
+async fn events_carry_the_client_request_trace_and_user_that_caused_them() {
+    let app = TestApp::start().await;
+    let mut events = app.ctx.bus.subscribe("test", &["identity"]).await.unwrap();
+    // Another loopback address than the gateway's own, so the two differ.
+    let client = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = client
+        .post(format!("{}/v1/users", app.gateway_base))
+        .header("x-request-id", "register-1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"email": "origin@example.org", "password": PASSWORD, "display_name": "O"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("event within 5 s")
+            .unwrap()
+    };
+    let registered = next().await;
+    assert_eq!(registered.r#type, "identity.user.registered");
+    assert_eq!(registered.actor, "", "nobody was signed in");
+    assert_eq!(registered.client_ip, "127.0.0.2");
+    assert_eq!(registered.request_id, "register-1");
+    assert_eq!(registered.trace_id, trace);
+
+    let token = app.login("origin@example.org", PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = client
+        .patch(format!("{}/v1/users/me", app.gateway_base))
+        .bearer_auth(&token)
+        .header("x-request-id", "rename-1")
+        .json(&json!({"display_name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let updated = next().await;
+    assert_eq!(updated.r#type, "identity.user.updated");
+    assert_eq!(updated.actor, format!("user:{}", registered.subject));
+    assert_eq!(updated.client_ip, "127.0.0.2");
+    assert_eq!(updated.request_id, "rename-1");
+    assert_eq!(updated.trace_id, "", "no trace was sent");
+}

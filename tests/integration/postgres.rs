@@ -149,6 +149,7 @@ async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
             occurred_at_unix_ms: (app.clock.now() + chrono::Duration::seconds(1))
                 .timestamp_millis(),
             payload: payload.encode_to_vec(),
+            ..Default::default()
         })
         .await
         .unwrap();

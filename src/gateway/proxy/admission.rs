@@ -14,7 +14,7 @@ use super::body::declared_length;
 use super::{Gateway, fault};
 use crate::gateway::config::{AuthPolicy, RouteConfig};
 use crate::gateway::fault::Fault;
-use crate::gateway::headers::{Peer, forwarded_for, in_cidr};
+use crate::gateway::headers::{Peer, forwarded_for};
 use crate::gateway::routes::normalise;
 use crate::kernel::error::Problem;
 use crate::middleware::bearer::{self};
@@ -238,10 +238,7 @@ impl Gateway {
     }
 
     pub(super) fn trusts(&self, ip: IpAddr) -> bool {
-        self.inner
-            .trusted
-            .iter()
-            .any(|(net, bits)| in_cidr(ip, *net, *bits))
+        self.inner.trusted.iter().any(|net| net.contains(ip))
     }
 
     /// The client's address: the peer, unless the peer is a trusted proxy,

@@ -36,10 +36,11 @@ use super::balance::{Balancer, Lease};
 use super::config::{RouteConfig, UpstreamProtocol};
 use super::fault::{self, Fault};
 use super::h1::is_idempotent;
-use super::headers::{Peer, parse_cidr, upstream_headers};
+use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
 use crate::kernel::metrics::Metrics;
+use crate::kernel::origin::Cidr;
 use crate::kernel::registry::{Instance, Registry};
 use crate::kernel::telemetry;
 use crate::kernel::wire;
@@ -60,7 +61,7 @@ struct Inner {
     check: TokenCheck,
     default_timeout: Duration,
     body_limit: u64,
-    trusted: Vec<(IpAddr, u8)>,
+    trusted: Vec<Cidr>,
     /// Client header names with underscores go upstream (see `headers.rs`).
     underscores: bool,
     balancer: Arc<Balancer>,
@@ -101,13 +102,8 @@ impl Gateway {
     }
 
     pub fn new(table: RouteTable, settings: Settings) -> Result<Self, String> {
-        let trusted = settings
-            .trusted_proxies
-            .iter()
-            .map(|t| {
-                parse_cidr(t).ok_or_else(|| format!("gateway.trusted_proxies: bad entry {t:?}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = Cidr::parse_all(&settings.trusted_proxies, "gateway.trusted_proxies")
+            .map_err(|e| e.0)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 table,

@@ -145,7 +145,8 @@ impl Db {
         self.backend
     }
 
-    /// Runs `work` with a pooled connection on the blocking thread pool.
+    /// Runs `work` with a pooled connection on the blocking thread pool, as
+    /// part of the request being served (see [`super::origin`]).
     pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
     where
         F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
@@ -153,11 +154,13 @@ impl Db {
         E: From<DbError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        // The request's origin goes with its work, for the events it writes.
+        let origin = super::telemetry::event_origin();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool
                 .get()
                 .map_err(|e| E::from(DbError::Unavailable(e.to_string())))?;
-            work(&mut conn)
+            super::origin::within(origin, || work(&mut conn))
         })
         .await
         .map_err(|e| E::from(DbError::Task(e.to_string())))?
