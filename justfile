@@ -20,6 +20,7 @@ build-all:
     cargo build --no-default-features --features auth,sqlite,postgres --bin gatehouse-auth
     cargo build --no-default-features --features gateway,sqlite,postgres --bin gatehouse-gateway
     cargo build --no-default-features --features authz,sqlite,postgres --bin gatehouse-authz
+    cargo build --no-default-features --features audit,sqlite,postgres --bin gatehouse-audit
     cargo build --bin gatehouse
 
 # Fuzzes the public API through the gateway: schemathesis, driven by the

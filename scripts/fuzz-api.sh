@@ -26,6 +26,7 @@ gateway_port="$(free_port)"
 identity_port="$(free_port)"
 auth_port="$(free_port)"
 authz_port="$(free_port)"
+audit_port="$(free_port)"
 data="$(mktemp -d)"
 log="$data/platform.log"
 
@@ -36,6 +37,7 @@ GATEHOUSE_GATEWAY__LISTEN="127.0.0.1:$gateway_port" \
 GATEHOUSE_IDENTITY__LISTEN="127.0.0.1:$identity_port" \
 GATEHOUSE_AUTH__LISTEN="127.0.0.1:$auth_port" \
 GATEHOUSE_AUTHZ__LISTEN="127.0.0.1:$authz_port" \
+GATEHOUSE_AUDIT__LISTEN="127.0.0.1:$audit_port" \
 GATEHOUSE_SERVER__OPS_LISTEN="127.0.0.1:0" \
 GATEHOUSE_IDENTITY__SCRYPT__LOG_N=4 \
 GATEHOUSE_AUTHZ__REFRESH_MS=0 \

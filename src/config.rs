@@ -40,6 +40,12 @@ pub struct Config {
     #[cfg(not(feature = "authz"))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz: Option<figment::value::Value>,
+    #[cfg(feature = "audit")]
+    pub audit: crate::audit::AuditConfig,
+    /// Accepted and ignored where the audit service is not compiled in.
+    #[cfg(not(feature = "audit"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<figment::value::Value>,
     #[cfg(feature = "identity")]
     pub identity: crate::identity::IdentityConfig,
     /// Accepted and ignored where the identity service is not compiled in,
@@ -63,6 +69,7 @@ impl Default for Config {
             gateway: Default::default(),
             auth: Default::default(),
             authz: Default::default(),
+            audit: Default::default(),
             identity: Default::default(),
         }
     }

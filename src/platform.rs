@@ -25,20 +25,27 @@ pub enum Service {
     Auth,
     #[cfg(feature = "authz")]
     Authz,
+    #[cfg(feature = "audit")]
+    Audit,
     #[cfg(feature = "gateway")]
     Gateway,
 }
 
 impl Service {
-    /// Every service compiled into this binary.
+    /// Every service compiled into this binary, in the order they start:
+    /// each one that follows another's events first, so that on the
+    /// in-process bus none of the events a service's relay publishes as it
+    /// starts (its outbox's backlog) is missed.
     pub fn compiled() -> Vec<Service> {
         vec![
-            #[cfg(feature = "identity")]
-            Service::Identity,
-            #[cfg(feature = "auth")]
-            Service::Auth,
+            #[cfg(feature = "audit")]
+            Service::Audit,
             #[cfg(feature = "authz")]
             Service::Authz,
+            #[cfg(feature = "auth")]
+            Service::Auth,
+            #[cfg(feature = "identity")]
+            Service::Identity,
             #[cfg(feature = "gateway")]
             Service::Gateway,
         ]
@@ -88,6 +95,8 @@ pub async fn start(
         Service::Auth => crate::auth::start(ctx, config.auth.clone()).await,
         #[cfg(feature = "authz")]
         Service::Authz => crate::authz::start(ctx, config.authz.clone()).await,
+        #[cfg(feature = "audit")]
+        Service::Audit => crate::audit::start(ctx, config.audit.clone()).await,
         #[cfg(feature = "gateway")]
         Service::Gateway => crate::gateway::start(ctx, config.gateway.clone()).await,
     }

@@ -212,16 +212,17 @@ impl Platform {
 
 #[given("the whole platform is running")]
 async fn platform_running(world: &mut Platform) {
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let env: Vec<(&str, String)> = ["AUTH", "IDENTITY", "AUTHZ"]
-        .iter()
-        .zip(&ports[1..])
-        .map(|(service, port)| match *service {
-            "AUTH" => ("GATEHOUSE_AUTH__LISTEN", format!("127.0.0.1:{port}")),
-            "IDENTITY" => ("GATEHOUSE_IDENTITY__LISTEN", format!("127.0.0.1:{port}")),
-            _ => ("GATEHOUSE_AUTHZ__LISTEN", format!("127.0.0.1:{port}")),
-        })
-        .collect();
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let env: Vec<(&str, String)> = [
+        "GATEHOUSE_AUTH__LISTEN",
+        "GATEHOUSE_IDENTITY__LISTEN",
+        "GATEHOUSE_AUTHZ__LISTEN",
+        "GATEHOUSE_AUDIT__LISTEN",
+    ]
+    .into_iter()
+    .zip(&ports[1..])
+    .map(|(key, port)| (key, format!("127.0.0.1:{port}")))
+    .collect();
     let data = tempfile::tempdir().unwrap();
     let mut process = binary::ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_gatehouse"),

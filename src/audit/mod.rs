@@ -2,23 +2,45 @@
 //! each entry chained to the one before by its hash, so that an entry
 //! changed, removed or added is found (see `model.rs`).
 //!
-//! Rooms so far: `model.rs` (entries, their canonical form and hash, signed
+//! It records every service's events from the bus (`ingest.rs` says what
+//! an entry makes of an event), signs the chain's head now and then, and
+//! serves the log to callers holding `audit:read`.
+//!
+//! Rooms: `model.rs` (entries, their canonical form and hash, signed
 //! checkpoints, the verifier), `keys.rs` (the key that signs checkpoints),
 //! `store.rs` (appending to the chain, checkpoints, listing, verifying),
-//! `schema.rs` (its tables), `error.rs` (the error type).
+//! `ingest.rs` (events to entries), `service.rs` (recording, reading,
+//! verifying, upkeep), `http.rs` (the public API), `schema.rs` (its
+//! tables), `config.rs` (its section), `error.rs` (the error table). This
+//! file wires them up.
 
+pub mod config;
 pub mod error;
+pub mod http;
+pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod schema;
+pub mod service;
 pub mod store;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use utoipa::OpenApi as _;
 
+pub use config::AuditConfig;
+
+use crate::kernel::ServiceContext;
+use crate::kernel::bus::{self, Unhandled};
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
+use crate::kernel::health::Probes;
+use crate::kernel::server::{self, Running, ServiceApp};
+use crate::middleware::bearer::TokenCheck;
+use crate::middleware::permit::Permits;
 
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
 pub const NAME: &str = "audit";
@@ -39,4 +61,85 @@ static MIGRATIONS: Migrations = Migrations {
 /// PostgreSQL schema) with its migrations applied.
 pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {
     Db::open(database, data_dir, NAME, &MIGRATIONS).await
+}
+
+/// Events recorded in one transaction, at most.
+const INGEST_BATCH: usize = 500;
+
+/// Starts the service: its database and key, the consumer recording every
+/// source's events, the upkeep (checkpoints, retention), and its API,
+/// registered in the registry.
+pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<Running> {
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    let key = keys::AuditKey::load(&ctx.data_dir).map_err(anyhow::Error::msg)?;
+    let audit = service::Audit::new(db.clone(), key, ctx.clock.clone(), ctx.metrics.clone());
+    let permits = Permits::new(
+        ctx.clients.clone(),
+        Duration::from_millis(config.permission_cache_ms),
+    );
+    let changes = permits
+        .listen(&format!("{NAME}.permits"), &ctx.bus, ctx.shutdown.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let recording = record_events(ctx, &config, audit.clone()).await?;
+    let retention = (config.retention_days > 0).then(|| {
+        chrono::Duration::days(
+            i64::try_from(config.retention_days).unwrap_or(i64::MAX / 86_400_000),
+        )
+    });
+    let upkeep = audit.upkeep(
+        Duration::from_secs(config.checkpoint_every_secs.max(1)),
+        retention,
+        ctx.shutdown.clone(),
+    );
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let app = ServiceApp {
+        name: NAME,
+        http: http::routes(audit, permits, check)
+            .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
+        grpc: tonic::service::Routes::new(health_service),
+        probes: Probes(vec![Arc::new(db)]),
+        io_threads: None,
+    };
+    server::launch(
+        ctx,
+        app,
+        config.listen,
+        config.advertise_url,
+        health,
+        vec![recording, upkeep, changes, revocations],
+    )
+    .await
+}
+
+/// Records the configured sources' events until shutdown, a batch per
+/// transaction (see [`bus::follow_batches`]).
+async fn record_events(
+    ctx: &ServiceContext,
+    config: &AuditConfig,
+    audit: service::Audit,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
+    let follow = bus::follow_batches(
+        &ctx.bus,
+        NAME,
+        &sources,
+        INGEST_BATCH,
+        ctx.shutdown.clone(),
+        move |events| {
+            let audit = audit.clone();
+            async move {
+                let entries = events.iter().map(ingest::entry).collect();
+                audit
+                    .record(entries)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Unhandled::Retry(e.to_string()))
+            }
+        },
+    );
+    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -124,6 +124,28 @@ pub enum Finding {
     ForgedCheckpoint(i64),
 }
 
+impl Finding {
+    /// The entry it names.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Finding::Altered(seq)
+            | Finding::Deleted(seq)
+            | Finding::Inserted(seq)
+            | Finding::ForgedCheckpoint(seq) => *seq,
+        }
+    }
+
+    /// What was found, as the API and the command line say it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Finding::Altered(_) => "altered",
+            Finding::Deleted(_) => "deleted",
+            Finding::Inserted(_) => "inserted",
+            Finding::ForgedCheckpoint(_) => "forged_checkpoint",
+        }
+    }
+}
+
 /// The chain's head at a moment, signed: `signature` is a PASETO v4.public
 /// token whose message is [`Checkpoint::message`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,10 @@ use super::schema::signing_keys;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::locks;
+use crate::kernel::outbox::{self, NewEvent};
 use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
+use crate::proto::events::v1::KeyEvent;
+use prost::Message as _;
 
 /// How long the signer is reused before the key table is read again (picks
 /// up rotations made by other instances or the CLI).
@@ -165,15 +168,27 @@ impl KeyRing {
         let kid = self.insert_new(now, signs_from).await?;
         let retire_at = (signs_from + self.access_ttl + RETIRE_MARGIN).naive_utc();
         let keep = kid.clone();
+        let event = NewEvent {
+            event_type: "auth.key.rotated",
+            subject: kid.clone(),
+            payload: KeyEvent {
+                key_id: kid.clone(),
+                signs_from_unix_ms: signs_from.timestamp_millis(),
+            }
+            .encode_to_vec(),
+        };
         self.db
             .run(move |c| {
-                diesel::update(
-                    signing_keys::table
-                        .filter(signing_keys::kid.ne(keep))
-                        .filter(signing_keys::published_until.is_null()),
-                )
-                .set(signing_keys::published_until.eq(Some(retire_at)))
-                .execute(c)
+                c.transaction(|c| {
+                    diesel::update(
+                        signing_keys::table
+                            .filter(signing_keys::kid.ne(keep))
+                            .filter(signing_keys::published_until.is_null()),
+                    )
+                    .set(signing_keys::published_until.eq(Some(retire_at)))
+                    .execute(c)?;
+                    outbox::enqueue(c, &event, now)
+                })
                 .map_err(AuthError::from)
             })
             .await?;

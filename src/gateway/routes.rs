@@ -196,6 +196,7 @@ pub fn built_in() -> Vec<RouteConfig> {
         route("/v1/password-resets", "identity", AuthPolicy::Public),
         route("/v1/email-verifications", "identity", AuthPolicy::Public),
         route("/v1/authz", "authz", AuthPolicy::Required),
+        route("/v1/audit", "audit", AuthPolicy::Required),
     ]
 }
 

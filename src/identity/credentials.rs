@@ -60,13 +60,24 @@ impl Identity {
         };
         match self.hasher.verify(password, &user.password_hash).await? {
             Verified::No => {
+                // The failure is recorded (audit keeps it), and the lock
+                // it brought on, if it did.
+                let failed = user_event("identity.login.failed", &user);
+                let lock = locks.then(|| user_event("identity.user.locked", &user));
+                let at = self.clock.now();
+                self.db
+                    .run(move |c| {
+                        c.transaction(|c| {
+                            outbox::enqueue(c, &failed, at)?;
+                            if let Some(lock) = &lock {
+                                outbox::enqueue(c, lock, at)?;
+                            }
+                            Ok::<_, IdentityError>(())
+                        })
+                    })
+                    .await?;
+                self.relay.wake();
                 if locks {
-                    let event = user_event("identity.user.locked", &user);
-                    let at = self.clock.now();
-                    self.db
-                        .run(move |c| Ok::<_, IdentityError>(outbox::enqueue(c, &event, at)?))
-                        .await?;
-                    self.relay.wake();
                     tracing::info!(user_id = %user.id, "account locked after repeated failed logins");
                 }
                 Err(IdentityError::InvalidCredentials)

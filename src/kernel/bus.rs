@@ -122,6 +122,30 @@ where
     H: Fn(Envelope) -> F + Send + 'static,
     F: Future<Output = Result<(), Unhandled>> + Send,
 {
+    follow_batches(bus, consumer, sources, 1, shutdown, move |batch| {
+        // A batch of at most one, and never an empty one.
+        let event = batch.into_iter().next().unwrap_or_default();
+        handle(event)
+    })
+    .await
+}
+
+/// [`follow`], handing over up to `most` events at a time: those already
+/// waiting when `handle` is ready for more, in order. A batch `handle`
+/// could not take is tried again whole, so `handle` must take an event it
+/// has already taken as a no-op (by its id).
+pub async fn follow_batches<H, F>(
+    bus: &Arc<dyn EventBus>,
+    consumer: &str,
+    sources: &[&str],
+    most: usize,
+    shutdown: CancellationToken,
+    handle: H,
+) -> Result<JoinHandle<()>, BusError>
+where
+    H: Fn(Vec<Envelope>) -> F + Send + 'static,
+    F: Future<Output = Result<(), Unhandled>> + Send,
+{
     let mut events = bus.subscribe(consumer, sources).await?;
     let consumer = consumer.to_owned();
     Ok(tokio::spawn(async move {
@@ -131,16 +155,24 @@ where
                 () = shutdown.cancelled() => None,
             };
             let Some(event) = event else { break };
+            let mut batch = vec![event];
+            while batch.len() < most {
+                match events.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
             let mut delay = Duration::from_millis(100);
             loop {
-                match handle(event.clone()).await {
+                let first = &batch[0].id;
+                match handle(batch.clone()).await {
                     Ok(()) => break,
                     Err(Unhandled::Unreadable(e)) => {
-                        tracing::error!(consumer, event_id = %event.id, error = %e, "event cannot be read; passed over");
+                        tracing::error!(consumer, event_id = %first, error = %e, "event cannot be read; passed over");
                         break;
                     }
                     Err(Unhandled::Retry(e)) => {
-                        tracing::warn!(consumer, event_id = %event.id, error = %e, "event not handled yet; retrying");
+                        tracing::warn!(consumer, event_id = %first, error = %e, "event not handled yet; retrying");
                     }
                 }
                 tokio::select! {

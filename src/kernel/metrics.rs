@@ -15,8 +15,8 @@ use prometheus::local::LocalHistogram;
 
 use super::locks::lock;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The process's metrics. Cheap to clone: every field is a shared handle.
@@ -32,6 +32,8 @@ pub struct Metrics {
     pub outbox_pending: IntGaugeVec,
     pub password_hash_duration_seconds: HistogramVec,
     pub gateway_upstream_requests_total: IntCounterVec,
+    pub audit_entries_total: IntCounter,
+    pub audit_ingest_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -90,6 +92,21 @@ impl Metrics {
             ),
             &["route", "upstream", "status"],
         )?;
+        let audit_entries_total = IntCounter::new(
+            "gatehouse_audit_entries_total",
+            "Entries appended to the audit log.",
+        )?;
+        let audit_ingest_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "gatehouse_audit_ingest_lag_seconds",
+                "Time from an event happening to its audit entry being written.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(audit_entries_total.clone()))?;
+        registry.register(Box::new(audit_ingest_lag_seconds.clone()))?;
         registry.register(Box::new(gateway_upstream_requests_total.clone()))?;
         registry.register(Box::new(http_requests_total.clone()))?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
@@ -107,6 +124,8 @@ impl Metrics {
             outbox_pending,
             password_hash_duration_seconds,
             gateway_upstream_requests_total,
+            audit_entries_total,
+            audit_ingest_lag_seconds,
         })
     }
 

@@ -248,3 +248,219 @@ async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verif
     sql(&db, "DELETE FROM entries WHERE seq = 6").await;
     assert_eq!(verify(&db).await, Err(Finding::Deleted(6)));
 }
+
+/// The entries the filter `query` finds through the gateway, as `token`'s
+/// holder asks for them, waiting up to 5 s for at least `least`.
+async fn entries_of(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    least: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = app
+            .through(
+                reqwest::Method::GET,
+                &format!("/v1/audit/events?{query}"),
+                token,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let page: serde_json::Value = r.json().await.unwrap();
+        let items = page["items"].as_array().unwrap().clone();
+        if items.len() >= least || std::time::Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What users and admins do lands on the log with who did it, from where,
+/// in which request and trace, and the chain holds.
+#[tokio::test]
+async fn every_change_is_recorded_with_its_actor_client_request_and_trace() {
+    let app = TestApp::builder().with_audit().start().await;
+    let auditor = app.admin("auditor@example.org").await;
+    let client = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let r = client
+        .post(format!("{}/v1/users", app.gateway_base))
+        .header("x-request-id", "audit-register")
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({"email": "bob@example.org", "password": crate::support::PASSWORD, "display_name": "Bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let bob: serde_json::Value = r.json().await.unwrap();
+    let bob_id = bob["id"].as_str().unwrap();
+    // A wrong password, then the right one.
+    let login = |password: &'static str, request: &'static str| {
+        client
+            .post(format!("{}/v1/auth/login", app.gateway_base))
+            .header("x-request-id", request)
+            .json(&serde_json::json!({"email": "bob@example.org", "password": password}))
+            .send()
+    };
+    assert_eq!(
+        login("not the password", "audit-bad-login")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        login(crate::support::PASSWORD, "audit-login")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let subject = format!("subject=user:{bob_id}");
+    let about_bob = entries_of(&app, &auditor, &subject, 2).await;
+    let registered = about_bob
+        .iter()
+        .find(|e| e["action"] == "identity.user.registered")
+        .expect("the registration is on the log");
+    assert_eq!(registered["actor"], "anonymous");
+    assert_eq!(registered["client_ip"], "127.0.0.2");
+    assert_eq!(registered["request_id"], "audit-register");
+    assert_eq!(registered["trace_id"], trace);
+    assert_eq!(registered["outcome"], "success");
+    assert_eq!(registered["details"]["email"], "bob@example.org");
+    let failed = about_bob
+        .iter()
+        .find(|e| e["action"] == "identity.login.failed")
+        .expect("the failed login is on the log");
+    assert_eq!(failed["outcome"], "failure");
+    assert_eq!(failed["request_id"], "audit-bad-login");
+    assert_eq!(
+        failed["client_ip"], "127.0.0.2",
+        "auth passed the client on to identity"
+    );
+
+    let sessions = entries_of(
+        &app,
+        &auditor,
+        &format!("action=auth.session.created&actor=user:{bob_id}"),
+        1,
+    )
+    .await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["request_id"], "audit-login");
+    assert!(
+        sessions[0]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("session:")
+    );
+
+    // The admin's grant is on the log too, as the platform's own work
+    // (it was made from the command line), and the chain holds.
+    let grants = entries_of(&app, &auditor, "action=authz.binding.created", 1).await;
+    assert!(
+        grants.iter().any(|e| e["details"]["role"] == "admin"),
+        "{grants:?}"
+    );
+    let r = app
+        .through(reqwest::Method::GET, "/v1/audit/verify", &auditor)
+        .send()
+        .await
+        .unwrap();
+    let verified: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(verified["holds"], true, "{verified}");
+    assert!(
+        verified["entries_verified"].as_u64().unwrap() >= 5,
+        "{verified}"
+    );
+
+    // The export holds every entry, one JSON object per line, in order.
+    let r = app
+        .through(reqwest::Method::GET, "/v1/audit/events/export", &auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let seqs: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.len() >= 5 && seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{seqs:?}"
+    );
+}
+
+/// The log is for holders of `audit:read`; a bad query changes nothing
+/// and says what is wrong.
+#[tokio::test]
+async fn the_log_is_read_only_with_audit_read_and_bad_queries_are_422() {
+    let app = TestApp::builder().with_audit().start().await;
+    let admin = app.admin("root@example.org").await;
+    let user = app.signed_in("plain@example.org").await;
+    for path in [
+        "/v1/audit/events",
+        "/v1/audit/events/export",
+        "/v1/audit/verify",
+    ] {
+        let r = app
+            .through(reqwest::Method::GET, path, &user)
+            .send()
+            .await
+            .unwrap();
+        let p = crate::support::assert_problem(r, 403, "forbidden").await;
+        assert_eq!(p["permission"], "audit:read");
+    }
+    for query in [
+        "limit=0",
+        "limit=x",
+        "from=yesterday",
+        "colour=red",
+        "cursor=zz",
+    ] {
+        let r = app
+            .through(
+                reqwest::Method::GET,
+                &format!("/v1/audit/events?{query}"),
+                &admin,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+    }
+    // Pages follow one another by cursor.
+    let r = app
+        .through(reqwest::Method::GET, "/v1/audit/events?limit=1", &admin)
+        .send()
+        .await
+        .unwrap();
+    let first: serde_json::Value = r.json().await.unwrap();
+    let cursor = first["next_cursor"].as_str().expect("more than one entry");
+    let r = app
+        .through(
+            reqwest::Method::GET,
+            &format!("/v1/audit/events?limit=1&cursor={cursor}"),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    let second: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        second["items"][0]["seq"].as_i64().unwrap(),
+        first["items"][0]["seq"].as_i64().unwrap() + 1
+    );
+}

@@ -85,8 +85,13 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), 
                 return Err(format!("{at}: required {name} is missing"));
             }
         }
+        // A map's keys are its own: each value is held to the schema of
+        // additional properties.
+        let open = schema
+            .get("additionalProperties")
+            .filter(|extra| extra.is_object());
         for (name, field) in object {
-            let Some(field_schema) = declared.get(name) else {
+            let Some(field_schema) = declared.get(name).or(open) else {
                 return Err(format!("{at}: {name} is not in the document"));
             };
             conforms(doc, field_schema, field, &format!("{at}.{name}"))?;
@@ -166,7 +171,7 @@ async fn exchange(
 #[tokio::test]
 async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     use http::Method;
-    let app = TestApp::builder().with_authz().start().await;
+    let app = TestApp::builder().with_audit().start().await;
     let doc = app.gateway_json("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc.get("x-gatehouse-unavailable").is_none(), "{doc}");
@@ -231,6 +236,15 @@ async fn the_merged_document_matches_what_the_services_accept_and_answer() {
     assert_eq!(status, 200);
     let (status, _) = exchange(&app, &doc, post("/v1/auth/logout"), Some(token), None).await;
     assert_eq!(status, 204);
+    // The audit log, as its reader sees it.
+    let auditor = app.admin("auditor@example.org").await;
+    let events = (Method::GET, "/v1/audit/events?limit=5", "/v1/audit/events");
+    let (status, page) = exchange(&app, &doc, events, Some(&auditor), None).await;
+    assert_eq!(status, 200);
+    assert!(!page["items"].as_array().unwrap().is_empty(), "{page}");
+    let verify = (Method::GET, "/v1/audit/verify", "/v1/audit/verify");
+    let (status, _) = exchange(&app, &doc, verify, Some(&auditor), None).await;
+    assert_eq!(status, 200);
     // Routes the gateway guards say so.
     assert_eq!(
         doc["paths"]["/v1/users/me"]["get"]["security"],
@@ -308,7 +322,7 @@ async fn team_documents_appear_under_their_routes_and_docs_page_reads_the_docume
     }))
     .await;
     let app = TestApp::builder()
-        .with_authz()
+        .with_audit()
         .gateway(|g| {
             let mut billing = RouteConfig::new("/billing", "billing", AuthPolicy::Required);
             billing.strip_prefix = true;

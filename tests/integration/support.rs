@@ -61,6 +61,7 @@ pub struct Builder {
     storage: Option<Arc<Storage>>,
     bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
     authz: bool,
+    audit: bool,
 }
 
 impl TestApp {
@@ -83,6 +84,7 @@ impl TestApp {
             storage: None,
             bus: None,
             authz: false,
+            audit: false,
         }
     }
 
@@ -310,6 +312,13 @@ impl Builder {
         self
     }
 
+    /// Start audit too (authz with it, which answers `audit:read`).
+    pub fn with_audit(mut self) -> Self {
+        self.authz = true;
+        self.audit = true;
+        self
+    }
+
     /// Use this event bus instead of the in-process one.
     pub fn bus(mut self, bus: Arc<dyn gatehouse::kernel::bus::EventBus>) -> Self {
         self.bus = Some(bus);
@@ -340,6 +349,16 @@ impl Builder {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         ctx.clock = clock.clone();
         let notifier = MemoryNotifier::default();
+        // Audit follows every service's events: it starts before them.
+        let audit = if self.audit {
+            let config = gatehouse::audit::AuditConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            };
+            Some(gatehouse::audit::start(&ctx, config).await.unwrap())
+        } else {
+            None
+        };
         let identity = gatehouse::identity::start(&ctx, self.identity, Arc::new(notifier.clone()))
             .await
             .unwrap();
@@ -363,6 +382,7 @@ impl Builder {
             auth_base: format!("http://{}", running[1].addr),
             running: {
                 running.extend([gateway, ops]);
+                running.extend(audit);
                 running
             },
             ctx,

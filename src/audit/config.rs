@@ -1,0 +1,37 @@
+//! The `[audit]` config section, with its documented defaults.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Address the service's HTTP and gRPC server binds.
+    pub listen: SocketAddr,
+    /// URL other services reach this instance at; defaults to `http://<listen>`.
+    pub advertise_url: Option<String>,
+    /// The services whose events are recorded.
+    pub sources: Vec<String>,
+    /// How often the chain's head is signed, when entries were added.
+    pub checkpoint_every_secs: u64,
+    /// Entries older than this many days are removed (0: kept for ever).
+    /// What remains stays verifiable from the newest checkpoint removed.
+    pub retention_days: u64,
+    /// How long authz's answers to the API's permission checks are kept
+    /// (0: asked every time). A change in authz drops them at once.
+    pub permission_cache_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4104)),
+            advertise_url: None,
+            sources: vec!["identity".into(), "auth".into(), "authz".into()],
+            checkpoint_every_secs: 60,
+            retention_days: 0,
+            permission_cache_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The audit service's behaviour: events recorded as entries, entries
+//! read back and exported, the chain verified, its head signed now and
+//! then, and old entries let go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::error::AuditError;
+use super::keys::AuditKey;
+use super::model::{Entry, Finding, NewEntry};
+use super::store::{self, Filter};
+use crate::kernel::clock::Clock;
+use crate::kernel::db::Db;
+use crate::kernel::metrics::Metrics;
+
+/// How often old entries are looked for, when some are to go.
+const RETAIN_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+pub struct Audit {
+    db: Db,
+    key: Arc<AuditKey>,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+}
+
+impl Audit {
+    pub fn new(db: Db, key: AuditKey, clock: Arc<dyn Clock>, metrics: Metrics) -> Audit {
+        Audit {
+            db,
+            key: Arc::new(key),
+            clock,
+            metrics,
+        }
+    }
+
+    /// Appends `entries` in order; those of events recorded already are
+    /// passed over. Answers how many were appended.
+    pub async fn record(&self, entries: Vec<NewEntry>) -> Result<usize, AuditError> {
+        let appended = self
+            .db
+            .run(move |conn| store::append(conn, &entries))
+            .await?;
+        let now = self.clock.now();
+        for entry in &appended {
+            let lag = (now - entry.fields.at).to_std().unwrap_or_default();
+            self.metrics
+                .audit_ingest_lag_seconds
+                .observe(lag.as_secs_f64());
+        }
+        self.metrics
+            .audit_entries_total
+            .inc_by(u64::try_from(appended.len()).unwrap_or_default());
+        Ok(appended.len())
+    }
+
+    /// Up to `limit` entries `filter` lets through, after the entry
+    /// numbered `after`.
+    pub async fn list(
+        &self,
+        filter: Filter,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Entry>, AuditError> {
+        self.db
+            .run(move |conn| store::list(conn, &filter, after, limit).map_err(AuditError::from))
+            .await
+    }
+
+    /// How many entries hold, or the first that does not.
+    pub async fn verify(&self) -> Result<Result<u64, Finding>, AuditError> {
+        let public = self.key.public.clone();
+        self.db.run(move |conn| store::verify(conn, &public)).await
+    }
+
+    /// Signs the chain's head, when entries were added since the last
+    /// checkpoint.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (key, at) = (self.key.clone(), self.clock.now());
+        let signed = self
+            .db
+            .run(move |conn| store::checkpoint(conn, &key, at))
+            .await?;
+        if let Some(c) = signed {
+            tracing::info!(seq = c.seq, "audit checkpoint signed");
+        }
+        Ok(())
+    }
+
+    /// Removes entries made before `before` up to the newest checkpoint
+    /// among them.
+    pub async fn retain(&self, before: DateTime<Utc>) -> Result<usize, AuditError> {
+        let removed = self.db.run(move |conn| store::retain(conn, before)).await?;
+        if removed > 0 {
+            tracing::info!(removed, "old audit entries removed");
+        }
+        Ok(removed)
+    }
+
+    /// Signs the head every `every`, and once more at shutdown; with a
+    /// retention, removes what has aged out of it every hour.
+    pub fn upkeep(
+        &self,
+        every: Duration,
+        retention: Option<chrono::Duration>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let audit = self.clone();
+        tokio::spawn(async move {
+            let mut signing = tokio::time::interval(every);
+            signing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut retaining = tokio::time::interval(RETAIN_EVERY);
+            loop {
+                tokio::select! {
+                    _ = signing.tick() => {
+                        if let Err(e) = audit.checkpoint().await {
+                            tracing::warn!(error = %e, "audit checkpoint failed; will retry");
+                        }
+                    }
+                    _ = retaining.tick(), if retention.is_some() => {
+                        let before = audit.clock.now() - retention.unwrap_or_default();
+                        if let Err(e) = audit.retain(before).await {
+                            tracing::warn!(error = %e, "audit retention failed; will retry");
+                        }
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            if let Err(e) = audit.checkpoint().await {
+                tracing::warn!(error = %e, "audit checkpoint at shutdown failed");
+            }
+        })
+    }
+}
