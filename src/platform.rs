@@ -58,17 +58,20 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         RegistryBackend::InProcess => Arc::new(InProcessRegistry::default()),
         RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
     };
+    let clients = Clients::new(registry.clone(), &config.rpc);
     let bus: Arc<dyn EventBus> = match config.bus.backend {
         BusBackend::InProcess => Arc::new(InProcessBus::default()),
+        BusBackend::Outbox => Arc::new(crate::kernel::stream::OutboxBus::new(clients.clone())),
     };
     Ok(ServiceContext {
         data_dir: config.data_dir.clone(),
         database: config.database.clone(),
         server: config.server.clone(),
         tokens: config.tokens.clone(),
-        clients: Clients::new(registry.clone(), &config.rpc),
+        clients,
         registry,
         bus,
+        bus_config: config.bus.clone(),
         metrics: Metrics::new()?,
         clock: Arc::new(SystemClock),
         shutdown: CancellationToken::new(),

@@ -38,6 +38,7 @@ use crate::kernel::bus::{self, Unhandled};
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
+use crate::kernel::offsets;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
@@ -81,7 +82,7 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
         .listen(&format!("{NAME}.permits"), &ctx.bus, ctx.shutdown.clone())
         .await
         .map_err(anyhow::Error::msg)?;
-    let recording = record_events(ctx, &config, audit.clone()).await?;
+    let recording = record_events(ctx, &config, &db, audit.clone()).await?;
     let retention = (config.retention_days > 0).then(|| {
         chrono::Duration::days(
             i64::try_from(config.retention_days).unwrap_or(i64::MAX / 86_400_000),
@@ -116,25 +117,29 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
 }
 
 /// Records the configured sources' events until shutdown, a batch per
-/// transaction (see [`bus::follow_batches`]).
+/// transaction, from where it got to before (see [`bus::follow_batches`]).
 async fn record_events(
     ctx: &ServiceContext,
     config: &AuditConfig,
+    db: &Db,
     audit: service::Audit,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
+    let batches = bus::Batches {
+        start: offsets::start(db, NAME).await?,
+        most: INGEST_BATCH,
+    };
     let follow = bus::follow_batches(
         &ctx.bus,
         NAME,
         &sources,
-        INGEST_BATCH,
+        batches,
         ctx.shutdown.clone(),
-        move |events| {
+        move |deliveries| {
             let audit = audit.clone();
             async move {
-                let entries = events.iter().map(ingest::entry).collect();
                 audit
-                    .record(entries)
+                    .record(NAME, deliveries)
                     .await
                     .map(|_| ())
                     .map_err(|e| Unhandled::Retry(e.to_string()))

@@ -10,12 +10,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::AuditError;
+use super::ingest;
 use super::keys::AuditKey;
 use super::model::{Entry, Finding, NewEntry};
 use super::store::{self, Filter};
+use crate::kernel::bus::Delivery;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::metrics::Metrics;
+use crate::kernel::offsets;
 
 /// How often old entries are looked for, when some are to go.
 const RETAIN_EVERY: Duration = Duration::from_secs(3600);
@@ -38,12 +41,20 @@ impl Audit {
         }
     }
 
-    /// Appends `entries` in order; those of events recorded already are
-    /// passed over. Answers how many were appended.
-    pub async fn record(&self, entries: Vec<NewEntry>) -> Result<usize, AuditError> {
+    /// Records `deliveries` in order, each event once, and moves
+    /// `consumer` past them in the same transaction. Answers how many
+    /// entries were appended.
+    pub async fn record(
+        &self,
+        consumer: &'static str,
+        deliveries: Vec<Delivery>,
+    ) -> Result<usize, AuditError> {
+        let entries: Vec<NewEntry> = deliveries.iter().map(|d| ingest::entry(&d.event)).collect();
         let appended = self
             .db
-            .run(move |conn| store::append(conn, &entries))
+            .run(move |conn| {
+                offsets::with_effect(conn, consumer, &deliveries, |c| store::append(c, &entries))
+            })
             .await?;
         let now = self.clock.now();
         for entry in &appended {

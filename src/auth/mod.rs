@@ -75,14 +75,7 @@ pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::R
 pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<Running> {
     let (db, kek, ring) = key_ring(ctx, &config).await?;
     ring.ensure_one().await?;
-    let (relay, relay_task) = outbox::spawn(
-        NAME,
-        db.clone(),
-        ctx.bus.clone(),
-        ctx.clock.clone(),
-        ctx.metrics.clone(),
-        ctx.shutdown.clone(),
-    );
+    let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
     let (listen, advertise) = (config.listen, config.advertise_url.clone());
     let rotation_every = config.key_rotation_interval_secs;
     let auth = Auth::new(
@@ -97,7 +90,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     );
     let mut background = vec![
         relay_task,
-        consume_identity_events(ctx, auth.clone()).await?,
+        consume_identity_events(ctx, &db, auth.clone()).await?,
     ];
     if rotation_every > 0 {
         background.push(rotation_schedule(ctx, ring, rotation_every));
@@ -111,29 +104,45 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     let app = ServiceApp {
         name: NAME,
         http: http::routes(auth).merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
-        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        grpc: tonic::service::Routes::new(grpc)
+            .add_service(health_service)
+            .add_service(crate::kernel::stream::server(
+                NAME,
+                db.clone(),
+                ctx.shutdown.clone(),
+            )),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
     };
     server::launch(ctx, app, listen, advertise, health, background).await
 }
 
-/// Handles identity's events until shutdown (see [`bus::follow`]).
+/// Handles identity's events until shutdown, from where it got to before
+/// (see [`bus::follow_batches`]).
 async fn consume_identity_events(
     ctx: &ServiceContext,
+    db: &Db,
     auth: Auth,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let follow = bus::follow(
+    let batches = bus::Batches {
+        start: crate::kernel::offsets::start(db, NAME).await?,
+        most: 1,
+    };
+    let follow = bus::follow_batches(
         &ctx.bus,
         NAME,
         &["identity"],
+        batches,
         ctx.shutdown.clone(),
-        move |event| {
+        move |deliveries| {
             let auth = auth.clone();
             async move {
-                auth.on_identity_event(event)
-                    .await
-                    .map_err(|e| Unhandled::Retry(e.to_string()))
+                for delivery in deliveries {
+                    auth.on_identity_event(delivery)
+                        .await
+                        .map_err(|e| Unhandled::Retry(e.to_string()))?;
+                }
+                Ok(())
             }
         },
     );

@@ -399,50 +399,65 @@ impl Auth {
     }
 
     /// Reacts to identity's events: a new password, a reset, a disabled or
-    /// deleted account end sessions. Each event is handled once.
+    /// deleted account end sessions. Each event is handled once, and the
+    /// position it came at is stored with its effects.
     pub async fn on_identity_event(
         &self,
-        event: crate::kernel::bus::Envelope,
+        delivery: crate::kernel::bus::Delivery,
     ) -> Result<(), AuthError> {
+        let event = &delivery.event;
         let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
             .map_err(|e| AuthError::Internal(format!("event {}: {e}", event.id)))?;
-        let (reason, keep) = match event.r#type.as_str() {
-            "identity.password.changed" => (
+        let action = match event.r#type.as_str() {
+            "identity.password.changed" => Some((
                 "password_changed",
                 Some(payload.session_id.clone()).filter(|s| !s.is_empty()),
-            ),
-            "identity.password.reset" => ("password_reset", None),
-            "identity.user.deleted" => ("user_deleted", None),
+            )),
+            "identity.password.reset" => Some(("password_reset", None)),
+            "identity.user.deleted" => Some(("user_deleted", None)),
             "identity.user.status_changed" if payload.status == "disabled" => {
-                ("user_disabled", None)
+                Some(("user_disabled", None))
             }
-            _ => return Ok(()),
+            _ => None,
         };
         let now = self.clock.now();
         let by = self.tokens_expire_by(now);
         let event_id = event.id.clone();
         let occurred =
             DateTime::<Utc>::from_timestamp_millis(event.occurred_at_unix_ms).unwrap_or(now);
+        let reason = action.as_ref().map(|(reason, _)| *reason);
+        let deliveries = [delivery];
         let count = self
             .db
             .run(move |c| {
-                c.transaction(|c| {
-                    if !store::first_time(c, &event_id, now.naive_utc())? {
+                crate::kernel::offsets::with_effect(c, super::NAME, &deliveries, |c| {
+                    let Some((reason, keep)) = action else {
                         return Ok::<_, AuthError>(0);
-                    }
-                    // Ordered with logins under way (see `store::lock_user`).
-                    store::lock_user(c, &payload.user_id)?;
-                    let ended =
-                        end_user_sessions(c, &payload.user_id, keep.as_deref(), reason, now, by)?;
-                    store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
-                    Ok(ended)
+                    };
+                    c.transaction(|c| {
+                        if !store::first_time(c, &event_id, now.naive_utc())? {
+                            return Ok(0);
+                        }
+                        // Ordered with logins under way (see `store::lock_user`).
+                        store::lock_user(c, &payload.user_id)?;
+                        let ended = end_user_sessions(
+                            c,
+                            &payload.user_id,
+                            keep.as_deref(),
+                            reason,
+                            now,
+                            by,
+                        )?;
+                        store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
+                        Ok(ended)
+                    })
                 })
             })
             .await?;
         if count > 0 {
             self.relay.wake();
             tracing::info!(
-                reason,
+                reason = reason.unwrap_or_default(),
                 sessions = count,
                 "sessions ended after an identity event"
             );

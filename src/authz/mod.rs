@@ -65,14 +65,7 @@ pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, D
 /// registered in the registry.
 pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<Running> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
-    let (relay, relay_task) = outbox::spawn(
-        NAME,
-        db.clone(),
-        ctx.bus.clone(),
-        ctx.clock.clone(),
-        ctx.metrics.clone(),
-        ctx.shutdown.clone(),
-    );
+    let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
     let authz = service::Authz::new(
         db.clone(),
         ctx.clock.clone(),
@@ -82,7 +75,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .await?
     .with_relay(relay)
     .with_reach_cache(config.reach_cache_entries);
-    let mut background = vec![relay_task, follow_identity(ctx, authz.clone()).await?];
+    let mut background = vec![relay_task, follow_identity(ctx, &db, authz.clone()).await?];
     let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -97,7 +90,13 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     let app = ServiceApp {
         name: NAME,
         http: routes,
-        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        grpc: tonic::service::Routes::new(grpc)
+            .add_service(health_service)
+            .add_service(crate::kernel::stream::server(
+                NAME,
+                db.clone(),
+                ctx.shutdown.clone(),
+            )),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
     };
@@ -112,23 +111,36 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .await
 }
 
-/// Handles identity's events until shutdown (see [`bus::follow`]).
+/// Handles identity's events until shutdown, from where it got to before
+/// (see [`bus::follow_batches`]).
 async fn follow_identity(
     ctx: &ServiceContext,
+    db: &Db,
     authz: service::Authz,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let follow = bus::follow(
+    let batches = bus::Batches {
+        start: crate::kernel::offsets::start(db, NAME).await?,
+        most: 1,
+    };
+    let follow = bus::follow_batches(
         &ctx.bus,
         NAME,
         &["identity"],
+        batches,
         ctx.shutdown.clone(),
-        move |event| {
+        move |deliveries| {
             let authz = authz.clone();
             async move {
-                authz.on_identity_event(&event).await.map_err(|e| match e {
-                    error::AuthzError::Corrupt(e) => Unhandled::Unreadable(e),
-                    other => Unhandled::Retry(other.to_string()),
-                })
+                for delivery in deliveries {
+                    authz
+                        .on_identity_event(delivery)
+                        .await
+                        .map_err(|e| match e {
+                            error::AuthzError::Corrupt(e) => Unhandled::Unreadable(e),
+                            other => Unhandled::Retry(other.to_string()),
+                        })?;
+                }
+                Ok(())
             }
         },
     );

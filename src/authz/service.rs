@@ -419,35 +419,40 @@ impl Authz {
     /// memberships go. Handling an event twice changes nothing more.
     pub async fn on_identity_event(
         &self,
-        event: &crate::kernel::bus::Envelope,
+        delivery: crate::kernel::bus::Delivery,
     ) -> Result<(), AuthzError> {
         use prost::Message as _;
+        let event = &delivery.event;
         let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
             .map_err(|e| AuthzError::Corrupt(format!("event {}: {e}", event.id)))?;
         let Ok(user) = Uuid::parse_str(&payload.user_id) else {
             return Err(AuthzError::Corrupt(format!("event {}: user id", event.id)));
         };
         let by = self.by(None);
-        let written = match event.r#type.as_str() {
-            "identity.user.registered" => {
-                let binding = Binding {
-                    id: Uuid::now_v7(),
-                    subject: Subject::User(user),
-                    role: USER_ROLE.into(),
-                    scope: super::model::Scope::Everywhere,
-                    expires_at: None,
-                };
-                self.db
-                    .run(move |conn| store::bind_once(conn, &by, &binding))
-                    .await?
-            }
-            "identity.user.deleted" => {
-                self.db
-                    .run(move |conn| store::forget_user(conn, &by, user))
-                    .await?
-            }
-            _ => None,
-        };
+        let kind = event.r#type.clone();
+        let deliveries = [delivery];
+        // The effect and the position it came at, kept together.
+        let written = self
+            .db
+            .run(move |conn| {
+                crate::kernel::offsets::with_effect(conn, super::NAME, &deliveries, |c| match kind
+                    .as_str()
+                {
+                    "identity.user.registered" => {
+                        let binding = Binding {
+                            id: Uuid::now_v7(),
+                            subject: Subject::User(user),
+                            role: USER_ROLE.into(),
+                            scope: super::model::Scope::Everywhere,
+                            expires_at: None,
+                        };
+                        store::bind_once(c, &by, &binding)
+                    }
+                    "identity.user.deleted" => store::forget_user(c, &by, user),
+                    _ => Ok(None),
+                })
+            })
+            .await?;
         if let Some(revision) = written {
             self.written(revision).await?;
         }

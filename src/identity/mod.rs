@@ -90,14 +90,7 @@ pub async fn open(
     notifier: Arc<dyn Notifier>,
 ) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
     let (db, hasher) = store_and_hasher(ctx, &config).await?;
-    let (relay, relay_task) = outbox::spawn(
-        NAME,
-        db.clone(),
-        ctx.bus.clone(),
-        ctx.clock.clone(),
-        ctx.metrics.clone(),
-        ctx.shutdown.clone(),
-    );
+    let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
     let identity = Identity::new(
         db.clone(),
         hasher,
@@ -156,7 +149,13 @@ pub async fn start(
             .merge(crate::kernel::openapi::serve(
                 &http::api_doc(&password_policy).merge_from(admin::AdminDoc::openapi()),
             )),
-        grpc: tonic::service::Routes::new(grpc).add_service(health_service),
+        grpc: tonic::service::Routes::new(grpc)
+            .add_service(health_service)
+            .add_service(crate::kernel::stream::server(
+                NAME,
+                db.clone(),
+                ctx.shutdown.clone(),
+            )),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
     };

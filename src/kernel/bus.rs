@@ -5,7 +5,11 @@
 //!
 //! The in-process backend reaches only services inside the same process.
 //! Queues are bounded: a slow consumer slows the publisher (the outbox relay)
-//! rather than growing memory without limit.
+//! rather than growing memory without limit. The outbox backend (see
+//! [`super::stream`]) crosses processes: each consumer pulls a producer's
+//! events from its outbox, and a consumer with a database stores how far
+//! it got there, in the same transaction as the effects (see
+//! [`super::offsets`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,34 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// Where an event stands in its source's stream: `offset` within one
+/// `partition` of the `source` service's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An event as a consumer gets it, with its position when the bus keeps
+/// one (the in-process bus does not).
+#[derive(Debug, Clone, Default)]
+pub struct Delivery {
+    pub event: Envelope,
+    pub position: Option<Position>,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// With the events published from now on: for consumers that keep
+    /// nothing (caches).
+    Latest,
+    /// Right after the positions a consumer stored; a source it stored
+    /// none of is read from the oldest event kept.
+    After(Vec<Position>),
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync {
     /// Hands the event to every subscriber of its source.
@@ -37,15 +69,21 @@ pub trait EventBus: Send + Sync {
         &self,
         consumer: &str,
         sources: &[&str],
-    ) -> Result<mpsc::Receiver<Envelope>, BusError>;
+        start: Start,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError>;
     /// Whether events reach services in other processes.
     fn crosses_processes(&self) -> bool;
+    /// Whether outbox relays give their rows positions for consumers to
+    /// pull, rather than publishing them.
+    fn sequences_outbox(&self) -> bool {
+        false
+    }
 }
 
 struct Subscriber {
     consumer: String,
     sources: Vec<String>,
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<Delivery>,
 }
 
 /// Delivers events to subscribers in the same process.
@@ -57,7 +95,7 @@ pub struct InProcessBus {
 #[async_trait]
 impl EventBus for InProcessBus {
     async fn publish(&self, event: Envelope) -> Result<(), BusError> {
-        let targets: Vec<(String, mpsc::Sender<Envelope>)> = {
+        let targets: Vec<(String, mpsc::Sender<Delivery>)> = {
             let subs = locks::lock(&self.subscribers);
             subs.iter()
                 .filter(|s| s.sources.contains(&event.source))
@@ -65,7 +103,11 @@ impl EventBus for InProcessBus {
                 .collect()
         };
         for (consumer, tx) in targets {
-            if tx.send(event.clone()).await.is_err() {
+            let delivery = Delivery {
+                event: event.clone(),
+                position: None,
+            };
+            if tx.send(delivery).await.is_err() {
                 tracing::debug!(consumer, "event consumer went away; unsubscribing");
                 let mut subs = locks::lock(&self.subscribers);
                 subs.retain(|s| !s.tx.is_closed());
@@ -74,11 +116,13 @@ impl EventBus for InProcessBus {
         Ok(())
     }
 
+    /// Every start is from now on: nothing is kept to start from.
     async fn subscribe(
         &self,
         consumer: &str,
         sources: &[&str],
-    ) -> Result<mpsc::Receiver<Envelope>, BusError> {
+        _start: Start,
+    ) -> Result<mpsc::Receiver<Delivery>, BusError> {
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
         let mut subs = locks::lock(&self.subscribers);
         subs.push(Subscriber {
@@ -106,11 +150,11 @@ pub enum Unhandled {
 /// The longest wait between two tries of one event.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
-/// Subscribes `consumer` to `sources` and hands each event to `handle`, in
-/// order, until shutdown. An event `handle` could not take now is tried
-/// again, waiting longer each time (up to 10 s), before the next one is
-/// looked at: events are handled at least once and never skipped, except
-/// those that cannot be read at all.
+/// Subscribes `consumer` to `sources` from now on and hands each event to
+/// `handle`, in order, until shutdown. An event `handle` could not take now
+/// is tried again, waiting longer each time (up to 10 s), before the next
+/// one is looked at: events are handled at least once and never skipped,
+/// except those that cannot be read at all.
 pub async fn follow<H, F>(
     bus: &Arc<dyn EventBus>,
     consumer: &str,
@@ -122,49 +166,61 @@ where
     H: Fn(Envelope) -> F + Send + 'static,
     F: Future<Output = Result<(), Unhandled>> + Send,
 {
-    follow_batches(bus, consumer, sources, 1, shutdown, move |batch| {
+    let batches = Batches {
+        start: Start::Latest,
+        most: 1,
+    };
+    follow_batches(bus, consumer, sources, batches, shutdown, move |batch| {
         // A batch of at most one, and never an empty one.
-        let event = batch.into_iter().next().unwrap_or_default();
-        handle(event)
+        let delivery = batch.into_iter().next().unwrap_or_default();
+        handle(delivery.event)
     })
     .await
 }
 
-/// [`follow`], handing over up to `most` events at a time: those already
-/// waiting when `handle` is ready for more, in order. A batch `handle`
-/// could not take is tried again whole, so `handle` must take an event it
-/// has already taken as a no-op (by its id).
+/// How [`follow_batches`] reads: from where, and how many at a time.
+#[derive(Debug, Clone)]
+pub struct Batches {
+    pub start: Start,
+    pub most: usize,
+}
+
+/// [`follow`], from `batches.start`, handing over up to `batches.most`
+/// events at a time: those already waiting when `handle` is ready for more,
+/// in order. A batch `handle` could not take is tried again whole, so
+/// `handle` must take an event it has already taken as a no-op (by its id,
+/// or by its position stored in the same transaction as its effect).
 pub async fn follow_batches<H, F>(
     bus: &Arc<dyn EventBus>,
     consumer: &str,
     sources: &[&str],
-    most: usize,
+    batches: Batches,
     shutdown: CancellationToken,
     handle: H,
 ) -> Result<JoinHandle<()>, BusError>
 where
-    H: Fn(Vec<Envelope>) -> F + Send + 'static,
+    H: Fn(Vec<Delivery>) -> F + Send + 'static,
     F: Future<Output = Result<(), Unhandled>> + Send,
 {
-    let mut events = bus.subscribe(consumer, sources).await?;
-    let consumer = consumer.to_owned();
+    let mut events = bus.subscribe(consumer, sources, batches.start).await?;
+    let (consumer, most) = (consumer.to_owned(), batches.most.max(1));
     Ok(tokio::spawn(async move {
         loop {
-            let event = tokio::select! {
+            let delivery = tokio::select! {
                 e = events.recv() => e,
                 () = shutdown.cancelled() => None,
             };
-            let Some(event) = event else { break };
-            let mut batch = vec![event];
+            let Some(delivery) = delivery else { break };
+            let first = delivery.event.id.clone();
+            let mut batch = vec![delivery];
             while batch.len() < most {
                 match events.try_recv() {
-                    Ok(event) => batch.push(event),
+                    Ok(delivery) => batch.push(delivery),
                     Err(_) => break,
                 }
             }
             let mut delay = Duration::from_millis(100);
             loop {
-                let first = &batch[0].id;
                 match handle(batch.clone()).await {
                     Ok(()) => break,
                     Err(Unhandled::Unreadable(e)) => {
@@ -204,19 +260,26 @@ mod tests {
     #[tokio::test]
     async fn subscribers_get_only_their_sources_in_order() {
         let bus = InProcessBus::default();
-        let mut rx = bus.subscribe("audit", &["identity"]).await.unwrap();
+        let mut rx = bus
+            .subscribe("audit", &["identity"], Start::Latest)
+            .await
+            .unwrap();
         bus.publish(event("identity", "1")).await.unwrap();
         bus.publish(event("auth", "x")).await.unwrap();
         bus.publish(event("identity", "2")).await.unwrap();
-        assert_eq!(rx.recv().await.unwrap().id, "1");
-        assert_eq!(rx.recv().await.unwrap().id, "2");
+        assert_eq!(rx.recv().await.unwrap().event.id, "1");
+        assert_eq!(rx.recv().await.unwrap().event.id, "2");
         assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
     async fn a_dropped_consumer_does_not_block_publishing() {
         let bus = InProcessBus::default();
-        drop(bus.subscribe("gone", &["identity"]).await.unwrap());
+        drop(
+            bus.subscribe("gone", &["identity"], Start::Latest)
+                .await
+                .unwrap(),
+        );
         bus.publish(event("identity", "1")).await.unwrap();
         assert!(bus.subscribers.lock().unwrap().is_empty());
     }

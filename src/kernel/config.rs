@@ -166,11 +166,25 @@ pub enum RegistryBackend {
 }
 
 /// How events travel between services.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// `in_process`: reaches only services inside this process.
+    /// `in_process`: reaches only services inside this process; `outbox`:
+    /// each consumer pulls a producer's events straight from its outbox
+    /// over gRPC, found through the registry.
     pub backend: BusBackend,
+    /// How long an outbox keeps an event after it was published: a
+    /// consumer away for longer misses what was removed meanwhile.
+    pub keep_hours: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: BusBackend::default(),
+            keep_hours: 168,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +192,7 @@ pub struct BusConfig {
 pub enum BusBackend {
     #[default]
     InProcess,
+    Outbox,
 }
 
 /// Outgoing gRPC calls to other services.

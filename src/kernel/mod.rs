@@ -18,6 +18,7 @@ pub mod keyfile;
 pub mod locks;
 pub mod metrics;
 pub mod observe;
+pub mod offsets;
 pub mod openapi;
 pub mod ops;
 pub mod origin;
@@ -26,6 +27,7 @@ pub mod paging;
 pub mod registry;
 pub mod rpc;
 pub mod server;
+pub mod stream;
 pub mod telemetry;
 pub mod wire;
 
@@ -47,6 +49,8 @@ pub struct ServiceContext {
     pub tokens: config::TokenConfig,
     pub registry: Arc<dyn registry::Registry>,
     pub bus: Arc<dyn bus::EventBus>,
+    /// How the bus is set up (how long outboxes keep what they published).
+    pub bus_config: config::BusConfig,
     pub clients: rpc::Clients,
     pub metrics: metrics::Metrics,
     pub clock: Arc<dyn clock::Clock>,

@@ -7,6 +7,11 @@
 //! the row (with the same event id, so consumers drop the duplicate). A failed
 //! publish stops the pass at that row, which keeps per-subject order.
 //!
+//! On the outbox bus (see [`super::stream`]) nothing is published: the relay
+//! gives each row, in the order rows became visible, the next position, one
+//! relay at a time however many instances share the outbox, and consumers
+//! pull the rows by position.
+//!
 //! Every service's schema has its own `outbox` table of the shape below.
 
 use std::sync::Arc;
@@ -16,7 +21,6 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::bus::{Envelope, EventBus};
 use super::clock::Clock;
@@ -36,6 +40,15 @@ diesel::table! {
         client_ip -> Text,
         request_id -> Text,
         trace_id -> Text,
+        position -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// The last position given out (one row, id 1).
+    outbox_head (id) {
+        id -> Integer,
+        position -> BigInt,
     }
 }
 
@@ -43,8 +56,6 @@ diesel::table! {
 const BATCH: i64 = 100;
 /// How often the relay looks even when nobody woke it.
 const POLL: Duration = Duration::from_secs(1);
-/// How long published rows are kept (for inspection) before they are pruned.
-const KEEP_PUBLISHED: chrono::Duration = chrono::Duration::hours(24);
 /// How often the relay prunes, at most.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -78,7 +89,7 @@ pub fn enqueue(conn: &mut DbConnection, event: &NewEvent, at: DateTime<Utc>) -> 
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = outbox)]
-struct Row {
+pub struct Row {
     seq: i64,
     event_id: String,
     event_type: String,
@@ -89,6 +100,43 @@ struct Row {
     client_ip: String,
     request_id: String,
     trace_id: String,
+    pub position: Option<i64>,
+}
+
+impl Row {
+    /// The row as an event of `source`.
+    pub fn envelope(self, source: &str) -> Envelope {
+        Envelope {
+            id: self.event_id,
+            r#type: self.event_type,
+            source: source.to_owned(),
+            subject: self.subject,
+            occurred_at_unix_ms: self.occurred_at.and_utc().timestamp_millis(),
+            payload: self.payload,
+            actor: self.actor,
+            client_ip: self.client_ip,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+        }
+    }
+}
+
+/// Up to `limit` rows after `position`, in position order.
+pub fn after(conn: &mut DbConnection, position: i64, limit: i64) -> QueryResult<Vec<Row>> {
+    outbox::table
+        .filter(outbox::position.gt(position))
+        .order(outbox::position.asc())
+        .limit(limit)
+        .select(Row::as_select())
+        .load(conn)
+}
+
+/// The last position given out.
+pub fn head(conn: &mut DbConnection) -> QueryResult<i64> {
+    outbox_head::table
+        .filter(outbox_head::id.eq(1))
+        .select(outbox_head::position)
+        .first(conn)
 }
 
 /// Handle to a running relay.
@@ -114,33 +162,35 @@ impl Relay {
 }
 
 /// Starts the relay for `source`'s outbox. It drains what is pending once
-/// more when `shutdown` is cancelled, then stops.
-pub fn spawn(
-    source: &'static str,
-    db: Db,
-    bus: Arc<dyn EventBus>,
-    clock: Arc<dyn Clock>,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> (Relay, JoinHandle<()>) {
+/// more when the context's shutdown is cancelled, then stops.
+pub fn spawn(ctx: &super::ServiceContext, source: &'static str, db: Db) -> (Relay, JoinHandle<()>) {
     let wake = Arc::new(Notify::new());
     let relay = Relay { wake: wake.clone() };
+    let shutdown = ctx.shutdown.clone();
+    let mut worker = Worker {
+        source,
+        db,
+        bus: ctx.bus.clone(),
+        clock: ctx.clock.clone(),
+        metrics: ctx.metrics.clone(),
+        keep: chrono::Duration::hours(
+            i64::try_from(ctx.bus_config.keep_hours).unwrap_or(i64::MAX / 3_600_000),
+        ),
+        pruned_at: None,
+    };
     let handle = tokio::spawn(async move {
-        let mut worker = Worker {
-            source,
-            db,
-            bus,
-            clock,
-            metrics,
-            pruned_at: None,
-        };
         loop {
             let stopping = tokio::select! {
                 () = wake.notified() => false,
                 () = tokio::time::sleep(POLL) => false,
                 () = shutdown.cancelled() => true,
             };
-            if let Err(e) = worker.pass().await {
+            let pass = if worker.bus.sequences_outbox() {
+                worker.sequence().await
+            } else {
+                worker.pass().await
+            };
+            if let Err(e) = pass {
                 worker
                     .metrics
                     .outbox_publish_failures_total
@@ -162,7 +212,36 @@ struct Worker {
     bus: Arc<dyn EventBus>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    /// How long published rows are kept before they are pruned.
+    keep: chrono::Duration,
     pruned_at: Option<std::time::Instant>,
+}
+
+/// Gives up to a batch of pending rows the next positions; how many.
+fn give_positions(conn: &mut DbConnection, now: NaiveDateTime) -> Result<u64, DbError> {
+    // The write that takes the lock (SQLite's, or the head row's on
+    // PostgreSQL): relays sharing the outbox give positions one at a time,
+    // so a row given a position is visible before any given a later one.
+    diesel::update(outbox_head::table.filter(outbox_head::id.eq(1)))
+        .set(outbox_head::position.eq(outbox_head::position))
+        .execute(conn)?;
+    let mut position = head(conn)?;
+    let pending: Vec<i64> = outbox::table
+        .filter(outbox::position.is_null())
+        .order(outbox::seq.asc())
+        .limit(BATCH)
+        .select(outbox::seq)
+        .load(conn)?;
+    for seq in &pending {
+        position += 1;
+        diesel::update(outbox::table.filter(outbox::seq.eq(seq)))
+            .set((outbox::position.eq(position), outbox::published_at.eq(now)))
+            .execute(conn)?;
+    }
+    diesel::update(outbox_head::table.filter(outbox_head::id.eq(1)))
+        .set(outbox_head::position.eq(position))
+        .execute(conn)?;
+    Ok(pending.len() as u64)
 }
 
 impl Worker {
@@ -194,7 +273,7 @@ impl Worker {
             let mut failure = None;
             for row in rows {
                 let seq = row.seq;
-                match self.bus.publish(self.envelope(row)).await {
+                match self.bus.publish(row.envelope(self.source)).await {
                     Ok(()) => done.push(seq),
                     Err(e) => {
                         failure = Some(e.to_string());
@@ -212,18 +291,26 @@ impl Worker {
         }
     }
 
-    fn envelope(&self, row: Row) -> Envelope {
-        Envelope {
-            id: row.event_id,
-            r#type: row.event_type,
-            source: self.source.to_owned(),
-            subject: row.subject,
-            occurred_at_unix_ms: row.occurred_at.and_utc().timestamp_millis(),
-            payload: row.payload,
-            actor: row.actor,
-            client_ip: row.client_ip,
-            request_id: row.request_id,
-            trace_id: row.trace_id,
+    /// Gives pending rows their positions, in order, until none are left.
+    async fn sequence(&mut self) -> Result<(), String> {
+        loop {
+            let now = self.clock.now().naive_utc();
+            let given = self
+                .db
+                .run(move |conn| conn.transaction(|c| give_positions(c, now)))
+                .await
+                .map_err(|e: DbError| e.to_string())?;
+            self.metrics
+                .outbox_published_total
+                .with_label_values(&[self.source])
+                .inc_by(given);
+            if given < BATCH.unsigned_abs() {
+                self.metrics
+                    .outbox_pending
+                    .with_label_values(&[self.source])
+                    .set(0);
+                return self.prune().await;
+            }
         }
     }
 
@@ -254,7 +341,7 @@ impl Worker {
             return Ok(());
         }
         self.pruned_at = Some(std::time::Instant::now());
-        let cutoff = (self.clock.now() - KEEP_PUBLISHED).naive_utc();
+        let cutoff = (self.clock.now() - self.keep).naive_utc();
         self.db
             .run(move |conn| {
                 diesel::delete(outbox::table.filter(outbox::published_at.lt(cutoff)))

@@ -556,7 +556,11 @@ async fn a_registered_user_gets_the_user_role_and_a_deleted_one_keeps_no_binding
         }),
         ..Default::default()
     };
-    authz.on_identity_event(&registered).await.unwrap();
+    let delivery = gatehouse::kernel::bus::Delivery {
+        event: registered,
+        position: None,
+    };
+    authz.on_identity_event(delivery).await.unwrap();
     let again = policy(&db).await;
     assert_eq!(again.revision, bound.revision);
     assert_eq!(roles(&again).len(), 1);

@@ -54,7 +54,12 @@ async fn repeated_failures_lock_the_account_for_a_while() {
         .start()
         .await;
     app.register("lock@example.org").await;
-    let mut events = app.ctx.bus.subscribe("test", &["identity"]).await.unwrap();
+    let mut events = app
+        .ctx
+        .bus
+        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+        .await
+        .unwrap();
     let mut grpc = app.grpc().await;
     for _ in 0..3 {
         let e = grpc
@@ -84,6 +89,7 @@ async fn repeated_failures_lock_the_account_for_a_while() {
     while let Ok(Some(e)) =
         tokio::time::timeout(std::time::Duration::from_secs(3), events.recv()).await
     {
+        let e = e.event;
         types.push(e.r#type.clone());
         if e.r#type == "identity.user.locked" {
             break;

@@ -39,12 +39,18 @@ async fn registration_returns_the_user_and_never_a_secret() {
 #[tokio::test]
 async fn registration_writes_an_event_without_secrets() {
     let app = TestApp::start().await;
-    let mut events = app.ctx.bus.subscribe("test", &["identity"]).await.unwrap();
+    let mut events = app
+        .ctx
+        .bus
+        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+        .await
+        .unwrap();
     let user = app.register("ev@example.org").await;
     let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
         .await
         .expect("event within 5 s")
-        .unwrap();
+        .unwrap()
+        .event;
     assert_eq!(event.r#type, "identity.user.registered");
     assert_eq!(event.source, "identity");
     assert_eq!(event.subject, user["id"].as_str().unwrap());
@@ -530,7 +536,12 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
 #[tokio::test]
 async fn events_carry_the_client_request_trace_and_user_that_caused_them() {
     let app = TestApp::start().await;
-    let mut events = app.ctx.bus.subscribe("test", &["identity"]).await.unwrap();
+    let mut events = app
+        .ctx
+        .bus
+        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+        .await
+        .unwrap();
     // Another loopback address than the gateway's own, so the two differ.
     let client = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
@@ -551,6 +562,7 @@ async fn events_carry_the_client_request_trace_and_user_that_caused_them() {
             .await
             .expect("event within 5 s")
             .unwrap()
+            .event
     };
     let registered = next().await;
     assert_eq!(registered.r#type, "identity.user.registered");

@@ -154,11 +154,12 @@ impl gatehouse::kernel::bus::EventBus for FlakyBus {
         &self,
         consumer: &str,
         sources: &[&str],
+        start: gatehouse::kernel::bus::Start,
     ) -> Result<
-        tokio::sync::mpsc::Receiver<gatehouse::kernel::bus::Envelope>,
+        tokio::sync::mpsc::Receiver<gatehouse::kernel::bus::Delivery>,
         gatehouse::kernel::bus::BusError,
     > {
-        self.inner.subscribe(consumer, sources).await
+        self.inner.subscribe(consumer, sources, start).await
     }
 
     fn crosses_processes(&self) -> bool {
@@ -171,7 +172,10 @@ async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
     let bus = std::sync::Arc::new(FlakyBus::default());
     bus.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let app = TestApp::builder().bus(bus.clone()).start().await;
-    let mut events = bus.subscribe("test", &["identity"]).await.unwrap();
+    let mut events = bus
+        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {
         let user = app.register(&format!("u{i}@example.org")).await;
@@ -199,7 +203,7 @@ async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
             .await
             .expect("delivered after the bus is back")
             .unwrap();
-        got.push(e);
+        got.push(e.event);
     }
     let subjects: Vec<String> = got.iter().map(|e| e.subject.clone()).collect();
     assert_eq!(subjects, ids);
@@ -210,7 +214,8 @@ async fn events_written_while_the_bus_is_down_arrive_later_in_order_once() {
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
         .await
         .expect("the next event is delivered")
-        .unwrap();
+        .unwrap()
+        .event;
     assert_eq!(next.subject, last["id"].as_str().unwrap());
 }
 

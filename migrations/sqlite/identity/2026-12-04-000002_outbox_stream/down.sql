@@ -1,0 +1,4 @@
+DROP TABLE outbox_head;
+DROP INDEX outbox_unpositioned;
+DROP INDEX outbox_position;
+ALTER TABLE outbox DROP COLUMN position;
