@@ -75,6 +75,20 @@ impl pb::auth_server::Auth for Grpc {
         Ok(Response::new(pb::RevokeSessionResponse { revoked }))
     }
 
+    async fn list_revoked_sessions(
+        &self,
+        request: Request<pb::ListRevokedSessionsRequest>,
+    ) -> Result<Response<pb::ListRevokedSessionsResponse>, Status> {
+        let since = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(
+            request.into_inner().since_unix_ms,
+        )
+        .ok_or_else(|| Status::invalid_argument("since_unix_ms is out of range"))?;
+        let session_ids = self.auth.revoked_since(since).await?;
+        Ok(Response::new(pb::ListRevokedSessionsResponse {
+            session_ids,
+        }))
+    }
+
     async fn revoke_user_sessions(
         &self,
         request: Request<pb::RevokeUserSessionsRequest>,

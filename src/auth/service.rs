@@ -276,6 +276,14 @@ impl Auth {
         }
     }
 
+    /// The sessions revoked at or after `since`.
+    pub async fn revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<String>, AuthError> {
+        let since = since.naive_utc();
+        self.db
+            .run(move |c| store::revoked_since(c, since).map_err(AuthError::from))
+            .await
+    }
+
     /// Ends one session (any reason); false if it was unknown or ended already.
     pub async fn revoke_session(&self, session_id: Uuid, reason: &str) -> Result<bool, AuthError> {
         let now = self.clock.now();

@@ -124,6 +124,14 @@ pub fn advance_generation(
     .map(|n| n == 1)
 }
 
+/// The ids of the sessions revoked at or after `since`.
+pub fn revoked_since(conn: &mut DbConnection, since: NaiveDateTime) -> QueryResult<Vec<String>> {
+    sessions::table
+        .filter(sessions::revoked_at.ge(since))
+        .select(sessions::id)
+        .load(conn)
+}
+
 /// Ends a live session; answers it, or `None` if it was unknown or already ended.
 pub fn revoke(
     conn: &mut DbConnection,

@@ -37,8 +37,8 @@ use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
 use crate::kernel::locks;
 use crate::kernel::rpc::Clients;
-use crate::proto::auth::v1::GetPublicKeysRequest;
 use crate::proto::auth::v1::auth_client::AuthClient;
+use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
 use crate::proto::events::v1::SessionEvent;
 
 /// How long from `then` to `now`; none when the clock went back.
@@ -59,10 +59,19 @@ pub struct KeySet {
     pub ttl: Duration,
 }
 
-/// Where the check gets public keys from.
+/// Where the check gets public keys from, and the sessions ended before
+/// it started.
 #[async_trait]
 pub trait KeySource: Send + Sync {
     async fn fetch(&self) -> Result<KeySet, String>;
+
+    /// The sessions revoked at or after `since`.
+    async fn revoked_since(
+        &self,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Uuid>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// Auth's `GetPublicKeys`, reached through the registry.
@@ -93,6 +102,29 @@ impl KeySource for AuthKeys {
             keys,
             ttl: Duration::from_secs(answer.cache_ttl_secs.max(1) as u64),
         })
+    }
+
+    async fn revoked_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Uuid>, String> {
+        let channel = self
+            .clients
+            .channel("auth")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = AuthClient::new(channel)
+            .list_revoked_sessions(ListRevokedSessionsRequest {
+                since_unix_ms: since.timestamp_millis(),
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        Ok(answer
+            .session_ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
     }
 }
 
@@ -151,6 +183,11 @@ struct Inner {
     generation: AtomicU64,
     /// How long a revocation must be remembered: the longest token lifetime.
     remember_revocations: Duration,
+    /// Whether the sessions revoked before the check started are known; no
+    /// token passes until they are.
+    caught_up: std::sync::atomic::AtomicBool,
+    /// Held while asking auth for them.
+    catching_up: tokio::sync::Mutex<()>,
 }
 
 impl TokenCheck {
@@ -178,6 +215,8 @@ impl TokenCheck {
                     .build(),
                 generation: AtomicU64::new(0),
                 remember_revocations,
+                caught_up: std::sync::atomic::AtomicBool::new(true),
+                catching_up: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -195,6 +234,9 @@ impl TokenCheck {
     /// The verdict on a token that verified before, with no signature work;
     /// `None` when this check has not verified it (or has forgotten it).
     pub fn check_remembered(&self, token: &[u8]) -> Option<Result<Principal, TokenError>> {
+        if !self.inner.caught_up.load(Ordering::Acquire) {
+            return None;
+        }
         let now = self.inner.clock.now();
         // Read before the revocation check below, so that a revocation
         // racing with it voids what is remembered here.
@@ -215,6 +257,9 @@ impl TokenCheck {
 
     /// Verifies a token's signature and claims, and remembers it when good.
     pub async fn check_fresh(&self, token: &[u8]) -> Result<Principal, TokenError> {
+        if !self.inner.caught_up.load(Ordering::Acquire) && !self.try_catch_up().await {
+            return Err(TokenError::Unavailable);
+        }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let text = std::str::from_utf8(token)
             .ok()
@@ -239,6 +284,9 @@ impl TokenCheck {
         p: Principal,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Principal, TokenError> {
+        if !self.inner.caught_up.load(Ordering::Acquire) {
+            return Err(TokenError::Unavailable);
+        }
         if now >= p.expires_at {
             return Err(TokenError::Expired);
         }
@@ -323,10 +371,60 @@ impl TokenCheck {
             ctx.clock.clone(),
             ctx.tokens.access_ttl().to_std().unwrap_or_default(),
         );
+        // No token passes until the sessions ended before now are known;
+        // the events of those ended from now on are listened for first, so
+        // none falls between the two.
+        check.inner.caught_up.store(false, Ordering::Release);
         let revocations = check
             .listen_for_revocations(consumer, &ctx.bus, ctx.shutdown.clone())
             .await?;
-        Ok((check, revocations))
+        let catching_up = check.clone();
+        let shutdown = ctx.shutdown.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = catching_up.catch_up() => {}
+                () = shutdown.cancelled() => {}
+            }
+            if let Err(e) = revocations.await {
+                tracing::error!(error = %e, "the revocation listener failed");
+            }
+        });
+        Ok((check, task))
+    }
+
+    /// Learns the sessions revoked while tokens of theirs may still be
+    /// live, asking auth until it answers (a request that comes meanwhile
+    /// asks too), then lets tokens through.
+    async fn catch_up(&self) {
+        let mut pause = Duration::from_millis(50);
+        while !self.try_catch_up().await {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Asks auth once for the sessions revoked lately, unless that is known
+    /// already; whether it is known now.
+    async fn try_catch_up(&self) -> bool {
+        let _asking = self.inner.catching_up.lock().await;
+        if self.inner.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let since = self.inner.clock.now()
+            - chrono::Duration::from_std(self.inner.remember_revocations).unwrap_or_default();
+        match self.inner.source.revoked_since(since).await {
+            Ok(sessions) => {
+                for session in sessions {
+                    self.revoke(session);
+                }
+                self.inner.caught_up.store(true, Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list revoked sessions yet; tokens wait");
+                false
+            }
+        }
     }
 
     /// Learns revoked sessions from the bus until `shutdown`.

@@ -633,3 +633,42 @@ async fn a_login_that_started_before_a_reset_opens_no_session() {
     app.clock.advance(Duration::seconds(61));
     app.login("race@example.org", PASSWORD).await;
 }
+
+/// A verifier that starts after a session ended (a restarted gateway, a
+/// new instance) refuses its tokens all the same: it asks auth for the
+/// sessions ended lately before it lets any token through.
+#[tokio::test]
+async fn a_verifier_started_after_a_logout_still_refuses_the_session() {
+    use gatehouse::middleware::bearer::TokenCheck;
+    use gatehouse::middleware::token::TokenError;
+    let app = TestApp::start().await;
+    let ended = access(&signed_up(&app, "gone@example.org").await);
+    let live = access(&signed_up(&app, "here@example.org").await);
+    let r = app
+        .with_token(
+            Method::POST,
+            format!("{}/v1/auth/logout", app.auth_base),
+            &ended,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let (late, _task) = TokenCheck::for_service(&app.ctx, "late-verifier")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    let verdict = loop {
+        match late.check(&ended).await {
+            // Not caught up yet: nothing passes meanwhile.
+            Err(TokenError::Unavailable) => {
+                assert!(std::time::Instant::now() < deadline, "never caught up");
+                tokio::time::sleep(StdDuration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(verdict.unwrap_err(), TokenError::Revoked);
+    assert!(late.check(&live).await.is_ok());
+}

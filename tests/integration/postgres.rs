@@ -41,7 +41,9 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
         names,
         vec![
             "auth.__diesel_schema_migrations",
+            "auth.consumed",
             "auth.outbox",
+            "auth.outbox_head",
             "auth.processed_events",
             "auth.refresh_tokens",
             "auth.sessions",
@@ -49,6 +51,7 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
             "auth.user_revocations",
             "identity.__diesel_schema_migrations",
             "identity.outbox",
+            "identity.outbox_head",
             "identity.user_tokens",
             "identity.users",
         ]

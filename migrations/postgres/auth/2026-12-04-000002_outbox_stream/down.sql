@@ -1,3 +1,4 @@
+DROP INDEX sessions_revoked;
 DROP TABLE consumed;
 DROP TABLE outbox_head;
 DROP INDEX outbox_unpositioned;

@@ -18,3 +18,6 @@ CREATE TABLE consumed (
     position INTEGER NOT NULL,
     PRIMARY KEY (consumer, source, partition)
 );
+
+-- Sessions revoked lately, listed for verifiers that start (ListRevokedSessions).
+CREATE INDEX sessions_revoked ON sessions (revoked_at) WHERE revoked_at IS NOT NULL;
