@@ -40,6 +40,7 @@ pub fn static_registry(services: &[(&str, &[u16])]) -> Vec<(&'static str, String
             "auth" => "GATEHOUSE_REGISTRY__INSTANCES__AUTH",
             "identity" => "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
             "authz" => "GATEHOUSE_REGISTRY__INSTANCES__AUTHZ",
+            "audit" => "GATEHOUSE_REGISTRY__INSTANCES__AUDIT",
             other => panic!("no registry variable for {other}"),
         };
         let urls: Vec<String> = ports

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod authz;
 mod authz_admin;
+mod crossing;
 mod edge;
 mod gateway;
 mod identity_grpc;

@@ -15,14 +15,14 @@ use crate::support::PASSWORD;
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
 /// otherwise on SQLite in the data directory.
-struct Backend {
-    env: Vec<(&'static str, String)>,
+pub struct Backend {
+    pub env: Vec<(&'static str, String)>,
     #[cfg(feature = "it-postgres")]
     _db: crate::support::TestDatabase,
 }
 
 impl Backend {
-    fn new() -> Backend {
+    pub fn new() -> Backend {
         #[cfg(feature = "it-postgres")]
         {
             let db = crate::support::TestDatabase::new();

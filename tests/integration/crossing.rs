@@ -1,0 +1,302 @@
+//! Services as separate processes on the outbox bus (`bus.backend =
+//! "outbox"`): events cross process boundaries, each consumer resumes where
+//! it left off, and the audit log gets every event once.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::binary::{ServiceProcess, free_port, login, static_registry};
+use crate::process::Backend;
+use crate::support::PASSWORD;
+
+const SERVICES: [&str; 4] = ["identity", "auth", "authz", "audit"];
+
+/// The five processes of a deployment on one data directory (one database).
+struct Deployment {
+    dir: tempfile::TempDir,
+    backend: Backend,
+    ports: Vec<u16>,
+    gateway_port: u16,
+    processes: Vec<ServiceProcess>,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let instances: Vec<(&str, &[u16])> = SERVICES
+            .iter()
+            .zip(&self.ports)
+            .map(|(s, p)| (*s, std::slice::from_ref(p)))
+            .collect();
+        let mut env = static_registry(&instances);
+        env.extend(self.backend.env.iter().cloned());
+        env.push(("GATEHOUSE_BUS__BACKEND", "outbox".to_owned()));
+        env
+    }
+
+    fn spawn(&self, service: &str) -> ServiceProcess {
+        let (binary, port) = match service {
+            "identity" => (env!("CARGO_BIN_EXE_gatehouse-identity"), self.ports[0]),
+            "auth" => (env!("CARGO_BIN_EXE_gatehouse-auth"), self.ports[1]),
+            "authz" => (env!("CARGO_BIN_EXE_gatehouse-authz"), self.ports[2]),
+            "audit" => (env!("CARGO_BIN_EXE_gatehouse-audit"), self.ports[3]),
+            _ => (env!("CARGO_BIN_EXE_gatehouse-gateway"), self.gateway_port),
+        };
+        let mut process =
+            ServiceProcess::spawn(binary, service, port, self.dir.path(), &self.env());
+        process.started();
+        process
+    }
+
+    fn start() -> Deployment {
+        let mut deployment = Deployment {
+            dir: tempfile::tempdir().unwrap(),
+            backend: Backend::new(),
+            ports: (0..4).map(|_| free_port()).collect(),
+            gateway_port: free_port(),
+            processes: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for service in SERVICES.iter().chain(&["gateway"]) {
+            let process = deployment.spawn(service);
+            deployment.processes.push(process);
+        }
+        deployment
+    }
+
+    fn gateway(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_port)
+    }
+
+    async fn register(&self, email: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/v1/users", self.gateway()))
+            .json(&json!({"email": email, "password": PASSWORD, "display_name": "User"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn sign_in(&self, email: &str, password: &str) -> String {
+        login(&self.http, &self.gateway(), email, password).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn get(&self, base: &str, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// How long until `GET path` at `base` with `token` answers `status`
+    /// (failing after 10 s).
+    async fn until(&self, base: &str, path: &str, token: &str, status: u16) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.get(base, path, token).await.status() == status {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{path} never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The audit entries `query` finds, read by `token`'s holder.
+    async fn entries(&self, query: &str, token: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let path = format!("/v1/audit/events?limit=200&{query}{cursor}");
+            let r = self.get(&self.gateway(), &path, token).await;
+            assert_eq!(r.status(), 200);
+            let page: Value = r.json().await.unwrap();
+            all.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return all,
+            }
+        }
+    }
+
+    /// Makes `email` an admin from the command line, on the deployment's data.
+    fn make_admin(&self, email: &str) {
+        let mut cli = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["admin", "create", "--email", email])
+            .env("GATEHOUSE_DATA_DIR", self.dir.path())
+            .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+            .envs(self.backend.env.iter().cloned())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        }
+        let out = cli.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[tokio::test]
+async fn separate_processes_share_their_events_over_the_outbox_bus() {
+    let mut d = Deployment::start();
+    let gateway = d.gateway();
+    let identity = format!("http://127.0.0.1:{}", d.ports[0]);
+    let ann = d.register("ann@example.org").await;
+    let first = d.sign_in("ann@example.org", PASSWORD).await;
+    let second = d.sign_in("ann@example.org", PASSWORD).await;
+    let third = d.sign_in("ann@example.org", PASSWORD).await;
+    assert_eq!(d.get(&gateway, "/v1/users/me", &first).await.status(), 200);
+    assert_eq!(d.get(&identity, "/v1/users/me", &first).await.status(), 200);
+
+    // A session ended at auth is refused by the gateway and by identity,
+    // each in its own process, within a second.
+    let r = d
+        .http
+        .post(format!("{gateway}/v1/auth/logout"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let at_gateway = d.until(&gateway, "/v1/users/me", &first, 401).await;
+    let at_identity = d.until(&identity, "/v1/users/me", &first, 401).await;
+    assert!(at_gateway < Duration::from_secs(1), "{at_gateway:?}");
+    assert!(at_identity < Duration::from_secs(1), "{at_identity:?}");
+
+    // Identity's event (a new password) ends Ann's other sessions at auth,
+    // whose revocations reach the gateway.
+    let r = d
+        .http
+        .post(format!("{gateway}/v1/users/me/password"))
+        .bearer_auth(&second)
+        .json(&json!({"current_password": PASSWORD, "new_password": "a new password for ann"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let ended = d.until(&gateway, "/v1/users/me", &third, 401).await;
+    assert!(ended < Duration::from_secs(1), "{ended:?}");
+    assert_eq!(d.get(&gateway, "/v1/users/me", &second).await.status(), 200);
+
+    // A gateway started after those revocations still refuses them.
+    let mut old = d.processes.pop().unwrap();
+    assert!(old.terminate().await.success());
+    let restarted = d.spawn("gateway");
+    d.processes.push(restarted);
+    assert_eq!(d.get(&gateway, "/v1/users/me", &first).await.status(), 401);
+    assert_eq!(d.get(&gateway, "/v1/users/me", &third).await.status(), 401);
+    assert_eq!(d.get(&gateway, "/v1/users/me", &second).await.status(), 200);
+
+    // Authz's changes reach the answers audit keeps (5 s by default): a
+    // grant opens the log to Ann within a second.
+    d.make_admin("root@example.org");
+    let root = d.sign_in("root@example.org", PASSWORD).await;
+    d.until(&gateway, "/v1/audit/events", &root, 200).await;
+    assert_eq!(
+        d.get(&gateway, "/v1/audit/events", &second).await.status(),
+        403
+    );
+    let r = d
+        .http
+        .post(format!("{gateway}/v1/authz/bindings"))
+        .bearer_auth(&root)
+        .json(&json!({"subject": format!("user:{ann}"), "role": "auditor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let opened = d.until(&gateway, "/v1/audit/events", &second, 200).await;
+    assert!(opened < Duration::from_secs(1), "{opened:?}");
+
+    // Audit has every service's events, each once.
+    let about_ann = d.entries(&format!("subject=user:{ann}"), &root).await;
+    let actions: Vec<&str> = about_ann
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"identity.user.registered"), "{actions:?}");
+    assert!(
+        actions.contains(&"identity.password.changed"),
+        "{actions:?}"
+    );
+    let ended = d.entries("action=auth.session.revoked", &root).await;
+    assert_eq!(
+        ended.len(),
+        2,
+        "the sign-out and the password change: {ended:?}"
+    );
+    let grants = d.entries("action=authz.binding.created", &root).await;
+    assert!(
+        grants.iter().any(|e| e["details"]["role"] == "auditor"),
+        "{grants:?}"
+    );
+
+    // Audit killed mid-stream and started again: what happened meanwhile
+    // is recorded, once.
+    let audit_base = format!("http://127.0.0.1:{}", d.ports[3]);
+    let at = d
+        .processes
+        .iter()
+        .position(|p| p.base == audit_base)
+        .unwrap();
+    let mut audit = d.processes.remove(at);
+    audit.child.kill().unwrap();
+    audit.child.wait().unwrap();
+    let mut later = Vec::new();
+    for n in 0..5 {
+        later.push(d.register(&format!("later{n}@example.org")).await);
+    }
+    let restarted = d.spawn("audit");
+    d.processes.push(restarted);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let registered = loop {
+        let registered = d.entries("action=identity.user.registered", &root).await;
+        if registered.len() >= 7 || Instant::now() > deadline {
+            break registered;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut subjects: Vec<&str> = registered
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        subjects.len(),
+        7,
+        "Ann, root and five more, once each: {subjects:?}"
+    );
+    subjects.sort_unstable();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 7);
+    for id in &later {
+        assert!(subjects.contains(&format!("user:{id}").as_str()));
+    }
+    let r = d.get(&gateway, "/v1/audit/verify", &root).await;
+    let verified: Value = r.json().await.unwrap();
+    assert_eq!(verified["holds"], true, "{verified}");
+    for process in &mut d.processes {
+        assert!(process.terminate().await.success());
+    }
+}
