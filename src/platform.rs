@@ -109,10 +109,10 @@ pub async fn start(
 /// `standalone` marks a single-service binary, whose in-process bus reaches
 /// no other service.
 #[cfg_attr(
-    not(any(feature = "gateway", feature = "identity")),
+    not(any(feature = "gateway", feature = "identity", feature = "audit")),
     allow(
         unused_mut,
-        reason = "only the gateway and identity keep authz's answers"
+        reason = "only the gateway, identity and audit keep authz's answers"
     )
 )]
 pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
@@ -120,8 +120,8 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
     if standalone && !ctx.bus.crosses_processes() {
         tracing::warn!(
             "the event bus is in-process: events of this process reach no other process, \
-             and no answer of authz is kept here; configure a shared bus when services run \
-             as separate processes"
+             and no answer of authz is kept here; set bus.backend = \"outbox\" on every \
+             process when services run as separate processes"
         );
         // Authz's change events would not reach this process to drop the
         // answers it kept, so it keeps none.
@@ -132,6 +132,10 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
         #[cfg(feature = "identity")]
         {
             config.identity.permission_cache_ms = 0;
+        }
+        #[cfg(feature = "audit")]
+        {
+            config.audit.permission_cache_ms = 0;
         }
     }
     let mut running = vec![crate::kernel::ops::start(&ctx, config.server.ops_listen).await?];

@@ -126,12 +126,12 @@ impl From<&Entry> for EntryView {
 #[into_params(parameter_in = Query)]
 pub struct FilterQuery {
     /// `user:<id>`, `anonymous` or `service:<name>`.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     actor: Option<String>,
     /// An event type, e.g. `auth.session.created`.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     action: Option<String>,
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     subject: Option<String>,
     /// Entries made at or after this time.
     #[param(value_type = Option<String>, format = DateTime)]
@@ -150,11 +150,11 @@ impl FilterQuery {
         ] {
             if value
                 .as_ref()
-                .is_some_and(|v| v.len() > MAX_FILTER || v.chars().any(char::is_control))
+                .is_some_and(|v| v.chars().count() > MAX_FILTER || v.chars().any(char::is_control))
             {
                 return Err(AuditError::Invalid {
                     field,
-                    message: "at most 256 bytes, no control characters".into(),
+                    message: "at most 256 characters, no control characters".into(),
                 });
             }
         }
@@ -175,12 +175,12 @@ impl FilterQuery {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// `user:<id>`, `anonymous` or `service:<name>`.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     actor: Option<String>,
     /// An event type, e.g. `auth.session.created`.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     action: Option<String>,
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     subject: Option<String>,
     /// Entries made at or after this time.
     #[param(value_type = Option<String>, format = DateTime)]

@@ -8,6 +8,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::kernel::origin::EventOrigin;
+
 use super::error::IdentityError;
 
 /// Link requests waiting at most.
@@ -20,12 +22,15 @@ pub enum Link {
     EmailVerification,
 }
 
-/// The queue of link requests: an address (already validated) and what it
-/// asked for.
+/// A link asked for: the address (already validated), what it asked for,
+/// and the request that asked (which the link's event names).
+pub(super) type Asked = (String, Link, Option<EventOrigin>);
+
+/// The queue of link requests.
 pub struct Links {
-    tx: mpsc::Sender<(String, Link)>,
+    tx: mpsc::Sender<Asked>,
     /// Taken by the worker when it starts.
-    pub(super) rx: Mutex<Option<mpsc::Receiver<(String, Link)>>>,
+    pub(super) rx: Mutex<Option<mpsc::Receiver<Asked>>>,
 }
 
 impl Default for Links {
@@ -42,7 +47,7 @@ impl Links {
     /// Queues `link` for `email`; refused when the queue is full.
     pub fn queue(&self, email: String, link: Link) -> Result<(), IdentityError> {
         self.tx
-            .try_send((email, link))
+            .try_send((email, link, crate::kernel::origin::of_task()))
             .map_err(|_| IdentityError::Unavailable("too many link requests are waiting".into()))
     }
 }

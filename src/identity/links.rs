@@ -25,6 +25,7 @@ use super::password::Password;
 use super::service::{Identity, secs, user_event};
 use super::store::{self, UserRow};
 use crate::kernel::locks;
+use crate::kernel::origin;
 use crate::kernel::outbox;
 
 /// Works the queue of `identity` until `shutdown`, then sends what is
@@ -38,12 +39,14 @@ pub fn spawn(identity: Identity, shutdown: CancellationToken) -> JoinHandle<()> 
                 next = rx.recv() => next,
                 () = shutdown.cancelled() => break,
             };
-            let Some((email, link)) = next else { return };
-            send(&identity, &email, link).await;
+            let Some((email, link, origin)) = next else {
+                return;
+            };
+            origin::carry(origin, send(&identity, &email, link)).await;
         }
         rx.close();
-        while let Some((email, link)) = rx.recv().await {
-            send(&identity, &email, link).await;
+        while let Some((email, link, origin)) = rx.recv().await {
+            origin::carry(origin, send(&identity, &email, link)).await;
         }
     })
 }

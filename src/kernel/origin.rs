@@ -105,6 +105,29 @@ thread_local! {
     static CURRENT: RefCell<Option<EventOrigin>> = const { RefCell::new(None) };
 }
 
+tokio::task_local! {
+    /// The origin of work a task does for a request it outlived (a queued
+    /// job), see [`carry`].
+    static CARRIED: Option<EventOrigin>;
+}
+
+/// Runs `work` (done later, for a request since answered) as done for
+/// `origin`, which [`of_task`] took while serving the request.
+pub async fn carry<F: std::future::Future>(origin: Option<EventOrigin>, work: F) -> F::Output {
+    CARRIED.scope(origin, work).await
+}
+
+/// The origin of the work this task does: what it carries for a request
+/// (see [`carry`]), else the request it serves; none for a service's own
+/// work.
+pub fn of_task() -> Option<EventOrigin> {
+    CARRIED
+        .try_with(Clone::clone)
+        .ok()
+        .flatten()
+        .or_else(super::telemetry::event_origin)
+}
+
 /// Runs `work` (database work on a blocking thread) as done for `origin`.
 pub fn within<T>(origin: Option<EventOrigin>, work: impl FnOnce() -> T) -> T {
     if origin.is_none() {
@@ -117,11 +140,11 @@ pub fn within<T>(origin: Option<EventOrigin>, work: impl FnOnce() -> T) -> T {
 }
 
 /// The origin of the work this thread is doing: the request's, inside
-/// [`within`], else the task's own request scope, else nothing known.
+/// [`within`], else the task's (see [`of_task`]), else nothing known.
 pub fn current() -> EventOrigin {
     CURRENT
         .with_borrow(Clone::clone)
-        .or_else(super::telemetry::event_origin)
+        .or_else(of_task)
         .unwrap_or_default()
 }
 

@@ -464,3 +464,313 @@ async fn the_log_is_read_only_with_audit_read_and_bad_queries_are_422() {
         first["items"][0]["seq"].as_i64().unwrap() + 1
     );
 }
+
+/// Requests from one client (127.0.0.2), each with a request id and a
+/// trace of its own, so every entry can be told by them.
+struct Client {
+    http: reqwest::Client,
+    gateway: String,
+}
+
+impl Client {
+    fn new(app: &TestApp) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap(),
+            gateway: app.gateway_base.clone(),
+        }
+    }
+
+    /// `method path` as request `id` (its trace id is `id` padded with
+    /// zeros to 32 hex digits), with `token` and `body` when given.
+    async fn send(
+        &self,
+        id: &str,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .header("x-request-id", id)
+            .header(
+                "traceparent",
+                format!("00-{}-00f067aa0ba902b7-01", trace_of(id)),
+            );
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// The trace id the test gives request `id`: its hex digits, padded.
+fn trace_of(id: &str) -> String {
+    let digits: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{digits:0<32}").chars().take(32).collect()
+}
+
+/// Every kind of change identity, auth and authz make is on the log, with
+/// who made it, the client's address, the request and the trace.
+#[tokio::test]
+async fn every_state_changing_action_is_on_the_log_with_its_request() {
+    use reqwest::Method;
+    use serde_json::json;
+    let app = TestApp::builder().with_audit().start().await;
+    let root = app.admin("root@example.org").await;
+    let client = Client::new(&app);
+    let password = crate::support::PASSWORD;
+    let body = |email: &str| json!({"email": email, "password": password, "display_name": "Cat"});
+    let login = |email: &str, password: &str| json!({"email": email, "password": password});
+
+    assert_eq!(
+        client
+            .send(
+                "c-register",
+                Method::POST,
+                "/v1/users",
+                None,
+                Some(body("cat@example.org"))
+            )
+            .await
+            .status(),
+        201
+    );
+    let r = client
+        .send(
+            "c-login",
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(login("cat@example.org", password)),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let cat: serde_json::Value = r.json().await.unwrap();
+    let cat_token = cat["access_token"].as_str().unwrap().to_owned();
+    let r = client
+        .send(
+            "c-bad-login",
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(login("cat@example.org", "not it at all")),
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = client
+        .send(
+            "c-password",
+            Method::POST,
+            "/v1/users/me/password",
+            Some(&cat_token),
+            Some(json!({"current_password": password, "new_password": "cats have nine lives"})),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    let r = client
+        .send(
+            "c-logout",
+            Method::POST,
+            "/v1/auth/logout",
+            Some(&cat_token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+
+    // A reset, asked for and used.
+    let before = app.notices();
+    let r = client
+        .send(
+            "c-reset",
+            Method::POST,
+            "/v1/password-resets",
+            None,
+            Some(json!({"email": "cat@example.org"})),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    app.await_notices(before + 1).await;
+    let token = app
+        .last_token(
+            gatehouse::identity::notifier::NoticeKind::PasswordReset,
+            "cat@example.org",
+        )
+        .unwrap();
+    let r = client
+        .send(
+            "c-reset-confirm",
+            Method::POST,
+            "/v1/password-resets/confirm",
+            None,
+            Some(json!({"token": token, "new_password": "a reset passphrase"})),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+
+    // A lockout: five wrong passwords in a row.
+    assert_eq!(
+        client
+            .send(
+                "d-register",
+                Method::POST,
+                "/v1/users",
+                None,
+                Some(body("dog@example.org"))
+            )
+            .await
+            .status(),
+        201
+    );
+    for n in 0..5 {
+        let id = if n == 4 {
+            "d-locking".to_owned()
+        } else {
+            format!("d-bad-{n}")
+        };
+        client
+            .send(
+                &id,
+                Method::POST,
+                "/v1/auth/login",
+                None,
+                Some(login("dog@example.org", "wrong wrong wrong")),
+            )
+            .await;
+    }
+
+    // An admin's changes: a role, a binding, an account disabled.
+    let r = client
+        .send(
+            "r-role",
+            Method::POST,
+            "/v1/authz/roles",
+            Some(&root),
+            Some(json!({"name": "support", "permissions": ["users:read"]})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let eel_id = app.register("eel@example.org").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = client
+        .send(
+            "r-bind",
+            Method::POST,
+            "/v1/authz/bindings",
+            Some(&root),
+            Some(json!({"subject": format!("user:{eel_id}"), "role": "support"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = client
+        .send(
+            "r-disable",
+            Method::POST,
+            &format!("/v1/users/{eel_id}/disable"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // A signing key rotated from the command line: the platform's own work.
+    gatehouse::auth::rotate_keys(&app.ctx, &gatehouse::auth::AuthConfig::default())
+        .await
+        .unwrap();
+
+    let root_id = {
+        let r = app
+            .through(Method::GET, "/v1/users/me", &root)
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let expected: &[(&str, &str, Option<&str>)] = &[
+        ("c-register", "identity.user.registered", Some("anonymous")),
+        ("c-login", "auth.session.created", None),
+        ("c-bad-login", "identity.login.failed", Some("anonymous")),
+        ("c-password", "identity.password.changed", None),
+        ("c-logout", "auth.session.revoked", None),
+        (
+            "c-reset",
+            "identity.password.reset_requested",
+            Some("anonymous"),
+        ),
+        (
+            "c-reset-confirm",
+            "identity.password.reset",
+            Some("anonymous"),
+        ),
+        ("d-locking", "identity.user.locked", Some("anonymous")),
+        ("r-role", "authz.role.created", Some("root")),
+        ("r-bind", "authz.binding.created", Some("root")),
+        ("r-disable", "identity.user.status_changed", Some("root")),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let r = app
+            .through(Method::GET, "/v1/audit/events/export", &root)
+            .send()
+            .await
+            .unwrap();
+        let log: Vec<serde_json::Value> = r
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let rotated = log.iter().any(|e| e["action"] == "auth.key.rotated");
+        let all = expected.iter().all(|(id, action, _)| {
+            log.iter()
+                .any(|e| e["request_id"] == *id && e["action"] == *action)
+        });
+        if (rotated && all) || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for (id, action, actor) in expected {
+        let entry = log
+            .iter()
+            .find(|e| e["request_id"] == *id && e["action"] == *action)
+            .unwrap_or_else(|| panic!("no {action} for request {id}"));
+        assert_eq!(entry["client_ip"], "127.0.0.2", "{entry}");
+        assert_eq!(entry["trace_id"], trace_of(id), "{entry}");
+        match actor {
+            Some("root") => assert_eq!(entry["actor"], format!("user:{root_id}"), "{entry}"),
+            Some(actor) => assert_eq!(entry["actor"], *actor, "{entry}"),
+            // Cat's own requests: Cat signed in.
+            None => assert!(
+                entry["actor"].as_str().unwrap().starts_with("user:"),
+                "{entry}"
+            ),
+        }
+    }
+    let rotated = log
+        .iter()
+        .find(|e| e["action"] == "auth.key.rotated")
+        .unwrap();
+    assert_eq!(rotated["actor"], "service:auth");
+    assert!(
+        rotated["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("key:k4.pid."),
+        "{rotated}"
+    );
+}
