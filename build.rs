@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/gatehouse/auth/v1/auth.proto",
             "proto/gatehouse/authz/v1/authz.proto",
             "proto/gatehouse/events/v1/events.proto",
+            "proto/gatehouse/audit/v1/audit.proto",
         ],
         &["proto"],
     )?;

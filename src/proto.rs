@@ -27,3 +27,10 @@ pub mod authz {
         tonic::include_proto!("gatehouse.authz.v1");
     }
 }
+
+/// The audit service's internal gRPC contract.
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("gatehouse.audit.v1");
+    }
+}

@@ -10,12 +10,14 @@
 //! checkpoints, the verifier), `keys.rs` (the key that signs checkpoints),
 //! `store.rs` (appending to the chain, checkpoints, listing, verifying),
 //! `ingest.rs` (events to entries), `service.rs` (recording, reading,
-//! verifying, upkeep), `http.rs` (the public API), `schema.rs` (its
+//! verifying, upkeep), `http.rs` (the public API), `grpc.rs` (`Record`, for
+//! services that audit synchronously), `schema.rs` (its
 //! tables), `config.rs` (its section), `error.rs` (the error table). This
 //! file wires them up.
 
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod keys;
@@ -97,11 +99,14 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
         .await
         .map_err(anyhow::Error::msg)?;
     let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::audit::v1::audit_server::AuditServer<grpc::Grpc>>()
+        .await;
     let app = ServiceApp {
         name: NAME,
-        http: http::routes(audit, permits, check)
+        http: http::routes(audit.clone(), permits, check)
             .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
-        grpc: tonic::service::Routes::new(health_service),
+        grpc: tonic::service::Routes::new(grpc::server(audit)).add_service(health_service),
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
     };

@@ -56,8 +56,28 @@ impl Audit {
                 offsets::with_effect(conn, consumer, &deliveries, |c| store::append(c, &entries))
             })
             .await?;
+        Ok(self.counted(&appended))
+    }
+
+    /// Appends `entries` in order, each event once: the entries appended.
+    pub async fn record_entries(&self, entries: Vec<NewEntry>) -> Result<Vec<Entry>, AuditError> {
+        let appended = self
+            .db
+            .run(move |conn| store::append(conn, &entries))
+            .await?;
+        self.counted(&appended);
+        Ok(appended)
+    }
+
+    /// The time by audit's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Counts `appended` in the metrics; how many there are.
+    fn counted(&self, appended: &[Entry]) -> usize {
         let now = self.clock.now();
-        for entry in &appended {
+        for entry in appended {
             let lag = (now - entry.fields.at).to_std().unwrap_or_default();
             self.metrics
                 .audit_ingest_lag_seconds
@@ -66,7 +86,7 @@ impl Audit {
         self.metrics
             .audit_entries_total
             .inc_by(u64::try_from(appended.len()).unwrap_or_default());
-        Ok(appended.len())
+        appended.len()
     }
 
     /// Up to `limit` entries `filter` lets through, after the entry

@@ -774,3 +774,80 @@ async fn every_state_changing_action_is_on_the_log_with_its_request() {
         "{rotated}"
     );
 }
+
+/// A service that must know its change is on the log before it answers
+/// records it over gRPC; an entry at fault refuses the whole call, and an
+/// event recorded already is passed over.
+#[tokio::test]
+async fn entries_recorded_over_grpc_are_on_the_log_once() {
+    use gatehouse::proto::audit::v1::{Entry, RecordRequest, audit_client::AuditClient};
+    let app = TestApp::builder().with_audit().start().await;
+    let root = app.admin("root@example.org").await;
+    let mut audit = AuditClient::new(app.ctx.clients.channel("audit").await.unwrap());
+    let paid = |event: &str| Entry {
+        event_id: event.into(),
+        actor: "service:billing".into(),
+        action: "billing.invoice.paid".into(),
+        subject: "invoice:42".into(),
+        outcome: "success".into(),
+        client_ip: "198.51.100.4".into(),
+        details_json: r#"{"amount_cents":1200}"#.into(),
+        ..Entry::default()
+    };
+    let bad = Entry {
+        outcome: "maybe".into(),
+        ..paid("paid-3")
+    };
+    let refused = audit
+        .record(RecordRequest {
+            entries: vec![paid("paid-0"), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("entries[1].outcome"),
+        "{}",
+        refused.message()
+    );
+    let seqs = audit
+        .record(RecordRequest {
+            entries: vec![paid("paid-1"), paid("paid-2"), paid("paid-1")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .seqs;
+    assert!(
+        seqs[0] > 0 && seqs[1] == seqs[0] + 1 && seqs[2] == 0,
+        "{seqs:?}"
+    );
+    let again = audit
+        .record(RecordRequest {
+            entries: vec![paid("paid-2")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .seqs;
+    assert_eq!(again, [0]);
+
+    let r = app
+        .through(
+            reqwest::Method::GET,
+            "/v1/audit/events?action=billing.invoice.paid",
+            &root,
+        )
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = r.json().await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        2,
+        "nothing of the refused call, each event once: {page}"
+    );
+    assert_eq!(items[0]["details"]["amount_cents"], 1200);
+    assert_eq!(items[0]["actor"], "service:billing");
+}
