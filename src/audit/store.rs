@@ -5,6 +5,8 @@
 //! SQLite takes its write lock at once and PostgreSQL locks the head row):
 //! appends are serialised, and each entry follows the one before it.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use pasetors::keys::AsymmetricPublicKey;
@@ -73,8 +75,10 @@ pub fn head(conn: &mut DbConnection) -> QueryResult<(i64, String)> {
 }
 
 /// Appends `new` to the chain in one transaction, each entry after the one
-/// before; an entry of an event already recorded is passed over. Answers
-/// the entries appended.
+/// before; an entry of an event already recorded (or met earlier in `new`)
+/// is passed over. Answers the entries appended. Rows go in a few
+/// statements, however many there are: one look for the events recorded
+/// already, one insert per [`INSERT_CHUNK`] entries.
 pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, AuditError> {
     conn.transaction(|conn| {
         // The write that takes the lock; the head is read after it.
@@ -82,16 +86,24 @@ pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, A
             .set(chain_head::seq.eq(chain_head::seq))
             .execute(conn)?;
         let (mut seq, mut prev) = head(conn)?;
+        let events: Vec<&str> = new.iter().filter_map(|e| e.event_id.as_deref()).collect();
+        let mut recorded: HashSet<String> = HashSet::new();
+        for chunk in events.chunks(INSERT_CHUNK) {
+            recorded.extend(
+                entries::table
+                    .filter(entries::event_id.eq_any(chunk))
+                    .select(entries::event_id)
+                    .load::<Option<String>>(conn)?
+                    .into_iter()
+                    .flatten(),
+            );
+        }
         let mut appended = Vec::with_capacity(new.len());
         for fields in new {
-            if let Some(event) = &fields.event_id {
-                let recorded: i64 = entries::table
-                    .filter(entries::event_id.eq(event))
-                    .count()
-                    .get_result(conn)?;
-                if recorded > 0 {
-                    continue;
-                }
+            if let Some(event) = &fields.event_id
+                && !recorded.insert(event.clone())
+            {
+                continue;
             }
             // Microseconds: what both databases keep, so the entry reads
             // back exactly as it was hashed.
@@ -101,33 +113,75 @@ pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, A
             };
             seq += 1;
             let entry = Entry::chain(seq, Uuid::now_v7(), fields, &prev);
-            let f = &entry.fields;
-            diesel::insert_into(entries::table)
-                .values((
-                    entries::seq.eq(entry.seq),
-                    entries::id.eq(entry.id.to_string()),
-                    entries::event_id.eq(&f.event_id),
-                    entries::at.eq(f.at.naive_utc()),
-                    entries::actor.eq(&f.actor),
-                    entries::action.eq(&f.action),
-                    entries::subject.eq(&f.subject),
-                    entries::outcome.eq(&f.outcome),
-                    entries::client_ip.eq(&f.client_ip),
-                    entries::request_id.eq(&f.request_id),
-                    entries::trace_id.eq(&f.trace_id),
-                    entries::details.eq(&f.details),
-                    entries::prev_hash.eq(&entry.prev_hash),
-                    entries::hash.eq(&entry.hash),
-                ))
-                .execute(conn)?;
             prev.clone_from(&entry.hash);
             appended.push(entry);
+        }
+        for chunk in appended.chunks(INSERT_CHUNK) {
+            let rows: Vec<NewRow<'_>> = chunk.iter().map(NewRow::from).collect();
+            insert(conn, &rows)?;
         }
         diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
             .set((chain_head::seq.eq(seq), chain_head::hash.eq(&prev)))
             .execute(conn)?;
         Ok(appended)
     })
+}
+
+/// Inserts `rows` in one statement. Each backend's own connection takes a
+/// many-row insert, which the connection over both does not.
+fn insert(conn: &mut DbConnection, rows: &[NewRow<'_>]) -> QueryResult<usize> {
+    let statement = diesel::insert_into(entries::table).values(rows);
+    match conn {
+        #[cfg(feature = "postgres")]
+        DbConnection::Pg(c) => statement.execute(c),
+        #[cfg(feature = "sqlite")]
+        DbConnection::Sqlite(c) => statement.execute(c),
+    }
+}
+
+/// Entries one insert statement carries (14 values each).
+const INSERT_CHUNK: usize = 200;
+
+/// An `entries` row about to be inserted.
+#[derive(Insertable)]
+#[diesel(table_name = entries)]
+struct NewRow<'a> {
+    seq: i64,
+    id: String,
+    event_id: Option<&'a str>,
+    at: NaiveDateTime,
+    actor: &'a str,
+    action: &'a str,
+    subject: &'a str,
+    outcome: &'a str,
+    client_ip: &'a str,
+    request_id: &'a str,
+    trace_id: &'a str,
+    details: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> From<&'a Entry> for NewRow<'a> {
+    fn from(e: &'a Entry) -> Self {
+        let f = &e.fields;
+        NewRow {
+            seq: e.seq,
+            id: e.id.to_string(),
+            event_id: f.event_id.as_deref(),
+            at: f.at.naive_utc(),
+            actor: &f.actor,
+            action: &f.action,
+            subject: &f.subject,
+            outcome: &f.outcome,
+            client_ip: &f.client_ip,
+            request_id: &f.request_id,
+            trace_id: &f.trace_id,
+            details: &f.details,
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        }
+    }
 }
 
 /// Signs the chain's head as it is now, unless it is empty or signed

@@ -203,6 +203,40 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
     assert_eq!(verify(&db).await, Err(Finding::ForgedCheckpoint(5)));
 }
 
+/// A batch larger than one insert statement carries, with an event twice
+/// in it and one recorded before, goes in whole, in order, each event once.
+#[tokio::test]
+async fn a_large_batch_is_appended_in_order_each_event_once() {
+    let app = TestApp::start().await;
+    let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
+    let before = vec![entry(7, "user:ann", "identity.user.updated")];
+    db.run(move |conn| store::append(conn, &before))
+        .await
+        .unwrap();
+    let mut batch: Vec<NewEntry> = (0..450)
+        .map(|n| entry(1000 + n, "user:bob", "identity.user.updated"))
+        .collect();
+    batch.insert(100, entry(1000, "user:bob", "identity.user.updated"));
+    batch.insert(300, entry(7, "user:ann", "identity.user.updated"));
+    let appended = db
+        .run(move |conn| store::append(conn, &batch))
+        .await
+        .unwrap();
+    assert_eq!(appended.len(), 450);
+    assert!(
+        appended
+            .windows(2)
+            .all(|w| w[1].seq == w[0].seq + 1 && w[1].prev_hash == w[0].hash)
+    );
+    let read = db
+        .run(|conn| store::list(conn, &Filter::default(), 0, 1000).map_err(AuditError::from))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 451);
+    assert_eq!(read[1..], appended[..]);
+    assert_eq!(verify(&db).await, Ok(451));
+}
+
 #[tokio::test]
 async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verifies() {
     let app = TestApp::start().await;
