@@ -20,8 +20,11 @@
 //! `--footprint`, it starts the release binaries itself and measures their
 //! idle memory and the all-in-one's start (see `footprint.rs`). With
 //! `--authz`, it measures authz's checks over gRPC on a policy it makes
-//! itself (see `authz.rs`).
+//! itself (see `authz.rs`). With `--audit`, audit's ingest and lag on the
+//! local PostgreSQL (see `audit.rs`).
 
+#[path = "bench/audit.rs"]
+mod audit;
 #[path = "bench/authz.rs"]
 mod authz;
 #[path = "bench/edge.rs"]
@@ -89,6 +92,9 @@ struct Cli {
     /// Run the authz benchmark (self-contained: it starts authz itself).
     #[arg(long)]
     authz: bool,
+    /// Run the audit benchmark (self-contained, on the local PostgreSQL).
+    #[arg(long)]
+    audit: bool,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
     wrk_threads: usize,
@@ -125,6 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if cli.authz {
         return authz::run(cli.seconds, cli.connections).await;
+    }
+    if cli.audit {
+        return audit::run(cli.seconds).await;
     }
     let params = gatehouse::identity::password::params(&config.identity.scrypt)
         .map_err(anyhow::Error::msg)?;

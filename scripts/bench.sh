@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `footprint`: gatehouse-bench starts the release binaries itself and reads
 # their idle memory and the all-in-one's start. `authz`: it starts authz
-# itself on a policy it writes. Then, for `core` and `edge`,
+# itself on a policy it writes. `audit`: it starts audit (and identity)
+# itself on the local PostgreSQL. Then, for `core` and `edge`,
 # starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
-# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the four.
+# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the five.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
@@ -16,7 +17,10 @@ fi
 if [ "$what" = all ] || [ "$what" = authz ]; then
     "$target/release/gatehouse-bench" --authz --seconds "$seconds"
 fi
-if [ "$what" = footprint ] || [ "$what" = authz ]; then exit 0; fi
+if [ "$what" = all ] || [ "$what" = audit ]; then
+    "$target/release/gatehouse-bench" --audit --seconds "$seconds"
+fi
+if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ]; then exit 0; fi
 
 data="$(mktemp -d)"
 log="$data/platform.log"
