@@ -249,20 +249,8 @@ async fn platform_running(world: &mut Platform) {
 
 #[given(expr = "{string} was made an admin from the command line")]
 async fn made_admin(world: &mut Platform, email: String) {
-    use std::io::Write as _;
     let data = world.gateway.as_ref().unwrap()._data.path().to_owned();
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["admin", "create", "--email", &email])
-        .env("GATEHOUSE_DATA_DIR", &data)
-        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = cli.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}");
+    let said = binary::make_admin(&data, &[], &email, PASSWORD);
     assert!(said.contains("granted admin"), "{said}");
     signs_in_via_gateway(world, email).await;
     assert_eq!(world.status, 200, "{}", world.body);

@@ -36,7 +36,7 @@ use utoipa::OpenApi as _;
 pub use config::AuditConfig;
 
 use crate::kernel::ServiceContext;
-use crate::kernel::bus::{self, Unhandled};
+use crate::kernel::bus::Unhandled;
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
@@ -122,7 +122,7 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
 }
 
 /// Records the configured sources' events until shutdown, a batch per
-/// transaction, from where it got to before (see [`bus::follow_batches`]).
+/// transaction, from where it got to before.
 async fn record_events(
     ctx: &ServiceContext,
     config: &AuditConfig,
@@ -130,26 +130,15 @@ async fn record_events(
     audit: service::Audit,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let sources: Vec<&str> = config.sources.iter().map(String::as_str).collect();
-    let batches = bus::Batches {
-        start: offsets::start(db, NAME).await?,
-        most: INGEST_BATCH,
-    };
-    let follow = bus::follow_batches(
-        &ctx.bus,
-        NAME,
-        &sources,
-        batches,
-        ctx.shutdown.clone(),
-        move |deliveries| {
-            let audit = audit.clone();
-            async move {
-                audit
-                    .record(NAME, deliveries)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Unhandled::Retry(e.to_string()))
-            }
-        },
-    );
-    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
+    offsets::follow_stored(ctx, db, NAME, &sources, INGEST_BATCH, move |deliveries| {
+        let audit = audit.clone();
+        async move {
+            audit
+                .record(NAME, deliveries)
+                .await
+                .map(|_| ())
+                .map_err(|e| Unhandled::Retry(e.to_string()))
+        }
+    })
+    .await
 }

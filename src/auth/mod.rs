@@ -28,7 +28,7 @@ use keys::{Kek, KeyRing};
 use service::Auth;
 
 use crate::kernel::ServiceContext;
-use crate::kernel::bus::{self, Unhandled};
+use crate::kernel::bus::Unhandled;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
@@ -117,36 +117,24 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     server::launch(ctx, app, listen, advertise, health, background).await
 }
 
-/// Handles identity's events until shutdown, from where it got to before
-/// (see [`bus::follow_batches`]).
+/// Handles identity's events until shutdown, from where it got to before.
 async fn consume_identity_events(
     ctx: &ServiceContext,
     db: &Db,
     auth: Auth,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let batches = bus::Batches {
-        start: crate::kernel::offsets::start(db, NAME).await?,
-        most: 1,
-    };
-    let follow = bus::follow_batches(
-        &ctx.bus,
-        NAME,
-        &["identity"],
-        batches,
-        ctx.shutdown.clone(),
-        move |deliveries| {
-            let auth = auth.clone();
-            async move {
-                for delivery in deliveries {
-                    auth.on_identity_event(delivery)
-                        .await
-                        .map_err(|e| Unhandled::Retry(e.to_string()))?;
-                }
-                Ok(())
+    crate::kernel::offsets::follow_stored(ctx, db, NAME, &["identity"], 1, move |deliveries| {
+        let auth = auth.clone();
+        async move {
+            for delivery in deliveries {
+                auth.on_identity_event(delivery)
+                    .await
+                    .map_err(|e| Unhandled::Retry(e.to_string()))?;
             }
-        },
-    );
-    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Rotates the signing key whenever the newest is older than `every_secs`,

@@ -31,7 +31,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 pub use config::AuthzConfig;
 
 use crate::kernel::ServiceContext;
-use crate::kernel::bus::{self, Unhandled};
+use crate::kernel::bus::Unhandled;
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
@@ -111,40 +111,28 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .await
 }
 
-/// Handles identity's events until shutdown, from where it got to before
-/// (see [`bus::follow_batches`]).
+/// Handles identity's events until shutdown, from where it got to before.
 async fn follow_identity(
     ctx: &ServiceContext,
     db: &Db,
     authz: service::Authz,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let batches = bus::Batches {
-        start: crate::kernel::offsets::start(db, NAME).await?,
-        most: 1,
-    };
-    let follow = bus::follow_batches(
-        &ctx.bus,
-        NAME,
-        &["identity"],
-        batches,
-        ctx.shutdown.clone(),
-        move |deliveries| {
-            let authz = authz.clone();
-            async move {
-                for delivery in deliveries {
-                    authz
-                        .on_identity_event(delivery)
-                        .await
-                        .map_err(|e| match e {
-                            error::AuthzError::Corrupt(e) => Unhandled::Unreadable(e),
-                            other => Unhandled::Retry(other.to_string()),
-                        })?;
-                }
-                Ok(())
+    crate::kernel::offsets::follow_stored(ctx, db, NAME, &["identity"], 1, move |deliveries| {
+        let authz = authz.clone();
+        async move {
+            for delivery in deliveries {
+                authz
+                    .on_identity_event(delivery)
+                    .await
+                    .map_err(|e| match e {
+                        error::AuthzError::Corrupt(e) => Unhandled::Unreadable(e),
+                        other => Unhandled::Retry(other.to_string()),
+                    })?;
             }
-        },
-    );
-    follow.await.map_err(|e| anyhow::anyhow!("{e}"))
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Binds `role` to `user` everywhere from the command line (`gatehouse

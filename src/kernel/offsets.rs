@@ -109,3 +109,35 @@ where
         effect(c)
     })
 }
+
+/// Follows `sources` as `consumer` from where it got to before, `most`
+/// events at a time (see [`super::bus::follow_batches`]), until the
+/// context's shutdown. `handle` keeps the positions of what it takes with
+/// its effects (see [`with_effect`]).
+pub async fn follow_stored<H, F>(
+    ctx: &super::ServiceContext,
+    db: &super::db::Db,
+    consumer: &str,
+    sources: &[&str],
+    most: usize,
+    handle: H,
+) -> anyhow::Result<tokio::task::JoinHandle<()>>
+where
+    H: Fn(Vec<Delivery>) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<(), super::bus::Unhandled>> + Send,
+{
+    let batches = super::bus::Batches {
+        start: start(db, consumer).await?,
+        most,
+    };
+    super::bus::follow_batches(
+        &ctx.bus,
+        consumer,
+        sources,
+        batches,
+        ctx.shutdown.clone(),
+        handle,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}

@@ -69,6 +69,27 @@ pub async fn login(
         .unwrap()
 }
 
+/// Makes `email` an admin with `gatehouse admin create` (the password
+/// given on standard input) on the data in `data` and the databases `env`
+/// names; answers what the command printed.
+pub fn make_admin(data: &Path, env: &[(&str, String)], email: &str, password: &str) -> String {
+    use std::io::Write as _;
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["admin", "create", "--email", email])
+        .env("GATEHOUSE_DATA_DIR", data)
+        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(cli.stdin.take().unwrap(), "{password}").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}: {said}", out.status);
+    said
+}
+
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,

@@ -2,12 +2,11 @@
 //! "outbox"`): events cross process boundaries, each consumer resumes where
 //! it left off, and the audit log gets every event once.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::binary::{ServiceProcess, free_port, login, static_registry};
+use crate::binary::{ServiceProcess, free_port, login, make_admin, static_registry};
 use crate::process::Backend;
 use crate::support::PASSWORD;
 
@@ -136,25 +135,7 @@ impl Deployment {
 
     /// Makes `email` an admin from the command line, on the deployment's data.
     fn make_admin(&self, email: &str) {
-        let mut cli = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .args(["admin", "create", "--email", email])
-            .env("GATEHOUSE_DATA_DIR", self.dir.path())
-            .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-            .envs(self.backend.env.iter().cloned())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write as _;
-            writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-        }
-        let out = cli.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        make_admin(self.dir.path(), &self.backend.env, email, PASSWORD);
     }
 }
 

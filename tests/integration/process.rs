@@ -10,7 +10,7 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
-use crate::binary::{ServiceProcess, free_port, login, static_registry};
+use crate::binary::{ServiceProcess, free_port, login, make_admin, static_registry};
 use crate::support::PASSWORD;
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
@@ -527,26 +527,7 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
     assert_eq!(users().await.unwrap().status(), 403);
 
     // The first admin, from the command line on the same data.
-    let mut cli = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["admin", "create", "--email", "root@example.org"])
-        .env("GATEHOUSE_DATA_DIR", dir.path())
-        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
-        .envs(backend.env.iter().cloned())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        writeln!(cli.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    }
-    let out = cli.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-    );
+    make_admin(dir.path(), &backend.env, "root@example.org", PASSWORD);
     let root = login(&http, &base, "root@example.org", PASSWORD).await["access_token"]
         .as_str()
         .unwrap()
