@@ -59,9 +59,13 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
     };
     let clients = Clients::new(registry.clone(), &config.rpc);
+    let metrics = Metrics::new()?;
     let bus: Arc<dyn EventBus> = match config.bus.backend {
         BusBackend::InProcess => Arc::new(InProcessBus::default()),
-        BusBackend::Outbox => Arc::new(crate::kernel::stream::OutboxBus::new(clients.clone())),
+        BusBackend::Outbox => Arc::new(crate::kernel::stream::OutboxBus::new(
+            clients.clone(),
+            metrics.clone(),
+        )),
     };
     Ok(ServiceContext {
         data_dir: config.data_dir.clone(),
@@ -72,7 +76,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         registry,
         bus,
         bus_config: config.bus.clone(),
-        metrics: Metrics::new()?,
+        metrics,
         clock: Arc::new(SystemClock),
         shutdown: CancellationToken::new(),
     })

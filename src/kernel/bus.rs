@@ -78,6 +78,9 @@ pub trait EventBus: Send + Sync {
     fn sequences_outbox(&self) -> bool {
         false
     }
+
+    /// Hears that `consumer` has handled `deliveries`, for its lag.
+    fn handled(&self, _consumer: &str, _deliveries: &[Delivery]) {}
 }
 
 struct Subscriber {
@@ -204,6 +207,7 @@ where
 {
     let mut events = bus.subscribe(consumer, sources, batches.start).await?;
     let (consumer, most) = (consumer.to_owned(), batches.most.max(1));
+    let bus = bus.clone();
     Ok(tokio::spawn(async move {
         loop {
             let delivery = tokio::select! {
@@ -222,9 +226,13 @@ where
             let mut delay = Duration::from_millis(100);
             loop {
                 match handle(batch.clone()).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        bus.handled(&consumer, &batch);
+                        break;
+                    }
                     Err(Unhandled::Unreadable(e)) => {
                         tracing::error!(consumer, event_id = %first, error = %e, "event cannot be read; passed over");
+                        bus.handled(&consumer, &batch);
                         break;
                     }
                     Err(Unhandled::Retry(e)) => {

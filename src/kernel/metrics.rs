@@ -33,6 +33,7 @@ pub struct Metrics {
     pub password_hash_duration_seconds: HistogramVec,
     pub gateway_upstream_requests_total: IntCounterVec,
     pub audit_entries_total: IntCounter,
+    pub bus_consumer_lag: IntGaugeVec,
     pub audit_ingest_lag_seconds: Histogram,
 }
 
@@ -105,6 +106,14 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
         )?;
+        let bus_consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_bus_consumer_lag",
+                "Events a consumer has yet to handle of a source's stream (the outbox bus), by consumer and source.",
+            ),
+            &["consumer", "source"],
+        )?;
+        registry.register(Box::new(bus_consumer_lag.clone()))?;
         registry.register(Box::new(audit_entries_total.clone()))?;
         registry.register(Box::new(audit_ingest_lag_seconds.clone()))?;
         registry.register(Box::new(gateway_upstream_requests_total.clone()))?;
@@ -125,6 +134,7 @@ impl Metrics {
             password_hash_duration_seconds,
             gateway_upstream_requests_total,
             audit_entries_total,
+            bus_consumer_lag,
             audit_ingest_lag_seconds,
         })
     }

@@ -10,6 +10,8 @@
 //! them, and says so. A consumer that loses its stream asks again, from
 //! where it got to, with a growing pause.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::bus::{BusError, Delivery, EventBus, Position, Start};
 use super::db::{Db, DbError};
+use super::locks;
+use super::metrics::Metrics;
 use super::outbox;
 use super::rpc::Clients;
 use crate::proto::events::v1::event_stream_client::EventStreamClient;
@@ -79,11 +83,14 @@ impl EventStream for Streams {
             let mut after = after;
             let mut quiet_since: Option<tokio::time::Instant> = None;
             loop {
-                let rows = match db
-                    .run(move |c| outbox::after(c, after, PAGE).map_err(DbError::from))
-                    .await
-                {
-                    Ok(rows) => rows,
+                let page = db
+                    .run(move |c| {
+                        let head = outbox::head(c)?;
+                        Ok::<_, DbError>((head, outbox::after(c, after, PAGE)?))
+                    })
+                    .await;
+                let (head, rows) = match page {
+                    Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(unavailable(e))).await;
                         return;
@@ -94,6 +101,7 @@ impl EventStream for Streams {
                         let beat = StreamedEvent {
                             position: after,
                             event: None,
+                            head,
                         };
                         if tx.send(Ok(beat)).await.is_err() {
                             return;
@@ -113,6 +121,7 @@ impl EventStream for Streams {
                     let event = StreamedEvent {
                         position,
                         event: Some(row.envelope(source)),
+                        head,
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         return;
@@ -127,11 +136,55 @@ impl EventStream for Streams {
 /// The consuming side: pulls each source's events from its outbox.
 pub struct OutboxBus {
     clients: Clients,
+    progress: Arc<Progress>,
 }
 
 impl OutboxBus {
-    pub fn new(clients: Clients) -> OutboxBus {
-        OutboxBus { clients }
+    pub fn new(clients: Clients, metrics: Metrics) -> OutboxBus {
+        OutboxBus {
+            clients,
+            progress: Arc::new(Progress {
+                metrics,
+                known: Mutex::default(),
+            }),
+        }
+    }
+}
+
+/// How far each consumer's sources have got, and how far it has handled
+/// them: its lag, in `gatehouse_bus_consumer_lag`.
+struct Progress {
+    metrics: Metrics,
+    /// By consumer and source: the source's head and the last position
+    /// handled.
+    known: Mutex<HashMap<(String, String), (i64, i64)>>,
+}
+
+impl Progress {
+    /// `consumer` starts with `source` handled up to `handled`, unless it
+    /// is under way already.
+    fn start(&self, consumer: &str, source: &str, handled: i64) {
+        let mut known = locks::lock(&self.known);
+        known
+            .entry((consumer.to_owned(), source.to_owned()))
+            .or_insert((handled, handled));
+    }
+
+    fn update(&self, consumer: &str, source: &str, head: Option<i64>, handled: Option<i64>) {
+        let mut known = locks::lock(&self.known);
+        let Some(at) = known.get_mut(&(consumer.to_owned(), source.to_owned())) else {
+            return;
+        };
+        if let Some(head) = head {
+            at.0 = at.0.max(head);
+        }
+        if let Some(handled) = handled {
+            at.1 = at.1.max(handled);
+        }
+        self.metrics
+            .bus_consumer_lag
+            .with_label_values(&[consumer, source])
+            .set((at.0 - at.1).max(0));
     }
 }
 
@@ -161,12 +214,16 @@ impl EventBus for OutboxBus {
                         .map_or(0, |p| p.offset),
                 ),
             };
+            if let Some(after) = after {
+                self.progress.start(consumer, source, after);
+            }
             let pull = Pull {
                 clients: self.clients.clone(),
                 consumer: consumer.to_owned(),
                 source: (*source).to_owned(),
                 after,
                 tx: tx.clone(),
+                progress: self.progress.clone(),
             };
             tokio::spawn(pull.run());
         }
@@ -180,6 +237,13 @@ impl EventBus for OutboxBus {
     fn sequences_outbox(&self) -> bool {
         true
     }
+
+    fn handled(&self, consumer: &str, deliveries: &[Delivery]) {
+        for position in deliveries.iter().filter_map(|d| d.position.as_ref()) {
+            self.progress
+                .update(consumer, &position.source, None, Some(position.offset));
+        }
+    }
 }
 
 /// One consumer's stream of one source.
@@ -191,6 +255,7 @@ struct Pull {
     /// stream asked for from now on.
     after: Option<i64>,
     tx: mpsc::Sender<Delivery>,
+    progress: Arc<Progress>,
 }
 
 /// Why a stream ended.
@@ -252,9 +317,18 @@ impl Pull {
             };
             let Some(event) = streamed.event else {
                 // A heartbeat: how far the source has read for us.
+                if self.after.is_none() {
+                    // Read from now on: nothing before counts as lag.
+                    self.progress
+                        .start(&self.consumer, &self.source, streamed.position);
+                }
                 self.after = Some(self.after.unwrap_or(0).max(streamed.position));
+                self.progress
+                    .update(&self.consumer, &self.source, Some(streamed.head), None);
                 continue;
             };
+            self.progress
+                .update(&self.consumer, &self.source, Some(streamed.head), None);
             if let Some(after) = self.after.filter(|a| *a > 0)
                 && streamed.position > after + 1
             {

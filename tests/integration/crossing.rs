@@ -249,7 +249,8 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
     for n in 0..5 {
         later.push(d.register(&format!("later{n}@example.org")).await);
     }
-    let restarted = d.spawn("audit");
+    let mut restarted = d.spawn("audit");
+    let audit_ops = restarted.ops_base();
     d.processes.push(restarted);
     let deadline = Instant::now() + Duration::from_secs(10);
     let registered = loop {
@@ -273,6 +274,25 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
     assert_eq!(subjects.len(), 7);
     for id in &later {
         assert!(subjects.contains(&format!("user:{id}").as_str()));
+    }
+    // Caught up: no lag left on identity's stream, as its metric says.
+    let caught_up = r#"gatehouse_bus_consumer_lag{consumer="audit",source="identity"} 0"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = d
+            .http
+            .get(format!("{audit_ops}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(caught_up) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = d.get(&gateway, "/v1/audit/verify", &root).await;
     let verified: Value = r.json().await.unwrap();
