@@ -47,7 +47,7 @@ impl Links {
     /// Queues `link` for `email`; refused when the queue is full.
     pub fn queue(&self, email: String, link: Link) -> Result<(), IdentityError> {
         self.tx
-            .try_send((email, link, crate::kernel::origin::of_task()))
+            .try_send((email, link, crate::kernel::telemetry::task_origin()))
             .map_err(|_| IdentityError::Unavailable("too many link requests are waiting".into()))
     }
 }

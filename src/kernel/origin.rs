@@ -4,9 +4,10 @@
 //! request id and the trace.
 //!
 //! A server reads them into the request's scope (see
-//! [`super::observe`] and [`super::telemetry`]); [`super::db::Db::run`]
-//! carries them to the thread its database work runs on, where
-//! [`super::outbox::enqueue`] writes them beside each event.
+//! [`super::observe`] and [`super::telemetry`], which answers a task's or a
+//! thread's origin); [`super::db::Db::run`] carries them to the thread its
+//! database work runs on, where [`super::outbox::enqueue`] writes them
+//! beside each event.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -112,20 +113,15 @@ tokio::task_local! {
 }
 
 /// Runs `work` (done later, for a request since answered) as done for
-/// `origin`, which [`of_task`] took while serving the request.
+/// `origin`, taken while serving the request (see
+/// [`super::telemetry::task_origin`]).
 pub async fn carry<F: std::future::Future>(origin: Option<EventOrigin>, work: F) -> F::Output {
     CARRIED.scope(origin, work).await
 }
 
-/// The origin of the work this task does: what it carries for a request
-/// (see [`carry`]), else the request it serves; none for a service's own
-/// work.
-pub fn of_task() -> Option<EventOrigin> {
-    CARRIED
-        .try_with(Clone::clone)
-        .ok()
-        .flatten()
-        .or_else(super::telemetry::event_origin)
+/// What the task carries for a request it outlived (see [`carry`]).
+pub fn carried() -> Option<EventOrigin> {
+    CARRIED.try_with(Clone::clone).ok().flatten()
 }
 
 /// Runs `work` (database work on a blocking thread) as done for `origin`.
@@ -139,13 +135,9 @@ pub fn within<T>(origin: Option<EventOrigin>, work: impl FnOnce() -> T) -> T {
     result
 }
 
-/// The origin of the work this thread is doing: the request's, inside
-/// [`within`], else the task's (see [`of_task`]), else nothing known.
-pub fn current() -> EventOrigin {
-    CURRENT
-        .with_borrow(Clone::clone)
-        .or_else(of_task)
-        .unwrap_or_default()
+/// The origin of the database work this thread does inside [`within`].
+pub fn on_thread() -> Option<EventOrigin> {
+    CURRENT.with_borrow(Clone::clone)
 }
 
 /// The trace id of a W3C `traceparent` value
@@ -226,8 +218,8 @@ mod tests {
             actor: "user:ann".into(),
             ..EventOrigin::default()
         };
-        let seen = within(Some(origin.clone()), current);
-        assert_eq!(seen, origin);
-        assert_eq!(current(), EventOrigin::default());
+        let seen = within(Some(origin.clone()), on_thread);
+        assert_eq!(seen, Some(origin));
+        assert_eq!(on_thread(), None);
     }
 }

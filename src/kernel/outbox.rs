@@ -70,7 +70,7 @@ pub struct NewEvent {
 /// caused it (see [`super::origin`]); call inside the transaction that
 /// makes the change the event reports.
 pub fn enqueue(conn: &mut DbConnection, event: &NewEvent, at: DateTime<Utc>) -> QueryResult<()> {
-    let origin = super::origin::current();
+    let origin = super::telemetry::current_origin();
     diesel::insert_into(outbox::table)
         .values((
             outbox::actor.eq(&origin.actor),

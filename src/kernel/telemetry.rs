@@ -170,6 +170,22 @@ pub fn set_actor(user: uuid::Uuid) {
     let _ = REQUEST.try_with(|scope| scope.actor.set(Some(user)));
 }
 
+/// The origin of the work this task does: what it carries for a request it
+/// outlived (see [`super::origin::carry`]), else the request it serves;
+/// none for a service's own work.
+pub fn task_origin() -> Option<super::origin::EventOrigin> {
+    super::origin::carried().or_else(event_origin)
+}
+
+/// The origin of the work done here: the request's whose database work
+/// this thread does (see [`super::origin::within`]), else the task's, else
+/// nothing known.
+pub fn current_origin() -> super::origin::EventOrigin {
+    super::origin::on_thread()
+        .or_else(task_origin)
+        .unwrap_or_default()
+}
+
 /// What events caused by the request being served record about it; none
 /// outside a request scope.
 pub fn event_origin() -> Option<super::origin::EventOrigin> {

@@ -155,7 +155,7 @@ impl Db {
     {
         let pool = self.pool.clone();
         // The request's origin goes with its work, for the events it writes.
-        let origin = super::origin::of_task();
+        let origin = super::telemetry::task_origin();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool
                 .get()
