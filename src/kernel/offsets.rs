@@ -22,7 +22,7 @@ diesel::table! {
 }
 
 /// The positions `consumer` stored, one per source and partition.
-pub fn load(conn: &mut DbConnection, consumer: &str) -> QueryResult<Vec<Position>> {
+fn load(conn: &mut DbConnection, consumer: &str) -> QueryResult<Vec<Position>> {
     Ok(consumed::table
         .filter(consumed::consumer.eq(consumer))
         .select((consumed::source, consumed::partition, consumed::position))
@@ -39,11 +39,7 @@ pub fn load(conn: &mut DbConnection, consumer: &str) -> QueryResult<Vec<Position
 /// Moves `consumer` past `deliveries`; call inside the transaction that
 /// keeps their effects. Deliveries without a position (the in-process
 /// bus) move nothing, and no position moves back.
-pub fn advance(
-    conn: &mut DbConnection,
-    consumer: &str,
-    deliveries: &[Delivery],
-) -> QueryResult<()> {
+fn advance(conn: &mut DbConnection, consumer: &str, deliveries: &[Delivery]) -> QueryResult<()> {
     let mut furthest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for p in deliveries.iter().filter_map(|d| d.position.as_ref()) {
         let at = furthest.entry((&p.source, p.partition)).or_insert(p.offset);
@@ -76,7 +72,7 @@ pub fn advance(
 }
 
 /// Where `consumer` starts reading: right after what it stored.
-pub async fn start(
+async fn start(
     db: &super::db::Db,
     consumer: &str,
 ) -> Result<super::bus::Start, super::db::DbError> {

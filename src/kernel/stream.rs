@@ -83,10 +83,17 @@ impl EventStream for Streams {
             let mut after = after;
             let mut quiet_since: Option<tokio::time::Instant> = None;
             loop {
+                // While the head stands still (an idle stream) there is
+                // nothing after `after` to read.
                 let page = db
                     .run(move |c| {
                         let head = outbox::head(c)?;
-                        Ok::<_, DbError>((head, outbox::after(c, after, PAGE)?))
+                        let rows = if head > after {
+                            outbox::after(c, after, PAGE)?
+                        } else {
+                            Vec::new()
+                        };
+                        Ok::<_, DbError>((head, rows))
                     })
                     .await;
                 let (head, rows) = match page {
