@@ -133,6 +133,24 @@ impl Deployment {
         }
     }
 
+    /// The audit entries `query` finds once `enough` holds of them (audit
+    /// pulls events a moment after they happen), or after 10 s.
+    async fn entries_when(
+        &self,
+        query: &str,
+        token: &str,
+        enough: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.entries(query, token).await;
+            if enough(&found) || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Makes `email` an admin from the command line, on the deployment's data.
     fn make_admin(&self, email: &str) {
         make_admin(self.dir.path(), &self.backend.env, email, PASSWORD);
@@ -212,7 +230,15 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
     assert!(opened < Duration::from_secs(1), "{opened:?}");
 
     // Audit has every service's events, each once.
-    let about_ann = d.entries(&format!("subject=user:{ann}"), &root).await;
+    let has =
+        |action: &'static str| move |found: &[Value]| found.iter().any(|e| e["action"] == action);
+    let about_ann = d
+        .entries_when(
+            &format!("subject=user:{ann}"),
+            &root,
+            has("identity.password.changed"),
+        )
+        .await;
     let actions: Vec<&str> = about_ann
         .iter()
         .map(|e| e["action"].as_str().unwrap())
@@ -222,13 +248,21 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
         actions.contains(&"identity.password.changed"),
         "{actions:?}"
     );
-    let ended = d.entries("action=auth.session.revoked", &root).await;
+    let ended = d
+        .entries_when("action=auth.session.revoked", &root, |found| {
+            found.len() >= 2
+        })
+        .await;
     assert_eq!(
         ended.len(),
         2,
         "the sign-out and the password change: {ended:?}"
     );
-    let grants = d.entries("action=authz.binding.created", &root).await;
+    let grants = d
+        .entries_when("action=authz.binding.created", &root, |found| {
+            found.iter().any(|e| e["details"]["role"] == "auditor")
+        })
+        .await;
     assert!(
         grants.iter().any(|e| e["details"]["role"] == "auditor"),
         "{grants:?}"
@@ -252,14 +286,11 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
     let mut restarted = d.spawn("audit");
     let audit_ops = restarted.ops_base();
     d.processes.push(restarted);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let registered = loop {
-        let registered = d.entries("action=identity.user.registered", &root).await;
-        if registered.len() >= 7 || Instant::now() > deadline {
-            break registered;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let registered = d
+        .entries_when("action=identity.user.registered", &root, |found| {
+            found.len() >= 7
+        })
+        .await;
     let mut subjects: Vec<&str> = registered
         .iter()
         .map(|e| e["subject"].as_str().unwrap())
