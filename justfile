@@ -14,13 +14,20 @@ test:
 test-postgres:
     cargo test --features it-postgres --test integration
 
-# Each service binary built with only its own service feature.
+# The integration suite on PostgreSQL with the Kafka bus's tests, against
+# tansu brokers the tests start (scripts/kafka.sh installs tansu when missing).
+test-kafka:
+    scripts/kafka.sh install
+    cargo test --features it-postgres,it-kafka --test integration
+
+# Each service binary built with only its own service feature (and both
+# database backends and the Kafka bus).
 build-all:
-    cargo build --no-default-features --features identity,sqlite,postgres --bin gatehouse-identity
-    cargo build --no-default-features --features auth,sqlite,postgres --bin gatehouse-auth
-    cargo build --no-default-features --features gateway,sqlite,postgres --bin gatehouse-gateway
-    cargo build --no-default-features --features authz,sqlite,postgres --bin gatehouse-authz
-    cargo build --no-default-features --features audit,sqlite,postgres --bin gatehouse-audit
+    cargo build --no-default-features --features identity,sqlite,postgres,kafka --bin gatehouse-identity
+    cargo build --no-default-features --features auth,sqlite,postgres,kafka --bin gatehouse-auth
+    cargo build --no-default-features --features gateway,sqlite,postgres,kafka --bin gatehouse-gateway
+    cargo build --no-default-features --features authz,sqlite,postgres,kafka --bin gatehouse-authz
+    cargo build --no-default-features --features audit,sqlite,postgres,kafka --bin gatehouse-audit
     cargo build --bin gatehouse
 
 # Fuzzes the public API through the gateway: schemathesis, driven by the
@@ -33,10 +40,10 @@ fmt-check:
     cargo fmt --check
 
 clippy:
-    cargo clippy --all-targets --features it-postgres,bench -- -D warnings
+    cargo clippy --all-targets --features it-postgres,it-kafka,bench -- -D warnings
 
-# Everything CI checks.
-ci: fmt-check clippy build-all test test-postgres fuzz-api
+# Everything CI checks (the PostgreSQL suite runs within test-kafka).
+ci: fmt-check clippy build-all test test-kafka fuzz-api
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), authz (checks over gRPC),

@@ -66,6 +66,15 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
             clients.clone(),
             metrics.clone(),
         )),
+        #[cfg(feature = "kafka")]
+        BusBackend::Kafka => Arc::new(crate::kernel::kafka::KafkaBus::new(
+            config.bus.kafka.clone(),
+            metrics.clone(),
+        )?),
+        #[cfg(not(feature = "kafka"))]
+        BusBackend::Kafka => anyhow::bail!(
+            "bus.backend = \"kafka\" needs a build with the kafka feature (cargo build --features kafka)"
+        ),
     };
     Ok(ServiceContext {
         data_dir: config.data_dir.clone(),

@@ -81,6 +81,105 @@ pub trait EventBus: Send + Sync {
 
     /// Hears that `consumer` has handled `deliveries`, for its lag.
     fn handled(&self, _consumer: &str, _deliveries: &[Delivery]) {}
+
+    /// Publishes `events` in order, as far as it can: answers which of them
+    /// (by index) were published, and what stopped the rest. Events of one
+    /// subject are published in order, and one that was not stops the
+    /// subject's later ones.
+    async fn publish_all(&self, events: Vec<Envelope>) -> Published {
+        let mut published = Published::default();
+        for (index, event) in events.into_iter().enumerate() {
+            match self.publish(event).await {
+                Ok(()) => published.done.push(index),
+                Err(e) => {
+                    published.failure = Some(e);
+                    break;
+                }
+            }
+        }
+        published
+    }
+
+    /// Makes ready to carry `source`'s events (a topic of a broker).
+    async fn declare(&self, _source: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// What [`EventBus::publish_all`] got done.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The indexes of the events published.
+    pub done: Vec<usize>,
+    /// Why the others were not.
+    pub failure: Option<BusError>,
+}
+
+/// By consumer, source and partition: the last position the source holds,
+/// and the last one handled.
+type Known = std::collections::BTreeMap<(String, String, i32), (i64, i64)>;
+
+/// How far each consumer's sources have got and how far it has handled
+/// them, by partition: its lag, in `gatehouse_bus_consumer_lag` (the sum of
+/// a source's partitions).
+pub struct Lag {
+    metrics: super::metrics::Metrics,
+    known: Mutex<Known>,
+}
+
+impl Lag {
+    pub fn new(metrics: super::metrics::Metrics) -> Lag {
+        Lag {
+            metrics,
+            known: Mutex::default(),
+        }
+    }
+
+    /// `consumer` starts with a partition of `source` handled up to
+    /// `handled`, unless it is under way already.
+    pub fn start(&self, consumer: &str, source: &str, partition: i32, handled: i64) {
+        let mut known = locks::lock(&self.known);
+        known
+            .entry((consumer.to_owned(), source.to_owned(), partition))
+            .or_insert((handled, handled));
+        self.report(&known, consumer, source);
+    }
+
+    /// Moves what is known of a partition on: the last position the source
+    /// holds, the last one `consumer` handled.
+    pub fn update(
+        &self,
+        consumer: &str,
+        source: &str,
+        partition: i32,
+        head: Option<i64>,
+        handled: Option<i64>,
+    ) {
+        let mut known = locks::lock(&self.known);
+        let key = (consumer.to_owned(), source.to_owned(), partition);
+        let Some(at) = known.get_mut(&key) else {
+            return;
+        };
+        if let Some(head) = head {
+            at.0 = at.0.max(head);
+        }
+        if let Some(handled) = handled {
+            at.1 = at.1.max(handled);
+        }
+        self.report(&known, consumer, source);
+    }
+
+    fn report(&self, known: &Known, consumer: &str, source: &str) {
+        let lag: i64 = known
+            .iter()
+            .filter(|((c, s, _), _)| c == consumer && s == source)
+            .map(|(_, (head, handled))| (head - handled).max(0))
+            .sum();
+        self.metrics
+            .bus_consumer_lag
+            .with_label_values(&[consumer, source])
+            .set(lag);
+    }
 }
 
 struct Subscriber {

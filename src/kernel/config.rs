@@ -171,11 +171,13 @@ pub enum RegistryBackend {
 pub struct BusConfig {
     /// `in_process`: reaches only services inside this process; `outbox`:
     /// each consumer pulls a producer's events straight from its outbox
-    /// over gRPC, found through the registry.
+    /// over gRPC, found through the registry; `kafka`: through a Kafka
+    /// broker (the `kafka` feature).
     pub backend: BusBackend,
     /// How long an outbox keeps an event after it was published: a
     /// consumer away for longer misses what was removed meanwhile.
     pub keep_hours: u64,
+    pub kafka: KafkaConfig,
 }
 
 impl Default for BusConfig {
@@ -183,7 +185,73 @@ impl Default for BusConfig {
         Self {
             backend: BusBackend::default(),
             keep_hours: 168,
+            kafka: KafkaConfig::default(),
         }
+    }
+}
+
+/// The Kafka backend of the bus: a topic per producing service, keyed by
+/// subject.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port` of the brokers to start from.
+    pub brokers: Vec<String>,
+    /// A service's topic is this prefix and its name (`gatehouse.identity`).
+    pub topic_prefix: String,
+    /// Partitions of a topic created at startup.
+    pub partitions: i32,
+    /// Copies of each partition of a topic created at startup.
+    pub replication: i16,
+    /// The partitions this process's consumers read, as `"i/n"`: those
+    /// whose number leaves `i` divided by `n`. Empty: all of them.
+    pub share: String,
+    /// The longest a fetch waits at the broker for new events.
+    pub fetch_wait_ms: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".to_owned()],
+            topic_prefix: "gatehouse.".to_owned(),
+            partitions: 3,
+            replication: 1,
+            share: String::new(),
+            fetch_wait_ms: 100,
+        }
+    }
+}
+
+/// Which partitions of a topic a process reads (`bus.kafka.share`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: i32,
+    pub of: i32,
+}
+
+impl Share {
+    /// Reads `"i/n"` (`0 <= i < n`); empty is every partition.
+    pub fn parse(text: &str) -> Result<Share, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Share { index: 0, of: 1 });
+        }
+        let invalid = || {
+            ConfigError(format!(
+                "bus.kafka.share: {text:?} is not \"i/n\" with 0 <= i < n"
+            ))
+        };
+        let (index, of) = text.split_once('/').ok_or_else(invalid)?;
+        let index: i32 = index.trim().parse().map_err(|_| invalid())?;
+        let of: i32 = of.trim().parse().map_err(|_| invalid())?;
+        if of < 1 || index < 0 || index >= of {
+            return Err(invalid());
+        }
+        Ok(Share { index, of })
+    }
+
+    pub fn owns(self, partition: i32) -> bool {
+        partition.rem_euclid(self.of) == self.index
     }
 }
 
@@ -193,6 +261,7 @@ pub enum BusBackend {
     #[default]
     InProcess,
     Outbox,
+    Kafka,
 }
 
 /// Outgoing gRPC calls to other services.

@@ -1,7 +1,9 @@
 //! Liveness and readiness. `/healthz` answers as long as the process can
 //! serve at all; `/readyz` runs the service's probes (its database, ...) and
 //! answers 503 naming the failing one, so a load balancer stops sending work
-//! that would fail anyway.
+//! that would fail anyway. It also tells how many events each of the
+//! service's bus consumers has yet to handle, by source (`lag`); a lag does
+//! not make a service unready.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::StatusCode;
 use serde_json::json;
+
+use super::metrics::Metrics;
 
 /// One dependency a service needs to do its work.
 #[async_trait]
@@ -33,15 +37,69 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// Readiness: answers 200 when every probe passes.
 pub const READY_PATH: &str = "/readyz";
 
-/// Routes [`HEALTH_PATH`] and [`READY_PATH`].
-pub fn routes(probes: Probes) -> Router {
+/// Routes [`HEALTH_PATH`] and [`READY_PATH`] for the service `name`.
+pub fn routes(probes: Probes, metrics: Metrics, name: &'static str) -> Router {
     Router::new()
         .route(HEALTH_PATH, get(|| async { Json(json!({"status": "ok"})) }))
         .route(READY_PATH, get(ready))
-        .with_state(probes)
+        .with_state(Ready {
+            probes,
+            metrics,
+            name,
+        })
 }
 
-async fn ready(State(probes): State<Probes>) -> impl IntoResponse {
+#[derive(Clone)]
+struct Ready {
+    probes: Probes,
+    metrics: Metrics,
+    name: &'static str,
+}
+
+/// The lag of `name`'s consumers (`name` and `name.*`), by consumer and
+/// source, from `gatehouse_bus_consumer_lag`.
+fn lag(metrics: &Metrics, name: &str) -> serde_json::Map<String, serde_json::Value> {
+    use prometheus::core::Collector as _;
+    let mut lag = serde_json::Map::new();
+    for family in metrics.bus_consumer_lag.collect() {
+        for metric in family.get_metric() {
+            let label = |key: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == key)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let consumer = label("consumer");
+            let ours = consumer == name
+                || consumer
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('.'));
+            if !ours {
+                continue;
+            }
+            let sources = lag
+                .entry(consumer)
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if let serde_json::Value::Object(sources) = sources {
+                // A gauge of whole events: the float holds it exactly.
+                #[allow(clippy::cast_possible_truncation)]
+                let events = metric.get_gauge().get_value() as i64;
+                sources.insert(label("source"), events.into());
+            }
+        }
+    }
+    lag
+}
+
+async fn ready(
+    State(Ready {
+        probes,
+        metrics,
+        name,
+    }): State<Ready>,
+) -> impl IntoResponse {
     let mut checks = serde_json::Map::new();
     let mut all_ok = true;
     for probe in &probes.0 {
@@ -58,5 +116,10 @@ async fn ready(State(probes): State<Probes>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    (status, Json(json!({"status": word, "checks": checks})))
+    let mut body = json!({"status": word, "checks": checks});
+    let lag = lag(&metrics, name);
+    if !lag.is_empty() {
+        body["lag"] = lag.into();
+    }
+    (status, Json(body))
 }

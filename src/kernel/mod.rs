@@ -14,6 +14,8 @@ pub mod error;
 pub mod health;
 pub mod http1;
 pub mod io_threads;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod keyfile;
 pub mod locks;
 pub mod metrics;

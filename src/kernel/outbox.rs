@@ -4,8 +4,10 @@
 //! task then publishes the rows in insertion order and marks them published.
 //!
 //! Delivery is at least once: a crash between publish and mark republishes
-//! the row (with the same event id, so consumers drop the duplicate). A failed
-//! publish stops the pass at that row, which keeps per-subject order.
+//! the row (with the same event id, so consumers drop the duplicate). A pass
+//! hands the bus a batch of rows; a row the bus could not publish stops the
+//! rows of its subject after it, which keeps per-subject order, and is
+//! published first by the next pass.
 //!
 //! On the outbox bus (see [`super::stream`]) nothing is published: the relay
 //! gives each row, in the order rows became visible, the next position, one
@@ -179,6 +181,10 @@ pub fn spawn(ctx: &super::ServiceContext, source: &'static str, db: Db) -> (Rela
         pruned_at: None,
     };
     let handle = tokio::spawn(async move {
+        if let Err(e) = worker.bus.declare(source).await {
+            // Publishing declares it again until it can.
+            tracing::warn!(service = source, error = %e, "cannot make the bus ready for this service's events yet");
+        }
         loop {
             let stopping = tokio::select! {
                 () = wake.notified() => false,
@@ -269,21 +275,16 @@ impl Worker {
                 return self.prune().await;
             }
             let full = rows.len() as i64 == BATCH;
-            let mut done = Vec::with_capacity(rows.len());
-            let mut failure = None;
-            for row in rows {
-                let seq = row.seq;
-                match self.bus.publish(row.envelope(self.source)).await {
-                    Ok(()) => done.push(seq),
-                    Err(e) => {
-                        failure = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            self.mark(done).await?;
-            if let Some(e) = failure {
-                return Err(e);
+            let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+            let events = rows
+                .into_iter()
+                .map(|row| row.envelope(self.source))
+                .collect();
+            let published = self.bus.publish_all(events).await;
+            self.mark(published.done.iter().map(|i| seqs[*i]).collect())
+                .await?;
+            if let Some(e) = published.failure {
+                return Err(e.to_string());
             }
             if !full {
                 return Ok(());

@@ -68,7 +68,7 @@ pub fn router(
     // Metrics are not served here but on the operator listener (`ops.rs`).
     Ok(app
         .http
-        .merge(health::routes(app.probes))
+        .merge(health::routes(app.probes, metrics.clone(), app.name))
         .merge(app.grpc.into_axum_router())
         // Every route's other methods: a problem, with the `Allow` field
         // the router adds to it.

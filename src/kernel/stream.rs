@@ -10,17 +10,15 @@
 //! them, and says so. A consumer that loses its stream asks again, from
 //! where it got to, with a growing pause.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::bus::{BusError, Delivery, EventBus, Position, Start};
+use super::bus::{BusError, Delivery, EventBus, Lag, Position, Start};
 use super::db::{Db, DbError};
-use super::locks;
 use super::metrics::Metrics;
 use super::outbox;
 use super::rpc::Clients;
@@ -143,55 +141,15 @@ impl EventStream for Streams {
 /// The consuming side: pulls each source's events from its outbox.
 pub struct OutboxBus {
     clients: Clients,
-    progress: Arc<Progress>,
+    progress: Arc<Lag>,
 }
 
 impl OutboxBus {
     pub fn new(clients: Clients, metrics: Metrics) -> OutboxBus {
         OutboxBus {
             clients,
-            progress: Arc::new(Progress {
-                metrics,
-                known: Mutex::default(),
-            }),
+            progress: Arc::new(Lag::new(metrics)),
         }
-    }
-}
-
-/// How far each consumer's sources have got, and how far it has handled
-/// them: its lag, in `gatehouse_bus_consumer_lag`.
-struct Progress {
-    metrics: Metrics,
-    /// By consumer and source: the source's head and the last position
-    /// handled.
-    known: Mutex<HashMap<(String, String), (i64, i64)>>,
-}
-
-impl Progress {
-    /// `consumer` starts with `source` handled up to `handled`, unless it
-    /// is under way already.
-    fn start(&self, consumer: &str, source: &str, handled: i64) {
-        let mut known = locks::lock(&self.known);
-        known
-            .entry((consumer.to_owned(), source.to_owned()))
-            .or_insert((handled, handled));
-    }
-
-    fn update(&self, consumer: &str, source: &str, head: Option<i64>, handled: Option<i64>) {
-        let mut known = locks::lock(&self.known);
-        let Some(at) = known.get_mut(&(consumer.to_owned(), source.to_owned())) else {
-            return;
-        };
-        if let Some(head) = head {
-            at.0 = at.0.max(head);
-        }
-        if let Some(handled) = handled {
-            at.1 = at.1.max(handled);
-        }
-        self.metrics
-            .bus_consumer_lag
-            .with_label_values(&[consumer, source])
-            .set((at.0 - at.1).max(0));
     }
 }
 
@@ -222,7 +180,7 @@ impl EventBus for OutboxBus {
                 ),
             };
             if let Some(after) = after {
-                self.progress.start(consumer, source, after);
+                self.progress.start(consumer, source, 0, after);
             }
             let pull = Pull {
                 clients: self.clients.clone(),
@@ -247,8 +205,13 @@ impl EventBus for OutboxBus {
 
     fn handled(&self, consumer: &str, deliveries: &[Delivery]) {
         for position in deliveries.iter().filter_map(|d| d.position.as_ref()) {
-            self.progress
-                .update(consumer, &position.source, None, Some(position.offset));
+            self.progress.update(
+                consumer,
+                &position.source,
+                position.partition,
+                None,
+                Some(position.offset),
+            );
         }
     }
 }
@@ -262,7 +225,7 @@ struct Pull {
     /// stream asked for from now on.
     after: Option<i64>,
     tx: mpsc::Sender<Delivery>,
-    progress: Arc<Progress>,
+    progress: Arc<Lag>,
 }
 
 /// Why a stream ended.
@@ -327,15 +290,15 @@ impl Pull {
                 if self.after.is_none() {
                     // Read from now on: nothing before counts as lag.
                     self.progress
-                        .start(&self.consumer, &self.source, streamed.position);
+                        .start(&self.consumer, &self.source, 0, streamed.position);
                 }
                 self.after = Some(self.after.unwrap_or(0).max(streamed.position));
                 self.progress
-                    .update(&self.consumer, &self.source, Some(streamed.head), None);
+                    .update(&self.consumer, &self.source, 0, Some(streamed.head), None);
                 continue;
             };
             self.progress
-                .update(&self.consumer, &self.source, Some(streamed.head), None);
+                .update(&self.consumer, &self.source, 0, Some(streamed.head), None);
             if let Some(after) = self.after.filter(|a| *a > 0)
                 && streamed.position > after + 1
             {

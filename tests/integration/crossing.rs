@@ -1,6 +1,7 @@
-//! Services as separate processes on the outbox bus (`bus.backend =
-//! "outbox"`): events cross process boundaries, each consumer resumes where
-//! it left off, and the audit log gets every event once.
+//! Services as separate processes on each bus that crosses processes (the
+//! outbox bus, and with `it-kafka` the Kafka bus): events cross process
+//! boundaries, each consumer resumes where it left off, and the audit log
+//! gets every event once.
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +13,34 @@ use crate::support::PASSWORD;
 
 const SERVICES: [&str; 4] = ["identity", "auth", "authz", "audit"];
 
+/// The bus the processes of a deployment share.
+enum Bus {
+    Outbox,
+    #[cfg(feature = "it-kafka")]
+    Kafka(crate::kafka::Broker),
+}
+
+impl Bus {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Bus::Outbox => vec![("GATEHOUSE_BUS__BACKEND", "outbox".to_owned())],
+            #[cfg(feature = "it-kafka")]
+            Bus::Kafka(broker) => vec![
+                ("GATEHOUSE_BUS__BACKEND", "kafka".to_owned()),
+                (
+                    "GATEHOUSE_BUS__KAFKA__BROKERS",
+                    format!("[\"{}\"]", broker.address),
+                ),
+            ],
+        }
+    }
+}
+
 /// The five processes of a deployment on one data directory (one database).
 struct Deployment {
     dir: tempfile::TempDir,
     backend: Backend,
+    bus: Bus,
     ports: Vec<u16>,
     gateway_port: u16,
     processes: Vec<ServiceProcess>,
@@ -31,7 +56,7 @@ impl Deployment {
             .collect();
         let mut env = static_registry(&instances);
         env.extend(self.backend.env.iter().cloned());
-        env.push(("GATEHOUSE_BUS__BACKEND", "outbox".to_owned()));
+        env.extend(self.bus.env());
         env
     }
 
@@ -49,10 +74,11 @@ impl Deployment {
         process
     }
 
-    fn start() -> Deployment {
+    fn start(bus: Bus) -> Deployment {
         let mut deployment = Deployment {
             dir: tempfile::tempdir().unwrap(),
             backend: Backend::new(),
+            bus,
             ports: (0..4).map(|_| free_port()).collect(),
             gateway_port: free_port(),
             processes: Vec::new(),
@@ -159,7 +185,17 @@ impl Deployment {
 
 #[tokio::test]
 async fn separate_processes_share_their_events_over_the_outbox_bus() {
-    let mut d = Deployment::start();
+    share_events(Bus::Outbox).await;
+}
+
+#[cfg(feature = "it-kafka")]
+#[tokio::test]
+async fn separate_processes_share_their_events_through_kafka() {
+    share_events(Bus::Kafka(crate::kafka::Broker::start())).await;
+}
+
+async fn share_events(bus: Bus) {
+    let mut d = Deployment::start(bus);
     let gateway = d.gateway();
     let identity = format!("http://127.0.0.1:{}", d.ports[0]);
     let ann = d.register("ann@example.org").await;
@@ -179,10 +215,24 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let at_gateway = d.until(&gateway, "/v1/users/me", &first, 401).await;
-    let at_identity = d.until(&identity, "/v1/users/me", &first, 401).await;
-    assert!(at_gateway < Duration::from_secs(1), "{at_gateway:?}");
-    assert!(at_identity < Duration::from_secs(1), "{at_identity:?}");
+    // Refused everywhere within a second of the sign-out: by the gateway,
+    // and by identity, authz and audit, which check tokens for their own
+    // APIs.
+    let logged_out = Instant::now();
+    let authz = format!("http://127.0.0.1:{}", d.ports[2]);
+    let audit = format!("http://127.0.0.1:{}", d.ports[3]);
+    d.until(&gateway, "/v1/users/me", &first, 401).await;
+    d.until(&identity, "/v1/users/me", &first, 401).await;
+    d.until(&authz, "/v1/authz/permissions", &first, 401).await;
+    d.until(&audit, "/v1/audit/events", &first, 401).await;
+    let everywhere = logged_out.elapsed();
+    assert!(everywhere < Duration::from_secs(1), "{everywhere:?}");
+    assert_eq!(
+        d.get(&authz, "/v1/authz/permissions", &second)
+            .await
+            .status(),
+        200
+    );
 
     // Identity's event (a new password) ends Ann's other sessions at auth,
     // whose revocations reach the gateway.
@@ -324,6 +374,96 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
         }
         assert!(Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // So does its readiness.
+    let ready: Value = d
+        .http
+        .get(format!("{audit_base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["lag"]["audit"]["identity"], 0, "{ready}");
+    let r = d.get(&gateway, "/v1/audit/verify", &root).await;
+    let verified: Value = r.json().await.unwrap();
+    assert_eq!(verified["holds"], true, "{verified}");
+    for process in &mut d.processes {
+        assert!(process.terminate().await.success());
+    }
+}
+
+/// The broker stopped for 30 s while users register and fail to sign in:
+/// once it is back, audit holds every event once, each user's in the order
+/// they happened.
+#[cfg(feature = "it-kafka")]
+#[tokio::test]
+async fn a_broker_stopped_for_thirty_seconds_loses_and_repeats_no_event() {
+    let mut d = Deployment::start(Bus::Kafka(crate::kafka::Broker::start()));
+    let gateway = d.gateway();
+    d.make_admin("root@example.org");
+    let root = d.sign_in("root@example.org", PASSWORD).await;
+    d.until(&gateway, "/v1/audit/events", &root, 200).await;
+    let before = d.register("before@example.org").await;
+
+    let Bus::Kafka(broker) = &d.bus else {
+        unreachable!("a Kafka deployment")
+    };
+    broker.pause();
+    let stopped = Instant::now();
+    let mut users = vec![before];
+    while stopped.elapsed() < Duration::from_secs(30) {
+        let email = format!("during{}@example.org", users.len());
+        users.push(d.register(&email).await);
+        let refused = login(&d.http, &gateway, &email, "not the password").await;
+        assert_eq!(refused["code"], "invalid_credentials", "{refused}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let Bus::Kafka(broker) = &d.bus else {
+        unreachable!("a Kafka deployment")
+    };
+    broker.resume();
+
+    let registered = d
+        .entries_when("action=identity.user.registered", &root, |found| {
+            found.len() > users.len()
+        })
+        .await;
+    let failed = d
+        .entries_when("action=identity.login.failed", &root, |found| {
+            found.len() >= users.len() - 1
+        })
+        .await;
+    // Each user's entries, in the log's order.
+    let mut of_user: std::collections::BTreeMap<String, Vec<(i64, String)>> =
+        std::collections::BTreeMap::new();
+    for e in registered.iter().chain(&failed) {
+        of_user
+            .entry(e["subject"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                e["seq"].as_i64().unwrap(),
+                e["action"].as_str().unwrap().to_owned(),
+            ));
+    }
+    assert_eq!(
+        registered.len(),
+        users.len() + 1,
+        "root and every user, once"
+    );
+    assert_eq!(failed.len(), users.len() - 1, "every failed sign-in, once");
+    for (n, id) in users.iter().enumerate() {
+        let mut entries = of_user.remove(&format!("user:{id}")).unwrap_or_default();
+        entries.sort_unstable();
+        let actions: Vec<&str> = entries.iter().map(|(_, a)| a.as_str()).collect();
+        let expected = if n == 0 {
+            vec!["identity.user.registered"]
+        } else {
+            vec!["identity.user.registered", "identity.login.failed"]
+        };
+        assert_eq!(actions, expected, "user {n}");
     }
     let r = d.get(&gateway, "/v1/audit/verify", &root).await;
     let verified: Value = r.json().await.unwrap();

@@ -3,6 +3,8 @@
 //!
 //! By default every app runs on a fresh SQLite file; with the `it-postgres`
 //! feature the same suites run on PostgreSQL, each app in a fresh database.
+//! With `it-kafka`, the Kafka bus's suites run too, each against a tansu
+//! broker of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
@@ -17,6 +19,8 @@ mod edge;
 mod gateway;
 mod identity_grpc;
 mod identity_http;
+#[cfg(feature = "it-kafka")]
+mod kafka;
 mod kernel;
 mod openapi;
 #[cfg(feature = "it-postgres")]
