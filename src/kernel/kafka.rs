@@ -470,6 +470,12 @@ impl Read {
             }
             Err(e) => return Err(unavailable(e)),
         };
+        if records.is_empty() && high_watermark < self.next {
+            // Some brokers answer an offset past the end with nothing
+            // rather than with an error.
+            self.out_of_range(&client).await?;
+            return Ok(false);
+        }
         if records.first().is_some_and(|r| r.offset > self.next) {
             records = self.batch_holding_next(&client, records).await?;
         }

@@ -46,6 +46,37 @@ async fn sql(db: &Db, statement: &'static str) {
         .unwrap();
 }
 
+/// Writes `forged` into the log's table as it is, as someone with the
+/// database's password could.
+pub async fn insert_behind_the_store(db: &Db, forged: Entry) {
+    db.run(move |conn| {
+        use gatehouse::audit::schema::entries;
+        let f = &forged.fields;
+        Ok::<_, AuditError>(
+            diesel::insert_into(entries::table)
+                .values((
+                    entries::seq.eq(forged.seq),
+                    entries::id.eq(forged.id.to_string()),
+                    entries::event_id.eq(&f.event_id),
+                    entries::at.eq(f.at.naive_utc()),
+                    entries::actor.eq(&f.actor),
+                    entries::action.eq(&f.action),
+                    entries::subject.eq(&f.subject),
+                    entries::outcome.eq(&f.outcome),
+                    entries::client_ip.eq(&f.client_ip),
+                    entries::request_id.eq(&f.request_id),
+                    entries::trace_id.eq(&f.trace_id),
+                    entries::details.eq(&f.details),
+                    entries::prev_hash.eq(&forged.prev_hash),
+                    entries::hash.eq(&forged.hash),
+                ))
+                .execute(conn)?,
+        )
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_with() {
     let app = TestApp::start().await;
@@ -146,32 +177,7 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
         entry(6, "user:mallory", "authz.binding.created"),
         &last[0].hash,
     );
-    db.run(move |conn| {
-        use gatehouse::audit::schema::entries;
-        let f = &forged.fields;
-        Ok::<_, AuditError>(
-            diesel::insert_into(entries::table)
-                .values((
-                    entries::seq.eq(forged.seq),
-                    entries::id.eq(forged.id.to_string()),
-                    entries::event_id.eq(&f.event_id),
-                    entries::at.eq(f.at.naive_utc()),
-                    entries::actor.eq(&f.actor),
-                    entries::action.eq(&f.action),
-                    entries::subject.eq(&f.subject),
-                    entries::outcome.eq(&f.outcome),
-                    entries::client_ip.eq(&f.client_ip),
-                    entries::request_id.eq(&f.request_id),
-                    entries::trace_id.eq(&f.trace_id),
-                    entries::details.eq(&f.details),
-                    entries::prev_hash.eq(&forged.prev_hash),
-                    entries::hash.eq(&forged.hash),
-                ))
-                .execute(conn)?,
-        )
-    })
-    .await
-    .unwrap();
+    insert_behind_the_store(&db, forged).await;
     assert_eq!(verify(&db).await, Err(Finding::Inserted(6)));
     sql(&db, "DELETE FROM entries WHERE seq = 6").await;
     assert_eq!(verify(&db).await, Ok(5));

@@ -39,25 +39,10 @@ fn tansu() -> String {
 impl Broker {
     pub fn start() -> Broker {
         let port = free_port();
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let address = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&address).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {address}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        Broker {
+            child: listening(port),
+            address: format!("127.0.0.1:{port}"),
         }
-        Broker { child, address }
     }
 
     /// The settings of a bus on this broker.
@@ -77,6 +62,38 @@ impl Broker {
     pub fn resume(&self) {
         signal(self.child.id(), "-CONT");
     }
+
+    /// Kills the broker and starts a new one on the same port; kept in
+    /// memory, its topics start again empty.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.address.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = listening(port);
+    }
+}
+
+/// A tansu process listening on `port`.
+fn listening(port: u16) -> Child {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu())
+        .args(["broker", "--listener-url", &listener])
+        .args(["--advertised-listener-url", &listener])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen on {address}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 fn signal(pid: u32, which: &str) {
@@ -122,6 +139,29 @@ async fn take(rx: &mut mpsc::Receiver<Delivery>, count: usize) -> Vec<Delivery> 
         }
     }
     got
+}
+
+/// Publishes `events` as a relay does: what the bus did not take is
+/// handed to it again, until all is taken (failing after 30 s); answers
+/// how many passes failed.
+async fn publish_until_taken(bus: &Arc<dyn EventBus>, mut events: Vec<Envelope>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut failures = 0;
+    while !events.is_empty() {
+        let published = bus.publish_all(events.clone()).await;
+        let done: std::collections::BTreeSet<usize> = published.done.into_iter().collect();
+        events = events
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !done.contains(i))
+            .map(|(_, e)| e)
+            .collect();
+        if let Some(failure) = published.failure {
+            failures += 1;
+            assert!(Instant::now() < deadline, "{failure}");
+        }
+    }
+    failures
 }
 
 /// The payloads of each subject's deliveries, in the order they came.
@@ -270,23 +310,7 @@ async fn publishing_waits_out_a_stopped_broker_and_nothing_is_lost() {
     broker.pause();
     let publisher = bus.clone();
     let during = tokio::spawn(async move {
-        // What a relay does: try again until the broker takes the events.
-        let mut events: Vec<Envelope> = (1..5).map(|n| event(n, "ann")).collect();
-        let mut failures = 0;
-        while !events.is_empty() {
-            let published = publisher.publish_all(events.clone()).await;
-            let done: std::collections::BTreeSet<usize> = published.done.into_iter().collect();
-            events = events
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !done.contains(i))
-                .map(|(_, e)| e)
-                .collect();
-            if published.failure.is_some() {
-                failures += 1;
-            }
-        }
-        failures
+        publish_until_taken(&publisher, (1..5).map(|n| event(n, "ann")).collect()).await
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     broker.resume();
@@ -297,4 +321,25 @@ async fn publishing_waits_out_a_stopped_broker_and_nothing_is_lost() {
         vec![1, 2, 3, 4],
         "{failures} failed passes"
     );
+}
+
+#[tokio::test]
+async fn a_restarted_broker_is_reconnected_to_and_its_topic_made_again() {
+    let mut broker = Broker::start();
+    let (bus, _) = bus(&broker);
+    let mut rx = bus
+        .subscribe("audit", &["identity"], Start::After(Vec::new()))
+        .await
+        .unwrap();
+    let before = (0..6).map(|n| event(n, "ann")).collect();
+    assert!(bus.publish_all(before).await.failure.is_none());
+    take(&mut rx, 6).await;
+
+    // A broker that kept its topics in memory comes back empty: publishing
+    // makes the topic again, and the consumer, whose next offset (6) is
+    // past the new partition's end (2), reads it from its start.
+    broker.restart();
+    publish_until_taken(&bus, (6..8).map(|n| event(n, "ann")).collect()).await;
+    let got = take(&mut rx, 2).await;
+    assert_eq!(by_subject(&got)["ann"], vec![6, 7]);
 }

@@ -585,6 +585,51 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
         .unwrap();
     assert_eq!(check["allowed"], true, "{check}");
     assert_eq!(check["grant"]["role"], "auditor");
+
+    // A role granted from the command line, on the same data: authz reads
+    // it within its refresh interval; granted twice, it is held once.
+    let grant = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "admin",
+                "grant",
+                "--email",
+                "ann@example.org",
+                "--role",
+                "admin",
+            ])
+            .env("GATEHOUSE_DATA_DIR", dir.path())
+            .envs(backend.env.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(grant().contains("granted admin to ann@example.org"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let check: serde_json::Value = http
+            .post(format!("{base}/v1/authz/check"))
+            .bearer_auth(&ann)
+            .json(&json!({"permission": "authz:write"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if check["allowed"] == true {
+            assert_eq!(check["grant"]["role"], "admin", "{check}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{check}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(grant().contains("ann@example.org holds admin already"));
     for process in &mut processes {
         assert!(process.terminate().await.success());
     }
@@ -592,10 +637,10 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
 
 /// `gatehouse audit verify` on the log of a data directory (or a
 /// deployment's database): it holds, every time it is asked, until a row
-/// is changed behind the store's back, and then the command fails naming
-/// the entry.
+/// is changed, removed or added behind the store's back, and then the
+/// command fails naming the entry.
 #[tokio::test]
-async fn audit_verify_names_the_entry_that_was_changed() {
+async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
     use diesel::RunQueryDsl;
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::new();
@@ -684,4 +729,58 @@ async fn audit_verify_names_the_entry_that_was_changed() {
         "{}",
         String::from_utf8_lossy(&broken.stdout)
     );
+    let sql = |statement: &'static str| {
+        db.run(move |conn| {
+            diesel::sql_query(statement)
+                .execute(conn)
+                .map_err(gatehouse::audit::error::AuditError::from)
+        })
+    };
+    sql("UPDATE entries SET subject = 'user:bob' WHERE seq = 2")
+        .await
+        .unwrap();
+    assert!(verify().status.success(), "holds again once put back");
+
+    // A row removed, then put back.
+    sql("CREATE TABLE kept AS SELECT * FROM entries WHERE seq = 2")
+        .await
+        .unwrap();
+    sql("DELETE FROM entries WHERE seq = 2").await.unwrap();
+    let removed = verify();
+    assert_eq!(removed.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(said.contains("entry 2 was deleted"), "{said}");
+    sql("INSERT INTO entries SELECT * FROM kept").await.unwrap();
+    assert!(verify().status.success(), "holds again once put back");
+
+    // A row added after the last, chained as the store would chain it.
+    let last = db
+        .run(|conn| {
+            gatehouse::audit::store::list(conn, &gatehouse::audit::store::Filter::default(), 2, 1)
+                .map_err(gatehouse::audit::error::AuditError::from)
+        })
+        .await
+        .unwrap();
+    let forged = gatehouse::audit::model::Entry::chain(
+        4,
+        uuid::Uuid::now_v7(),
+        gatehouse::audit::model::NewEntry {
+            event_id: None,
+            at: chrono::Utc::now(),
+            actor: "user:mallory".into(),
+            action: "authz.binding.created".into(),
+            subject: "user:mallory".into(),
+            outcome: "success".into(),
+            client_ip: String::new(),
+            request_id: String::new(),
+            trace_id: String::new(),
+            details: r#"{"role":"admin"}"#.into(),
+        },
+        &last[0].hash,
+    );
+    crate::audit::insert_behind_the_store(&db, forged).await;
+    let added = verify();
+    assert_eq!(added.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&added.stdout);
+    assert!(said.contains("entry 4 was inserted"), "{said}");
 }
