@@ -2,7 +2,8 @@
 # `footprint`: gatehouse-bench starts the release binaries itself and reads
 # their idle memory and the all-in-one's start. `authz`: it starts authz
 # itself on a policy it writes. `audit`: it starts audit (and identity)
-# itself on the local PostgreSQL. Then, for `core` and `edge`,
+# itself on the local PostgreSQL, on the in-process bus and through the
+# Kafka-protocol broker scripts/kafka.sh starts. Then, for `core` and `edge`,
 # starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
 # `edge`: scripts/bench-edge.sh) and stops it again. `all`: the five.
@@ -18,6 +19,7 @@ if [ "$what" = all ] || [ "$what" = authz ]; then
     "$target/release/gatehouse-bench" --authz --seconds "$seconds"
 fi
 if [ "$what" = all ] || [ "$what" = audit ]; then
+    scripts/kafka.sh start
     "$target/release/gatehouse-bench" --audit --seconds "$seconds"
 fi
 if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ]; then exit 0; fi

@@ -8,11 +8,13 @@
 #   scripts/kafka.sh stop      stop the broker this script started
 #
 # The build takes about ten minutes on two cores; its output is kept under
-# ~/.cache/gatehouse so a rebuild is incremental. The broker keeps its
-# topics in memory: a restart empties it.
+# ~/.cache/gatehouse so a rebuild is incremental. tansu is built with two
+# stores: in memory (`memory://tansu/`, what `start` uses: a restart empties
+# it) and in a SQLite file (`sqlite://PATH`, which a restart keeps).
 set -euo pipefail
 
 version="0.6.0"
+features="dynostore,libsql"
 cache="${GATEHOUSE_CACHE:-$HOME/.cache/gatehouse}"
 root="$cache/tools"
 bin="$root/bin/tansu"
@@ -25,13 +27,16 @@ listening() {
 }
 
 install() {
-    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
+    local built="$root/tansu.features"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version" \
+        && [ "$(cat "$built" 2>/dev/null)" = "$features" ]; then
         return
     fi
-    echo "installing tansu $version (about ten minutes on two cores)"
+    echo "installing tansu $version with $features (about ten minutes on two cores)"
     mkdir -p "$root"
     CARGO_TARGET_DIR="$cache/tansu-build" cargo install tansu --version "$version" \
-        --locked --features dynostore --root "$root" --quiet
+        --locked --features "$features" --root "$root" --quiet --force
+    echo "$features" >"$built"
 }
 
 start() {

@@ -15,11 +15,16 @@ use tokio::sync::mpsc;
 
 use crate::binary::free_port;
 
-/// A tansu broker on a port of its own, keeping its topics in memory;
-/// stopped when dropped.
+/// A tansu broker on a port of its own, keeping its topics in memory or in
+/// a SQLite file; stopped when dropped.
 pub struct Broker {
-    child: Child,
+    /// None while stopped.
+    child: Option<Child>,
     pub address: String,
+    port: u16,
+    storage: String,
+    /// The directory of a file store.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Where `scripts/kafka.sh` installs tansu, unless `GATEHOUSE_TANSU` says.
@@ -37,12 +42,33 @@ fn tansu() -> String {
 }
 
 impl Broker {
+    /// A broker keeping its topics in memory: a restart empties it.
     pub fn start() -> Broker {
+        Broker::with("memory://tansu/".to_owned(), None)
+    }
+
+    /// A broker keeping its topics in a SQLite file: a restart keeps them.
+    pub fn start_kept() -> Broker {
+        // The file's path is taken from the broker's working directory.
+        Broker::with(
+            "sqlite://tansu.db".to_owned(),
+            Some(tempfile::tempdir().unwrap()),
+        )
+    }
+
+    fn with(storage: String, dir: Option<tempfile::TempDir>) -> Broker {
         let port = free_port();
         Broker {
-            child: listening(port),
+            child: Some(listening(port, &storage, dir.as_ref().map(|d| d.path()))),
             address: format!("127.0.0.1:{port}"),
+            port,
+            storage,
+            dir,
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running broker").id()
     }
 
     /// The settings of a bus on this broker.
@@ -56,30 +82,42 @@ impl Broker {
     /// Stops the broker's process (SIGSTOP) until [`Broker::resume`]: it
     /// answers nothing meanwhile.
     pub fn pause(&self) {
-        signal(self.child.id(), "-STOP");
+        signal(self.pid(), "-STOP");
     }
 
     pub fn resume(&self) {
-        signal(self.child.id(), "-CONT");
+        signal(self.pid(), "-CONT");
     }
 
-    /// Kills the broker and starts a new one on the same port; kept in
-    /// memory, its topics start again empty.
-    pub fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let port = self.address.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = listening(port);
+    /// Kills the broker's process (SIGKILL): its port refuses connections
+    /// until [`Broker::start_again`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on its port and store.
+    pub fn start_again(&mut self) {
+        self.kill();
+        let cwd = self.dir.as_ref().map(|d| d.path().to_path_buf());
+        self.child = Some(listening(self.port, &self.storage, cwd.as_deref()));
     }
 }
 
-/// A tansu process listening on `port`.
-fn listening(port: u16) -> Child {
+/// A tansu process listening on `port`, keeping its topics in `storage`,
+/// working in `cwd` when given.
+fn listening(port: u16, storage: &str, cwd: Option<&std::path::Path>) -> Child {
     let listener = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
+    let mut command = Command::new(tansu());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let child = command
         .args(["broker", "--listener-url", &listener])
         .args(["--advertised-listener-url", &listener])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", storage])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -106,8 +144,7 @@ fn signal(pid: u32, which: &str) {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -338,7 +375,7 @@ async fn a_restarted_broker_is_reconnected_to_and_its_topic_made_again() {
     // A broker that kept its topics in memory comes back empty: publishing
     // makes the topic again, and the consumer, whose next offset (6) is
     // past the new partition's end (2), reads it from its start.
-    broker.restart();
+    broker.start_again();
     publish_until_taken(&bus, (6..8).map(|n| event(n, "ann")).collect()).await;
     let got = take(&mut rx, 2).await;
     assert_eq!(by_subject(&got)["ann"], vec![6, 7]);

@@ -573,18 +573,21 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
     assert_eq!(bound.status(), 201);
     let listed = users().await.unwrap();
     assert_eq!(listed.status(), 200, "identity asked authz over gRPC");
-    let check: serde_json::Value = http
-        .post(format!("{base}/v1/authz/check"))
-        .bearer_auth(&ann)
-        .json(&json!({"permission": "audit:read"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(check["allowed"], true, "{check}");
-    assert_eq!(check["grant"]["role"], "auditor");
+    // What authz answers Ann asking about herself.
+    let check = async |permission: &str| -> serde_json::Value {
+        http.post(format!("{base}/v1/authz/check"))
+            .bearer_auth(&ann)
+            .json(&json!({ "permission": permission }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let check_audit = check("audit:read").await;
+    assert_eq!(check_audit["allowed"], true, "{check_audit}");
+    assert_eq!(check_audit["grant"]["role"], "auditor");
 
     // A role granted from the command line, on the same data: authz reads
     // it within its refresh interval; granted twice, it is held once.
@@ -612,21 +615,12 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
     assert!(grant().contains("granted admin to ann@example.org"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let check: serde_json::Value = http
-            .post(format!("{base}/v1/authz/check"))
-            .bearer_auth(&ann)
-            .json(&json!({"permission": "authz:write"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if check["allowed"] == true {
-            assert_eq!(check["grant"]["role"], "admin", "{check}");
+        let answer = check("authz:write").await;
+        if answer["allowed"] == true {
+            assert_eq!(answer["grant"]["role"], "admin", "{answer}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{check}");
+        assert!(std::time::Instant::now() < deadline, "{answer}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(grant().contains("ann@example.org holds admin already"));
