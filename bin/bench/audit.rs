@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use gatehouse::audit::model::{Entry, GENESIS};
+use gatehouse::audit::store::NewRow;
 use gatehouse::kernel::bus::Envelope;
 use gatehouse::proto::events::v1::UserEvent;
 use prost::Message as _;
@@ -215,28 +216,7 @@ async fn ingest(dir: &std::path::Path, bus: &Bus) -> anyhow::Result<(f64, f64)> 
         diesel::sql_query("SET search_path TO raw").execute(&mut conn)?;
         let start = Instant::now();
         for batch in rows.chunks(BASELINE_BATCH) {
-            let values: Vec<_> = batch
-                .iter()
-                .map(|e| {
-                    let f = &e.fields;
-                    (
-                        entries::seq.eq(e.seq),
-                        entries::id.eq(e.id.to_string()),
-                        entries::event_id.eq(f.event_id.clone()),
-                        entries::at.eq(f.at.naive_utc()),
-                        entries::actor.eq(&f.actor),
-                        entries::action.eq(&f.action),
-                        entries::subject.eq(&f.subject),
-                        entries::outcome.eq(&f.outcome),
-                        entries::client_ip.eq(&f.client_ip),
-                        entries::request_id.eq(&f.request_id),
-                        entries::trace_id.eq(&f.trace_id),
-                        entries::details.eq(&f.details),
-                        entries::prev_hash.eq(&e.prev_hash),
-                        entries::hash.eq(&e.hash),
-                    )
-                })
-                .collect();
+            let values: Vec<NewRow<'_>> = batch.iter().map(NewRow::from).collect();
             conn.transaction(|c| {
                 diesel::insert_into(entries::table)
                     .values(&values)

@@ -142,10 +142,10 @@ fn insert(conn: &mut DbConnection, rows: &[NewRow<'_>]) -> QueryResult<usize> {
 /// Entries one insert statement carries (14 values each).
 const INSERT_CHUNK: usize = 200;
 
-/// An `entries` row about to be inserted.
+/// An `entries` row about to be inserted, exactly as `Entry` holds it.
 #[derive(Insertable)]
 #[diesel(table_name = entries)]
-struct NewRow<'a> {
+pub struct NewRow<'a> {
     seq: i64,
     id: String,
     event_id: Option<&'a str>,

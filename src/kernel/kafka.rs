@@ -359,14 +359,14 @@ impl Follow {
             pause = (pause * 2).min(MAX_PAUSE);
         };
         for partition in (0..count).filter(|p| self.shared.share.owns(*p)) {
-            let next = match &self.start {
-                Start::Latest => None,
-                Start::After(stored) => Some(
-                    stored
-                        .iter()
-                        .find(|p| p.source == self.source && p.partition == partition)
-                        .map(|p| p.offset + 1),
-                ),
+            // Stored: right after where it got to; none stored: the oldest
+            // kept; from now on: the partition's end.
+            let (next, from) = match &self.start {
+                Start::Latest => (0, From::End),
+                Start::After(stored) => stored
+                    .iter()
+                    .find(|p| p.source == self.source && p.partition == partition)
+                    .map_or((0, From::Oldest), |p| (p.offset + 1, From::Stored)),
             };
             let read = Read {
                 shared: self.shared.clone(),
@@ -374,14 +374,8 @@ impl Follow {
                 source: self.source.clone(),
                 topic: self.shared.topic(&self.source),
                 partition,
-                next: next.flatten().unwrap_or_default(),
-                // Stored: where it got to; none stored: the oldest kept;
-                // from now on: the partition's end.
-                from: match next {
-                    Some(Some(_)) => From::Stored,
-                    Some(None) => From::Oldest,
-                    None => From::End,
-                },
+                next,
+                from,
                 tx: self.tx.clone(),
             };
             tokio::spawn(read.run());
@@ -444,9 +438,7 @@ impl Read {
         match self.from {
             From::Stored => {}
             From::Oldest => {
-                self.next = answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
-                    .await?
-                    .map_err(unavailable)?;
+                self.next = Self::oldest(&client).await?;
             }
             From::End => {
                 self.next = self.end(&client).await?;
@@ -533,9 +525,7 @@ impl Read {
         client: &PartitionClient,
         fetched: Vec<RecordAndOffset>,
     ) -> Result<Vec<RecordAndOffset>, BusError> {
-        let oldest = answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
-            .await?
-            .map_err(unavailable)?;
+        let oldest = Self::oldest(client).await?;
         let mut back = 1;
         loop {
             let from = (self.next - back).max(oldest);
@@ -553,13 +543,18 @@ impl Read {
         }
     }
 
+    /// The offset of the oldest event the partition keeps.
+    async fn oldest(client: &PartitionClient) -> Result<i64, BusError> {
+        answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
+            .await?
+            .map_err(unavailable)
+    }
+
     /// The offset the next event of the partition will get.
     async fn end(&self, client: &PartitionClient) -> Result<i64, BusError> {
         // A fetch from the oldest kept offset answers the high watermark,
         // which is what the end is.
-        let oldest = answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
-            .await?
-            .map_err(unavailable)?;
+        let oldest = Self::oldest(client).await?;
         let (_, high_watermark) = answered(
             Duration::ZERO,
             client.fetch_records(oldest, 1..FETCH_BYTES, 0),
@@ -574,9 +569,7 @@ impl Read {
     /// and started again (a broker that lost its data). Either way the
     /// reading goes on from the oldest event kept, and says so.
     async fn out_of_range(&mut self, client: &PartitionClient) -> Result<(), BusError> {
-        let oldest = answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
-            .await?
-            .map_err(unavailable)?;
+        let oldest = Self::oldest(client).await?;
         tracing::error!(
             consumer = %self.consumer,
             topic = %self.topic,

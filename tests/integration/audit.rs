@@ -4,7 +4,7 @@
 //! back are named by verification.
 
 use chrono::{Duration, Utc};
-use diesel::{ExpressionMethods, RunQueryDsl};
+use diesel::RunQueryDsl;
 use gatehouse::audit::keys::AuditKey;
 use gatehouse::audit::model::{Entry, Finding, NewEntry};
 use gatehouse::audit::store::{self, Filter};
@@ -51,25 +51,9 @@ async fn sql(db: &Db, statement: &'static str) {
 pub async fn insert_behind_the_store(db: &Db, forged: Entry) {
     db.run(move |conn| {
         use gatehouse::audit::schema::entries;
-        let f = &forged.fields;
         Ok::<_, AuditError>(
             diesel::insert_into(entries::table)
-                .values((
-                    entries::seq.eq(forged.seq),
-                    entries::id.eq(forged.id.to_string()),
-                    entries::event_id.eq(&f.event_id),
-                    entries::at.eq(f.at.naive_utc()),
-                    entries::actor.eq(&f.actor),
-                    entries::action.eq(&f.action),
-                    entries::subject.eq(&f.subject),
-                    entries::outcome.eq(&f.outcome),
-                    entries::client_ip.eq(&f.client_ip),
-                    entries::request_id.eq(&f.request_id),
-                    entries::trace_id.eq(&f.trace_id),
-                    entries::details.eq(&f.details),
-                    entries::prev_hash.eq(&forged.prev_hash),
-                    entries::hash.eq(&forged.hash),
-                ))
+                .values(store::NewRow::from(&forged))
                 .execute(conn)?,
         )
     })

@@ -177,6 +177,15 @@ impl Deployment {
         }
     }
 
+    /// The broker of a deployment on Kafka.
+    #[cfg(feature = "it-kafka")]
+    fn broker(&mut self) -> &mut crate::kafka::Broker {
+        match &mut self.bus {
+            Bus::Kafka(broker) => broker,
+            Bus::Outbox => panic!("a deployment on the outbox bus has no broker"),
+        }
+    }
+
     /// Makes `email` an admin from the command line, on the deployment's data.
     fn make_admin(&self, email: &str) {
         make_admin(self.dir.path(), &self.backend.env, email, PASSWORD);
@@ -408,10 +417,7 @@ async fn a_broker_down_for_thirty_seconds_loses_and_repeats_no_event() {
     d.until(&gateway, "/v1/audit/events", &root, 200).await;
     let before = d.register("before@example.org").await;
 
-    let Bus::Kafka(broker) = &mut d.bus else {
-        unreachable!("a Kafka deployment")
-    };
-    broker.kill();
+    d.broker().kill();
     let stopped = Instant::now();
     let mut users = vec![before];
     while stopped.elapsed() < Duration::from_secs(30) {
@@ -423,10 +429,7 @@ async fn a_broker_down_for_thirty_seconds_loses_and_repeats_no_event() {
     }
     let during = users.len() - 1;
     assert!(during >= 20, "only {during} users registered meanwhile");
-    let Bus::Kafka(broker) = &mut d.bus else {
-        unreachable!("a Kafka deployment")
-    };
-    broker.start_again();
+    d.broker().start_again();
 
     let registered = d
         .entries_when("action=identity.user.registered", &root, |found| {
