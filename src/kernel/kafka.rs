@@ -376,6 +376,7 @@ impl Follow {
                 partition,
                 next,
                 from,
+                caught_up: false,
                 tx: self.tx.clone(),
             };
             tokio::spawn(read.run());
@@ -401,6 +402,9 @@ struct Read {
     /// The next offset to fetch, once `from` is `Stored`.
     next: i64,
     from: From,
+    /// Whether the last fetch reached the partition's end: only then does
+    /// the next one wait at the broker for new events.
+    caught_up: bool,
     tx: mpsc::Sender<Delivery>,
 }
 
@@ -450,7 +454,13 @@ impl Read {
                 .lag
                 .start(&self.consumer, &self.source, self.partition, self.next - 1);
         }
-        let wait = self.shared.config.fetch_wait_ms.max(1);
+        // Behind the end, what is there is asked for without waiting: a
+        // broker may hold a fetch for its whole wait, whatever it has.
+        let wait = if self.caught_up {
+            self.shared.config.fetch_wait_ms.max(1)
+        } else {
+            0
+        };
         let (mut records, high_watermark) = match self.fetch_from(&client, self.next, wait).await? {
             Ok(fetched) => fetched,
             Err(KafkaError::ServerError {
@@ -501,6 +511,7 @@ impl Read {
                 return Ok(true);
             }
         }
+        self.caught_up = self.next >= high_watermark;
         Ok(false)
     }
 
