@@ -13,7 +13,7 @@
 //!
 //! Both run first on the in-process bus, then through the Kafka broker at
 //! `KAFKA_BROKERS` (127.0.0.1:9092 by default, which `scripts/bench.sh`
-//! starts), on topics of the run's own: the ingest figure then reads events
+//! starts), on topics of each figure's own: the ingest figure then reads events
 //! published before audit starts, the lag figure goes from identity's
 //! outbox through the broker to audit.
 
@@ -86,7 +86,6 @@ impl Bus {
         let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
         Bus::Kafka(gatehouse::kernel::config::KafkaConfig {
             brokers: brokers.split(',').map(str::to_owned).collect(),
-            topic_prefix: format!("bench-{}.", Uuid::now_v7().simple()),
             ..Default::default()
         })
     }
@@ -112,7 +111,11 @@ fn context(
     config.database.url = scratch.url();
     if let Bus::Kafka(kafka) = bus {
         config.bus.backend = gatehouse::kernel::config::BusBackend::Kafka;
-        config.bus.kafka = kafka.clone();
+        // Topics of this figure's own: none of another's events to read.
+        config.bus.kafka = gatehouse::kernel::config::KafkaConfig {
+            topic_prefix: format!("bench-{}.", Uuid::now_v7().simple()),
+            ..kafka.clone()
+        };
     }
     gatehouse::platform::context(&config)
 }

@@ -2,7 +2,8 @@
 //! feature). Each producing service's relay publishes to its own topic
 //! (`gatehouse.identity`, ...), each event keyed by its subject and sent to
 //! the partition its subject hashes to, so one subject's events stay in
-//! order; a relay's batch goes as one produce request per partition.
+//! order; a relay's batch goes to each partition in as few produce
+//! requests as keep under 8 KiB (see [`REQUEST_RECORD_BYTES`]).
 //! Topics are created when missing, with `bus.kafka.partitions` and
 //! `bus.kafka.replication`.
 //!
@@ -39,6 +40,17 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 const MAX_BATCH_BACK: i64 = 1024;
 /// The most bytes one fetch asks for.
 const FETCH_BYTES: i32 = 1 << 20;
+/// The most a produce request's records add up to. rskafka writes a
+/// request's length and its body through an 8 KiB buffer and does not set
+/// `TCP_NODELAY`: a larger body goes out in a second write, which Nagle's
+/// algorithm holds until the broker acknowledges the first, and a Linux
+/// broker delays that acknowledgement by up to 40 ms. A request that fits
+/// the buffer, with room for its headers, goes out in one write and is
+/// answered at once.
+const REQUEST_RECORD_BYTES: usize = 7 * 1024;
+/// About what a record, or a header of one, adds to a request besides its
+/// bytes (lengths, offsets, timestamp).
+const RECORD_OVERHEAD: usize = 24;
 /// How long the client keeps trying a request that failed, before the bus
 /// says the broker is unavailable.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -188,6 +200,22 @@ impl Shared {
             .map_or(0, |t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)))
     }
 
+    /// A client of its own for `partition` of `topic`, on a connection of
+    /// its own to the partition's leader. A broker answers one connection's
+    /// requests in turn, so a consumer's fetch that waits for new events
+    /// there would hold up a produce, or another consumer's fetch, sent
+    /// behind it on the same connection.
+    async fn connect(&self, topic: &str, partition: i32) -> Result<PartitionClient, BusError> {
+        let connected = self.client().await?;
+        answered(
+            Duration::ZERO,
+            connected.partition_client(topic, partition, UnknownTopicHandling::Error),
+        )
+        .await?
+        .map_err(unavailable)
+    }
+
+    /// The producers' client for `partition` of `topic`.
     async fn partition(
         &self,
         topic: &str,
@@ -197,14 +225,7 @@ impl Shared {
         if let Some(client) = self.partitions.lock().await.get(&key) {
             return Ok(client.clone());
         }
-        let connected = self.client().await?;
-        let client = answered(
-            Duration::ZERO,
-            connected.partition_client(topic, partition, UnknownTopicHandling::Error),
-        )
-        .await?
-        .map_err(unavailable)?;
-        let client = Arc::new(client);
+        let client = Arc::new(self.connect(topic, partition).await?);
         self.partitions.lock().await.insert(key, client.clone());
         Ok(client)
     }
@@ -220,18 +241,8 @@ impl Shared {
         &self,
         topic: &str,
         partition: i32,
-        events: &[&Envelope],
+        records: Vec<Record>,
     ) -> Result<(), BusError> {
-        let records = events
-            .iter()
-            .map(|event| Record {
-                key: Some(event.subject.as_bytes().to_vec()),
-                value: Some(event.encode_to_vec()),
-                headers: BTreeMap::from([("type".to_owned(), event.r#type.as_bytes().to_vec())]),
-                timestamp: chrono::DateTime::from_timestamp_millis(event.occurred_at_unix_ms)
-                    .unwrap_or_default(),
-            })
-            .collect();
         let client = self.partition(topic, partition).await?;
         answered(
             Duration::ZERO,
@@ -241,6 +252,45 @@ impl Shared {
         .map(|_| ())
         .map_err(unavailable)
     }
+}
+
+/// `event` as a record: keyed by its subject, its type in a header.
+fn record(event: &Envelope) -> Record {
+    Record {
+        key: Some(event.subject.as_bytes().to_vec()),
+        value: Some(event.encode_to_vec()),
+        headers: BTreeMap::from([("type".to_owned(), event.r#type.as_bytes().to_vec())]),
+        timestamp: chrono::DateTime::from_timestamp_millis(event.occurred_at_unix_ms)
+            .unwrap_or_default(),
+    }
+}
+
+/// How many records each produce request of `records` carries, in order:
+/// as many as add up to at most [`REQUEST_RECORD_BYTES`], and a larger
+/// record alone.
+fn request_sizes(records: &[Record]) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let (mut count, mut bytes) = (0, 0);
+    for record in records {
+        let len = RECORD_OVERHEAD
+            + record.key.as_ref().map_or(0, Vec::len)
+            + record.value.as_ref().map_or(0, Vec::len)
+            + record
+                .headers
+                .iter()
+                .map(|(name, value)| RECORD_OVERHEAD + name.len() + value.len())
+                .sum::<usize>();
+        if count > 0 && bytes + len > REQUEST_RECORD_BYTES {
+            sizes.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes += len;
+    }
+    if count > 0 {
+        sizes.push(count);
+    }
+    sizes
 }
 
 #[async_trait::async_trait]
@@ -281,12 +331,22 @@ impl EventBus for KafkaBus {
                 .push(index);
         }
         for ((topic, partition), indexes) in groups {
-            let batch: Vec<&Envelope> = indexes.iter().map(|i| &events[*i]).collect();
-            match shared.produce(&topic, partition, &batch).await {
-                Ok(()) => published.done.extend(indexes),
-                Err(e) => {
-                    shared.forget(&topic).await;
-                    published.failure = Some(e);
+            let mut records: Vec<Record> = indexes.iter().map(|i| record(&events[*i])).collect();
+            let mut sent = 0;
+            // A request that fails stops its partition's: the events after
+            // it wait for the next pass, behind it.
+            for size in request_sizes(&records) {
+                let request = records.drain(..size).collect();
+                match shared.produce(&topic, partition, request).await {
+                    Ok(()) => {
+                        published.done.extend(&indexes[sent..sent + size]);
+                        sent += size;
+                    }
+                    Err(e) => {
+                        shared.forget(&topic).await;
+                        published.failure = Some(e);
+                        break;
+                    }
                 }
             }
         }
@@ -377,6 +437,7 @@ impl Follow {
                 next,
                 from,
                 caught_up: false,
+                client: None,
                 tx: self.tx.clone(),
             };
             tokio::spawn(read.run());
@@ -405,6 +466,8 @@ struct Read {
     /// Whether the last fetch reached the partition's end: only then does
     /// the next one wait at the broker for new events.
     caught_up: bool,
+    /// Its own client, once connected; dropped after a failure.
+    client: Option<Arc<PartitionClient>>,
     tx: mpsc::Sender<Delivery>,
 }
 
@@ -425,7 +488,7 @@ impl Read {
                 }
                 Err(e) => {
                     tracing::warn!(consumer = %self.consumer, topic = %self.topic, partition = self.partition, error = %e, "fetch failed; asking again");
-                    self.shared.forget(&self.topic).await;
+                    self.client = None;
                 }
             }
             tokio::select! {
@@ -438,7 +501,14 @@ impl Read {
 
     /// One fetch, handed on; whether the consumer went away.
     async fn fetch(&mut self) -> Result<bool, BusError> {
-        let client = self.shared.partition(&self.topic, self.partition).await?;
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let client = Arc::new(self.shared.connect(&self.topic, self.partition).await?);
+                self.client = Some(client.clone());
+                client
+            }
+        };
         match self.from {
             From::Stored => {}
             From::Oldest => {
@@ -606,6 +676,45 @@ mod tests {
             .collect();
         assert_eq!(used, [0, 1, 2].into());
         assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    fn event_of(value_bytes: usize) -> Envelope {
+        Envelope {
+            id: "e".into(),
+            r#type: "identity.user.updated".into(),
+            source: "identity".into(),
+            subject: "user-1".into(),
+            payload: vec![7; value_bytes],
+            ..Envelope::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_requests_under_eight_kib_in_order() {
+        // A relay pass: 100 events of a few hundred bytes.
+        let records: Vec<Record> = (0..100).map(|_| record(&event_of(300))).collect();
+        let sizes = request_sizes(&records);
+        assert_eq!(sizes.iter().sum::<usize>(), 100);
+        assert!(sizes.len() > 1, "{sizes:?}");
+        let mut start = 0;
+        for size in &sizes {
+            let bytes: usize = records[start..start + size]
+                .iter()
+                .map(|r| r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+                .sum();
+            assert!(bytes < 8 * 1024 - 1024, "a request of {bytes} bytes");
+            start += size;
+        }
+        // An event larger than a request goes alone, between the others.
+        let mixed = [
+            record(&event_of(10)),
+            record(&event_of(20_000)),
+            record(&event_of(10)),
+        ];
+        assert_eq!(request_sizes(&mixed), [1, 1, 1]);
+        let small = [record(&event_of(10)), record(&event_of(10))];
+        assert_eq!(request_sizes(&small), [2]);
+        assert!(request_sizes(&[]).is_empty());
     }
 
     #[test]
