@@ -497,7 +497,7 @@ async fn serve_unchecked(
         probes: Probes(vec![Arc::new(db)]),
         io_threads: None,
     };
-    let router = server::router(app, &ctx.server, &ctx.metrics)?;
+    let router = server::router(app, &ctx)?;
     let listener = server::bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
     axum::serve(listener, router).await?;
     Ok(())

@@ -40,6 +40,26 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Keys that services sign their calls to each other with.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Make a key for each service in an empty directory: `<service>.key`
+    /// (secret, owner-only) and `services.pub` (every public key). Give each
+    /// machine the keys of the services it runs and `services.pub`, and
+    /// point rpc.credentials_dir at them.
+    Issue {
+        #[arg(long)]
+        out: PathBuf,
+        /// The services to make keys for (all by default).
+        #[arg(long, value_delimiter = ',', default_values_t = gatehouse::kernel::credentials::SERVICES.map(str::to_owned))]
+        services: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,7 +117,32 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             command: AuditCommand::Verify,
         }) => audit_verify(cli.config),
+        Some(Command::Credentials {
+            command: CredentialsCommand::Issue { out, services },
+        }) => issue_credentials(&out, &services),
         None | Some(Command::Serve) => serve(cli.config),
+    }
+}
+
+fn issue_credentials(out: &std::path::Path, services: &[String]) -> ExitCode {
+    use gatehouse::kernel::credentials::{Keyring, SERVICES, TRUST_FILE};
+    if let Some(unknown) = services.iter().find(|s| !SERVICES.contains(&s.as_str())) {
+        return fail(&anyhow::anyhow!(
+            "no service is called {unknown}; the services are {}",
+            SERVICES.join(", ")
+        ));
+    }
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    match Keyring::issue(out, &names) {
+        Ok(()) => {
+            println!(
+                "made {} keys and {TRUST_FILE} in {}",
+                names.join(", "),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&anyhow::anyhow!(e)),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::kernel::ServiceContext;
 use crate::kernel::bus::{EventBus, InProcessBus};
 use crate::kernel::clock::SystemClock;
 use crate::kernel::config::{BusBackend, RegistryBackend};
+use crate::kernel::credentials::{Keyring, SERVICES};
 use crate::kernel::metrics::Metrics;
 use crate::kernel::registry::{InProcessRegistry, Registry, StaticRegistry};
 use crate::kernel::rpc::Clients;
@@ -32,6 +33,22 @@ pub enum Service {
 }
 
 impl Service {
+    /// The name it registers under and signs its calls as.
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "identity")]
+            Service::Identity => "identity",
+            #[cfg(feature = "auth")]
+            Service::Auth => "auth",
+            #[cfg(feature = "authz")]
+            Service::Authz => "authz",
+            #[cfg(feature = "audit")]
+            Service::Audit => "audit",
+            #[cfg(feature = "gateway")]
+            Service::Gateway => "gateway",
+        }
+    }
+
     /// Every service compiled into this binary, in the order they start:
     /// each one that follows another's events first, so that on the
     /// in-process bus none of the events a service's relay publishes as it
@@ -58,7 +75,22 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         RegistryBackend::InProcess => Arc::new(InProcessRegistry::default()),
         RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
     };
-    let clients = Clients::new(registry.clone(), &config.rpc);
+    let clock = Arc::new(SystemClock);
+    let keyring = Arc::new(if config.rpc.credentials_dir.is_empty() {
+        Keyring::ephemeral(&SERVICES, clock.clone()).map_err(anyhow::Error::msg)?
+    } else {
+        Keyring::load(
+            std::path::Path::new(&config.rpc.credentials_dir),
+            clock.clone(),
+        )?
+    });
+    // Until a service takes its own (`ServiceContext::serving`), calls are
+    // signed with the first key the process holds.
+    let caller = keyring
+        .own()
+        .next()
+        .and_then(|service| keyring.caller(service));
+    let clients = Clients::new(registry.clone(), &config.rpc, caller);
     let metrics = Metrics::new()?;
     let bus: Arc<dyn EventBus> = match config.bus.backend {
         BusBackend::InProcess => Arc::new(InProcessBus::default()),
@@ -82,11 +114,12 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         server: config.server.clone(),
         tokens: config.tokens.clone(),
         clients,
+        keyring,
         registry,
         bus,
         bus_config: config.bus.clone(),
         metrics,
-        clock: Arc::new(SystemClock),
+        clock,
         shutdown: CancellationToken::new(),
     })
 }
@@ -97,6 +130,7 @@ pub async fn start(
     ctx: &ServiceContext,
     config: &Config,
 ) -> anyhow::Result<Running> {
+    let ctx = &ctx.serving(service.name())?;
     match service {
         #[cfg(feature = "identity")]
         Service::Identity => {
@@ -129,6 +163,16 @@ pub async fn start(
     )
 )]
 pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
+    if config.rpc.credentials_dir.is_empty()
+        && config.registry.backend != RegistryBackend::InProcess
+    {
+        anyhow::bail!(
+            "services in other processes need keys to sign and check their calls: \
+             make them with `gatehouse credentials issue --out DIR` and set rpc.credentials_dir \
+             (GATEHOUSE_RPC__CREDENTIALS_DIR) on every process"
+        );
+    }
+    let stop = server::stop_signal();
     let ctx = context(&config)?;
     if standalone && !ctx.bus.crosses_processes() {
         tracing::warn!(
@@ -167,7 +211,7 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
             }
         }
     }
-    server::stop_signal().await;
+    stop.await;
     ctx.shutdown.cancel();
     for r in running {
         if let Err(e) = r.task.await {

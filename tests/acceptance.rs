@@ -141,7 +141,7 @@ impl Platform {
 
     async fn sign_in(&mut self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {
         let base = self.service().process.base.clone();
-        let mut grpc = IdentityClient::connect(base).await.unwrap();
+        let mut grpc = IdentityClient::new(binary::signed_channel(&base, "auth", "identity").await);
         grpc.verify_credentials(pb::VerifyCredentialsRequest {
             email: email.into(),
             password: password.into(),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use gatehouse::authz::schema::{bindings, memberships, role_permissions, roles, user_groups};
+use gatehouse::kernel::rpc::RpcChannel;
 use gatehouse::proto::authz::v1 as pb;
 use gatehouse::proto::authz::v1::authz_client::AuthzClient;
 use tonic::transport::Channel;
@@ -210,7 +211,7 @@ where
 const QUESTIONS: usize = 1024;
 
 async fn checks(
-    channel: Channel,
+    channel: RpcChannel,
     users: Arc<Vec<Uuid>>,
     workers: usize,
     span: Duration,
@@ -248,7 +249,7 @@ async fn checks(
     .await
 }
 
-async fn health(channel: Channel, workers: usize, span: Duration) -> anyhow::Result<Figure> {
+async fn health(channel: RpcChannel, workers: usize, span: Duration) -> anyhow::Result<Figure> {
     measure(workers, span, move |_, _| {
         let mut client = HealthClient::new(channel.clone());
         async move {
@@ -315,6 +316,9 @@ pub async fn run(seconds: u64, workers: usize) -> anyhow::Result<()> {
         let channel = Channel::from_shared(format!("http://{}", running.addr))?
             .connect()
             .await?;
+        // As the gateway calls it: signed.
+        let channel =
+            gatehouse::kernel::rpc::signed(channel, ctx.keyring.caller("gateway"), "authz");
         // Warm up: the first calls open the connection and fill what is kept.
         checks(
             channel.clone(),

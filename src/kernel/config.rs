@@ -270,6 +270,11 @@ pub enum BusBackend {
 pub struct RpcConfig {
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// Where the keys that sign and check service calls are
+    /// (`gatehouse credentials issue` makes them). Empty: keys made in
+    /// memory at start, which only a process whose calls stay inside it
+    /// (the in-process registry) can use.
+    pub credentials_dir: String,
 }
 
 impl Default for RpcConfig {
@@ -277,6 +282,7 @@ impl Default for RpcConfig {
         Self {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
+            credentials_dir: String::new(),
         }
     }
 }

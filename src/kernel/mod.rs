@@ -8,6 +8,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod credentials;
 pub mod db;
 pub mod deadline;
 pub mod error;
@@ -54,8 +55,27 @@ pub struct ServiceContext {
     /// How the bus is set up (how long outboxes keep what they published).
     pub bus_config: config::BusConfig,
     pub clients: rpc::Clients,
+    /// The keys that sign this process's service calls and check the calls
+    /// made to it.
+    pub keyring: Arc<credentials::Keyring>,
     pub metrics: metrics::Metrics,
     pub clock: Arc<dyn clock::Clock>,
     /// Cancelled when the process is asked to stop.
     pub shutdown: CancellationToken,
+}
+
+impl ServiceContext {
+    /// The context of `service` in this process: its calls to other
+    /// services carry its own credential.
+    pub fn serving(&self, service: &str) -> anyhow::Result<ServiceContext> {
+        let caller = self.keyring.caller(service).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{service}: no key of it to sign its calls with; rpc.credentials_dir must hold {service}.key"
+            )
+        })?;
+        Ok(ServiceContext {
+            clients: self.clients.calling_as(caller),
+            ..self.clone()
+        })
+    }
 }

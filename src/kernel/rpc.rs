@@ -16,6 +16,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::RpcConfig;
+use super::credentials::Caller;
 use super::locks;
 use super::registry::{Registry, RegistryError};
 
@@ -33,23 +34,48 @@ pub enum RpcError {
     Registry(#[from] RegistryError),
 }
 
-/// A channel to another service that carries the caller's trace context
-/// (`traceparent`) on every call. Generated clients take it as they take a
-/// plain channel: `IdentityClient::new(clients.channel("identity").await?)`.
+/// A channel to another service whose every call carries the calling
+/// service's credential (see [`super::credentials`]) and the caller's trace
+/// context (`traceparent`). Generated clients take it as they take a plain
+/// channel: `IdentityClient::new(clients.channel("identity").await?)`.
 pub type RpcChannel = InterceptedService<Channel, Propagate>;
 
-/// Adds the current trace context to each outgoing call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Propagate;
+/// Adds the caller's credential and the current trace context to each
+/// outgoing call.
+#[derive(Clone)]
+pub struct Propagate {
+    caller: Option<Arc<Caller>>,
+    callee: Arc<str>,
+}
 
 impl Interceptor for Propagate {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        super::telemetry::inject_current(request.metadata_mut());
+        let metadata = request.metadata_mut();
+        // Without a caller the call goes unsigned: open methods (health)
+        // answer it, the others refuse it.
+        if let Some(caller) = &self.caller {
+            let token = caller
+                .token(&self.callee)
+                .map_err(tonic::Status::internal)?;
+            metadata.insert(super::credentials::HEADER, token);
+        }
+        super::telemetry::inject_current(metadata);
         Ok(request)
     }
+}
+
+/// `channel` to `callee`, its calls signed by `caller`.
+pub fn signed(channel: Channel, caller: Option<Arc<Caller>>, callee: &str) -> RpcChannel {
+    InterceptedService::new(
+        channel,
+        Propagate {
+            caller,
+            callee: Arc::from(callee),
+        },
+    )
 }
 
 /// A channel and the instance URLs it was built for.
@@ -79,17 +105,38 @@ pub struct Clients {
     request_timeout: Duration,
     channels: Arc<Mutex<HashMap<String, Known>>>,
     runtime: Option<tokio::runtime::Handle>,
+    /// Signs the calls; `None` where no service of this process may call.
+    caller: Option<Arc<Caller>>,
 }
 
 impl Clients {
-    pub fn new(registry: Arc<dyn Registry>, config: &RpcConfig) -> Self {
+    /// Clients whose calls `caller` signs.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        config: &RpcConfig,
+        caller: Option<Arc<Caller>>,
+    ) -> Self {
         Self {
             registry,
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             channels: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            caller,
         }
+    }
+
+    /// The same clients (and channels), signing as `caller`.
+    pub fn calling_as(&self, caller: Arc<Caller>) -> Self {
+        Self {
+            caller: Some(caller),
+            ..self.clone()
+        }
+    }
+
+    /// The service whose credential these clients' calls carry.
+    pub fn caller(&self) -> Option<&str> {
+        self.caller.as_deref().map(Caller::service)
     }
 
     /// A channel to `service`, balanced over its registered instances.
@@ -97,7 +144,7 @@ impl Clients {
     pub async fn channel(&self, service: &str) -> Result<RpcChannel, RpcError> {
         self.plain_channel(service)
             .await
-            .map(|channel| InterceptedService::new(channel, Propagate))
+            .map(|channel| signed(channel, self.caller.clone(), service))
     }
 
     async fn plain_channel(&self, service: &str) -> Result<Channel, RpcError> {

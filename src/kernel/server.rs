@@ -28,7 +28,7 @@ use super::error::Problem;
 use super::health::{self, Probes};
 use super::http1;
 use super::io_threads::{IoPlan, IoThreads};
-use super::metrics::{Metrics, Tracked};
+use super::metrics::Tracked;
 use super::observe::ObserveLayer;
 
 /// What a service hands over to be served.
@@ -51,13 +51,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Assembles the full router: public routes, health and gRPC, under
-/// the shared stack ([`ObserveLayer`], body limit, timeout).
-pub fn router(
-    app: ServiceApp,
-    config: &ServerConfig,
-    metrics: &Metrics,
-) -> Result<Router, super::config::ConfigError> {
+/// Assembles the full router: public routes, health and gRPC (whose
+/// calls must carry a service credential, see [`super::credentials`]),
+/// under the shared stack ([`ObserveLayer`], body limit, timeout).
+pub fn router(app: ServiceApp, ctx: &ServiceContext) -> Result<Router, super::config::ConfigError> {
+    let (config, metrics) = (&ctx.server, &ctx.metrics);
+    let callee = ctx.keyring.callee(app.name);
     let trusted =
         super::origin::Cidr::parse_all(&config.trusted_proxies, "server.trusted_proxies")?;
     let tracked = Tracked {
@@ -69,7 +68,14 @@ pub fn router(
     Ok(app
         .http
         .merge(health::routes(app.probes, metrics.clone(), app.name))
-        .merge(app.grpc.into_axum_router())
+        .merge(
+            app.grpc
+                .into_axum_router()
+                .layer(axum::middleware::from_fn_with_state(
+                    callee,
+                    super::credentials::require,
+                )),
+        )
         // Every route's other methods: a problem, with the `Allow` field
         // the router adds to it.
         .method_not_allowed_fallback(|| async {
@@ -281,7 +287,7 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    let router = router(app, &ctx.server, &ctx.metrics)?;
+    let router = router(app, ctx)?;
     let served = spawn(
         name,
         listener,
@@ -321,30 +327,42 @@ where
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.
-pub async fn stop_signal() {
-    let ctrl_c = async {
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
+    // The handlers are installed here, not when the future is first
+    // polled: a signal that comes between a service saying it started and
+    // the process waiting for one would otherwise end it abruptly.
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let received = |stream: std::io::Result<tokio::signal::unix::Signal>, name| async move {
+                match stream {
+                    Ok(mut stream) => {
+                        stream.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = received(interrupt, "SIGINT") => {},
+                () = received(terminate, "SIGTERM") => {},
+            }
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("stop signal received; finishing in-flight requests");
     }
-    tracing::info!("stop signal received; finishing in-flight requests");
 }

@@ -90,6 +90,74 @@ pub fn make_admin(data: &Path, env: &[(&str, String)], email: &str, password: &s
     said
 }
 
+/// The keys every process a test starts signs and checks its service
+/// calls with: made once per test run by `gatehouse credentials issue`.
+pub fn credentials() -> &'static Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("credentials-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["credentials", "issue", "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// Signs each call as one service of the test's deployment, for another.
+#[derive(Clone)]
+pub struct SignedAs {
+    caller: std::sync::Arc<gatehouse::kernel::credentials::Caller>,
+    callee: &'static str,
+}
+
+impl tonic::service::Interceptor for SignedAs {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let token = self
+            .caller
+            .token(self.callee)
+            .map_err(tonic::Status::internal)?;
+        request
+            .metadata_mut()
+            .insert(gatehouse::kernel::credentials::HEADER, token);
+        Ok(request)
+    }
+}
+
+/// A channel to `callee` at `base` whose calls carry `caller`'s credential,
+/// from [`credentials`].
+pub async fn signed_channel(
+    base: &str,
+    caller: &str,
+    callee: &'static str,
+) -> tonic::service::interceptor::InterceptedService<tonic::transport::Channel, SignedAs> {
+    let clock = std::sync::Arc::new(gatehouse::kernel::clock::SystemClock);
+    let ring = gatehouse::kernel::credentials::Keyring::load(credentials(), clock).unwrap();
+    let channel = tonic::transport::Channel::from_shared(base.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::service::interceptor::InterceptedService::new(
+        channel,
+        SignedAs {
+            caller: ring.caller(caller).unwrap(),
+            callee,
+        },
+    )
+}
+
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,
@@ -119,6 +187,7 @@ impl ServiceProcess {
             .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
             .env("GATEHOUSE_LOG__FORMAT", "json")
             .env("GATEHOUSE_LOG__LEVEL", "info")
+            .env("GATEHOUSE_RPC__CREDENTIALS_DIR", credentials())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -7,7 +7,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use gatehouse::kernel::bus::EventBus as _;
 
-use crate::support::{TestApp, assert_problem};
+use gatehouse::kernel::clock::SystemClock;
+
+use crate::support::{TestApp, assert_problem, grpc_code};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
@@ -81,6 +83,89 @@ async fn grpc_health_reports_serving() {
         r.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+}
+
+#[tokio::test]
+async fn internal_calls_need_a_credential_of_the_deployment() {
+    use gatehouse::kernel::credentials::{Keyring, SERVICES};
+    use gatehouse::kernel::rpc::signed;
+    use gatehouse::proto::identity::v1 as pb;
+    use gatehouse::proto::identity::v1::identity_client::IdentityClient;
+
+    let app = TestApp::start().await;
+    let token = app.signed_in("user@example.org").await;
+    let ask = || pb::VerifyCredentialsRequest {
+        email: "user@example.org".into(),
+        password: "not the password 123".into(),
+    };
+    let refused = |status: tonic::Status, says: &str| {
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(says), "{says}: {status:?}");
+        assert_eq!(grpc_code(&status), "", "the method never ran: {status:?}");
+    };
+    let channel = tonic::transport::Channel::from_shared(app.base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = |caller, callee| IdentityClient::new(signed(channel.clone(), caller, callee));
+
+    refused(
+        client(None, "identity")
+            .verify_credentials(ask())
+            .await
+            .unwrap_err(),
+        "no service credential",
+    );
+    let elsewhere = Keyring::ephemeral(&SERVICES, std::sync::Arc::new(SystemClock)).unwrap();
+    refused(
+        client(elsewhere.caller("auth"), "identity")
+            .verify_credentials(ask())
+            .await
+            .unwrap_err(),
+        "does not trust",
+    );
+    refused(
+        client(app.ctx.keyring.caller("auth"), "authz")
+            .verify_credentials(ask())
+            .await
+            .unwrap_err(),
+        "for another service",
+    );
+    // A user's access token is no credential of a service.
+    let mut request = tonic::Request::new(ask());
+    request.metadata_mut().insert(
+        gatehouse::kernel::credentials::HEADER,
+        token.parse().unwrap(),
+    );
+    refused(
+        client(None, "identity")
+            .verify_credentials(request)
+            .await
+            .unwrap_err(),
+        "does not trust",
+    );
+
+    // Signed by a service of the deployment, the method answers.
+    let answer = client(app.ctx.keyring.caller("auth"), "identity")
+        .verify_credentials(ask())
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_code(&answer), "invalid_credentials", "{answer:?}");
+
+    // And no internal method is reached through the gateway.
+    let r = app
+        .http
+        .post(format!(
+            "{}/gatehouse.identity.v1.Identity/VerifyCredentials",
+            app.gateway_base
+        ))
+        .header("content-type", "application/grpc")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
-use crate::binary::{ServiceProcess, free_port, login, make_admin, static_registry};
+use crate::binary::{
+    ServiceProcess, free_port, login, make_admin, signed_channel, static_registry,
+};
 use crate::support::PASSWORD;
 
 /// Under `it-postgres` the binary runs on PostgreSQL (a fresh database),
@@ -98,7 +100,33 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let mut grpc = IdentityClient::connect(base.clone()).await.unwrap();
+    // Reaching the port is not enough to call the internal API: a call
+    // needs the credential of a service of the deployment.
+    let mut unsigned = IdentityClient::connect(base.clone()).await.unwrap();
+    let refused = unsigned
+        .verify_credentials(pb::VerifyCredentialsRequest {
+            email: "proc@example.org".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("no service credential"),
+        "{refused:?}"
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(base.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let mut grpc = IdentityClient::new(signed_channel(&base, "auth", "identity").await);
     let user = grpc
         .verify_credentials(pb::VerifyCredentialsRequest {
             email: "proc@example.org".into(),
@@ -138,6 +166,66 @@ async fn a_bad_config_is_one_clear_startup_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.to_lowercase().contains("pool_size"), "{err}");
+}
+
+#[tokio::test]
+async fn separate_processes_without_credentials_refuse_to_start_and_issue_makes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse-identity"));
+    cmd.env("GATEHOUSE_DATA_DIR", dir.path())
+        .env(
+            "GATEHOUSE_IDENTITY__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .envs(static_registry(&[("auth", &[free_port()])]));
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gatehouse credentials issue"), "{err}");
+
+    // Issued for one service, then for the rest, into the same directory:
+    // the second refuses to overwrite what the first made.
+    let keys = dir.path().join("keys");
+    let issue = |services: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["credentials", "issue", "--out"])
+            .arg(&keys)
+            .args(["--services", services])
+            .output()
+            .unwrap()
+    };
+    let made = issue("identity,auth");
+    assert!(made.status.success(), "{made:?}");
+    let said = String::from_utf8_lossy(&made.stdout);
+    assert!(said.contains("identity, auth"), "{said}");
+    let again = issue("identity");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let unknown = issue("billing");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no service is called billing"));
+    let mut files: Vec<String> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["auth.key", "identity.key", "services.pub"]);
+
+    // With them, the same process starts.
+    let mut proc = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
+        free_port(),
+        dir.path(),
+        &[
+            static_registry(&[("auth", &[free_port()])]),
+            vec![("GATEHOUSE_RPC__CREDENTIALS_DIR", keys.display().to_string())],
+        ]
+        .concat(),
+    );
+    proc.started();
+    let status = proc.terminate().await;
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
@@ -419,9 +507,8 @@ async fn the_authz_binary_answers_checks_over_grpc_and_stops_on_sigterm() {
     let base = format!("http://127.0.0.1:{port}");
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
-    let mut client = authz::authz_client::AuthzClient::connect(base)
-        .await
-        .unwrap();
+    let mut client =
+        authz::authz_client::AuthzClient::new(signed_channel(&base, "gateway", "authz").await);
     let answer = client
         .check(authz::CheckRequest {
             question: Some(authz::Question {

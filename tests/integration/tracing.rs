@@ -156,7 +156,7 @@ async fn outgoing_grpc_calls_carry_the_current_trace_and_request_id() {
         ))
         .await
         .unwrap();
-    let clients = gatehouse::kernel::rpc::Clients::new(registry, &Default::default());
+    let clients = gatehouse::kernel::rpc::Clients::new(registry, &Default::default(), None);
 
     // This test's thread gets a subscriber that gives spans OpenTelemetry ids.
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();

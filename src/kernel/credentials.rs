@@ -1,0 +1,558 @@
+//! Credentials of service calls. Every internal gRPC call carries a token
+//! that the calling service signed with its own key, and the callee answers
+//! `UNAUTHENTICATED` to a call without a valid one: reaching a service's
+//! port is not enough to call its internal methods.
+//!
+//! The token travels in the `gatehouse-service-token` metadata field
+//! rather than `authorization`: HTTP/2 never adds an `authorization` value
+//! to its header compression table, so every call would carry the whole
+//! token, where a field of our own is sent in full once per connection.
+//!
+//! A token is a PASETO v4.public (Ed25519) whose claims name the caller
+//! (`iss`), the callee (`aud`) and a lifetime of [`LIFETIME`]; its footer
+//! holds the PASERK id of the caller's key, and it is signed with an
+//! implicit assertion of its own, so no other PASETO (an access token of a
+//! user) ever passes as one. A caller signs one token per callee and uses
+//! it until it is [`REMINT`] old; a callee remembers the tokens it has
+//! verified until they expire, so a call costs one signature check a
+//! minute per caller rather than one per call.
+//!
+//! Keys: the all-in-one, whose calls never leave the process, makes a key
+//! for each service in memory at start, with nothing to set up. Services in
+//! separate processes read theirs from `rpc.credentials_dir`, which
+//! `gatehouse credentials issue` fills: one `<service>.key` per service
+//! (its secret key, owner-only) and `services.pub` (every service's public
+//! key, the ones a callee trusts). A machine needs the keys of the services
+//! it runs and `services.pub`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use figment::providers::{Format as _, Toml};
+use pasetors::Public;
+use pasetors::footer::Footer;
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
+use pasetors::paserk::{FormatAsPaserk, Id};
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{PublicToken, V4};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::AsciiMetadataValue;
+
+use super::clock::Clock;
+use super::config::ConfigError;
+use super::locks;
+
+/// The metadata field a call's token travels in.
+pub const HEADER: &str = "gatehouse-service-token";
+/// The services a deployment's credentials are issued for.
+pub const SERVICES: [&str; 5] = ["gateway", "auth", "identity", "authz", "audit"];
+/// How long a call token is good for.
+pub const LIFETIME: Duration = Duration::minutes(5);
+/// How old a caller's token gets before it signs a new one.
+pub const REMINT: Duration = Duration::minutes(1);
+/// How far a callee's clock may run behind the caller's.
+const LEEWAY: Duration = Duration::seconds(30);
+/// Signed along with every call token, never part of it: a token signed
+/// for anything else does not verify as one.
+const IMPLICIT: &[u8] = b"gatehouse service call v1";
+/// The file of public keys in a credentials directory.
+pub const TRUST_FILE: &str = "services.pub";
+/// Verified tokens a callee remembers.
+const REMEMBERED: usize = 4096;
+
+/// What a call token says.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    iat: String,
+    exp: String,
+}
+
+/// The keys of one process: the secret keys of the services it runs and
+/// the public keys of every service it accepts calls from.
+pub struct Keyring {
+    own: BTreeMap<String, AsymmetricSecretKey<V4>>,
+    /// By PASERK id: the service and its key.
+    trusted: HashMap<String, (Arc<str>, AsymmetricPublicKey<V4>)>,
+    clock: Arc<dyn Clock>,
+}
+
+fn paserk(key: &impl FormatAsPaserk) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = key.fmt(&mut out);
+    out
+}
+
+fn pair() -> Result<AsymmetricKeyPair<V4>, String> {
+    AsymmetricKeyPair::<V4>::generate().map_err(|e| format!("cannot make a key: {e}"))
+}
+
+impl Keyring {
+    /// A key for each of `services`, made now and kept in memory only: for
+    /// a process whose calls never leave it.
+    pub fn ephemeral(services: &[&str], clock: Arc<dyn Clock>) -> Result<Keyring, String> {
+        let mut ring = Keyring {
+            own: BTreeMap::new(),
+            trusted: HashMap::new(),
+            clock,
+        };
+        for service in services {
+            let pair = pair()?;
+            ring.trust(service, pair.public);
+            ring.own.insert((*service).to_owned(), pair.secret);
+        }
+        Ok(ring)
+    }
+
+    /// The keys in `dir`: every `<service>.key` there, and `services.pub`.
+    pub fn load(dir: &Path, clock: Arc<dyn Clock>) -> Result<Keyring, ConfigError> {
+        let bad = |what: &dyn std::fmt::Display| {
+            ConfigError(format!("rpc.credentials_dir ({}): {what}", dir.display()))
+        };
+        let trust_file = dir.join(TRUST_FILE);
+        let published: BTreeMap<String, String> =
+            figment::Figment::from(Toml::file_exact(&trust_file))
+                .extract()
+                .map_err(|e| bad(&format_args!("{TRUST_FILE}: {e}")))?;
+        let mut ring = Keyring {
+            own: BTreeMap::new(),
+            trusted: HashMap::new(),
+            clock,
+        };
+        for (service, text) in &published {
+            let key = AsymmetricPublicKey::<V4>::try_from(text.as_str()).map_err(|_| {
+                bad(&format_args!(
+                    "{TRUST_FILE}: {service} is not a k4.public key"
+                ))
+            })?;
+            ring.trust(service, key);
+        }
+        for service in SERVICES {
+            let path = dir.join(format!("{service}.key"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let secret = AsymmetricSecretKey::<V4>::try_from(text.trim())
+                .map_err(|_| bad(&format_args!("{service}.key is not a k4.secret key")))?;
+            let public = AsymmetricPublicKey::<V4>::try_from(&secret)
+                .map_err(|e| bad(&format_args!("{service}.key: {e}")))?;
+            let listed = published.get(service).map(String::as_str);
+            if listed != Some(paserk(&public).as_str()) {
+                return Err(bad(&format_args!(
+                    "{service}.key does not match the key {TRUST_FILE} lists for {service}; issue them together"
+                )));
+            }
+            ring.own.insert(service.to_owned(), secret);
+        }
+        Ok(ring)
+    }
+
+    /// Makes a key for each of `services` in `dir`: `<service>.key`
+    /// (owner-only) and `services.pub` with every public key. Refuses to
+    /// overwrite keys already there.
+    pub fn issue(dir: &Path, services: &[&str]) -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut published = String::from(
+            "# Public keys of gatehouse's services: a callee accepts calls signed by these.\n",
+        );
+        let mut secrets = Vec::new();
+        for service in services {
+            let pair = pair()?;
+            published.push_str(&format!("{service} = \"{}\"\n", paserk(&pair.public)));
+            secrets.push((format!("{service}.key"), paserk(&pair.secret)));
+        }
+        for (name, text) in secrets
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .chain([(TRUST_FILE, published.as_str())])
+        {
+            write_new(&dir.join(name), text, name != TRUST_FILE)?;
+        }
+        Ok(())
+    }
+
+    fn trust(&mut self, service: &str, key: AsymmetricPublicKey<V4>) {
+        self.trusted
+            .insert(paserk(&Id::from(&key)), (Arc::from(service), key));
+    }
+
+    /// The services this process holds a key of.
+    pub fn own(&self) -> impl Iterator<Item = &str> {
+        self.own.keys().map(String::as_str)
+    }
+
+    /// What signs the calls `service` makes; `None` when this process holds
+    /// no key of it.
+    pub fn caller(&self, service: &str) -> Option<Arc<Caller>> {
+        let secret = self.own.get(service)?;
+        let public = AsymmetricPublicKey::<V4>::try_from(secret).ok()?;
+        let mut footer = Footer::new();
+        footer.key_id(&Id::from(&public));
+        Some(Arc::new(Caller {
+            service: service.to_owned(),
+            secret: secret.clone(),
+            footer: footer.to_string().ok()?,
+            clock: self.clock.clone(),
+            tokens: RwLock::default(),
+        }))
+    }
+
+    /// What checks the calls made to `service`.
+    pub fn callee(&self, service: &str) -> Arc<Callee> {
+        Arc::new(Callee {
+            service: service.to_owned(),
+            trusted: self.trusted.clone(),
+            clock: self.clock.clone(),
+            remembered: RwLock::default(),
+        })
+    }
+}
+
+/// Writes `text` to a new file at `path`, owner-only when `secret`.
+fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if secret { 0o600 } else { 0o644 });
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "{} exists already; issue into an empty directory",
+                path.display()
+            )
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Signs the calls one service makes.
+pub struct Caller {
+    service: String,
+    secret: AsymmetricSecretKey<V4>,
+    footer: String,
+    clock: Arc<dyn Clock>,
+    /// By callee: the token and when it was signed.
+    tokens: RwLock<HashMap<String, (AsciiMetadataValue, DateTime<Utc>)>>,
+}
+
+impl Caller {
+    /// The service whose calls these are.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The token of a call to `callee`, for the [`HEADER`] field.
+    pub fn token(&self, callee: &str) -> Result<AsciiMetadataValue, String> {
+        let now = self.clock.now();
+        if let Some((value, signed)) = locks::read(&self.tokens).get(callee)
+            && now - *signed < REMINT
+            && now >= *signed
+        {
+            return Ok(value.clone());
+        }
+        let value = self.sign(callee, now)?;
+        locks::write(&self.tokens).insert(callee.to_owned(), (value.clone(), now));
+        Ok(value)
+    }
+
+    fn sign(&self, callee: &str, now: DateTime<Utc>) -> Result<AsciiMetadataValue, String> {
+        let claims = Claims {
+            iss: self.service.clone(),
+            aud: callee.to_owned(),
+            iat: rfc3339(now),
+            exp: rfc3339(now + LIFETIME),
+        };
+        let payload = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
+        let token = PublicToken::sign(
+            &self.secret,
+            &payload,
+            Some(self.footer.as_bytes()),
+            Some(IMPLICIT),
+        )
+        .map_err(|e| format!("cannot sign a call token: {e}"))?;
+        AsciiMetadataValue::try_from(token).map_err(|e| e.to_string())
+    }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the call carries no service credential")]
+    Missing,
+    #[error("the call's credential is not a service token")]
+    Malformed,
+    #[error("the call's credential was signed by a key this service does not trust")]
+    UnknownKey,
+    #[error("the call's credential does not verify")]
+    BadSignature,
+    #[error("the call's credential is for another service")]
+    WrongAudience,
+    #[error("the call's credential has expired, or is not valid yet")]
+    Expired,
+}
+
+/// Checks the calls made to one service.
+pub struct Callee {
+    service: String,
+    trusted: HashMap<String, (Arc<str>, AsymmetricPublicKey<V4>)>,
+    clock: Arc<dyn Clock>,
+    remembered: RwLock<HashMap<String, Verified>>,
+}
+
+/// A token a callee has verified: the calling service, and when the
+/// token expires.
+type Verified = (Arc<str>, DateTime<Utc>);
+
+impl Callee {
+    /// The calling service, when `token` (the [`HEADER`] field) is a
+    /// valid token of it for this service.
+    pub fn check(&self, token: Option<&[u8]>) -> Result<Arc<str>, Refusal> {
+        let token =
+            std::str::from_utf8(token.ok_or(Refusal::Missing)?).map_err(|_| Refusal::Malformed)?;
+        let now = self.clock.now();
+        if let Some((caller, expires)) = locks::read(&self.remembered).get(token) {
+            return if now < *expires {
+                Ok(caller.clone())
+            } else {
+                Err(Refusal::Expired)
+            };
+        }
+        let (caller, expires) = self.verify(token, now)?;
+        let mut remembered = locks::write(&self.remembered);
+        if remembered.len() >= REMEMBERED {
+            // Callers sign a token a minute each: only the expired go.
+            remembered.retain(|_, (_, expires)| now < *expires);
+            if remembered.len() >= REMEMBERED {
+                remembered.clear();
+            }
+        }
+        remembered.insert(token.to_owned(), (caller.clone(), expires));
+        Ok(caller)
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Arc<str>, DateTime<Utc>), Refusal> {
+        let untrusted =
+            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| Refusal::Malformed)?;
+        let mut footer = Footer::new();
+        footer
+            .parse_bytes(untrusted.untrusted_footer())
+            .map_err(|_| Refusal::Malformed)?;
+        let kid = footer
+            .get_claim("kid")
+            .and_then(|v| v.as_str())
+            .ok_or(Refusal::Malformed)?;
+        let (caller, key) = self.trusted.get(kid).ok_or(Refusal::UnknownKey)?;
+        let trusted = PublicToken::verify(key, &untrusted, None, Some(IMPLICIT))
+            .map_err(|_| Refusal::BadSignature)?;
+        let claims: Claims =
+            serde_json::from_str(trusted.payload()).map_err(|_| Refusal::Malformed)?;
+        let time = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| Refusal::Malformed)
+        };
+        let (issued, expires) = (time(&claims.iat)?, time(&claims.exp)?);
+        if claims.iss != **caller {
+            return Err(Refusal::UnknownKey);
+        }
+        if claims.aud != self.service {
+            return Err(Refusal::WrongAudience);
+        }
+        if now + LEEWAY < issued || now >= expires || expires - issued > LIFETIME {
+            return Err(Refusal::Expired);
+        }
+        Ok((caller.clone(), expires))
+    }
+}
+
+/// The calling service, as its credential proved, in a request's
+/// extensions.
+#[derive(Debug, Clone)]
+pub struct CallingService(pub Arc<str>);
+
+/// Where gRPC health is served: open to anyone who can reach the port
+/// (load balancers, probes).
+const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// Middleware over a service's gRPC routes: a call without a valid
+/// credential is answered `UNAUTHENTICATED`; health checks pass.
+pub async fn require(
+    State(callee): State<Arc<Callee>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with(OPEN_PREFIX) {
+        return next.run(request).await;
+    }
+    let token = request.headers().get(HEADER);
+    match callee.check(token.map(http::HeaderValue::as_bytes)) {
+        Ok(caller) => {
+            request.extensions_mut().insert(CallingService(caller));
+            next.run(request).await
+        }
+        Err(refusal) => {
+            tracing::debug!(service = %callee.service, path = request.uri().path(), reason = %refusal, "refused a call");
+            tonic::Status::unauthenticated(refusal.to_string()).into_http()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::clock::ManualClock;
+
+    fn ring(clock: &Arc<ManualClock>) -> Keyring {
+        Keyring::ephemeral(&SERVICES, clock.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_callee_accepts_a_token_its_caller_signed_for_it_and_names_the_caller() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let ring = ring(&clock);
+        let auth = ring.caller("auth").unwrap();
+        let token = auth.token("identity").unwrap();
+        let identity = ring.callee("identity");
+        // The second time from what it remembers.
+        for _ in 0..2 {
+            let caller = identity.check(Some(token.as_bytes())).unwrap();
+            assert_eq!(&*caller, "auth");
+        }
+        assert_eq!(
+            ring.callee("authz")
+                .check(Some(token.as_bytes()))
+                .unwrap_err(),
+            Refusal::WrongAudience
+        );
+        assert_eq!(
+            ring.callee("identity").check(None).unwrap_err(),
+            Refusal::Missing
+        );
+    }
+
+    #[test]
+    fn a_token_expires_and_the_caller_signs_a_new_one_before_it_does() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let ring = ring(&clock);
+        let gateway = ring.caller("gateway").unwrap();
+        let callee = ring.callee("auth");
+        let first = gateway.token("auth").unwrap();
+        assert_eq!(gateway.token("auth").unwrap(), first);
+        clock.advance(REMINT);
+        let second = gateway.token("auth").unwrap();
+        assert_ne!(second, first);
+        callee.check(Some(first.as_bytes())).unwrap();
+        clock.advance(LIFETIME);
+        assert_eq!(
+            callee.check(Some(first.as_bytes())).unwrap_err(),
+            Refusal::Expired
+        );
+        callee
+            .check(Some(gateway.token("auth").unwrap().as_bytes()))
+            .unwrap();
+    }
+
+    #[test]
+    fn keys_of_another_deployment_and_other_tokens_are_refused() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let (ours, theirs) = (ring(&clock), ring(&clock));
+        let token = theirs.caller("auth").unwrap().token("identity").unwrap();
+        assert_eq!(
+            ours.callee("identity")
+                .check(Some(token.as_bytes()))
+                .unwrap_err(),
+            Refusal::UnknownKey
+        );
+        // Signed by a trusted key, but without the call's implicit assertion.
+        let secret = &ours.own["auth"];
+        let public = AsymmetricPublicKey::<V4>::try_from(secret).unwrap();
+        let mut footer = Footer::new();
+        footer.key_id(&Id::from(&public));
+        let claims = br#"{"iss":"auth","aud":"identity","iat":"2020-01-01T00:00:00Z","exp":"2999-01-01T00:00:00Z"}"#;
+        let other = PublicToken::sign(
+            secret,
+            claims,
+            Some(footer.to_string().unwrap().as_bytes()),
+            None,
+        )
+        .unwrap();
+
+        assert_eq!(
+            ours.callee("identity")
+                .check(Some(other.as_bytes()))
+                .unwrap_err(),
+            Refusal::BadSignature
+        );
+        for junk in ["v4.public.abc", "Bearer v4.public.abc", ""] {
+            assert_eq!(
+                ours.callee("identity")
+                    .check(Some(junk.as_bytes()))
+                    .unwrap_err(),
+                Refusal::Malformed,
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn issued_keys_load_and_each_machine_signs_only_as_the_services_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        Keyring::issue(dir.path(), &SERVICES).unwrap();
+        let err = Keyring::issue(dir.path(), &SERVICES).unwrap_err();
+        assert!(err.contains("exists already"), "{err}");
+        // A machine that runs identity only.
+        let machine = tempfile::tempdir().unwrap();
+        for file in ["identity.key", TRUST_FILE] {
+            std::fs::copy(dir.path().join(file), machine.path().join(file)).unwrap();
+        }
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Utc::now()));
+        let identity = Keyring::load(machine.path(), clock.clone()).unwrap();
+        assert_eq!(identity.own().collect::<Vec<_>>(), ["identity"]);
+        assert!(identity.caller("auth").is_none());
+        let all = Keyring::load(dir.path(), clock).unwrap();
+        let token = all.caller("auth").unwrap().token("identity").unwrap();
+        assert_eq!(
+            &*identity
+                .callee("identity")
+                .check(Some(token.as_bytes()))
+                .unwrap(),
+            "auth"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("auth.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A key that does not match the published one.
+        std::fs::copy(
+            dir.path().join("auth.key"),
+            machine.path().join("audit.key"),
+        )
+        .unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Utc::now()));
+        let err = Keyring::load(machine.path(), clock).err().unwrap();
+        assert!(err.0.contains("audit.key does not match"), "{}", err.0);
+    }
+}
