@@ -42,8 +42,13 @@ fmt-check:
 clippy:
     cargo clippy --all-targets --features it-postgres,it-kafka,bench -- -D warnings
 
+# The systemd unit under deploy/, checked by systemd-analyze for every
+# service against the binaries build-all made.
+check-deploy:
+    scripts/check-deploy.sh
+
 # Everything CI checks (the PostgreSQL suite runs within test-kafka).
-ci: fmt-check clippy build-all test test-kafka fuzz-api
+ci: fmt-check clippy build-all check-deploy test test-kafka fuzz-api
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), authz (checks over gRPC),

@@ -214,6 +214,62 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
 }
 
+#[test]
+fn the_deployment_configs_wire_three_machines_together() {
+    use gatehouse::kernel::config::{BusBackend, DatabaseBackend, RegistryBackend};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+    let load = |service: &str| {
+        gatehouse::config::Config::load(Some(&dir.join(format!("{service}.toml"))))
+            .unwrap_or_else(|e| panic!("{service}.toml: {e}"))
+    };
+    let configs: Vec<(&str, gatehouse::config::Config)> = gatehouse::kernel::credentials::SERVICES
+        .iter()
+        .map(|service| (*service, load(service)))
+        .collect();
+    // Where each service listens, as the others list it.
+    let listens: std::collections::BTreeMap<&str, String> = configs
+        .iter()
+        .map(|(service, c)| {
+            let addr = match *service {
+                "gateway" => c.gateway.listen,
+                "auth" => c.auth.listen,
+                "identity" => c.identity.listen,
+                "authz" => c.authz.listen,
+                _ => c.audit.listen,
+            };
+            (*service, format!("http://{addr}"))
+        })
+        .collect();
+    let mut ops = std::collections::BTreeSet::new();
+    for (service, config) in &configs {
+        assert_eq!(
+            config.registry.backend,
+            RegistryBackend::Static,
+            "{service}"
+        );
+        assert_eq!(config.bus.backend, BusBackend::Outbox, "{service}");
+        if *service != "gateway" {
+            assert_eq!(
+                config.database.backend,
+                DatabaseBackend::Postgres,
+                "{service}"
+            );
+        }
+        for (callee, urls) in &config.registry.instances {
+            assert_eq!(
+                urls,
+                &[listens[callee.as_str()].clone()],
+                "{service} lists {callee}"
+            );
+        }
+        let host = listens[service].split(':').nth(1).unwrap().to_owned();
+        assert!(
+            ops.insert((host, config.server.ops_listen)),
+            "{service}: ops_listen taken"
+        );
+    }
+}
+
 /// A bus that refuses to publish while `down` is set.
 #[derive(Default)]
 struct FlakyBus {
