@@ -109,9 +109,10 @@ pub fn withheld(name: &str, underscores: bool) -> bool {
 }
 
 /// Whether `name` (lower case, `-` separated) is a field the gateway sets
-/// or drops itself.
+/// or drops itself. A service call's credential never comes from a client.
 fn reserved(name: &str) -> bool {
     name.starts_with("x-gatehouse-")
+        || name == crate::kernel::credentials::HEADER
         || METHOD_OVERRIDES.contains(&name)
         || name.starts_with("x-forwarded-")
         || name == "forwarded"
@@ -296,6 +297,8 @@ mod tests {
             "x-gatehouse_session-id",
             "x_forwarded_for",
             "x_http_method_override",
+            "gatehouse-service-token",
+            "gatehouse_service_token",
         ] {
             assert!(withheld(reserved, true), "{reserved}");
         }

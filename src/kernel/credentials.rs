@@ -136,8 +136,11 @@ impl Keyring {
         }
         for service in SERVICES {
             let path = dir.join(format!("{service}.key"));
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                // This machine does not run that service.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(bad(&format_args!("{service}.key: {e}"))),
             };
             let secret = AsymmetricSecretKey::<V4>::try_from(text.trim())
                 .map_err(|_| bad(&format_args!("{service}.key is not a k4.secret key")))?;
@@ -158,7 +161,32 @@ impl Keyring {
     /// (owner-only) and `services.pub` with every public key. Refuses to
     /// overwrite keys already there.
     pub fn issue(dir: &Path, services: &[&str]) -> Result<(), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Nothing is written unless all of it can be: keys that do not
+        // match their services.pub are worse than none.
+        let mut named = std::collections::BTreeSet::new();
+        if let Some(twice) = services.iter().find(|s| !named.insert(**s)) {
+            return Err(format!("{twice} is named twice"));
+        }
+        let files = services
+            .iter()
+            .map(|s| format!("{s}.key"))
+            .chain([TRUST_FILE.to_owned()]);
+        for file in files {
+            let path = dir.join(file);
+            if path.exists() {
+                return Err(format!(
+                    "{} exists already; issue into an empty directory",
+                    path.display()
+                ));
+            }
+        }
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut published = String::from(
             "# Public keys of gatehouse's services: a callee accepts calls signed by these.\n",
         );
@@ -518,6 +546,10 @@ mod tests {
         Keyring::issue(dir.path(), &SERVICES).unwrap();
         let err = Keyring::issue(dir.path(), &SERVICES).unwrap_err();
         assert!(err.contains("exists already"), "{err}");
+        let elsewhere = dir.path().join("twice");
+        let err = Keyring::issue(&elsewhere, &["auth", "identity", "auth"]).unwrap_err();
+        assert!(err.contains("auth is named twice"), "{err}");
+        assert!(!elsewhere.exists(), "nothing written");
         // A machine that runs identity only.
         let machine = tempfile::tempdir().unwrap();
         for file in ["identity.key", TRUST_FILE] {
