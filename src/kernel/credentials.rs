@@ -201,7 +201,8 @@ impl Keyring {
             .map(|(n, t)| (n.as_str(), t.as_str()))
             .chain([(TRUST_FILE, published.as_str())])
         {
-            write_new(&dir.join(name), text, name != TRUST_FILE)?;
+            let mode = if name == TRUST_FILE { 0o644 } else { 0o600 };
+            super::keyfile::write_new(&dir.join(name), text.as_bytes(), mode)?;
         }
         Ok(())
     }
@@ -243,26 +244,6 @@ impl Keyring {
     }
 }
 
-/// Writes `text` to a new file at `path`, owner-only when `secret`.
-fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, if secret { 0o600 } else { 0o644 });
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            format!(
-                "{} exists already; issue into an empty directory",
-                path.display()
-            )
-        } else {
-            format!("{}: {e}", path.display())
-        }
-    })?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -278,11 +259,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The service whose calls these are.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
     /// The token of a call to `callee`, for the [`HEADER`] field.
     pub fn token(&self, callee: &str) -> Result<AsciiMetadataValue, String> {
         let now = self.clock.now();

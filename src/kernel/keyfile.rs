@@ -15,15 +15,27 @@ pub fn read_or_create(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let key = make();
+    write_new(path, hex::encode(&key).as_bytes(), 0o600)?;
+    tracing::info!(path = %path.display(), "created a key file");
+    Ok(key)
+}
+
+/// Writes `bytes` to a file made now at `path`, with `mode` on Unix
+/// (0o600: its owner's alone); a file already there is an error, never
+/// overwritten.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, hex::encode(&key).as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), "created a key file");
-    Ok(key)
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("{} exists already", path.display())
+        } else {
+            format!("{}: {e}", path.display())
+        }
+    })?;
+    std::io::Write::write_all(&mut file, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }

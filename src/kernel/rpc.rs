@@ -134,11 +134,6 @@ impl Clients {
         }
     }
 
-    /// The service whose credential these clients' calls carry.
-    pub fn caller(&self) -> Option<&str> {
-        self.caller.as_deref().map(Caller::service)
-    }
-
     /// A channel to `service`, balanced over its registered instances.
     /// Connections are made lazily, so this does not wait on the network.
     pub async fn channel(&self, service: &str) -> Result<RpcChannel, RpcError> {
