@@ -14,20 +14,25 @@ test:
 test-postgres:
     cargo test --features it-postgres --test integration
 
-# The integration suite on PostgreSQL with the Kafka bus's tests, against
-# tansu brokers the tests start (scripts/kafka.sh installs tansu when missing).
-test-kafka:
+# The integration suite on PostgreSQL with the suites of the Kafka bus and
+# the etcd registry, against tansu brokers and etcd servers the tests start
+# (scripts/kafka.sh and scripts/etcd.sh install them when missing).
+test-servers: tools
+    cargo test --features it-postgres,it-kafka,it-etcd --test integration
+
+# What building and testing every feature needs beyond cargo: tansu, etcd, protoc.
+tools:
     scripts/kafka.sh install
-    cargo test --features it-postgres,it-kafka --test integration
+    scripts/etcd.sh install
 
 # Each service binary built with only its own service feature (and both
-# database backends and the Kafka bus).
-build-all:
-    cargo build --no-default-features --features identity,sqlite,postgres,kafka --bin gatehouse-identity
-    cargo build --no-default-features --features auth,sqlite,postgres,kafka --bin gatehouse-auth
-    cargo build --no-default-features --features gateway,sqlite,postgres,kafka --bin gatehouse-gateway
-    cargo build --no-default-features --features authz,sqlite,postgres,kafka --bin gatehouse-authz
-    cargo build --no-default-features --features audit,sqlite,postgres,kafka --bin gatehouse-audit
+# database backends, the Kafka bus and the etcd registry).
+build-all: tools
+    cargo build --no-default-features --features identity,sqlite,postgres,kafka,etcd --bin gatehouse-identity
+    cargo build --no-default-features --features auth,sqlite,postgres,kafka,etcd --bin gatehouse-auth
+    cargo build --no-default-features --features gateway,sqlite,postgres,kafka,etcd --bin gatehouse-gateway
+    cargo build --no-default-features --features authz,sqlite,postgres,kafka,etcd --bin gatehouse-authz
+    cargo build --no-default-features --features audit,sqlite,postgres,kafka,etcd --bin gatehouse-audit
     cargo build --bin gatehouse
 
 # Fuzzes the public API through the gateway: schemathesis, driven by the
@@ -39,16 +44,16 @@ fuzz-api:
 fmt-check:
     cargo fmt --check
 
-clippy:
-    cargo clippy --all-targets --features it-postgres,it-kafka,bench -- -D warnings
+clippy: tools
+    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,bench -- -D warnings
 
 # The systemd unit under deploy/, checked by systemd-analyze for every
 # service against the binaries build-all made.
 check-deploy:
     scripts/check-deploy.sh
 
-# Everything CI checks (the PostgreSQL suite runs within test-kafka).
-ci: fmt-check clippy build-all check-deploy test test-kafka fuzz-api
+# Everything CI checks (the PostgreSQL suite runs within test-servers).
+ci: fmt-check clippy build-all check-deploy test test-servers fuzz-api
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), authz (checks over gRPC),

@@ -74,6 +74,14 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
     let registry: Arc<dyn Registry> = match config.registry.backend {
         RegistryBackend::InProcess => Arc::new(InProcessRegistry::default()),
         RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
+        #[cfg(feature = "etcd")]
+        RegistryBackend::Etcd => Arc::new(crate::kernel::registry::etcd::EtcdRegistry::new(
+            &config.registry.etcd,
+        )?),
+        #[cfg(not(feature = "etcd"))]
+        RegistryBackend::Etcd => anyhow::bail!(
+            "registry.backend = \"etcd\" needs a build with the etcd feature (cargo build --features etcd)"
+        ),
     };
     let clock = Arc::new(SystemClock);
     let keyring = Arc::new(if config.rpc.credentials_dir.is_empty() {

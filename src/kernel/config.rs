@@ -150,11 +150,13 @@ pub enum DatabaseBackend {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// `in_process` (services of this process register themselves) or `static`.
+    /// `in_process` (services of this process register themselves),
+    /// `static` (the addresses below) or `etcd` (the `etcd` feature).
     pub backend: RegistryBackend,
     /// For `static`: service name to the base URLs of its instances,
     /// e.g. `identity = ["http://10.0.0.5:4102"]`.
     pub instances: BTreeMap<String, Vec<String>>,
+    pub etcd: EtcdConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +165,31 @@ pub enum RegistryBackend {
     #[default]
     InProcess,
     Static,
+    Etcd,
+}
+
+/// The etcd registry: each instance a key under a lease of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdConfig {
+    /// The cluster's client URLs, e.g. `["http://10.0.0.12:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Every key of the registry starts with this; deployments sharing a
+    /// cluster keep apart by choosing different ones.
+    pub prefix: String,
+    /// How long an instance that stops renewing its lease (its process
+    /// died, its machine is cut off) stays listed. Renewed every third.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: "/gatehouse/services/".to_owned(),
+            lease_ttl_secs: 10,
+        }
+    }
 }
 
 /// How events travel between services.

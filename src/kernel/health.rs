@@ -32,6 +32,35 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct Probes(pub Vec<Arc<dyn Probe>>);
 
+impl Probes {
+    /// Runs every probe: its name and `"ok"` or what failed.
+    pub async fn outcomes(&self) -> Vec<(&'static str, String)> {
+        let mut outcomes = Vec::with_capacity(self.0.len());
+        for probe in &self.0 {
+            let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => e,
+                Err(_) => "timed out".to_owned(),
+            };
+            outcomes.push((probe.name(), outcome));
+        }
+        outcomes
+    }
+
+    /// Whether the service is ready; `Err` names the first failing probe.
+    pub async fn ready(&self) -> Result<(), String> {
+        match self
+            .outcomes()
+            .await
+            .into_iter()
+            .find(|(_, outcome)| outcome != "ok")
+        {
+            Some((name, outcome)) => Err(format!("{name}: {outcome}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Liveness: answers while the process serves.
 pub const HEALTH_PATH: &str = "/healthz";
 /// Readiness: answers 200 when every probe passes.
@@ -102,14 +131,9 @@ async fn ready(
 ) -> impl IntoResponse {
     let mut checks = serde_json::Map::new();
     let mut all_ok = true;
-    for probe in &probes.0 {
-        let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
-            Ok(Ok(())) => "ok".to_owned(),
-            Ok(Err(e)) => e,
-            Err(_) => "timed out".to_owned(),
-        };
+    for (name, outcome) in probes.outcomes().await {
         all_ok &= outcome == "ok";
-        checks.insert(probe.name().to_owned(), outcome.into());
+        checks.insert(name.to_owned(), outcome.into());
     }
     let (status, word) = if all_ok {
         (StatusCode::OK, "ready")

@@ -287,6 +287,7 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    let readiness = app.probes.clone();
     let router = router(app, ctx)?;
     let served = spawn(
         name,
@@ -296,11 +297,17 @@ where
         ctx.shutdown.clone(),
         io,
     );
+    if advertise_url.is_none() && addr.ip().is_unspecified() && ctx.registry.kind() != "in_process"
+    {
+        tracing::warn!(service = name, %addr,
+            "registered at a wildcard address, which other machines cannot reach; \
+             set the service's advertise_url");
+    }
     let instance = super::registry::Instance::new(
         name,
         advertise_url.unwrap_or_else(|| format!("http://{addr}")),
     );
-    ctx.registry.register(instance.clone()).await?;
+    ctx.registry.register(instance.clone(), readiness).await?;
     let registry = ctx.registry.clone();
     let shutdown = ctx.shutdown.clone();
     let task = tokio::spawn(async move {

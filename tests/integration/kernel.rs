@@ -241,12 +241,11 @@ fn the_deployment_configs_wire_three_machines_together() {
         })
         .collect();
     let mut ops = std::collections::BTreeSet::new();
+    let members = &configs[0].1.registry.etcd.endpoints;
+    assert_eq!(members.len(), 3, "an etcd member on each machine");
     for (service, config) in &configs {
-        assert_eq!(
-            config.registry.backend,
-            RegistryBackend::Static,
-            "{service}"
-        );
+        assert_eq!(config.registry.backend, RegistryBackend::Etcd, "{service}");
+        assert_eq!(&config.registry.etcd.endpoints, members, "{service}");
         assert_eq!(config.bus.backend, BusBackend::Outbox, "{service}");
         if *service != "gateway" {
             assert_eq!(
@@ -255,14 +254,14 @@ fn the_deployment_configs_wire_three_machines_together() {
                 "{service}"
             );
         }
-        for (callee, urls) in &config.registry.instances {
-            assert_eq!(
-                urls,
-                &[listens[callee.as_str()].clone()],
-                "{service} lists {callee}"
-            );
-        }
+        // Registered where it listens: an address the other machines reach,
+        // on a machine that runs an etcd member.
         let host = listens[service].split(':').nth(1).unwrap().to_owned();
+        assert!(!host.contains("0.0.0.0"), "{service} listens on a wildcard");
+        assert!(
+            members.iter().any(|m| m.contains(&format!("{host}:"))),
+            "{service}: no etcd member on {host}"
+        );
         assert!(
             ops.insert((host, config.server.ops_listen)),
             "{service}: ops_listen taken"

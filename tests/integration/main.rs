@@ -4,7 +4,8 @@
 //! By default every app runs on a fresh SQLite file; with the `it-postgres`
 //! feature the same suites run on PostgreSQL, each app in a fresh database.
 //! With `it-kafka`, the Kafka bus's suites run too, each against a tansu
-//! broker of its own.
+//! broker of its own; with `it-etcd`, the etcd registry's, each against an
+//! etcd server of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
@@ -16,6 +17,8 @@ mod authz;
 mod authz_admin;
 mod crossing;
 mod edge;
+#[cfg(feature = "it-etcd")]
+mod etcd;
 mod gateway;
 mod identity_grpc;
 mod identity_http;

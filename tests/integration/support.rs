@@ -127,10 +127,10 @@ impl TestApp {
     pub async fn register_instance(&self, service: &str, url: impl Into<String>) {
         self.ctx
             .registry
-            .register(gatehouse::kernel::registry::Instance::new(
-                service,
-                url.into(),
-            ))
+            .register(
+                gatehouse::kernel::registry::Instance::new(service, url.into()),
+                gatehouse::kernel::health::Probes::default(),
+            )
             .await
             .unwrap();
     }

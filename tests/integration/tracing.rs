@@ -150,10 +150,10 @@ async fn outgoing_grpc_calls_carry_the_current_trace_and_request_id() {
     let registry = Arc::new(gatehouse::kernel::registry::InProcessRegistry::default());
     use gatehouse::kernel::registry::Registry as _;
     registry
-        .register(gatehouse::kernel::registry::Instance::new(
-            "recorder",
-            format!("http://{addr}"),
-        ))
+        .register(
+            gatehouse::kernel::registry::Instance::new("recorder", format!("http://{addr}")),
+            gatehouse::kernel::health::Probes::default(),
+        )
         .await
         .unwrap();
     let clients = gatehouse::kernel::rpc::Clients::new(registry, &Default::default(), None);

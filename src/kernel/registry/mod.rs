@@ -4,17 +4,23 @@
 //! not copied: callers on every request's path (the gateway) pay for a
 //! reference count, not for the instances' strings.
 //!
-//! Backends: [`InProcessRegistry`] for the all-in-one process, and
-//! [`StaticRegistry`] for fixed addresses from config.
+//! Backends: [`InProcessRegistry`] for the all-in-one process,
+//! [`StaticRegistry`] for fixed addresses from config, and with the `etcd`
+//! feature [`etcd::EtcdRegistry`], where instances come and go on their own.
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use super::health::Probes;
 use super::locks;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 /// One running copy of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// Unique per instance, e.g. `identity-127.0.0.1:4102`.
     pub id: String,
@@ -44,7 +50,10 @@ pub enum RegistryError {
 
 #[async_trait]
 pub trait Registry: Send + Sync {
-    async fn register(&self, instance: Instance) -> Result<(), RegistryError>;
+    /// Lists `instance` until it is deregistered. `readiness` is the
+    /// service's own: a registry that can withdraw an instance while it is
+    /// not ready (etcd) runs it as often as it renews the listing.
+    async fn register(&self, instance: Instance, readiness: Probes) -> Result<(), RegistryError>;
     async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError>;
     /// Live instances of `service`; empty when there are none.
     async fn resolve(&self, service: &str) -> Result<Instances, RegistryError>;
@@ -64,7 +73,8 @@ pub struct InProcessRegistry {
     state: RwLock<Registered>,
 }
 
-/// Instances by id, and each service's list as `resolve` answers it,
+/// Instances by a key of the backend's (the in-process registry: the
+/// instance's id), and each service's list as `resolve` answers it,
 /// rebuilt when the service's instances change.
 #[derive(Default)]
 struct Registered {
@@ -73,6 +83,13 @@ struct Registered {
 }
 
 impl Registered {
+    fn instances_of(&self, service: &str) -> Instances {
+        self.by_service
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Arc::new([]))
+    }
+
     fn relist(&mut self, service: &str) {
         let mut found: Vec<Instance> = self
             .by_id
@@ -95,18 +112,13 @@ impl InProcessRegistry {
     }
 
     fn instances_of(&self, service: &str) -> Instances {
-        let state = locks::read(&self.state);
-        state
-            .by_service
-            .get(service)
-            .cloned()
-            .unwrap_or_else(|| Arc::new([]))
+        locks::read(&self.state).instances_of(service)
     }
 }
 
 #[async_trait]
 impl Registry for InProcessRegistry {
-    async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
+    async fn register(&self, instance: Instance, _: Probes) -> Result<(), RegistryError> {
         let mut state = self.state();
         let service = instance.service.clone();
         state.by_id.insert(instance.id.clone(), instance);
@@ -168,7 +180,7 @@ impl StaticRegistry {
 
 #[async_trait]
 impl Registry for StaticRegistry {
-    async fn register(&self, instance: Instance) -> Result<(), RegistryError> {
+    async fn register(&self, instance: Instance, _: Probes) -> Result<(), RegistryError> {
         tracing::debug!(service = %instance.service, url = %instance.url,
             "static registry: registration is taken from config");
         Ok(())
@@ -200,11 +212,14 @@ mod tests {
         let r = InProcessRegistry::default();
         let a = Instance::new("identity", "http://127.0.0.1:1".into());
         let b = Instance::new("identity", "http://127.0.0.1:2".into());
-        r.register(a.clone()).await.unwrap();
-        r.register(b.clone()).await.unwrap();
-        r.register(Instance::new("auth", "http://127.0.0.1:3".into()))
-            .await
-            .unwrap();
+        r.register(a.clone(), Probes::default()).await.unwrap();
+        r.register(b.clone(), Probes::default()).await.unwrap();
+        r.register(
+            Instance::new("auth", "http://127.0.0.1:3".into()),
+            Probes::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             *r.resolve("identity").await.unwrap(),
             [a.clone(), b.clone()]

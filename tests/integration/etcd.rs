@@ -1,0 +1,335 @@
+//! The etcd registry against a real etcd (`it-etcd`), each test on an etcd
+//! server of its own (scripts/etcd.sh installs it): instances come and go
+//! with their lease and their readiness, and separate processes find each
+//! other through it, following changes without a restart.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gatehouse::kernel::config::EtcdConfig;
+use gatehouse::kernel::health::{Probe, Probes};
+use gatehouse::kernel::registry::etcd::EtcdRegistry;
+use gatehouse::kernel::registry::{Instance, Registry};
+use serde_json::{Value, json};
+
+use crate::binary::{ServiceProcess, free_port, login};
+use crate::support::PASSWORD;
+
+/// An etcd server on free loopback ports, its data in a directory of its own.
+pub struct Etcd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(std::env::var("GATEHOUSE_ETCD").unwrap_or("etcd".into()))
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("no etcd: run scripts/etcd.sh install (or set GATEHOUSE_ETCD)");
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        etcd.healthy().await;
+        etcd
+    }
+
+    /// Waits (up to 30 s) until the server has a leader and answers.
+    async fn healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let http = reqwest::Client::new();
+        loop {
+            let answer = http.get(format!("{}/health", self.url)).send().await;
+            if let Ok(answer) = answer
+                && let Ok(body) = answer.json::<Value>().await
+                && body["health"] == "true"
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd at {} never became healthy",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registry settings for this server under a prefix of the test's own.
+    pub fn config(&self, ttl_secs: u64) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.url.clone()],
+            prefix: format!("/test-{}/", uuid::Uuid::new_v4()),
+            lease_ttl_secs: ttl_secs,
+        }
+    }
+
+    /// The environment that puts a service process on `config`.
+    pub fn env(config: &EtcdConfig) -> Vec<(&'static str, String)> {
+        vec![
+            ("GATEHOUSE_REGISTRY__BACKEND", "etcd".to_owned()),
+            (
+                "GATEHOUSE_REGISTRY__ETCD__ENDPOINTS",
+                format!("[\"{}\"]", config.endpoints[0]),
+            ),
+            ("GATEHOUSE_REGISTRY__ETCD__PREFIX", config.prefix.clone()),
+            (
+                "GATEHOUSE_REGISTRY__ETCD__LEASE_TTL_SECS",
+                config.lease_ttl_secs.to_string(),
+            ),
+            ("GATEHOUSE_BUS__BACKEND", "outbox".to_owned()),
+        ]
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to `within`) until `registry` lists exactly `urls` for
+/// `service`, and answers how long that took.
+async fn until_listed(
+    registry: &EtcdRegistry,
+    service: &str,
+    urls: &[&str],
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let listed: Vec<String> = registry
+            .resolve(service)
+            .await
+            .map(|found| found.iter().map(|i| i.url.clone()).collect())
+            .unwrap_or_default();
+        if listed == urls {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{service} listed {listed:?}, not {urls:?}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A readiness probe the test turns on and off.
+struct Switch(Arc<AtomicBool>);
+
+#[async_trait]
+impl Probe for Switch {
+    fn name(&self) -> &'static str {
+        "switch"
+    }
+    async fn check(&self) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("switched off".into())
+        }
+    }
+}
+
+#[tokio::test]
+async fn other_processes_see_instances_arrive_and_leave_at_once() {
+    let etcd = Etcd::start().await;
+    let config = etcd.config(10);
+    let (here, there) = (
+        EtcdRegistry::new(&config).unwrap(),
+        EtcdRegistry::new(&config).unwrap(),
+    );
+    assert!(there.resolve("identity").await.unwrap().is_empty());
+    let a = Instance::new("identity", "http://10.0.0.1:4102".into());
+    let b = Instance::new("identity", "http://10.0.0.2:4102".into());
+    here.register(a.clone(), Probes::default()).await.unwrap();
+    here.register(b.clone(), Probes::default()).await.unwrap();
+    let both = ["http://10.0.0.1:4102", "http://10.0.0.2:4102"];
+    // Well within the lease: seen through the watch, not by polling.
+    until_listed(&there, "identity", &both, Duration::from_secs(5)).await;
+    assert_eq!(there.resolve_now("identity").unwrap().len(), 2);
+    assert!(there.resolve("auth").await.unwrap().is_empty());
+
+    here.deregister(&a.id).await.unwrap();
+    until_listed(
+        &there,
+        "identity",
+        &["http://10.0.0.2:4102"],
+        Duration::from_secs(5),
+    )
+    .await;
+    // A registry started now reads the list as it is.
+    let late = EtcdRegistry::new(&config).unwrap();
+    assert_eq!(*late.resolve("identity").await.unwrap(), [b]);
+}
+
+#[tokio::test]
+async fn an_instance_that_is_not_ready_is_withdrawn_until_it_is() {
+    let etcd = Etcd::start().await;
+    let config = etcd.config(2);
+    let (here, there) = (
+        EtcdRegistry::new(&config).unwrap(),
+        EtcdRegistry::new(&config).unwrap(),
+    );
+    let ready = Arc::new(AtomicBool::new(true));
+    let probes = Probes(vec![Arc::new(Switch(ready.clone()))]);
+    let instance = Instance::new("authz", "http://10.0.0.3:4103".into());
+    here.register(instance, probes).await.unwrap();
+    let url = ["http://10.0.0.3:4103"];
+    until_listed(&there, "authz", &url, Duration::from_secs(5)).await;
+
+    ready.store(false, Ordering::SeqCst);
+    until_listed(&there, "authz", &[], Duration::from_secs(10)).await;
+    // It stays away while unready: longer than a lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(there.resolve("authz").await.unwrap().is_empty());
+
+    ready.store(true, Ordering::SeqCst);
+    until_listed(&there, "authz", &url, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_a_startup_error_and_a_bad_config_is_refused() {
+    let config = EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{}", free_port())],
+        prefix: "/gatehouse/".into(),
+        lease_ttl_secs: 10,
+    };
+    let registry = EtcdRegistry::new(&config).unwrap();
+    let instance = Instance::new("identity", "http://10.0.0.1:4102".into());
+    let refused = registry.register(instance, Probes::default()).await;
+    assert!(refused.unwrap_err().to_string().contains("etcd"));
+    assert!(registry.resolve("identity").await.is_err());
+    assert_eq!(registry.resolve_now("identity"), None);
+
+    let short = EtcdConfig {
+        lease_ttl_secs: 1,
+        ..config.clone()
+    };
+    let e = EtcdRegistry::new(&short).err().unwrap().to_string();
+    assert!(e.contains("lease_ttl_secs"), "{e}");
+    let unended = EtcdConfig {
+        prefix: "/gatehouse".into(),
+        ..config
+    };
+    let e = EtcdRegistry::new(&unended).err().unwrap().to_string();
+    assert!(e.contains("registry.etcd.prefix"), "{e}");
+}
+
+/// Starts `service` listening on `port` on the etcd registry `config`,
+/// keeping data in `data`.
+fn spawn(service: &str, port: u16, data: &std::path::Path, config: &EtcdConfig) -> ServiceProcess {
+    let binary = match service {
+        "identity" => env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "auth" => env!("CARGO_BIN_EXE_gatehouse-auth"),
+        _ => env!("CARGO_BIN_EXE_gatehouse-gateway"),
+    };
+    let mut process = ServiceProcess::spawn(binary, service, port, data, &Etcd::env(config));
+    process.started();
+    process
+}
+
+#[tokio::test]
+async fn a_killed_process_leaves_with_its_lease_a_stopped_one_at_once_and_both_come_back() {
+    let etcd = Etcd::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let watcher_config = etcd.config(2);
+    let watcher = EtcdRegistry::new(&watcher_config).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+
+    let mut identity = spawn("identity", port, data.path(), &watcher_config);
+    until_listed(&watcher, "identity", &[&url], Duration::from_secs(5)).await;
+    identity.child.kill().unwrap();
+    identity.child.wait().unwrap();
+    // Gone when its 2 s lease runs out (etcd checks leases twice a second).
+    until_listed(&watcher, "identity", &[], Duration::from_secs(6)).await;
+
+    // A lease far longer than the test: only the deregistration on SIGTERM
+    // can take it away in time.
+    let long = EtcdConfig {
+        lease_ttl_secs: 600,
+        ..watcher_config
+    };
+    let mut identity = spawn("identity", port, data.path(), &long);
+    until_listed(&watcher, "identity", &[&url], Duration::from_secs(5)).await;
+    assert!(identity.terminate().await.success());
+    until_listed(&watcher, "identity", &[], Duration::from_secs(5)).await;
+    let _identity = spawn("identity", port, data.path(), &long);
+    until_listed(&watcher, "identity", &[&url], Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_gateway_and_service_clients_follow_instances_without_a_restart() {
+    let etcd = Etcd::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = etcd.config(2);
+    let watcher = EtcdRegistry::new(&config).unwrap();
+    let first = free_port();
+    let mut identity = spawn("identity", first, data.path(), &config);
+    let _auth = spawn("auth", free_port(), data.path(), &config);
+    let gateway_port = free_port();
+    let _gateway = spawn("gateway", gateway_port, data.path(), &config);
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    let http = reqwest::Client::new();
+    let register = |email: &'static str| {
+        http.post(format!("{gateway}/v1/users"))
+            .json(&json!({"email": email, "password": PASSWORD, "display_name": "User"}))
+            .send()
+    };
+    assert_eq!(register("ann@example.org").await.unwrap().status(), 201);
+    let signed_in = login(&http, &gateway, "ann@example.org", PASSWORD).await;
+    assert!(signed_in["access_token"].is_string(), "{signed_in}");
+
+    // The only identity stops: nothing answers for it.
+    assert!(identity.terminate().await.success());
+    until_listed(&watcher, "identity", &[], Duration::from_secs(5)).await;
+    let refused = register("bob@example.org").await.unwrap();
+    assert_eq!(refused.status(), 503);
+
+    // Another starts on a port neither the gateway nor auth has heard of:
+    // the gateway routes to it, and auth's calls to identity reach it.
+    let second = free_port();
+    let _identity = spawn("identity", second, data.path(), &config);
+    until_listed(
+        &watcher,
+        "identity",
+        &[&format!("http://127.0.0.1:{second}")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = register("bob@example.org").await.unwrap();
+        if answer.status() == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", answer.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let signed_in = login(&http, &gateway, "ann@example.org", PASSWORD).await;
+    assert!(signed_in["access_token"].is_string(), "{signed_in}");
+}
