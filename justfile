@@ -14,11 +14,12 @@ test:
 test-postgres:
     cargo test --features it-postgres --test integration
 
-# The integration suite on PostgreSQL with the suites of the Kafka bus and
+# The integration suite on PostgreSQL with the suites of the Kafka bus, Redis and
 # the etcd registry, against tansu brokers and etcd servers the tests start
+# and the local Redis (REDIS_URL, default redis://127.0.0.1:6379)
 # (scripts/kafka.sh and scripts/etcd.sh install them when missing).
 test-servers: tools
-    cargo test --features it-postgres,it-kafka,it-etcd --test integration
+    cargo test --features it-postgres,it-kafka,it-etcd,it-redis --test integration
 
 # What building and testing every feature needs beyond cargo: tansu, etcd, protoc.
 tools:
@@ -26,13 +27,13 @@ tools:
     scripts/etcd.sh install
 
 # Each service binary built with only its own service feature (and both
-# database backends, the Kafka bus and the etcd registry).
+# database backends, the Kafka bus, the etcd registry and Redis).
 build-all: tools
-    cargo build --no-default-features --features identity,sqlite,postgres,kafka,etcd --bin gatehouse-identity
-    cargo build --no-default-features --features auth,sqlite,postgres,kafka,etcd --bin gatehouse-auth
-    cargo build --no-default-features --features gateway,sqlite,postgres,kafka,etcd --bin gatehouse-gateway
-    cargo build --no-default-features --features authz,sqlite,postgres,kafka,etcd --bin gatehouse-authz
-    cargo build --no-default-features --features audit,sqlite,postgres,kafka,etcd --bin gatehouse-audit
+    cargo build --no-default-features --features identity,sqlite,postgres,kafka,etcd,redis --bin gatehouse-identity
+    cargo build --no-default-features --features auth,sqlite,postgres,kafka,etcd,redis --bin gatehouse-auth
+    cargo build --no-default-features --features gateway,sqlite,postgres,kafka,etcd,redis --bin gatehouse-gateway
+    cargo build --no-default-features --features authz,sqlite,postgres,kafka,etcd,redis --bin gatehouse-authz
+    cargo build --no-default-features --features audit,sqlite,postgres,kafka,etcd,redis --bin gatehouse-audit
     cargo build --bin gatehouse
 
 # Fuzzes the public API through the gateway: schemathesis, driven by the
@@ -45,7 +46,7 @@ fmt-check:
     cargo fmt --check
 
 clippy: tools
-    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,bench -- -D warnings
+    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,it-redis,bench -- -D warnings
 
 # The systemd unit under deploy/, checked by systemd-analyze for every
 # service against the binaries build-all made.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::config::{
-    BusConfig, DatabaseConfig, LogConfig, RegistryConfig, RpcConfig, ServerConfig,
+    BusConfig, DatabaseConfig, LogConfig, RedisConfig, RegistryConfig, RpcConfig, ServerConfig,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +21,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub bus: BusConfig,
     pub rpc: RpcConfig,
+    pub redis: RedisConfig,
     pub tokens: crate::middleware::token::TokenConfig,
     #[cfg(feature = "gateway")]
     pub gateway: crate::gateway::GatewayConfig,
@@ -65,6 +66,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             bus: BusConfig::default(),
             rpc: RpcConfig::default(),
+            redis: RedisConfig::default(),
             tokens: Default::default(),
             gateway: Default::default(),
             auth: Default::default(),

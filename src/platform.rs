@@ -126,6 +126,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         registry,
         bus,
         bus_config: config.bus.clone(),
+        redis: config.redis.clone(),
         metrics,
         clock,
         shutdown: CancellationToken::new(),

@@ -76,10 +76,8 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
     let key = keys::AuditKey::load(&ctx.data_dir).map_err(anyhow::Error::msg)?;
     let audit = service::Audit::new(db.clone(), key, ctx.clock.clone(), ctx.metrics.clone());
-    let permits = Permits::new(
-        ctx.clients.clone(),
-        Duration::from_millis(config.permission_cache_ms),
-    );
+    let permits =
+        Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
     let changes = permits
         .listen(&format!("{NAME}.permits"), &ctx.bus, ctx.shutdown.clone())
         .await

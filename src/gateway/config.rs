@@ -55,6 +55,13 @@ pub struct RateLimitConfig {
     pub per_user_burst: u32,
     /// Most client addresses or users tracked at once (memory bound).
     pub max_tracked_keys: usize,
+    /// `local`: each gateway counts on its own. `redis`: every replica
+    /// counts in the deployment's Redis (`[redis]`, the `redis` feature).
+    pub backend: RateLimitBackend,
+    /// With `backend = "redis"`, what a check becomes while Redis cannot
+    /// answer: `local` (this gateway's own count), `open` (let through) or
+    /// `closed` (refused with 503).
+    pub when_redis_down: WhenRedisDown,
 }
 
 impl Default for RateLimitConfig {
@@ -65,8 +72,25 @@ impl Default for RateLimitConfig {
             per_user_per_sec: 50,
             per_user_burst: 100,
             max_tracked_keys: 100_000,
+            backend: RateLimitBackend::Local,
+            when_redis_down: WhenRedisDown::Local,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenRedisDown {
+    Local,
+    Open,
+    Closed,
 }
 
 /// Cross-origin requests from browsers. No allowed origins: no CORS headers

@@ -45,12 +45,62 @@ use crate::kernel::observe::ObserveLayer;
 use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
-use crate::middleware::ratelimit::Limiter;
+use crate::middleware::ratelimit::{Limiter, SharedLimit};
 use http::{HeaderName, HeaderValue, Method};
 use tower::Layer as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub const NAME: &str = "gateway";
+
+/// The limiter every replica shares, when `rate_limit.backend` is `redis`.
+#[cfg(feature = "redis")]
+async fn shared_limits(
+    ctx: &ServiceContext,
+    limits: &config::RateLimitConfig,
+    per_ip: &Option<Limiter>,
+    per_user: &Option<Limiter>,
+) -> anyhow::Result<Option<Arc<dyn SharedLimit>>> {
+    use crate::middleware::ratelimit::redis::{Fallback, RedisLimits};
+    if limits.backend != config::RateLimitBackend::Redis {
+        return Ok(None);
+    }
+    let redis = crate::kernel::redis::Redis::connect(&ctx.redis)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "gateway.rate_limit.backend = \"redis\" needs redis.url (GATEHOUSE_REDIS__URL)"
+            )
+        })?;
+    let fallback = match limits.when_redis_down {
+        config::WhenRedisDown::Local => Fallback::Local {
+            per_ip: per_ip.clone(),
+            per_user: per_user.clone(),
+        },
+        config::WhenRedisDown::Open => Fallback::Open,
+        config::WhenRedisDown::Closed => Fallback::Closed,
+    };
+    Ok(Some(Arc::new(RedisLimits::new(
+        redis,
+        (limits.per_ip_per_sec, limits.per_ip_burst),
+        (limits.per_user_per_sec, limits.per_user_burst),
+        fallback,
+    ))))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn shared_limits(
+    _: &ServiceContext,
+    limits: &config::RateLimitConfig,
+    _: &Option<Limiter>,
+    _: &Option<Limiter>,
+) -> anyhow::Result<Option<Arc<dyn SharedLimit>>> {
+    if limits.backend == config::RateLimitBackend::Redis {
+        anyhow::bail!(
+            "gateway.rate_limit.backend = \"redis\" needs a build with the redis feature (cargo build --features redis)"
+        );
+    }
+    Ok(None)
+}
 
 pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Result<Running> {
     let table = routes::RouteTable::new(&config.routes).map_err(anyhow::Error::msg)?;
@@ -71,13 +121,12 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         limits.per_user_burst,
         limits.max_tracked_keys,
     );
+    let shared = shared_limits(ctx, limits, &per_ip, &per_user).await?;
     let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
-    let permits = Permits::new(
-        ctx.clients.clone(),
-        Duration::from_millis(config.permission_cache_ms),
-    );
+    let permits =
+        Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
     let changes = permits
         .listen(NAME, &ctx.bus, ctx.shutdown.clone())
         .await
@@ -94,6 +143,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             metrics: ctx.metrics.clone(),
             per_ip: per_ip.clone(),
             per_user: per_user.clone(),
+            shared,
             probe: probe::ProbePlan {
                 path: config.probe_path.clone(),
                 interval: Duration::from_millis(config.probe_interval_ms.max(10)),

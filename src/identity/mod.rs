@@ -124,10 +124,12 @@ pub async fn start(
     let listen = config.listen;
     let advertise = config.advertise_url.clone();
     let password_policy = config.password.clone();
-    let permits = Permits::new(
-        ctx.clients.clone(),
+    let permits = Permits::for_service(
+        ctx,
+        NAME,
         std::time::Duration::from_millis(config.permission_cache_ms),
-    );
+    )
+    .await?;
     let changes = permits
         .listen(NAME, &ctx.bus, ctx.shutdown.clone())
         .await

@@ -192,6 +192,32 @@ impl Default for EtcdConfig {
     }
 }
 
+/// The Redis server a deployment shares (the `redis` feature): what the
+/// gateway's replicas count rate limits in, and what replicas of a service
+/// keep shared caches in. Nothing is kept there that cannot be lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`; empty: no Redis, every limit
+    /// and cache in the process.
+    pub url: String,
+    /// Every key gatehouse writes starts with this.
+    pub prefix: String,
+    /// The longest a command may take; past it, or while Redis is away,
+    /// the command fails at once and its user falls back (see each user).
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "gatehouse:".to_owned(),
+            command_timeout_ms: 100,
+        }
+    }
+}
+
 /// How events travel between services.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -217,6 +217,21 @@ impl Keyring {
         self.own.keys().map(String::as_str)
     }
 
+    /// A 32-byte key for `purpose`, the same in every process that holds
+    /// `service`'s key (its replicas) and unknown to any other: for
+    /// authenticating what those replicas share through stores they do not
+    /// trust (Redis). `None` when this process holds no key of `service`.
+    pub fn derived(&self, service: &str, purpose: &str) -> Option<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let secret = self.own.get(service)?;
+        let mut hash = Sha256::new();
+        hash.update(b"gatehouse derived key v1\0");
+        hash.update(purpose.as_bytes());
+        hash.update(b"\0");
+        hash.update(secret.as_bytes());
+        Some(hash.finalize().into())
+    }
+
     /// What signs the calls `service` makes; `None` when this process holds
     /// no key of it.
     pub fn caller(&self, service: &str) -> Option<Arc<Caller>> {

@@ -27,6 +27,8 @@ pub mod ops;
 pub mod origin;
 pub mod outbox;
 pub mod paging;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod registry;
 pub mod rpc;
 pub mod server;
@@ -54,6 +56,8 @@ pub struct ServiceContext {
     pub bus: Arc<dyn bus::EventBus>,
     /// How the bus is set up (how long outboxes keep what they published).
     pub bus_config: config::BusConfig,
+    /// The Redis server shared by the deployment, if any.
+    pub redis: config::RedisConfig,
     pub clients: rpc::Clients,
     /// The keys that sign this process's service calls and check the calls
     /// made to it.

@@ -1,7 +1,9 @@
 //! Services as separate processes on each bus that crosses processes (the
 //! outbox bus, and with `it-kafka` the Kafka bus): events cross process
 //! boundaries, each consumer resumes where it left off, and the audit log
-//! gets every event once.
+//! gets every event once. With `it-redis`, every process also shares its
+//! rate limits and authz's answers through the local Redis, so the same
+//! tests show those answers voided as soon as the change arrives.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,8 @@ struct Deployment {
     gateway_port: u16,
     processes: Vec<ServiceProcess>,
     http: reqwest::Client,
+    /// The Redis key prefix of this deployment's processes.
+    redis_prefix: String,
 }
 
 impl Deployment {
@@ -57,6 +61,12 @@ impl Deployment {
         let mut env = static_registry(&instances);
         env.extend(self.backend.env.iter().cloned());
         env.extend(self.bus.env());
+        if cfg!(feature = "it-redis") {
+            let url = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+            env.push(("GATEHOUSE_REDIS__URL", url));
+            env.push(("GATEHOUSE_REDIS__PREFIX", self.redis_prefix.clone()));
+            env.push(("GATEHOUSE_GATEWAY__RATE_LIMIT__BACKEND", "redis".into()));
+        }
         env
     }
 
@@ -83,6 +93,7 @@ impl Deployment {
             gateway_port: free_port(),
             processes: Vec::new(),
             http: reqwest::Client::new(),
+            redis_prefix: format!("test-{}:", uuid::Uuid::new_v4()),
         };
         for service in SERVICES.iter().chain(&["gateway"]) {
             let process = deployment.spawn(service);

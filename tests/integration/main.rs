@@ -29,4 +29,6 @@ mod openapi;
 #[cfg(feature = "it-postgres")]
 mod postgres;
 mod process;
+#[cfg(feature = "it-redis")]
+mod redis;
 mod tracing;

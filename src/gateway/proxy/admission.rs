@@ -39,6 +39,8 @@ pub(super) struct Plan {
     pub(super) admission: Admission,
     /// The rate limit verdict whose headers the answer carries.
     pub(super) verdict: Option<Verdict>,
+    /// The key whose allowance the shared limiter is still to charge.
+    pub(super) owed: Option<RateKey>,
     /// The resource the route's permission is asked at, when it names one.
     pub(super) resource: Option<String>,
 }
@@ -49,6 +51,14 @@ pub(super) enum Admission {
     Decided(Option<Principal>),
     /// The token is not known yet: it is verified in the exchange.
     Unverified,
+}
+
+/// A request that goes no further: the answer, and the key whose allowance
+/// the shared limiter is still to charge for it (which turns the answer
+/// into a 429 once that allowance is spent).
+pub(super) struct Refusal {
+    pub(super) answer: Response,
+    pub(super) owed: Option<RateKey>,
 }
 
 /// Routes `req` and applies everything about it that needs no waiting:
@@ -62,7 +72,7 @@ pub(super) fn plan(
     peer: &Peer,
     req: Request,
     label: &mut Option<&'static str>,
-) -> Result<Plan, Response> {
+) -> Result<Plan, Refusal> {
     let client_ip = gw.client_ip(peer.ip(), req.headers());
     // A request refused here is traffic like any other: it spends its
     // client address's allowance, so refusals cannot be had without limit.
@@ -115,12 +125,19 @@ pub(super) fn plan(
         ));
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
-    let mut verdict = None;
+    let (mut verdict, mut owed) = (None, None);
     let admission = match checked_now(gw, config.auth, req.headers()) {
         Some(checked) => {
-            let principal = settle(gw, config, checked, client_ip, &mut verdict)?;
-            limit_user(gw, config, principal.as_ref(), &mut verdict)?;
-            Admission::Decided(principal)
+            let decided = settle(gw, config, checked, client_ip, &mut verdict, &mut owed).and_then(
+                |principal| {
+                    limit_user(gw, config, principal.as_ref(), &mut verdict, &mut owed)
+                        .map(|()| principal)
+                },
+            );
+            match decided {
+                Ok(principal) => Admission::Decided(principal),
+                Err(answer) => return Err(Refusal { answer, owed }),
+            }
         }
         None => Admission::Unverified,
     };
@@ -137,6 +154,7 @@ pub(super) fn plan(
         target,
         admission,
         verdict,
+        owed,
         resource,
     })
 }
@@ -187,12 +205,10 @@ pub(super) fn settle(
     checked: Result<Option<Principal>, TokenError>,
     client_ip: IpAddr,
     verdict: &mut Option<Verdict>,
+    owed: &mut Option<RateKey>,
 ) -> Result<Option<Principal>, Response> {
-    if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable))
-        && route.rate_limit
-        && let Some(limiter) = &gw.inner.per_ip
-    {
-        *verdict = Some(limiter.spend(RateKey::Address(client_ip))?);
+    if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable)) && route.rate_limit {
+        gw.charge(RateKey::Address(client_ip), verdict, owed)?;
     }
     checked.map_err(|e| {
         let mut refused = bearer::refusal(e);
@@ -214,27 +230,73 @@ pub(super) fn limit_user(
     route: &RouteConfig,
     principal: Option<&Principal>,
     verdict: &mut Option<Verdict>,
+    owed: &mut Option<RateKey>,
 ) -> Result<(), Response> {
-    if !route.rate_limit {
-        return Ok(());
+    match principal {
+        Some(p) if route.rate_limit => gw.charge(RateKey::User(p.user_id), verdict, owed),
+        _ => Ok(()),
     }
-    if let (Some(p), Some(limiter)) = (principal, &gw.inner.per_user) {
-        *verdict = Some(limiter.spend(RateKey::User(p.user_id))?);
-    }
-    Ok(())
 }
 
 impl Gateway {
-    /// `answer`, a refusal, after it has spent one request of the client
-    /// address's allowance when `limited`: 429 instead once that is spent.
-    fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Response {
-        if let (true, Some(limiter)) = (limited, &self.inner.per_ip) {
-            match limiter.spend(RateKey::Address(client)) {
-                Ok(v) => ratelimit::annotate(v, answer.headers_mut()),
-                Err(refused) => return refused,
+    /// Takes one request from `key`'s allowance, if its kind of key is
+    /// limited: here, into `verdict` (the answer once it is spent), or, when
+    /// replicas share their counts, left `owed` to [`Gateway::pay`].
+    #[allow(
+        clippy::result_large_err,
+        reason = "the refusal is the answer the client gets, made once"
+    )]
+    fn charge(
+        &self,
+        key: RateKey,
+        verdict: &mut Option<Verdict>,
+        owed: &mut Option<RateKey>,
+    ) -> Result<(), Response> {
+        let local = match key {
+            RateKey::User(_) => &self.inner.per_user,
+            _ => &self.inner.per_ip,
+        };
+        if let Some(limiter) = local {
+            if self.inner.shared.is_some() {
+                *owed = Some(key);
+            } else {
+                *verdict = Some(limiter.spend(key)?);
             }
         }
-        answer
+        Ok(())
+    }
+
+    /// Charges what is `owed` to the shared limiter: the verdict into
+    /// `verdict`, or the answer the client gets instead.
+    pub(super) async fn pay(
+        &self,
+        owed: &mut Option<RateKey>,
+        verdict: &mut Option<Verdict>,
+    ) -> Result<(), Response> {
+        if let (Some(key), Some(shared)) = (owed.take(), &self.inner.shared)
+            && let Some(v) = shared.spend(key).await?
+        {
+            *verdict = Some(v);
+        }
+        Ok(())
+    }
+
+    /// `answer`, a refusal, after it has spent one request of the client
+    /// address's allowance when `limited`: 429 instead once that is spent.
+    fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Refusal {
+        let (mut verdict, mut owed) = (None, None);
+        if limited
+            && let Err(refused) = self.charge(RateKey::Address(client), &mut verdict, &mut owed)
+        {
+            return Refusal {
+                answer: refused,
+                owed: None,
+            };
+        }
+        if let Some(v) = verdict {
+            ratelimit::annotate(v, answer.headers_mut());
+        }
+        Refusal { answer, owed }
     }
 
     pub(super) fn trusts(&self, ip: IpAddr) -> bool {

@@ -13,7 +13,7 @@ mod attempt;
 mod body;
 
 use super::client::upstream;
-use admission::{Admission, Plan, limit_user, plan, settle};
+use admission::{Admission, Plan, Refusal, limit_user, plan, settle};
 use attempt::{Attempt, Blame, MAX_ATTEMPTS, blame, split_url};
 use body::{Outgoing, prepare_body};
 
@@ -46,7 +46,7 @@ use crate::kernel::telemetry;
 use crate::kernel::wire;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::permit::Permits;
-use crate::middleware::ratelimit::{self, Limiter};
+use crate::middleware::ratelimit::{self, Limiter, RateKey, SharedLimit};
 use crate::middleware::token::TokenError;
 
 /// The gateway's shared state. Cheap to clone.
@@ -69,6 +69,10 @@ struct Inner {
     metrics: Metrics,
     per_ip: Option<Limiter>,
     per_user: Option<Limiter>,
+    /// The limiter replicas share; when set, the limits are counted there
+    /// (see `admission.rs`), and `per_ip` and `per_user` only say which
+    /// limits are on.
+    shared: Option<Arc<dyn SharedLimit>>,
     shutdown: CancellationToken,
     permits: Permits,
 }
@@ -84,6 +88,7 @@ pub struct Settings {
     pub metrics: Metrics,
     pub per_ip: Option<Limiter>,
     pub per_user: Option<Limiter>,
+    pub shared: Option<Arc<dyn SharedLimit>>,
     pub probe: ProbePlan,
     pub shutdown: CancellationToken,
     /// Asks authz the permissions routes name.
@@ -118,6 +123,7 @@ impl Gateway {
                 metrics: settings.metrics,
                 per_ip: settings.per_ip,
                 per_user: settings.per_user,
+                shared: settings.shared,
                 shutdown: settings.shutdown,
                 permits: settings.permits,
             }),
@@ -142,7 +148,10 @@ pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     let mut label = None;
     let state = match plan(gw, peer, req, &mut label) {
         Ok(plan) => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
-        Err(answer) => Forward::Answered(Some(answer)),
+        Err(Refusal { answer, owed: None }) => Forward::Answered(Some(answer)),
+        Err(Refusal { answer, owed }) => {
+            Forward::Exchanging(Box::pin(charged(gw.clone(), answer, owed)))
+        }
     };
     Forwarding {
         state,
@@ -210,6 +219,9 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
     // A block rather than an `async fn`, and the steps below borrow the
     // plan: it is held once, where it was moved in, not copied at each step.
     async move {
+        if let Err(refused) = gw.pay(&mut plan.owed, &mut plan.verdict).await {
+            return refused;
+        }
         if let Admission::Unverified = plan.admission
             && let Err(refused) = verify(&gw, &mut plan).await
         {
@@ -247,10 +259,34 @@ async fn verify(gw: &Gateway, plan: &mut Plan) -> Result<(), Response> {
         Err(e) => Err(e),
     };
     let config = &gw.inner.table.route(plan.route).config;
-    let principal = settle(gw, config, checked, plan.client_ip, &mut plan.verdict)?;
-    limit_user(gw, config, principal.as_ref(), &mut plan.verdict)?;
+    let (verdict, owed) = (&mut plan.verdict, &mut plan.owed);
+    let principal = match settle(gw, config, checked, plan.client_ip, verdict, owed) {
+        Ok(principal) => principal,
+        Err(answer) => return Err(charged(gw, answer, owed.take()).await),
+    };
+    limit_user(gw, config, principal.as_ref(), verdict, owed)?;
+    gw.pay(owed, verdict).await?;
     plan.admission = Admission::Decided(principal);
     Ok(())
+}
+
+/// `answer`, a refusal, once the shared limiter has charged what is
+/// `owed` for it: 429 instead when that allowance is spent.
+async fn charged<G: std::ops::Deref<Target = Gateway>>(
+    gw: G,
+    mut answer: Response,
+    mut owed: Option<RateKey>,
+) -> Response {
+    let mut verdict = None;
+    match gw.pay(&mut owed, &mut verdict).await {
+        Ok(()) => {
+            if let Some(v) = verdict {
+                ratelimit::annotate(v, answer.headers_mut());
+            }
+            answer
+        }
+        Err(refused) => refused,
+    }
 }
 
 /// Asks authz whether the request's user holds the route's `permission`

@@ -8,6 +8,13 @@
 //! A question asked while such an event arrives is not kept, and every
 //! question asks for the newest revision an event told of, so an instance
 //! of authz that has not yet read the change cannot answer from before it.
+//!
+//! Replicas can share what they were told through [`SharedAnswers`] (with
+//! the `redis` feature, [`redis::RedisAnswers`]): an answer one replica got
+//! saves the others the question, and is voided by the same events.
+
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +24,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::kernel::ServiceContext;
 use crate::kernel::bus::{self, EventBus, Unhandled};
 use crate::kernel::rpc::Clients;
 use crate::proto::authz::v1 as pb;
@@ -45,6 +53,29 @@ struct Key {
     resource: Option<Box<str>>,
 }
 
+/// Answers kept where every replica reads them. An answer is kept with
+/// the revision of authz's policy it was given at, and a change voids the
+/// answers given before its own revision, so an answer asked before a
+/// change and written after it is never read.
+#[async_trait::async_trait]
+pub trait SharedAnswers: Send + Sync {
+    /// The answer kept for the question, unless a change known since voids it.
+    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<bool>;
+    /// Keeps `allowed`, given at `revision`, for the store's time, unless
+    /// a change after `revision` is known.
+    async fn put(
+        &self,
+        user: Uuid,
+        permission: &str,
+        resource: Option<&str>,
+        revision: u64,
+        allowed: bool,
+    );
+    /// Voids the answers given before `revision` to `users`, or to anyone
+    /// when `None`.
+    async fn forget(&self, users: Option<&[Uuid]>, revision: u64);
+}
+
 /// The shared client. Cheap to clone.
 #[derive(Clone)]
 pub struct Permits {
@@ -53,6 +84,8 @@ pub struct Permits {
 
 struct Inner {
     clients: Clients,
+    /// Answers shared with other replicas, read when none is kept here.
+    shared: Option<Arc<dyn SharedAnswers>>,
     /// None when answers are not kept.
     answers: Option<moka::sync::Cache<Key, bool>>,
     /// Moves on at every change, so an answer asked before it is not kept.
@@ -65,6 +98,47 @@ impl Permits {
     /// Asks authz through `clients`, keeping each answer for `keep` (not
     /// at all when zero).
     pub fn new(clients: Clients, keep: Duration) -> Permits {
+        Self::sharing(clients, keep, None)
+    }
+
+    /// The permits of `service`, keeping answers for `keep`: shared with
+    /// its other replicas through the deployment's Redis when `[redis]`
+    /// names one.
+    pub async fn for_service(
+        ctx: &ServiceContext,
+        service: &str,
+        keep: Duration,
+    ) -> anyhow::Result<Permits> {
+        #[cfg(feature = "redis")]
+        let shared = match (
+            crate::kernel::redis::Redis::connect(&ctx.redis).await?,
+            ctx.keyring.derived(service, "authz answers"),
+        ) {
+            (Some(redis), Some(tag_key)) => Some(Arc::new(redis::RedisAnswers::new(
+                redis, service, tag_key, keep,
+            )) as Arc<dyn SharedAnswers>),
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let _ = service;
+        #[cfg(not(feature = "redis"))]
+        let shared = if ctx.redis.url.is_empty() {
+            None
+        } else {
+            anyhow::bail!(
+                "redis.url needs a build with the redis feature (cargo build --features redis)"
+            )
+        };
+        Ok(Self::sharing(ctx.clients.clone(), keep, shared))
+    }
+
+    /// As [`Permits::new`], also reading and writing answers in `shared`
+    /// (not at all when `keep` is zero).
+    pub fn sharing(
+        clients: Clients,
+        keep: Duration,
+        shared: Option<Arc<dyn SharedAnswers>>,
+    ) -> Permits {
         let answers = (!keep.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
@@ -75,6 +149,7 @@ impl Permits {
         Permits {
             inner: Arc::new(Inner {
                 clients,
+                shared: shared.filter(|_| answers.is_some()),
                 answers,
                 generation: AtomicU64::new(0),
                 revision: AtomicU64::new(0),
@@ -99,7 +174,21 @@ impl Permits {
             return Ok(kept);
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
-        let allowed = self.ask(&key).await?;
+        let shared = self.inner.shared.as_deref();
+        let allowed = match shared {
+            Some(s) => s.get(user, permission, resource).await,
+            None => None,
+        };
+        let allowed = match allowed {
+            Some(allowed) => allowed,
+            None => {
+                let (allowed, revision) = self.ask(&key).await?;
+                if let Some(s) = shared {
+                    s.put(user, permission, resource, revision, allowed).await;
+                }
+                allowed
+            }
+        };
         if let Some(answers) = &self.inner.answers
             && self.inner.generation.load(Ordering::Acquire) == generation
         {
@@ -114,7 +203,8 @@ impl Permits {
         Ok(allowed)
     }
 
-    async fn ask(&self, key: &Key) -> Result<bool, PermitError> {
+    /// Authz's answer, and the revision it was given at.
+    async fn ask(&self, key: &Key) -> Result<(bool, u64), PermitError> {
         let channel = self
             .inner
             .clients
@@ -130,11 +220,25 @@ impl Permits {
             at_least_revision: self.inner.revision.load(Ordering::Acquire),
         };
         match AuthzClient::new(channel).check(asked).await {
-            Ok(answer) => Ok(answer.into_inner().answer.is_some_and(|a| a.allowed)),
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                let allowed = answer.answer.is_some_and(|a| a.allowed);
+                Ok((allowed, answer.revision))
+            }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 Err(PermitError::Invalid(status.message().to_owned()))
             }
             Err(status) => Err(PermitError::Unavailable(status.message().to_owned())),
+        }
+    }
+
+    /// Drops the answers `change` may alter, here and in the shared store,
+    /// and asks from its revision on.
+    pub async fn forget_everywhere(&self, change: &PolicyEvent) {
+        self.forget(change);
+        if let Some(shared) = &self.inner.shared {
+            let users = named_users(change);
+            shared.forget(users.as_deref(), change.revision).await;
         }
     }
 
@@ -147,19 +251,13 @@ impl Permits {
         let Some(answers) = &self.inner.answers else {
             return;
         };
-        let users: Vec<Uuid> = change
-            .user_ids
-            .iter()
-            .filter_map(|u| Uuid::parse_str(u).ok())
-            .collect();
-        let named = !users.is_empty() && users.len() == change.user_ids.len();
-        // A change that names no one may alter anyone's answers; a cache
-        // that cannot drop by user drops them all.
-        if !named
-            || answers
+        // A cache that cannot drop by user drops them all.
+        let dropped = named_users(change).is_some_and(|users| {
+            answers
                 .invalidate_entries_if(move |key, _| users.contains(&key.user))
-                .is_err()
-        {
+                .is_ok()
+        });
+        if !dropped {
             answers.invalidate_all();
         }
     }
@@ -177,10 +275,21 @@ impl Permits {
             async move {
                 let change = PolicyEvent::decode(&event.payload[..])
                     .map_err(|e| Unhandled::Unreadable(format!("authz change: {e}")))?;
-                permits.forget(&change);
+                permits.forget_everywhere(&change).await;
                 Ok(())
             }
         });
         follow.await.map_err(|e| e.to_string())
     }
+}
+
+/// The users whose answers `change` may alter; `None` when it may alter
+/// anyone's (it names no one, or someone not by a user id).
+fn named_users(change: &PolicyEvent) -> Option<Vec<Uuid>> {
+    let users: Vec<Uuid> = change
+        .user_ids
+        .iter()
+        .filter_map(|u| Uuid::parse_str(u).ok())
+        .collect();
+    (!users.is_empty() && users.len() == change.user_ids.len()).then_some(users)
 }

@@ -6,6 +6,12 @@
 //! State is bounded: at most `max_keys` keys are tracked. When the table is
 //! full even after forgetting keys that are back to a full allowance, new
 //! keys share one overflow bucket rather than growing memory.
+//!
+//! Replicas of the gateway share their counts through a [`SharedLimit`]
+//! (with the `redis` feature, [`redis::RedisLimits`]).
+
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -150,6 +156,16 @@ impl Limiter {
             }
         })
     }
+}
+
+/// A limiter whose counts live outside the process, shared by every
+/// replica: a check is a round trip, so it is awaited.
+#[async_trait::async_trait]
+pub trait SharedLimit: Send + Sync {
+    /// Takes one request from `key`'s allowance, if its kind of key is
+    /// limited: the verdict (`None` when there is none to tell), or the
+    /// answer the client gets instead.
+    async fn spend(&self, key: RateKey) -> Result<Option<Verdict>, Response>;
 }
 
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");

@@ -1,0 +1,213 @@
+//! Authz's answers shared by the replicas of one service in Redis.
+//!
+//! An answer is kept as `<revision>:<0|1>:<tag>` for as long as a replica
+//! keeps its own. The tag is an HMAC of the question, the revision and the
+//! answer under a key only the service's replicas hold (derived from the
+//! service's own key), so whoever can write to Redis cannot grant a
+//! permission: an answer without a good tag is not read.
+//!
+//! A change raises a floor, the user's or everyone's, to its revision; an
+//! answer given before the higher of the two floors is neither read nor
+//! written. The write checks the floors in one script run on the server,
+//! so a replica that asked before a change and writes after another
+//! replica saw it cannot bring the old answer back. A floor lives twice as
+//! long as an answer, so no answer it voids can outlive it. When a floor
+//! could not be raised, this replica reads nothing from Redis for as long
+//! as an answer is kept, since answers the change voids may still be
+//! there. Whatever Redis cannot answer is asked of authz.
+
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::types::scripts::Script;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::SharedAnswers;
+use crate::kernel::locks;
+use crate::kernel::redis::Redis;
+
+/// `KEYS`: the answer, the user's floor, everyone's floor. Answers the
+/// kept value (nil when there is none) and the higher floor.
+const READ: &str = r"
+local floor = math.max(tonumber(redis.call('GET', KEYS[2])) or 0,
+  tonumber(redis.call('GET', KEYS[3])) or 0)
+return {redis.call('GET', KEYS[1]), floor}
+";
+
+/// `KEYS` as for `READ`; `ARGV`: the answer's revision, the value to keep,
+/// milliseconds to keep it. Keeps it unless a floor is above the revision.
+const WRITE: &str = r"
+local floor = math.max(tonumber(redis.call('GET', KEYS[2])) or 0,
+  tonumber(redis.call('GET', KEYS[3])) or 0)
+if tonumber(ARGV[1]) < floor then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// `KEYS[1]`: a floor; `ARGV`: a change's revision, milliseconds to keep
+/// the floor. Raises the floor to the revision; never lowers it.
+const RAISE: &str = r"
+local floor = tonumber(redis.call('GET', KEYS[1])) or 0
+if tonumber(ARGV[1]) > floor then
+  floor = tonumber(ARGV[1])
+end
+redis.call('SET', KEYS[1], string.format('%.0f', floor), 'PX', ARGV[2])
+return floor
+";
+
+static SCRIPTS: LazyLock<[Script; 3]> =
+    LazyLock::new(|| [READ, WRITE, RAISE].map(Script::from_lua));
+
+/// The answers of one service's replicas, kept in Redis for `keep`.
+pub struct RedisAnswers {
+    redis: Redis,
+    service: String,
+    tag_key: [u8; 32],
+    keep: Duration,
+    keep_ms: String,
+    floor_ms: String,
+    /// Until when nothing is read: a change's floor could not be raised.
+    distrust_until: Mutex<Option<Instant>>,
+}
+
+impl RedisAnswers {
+    /// Answers of `service`, tagged with `tag_key` (which only its
+    /// replicas hold), kept for `keep`.
+    pub fn new(redis: Redis, service: &str, tag_key: [u8; 32], keep: Duration) -> Self {
+        let keep_ms = keep.as_millis().max(1);
+        Self {
+            redis,
+            service: service.to_owned(),
+            tag_key,
+            keep,
+            keep_ms: keep_ms.to_string(),
+            floor_ms: keep_ms.saturating_mul(2).to_string(),
+            distrust_until: Mutex::new(None),
+        }
+    }
+
+    fn trusted(&self) -> bool {
+        let mut until = locks::lock(&self.distrust_until);
+        match *until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The answer's key, the user's floor and everyone's floor.
+    fn keys(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Vec<String> {
+        // The permission's length keeps `a:b` + `c` apart from `a` + `b:c`.
+        let resource = resource.unwrap_or_default();
+        vec![
+            self.redis.key(&format!(
+                "permit:{}:{user}:{}:{permission}:{resource}",
+                self.service,
+                permission.len()
+            )),
+            self.user_floor(user),
+            self.redis
+                .key(&format!("permit-floor:{}:all", self.service)),
+        ]
+    }
+
+    fn user_floor(&self, user: Uuid) -> String {
+        self.redis
+            .key(&format!("permit-floor:{}:{user}", self.service))
+    }
+
+    /// The tag of `answer` (`<revision>:<0|1>`) kept at `key`.
+    fn tag(&self, key: &str, answer: &str) -> Option<Hmac<Sha256>> {
+        // HMAC takes keys of any length: this is never `None`.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.tag_key).ok()?;
+        mac.update(key.as_bytes());
+        mac.update(b"\0");
+        mac.update(answer.as_bytes());
+        Some(mac)
+    }
+
+    /// The answer in `kept`, if its tag is good and it was given at or
+    /// after `floor`.
+    fn read(&self, key: &str, kept: &str, floor: u64) -> Option<bool> {
+        let (answer, tag) = kept.rsplit_once(':')?;
+        self.tag(key, answer)?
+            .verify_slice(&hex::decode(tag).ok()?)
+            .ok()?;
+        let (revision, allowed) = answer.split_once(':')?;
+        if revision.parse::<u64>().ok()? < floor {
+            return None;
+        }
+        match allowed {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedAnswers for RedisAnswers {
+    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<bool> {
+        if !self.trusted() {
+            return None;
+        }
+        let keys = self.keys(user, permission, resource);
+        let key = keys[0].clone();
+        let (kept, floor) = self
+            .redis
+            .run::<(Option<String>, u64)>(&SCRIPTS[0], keys, Vec::new())
+            .await
+            .ok()?;
+        self.read(&key, &kept?, floor)
+    }
+
+    async fn put(
+        &self,
+        user: Uuid,
+        permission: &str,
+        resource: Option<&str>,
+        revision: u64,
+        allowed: bool,
+    ) {
+        let keys = self.keys(user, permission, resource);
+        let answer = format!("{revision}:{}", u8::from(allowed));
+        let Some(tag) = self.tag(&keys[0], &answer) else {
+            return;
+        };
+        let tag = hex::encode(tag.finalize().into_bytes());
+        let args = vec![
+            revision.to_string(),
+            format!("{answer}:{tag}"),
+            self.keep_ms.clone(),
+        ];
+        // Not kept: the next replica asks authz, as without Redis.
+        let _ = self.redis.run::<i64>(&SCRIPTS[1], keys, args).await;
+    }
+
+    async fn forget(&self, users: Option<&[Uuid]>, revision: u64) {
+        let floors = match users {
+            Some(users) => users.iter().map(|u| self.user_floor(*u)).collect(),
+            None => vec![
+                self.redis
+                    .key(&format!("permit-floor:{}:all", self.service)),
+            ],
+        };
+        let args = vec![revision.to_string(), self.floor_ms.clone()];
+        for floor in floors {
+            let raised = self
+                .redis
+                .run::<i64>(&SCRIPTS[2], vec![floor], args.clone())
+                .await;
+            if raised.is_err() {
+                *locks::lock(&self.distrust_until) = Some(Instant::now() + self.keep);
+            }
+        }
+    }
+}
