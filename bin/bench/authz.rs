@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use gatehouse::authz::schema::{bindings, memberships, role_permissions, roles, user_groups};
-use gatehouse::kernel::rpc::RpcChannel;
+use gatehouse::kernel::rpc::Propagate;
+use tonic::service::interceptor::InterceptedService;
+
+/// A channel straight to the one authz instance, signed as the gateway signs.
+type RpcChannel = InterceptedService<Channel, Propagate>;
 use gatehouse::proto::authz::v1 as pb;
 use gatehouse::proto::authz::v1::authz_client::AuthzClient;
 use tonic::transport::Channel;

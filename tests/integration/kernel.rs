@@ -659,3 +659,69 @@ async fn a_client_that_stops_reading_is_cut_off() {
         );
     }
 }
+
+/// A listener that takes connections and never answers on them.
+async fn silent_listener() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (url, held)
+}
+
+#[tokio::test]
+async fn calls_to_a_service_whose_instances_all_hang_fail_at_once_after_a_few() {
+    use gatehouse::proto::authz::v1 as pb;
+    use gatehouse::proto::authz::v1::authz_client::AuthzClient;
+    let (first, _a) = silent_listener().await;
+    let (second, _b) = silent_listener().await;
+    let mut instances = std::collections::BTreeMap::new();
+    instances.insert("authz".to_owned(), vec![first, second]);
+    let registry =
+        std::sync::Arc::new(gatehouse::kernel::registry::StaticRegistry::new(&instances));
+    let config = gatehouse::kernel::config::RpcConfig {
+        connect_timeout_ms: 200,
+        request_timeout_ms: 200,
+        ..Default::default()
+    };
+    let clients = gatehouse::kernel::rpc::Clients::new(registry, &config, None);
+    let check = || async {
+        let mut client = AuthzClient::new(clients.channel("authz").await.unwrap());
+        client
+            .check(pb::CheckRequest {
+                question: Some(pb::Question {
+                    user_id: uuid::Uuid::now_v7().to_string(),
+                    permission: "users:read".into(),
+                    resource: String::new(),
+                }),
+                at_least_revision: 0,
+            })
+            .await
+            .unwrap_err()
+    };
+    // Each call waits out its timeout on an instance, and is tried on the
+    // other (a check is safe to repeat), until both have failed enough
+    // times in a row to be ejected.
+    for _ in 0..gatehouse::kernel::rpc::resilient::EJECT_AFTER {
+        let status = check().await;
+        assert!(
+            !status.message().contains("no instance"),
+            "still tried: {status:?}"
+        );
+    }
+    // Then calls fail at once without trying either, but for the odd
+    // trial of an instance (one each per TRIAL_EVERY).
+    let mut at_once = 0;
+    for _ in 0..20 {
+        let status = check().await;
+        if status.message() == "no instance of authz is available" {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            at_once += 1;
+        }
+    }
+    assert!(at_once >= 16, "{at_once} of 20 calls failed at once");
+}

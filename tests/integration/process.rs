@@ -865,3 +865,120 @@ async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
     let said = String::from_utf8_lossy(&added.stdout);
     assert!(said.contains("entry 4 was inserted"), "{said}");
 }
+
+/// Signs in at `auth` in a loop until `stop`: for each attempt, when it
+/// started (since `epoch`) and whether it got its tokens.
+async fn sign_ins(
+    auth: String,
+    email: &'static str,
+    epoch: std::time::Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<(Duration, bool)> {
+    let http = reqwest::Client::new();
+    let mut outcomes = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let started = epoch.elapsed();
+        let answer = http
+            .post(format!("{auth}/v1/auth/login"))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await;
+        let signed_in = matches!(answer, Ok(a) if a.status() == 200);
+        outcomes.push((started, signed_in));
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
+    let (auth_port, id1, id2) = (free_port(), free_port(), free_port());
+    let (identity_dir, auth_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let backend = Backend::new();
+    let with = |mut extra: Vec<(&'static str, String)>| {
+        extra.extend(backend.env.iter().cloned());
+        extra
+    };
+    let identity_env = with(static_registry(&[("auth", &[auth_port])]));
+    let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
+    first.started();
+    let mut second = spawn_identity(id2, identity_dir.path(), &identity_env);
+    second.started();
+    let mut auth = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-auth"),
+        "auth",
+        auth_port,
+        auth_dir.path(),
+        &with(static_registry(&[("identity", &[id1, id2])])),
+    );
+    auth.started();
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/v1/users", first.base))
+        .json(&json!({"email": "steady@example.org", "password": PASSWORD, "display_name": "S"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // Four clients sign in without a pause; one identity instance is
+    // killed under them.
+    let epoch = std::time::Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(sign_ins(
+                auth.base.clone(),
+                "steady@example.org",
+                epoch,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Identity's gRPC calls, all of them password checks here.
+    const VERIFY: &str = "/gatehouse.identity.v1.Identity/{*rest}";
+    let (on_first, on_second) = (
+        answered(&first.ops_base(), VERIFY).await,
+        answered(&second.ops_base(), VERIFY).await,
+    );
+    assert!(
+        on_first > 0 && on_second > 0,
+        "both instances check passwords: {on_first} and {on_second}"
+    );
+    let killed_at = epoch.elapsed();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut outcomes = Vec::new();
+    for c in clients {
+        outcomes.extend(c.await.unwrap());
+    }
+    let after: Vec<_> = outcomes.iter().filter(|(t, _)| *t > killed_at).collect();
+    let failed: Vec<_> = outcomes.iter().filter(|(_, ok)| !ok).collect();
+    assert!(
+        after.len() > 20,
+        "sign-ins went on after the kill: {}",
+        after.len()
+    );
+    // At most one failure per client, and only a sign-in under way on the
+    // killed instance when it died: none started after.
+    assert!(failed.len() <= 4, "{} sign-ins failed", failed.len());
+    assert!(
+        failed.iter().all(|(t, _)| *t <= killed_at),
+        "a sign-in started after the kill failed: {failed:?} (killed at {killed_at:?})"
+    );
+    auth.wait_line("instance ejected from service calls");
+
+    // The instance comes back on its port: auth's probe takes it back in,
+    // and then it answers sign-ins again.
+    let mut back = spawn_identity(id1, identity_dir.path(), &identity_env);
+    back.started();
+    auth.wait_line("instance back in service calls");
+    for _ in 0..10 {
+        let pair = login(&http, &auth.base, "steady@example.org", PASSWORD).await;
+        assert!(pair["access_token"].is_string(), "{pair}");
+    }
+    let on_back = answered(&back.ops_base(), VERIFY).await;
+    assert!(on_back > 0, "the instance back gets calls again");
+}

@@ -1,8 +1,9 @@
 //! gRPC clients for service-to-service calls. A caller asks for a channel to
 //! a service by name; the factory resolves it through the registry and
-//! balances over the instances found, with connect and request timeouts on
-//! every call. Channels are kept per service and rebuilt when the set of
-//! instances changes. A channel's background tasks run on the runtime the
+//! spreads calls over the instances found, with connect and request
+//! timeouts on every call, repeats on another instance, ejection and a
+//! circuit breaker (see [`resilient`]). Channels are kept per service and
+//! rebuilt when the set of instances changes. A channel's background tasks run on the runtime the
 //! factory was made on, whichever thread first asks for the channel (the
 //! gateway's I/O threads stop before the process does).
 
@@ -10,10 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod resilient;
+
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use resilient::{Member, Resilient};
 
 use super::config::RpcConfig;
 use super::credentials::Caller;
@@ -38,7 +42,7 @@ pub enum RpcError {
 /// service's credential (see [`super::credentials`]) and the caller's trace
 /// context (`traceparent`). Generated clients take it as they take a plain
 /// channel: `IdentityClient::new(clients.channel("identity").await?)`.
-pub type RpcChannel = InterceptedService<Channel, Propagate>;
+pub type RpcChannel = InterceptedService<Resilient, Propagate>;
 
 /// Adds the caller's credential and the current trace context to each
 /// outgoing call.
@@ -68,7 +72,11 @@ impl Interceptor for Propagate {
 }
 
 /// `channel` to `callee`, its calls signed by `caller`.
-pub fn signed(channel: Channel, caller: Option<Arc<Caller>>, callee: &str) -> RpcChannel {
+pub fn signed<S>(
+    channel: S,
+    caller: Option<Arc<Caller>>,
+    callee: &str,
+) -> InterceptedService<S, Propagate> {
     InterceptedService::new(
         channel,
         Propagate {
@@ -78,11 +86,8 @@ pub fn signed(channel: Channel, caller: Option<Arc<Caller>>, callee: &str) -> Rp
     )
 }
 
-/// A channel and the instance URLs it was built for.
-type Known = (Vec<String>, Channel);
-
-/// Requests a balanced channel queues before callers wait (tonic's default).
-const BALANCE_BUFFER: usize = 1024;
+/// A service's instances as calls see them, and the URLs they were built for.
+type Known = (Vec<String>, Resilient);
 
 /// Spawns onto one runtime, from any thread.
 #[derive(Clone)]
@@ -142,39 +147,32 @@ impl Clients {
             .map(|channel| signed(channel, self.caller.clone(), service))
     }
 
-    async fn plain_channel(&self, service: &str) -> Result<Channel, RpcError> {
+    async fn plain_channel(&self, service: &str) -> Result<Resilient, RpcError> {
         let instances = self.registry.resolve(service).await?;
         if instances.is_empty() {
             return Err(RpcError::NoInstance(service.to_owned()));
         }
         let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
         let mut cache = locks::lock(&self.channels);
-        if let Some((known, channel)) = cache.get(service)
-            && *known == urls
-        {
-            return Ok(channel.clone());
-        }
-        let endpoints = urls
-            .iter()
-            .map(|url| self.endpoint(service, url))
-            .collect::<Result<Vec<_>, _>>()?;
-        let channel = match (&self.runtime, endpoints.len()) {
-            (_, 1) => endpoints[0].connect_lazy(),
-            (Some(runtime), _) => {
-                let (channel, changes) = Channel::balance_channel_with_executor(
-                    BALANCE_BUFFER,
-                    OnRuntime(runtime.clone()),
-                );
-                for endpoint in endpoints {
-                    // The queue holds BALANCE_BUFFER changes; a service has fewer instances.
-                    let _ = changes.try_send(Change::Insert(endpoint.uri().clone(), endpoint));
-                }
-                channel
-            }
-            (None, _) => Channel::balance_list(endpoints.into_iter()),
+        // The instances still listed keep their connections and what calls
+        // made of them; the service keeps its retry budget.
+        let (mut kept, budget) = match cache.get(service) {
+            Some((known, pool)) if *known == urls => return Ok(pool.clone()),
+            Some((_, pool)) => pool.parts(),
+            None => (HashMap::new(), resilient::budget()),
         };
-        cache.insert(service.to_owned(), (urls, channel.clone()));
-        Ok(channel)
+        let members = urls
+            .iter()
+            .map(|url| match kept.remove(url) {
+                Some(member) => Ok(member),
+                None => self
+                    .endpoint(service, url)
+                    .map(|e| Member::new(url.clone(), e.connect_lazy())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = Resilient::new(service, members, budget, self.runtime.clone());
+        cache.insert(service.to_owned(), (urls, pool.clone()));
+        Ok(pool)
     }
 
     fn endpoint(&self, service: &str, url: &str) -> Result<Endpoint, RpcError> {
