@@ -16,7 +16,7 @@
 //!   request instead.
 //!
 //! With `--edge`, it runs the gateway-against-nginx benchmark instead (see
-//! `edge.rs`); `--serve-upstream` serves that benchmark's upstream. With
+//! `edge.rs`), and with `--edge-tls` the same over TLS; `--serve-upstream` serves that benchmark's upstream. With
 //! `--footprint`, it starts the release binaries itself and measures their
 //! idle memory and the all-in-one's start (see `footprint.rs`). With
 //! `--authz`, it measures authz's checks over gRPC on a policy it makes
@@ -86,6 +86,10 @@ struct Cli {
     /// pinned nginx base URLs.
     #[arg(long, num_args = 5, value_names = ["UPSTREAM", "NGINX", "GATEWAY", "BARE", "NGINX_PINNED"])]
     edge: Option<Vec<String>>,
+    /// Run the TLS edge benchmark: nginx and the gateway, both over TLS with
+    /// the same certificate in front of the same upstream.
+    #[arg(long, num_args = 2, value_names = ["NGINX_TLS", "GATEWAY_TLS"])]
+    edge_tls: Option<Vec<String>>,
     /// Run the footprint benchmark with the release binaries in this directory.
     #[arg(long, value_name = "BIN_DIR")]
     footprint: Option<PathBuf>,
@@ -125,6 +129,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(urls) = &cli.edge {
         return edge_benchmark(&cli, urls).await;
+    }
+    if let Some(urls) = &cli.edge_tls {
+        let [nginx, gateway] = &urls[..] else {
+            anyhow::bail!("--edge-tls takes two URLs");
+        };
+        return edge::run_tls(&edge::Edge {
+            upstream: String::new(),
+            nginx: nginx.clone(),
+            gateway: gateway.clone(),
+            bare: String::new(),
+            nginx_pinned: String::new(),
+            token: String::new(),
+            seconds: cli.seconds,
+            threads: cli.wrk_threads,
+            connections: cli.wrk_connections,
+            rounds: cli.edge_rounds,
+        });
     }
     if let Some(bin_dir) = &cli.footprint {
         return footprint::run(bin_dir).await;

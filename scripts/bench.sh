@@ -6,7 +6,8 @@
 # Kafka-protocol broker scripts/kafka.sh starts. Then, for `core` and `edge`,
 # starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
-# `edge`: scripts/bench-edge.sh) and stops it again. `all`: the five.
+# `edge`: scripts/bench-edge.sh) and stops it again. `tls`: the gateway and
+# nginx over TLS (scripts/bench-tls.sh, needing no other service). `all`: the six.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
@@ -22,7 +23,10 @@ if [ "$what" = all ] || [ "$what" = audit ]; then
     scripts/kafka.sh start
     "$target/release/gatehouse-bench" --audit --seconds "$seconds"
 fi
-if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ]; then exit 0; fi
+if [ "$what" = all ] || [ "$what" = tls ]; then
+    scripts/bench-tls.sh "$seconds"
+fi
+if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ] || [ "$what" = tls ]; then exit 0; fi
 
 data="$(mktemp -d)"
 log="$data/platform.log"

@@ -243,6 +243,48 @@ pub fn run(edge: &Edge) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS edge benchmark: nginx and the gateway each terminating TLS
+/// (the same certificate) for the same upstream, on a `public` route
+/// without rate limits, HTTP/1.1 with keep-alive as wrk speaks it, in
+/// rounds one after the other; medians, ratios taken within each round.
+pub fn run_tls(edge: &Edge) -> anyhow::Result<()> {
+    println!(
+        "TLS edge benchmark: wrk -t{} -c{} -d{}s over TLS, {} rounds of nginx then the gateway",
+        edge.threads, edge.connections, edge.seconds, edge.rounds
+    );
+    let targets = [
+        format!("{}/bench/public/x", edge.nginx),
+        format!("{}/bench/public/x", edge.gateway),
+    ];
+    let mut rounds: Vec<[Run; 2]> = Vec::with_capacity(edge.rounds);
+    for _ in 0..edge.rounds.max(1) {
+        rounds.push([wrk(edge, &targets[0], None)?, wrk(edge, &targets[1], None)?]);
+    }
+    let of = |party: usize, f: &dyn Fn(&Run) -> f64| {
+        median(rounds.iter().map(|r| f(&r[party])).collect())
+    };
+    let ratio = median(rounds.iter().map(|r| r[1].rps / r[0].rps).collect());
+    let p99_ratio = median(rounds.iter().map(|r| r[1].p99_ms / r[0].p99_ms).collect());
+    for (party, name) in ["nginx over TLS", "gateway over TLS"].iter().enumerate() {
+        println!(
+            "{name:<34} {:>9.0} req/s  p99 {:>6.2} ms",
+            of(party, &|r| r.rps),
+            of(party, &|r| r.p99_ms)
+        );
+    }
+    let per_round = rounds
+        .iter()
+        .map(|r| format!("{:.2}x", r[1].rps / r[0].rps))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "gateway vs nginx over TLS: {ratio:.2}x req/s (rounds: {per_round}), p99 {p99_ratio:.2}x"
+    );
+    let verdict = if ratio >= 0.9 { "ok" } else { "BELOW TARGET" };
+    println!("target: gateway >= 0.9x nginx over TLS: {verdict}");
+    Ok(())
+}
+
 /// Runs `wrk` against `url` and reads its requests per second and p99.
 /// Any non-2xx answer or socket error fails the run: a fast error is not
 /// a fast proxy.

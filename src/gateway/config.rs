@@ -42,6 +42,31 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     pub rate_limit: RateLimitConfig,
     pub cors: CorsConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS for clients. With both files set, the gateway's listener speaks
+/// TLS only (1.3 and 1.2), offering HTTP/2 and HTTP/1.1 by ALPN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first, as PEM.
+    pub cert_file: String,
+    /// The leaf's private key, as PEM.
+    pub key_file: String,
+    /// How often the two files are looked at; a change is served from
+    /// then on, without a restart.
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            reload_check_secs: 5,
+        }
+    }
 }
 
 /// GCRA limits: per client address for anonymous traffic, per user for
@@ -136,6 +161,7 @@ impl Default for GatewayConfig {
             permission_cache_ms: 5_000,
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),
+            tls: TlsConfig::default(),
             cors: CorsConfig::default(),
         }
     }

@@ -52,13 +52,17 @@ pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
 pub struct Peer {
     pub addr: SocketAddr,
     text: HeaderValue,
+    /// The protocol the client spoke, as the proxy fields name it.
+    proto: &'static [u8],
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    /// A client connected from `addr`, over TLS when `secure`.
+    pub fn new(addr: SocketAddr, secure: bool) -> Peer {
         let text = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, text }
+        let proto: &[u8] = if secure { b"https" } else { b"http" };
+        Peer { addr, text, proto }
     }
 
     pub fn ip(&self) -> IpAddr {
@@ -79,6 +83,8 @@ pub struct ProxyFields {
     node: Node,
     /// The verified user and session, written as text where they go.
     identity: Option<(uuid::Uuid, uuid::Uuid)>,
+    /// `http` or `https`.
+    proto: &'static [u8],
 }
 
 enum Node {
@@ -170,6 +176,7 @@ pub fn upstream_headers(
         host,
         node,
         identity,
+        proto: peer.proto,
     }
 }
 
@@ -195,7 +202,7 @@ impl ProxyFields {
         if let Some(chain) = &self.forwarded_for {
             field(&X_FORWARDED_FOR, &|out| out.put_slice(chain.as_bytes()));
         }
-        field(&X_FORWARDED_PROTO, &|out| out.put_slice(b"http"));
+        field(&X_FORWARDED_PROTO, &|out| out.put_slice(self.proto));
         field(&header::FORWARDED, &|out| self.forwarded(out));
         if let Some((user, session)) = &self.identity {
             let text = |id: &uuid::Uuid, out: &mut BytesMut| {
@@ -222,7 +229,9 @@ impl ProxyFields {
                 let _ = write!(out, "for=\"[{v6}]\"");
             }
         }
-        out.put_slice(b";proto=http;host=\"");
+        out.put_slice(b";proto=");
+        out.put_slice(self.proto);
+        out.put_slice(b";host=\"");
         out.put_slice(self.host.as_bytes());
         out.put_slice(b"\"");
     }
@@ -320,7 +329,7 @@ mod tests {
         incoming.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
         incoming.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let from = Peer::new(SocketAddr::new(peer, 40000));
+        let from = Peer::new(SocketAddr::new(peer, 40000), false);
         let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
             let mut headers = incoming.clone();
             let fields = upstream_headers(&mut headers, &from, client, None, trusted, false);
@@ -361,6 +370,16 @@ mod tests {
         assert_eq!(
             out["forwarded"],
             "for=6.6.6.6;proto=http;host=\"api.example.org\""
+        );
+        assert_eq!(out["x-forwarded-proto"], "http");
+        // A client that came over TLS.
+        let secure = Peer::new(SocketAddr::new(peer, 40000), true);
+        let mut headers = incoming.clone();
+        upstream_headers(&mut headers, &secure, peer, None, false, false).apply(&mut headers);
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.9;proto=https;host=\"api.example.org\""
         );
     }
 }

@@ -102,6 +102,25 @@ async fn shared_limits(
     Ok(None)
 }
 
+/// TLS for clients, when `[gateway.tls]` names a certificate and key.
+fn tls(
+    config: &config::TlsConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (config.cert_file.is_empty(), config.key_file.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => {
+            let files = crate::kernel::tls::TlsFiles {
+                cert: config.cert_file.clone().into(),
+                key: config.key_file.clone().into(),
+                check_every: Duration::from_secs(config.reload_check_secs.max(1)),
+            };
+            Ok(Some(crate::kernel::tls::server(&files, shutdown)?))
+        }
+        _ => anyhow::bail!("gateway.tls: set both cert_file and key_file, or neither"),
+    }
+}
+
 pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Result<Running> {
     let table = routes::RouteTable::new(&config.routes).map_err(anyhow::Error::msg)?;
     if !config.probe_path.starts_with('/') {
@@ -180,8 +199,11 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         service: NAME,
     };
     let cors_layers = tower::ServiceBuilder::new().option_layer(cors);
+    let tls = tls(&config.tls, ctx.shutdown.clone())?;
+    let secure = tls.is_some();
     let launch = server::Launch {
         listen: config.listen,
+        tls,
         advertise_url: None,
         health,
         background,
@@ -192,7 +214,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // references on it rather than on the gateway's shared one,
             // which requests on the other I/O threads touch too.
             let gateway = Arc::new(gateway.clone());
-            let peer = headers::Peer::new(addr);
+            let peer = headers::Peer::new(addr, secure);
             // The observe layer is the connection's own too, for the same reason.
             let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {

@@ -34,6 +34,7 @@ pub mod rpc;
 pub mod server;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 use std::path::PathBuf;

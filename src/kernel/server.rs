@@ -6,6 +6,7 @@
 //! h2c on the same socket.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -129,6 +130,7 @@ pub fn spawn<F, S>(
     config: &ServerConfig,
     shutdown: CancellationToken,
     io: Option<IoThreads>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> JoinHandle<std::io::Result<()>>
 where
     F: Fn(SocketAddr) -> S + Send + Sync + 'static,
@@ -140,6 +142,7 @@ where
     let idle_timeout = Duration::from_millis(config.http2_idle_timeout_ms.max(1));
     let write_timeout = Duration::from_millis(config.write_timeout_ms.max(1));
     let max_streams = config.http2_max_concurrent_streams.max(1);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         let addr = listener.local_addr()?;
         tracing::info!(service = name, %addr, "listening");
@@ -183,8 +186,9 @@ where
                 idle_timeout,
                 write_timeout,
             };
+            let tls = tls.clone();
             let Some(io) = &io else {
-                tokio::spawn(http1::serve(stream, serving));
+                tokio::spawn(serve(stream, serving, tls, header_timeout));
                 continue;
             };
             // Moved to the thread's own reactor, so its readiness events
@@ -192,7 +196,7 @@ where
             match stream.into_std() {
                 Ok(stream) => io.spawn(async move {
                     match tokio::net::TcpStream::from_std(stream) {
-                        Ok(stream) => http1::serve(stream, serving).await,
+                        Ok(stream) => serve(stream, serving, tls, header_timeout).await,
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot move a connection to its thread")
                         }
@@ -214,6 +218,29 @@ where
         }
         Ok(())
     })
+}
+
+/// Serves one connection: over TLS when `tls` is set, once its handshake
+/// is done (within `handshake_limit`, as a request head must be).
+async fn serve<S>(
+    stream: tokio::net::TcpStream,
+    serving: http1::Serving<S>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_limit: Duration,
+) where
+    S: ConnectionService,
+    S::Future: Send + 'static,
+{
+    let Some(acceptor) = tls else {
+        return http1::serve(stream, serving).await;
+    };
+    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+        // Whichever protocol ALPN chose: the loop hands an HTTP/2
+        // connection (its preface) to hyper at once.
+        Ok(Ok(secured)) => http1::serve(secured, serving).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake took too long"),
+    }
 }
 
 /// A started service.
@@ -238,6 +265,7 @@ pub async fn launch(
 ) -> anyhow::Result<Running> {
     let launch = Launch {
         listen,
+        tls: None,
         advertise_url,
         health,
         background,
@@ -251,6 +279,8 @@ pub async fn launch(
 /// Where and how [`launch_with`] starts a service.
 pub struct Launch {
     pub listen: SocketAddr,
+    /// TLS for every connection (the gateway's `[gateway.tls]`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub advertise_url: Option<String>,
     pub health: tonic_health::server::HealthReporter,
     pub background: Vec<JoinHandle<()>>,
@@ -273,6 +303,7 @@ where
 {
     let Launch {
         listen,
+        tls,
         advertise_url,
         health,
         background,
@@ -296,6 +327,7 @@ where
         &ctx.server,
         ctx.shutdown.clone(),
         io,
+        tls,
     );
     if advertise_url.is_none() && addr.ip().is_unspecified() && ctx.registry.kind() != "in_process"
     {

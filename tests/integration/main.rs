@@ -31,4 +31,5 @@ mod postgres;
 mod process;
 #[cfg(feature = "it-redis")]
 mod redis;
+mod tls;
 mod tracing;

@@ -14,7 +14,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,12 +45,13 @@ pub(super) struct Over {
 /// made no request within `first_request` of being handed over (an HTTP/2
 /// preface, then only pings and settings) is closed then. A write that
 /// finds no room for `write_timeout` fails, and ends the connection.
-pub(super) async fn hand_off<S>(
-    conn: Conn,
+pub(super) async fn hand_off<IO, S>(
+    conn: Conn<IO>,
     service: S,
     hyper: auto::Builder<TokioExecutor>,
     over: Over,
 ) where
+    IO: super::Stream,
     S: ConnectionService,
     S::Future: Send + 'static,
 {
@@ -118,9 +118,9 @@ pub(super) async fn hand_off<S>(
 }
 
 /// A stream whose first bytes were already read: they are read again first.
-struct Rewind {
+struct Rewind<IO> {
     read: Bytes,
-    stream: TcpStream,
+    stream: IO,
     /// Reads and writes that moved bytes.
     moved: Arc<AtomicUsize>,
     /// How long a write may find no room before it fails.
@@ -129,7 +129,7 @@ struct Rewind {
     write_deadline: Option<Deadline>,
 }
 
-impl Rewind {
+impl<IO: super::Stream> Rewind<IO> {
     /// `written`, a write's outcome, failed with `TimedOut` when it has
     /// waited for room past the write limit.
     fn bound_write<T>(
@@ -152,7 +152,7 @@ impl Rewind {
     }
 }
 
-impl Rewind {
+impl<IO: super::Stream> Rewind<IO> {
     /// Counts `outcome`, a read or write, when it moved bytes.
     fn count<T>(&self, outcome: &Poll<io::Result<T>>, moved: bool) {
         if moved && matches!(outcome, Poll::Ready(Ok(_))) {
@@ -161,7 +161,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<IO: super::Stream> AsyncRead for Rewind<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -180,7 +180,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<IO: super::Stream> AsyncWrite for Rewind<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

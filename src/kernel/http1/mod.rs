@@ -37,8 +37,7 @@ use http_body::Body as _;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
-use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +48,11 @@ use super::wire::{
     BodyFraming, KeepAlive, NotRead, READ_SPACE, Request, WRITE_BATCH, encode_response_head,
     has_token, make_room, parse_request, recycle_headers,
 };
+
+/// What a connection runs over: a TCP stream, or TLS over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// What one connection is served with.
 pub struct Serving<S> {
@@ -71,8 +75,9 @@ pub struct Serving<S> {
 
 /// Serves `stream` until it closes, fails, or shutdown has begun and it
 /// has no request in flight.
-pub async fn serve<S>(stream: TcpStream, serving: Serving<S>)
+pub async fn serve<IO, S>(stream: IO, serving: Serving<S>)
 where
+    IO: Stream,
     S: ConnectionService,
     S::Future: Send + 'static,
 {
@@ -146,13 +151,13 @@ where
 }
 
 /// The connection and its buffers.
-struct Conn {
-    stream: TcpStream,
+struct Conn<IO> {
+    stream: IO,
     read: BytesMut,
     write: BytesMut,
 }
 
-impl Conn {
+impl<IO: Stream> Conn<IO> {
     /// Answers a request head longer than the wire's limit with 431 and
     /// `Connection: close`: nothing after it can be read in step.
     async fn write_refusal(&mut self, deadline: &mut HeadDeadline) -> io::Result<bool> {
@@ -305,12 +310,13 @@ impl Conn {
     }
 }
 
-/// Writes all of `buf` to `stream`, failing with `TimedOut` when a write
-/// finds no room for longer than the connection's write limit. A write
+/// Writes all of `buf` to `stream` and flushes it (TLS holds what is
+/// written until then), failing with `TimedOut` when a write finds no room
+/// for longer than the connection's write limit. A write
 /// that goes through at once, as almost all do, reads no clock and moves no
 /// timer: the deadline is set only when the socket first has no room.
-async fn write_bounded(
-    stream: &mut TcpStream,
+async fn write_bounded<IO: Stream>(
+    stream: &mut IO,
     buf: &[u8],
     deadline: &mut HeadDeadline,
 ) -> io::Result<()> {
@@ -337,7 +343,19 @@ async fn write_bounded(
                 }
             }
         }
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(flushed) => Poll::Ready(flushed),
+            Poll::Pending => {
+                if !waiting {
+                    waiting = true;
+                    deadline.start_write();
+                }
+                if deadline.poll_passed(cx) {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending
+            }
+        }
     })
     .await
 }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The TLS edge benchmark: nginx and the gateway each terminating TLS with
+# the same certificate (made here, self-signed, with openssl) in front of the
+# same small upstream, on a public route without rate limits, driven by wrk
+# with the same settings. Installs nginx and wrk from Debian's packages when
+# they are missing. Needs no other service: the route checks no token.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-15}"
+target="${CARGO_TARGET_DIR:-target}"
+upstream_port=4196
+nginx_port=4197
+gateway_port=4198
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# One certificate for both: ECDSA P-256, as a modern deployment would use.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+
+"$target/release/gatehouse-bench" --serve-upstream "$upstream_port" &
+pids+=($!)
+
+# nginx terminating TLS the usual way: a worker per core, session cache,
+# keep-alive connections to the upstream, no access log.
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
+    server {
+        listen 127.0.0.1:$nginx_port ssl http2;
+        ssl_certificate $work/cert.pem;
+        ssl_certificate_key $work/key.pem;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+CONF
+"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+
+cat >"$work/gateway.toml" <<CONF
+[log]
+level = "warn"
+format = "json"
+
+[registry]
+backend = "static"
+
+[registry.instances]
+bench = ["http://127.0.0.1:$upstream_port"]
+
+[gateway]
+listen = "127.0.0.1:$gateway_port"
+
+[gateway.tls]
+cert_file = "$work/cert.pem"
+key_file = "$work/key.pem"
+
+[[gateway.routes]]
+prefix = "/bench/public"
+service = "bench"
+auth = "public"
+rate_limit = false
+CONF
+GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
+    >"$work/gateway.log" 2>&1 &
+pids+=($!)
+
+for url in "http://127.0.0.1:$upstream_port/" "https://localhost:$nginx_port/" \
+    "https://localhost:$gateway_port/healthz"; do
+    for _ in $(seq 1 100); do
+        if curl -fsk "$url" >/dev/null 2>&1; then break; fi
+        sleep 0.1
+    done
+    curl -fsk "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work"/nginx/error.log 2>/dev/null; exit 1; }
+done
+
+"$target/release/gatehouse-bench" --seconds "$seconds" --edge-tls \
+    "https://localhost:$nginx_port" "https://localhost:$gateway_port"

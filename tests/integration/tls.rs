@@ -1,0 +1,170 @@
+//! The gateway over TLS: HTTP/2 and HTTP/1.1 by ALPN, both carried through
+//! to the services; TLS 1.2 and 1.3 only; a renewed certificate served
+//! without a restart, and a broken one not taken.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{PASSWORD, TestApp};
+
+/// A self-signed certificate for `localhost`: its PEM and its key's PEM.
+fn certificate() -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (made.cert.pem(), made.key_pair.serialize_pem())
+}
+
+/// Puts `pem` at `path` the way a renewal does: written aside, then moved.
+fn install(path: &Path, pem: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, pem).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// A client that trusts `cert` alone; HTTP/1.1 only when `http1`.
+fn client(cert: &str, http1: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5));
+    let builder = if http1 { builder.http1_only() } else { builder };
+    builder.build().unwrap()
+}
+
+async fn register(http: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
+    http.post(format!("{base}/v1/users"))
+        .json(&json!({"email": email, "password": PASSWORD, "display_name": "T"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Whether `openssl s_client` completes a handshake at `port` with only
+/// `version` (`-tls1_1`, `-tls1_2`, ...) allowed. Awaited, as the
+/// gateway answering it runs on the test's own thread.
+async fn handshakes(port: u16, version: &str) -> bool {
+    let out = tokio::process::Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-brief"])
+        .args(["-connect", &format!("127.0.0.1:{port}"), version])
+        // Lets the client offer old versions at all; the server decides.
+        .args(["-cipher", "DEFAULT:@SECLEVEL=0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).contains("CONNECTION ESTABLISHED")
+}
+
+#[tokio::test]
+async fn the_gateway_serves_http2_and_http1_over_tls_and_takes_a_renewed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (first, first_key) = certificate();
+    install(&cert_file, &first);
+    install(&key_file, &first_key);
+    let (cert, key) = (
+        cert_file.to_string_lossy().into_owned(),
+        key_file.to_string_lossy().into_owned(),
+    );
+    let app = TestApp::builder()
+        .gateway(move |g| {
+            g.tls.cert_file = cert;
+            g.tls.key_file = key;
+            g.tls.reload_check_secs = 1;
+        })
+        .start()
+        .await;
+    let port = app.gateway_base.rsplit(':').next().unwrap().to_owned();
+    let base = format!("https://localhost:{port}");
+
+    // HTTP/2 by ALPN, through to identity and back.
+    let h2 = client(&first, false);
+    let created = register(&h2, &base, "h2@example.org").await;
+    assert_eq!(created.version(), reqwest::Version::HTTP_2);
+    assert_eq!(created.status(), 201);
+    // HTTP/1.1 for a client that offers nothing else.
+    let h1 = client(&first, true);
+    let created = register(&h1, &base, "h1@example.org").await;
+    assert_eq!(created.version(), reqwest::Version::HTTP_11);
+    assert_eq!(created.status(), 201);
+    let signed_in = h1
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": "h1@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    // Plain HTTP gets no answer on the TLS port.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // TLS 1.2 and 1.3 only.
+    let port: u16 = port.parse().unwrap();
+    assert!(handshakes(port, "-tls1_2").await);
+    assert!(handshakes(port, "-tls1_3").await);
+    assert!(!handshakes(port, "-tls1_1").await);
+
+    // A renewed certificate is served from the next connection on.
+    let (second, second_key) = certificate();
+    install(&key_file, &second_key);
+    install(&cert_file, &second);
+    let renewed = client(&second, true);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match renewed.get(format!("{base}/healthz")).send().await {
+            Ok(answer) if answer.status() == 200 => break,
+            other => assert!(Instant::now() < deadline, "not renewed: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        client(&first, true)
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "the old certificate is still served"
+    );
+
+    // A broken file is not taken: the renewed certificate stays.
+    install(
+        &cert_file,
+        "-----BEGIN CERTIFICATE-----\nnot a certificate\n",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = client(&second, true)
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 200);
+}
+
+#[tokio::test]
+async fn a_gateway_given_half_a_tls_setting_or_a_mismatched_key_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, _) = certificate();
+    let (_, other_key) = certificate();
+    install(&cert_file, &cert);
+    install(&key_file, &other_key);
+    let ctx = gatehouse::platform::context(&gatehouse::config::Config::default()).unwrap();
+    let mut config = gatehouse::gateway::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    config.tls.cert_file = cert_file.to_string_lossy().into_owned();
+    let e = gatehouse::gateway::start(&ctx, config.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("both cert_file and key_file"), "{e}");
+    config.tls.key_file = key_file.to_string_lossy().into_owned();
+    let e = gatehouse::gateway::start(&ctx, config).await.err().unwrap();
+    assert!(e.to_string().contains("does not belong to"), "{e}");
+}
