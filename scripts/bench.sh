@@ -31,6 +31,10 @@ if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ] || [ "$
 data="$(mktemp -d)"
 log="$data/platform.log"
 export GATEHOUSE_DATA_DIR="$data"
+# The keys the platform and the separate gateway of the edge benchmark both
+# sign and check their calls with.
+"$target/release/gatehouse" credentials issue --out "$data/credentials" >/dev/null
+export GATEHOUSE_RPC__CREDENTIALS_DIR="$data/credentials"
 export GATEHOUSE_LOG__FORMAT=json
 export GATEHOUSE_LOG__LEVEL=warn
 

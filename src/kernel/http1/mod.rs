@@ -331,33 +331,32 @@ async fn write_bounded<IO: Stream>(
                     waiting = false;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if !waiting {
-                        waiting = true;
-                        deadline.start_write();
-                    }
-                    if deadline.poll_passed(cx) {
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return no_room(cx, &mut waiting, deadline),
             }
         }
         match Pin::new(&mut *stream).poll_flush(cx) {
             Poll::Ready(flushed) => Poll::Ready(flushed),
-            Poll::Pending => {
-                if !waiting {
-                    waiting = true;
-                    deadline.start_write();
-                }
-                if deadline.poll_passed(cx) {
-                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => no_room(cx, &mut waiting, deadline),
         }
     })
     .await
+}
+
+/// A write found no room: the wait is bounded from when it began.
+fn no_room(
+    cx: &mut Context<'_>,
+    waiting: &mut bool,
+    deadline: &mut HeadDeadline,
+) -> Poll<io::Result<()>> {
+    if !*waiting {
+        *waiting = true;
+        deadline.start_write();
+    }
+    if deadline.poll_passed(cx) {
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    } else {
+        Poll::Pending
+    }
 }
 
 /// Whether the answer's own `Connection` field asks to close.
