@@ -4,7 +4,8 @@
 # pid is added to `pids` (and removes `work`) when the script exits. The
 # gateway they start signs its calls with keys from
 # GATEHOUSE_RPC__CREDENTIALS_DIR (bench.sh issues them for the platform it
-# starts too), or else with keys issued here.
+# starts too), or else with keys issued here. `start_nginx` starts an nginx
+# proxying to the upstream on `upstream_port`.
 
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -29,3 +30,43 @@ if [ -z "${GATEHOUSE_RPC__CREDENTIALS_DIR:-}" ]; then
     "$target/release/gatehouse" credentials issue --out "$work/credentials" >/dev/null
     export GATEHOUSE_RPC__CREDENTIALS_DIR="$work/credentials"
 fi
+
+# nginx as a reverse proxy tuned the usual way: a worker per core,
+# keep-alive connections to the upstream, no access log. Arguments: a name
+# (its directory under `work`), what follows `listen`, directives for the
+# main context and for the server.
+start_nginx() {
+    local dir="$work/$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes auto;
+$3
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
+    server {
+        listen $2;
+        $4
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+CONF
+    "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" &
+    pids+=($!)
+}

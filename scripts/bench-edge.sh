@@ -24,42 +24,8 @@ pids+=($!)
 # nginx as a reverse proxy tuned the usual way: a worker per core,
 # keep-alive connections to the upstream, no access log. A second one, for
 # reference, has its workers pinned to CPUs, as the gateway's I/O threads are.
-start_nginx() { # name port extra-main-directive
-    local dir="$work/$1"
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<CONF
-worker_processes auto;
-$3
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
-    server {
-        listen 127.0.0.1:$2;
-        location / {
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-CONF
-    "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" &
-    pids+=($!)
-}
-start_nginx nginx "$nginx_port" ""
-start_nginx nginx-pinned "$nginx_pinned_port" "worker_cpu_affinity auto;"
+start_nginx nginx "127.0.0.1:$nginx_port" "" ""
+start_nginx nginx-pinned "127.0.0.1:$nginx_pinned_port" "worker_cpu_affinity auto;" ""
 
 # The gateway on its own, finding auth and the upstream in a static registry.
 cat >"$work/gateway.toml" <<CONF

@@ -25,40 +25,11 @@ pids+=($!)
 
 # nginx terminating TLS the usual way: a worker per core, session cache,
 # keep-alive connections to the upstream, no access log.
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    upstream bench { server 127.0.0.1:$upstream_port; keepalive 128; }
-    server {
-        listen 127.0.0.1:$nginx_port ssl http2;
+start_nginx nginx "127.0.0.1:$nginx_port ssl http2" "" "
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
         ssl_certificate $work/cert.pem;
-        ssl_certificate_key $work/key.pem;
-        location / {
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
-    }
-}
-CONF
-"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
+        ssl_certificate_key $work/key.pem;"
 
 cat >"$work/gateway.toml" <<CONF
 [log]

@@ -126,7 +126,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         registry,
         bus,
         bus_config: config.bus.clone(),
-        redis: config.redis.clone(),
+        redis: Arc::new(crate::kernel::redis::RedisLink::new(config.redis.clone())),
         metrics,
         clock,
         shutdown: CancellationToken::new(),

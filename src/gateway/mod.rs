@@ -64,13 +64,11 @@ async fn shared_limits(
     if limits.backend != config::RateLimitBackend::Redis {
         return Ok(None);
     }
-    let redis = crate::kernel::redis::Redis::connect(&ctx.redis)
-        .await?
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "gateway.rate_limit.backend = \"redis\" needs redis.url (GATEHOUSE_REDIS__URL)"
-            )
-        })?;
+    let redis = ctx.redis.connection().await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "gateway.rate_limit.backend = \"redis\" needs redis.url (GATEHOUSE_REDIS__URL)"
+        )
+    })?;
     let fallback = match limits.when_redis_down {
         config::WhenRedisDown::Local => Fallback::Local {
             per_ip: per_ip.clone(),

@@ -27,7 +27,6 @@ pub mod ops;
 pub mod origin;
 pub mod outbox;
 pub mod paging;
-#[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;
 pub mod rpc;
@@ -57,8 +56,9 @@ pub struct ServiceContext {
     pub bus: Arc<dyn bus::EventBus>,
     /// How the bus is set up (how long outboxes keep what they published).
     pub bus_config: config::BusConfig,
-    /// The Redis server shared by the deployment, if any.
-    pub redis: config::RedisConfig,
+    /// The Redis server shared by the deployment, if any, and this
+    /// process's one connection to it.
+    pub redis: Arc<redis::RedisLink>,
     pub clients: rpc::Clients,
     /// The keys that sign this process's service calls and check the calls
     /// made to it.

@@ -348,7 +348,9 @@ async fn watch_once(shared: &Shared) -> Result<(), RegistryError> {
                 .insert(String::from_utf8_lossy(kv.key()).into_owned(), instance);
         }
     }
-    let services: Vec<String> = fresh.by_id.values().map(|i| i.service.clone()).collect();
+    // Each service listed once, however many instances it has.
+    let services: std::collections::BTreeSet<String> =
+        fresh.by_id.values().map(|i| i.service.clone()).collect();
     for service in services {
         fresh.relist(&service);
     }

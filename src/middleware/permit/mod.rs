@@ -111,7 +111,7 @@ impl Permits {
     ) -> anyhow::Result<Permits> {
         #[cfg(feature = "redis")]
         let shared = match (
-            crate::kernel::redis::Redis::connect(&ctx.redis).await?,
+            ctx.redis.connection().await?,
             ctx.keyring.derived(service, "authz answers"),
         ) {
             (Some(redis), Some(tag_key)) => Some(Arc::new(redis::RedisAnswers::new(
@@ -122,7 +122,7 @@ impl Permits {
         #[cfg(not(feature = "redis"))]
         let _ = service;
         #[cfg(not(feature = "redis"))]
-        let shared = if ctx.redis.url.is_empty() {
+        let shared = if ctx.redis.config().url.is_empty() {
             None
         } else {
             anyhow::bail!(

@@ -1,6 +1,4 @@
-//! Redis, shared by the replicas of a deployment (`[redis]`, the `redis`
-//! feature, the fred client). What is kept there can be lost: rate limit
-//! counts and cached answers, never data.
+//! The connection to Redis (the fred client).
 //!
 //! A [`Redis`] waits for its first connection for at most [`FIRST_WAIT`]
 //! when it is made, then keeps reconnecting in the background; a server
@@ -19,7 +17,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::config::Options;
 use fred::types::scripts::Script;
 
-use super::config::{ConfigError, RedisConfig};
+use crate::kernel::config::{ConfigError, RedisConfig};
 
 /// The longest [`Redis::connect`] waits for the first connection.
 pub const FIRST_WAIT: Duration = Duration::from_secs(2);
