@@ -353,36 +353,72 @@ async fn answered(base: &str, route: &str) -> u64 {
         .sum()
 }
 
+/// Auth in front of two identity instances sharing one data directory,
+/// each its own process: the first identity started, the second and auth
+/// on their way.
+struct TwoIdentities {
+    first: ServiceProcess,
+    second: ServiceProcess,
+    auth: ServiceProcess,
+    auth_port: u16,
+    ports: [u16; 2],
+    identity_env: Vec<(&'static str, String)>,
+    identity_dir: tempfile::TempDir,
+    _auth_dir: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl TwoIdentities {
+    fn spawn() -> TwoIdentities {
+        let (auth_port, id1, id2) = (free_port(), free_port(), free_port());
+        let (identity_dir, auth_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let backend = Backend::new();
+        let with = |mut extra: Vec<(&'static str, String)>| {
+            extra.extend(backend.env.iter().cloned());
+            extra
+        };
+        let identity_env = with(static_registry(&[("auth", &[auth_port])]));
+        let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
+        first.started();
+        let second = spawn_identity(id2, identity_dir.path(), &identity_env);
+        let auth = ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse-auth"),
+            "auth",
+            auth_port,
+            auth_dir.path(),
+            &with(static_registry(&[("identity", &[id1, id2])])),
+        );
+        TwoIdentities {
+            first,
+            second,
+            auth,
+            auth_port,
+            ports: [id1, id2],
+            identity_env,
+            identity_dir,
+            _auth_dir: auth_dir,
+            backend,
+        }
+    }
+
+    /// `extra`, and the database settings every process of it has.
+    fn with(&self, mut extra: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+        extra.extend(self.backend.env.iter().cloned());
+        extra
+    }
+}
+
 #[tokio::test]
 async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
-    let (gw_port, auth_port, id1, id2) = (free_port(), free_port(), free_port(), free_port());
-    let (identity_dir, auth_dir, gw_dir) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let backend = Backend::new();
-    let with = |mut extra: Vec<(&'static str, String)>| {
-        extra.extend(backend.env.iter().cloned());
-        extra
-    };
-    let identity_env = with(static_registry(&[("auth", &[auth_port])]));
-    let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
-    first.started();
-    let mut second = spawn_identity(id2, identity_dir.path(), &identity_env);
-    let mut auth = ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_gatehouse-auth"),
-        "auth",
-        auth_port,
-        auth_dir.path(),
-        &with(static_registry(&[("identity", &[id1, id2])])),
-    );
+    let mut two = TwoIdentities::spawn();
+    let ([id1, id2], auth_port) = (two.ports, two.auth_port);
+    let (gw_port, gw_dir) = (free_port(), tempfile::tempdir().unwrap());
     let mut gateway = ServiceProcess::spawn(
         env!("CARGO_BIN_EXE_gatehouse-gateway"),
         "gateway",
         gw_port,
         gw_dir.path(),
-        &with({
+        &two.with({
             let mut env = static_registry(&[("identity", &[id1, id2]), ("auth", &[auth_port])]);
             // The load below is one user's; this test is not about limits.
             env.push((
@@ -392,9 +428,14 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
             env
         }),
     );
-    for p in [&mut second, &mut auth, &mut gateway] {
+    for p in [&mut two.second, &mut two.auth, &mut gateway] {
         p.started();
     }
+    let TwoIdentities {
+        ref mut first,
+        ref mut second,
+        ..
+    } = two;
     let gw = gateway.base.clone();
     let http = reqwest::Client::new();
     let r = http
@@ -891,26 +932,18 @@ async fn sign_ins(
 
 #[tokio::test]
 async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
-    let (auth_port, id1, id2) = (free_port(), free_port(), free_port());
-    let (identity_dir, auth_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let backend = Backend::new();
-    let with = |mut extra: Vec<(&'static str, String)>| {
-        extra.extend(backend.env.iter().cloned());
-        extra
-    };
-    let identity_env = with(static_registry(&[("auth", &[auth_port])]));
-    let mut first = spawn_identity(id1, identity_dir.path(), &identity_env);
-    first.started();
-    let mut second = spawn_identity(id2, identity_dir.path(), &identity_env);
-    second.started();
-    let mut auth = ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_gatehouse-auth"),
-        "auth",
-        auth_port,
-        auth_dir.path(),
-        &with(static_registry(&[("identity", &[id1, id2])])),
-    );
-    auth.started();
+    let mut two = TwoIdentities::spawn();
+    two.second.started();
+    two.auth.started();
+    let TwoIdentities {
+        ref mut first,
+        ref mut second,
+        ref mut auth,
+        ports: [id1, _],
+        ref identity_env,
+        ref identity_dir,
+        ..
+    } = two;
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{}/v1/users", first.base))
@@ -945,9 +978,10 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
         on_first > 0 && on_second > 0,
         "both instances check passwords: {on_first} and {on_second}"
     );
-    let killed_at = epoch.elapsed();
     first.child.kill().unwrap();
     first.child.wait().unwrap();
+    // Gone from here on: a sign-in started before may have been on it.
+    let killed_at = epoch.elapsed();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::SeqCst);
     let mut outcomes = Vec::new();
@@ -972,7 +1006,7 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
 
     // The instance comes back on its port: auth's probe takes it back in,
     // and then it answers sign-ins again.
-    let mut back = spawn_identity(id1, identity_dir.path(), &identity_env);
+    let mut back = spawn_identity(id1, identity_dir.path(), identity_env);
     back.started();
     auth.wait_line("instance back in service calls");
     for _ in 0..10 {

@@ -19,7 +19,10 @@
 //! health service after [`FIRST_PROBE`], then at doubling intervals up to
 //! [`LAST_PROBE`], and takes it back once it answers `SERVING`. So a
 //! service whose every instance is ejected costs a caller nothing but the
-//! odd trial, and is used again within moments of coming back.
+//! odd trial, and is used again within moments of coming back. When every
+//! instance is ejected for refusing connections, a call tries one anyway:
+//! a refusal costs no more than failing at once, and the first call after
+//! the service is up finds it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,6 +92,9 @@ struct State {
     ejected: Option<std::time::Instant>,
     /// While ejected: how long after that its next trial comes.
     trial_gap: Duration,
+    /// Whether the last failure was a refused connection: a trial of it
+    /// costs no wait.
+    refused: bool,
 }
 
 impl Member {
@@ -122,9 +128,10 @@ impl Member {
     }
 
     /// Counts a failure; answers whether it ejected the instance just now.
-    fn failed(&self) -> bool {
+    fn failed(&self, refused: bool) -> bool {
         let mut state = locks::lock(&self.state);
         state.failures += 1;
+        state.refused = refused;
         if state.ejected.is_some() {
             // A failed trial: the next comes later.
             state.ejected = Some(std::time::Instant::now());
@@ -137,6 +144,13 @@ impl Member {
         state.ejected = Some(std::time::Instant::now());
         state.trial_gap = TRIAL_EVERY;
         true
+    }
+
+    /// Whether the instance is ejected and its last failure was a refused
+    /// connection.
+    fn refuses(&self) -> bool {
+        let state = locks::lock(&self.state);
+        state.ejected.is_some() && state.refused
     }
 
     /// Whether the instance is in service (not ejected).
@@ -214,12 +228,23 @@ impl Resilient {
 
 impl Pool {
     /// The next eligible instance not yet tried, round the pool.
+    /// When none is eligible and the call has tried none, an instance
+    /// ejected for refusing connections is tried anyway: that fails as fast
+    /// as refusing the call would, and finds a service the moment it is up
+    /// (one that started after its callers, say).
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
+        let mut order = (0..n).map(|k| (start + k) % n);
+        order
+            .clone()
             .find(|i| !tried.contains(i) && self.members[*i].eligible())
+            .or_else(|| {
+                tried
+                    .is_empty()
+                    .then(|| order.find(|i| self.members[*i].refuses()))
+                    .flatten()
+            })
     }
 
     async fn send(&self, request: Request) -> Result<Response, BoxError> {
@@ -257,7 +282,7 @@ impl Pool {
                     let unsent = never_sent(e.as_ref());
                     tracing::debug!(service = %self.service, url = %member.url, error = %e,
                         unsent, "service call failed");
-                    if member.failed() {
+                    if member.failed(unsent) {
                         self.probe(member);
                     }
                     failure = Some(e);
