@@ -17,9 +17,17 @@ test-postgres:
 # The integration suite on PostgreSQL with the suites of the Kafka bus, Redis and
 # the etcd registry, against tansu brokers and etcd servers the tests start
 # and the local Redis (REDIS_URL, default redis://127.0.0.1:6379)
-# (scripts/kafka.sh and scripts/etcd.sh install them when missing).
+# (scripts/kafka.sh and scripts/etcd.sh install them when missing); then the
+# acceptance specs against a replicated deployment on all of them (it-cluster),
+# from the same build.
 test-servers: tools
-    cargo test --features it-postgres,it-kafka,it-etcd,it-redis --test integration
+    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster --test integration --test acceptance
+
+# The acceptance specs against a replicated deployment alone: two gateways,
+# two auth, two identity, two authz and one audit on PostgreSQL, Redis,
+# tansu and etcd, with features/cluster.feature killing and restarting them.
+test-cluster: tools
+    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster --test acceptance
 
 # What building and testing every feature needs beyond cargo: tansu, etcd, protoc.
 tools:
@@ -46,7 +54,7 @@ fmt-check:
     cargo fmt --check
 
 clippy: tools
-    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,it-redis,bench -- -D warnings
+    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster,bench -- -D warnings
 
 # The systemd unit under deploy/, checked by systemd-analyze for every
 # service against the binaries build-all made.

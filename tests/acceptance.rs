@@ -1,6 +1,6 @@
 //! Acceptance specs (`features/*.feature`) run with cucumber against the real
-//! binaries, each scenario on processes of its own, each on a free port with
-//! a fresh data directory:
+//! binaries. By default each scenario runs on processes of its own, each on a
+//! free port with a fresh data directory:
 //!
 //! - `identity.feature`: `gatehouse-identity` alone;
 //! - `auth.feature`: `gatehouse-identity` and `gatehouse-auth`, two processes
@@ -10,29 +10,65 @@
 //! - `authz.feature`: the all-in-one `gatehouse`, its first admin made with
 //!   `gatehouse admin create` on the same data directory.
 //!
+//! With the `it-cluster` gate, every scenario runs instead against one
+//! replicated deployment started for the whole run (see `acceptance/cluster.rs`),
+//! and so does `cluster.feature`, which kills and restarts its parts.
+//!
 //! The steps talk HTTP to the services (and gRPC to identity, to sign in
 //! without auth) and read the links the development notifier writes to the
-//! log. A step without a definition fails the run rather than being skipped.
+//! log. Each scenario names its people and roles with a tag of its own and
+//! sends from a loopback address of its own, so scenarios sharing a
+//! deployment meet neither each other's accounts nor each other's rate
+//! limits. A step without a definition fails the run rather than being
+//! skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "integration/binary.rs"]
 #[allow(dead_code)]
 mod binary;
+#[path = "integration/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+
+#[cfg(feature = "it-cluster")]
+#[path = "acceptance/cluster.rs"]
+mod cluster;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use cucumber::{World, given, then, when};
 use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::{Value, json};
 
-use binary::{ServiceProcess, free_port, static_registry};
+use binary::{Log, ServiceProcess, free_port, static_registry};
 
 const PASSWORD: &str = "correct horse battery staple";
 
-#[derive(World, Default)]
+#[derive(World)]
+#[world(init = Self::new)]
 struct Platform {
-    process: Option<Service>,
-    auth: Option<Service>,
-    gateway: Option<Service>,
+    /// The processes this scenario started (none on a shared deployment).
+    own: Vec<Service>,
+    /// Base URLs of the instances of each service the scenario talks to;
+    /// requests take them in turn.
+    identity: Vec<String>,
+    auth: Vec<String>,
+    gateway: Vec<String>,
+    /// The identity instances' logs, where the links they send are found.
+    identity_logs: Vec<Log>,
+    /// How many requests picked an instance so far.
+    turn: usize,
+    /// The data directory and the database settings `gatehouse admin
+    /// create` works on.
+    admin_cli: Option<(PathBuf, Vec<(&'static str, String)>)>,
+    /// Added to every email address and role name the scenario makes.
+    tag: String,
+    /// Sends every request from this scenario's own loopback address.
+    http: reqwest::Client,
+    from: IpAddr,
     /// Token pairs received, oldest first.
     pairs: Vec<Value>,
     status: u16,
@@ -47,33 +83,46 @@ struct Platform {
     admin: Option<String>,
     /// The latest role and binding the admin made.
     granted: Option<(String, String)>,
+    /// What `cluster.feature` started, stopped and measured.
+    #[cfg(feature = "it-cluster")]
+    drill: cluster::Drill,
 }
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Platform")
+            .field("tag", &self.tag)
             .field("status", &self.status)
             .field("body", &self.body)
             .finish()
     }
 }
 
-/// One scenario's identity service.
+/// A loopback address no other scenario of this run sends from.
+fn own_address() -> IpAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let [_, _, high, low] = (n + 1).to_be_bytes();
+    IpAddr::from([127, 1, high, low])
+}
+
+/// A client whose connections start at `from`.
+fn client_from(from: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One process a scenario started, with its data directory.
 struct Service {
     process: ServiceProcess,
     _data: tempfile::TempDir,
 }
 
 impl Service {
-    fn start() -> Service {
-        Self::spawn(
-            env!("CARGO_BIN_EXE_gatehouse-identity"),
-            "identity",
-            free_port(),
-            &[],
-        )
-    }
-
     fn spawn(binary: &str, service: &str, port: u16, env: &[(&str, String)]) -> Service {
         let data = tempfile::tempdir().unwrap();
         let mut process = ServiceProcess::spawn(binary, service, port, data.path(), env);
@@ -83,14 +132,86 @@ impl Service {
             _data: data,
         }
     }
+}
 
-    /// The token of the latest link to `path` logged for the user.
-    fn token(&mut self, path: &str, user_id: &str) -> String {
+impl Platform {
+    fn new() -> Platform {
+        let from = own_address();
+        Platform {
+            own: Vec::new(),
+            identity: Vec::new(),
+            auth: Vec::new(),
+            gateway: Vec::new(),
+            identity_logs: Vec::new(),
+            turn: 0,
+            admin_cli: None,
+            tag: uuid::Uuid::new_v4().simple().to_string()[..10].to_owned(),
+            http: client_from(from),
+            from,
+            pairs: Vec::new(),
+            status: 0,
+            body: Value::Null,
+            ids: std::collections::HashMap::new(),
+            burst: Vec::new(),
+            tokens: std::collections::HashMap::new(),
+            admin: None,
+            granted: None,
+            #[cfg(feature = "it-cluster")]
+            drill: cluster::Drill::default(),
+        }
+    }
+
+    /// Keeps a process started for this scenario; answers its base URL.
+    fn keep(&mut self, service: Service) -> String {
+        let base = service.process.base.clone();
+        self.own.push(service);
+        base
+    }
+
+    /// The scenario's own form of the address `email`: the same mailbox
+    /// name, tagged, so that scenarios sharing a deployment never meet.
+    fn email(&self, email: &str) -> String {
+        let (name, domain) = email.split_once('@').expect("an email address");
+        format!("{name}+{}@{domain}", self.tag)
+    }
+
+    /// The next of `bases`, in turn.
+    fn pick(&mut self, bases: fn(&Platform) -> &Vec<String>, what: &str) -> String {
+        let all = bases(self);
+        assert!(!all.is_empty(), "no {what} was started in the background");
+        let base = all[self.turn % all.len()].clone();
+        self.turn += 1;
+        base
+    }
+
+    fn identity_base(&mut self) -> String {
+        self.pick(|p| &p.identity, "identity service")
+    }
+
+    fn auth_base(&mut self) -> String {
+        self.pick(|p| &p.auth, "auth service")
+    }
+
+    fn gateway_base(&mut self) -> String {
+        self.pick(|p| &p.gateway, "gateway")
+    }
+
+    /// The token of the latest link to `path` logged for the user by any
+    /// identity instance, waiting for it up to 30 s.
+    async fn token(&self, path: &str, user_id: &str) -> String {
         let needle = format!("{path}?token=");
         let matches = |l: &str| l.contains(&needle) && l.contains(user_id);
-        let line = match self.process.seen.iter().rev().find(|l| matches(l)) {
-            Some(line) => line.clone(),
-            None => self.process.wait_for(matches),
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            if let Some(line) = self
+                .identity_logs
+                .iter()
+                .find_map(|log| log.latest(matches))
+            {
+                break line;
+            }
+            assert!(Instant::now() < deadline, "no link to {path} was logged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         line.split("token=")
             .nth(1)
@@ -99,28 +220,15 @@ impl Service {
             .take_while(char::is_ascii_hexdigit)
             .collect()
     }
-}
-
-impl Platform {
-    fn service(&mut self) -> &mut Service {
-        self.process
-            .as_mut()
-            .expect("the service was started in the background")
-    }
 
     async fn post(&mut self, path: &str, body: Value) {
-        let url = format!("{}{path}", self.service().process.base);
-        let r = reqwest::Client::new()
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        self.status = r.status().as_u16();
-        self.body = r.json().await.unwrap_or(Value::Null);
+        let url = format!("{}{path}", self.identity_base());
+        let request = self.http.post(url).json(&body);
+        self.send(request).await;
     }
 
     async fn register(&mut self, email: &str, password: &str) {
+        let email = self.email(email);
         self.post(
             "/v1/users",
             json!({"email": email, "password": password, "display_name": "Someone"}),
@@ -134,84 +242,117 @@ impl Platform {
 
     fn user_id(&self, email: &str) -> String {
         self.ids
-            .get(&email.to_lowercase())
+            .get(&self.email(email).to_lowercase())
             .cloned()
             .expect("the user registered earlier")
     }
 
     async fn sign_in(&mut self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {
-        let base = self.service().process.base.clone();
+        let base = self.identity_base();
         let mut grpc = IdentityClient::new(binary::signed_channel(&base, "auth", "identity").await);
         grpc.verify_credentials(pb::VerifyCredentialsRequest {
-            email: email.into(),
+            email: self.email(email),
             password: password.into(),
         })
         .await
         .map(|r| r.into_inner().user.unwrap())
     }
+
+    /// Puts the scenario on the shared replicated deployment, when the run
+    /// has one; answers whether it did.
+    fn on_shared_deployment(&mut self) -> bool {
+        #[cfg(feature = "it-cluster")]
+        {
+            cluster::join(self);
+            true
+        }
+        #[cfg(not(feature = "it-cluster"))]
+        false
+    }
 }
 
 #[given("the identity service is running")]
 fn running(world: &mut Platform) {
-    world.process = Some(Service::start());
+    if world.on_shared_deployment() {
+        return;
+    }
+    let service = Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-identity"),
+        "identity",
+        free_port(),
+        &[],
+    );
+    world.identity_logs.push(service.process.log.clone());
+    let base = world.keep(service);
+    world.identity.push(base);
 }
 
 #[given("the identity and auth services are running")]
 fn both_running(world: &mut Platform) {
+    if world.on_shared_deployment() {
+        return;
+    }
     let (identity_port, auth_port) = (free_port(), free_port());
     let mut auth_env = static_registry(&[("identity", &[identity_port])]);
     // Reuse is detected at once (no grace window) to keep scenarios short.
     auth_env.push(("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned()));
-    world.process = Some(Service::spawn(
+    let identity = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
         "identity",
         identity_port,
         &static_registry(&[("auth", &[auth_port])]),
-    ));
-    world.auth = Some(Service::spawn(
+    );
+    world.identity_logs.push(identity.process.log.clone());
+    let base = world.keep(identity);
+    world.identity.push(base);
+    let auth = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-auth"),
         "auth",
         auth_port,
         &auth_env,
-    ));
+    );
+    let base = world.keep(auth);
+    world.auth.push(base);
 }
 
 #[given("the gateway, auth and identity services are running")]
 fn three_running(world: &mut Platform) {
+    if world.on_shared_deployment() {
+        return;
+    }
     let (identity_port, auth_port, gateway_port) = (free_port(), free_port(), free_port());
-    world.process = Some(Service::spawn(
+    let identity = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
         "identity",
         identity_port,
         &static_registry(&[("auth", &[auth_port])]),
-    ));
-    world.auth = Some(Service::spawn(
+    );
+    world.identity_logs.push(identity.process.log.clone());
+    let base = world.keep(identity);
+    world.identity.push(base);
+    let auth = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-auth"),
         "auth",
         auth_port,
         &static_registry(&[("identity", &[identity_port])]),
-    ));
-    world.gateway = Some(Service::spawn(
+    );
+    let base = world.keep(auth);
+    world.auth.push(base);
+    let gateway = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-gateway"),
         "gateway",
         gateway_port,
         &static_registry(&[("auth", &[auth_port]), ("identity", &[identity_port])]),
-    ));
-}
-
-impl Platform {
-    fn gateway_base(&self) -> String {
-        self.gateway
-            .as_ref()
-            .expect("the gateway was started in the background")
-            .process
-            .base
-            .clone()
-    }
+    );
+    let base = world.keep(gateway);
+    world.gateway.push(base);
 }
 
 #[given("the whole platform is running")]
 async fn platform_running(world: &mut Platform) {
+    if world.on_shared_deployment() {
+        return;
+    }
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
     let env: Vec<(&str, String)> = [
         "GATEHOUSE_AUTH__LISTEN",
@@ -232,25 +373,27 @@ async fn platform_running(world: &mut Platform) {
         &env,
     );
     let ready = format!("{}/readyz", process.base);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !reqwest::get(&ready)
         .await
         .is_ok_and(|r| r.status().is_success())
     {
-        assert!(std::time::Instant::now() < deadline, "never ready");
+        assert!(Instant::now() < deadline, "never ready");
         assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    world.gateway = Some(Service {
+    world.admin_cli = Some((data.path().to_owned(), Vec::new()));
+    let base = world.keep(Service {
         process,
         _data: data,
     });
+    world.gateway.push(base);
 }
 
 #[given(expr = "{string} was made an admin from the command line")]
 async fn made_admin(world: &mut Platform, email: String) {
-    let data = world.gateway.as_ref().unwrap()._data.path().to_owned();
-    let said = binary::make_admin(&data, &[], &email, PASSWORD);
+    let (data, env) = world.admin_cli.clone().expect("the platform was started");
+    let said = binary::make_admin(&data, &env, &world.email(&email), PASSWORD);
     assert!(said.contains("granted admin"), "{said}");
     signs_in_via_gateway(world, email).await;
     assert_eq!(world.status, 200, "{}", world.body);
@@ -258,9 +401,10 @@ async fn made_admin(world: &mut Platform, email: String) {
     // The running platform sees a grant made beside it within authz's
     // refresh interval.
     let url = format!("{}/v1/authz/roles", world.gateway_base());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let r = reqwest::Client::new()
+        let r = world
+            .http
             .get(&url)
             .bearer_auth(&token)
             .send()
@@ -269,8 +413,8 @@ async fn made_admin(world: &mut Platform, email: String) {
         if r.status() == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{}", r.status());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     world.admin = Some(token);
 }
@@ -280,10 +424,11 @@ async fn signed_up(world: &mut Platform, email: String) {
     registers_via_gateway(world, email.clone()).await;
     assert_eq!(world.status, 201, "{}", world.body);
     let id = world.body["id"].as_str().unwrap().to_owned();
-    world.ids.insert(email.to_lowercase(), id);
-    signs_in_via_gateway(world, email.clone()).await;
+    let tagged = world.email(&email).to_lowercase();
+    world.ids.insert(tagged.clone(), id);
+    signs_in_via_gateway(world, email).await;
     let token = world.body["access_token"].as_str().unwrap().to_owned();
-    world.tokens.insert(email.to_lowercase(), token);
+    world.tokens.insert(tagged, token);
 }
 
 impl Platform {
@@ -296,9 +441,7 @@ impl Platform {
         body: Option<Value>,
     ) {
         let url = format!("{}{path}", self.gateway_base());
-        let mut request = reqwest::Client::new()
-            .request(method, url)
-            .bearer_auth(token);
+        let mut request = self.http.request(method, url).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -311,7 +454,7 @@ impl Platform {
     }
 
     async fn list_users(&mut self, email: &str) {
-        let token = self.tokens[&email.to_lowercase()].clone();
+        let token = self.tokens[&self.email(email).to_lowercase()].clone();
         self.as_user(&token, reqwest::Method::GET, "/v1/users", None)
             .await;
     }
@@ -319,19 +462,19 @@ impl Platform {
     /// Lists the users as `email` until the answer is `status`, for at
     /// most a second.
     async fn list_users_until(&mut self, email: &str, status: u16) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             self.list_users(email).await;
             if self.status == status {
                 return;
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "still {} {} after a second",
                 self.status,
                 self.body
             );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -353,7 +496,7 @@ fn names_permission(world: &mut Platform, permission: String) {
 
 #[when(expr = "the admin grants {string} a role allowing {string}")]
 async fn grants(world: &mut Platform, email: String, permission: String) {
-    let role = format!("can-{}", permission.replace([':', '.'], "-"));
+    let role = format!("can-{}-{}", permission.replace([':', '.'], "-"), world.tag);
     world
         .as_admin(
             reqwest::Method::POST,
@@ -417,30 +560,28 @@ async fn refused_users(world: &mut Platform, email: String, status: u16, code: S
 #[when(expr = "{string} registers through the gateway")]
 async fn registers_via_gateway(world: &mut Platform, email: String) {
     let url = format!("{}/v1/users", world.gateway_base());
+    let email = world.email(&email);
     let body = json!({"email": email, "password": PASSWORD, "display_name": "Someone"});
-    world
-        .send(reqwest::Client::new().post(url).json(&body))
-        .await;
+    let request = world.http.post(url).json(&body);
+    world.send(request).await;
 }
 
 #[when(expr = "{string} signs in through the gateway")]
 async fn signs_in_via_gateway(world: &mut Platform, email: String) {
     let url = format!("{}/v1/auth/login", world.gateway_base());
-    let body = json!({"email": email, "password": PASSWORD});
-    world
-        .send(reqwest::Client::new().post(url).json(&body))
-        .await;
+    let body = json!({"email": world.email(&email), "password": PASSWORD});
+    let request = world.http.post(url).json(&body);
+    world.send(request).await;
 }
 
 #[then(expr = "with that token my profile through the gateway shows {string}")]
 async fn profile_via_gateway(world: &mut Platform, email: String) {
     let url = format!("{}/v1/users/me", world.gateway_base());
     let token = world.latest("access_token");
-    world
-        .send(reqwest::Client::new().get(url).bearer_auth(token))
-        .await;
+    let request = world.http.get(url).bearer_auth(token);
+    world.send(request).await;
     assert_eq!(world.status, 200, "{}", world.body);
-    assert_eq!(world.body["email"], email.as_str());
+    assert_eq!(world.body["email"], world.email(&email));
 }
 
 #[when("my profile is read through the gateway without a token")]
@@ -450,7 +591,8 @@ async fn profile_without_token(world: &mut Platform) {
 
 #[when(expr = "{string} is read through the gateway without a token")]
 async fn read_raw(world: &mut Platform, path: String) {
-    let (status, body) = binary::raw_get(&world.gateway_base(), &path).await;
+    let base = world.gateway_base();
+    let (status, body) = binary::raw_get_from(&base, &path, world.from).await;
     world.status = status;
     world.body = body;
 }
@@ -458,7 +600,8 @@ async fn read_raw(world: &mut Platform, path: String) {
 #[when("the API document is read through the gateway")]
 async fn api_document(world: &mut Platform) {
     let url = format!("{}/openapi.json", world.gateway_base());
-    world.send(reqwest::Client::new().get(url)).await;
+    let request = world.http.get(url);
+    world.send(request).await;
 }
 
 #[then(
@@ -484,7 +627,7 @@ fn document_lists(
 
 #[when(expr = "{int} requests for {string} are sent at once through the gateway")]
 async fn burst(world: &mut Platform, count: usize, path: String) {
-    let client = reqwest::Client::new();
+    let client = world.http.clone();
     let url = format!("{}{path}", world.gateway_base());
     let sent: Vec<_> = (0..count)
         .map(|_| tokio::spawn(client.get(&url).send()))
@@ -514,15 +657,6 @@ async fn some_limited(world: &mut Platform, status: u16, code: String) {
 }
 
 impl Platform {
-    fn auth_base(&self) -> String {
-        self.auth
-            .as_ref()
-            .expect("auth was started in the background")
-            .process
-            .base
-            .clone()
-    }
-
     async fn send(&mut self, request: reqwest::RequestBuilder) {
         let r = request.send().await.unwrap();
         self.status = r.status().as_u16();
@@ -543,13 +677,9 @@ impl Platform {
 #[when(expr = "{string} signs in with {string}")]
 async fn signs_in(world: &mut Platform, email: String, password: String) {
     let url = format!("{}/v1/auth/login", world.auth_base());
-    world
-        .send(
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"email": email, "password": password})),
-        )
-        .await;
+    let body = json!({"email": world.email(&email), "password": password});
+    let request = world.http.post(url).json(&body);
+    world.send(request).await;
 }
 
 #[given(expr = "{string} has signed in")]
@@ -574,13 +704,12 @@ fn holds_pair(world: &mut Platform) {
 
 #[then(expr = "with that token my profile shows {string}")]
 async fn profile_shows(world: &mut Platform, email: String) {
-    let url = format!("{}/v1/users/me", world.service().process.base);
+    let url = format!("{}/v1/users/me", world.identity_base());
     let token = world.latest("access_token");
-    world
-        .send(reqwest::Client::new().get(url).bearer_auth(token))
-        .await;
+    let request = world.http.get(url).bearer_auth(token);
+    world.send(request).await;
     assert_eq!(world.status, 200, "{}", world.body);
-    assert_eq!(world.body["email"], email.as_str());
+    assert_eq!(world.body["email"], world.email(&email));
 }
 
 #[given("the latest refresh token is used")]
@@ -598,22 +727,16 @@ async fn refresh_first(world: &mut Platform) {
 
 async fn refresh_with(world: &mut Platform, token: String) {
     let url = format!("{}/v1/auth/refresh", world.auth_base());
-    world
-        .send(
-            reqwest::Client::new()
-                .post(url)
-                .json(&json!({"refresh_token": token})),
-        )
-        .await;
+    let request = world.http.post(url).json(&json!({"refresh_token": token}));
+    world.send(request).await;
 }
 
 #[when(expr = "{string} signs out")]
 async fn signs_out(world: &mut Platform, _email: String) {
     let url = format!("{}/v1/auth/logout", world.auth_base());
     let token = world.latest("access_token");
-    world
-        .send(reqwest::Client::new().post(url).bearer_auth(token))
-        .await;
+    let request = world.http.post(url).bearer_auth(token);
+    world.send(request).await;
 }
 
 #[when("my profile is read with the token changed in one place")]
@@ -621,14 +744,12 @@ async fn tampered(world: &mut Platform) {
     let mut token = world.latest("access_token").into_bytes();
     let i = "v4.public.".len() + 10;
     token[i] = if token[i] == b'A' { b'B' } else { b'A' };
-    let url = format!("{}/v1/users/me", world.service().process.base);
-    world
-        .send(
-            reqwest::Client::new()
-                .get(url)
-                .bearer_auth(String::from_utf8(token).unwrap()),
-        )
-        .await;
+    let url = format!("{}/v1/users/me", world.identity_base());
+    let request = world
+        .http
+        .get(url)
+        .bearer_auth(String::from_utf8(token).unwrap());
+    world.send(request).await;
 }
 
 #[given(expr = "{string} has registered")]
@@ -655,7 +776,7 @@ fn problem(world: &mut Platform, status: u16, code: String) {
 
 #[then(expr = "the answer shows the user {string} without any password")]
 fn shows_user(world: &mut Platform, email: String) {
-    assert_eq!(world.body["email"], email.as_str());
+    assert_eq!(world.body["email"], world.email(&email));
     assert!(world.body["id"].is_string());
     let text = world.body.to_string();
     assert!(
@@ -667,7 +788,7 @@ fn shows_user(world: &mut Platform, email: String) {
 #[when(expr = "the link sent to {string} to verify the address is followed")]
 async fn follow_verification(world: &mut Platform, email: String) {
     let id = world.user_id(&email);
-    let token = world.service().token("/verify-email", &id);
+    let token = world.token("/verify-email", &id).await;
     world
         .post("/v1/email-verifications/confirm", json!({"token": token}))
         .await;
@@ -682,6 +803,7 @@ async fn is_verified(world: &mut Platform, email: String) {
 #[given(expr = "a password reset is requested for {string}")]
 #[when(expr = "a password reset is requested for {string}")]
 async fn request_reset(world: &mut Platform, email: String) {
+    let email = world.email(&email);
     world
         .post("/v1/password-resets", json!({"email": email}))
         .await;
@@ -691,7 +813,7 @@ async fn request_reset(world: &mut Platform, email: String) {
 #[when(expr = "the reset link for {string} is used to set {string}")]
 async fn use_reset(world: &mut Platform, email: String, password: String) {
     let id = world.user_id(&email);
-    let token = world.service().token("/reset-password", &id);
+    let token = world.token("/reset-password", &id).await;
     world
         .post(
             "/v1/password-resets/confirm",
@@ -734,11 +856,32 @@ async fn refused_as(world: &mut Platform, email: String, password: String, code:
     assert_eq!(got, code);
 }
 
+/// Whether a scenario belongs to the replicated deployment's own feature,
+/// which only a run with one (`it-cluster`) has.
+fn needs_cluster(
+    feature: &cucumber::gherkin::Feature,
+    scenario: &cucumber::gherkin::Scenario,
+) -> bool {
+    feature
+        .tags
+        .iter()
+        .chain(&scenario.tags)
+        .any(|t| t == "cluster")
+}
+
 #[tokio::main]
 async fn main() {
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
-    Platform::cucumber()
+    #[cfg(feature = "it-cluster")]
+    let deployment = cluster::Cluster::start().await;
+    let run = Platform::cucumber()
         .fail_on_skipped()
-        .run_and_exit(features)
+        .filter_run(features, |feature, _, scenario| {
+            cfg!(feature = "it-cluster") || !needs_cluster(feature, scenario)
+        })
         .await;
+    #[cfg(feature = "it-cluster")]
+    deployment.stop();
+    let failed = cucumber::writer::Stats::execution_has_failed(&run);
+    std::process::exit(i32::from(failed));
 }

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A loopback port free now, for a process about to be started. Taken
@@ -161,9 +161,41 @@ pub async fn signed_channel(
 pub struct ServiceProcess {
     pub child: Child,
     pub base: String,
-    /// Every log line read so far.
-    pub seen: Vec<String>,
-    lines: mpsc::Receiver<String>,
+    /// Every line it logged, appended as it is written.
+    pub log: Log,
+    /// How many lines of the log `wait_for` has looked at.
+    read: usize,
+}
+
+/// A process's log lines, shared with the thread that reads them.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The latest line so far that `found` accepts.
+    pub fn latest(&self, found: impl Fn(&str) -> bool) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| found(l))
+            .cloned()
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// Line `at`, when there is one yet.
+    fn line(&self, at: usize) -> Option<String> {
+        self.0.lock().unwrap().get(at).cloned()
+    }
 }
 
 impl ServiceProcess {
@@ -196,37 +228,37 @@ impl ServiceProcess {
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
+        let log = Log::default();
+        let writer = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                writer.push(line);
             }
         });
         ServiceProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            seen: Vec::new(),
-            lines,
+            log,
+            read: 0,
         }
     }
 
     /// Waits (up to 60 s, for busy machines) for a log line that `found`
-    /// accepts, and returns it.
+    /// accepts, among those written since the last wait, and returns it.
     pub fn wait_for(&mut self, found: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line.clone());
+            while let Some(line) = self.log.line(self.read) {
+                self.read += 1;
                 if found(&line) {
                     return line;
                 }
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
         panic!(
             "the service never logged the expected line; saw:\n{}",
-            self.seen.join("\n")
+            self.log.lines().join("\n")
         );
     }
 
@@ -238,8 +270,8 @@ impl ServiceProcess {
     /// Where its operator endpoints (metrics) are served, as it logged.
     pub fn ops_base(&mut self) -> String {
         let logged = |l: &str| l.contains("operator endpoints listening");
-        let line = match self.seen.iter().find(|l| logged(l)) {
-            Some(line) => line.clone(),
+        let line = match self.log.latest(logged) {
+            Some(line) => line,
             None => self.wait_for(logged),
         };
         let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -287,9 +319,20 @@ impl Drop for ServiceProcess {
 /// Sends `GET path` exactly as written (HTTP clients would resolve dot
 /// segments themselves) and answers the status and the body.
 pub async fn raw_get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    raw_get_from(base, path, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`raw_get`] from the loopback address `from`.
+pub async fn raw_get_from(
+    base: &str,
+    path: &str,
+    from: std::net::IpAddr,
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();

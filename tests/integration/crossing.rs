@@ -19,7 +19,7 @@ const SERVICES: [&str; 4] = ["identity", "auth", "authz", "audit"];
 enum Bus {
     Outbox,
     #[cfg(feature = "it-kafka")]
-    Kafka(crate::kafka::Broker),
+    Kafka(crate::servers::Broker),
 }
 
 impl Bus {
@@ -190,7 +190,7 @@ impl Deployment {
 
     /// The broker of a deployment on Kafka.
     #[cfg(feature = "it-kafka")]
-    fn broker(&mut self) -> &mut crate::kafka::Broker {
+    fn broker(&mut self) -> &mut crate::servers::Broker {
         match &mut self.bus {
             Bus::Kafka(broker) => broker,
             Bus::Outbox => panic!("a deployment on the outbox bus has no broker"),
@@ -211,7 +211,7 @@ async fn separate_processes_share_their_events_over_the_outbox_bus() {
 #[cfg(feature = "it-kafka")]
 #[tokio::test]
 async fn separate_processes_share_their_events_through_kafka() {
-    share_events(Bus::Kafka(crate::kafka::Broker::start())).await;
+    share_events(Bus::Kafka(crate::servers::Broker::start())).await;
 }
 
 async fn share_events(bus: Bus) {
@@ -421,7 +421,7 @@ async fn share_events(bus: Bus) {
 #[cfg(feature = "it-kafka")]
 #[tokio::test]
 async fn a_broker_down_for_thirty_seconds_loses_and_repeats_no_event() {
-    let mut d = Deployment::start(Bus::Kafka(crate::kafka::Broker::start_kept()));
+    let mut d = Deployment::start(Bus::Kafka(crate::servers::Broker::start_kept()));
     let gateway = d.gateway();
     d.make_admin("root@example.org");
     let root = d.sign_in("root@example.org", PASSWORD).await;

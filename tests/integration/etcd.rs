@@ -3,7 +3,6 @@
 //! with their lease and their readiness, and separate processes find each
 //! other through it, following changes without a restart.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,103 +12,11 @@ use gatehouse::kernel::config::EtcdConfig;
 use gatehouse::kernel::health::{Probe, Probes};
 use gatehouse::kernel::registry::etcd::EtcdRegistry;
 use gatehouse::kernel::registry::{Instance, Registry};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::binary::{ServiceProcess, free_port, login};
+use crate::servers::Etcd;
 use crate::support::PASSWORD;
-
-/// An etcd server on free loopback ports, its data in a directory of its own.
-pub struct Etcd {
-    child: Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    pub async fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(std::env::var("GATEHOUSE_ETCD").unwrap_or("etcd".into()))
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("test={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("no etcd: run scripts/etcd.sh install (or set GATEHOUSE_ETCD)");
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        etcd.healthy().await;
-        etcd
-    }
-
-    /// Waits (up to 30 s) until the server has a leader and answers.
-    async fn healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let http = reqwest::Client::new();
-        loop {
-            let answer = http.get(format!("{}/health", self.url)).send().await;
-            if let Ok(answer) = answer
-                && let Ok(body) = answer.json::<Value>().await
-                && body["health"] == "true"
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd at {} never became healthy",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Registry settings for this server under a prefix of the test's own.
-    pub fn config(&self, ttl_secs: u64) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: vec![self.url.clone()],
-            prefix: format!("/test-{}/", uuid::Uuid::new_v4()),
-            lease_ttl_secs: ttl_secs,
-        }
-    }
-
-    /// The environment that puts a service process on `config`.
-    pub fn env(config: &EtcdConfig) -> Vec<(&'static str, String)> {
-        vec![
-            ("GATEHOUSE_REGISTRY__BACKEND", "etcd".to_owned()),
-            (
-                "GATEHOUSE_REGISTRY__ETCD__ENDPOINTS",
-                format!("[\"{}\"]", config.endpoints[0]),
-            ),
-            ("GATEHOUSE_REGISTRY__ETCD__PREFIX", config.prefix.clone()),
-            (
-                "GATEHOUSE_REGISTRY__ETCD__LEASE_TTL_SECS",
-                config.lease_ttl_secs.to_string(),
-            ),
-            ("GATEHOUSE_BUS__BACKEND", "outbox".to_owned()),
-        ]
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits (up to `within`) until `registry` lists exactly `urls` for
 /// `service`, and answers how long that took.

@@ -3,150 +3,15 @@
 //! relies on the broker for. Each test starts a broker of its own.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse::kernel::bus::{Delivery, Envelope, EventBus, Position, Start};
-use gatehouse::kernel::config::KafkaConfig;
 use gatehouse::kernel::kafka::KafkaBus;
 use gatehouse::kernel::metrics::Metrics;
 use tokio::sync::mpsc;
 
-use crate::binary::free_port;
-
-/// A tansu broker on a port of its own, keeping its topics in memory or in
-/// a SQLite file; stopped when dropped.
-pub struct Broker {
-    /// None while stopped.
-    child: Option<Child>,
-    pub address: String,
-    port: u16,
-    storage: String,
-    /// The directory of a file store.
-    dir: Option<tempfile::TempDir>,
-}
-
-/// Where `scripts/kafka.sh` installs tansu, unless `GATEHOUSE_TANSU` says.
-fn tansu() -> String {
-    if let Ok(path) = std::env::var("GATEHOUSE_TANSU") {
-        return path;
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let installed = format!("{home}/.cache/gatehouse/tools/bin/tansu");
-    assert!(
-        std::path::Path::new(&installed).exists(),
-        "no broker at {installed}: run scripts/kafka.sh install (or set GATEHOUSE_TANSU)"
-    );
-    installed
-}
-
-impl Broker {
-    /// A broker keeping its topics in memory: a restart empties it.
-    pub fn start() -> Broker {
-        Broker::with("memory://tansu/".to_owned(), None)
-    }
-
-    /// A broker keeping its topics in a SQLite file: a restart keeps them.
-    pub fn start_kept() -> Broker {
-        // The file's path is taken from the broker's working directory.
-        Broker::with(
-            "sqlite://tansu.db".to_owned(),
-            Some(tempfile::tempdir().unwrap()),
-        )
-    }
-
-    fn with(storage: String, dir: Option<tempfile::TempDir>) -> Broker {
-        let port = free_port();
-        Broker {
-            child: Some(listening(port, &storage, dir.as_ref().map(|d| d.path()))),
-            address: format!("127.0.0.1:{port}"),
-            port,
-            storage,
-            dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("a running broker").id()
-    }
-
-    /// The settings of a bus on this broker.
-    pub fn config(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: vec![self.address.clone()],
-            ..KafkaConfig::default()
-        }
-    }
-
-    /// Stops the broker's process (SIGSTOP) until [`Broker::resume`]: it
-    /// answers nothing meanwhile.
-    pub fn pause(&self) {
-        signal(self.pid(), "-STOP");
-    }
-
-    pub fn resume(&self) {
-        signal(self.pid(), "-CONT");
-    }
-
-    /// Kills the broker's process (SIGKILL): its port refuses connections
-    /// until [`Broker::start_again`].
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the broker again on its port and store.
-    pub fn start_again(&mut self) {
-        self.kill();
-        let cwd = self.dir.as_ref().map(|d| d.path().to_path_buf());
-        self.child = Some(listening(self.port, &self.storage, cwd.as_deref()));
-    }
-}
-
-/// A tansu process listening on `port`, keeping its topics in `storage`,
-/// working in `cwd` when given.
-fn listening(port: u16, storage: &str, cwd: Option<&std::path::Path>) -> Child {
-    let listener = format!("tcp://127.0.0.1:{port}");
-    let mut command = Command::new(tansu());
-    if let Some(cwd) = cwd {
-        command.current_dir(cwd);
-    }
-    let child = command
-        .args(["broker", "--listener-url", &listener])
-        .args(["--advertised-listener-url", &listener])
-        .args(["--storage-engine", storage])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen on {address}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn signal(pid: u32, which: &str) {
-    let status = Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::servers::Broker;
 
 fn bus(broker: &Broker) -> (Arc<dyn EventBus>, Metrics) {
     let metrics = Metrics::new().unwrap();

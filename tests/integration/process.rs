@@ -465,7 +465,8 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     gateway.wait_for(|l| l.contains("gatehouse::access") && l.contains("/v1/users/me"));
     assert!(
         !gateway
-            .seen
+            .log
+            .lines()
             .iter()
             .any(|l| l.contains("v4.public.") || l.contains(PASSWORD))
     );

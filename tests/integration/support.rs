@@ -332,7 +332,7 @@ impl Builder {
                 data_dir: dir.path().to_path_buf(),
                 ..Default::default()
             };
-            let db = TestDatabase::create(&mut config);
+            let db = database_for(&mut config);
             Arc::new(Storage {
                 config,
                 _dir: dir,
@@ -394,74 +394,25 @@ impl Builder {
     }
 }
 
-/// A PostgreSQL database made for one app and dropped with it.
-pub struct TestDatabase {
+pub use crate::servers::TestDatabase;
+#[cfg(feature = "it-postgres")]
+pub use crate::servers::database_url;
+
+/// Under `it-postgres`, puts `config` on a fresh database made for one app
+/// and dropped with it; otherwise leaves it on SQLite.
+fn database_for(config: &mut Config) -> Option<TestDatabase> {
     #[cfg(feature = "it-postgres")]
-    pub name: String,
-}
-
-#[cfg(not(feature = "it-postgres"))]
-impl TestDatabase {
-    fn create(_config: &mut Config) -> Option<TestDatabase> {
-        None
-    }
-}
-
-#[cfg(feature = "it-postgres")]
-pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-#[cfg(feature = "it-postgres")]
-pub fn database_url(name: &str) -> String {
-    let server = server_url();
-    let base = server
-        .rsplit_once('/')
-        .map_or(server.as_str(), |(b, _)| b)
-        .to_owned();
-    format!("{base}/{name}")
-}
-
-#[cfg(feature = "it-postgres")]
-impl TestDatabase {
-    /// A fresh, empty database on the test server.
-    pub fn new() -> TestDatabase {
-        use diesel::{Connection, RunQueryDsl};
-        let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = diesel::PgConnection::establish(&server_url()).unwrap();
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .unwrap();
-        TestDatabase { name }
-    }
-
-    pub fn url(&self) -> String {
-        database_url(&self.name)
-    }
-
-    fn create(config: &mut Config) -> Option<TestDatabase> {
+    {
         let db = TestDatabase::new();
         config.database.backend = gatehouse::kernel::config::DatabaseBackend::Postgres;
         config.database.url = db.url();
         config.database.pool_size = 4;
         Some(db)
     }
-}
-
-#[cfg(feature = "it-postgres")]
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        use diesel::{Connection, RunQueryDsl};
-        let name = self.name.clone();
-        // Off the async runtime: this blocks on the network.
-        let _ = std::thread::spawn(move || {
-            if let Ok(mut conn) = diesel::PgConnection::establish(&server_url()) {
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn);
-            }
-        })
-        .join();
+    #[cfg(not(feature = "it-postgres"))]
+    {
+        let _ = config;
+        None
     }
 }
 

@@ -1,0 +1,756 @@
+//! The replicated deployment of the `it-cluster` profile: two gateways, two
+//! auth, two identity, two authz and one audit, each its own process on
+//! loopback, sharing one PostgreSQL database, the local Redis, a tansu
+//! broker and an etcd server, every instance listed in etcd under a lease
+//! of [`LEASE_SECS`]. It is started once for the run; every scenario of
+//! `features/` runs against it, and the steps here (`cluster.feature`) kill,
+//! stop and restart its parts while clients keep using it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cucumber::{given, then, when};
+use gatehouse::kernel::config::EtcdConfig;
+use gatehouse::kernel::registry::Registry;
+use gatehouse::kernel::registry::etcd::EtcdRegistry;
+use serde_json::{Value, json};
+
+use crate::binary::{ServiceProcess, free_port, make_admin};
+use crate::servers::{Broker, Etcd, TestDatabase};
+use crate::{PASSWORD, Platform};
+
+/// The services and how many instances of each, in the order they start.
+const LAYOUT: [(&str, usize); 5] = [
+    ("identity", 2),
+    ("auth", 2),
+    ("authz", 2),
+    ("audit", 1),
+    ("gateway", 2),
+];
+/// Every instance's etcd lease.
+const LEASE_SECS: u64 = 2;
+/// How many clients make the load, each from a loopback address of its
+/// own (the gateways' per-address limits hold each to 20 requests a second).
+const CLIENTS: usize = 8;
+/// How long the clients go on before a part is taken down, how long it
+/// stays down, and how long they go on once it is back.
+const BEFORE: Duration = Duration::from_millis(1000);
+const DOWN: Duration = Duration::from_millis(1000);
+const AFTER: Duration = Duration::from_millis(1000);
+
+static DEPLOYMENT: OnceLock<Arc<Cluster>> = OnceLock::new();
+
+/// The deployment of this run.
+fn deployment() -> Arc<Cluster> {
+    DEPLOYMENT
+        .get()
+        .expect("the replicated deployment was started")
+        .clone()
+}
+
+pub struct Cluster {
+    members: Vec<Member>,
+    /// What every process is started with.
+    env: Vec<(&'static str, String)>,
+    etcd_config: EtcdConfig,
+    /// Where `gatehouse admin create` runs.
+    data: tempfile::TempDir,
+    db_url: String,
+    broker: Mutex<Broker>,
+    etcd: Mutex<Option<Etcd>>,
+    db: Mutex<Option<TestDatabase>>,
+    registry: tokio::sync::OnceCell<EtcdRegistry>,
+    /// The admins the clients sign in as, made once per run.
+    crowd: tokio::sync::OnceCell<Vec<String>>,
+}
+
+/// One instance of a service: its port and data directory stay the same
+/// across restarts.
+struct Member {
+    service: &'static str,
+    base: String,
+    port: u16,
+    data: tempfile::TempDir,
+    /// None while it is down.
+    process: Mutex<Option<ServiceProcess>>,
+}
+
+impl Member {
+    fn binary(&self) -> &'static str {
+        match self.service {
+            "identity" => env!("CARGO_BIN_EXE_gatehouse-identity"),
+            "auth" => env!("CARGO_BIN_EXE_gatehouse-auth"),
+            "authz" => env!("CARGO_BIN_EXE_gatehouse-authz"),
+            "audit" => env!("CARGO_BIN_EXE_gatehouse-audit"),
+            _ => env!("CARGO_BIN_EXE_gatehouse-gateway"),
+        }
+    }
+
+    fn spawn(&self, env: &[(&'static str, String)]) -> ServiceProcess {
+        ServiceProcess::spawn(
+            self.binary(),
+            self.service,
+            self.port,
+            self.data.path(),
+            env,
+        )
+    }
+}
+
+impl Cluster {
+    /// Starts the servers and every instance, and waits until etcd lists
+    /// them all.
+    pub async fn start() -> Arc<Cluster> {
+        let db = TestDatabase::new();
+        let broker = Broker::start_kept();
+        let etcd = Etcd::start().await;
+        let etcd_config = etcd.config(LEASE_SECS);
+        let redis = std::env::var("REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+        let mut env: Vec<(&'static str, String)> = Etcd::env(&etcd_config)
+            .into_iter()
+            .filter(|(key, _)| *key != "GATEHOUSE_BUS__BACKEND")
+            .collect();
+        let key = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        env.extend([
+            ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
+            ("GATEHOUSE_DATABASE__URL", db.url()),
+            ("GATEHOUSE_BUS__BACKEND", "kafka".to_owned()),
+            (
+                "GATEHOUSE_BUS__KAFKA__BROKERS",
+                format!("[\"{}\"]", broker.address),
+            ),
+            ("GATEHOUSE_REDIS__URL", redis),
+            (
+                "GATEHOUSE_REDIS__PREFIX",
+                format!("cluster-{}:", uuid::Uuid::new_v4()),
+            ),
+            ("GATEHOUSE_GATEWAY__RATE_LIMIT__BACKEND", "redis".to_owned()),
+            // The replicas of auth open each other's signing keys.
+            ("GATEHOUSE_AUTH__KEY_ENCRYPTION_KEY", key),
+            // Reuse is detected at once (no grace window) to keep scenarios short.
+            ("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned()),
+        ]);
+        let members = LAYOUT
+            .iter()
+            .flat_map(|(service, count)| (0..*count).map(|_| *service))
+            .map(|service| {
+                let port = free_port();
+                Member {
+                    service,
+                    base: format!("http://127.0.0.1:{port}"),
+                    port,
+                    data: tempfile::tempdir().unwrap(),
+                    process: Mutex::new(None),
+                }
+            })
+            .collect();
+        let cluster = Arc::new(Cluster {
+            members,
+            env,
+            etcd_config,
+            data: tempfile::tempdir().unwrap(),
+            db_url: db.url(),
+            broker: Mutex::new(broker),
+            etcd: Mutex::new(Some(etcd)),
+            db: Mutex::new(Some(db)),
+            registry: tokio::sync::OnceCell::new(),
+            crowd: tokio::sync::OnceCell::new(),
+        });
+        let mut started: Vec<ServiceProcess> = cluster
+            .members
+            .iter()
+            .map(|m| m.spawn(&cluster.env))
+            .collect();
+        for process in &mut started {
+            process.started();
+        }
+        for (member, process) in cluster.members.iter().zip(started) {
+            *member.process.lock().unwrap() = Some(process);
+        }
+        for (service, count) in LAYOUT {
+            let listed = cluster
+                .until(service, Duration::from_secs(30), |urls| urls.len() == count)
+                .await;
+            assert_eq!(listed.len(), count, "{service}: {listed:?}");
+        }
+        assert!(DEPLOYMENT.set(cluster.clone()).is_ok(), "started twice");
+        cluster
+    }
+
+    /// Stops every process and server and drops the database.
+    pub fn stop(&self) {
+        for member in &self.members {
+            drop(member.process.lock().unwrap().take());
+        }
+        self.broker.lock().unwrap().kill();
+        drop(self.etcd.lock().unwrap().take());
+        drop(self.db.lock().unwrap().take());
+    }
+
+    fn bases(&self, service: &str) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.service == service)
+            .map(|m| m.base.clone())
+            .collect()
+    }
+
+    /// The `n`th instance of `service`.
+    fn member(&self, service: &str, n: usize) -> &Member {
+        self.members
+            .iter()
+            .filter(|m| m.service == service)
+            .nth(n)
+            .unwrap_or_else(|| panic!("the deployment has no instance {n} of {service}"))
+    }
+
+    /// The instance URLs etcd lists for `service` once `enough` holds of
+    /// them, or after `within`.
+    async fn until(
+        &self,
+        service: &str,
+        within: Duration,
+        enough: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let registry = self
+            .registry
+            .get_or_init(|| async { EtcdRegistry::new(&self.etcd_config).unwrap() })
+            .await;
+        let deadline = Instant::now() + within;
+        loop {
+            let listed: Vec<String> = registry
+                .resolve(service)
+                .await
+                .map(|found| found.iter().map(|i| i.url.clone()).collect())
+                .unwrap_or_default();
+            if enough(&listed) || Instant::now() > deadline {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The admins the clients sign in as (each made with `gatehouse admin
+    /// create`, so each may read everything).
+    async fn crowd(&self) -> &[String] {
+        self.crowd
+            .get_or_init(|| async {
+                let env = vec![
+                    ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
+                    ("GATEHOUSE_DATABASE__URL", self.db_url.clone()),
+                ];
+                let data = self.data.path().to_owned();
+                tokio::task::spawn_blocking(move || {
+                    (0..CLIENTS)
+                        .map(|n| {
+                            let email = format!("client-{n}@cluster.example.org");
+                            make_admin(&data, &env, &email, PASSWORD);
+                            email
+                        })
+                        .collect()
+                })
+                .await
+                .unwrap()
+            })
+            .await
+    }
+
+    /// Kills the `n`th instance of `service` (SIGKILL) and answers when it
+    /// was gone.
+    async fn kill(&self, service: &str, n: usize) -> Instant {
+        let process = self.member(service, n).process.lock().unwrap().take();
+        let mut process = process.expect("a running instance");
+        tokio::task::spawn_blocking(move || {
+            process.child.kill().unwrap();
+            process.child.wait().unwrap();
+        })
+        .await
+        .unwrap();
+        Instant::now()
+    }
+
+    /// Stops the `n`th instance of `service` as an operator would (SIGTERM).
+    async fn terminate(&self, service: &str, n: usize) {
+        let process = self.member(service, n).process.lock().unwrap().take();
+        let mut process = process.expect("a running instance");
+        assert!(process.terminate().await.success());
+    }
+
+    /// Starts the `n`th instance of `service` again, on its port and data,
+    /// and waits until it has started.
+    async fn restart(&self, service: &str, n: usize) {
+        let member = self.member(service, n);
+        let env = self.env.clone();
+        let (binary, port, data) = (member.binary(), member.port, member.data.path().to_owned());
+        let service_name = member.service;
+        let process = tokio::task::spawn_blocking(move || {
+            let mut process = ServiceProcess::spawn(binary, service_name, port, &data, &env);
+            process.started();
+            process
+        })
+        .await
+        .unwrap();
+        *member.process.lock().unwrap() = Some(process);
+    }
+}
+
+/// Puts a scenario on the deployment: it talks to every instance in turn.
+pub fn join(world: &mut Platform) {
+    let cluster = deployment();
+    world.identity = cluster.bases("identity");
+    world.auth = cluster.bases("auth");
+    world.gateway = cluster.bases("gateway");
+    world.identity_logs = cluster
+        .members
+        .iter()
+        .filter(|m| m.service == "identity")
+        .filter_map(|m| m.process.lock().unwrap().as_ref().map(|p| p.log.clone()))
+        .collect();
+    world.admin_cli = Some((
+        cluster.data.path().to_owned(),
+        vec![
+            ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
+            ("GATEHOUSE_DATABASE__URL", cluster.db_url.clone()),
+        ],
+    ));
+}
+
+/// What a `cluster.feature` scenario set going, took down and saw.
+#[derive(Default)]
+pub struct Drill {
+    load: Option<Load>,
+    /// The part taken down: a service and which of its instances, or the
+    /// broker; and when it was gone.
+    down: Option<(Part, Instant)>,
+    /// What the clients sent, once they stopped.
+    sent: Vec<Sent>,
+    /// The users the clients signed up.
+    signed_up: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Instance(&'static str, usize),
+    Broker,
+}
+
+/// One request a client sent: when it started, what it was and how it
+/// ended (the status, or why there was none).
+struct Sent {
+    started: Instant,
+    what: &'static str,
+    outcome: Result<u16, String>,
+    expected: u16,
+}
+
+impl Sent {
+    fn failed(&self) -> bool {
+        self.outcome != Ok(self.expected)
+    }
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}", self.what, self.outcome)
+    }
+}
+
+/// Clients going on in the background until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<Sent>>>,
+    signed_up: Arc<Mutex<Vec<String>>>,
+}
+
+/// What each client does in a round; rounds start every `every`.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Signs in, reads its profile and the roles, and refreshes.
+    Sessions,
+    /// Signs a new person up.
+    SignUps,
+}
+
+impl Load {
+    async fn start(work: Work, gateways: Vec<String>) -> Load {
+        let cluster = deployment();
+        let crowd = cluster.crowd().await.to_vec();
+        let stop = Arc::new(AtomicBool::new(false));
+        let signed_up = Arc::new(Mutex::new(Vec::new()));
+        let clients = crowd
+            .into_iter()
+            .enumerate()
+            .map(|(n, email)| {
+                let client = Client {
+                    http: crate::client_from(crate::own_address()),
+                    gateway: gateways[n % gateways.len()].clone(),
+                    sent: Vec::new(),
+                };
+                let (stop, signed_up) = (stop.clone(), signed_up.clone());
+                tokio::spawn(client.run(work, email, stop, signed_up))
+            })
+            .collect();
+        Load {
+            stop,
+            clients,
+            signed_up,
+        }
+    }
+
+    async fn stop(mut self) -> (Vec<Sent>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut sent = Vec::new();
+        for client in std::mem::take(&mut self.clients) {
+            sent.extend(client.await.unwrap());
+        }
+        let signed_up = std::mem::take(&mut *self.signed_up.lock().unwrap());
+        (sent, signed_up)
+    }
+}
+
+/// Clients left going by a scenario that failed stop with it.
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    gateway: String,
+    sent: Vec<Sent>,
+}
+
+impl Client {
+    async fn run(
+        mut self,
+        work: Work,
+        email: String,
+        stop: Arc<AtomicBool>,
+        signed_up: Arc<Mutex<Vec<String>>>,
+    ) -> Vec<Sent> {
+        // Under the gateway's 20 requests a second per address.
+        let every = match work {
+            Work::Sessions => Duration::from_millis(250),
+            Work::SignUps => Duration::from_millis(100),
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let round = tokio::time::Instant::now();
+            match work {
+                Work::Sessions => self.session(&email).await,
+                Work::SignUps => {
+                    let email = format!("{}@cluster.example.org", uuid::Uuid::new_v4().simple());
+                    let body =
+                        json!({"email": email, "password": PASSWORD, "display_name": "Someone"});
+                    let url = format!("{}/v1/users", self.gateway);
+                    let request = self.http.post(url).json(&body);
+                    if let Some(user) = self.send("sign-up", 201, request).await {
+                        let id = user["id"].as_str().unwrap_or_default().to_owned();
+                        signed_up.lock().unwrap().push(id);
+                    }
+                }
+            }
+            tokio::time::sleep_until(round + every).await;
+        }
+        self.sent
+    }
+
+    async fn session(&mut self, email: &str) {
+        let base = self.gateway.clone();
+        let body = json!({"email": email, "password": PASSWORD});
+        let login = self.http.post(format!("{base}/v1/auth/login")).json(&body);
+        let Some(pair) = self.send("sign-in", 200, login).await else {
+            return;
+        };
+        let access = pair["access_token"].as_str().unwrap_or_default().to_owned();
+        let refresh = pair["refresh_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let me = self.http.get(format!("{base}/v1/users/me"));
+        self.send("profile", 200, me.bearer_auth(&access)).await;
+        let roles = self.http.get(format!("{base}/v1/authz/roles"));
+        self.send("roles", 200, roles.bearer_auth(&access)).await;
+        let renew = self.http.post(format!("{base}/v1/auth/refresh"));
+        self.send(
+            "refresh",
+            200,
+            renew.json(&json!({"refresh_token": refresh})),
+        )
+        .await;
+    }
+
+    /// Sends `request`, keeps how it went, and answers its body when it
+    /// got the `expected` status.
+    async fn send(
+        &mut self,
+        what: &'static str,
+        expected: u16,
+        request: reqwest::RequestBuilder,
+    ) -> Option<Value> {
+        let started = Instant::now();
+        let (outcome, body) = match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (Ok(status), r.json::<Value>().await.ok())
+            }
+            Err(e) => (Err(e.to_string()), None),
+        };
+        let ok = outcome == Ok(expected);
+        self.sent.push(Sent {
+            started,
+            what,
+            outcome,
+            expected,
+        });
+        if ok { body } else { None }
+    }
+}
+
+impl Platform {
+    async fn load(&mut self, work: Work, gateways: &str) {
+        let all = deployment().bases("gateway");
+        let gateways = match gateways {
+            "both gateways" => all,
+            "the second gateway" => vec![all[1].clone()],
+            other => panic!("no gateways called {other:?}"),
+        };
+        self.drill.load = Some(Load::start(work, gateways).await);
+    }
+
+    /// Stops the clients and keeps what they sent.
+    async fn stop_load(&mut self) {
+        if let Some(load) = self.drill.load.take() {
+            let (sent, signed_up) = load.stop().await;
+            self.drill.sent = sent;
+            self.drill.signed_up = signed_up;
+        }
+    }
+
+    fn down(&self) -> (Part, Instant) {
+        self.drill.down.expect("a part was taken down")
+    }
+}
+
+#[given("the replicated deployment is running")]
+fn replicated(world: &mut Platform) {
+    join(world);
+}
+
+#[given(
+    regex = r"^clients keep signing in, reading and refreshing through (both gateways|the second gateway)$"
+)]
+async fn sessions(world: &mut Platform, gateways: String) {
+    world.load(Work::Sessions, &gateways).await;
+}
+
+#[given(regex = r"^people keep signing up through (both gateways|the second gateway)$")]
+async fn sign_ups(world: &mut Platform, gateways: String) {
+    world.load(Work::SignUps, &gateways).await;
+}
+
+#[when(regex = r"^the (?:first )?(identity|auth|authz|audit) instance is killed$")]
+async fn kill(world: &mut Platform, service: String) {
+    tokio::time::sleep(BEFORE).await;
+    let service = LAYOUT.iter().find(|(s, _)| *s == service).unwrap().0;
+    let gone = deployment().kill(service, 0).await;
+    world.drill.down = Some((Part::Instance(service, 0), gone));
+}
+
+#[when("the broker is killed")]
+async fn kill_broker(world: &mut Platform) {
+    tokio::time::sleep(BEFORE).await;
+    deployment().broker.lock().unwrap().kill();
+    world.drill.down = Some((Part::Broker, Instant::now()));
+}
+
+#[when("it is started again")]
+async fn start_again(world: &mut Platform) {
+    let (part, gone) = world.down();
+    tokio::time::sleep_until((gone + DOWN).into()).await;
+    match part {
+        Part::Instance(service, n) => deployment().restart(service, n).await,
+        Part::Broker => {
+            let cluster = deployment();
+            tokio::task::spawn_blocking(move || cluster.broker.lock().unwrap().start_again())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[then("it is gone from discovery within its lease")]
+async fn gone_from_discovery(world: &mut Platform) {
+    let (Part::Instance(service, n), gone) = world.down() else {
+        panic!("an instance was killed");
+    };
+    let cluster = deployment();
+    let url = cluster.member(service, n).base.clone();
+    // etcd lets a lease run out up to its ttl after its last renewal, and
+    // checks for expired leases every half second.
+    let within = Duration::from_secs(LEASE_SECS) + Duration::from_millis(1500);
+    let listed = cluster
+        .until(service, within, |urls| !urls.contains(&url))
+        .await;
+    assert!(!listed.contains(&url), "{url} still listed: {listed:?}");
+    println!(
+        "      {service} instance gone from discovery {:?} after it died",
+        gone.elapsed()
+    );
+}
+
+#[then("it is back in discovery")]
+async fn back_in_discovery(world: &mut Platform) {
+    let (Part::Instance(service, n), _) = world.down() else {
+        panic!("an instance was killed");
+    };
+    let cluster = deployment();
+    let url = cluster.member(service, n).base.clone();
+    let listed = cluster
+        .until(service, Duration::from_secs(5), |urls| urls.contains(&url))
+        .await;
+    assert!(listed.contains(&url), "{url} not listed: {listed:?}");
+}
+
+#[then("only requests that started before the kill failed")]
+async fn only_in_flight_failed(world: &mut Platform) {
+    tokio::time::sleep(AFTER).await;
+    world.stop_load().await;
+    let (_, gone) = world.down();
+    let sent = &world.drill.sent;
+    let after: Vec<&Sent> = sent.iter().filter(|s| s.started >= gone).collect();
+    let failed_after: Vec<&&Sent> = after.iter().filter(|s| s.failed()).collect();
+    let in_flight = sent
+        .iter()
+        .filter(|s| s.started < gone && s.failed())
+        .count();
+    assert!(
+        failed_after.is_empty(),
+        "{} of {} requests started after the kill failed: {failed_after:?}",
+        failed_after.len(),
+        after.len()
+    );
+    // The clients went on: enough was sent after the kill to tell.
+    assert!(
+        after.len() >= 100,
+        "only {} requests after the kill",
+        after.len()
+    );
+    println!(
+        "      {} requests, {} after the kill; {in_flight} in flight at the kill failed",
+        sent.len(),
+        after.len()
+    );
+}
+
+#[when("the first gateway is stopped and started again")]
+async fn restart_gateway(_world: &mut Platform) {
+    tokio::time::sleep(BEFORE).await;
+    let cluster = deployment();
+    cluster.terminate("gateway", 0).await;
+    tokio::time::sleep(DOWN).await;
+    cluster.restart("gateway", 0).await;
+}
+
+#[then("none of the clients' requests failed")]
+async fn none_failed(world: &mut Platform) {
+    tokio::time::sleep(AFTER).await;
+    world.stop_load().await;
+    none_failed_in(&world.drill.sent);
+    let sent = world.drill.sent.len();
+    assert!(sent >= 100, "only {sent} requests");
+}
+
+#[then("the first gateway serves sign-ins again")]
+async fn gateway_serves(world: &mut Platform) {
+    let cluster = deployment();
+    let base = cluster.member("gateway", 0).base.clone();
+    let email = cluster.crowd().await[0].clone();
+    let pair = crate::binary::login(&world.http, &base, &email, PASSWORD).await;
+    assert!(pair["access_token"].is_string(), "{pair}");
+}
+
+#[then("every sign-up succeeded")]
+async fn every_sign_up(world: &mut Platform) {
+    tokio::time::sleep(AFTER).await;
+    world.stop_load().await;
+    none_failed_in(&world.drill.sent);
+    assert!(
+        world.drill.signed_up.len() >= 20,
+        "only {} sign-ups",
+        world.drill.signed_up.len()
+    );
+}
+
+fn none_failed_in(sent: &[Sent]) {
+    let failed: Vec<&Sent> = sent.iter().filter(|s| s.failed()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        sent.len()
+    );
+}
+
+#[then(expr = "within {int} seconds the audit log holds the sign-up of everyone who signed up")]
+async fn audit_holds_sign_ups(world: &mut Platform, seconds: u64) {
+    let cluster = deployment();
+    let base = cluster.member("gateway", 0).base.clone();
+    let email = cluster.crowd().await[0].clone();
+    let pair = crate::binary::login(&world.http, &base, &email, PASSWORD).await;
+    let token = pair["access_token"].as_str().unwrap().to_owned();
+    let wanted: std::collections::BTreeSet<String> = world
+        .drill
+        .signed_up
+        .iter()
+        .map(|id| format!("user:{id}"))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let logged = registrations(&world.http, &base, &token).await;
+        let missing = wanted.difference(&logged).count();
+        if missing == 0 {
+            println!(
+                "      all {} sign-ups in the audit log {:?} after the last one",
+                wanted.len(),
+                start.elapsed()
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(seconds),
+            "{missing} of {} sign-ups never reached the audit log",
+            wanted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The subjects of every registration in the audit log.
+async fn registrations(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> std::collections::BTreeSet<String> {
+    let mut subjects = std::collections::BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let url =
+            format!("{base}/v1/audit/events?limit=200&action=identity.user.registered{cursor}");
+        let r = http.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        for entry in page["items"].as_array().unwrap() {
+            subjects.insert(entry["subject"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return subjects,
+        }
+    }
+}

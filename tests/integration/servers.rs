@@ -1,0 +1,312 @@
+//! The real servers tests start or use beside gatehouse's own processes: a
+//! fresh PostgreSQL database (`it-postgres`), a tansu broker (`it-kafka`) and
+//! an etcd server (`it-etcd`). Shared by the integration suites and the
+//! acceptance runner.
+
+/// A PostgreSQL database made for a test and dropped with it (under
+/// `it-postgres`; empty otherwise).
+pub struct TestDatabase {
+    #[cfg(feature = "it-postgres")]
+    pub name: String,
+}
+
+#[cfg(feature = "it-postgres")]
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[cfg(feature = "it-postgres")]
+pub fn database_url(name: &str) -> String {
+    let server = server_url();
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(b, _)| b)
+        .to_owned();
+    format!("{base}/{name}")
+}
+
+#[cfg(feature = "it-postgres")]
+impl TestDatabase {
+    /// A fresh, empty database on the test server.
+    pub fn new() -> TestDatabase {
+        use diesel::{Connection, RunQueryDsl};
+        let name = format!("gatehouse_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = diesel::PgConnection::establish(&server_url()).unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .unwrap();
+        TestDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        database_url(&self.name)
+    }
+}
+
+#[cfg(feature = "it-postgres")]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl};
+        let name = self.name.clone();
+        // Off the async runtime: this blocks on the network.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut conn) = diesel::PgConnection::establish(&server_url()) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+#[cfg(feature = "it-kafka")]
+pub use kafka::Broker;
+
+#[cfg(feature = "it-kafka")]
+mod kafka {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::binary::free_port;
+    use gatehouse::kernel::config::KafkaConfig;
+
+    /// A tansu broker on a port of its own, keeping its topics in memory or in
+    /// a SQLite file; stopped when dropped.
+    pub struct Broker {
+        /// None while stopped.
+        child: Option<Child>,
+        pub address: String,
+        port: u16,
+        storage: String,
+        /// The directory of a file store.
+        dir: Option<tempfile::TempDir>,
+    }
+
+    /// Where `scripts/kafka.sh` installs tansu, unless `GATEHOUSE_TANSU` says.
+    fn tansu() -> String {
+        if let Ok(path) = std::env::var("GATEHOUSE_TANSU") {
+            return path;
+        }
+        let home = std::env::var("HOME").unwrap_or_default();
+        let installed = format!("{home}/.cache/gatehouse/tools/bin/tansu");
+        assert!(
+            std::path::Path::new(&installed).exists(),
+            "no broker at {installed}: run scripts/kafka.sh install (or set GATEHOUSE_TANSU)"
+        );
+        installed
+    }
+
+    impl Broker {
+        /// A broker keeping its topics in memory: a restart empties it.
+        pub fn start() -> Broker {
+            Broker::with("memory://tansu/".to_owned(), None)
+        }
+
+        /// A broker keeping its topics in a SQLite file: a restart keeps them.
+        pub fn start_kept() -> Broker {
+            // The file's path is taken from the broker's working directory.
+            Broker::with(
+                "sqlite://tansu.db".to_owned(),
+                Some(tempfile::tempdir().unwrap()),
+            )
+        }
+
+        fn with(storage: String, dir: Option<tempfile::TempDir>) -> Broker {
+            let port = free_port();
+            Broker {
+                child: Some(listening(port, &storage, dir.as_ref().map(|d| d.path()))),
+                address: format!("127.0.0.1:{port}"),
+                port,
+                storage,
+                dir,
+            }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.as_ref().expect("a running broker").id()
+        }
+
+        /// The settings of a bus on this broker.
+        pub fn config(&self) -> KafkaConfig {
+            KafkaConfig {
+                brokers: vec![self.address.clone()],
+                ..KafkaConfig::default()
+            }
+        }
+
+        /// Stops the broker's process (SIGSTOP) until [`Broker::resume`]: it
+        /// answers nothing meanwhile.
+        pub fn pause(&self) {
+            signal(self.pid(), "-STOP");
+        }
+
+        pub fn resume(&self) {
+            signal(self.pid(), "-CONT");
+        }
+
+        /// Kills the broker's process (SIGKILL): its port refuses connections
+        /// until [`Broker::start_again`].
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// Starts the broker again on its port and store.
+        pub fn start_again(&mut self) {
+            self.kill();
+            let cwd = self.dir.as_ref().map(|d| d.path().to_path_buf());
+            self.child = Some(listening(self.port, &self.storage, cwd.as_deref()));
+        }
+    }
+
+    /// A tansu process listening on `port`, keeping its topics in `storage`,
+    /// working in `cwd` when given.
+    fn listening(port: u16, storage: &str, cwd: Option<&std::path::Path>) -> Child {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let child = command
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", storage])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn signal(pid: u32, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    impl Drop for Broker {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+}
+
+#[cfg(feature = "it-etcd")]
+pub use etcd::Etcd;
+
+#[cfg(feature = "it-etcd")]
+mod etcd {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::binary::free_port;
+    use gatehouse::kernel::config::EtcdConfig;
+    use serde_json::Value;
+
+    /// An etcd server on free loopback ports, its data in a directory of its own.
+    pub struct Etcd {
+        child: Child,
+        pub url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Etcd {
+        pub async fn start() -> Etcd {
+            let dir = tempfile::tempdir().unwrap();
+            let (client, peer) = (free_port(), free_port());
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(std::env::var("GATEHOUSE_ETCD").unwrap_or("etcd".into()))
+                .args(["--name", "test", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("test={peer_url}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("no etcd: run scripts/etcd.sh install (or set GATEHOUSE_ETCD)");
+            let etcd = Etcd {
+                child,
+                url,
+                _dir: dir,
+            };
+            etcd.healthy().await;
+            etcd
+        }
+
+        /// Waits (up to 30 s) until the server has a leader and answers.
+        async fn healthy(&self) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let http = reqwest::Client::new();
+            loop {
+                let answer = http.get(format!("{}/health", self.url)).send().await;
+                if let Ok(answer) = answer
+                    && let Ok(body) = answer.json::<Value>().await
+                    && body["health"] == "true"
+                {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd at {} never became healthy",
+                    self.url
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// Registry settings for this server under a prefix of the test's own.
+        pub fn config(&self, ttl_secs: u64) -> EtcdConfig {
+            EtcdConfig {
+                endpoints: vec![self.url.clone()],
+                prefix: format!("/test-{}/", uuid::Uuid::new_v4()),
+                lease_ttl_secs: ttl_secs,
+            }
+        }
+
+        /// The environment that puts a service process on `config`.
+        pub fn env(config: &EtcdConfig) -> Vec<(&'static str, String)> {
+            vec![
+                ("GATEHOUSE_REGISTRY__BACKEND", "etcd".to_owned()),
+                (
+                    "GATEHOUSE_REGISTRY__ETCD__ENDPOINTS",
+                    format!("[\"{}\"]", config.endpoints[0]),
+                ),
+                ("GATEHOUSE_REGISTRY__ETCD__PREFIX", config.prefix.clone()),
+                (
+                    "GATEHOUSE_REGISTRY__ETCD__LEASE_TTL_SECS",
+                    config.lease_ttl_secs.to_string(),
+                ),
+                ("GATEHOUSE_BUS__BACKEND", "outbox".to_owned()),
+            ]
+        }
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
