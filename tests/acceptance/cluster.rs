@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
 use gatehouse::kernel::config::EtcdConfig;
-use gatehouse::kernel::registry::Registry;
 use gatehouse::kernel::registry::etcd::EtcdRegistry;
 use serde_json::{Value, json};
 
@@ -173,8 +172,9 @@ impl Cluster {
             *member.process.lock().unwrap() = Some(process);
         }
         for (service, count) in LAYOUT {
+            let deadline = Instant::now() + Duration::from_secs(30);
             let listed = cluster
-                .until(service, Duration::from_secs(30), |urls| urls.len() == count)
+                .until(service, deadline, |urls| urls.len() == count)
                 .await;
             assert_eq!(listed.len(), count, "{service}: {listed:?}");
         }
@@ -210,24 +210,19 @@ impl Cluster {
     }
 
     /// The instance URLs etcd lists for `service` once `enough` holds of
-    /// them, or after `within`.
+    /// them, or at `deadline`.
     async fn until(
         &self,
         service: &str,
-        within: Duration,
+        deadline: Instant,
         enough: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
         let registry = self
             .registry
             .get_or_init(|| async { EtcdRegistry::new(&self.etcd_config).unwrap() })
             .await;
-        let deadline = Instant::now() + within;
         loop {
-            let listed: Vec<String> = registry
-                .resolve(service)
-                .await
-                .map(|found| found.iter().map(|i| i.url.clone()).collect())
-                .unwrap_or_default();
+            let listed = crate::servers::listed(registry, service).await;
             if enough(&listed) || Instant::now() > deadline {
                 return listed;
             }
@@ -535,6 +530,14 @@ impl Platform {
     fn down(&self) -> (Part, Instant) {
         self.drill.down.expect("a part was taken down")
     }
+
+    /// The instance taken down: its service, its URL, and when it was gone.
+    fn killed(&self) -> (&'static str, String, Instant) {
+        let (Part::Instance(service, n), gone) = self.down() else {
+            panic!("an instance was killed");
+        };
+        (service, deployment().member(service, n).base.clone(), gone)
+    }
 }
 
 #[given("the replicated deployment is running")]
@@ -586,33 +589,25 @@ async fn start_again(world: &mut Platform) {
 
 #[then("it is gone from discovery within its lease")]
 async fn gone_from_discovery(world: &mut Platform) {
-    let (Part::Instance(service, n), gone) = world.down() else {
-        panic!("an instance was killed");
-    };
-    let cluster = deployment();
-    let url = cluster.member(service, n).base.clone();
+    let (service, url, gone) = world.killed();
     // etcd lets a lease run out up to its ttl after its last renewal, and
-    // checks for expired leases every half second.
+    // looks for leases that ran out every half second.
     let within = Duration::from_secs(LEASE_SECS) + Duration::from_millis(1500);
-    let listed = cluster
-        .until(service, within, |urls| !urls.contains(&url))
+    let listed = deployment()
+        .until(service, gone + within, |urls| !urls.contains(&url))
         .await;
+    let took = gone.elapsed();
     assert!(!listed.contains(&url), "{url} still listed: {listed:?}");
-    println!(
-        "      {service} instance gone from discovery {:?} after it died",
-        gone.elapsed()
-    );
+    assert!(took <= within, "{url} left after {took:?}");
+    println!("      {service} instance gone from discovery {took:?} after it died");
 }
 
 #[then("it is back in discovery")]
 async fn back_in_discovery(world: &mut Platform) {
-    let (Part::Instance(service, n), _) = world.down() else {
-        panic!("an instance was killed");
-    };
-    let cluster = deployment();
-    let url = cluster.member(service, n).base.clone();
-    let listed = cluster
-        .until(service, Duration::from_secs(5), |urls| urls.contains(&url))
+    let (service, url, _) = world.killed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = deployment()
+        .until(service, deadline, |urls| urls.contains(&url))
         .await;
     assert!(listed.contains(&url), "{url} not listed: {listed:?}");
 }

@@ -28,11 +28,7 @@ async fn until_listed(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let listed: Vec<String> = registry
-            .resolve(service)
-            .await
-            .map(|found| found.iter().map(|i| i.url.clone()).collect())
-            .unwrap_or_default();
+        let listed = crate::servers::listed(registry, service).await;
         if listed == urls {
             return start.elapsed();
         }

@@ -206,7 +206,7 @@ mod kafka {
 }
 
 #[cfg(feature = "it-etcd")]
-pub use etcd::Etcd;
+pub use etcd::{Etcd, listed};
 
 #[cfg(feature = "it-etcd")]
 mod etcd {
@@ -308,5 +308,19 @@ mod etcd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// The URLs of the instances of `service` that `registry` lists now
+    /// (none when etcd cannot be reached).
+    pub async fn listed(
+        registry: &gatehouse::kernel::registry::etcd::EtcdRegistry,
+        service: &str,
+    ) -> Vec<String> {
+        use gatehouse::kernel::registry::Registry as _;
+        registry
+            .resolve(service)
+            .await
+            .map(|found| found.iter().map(|i| i.url.clone()).collect())
+            .unwrap_or_default()
     }
 }
