@@ -147,6 +147,24 @@ impl KeyRing {
         }
     }
 
+    /// Whether this ring's key-encryption key opens the newest signing key
+    /// in the database, which another auth instance may have sealed; true
+    /// when there is none yet.
+    pub async fn opens_stored_keys(&self) -> Result<bool, AuthError> {
+        let newest: Option<Vec<u8>> = self
+            .db
+            .run(|c| {
+                signing_keys::table
+                    .order(signing_keys::signs_from.desc())
+                    .select(signing_keys::secret_key_enc)
+                    .first(c)
+                    .optional()
+                    .map_err(AuthError::from)
+            })
+            .await?;
+        Ok(newest.is_none_or(|sealed| self.kek.open(&sealed).is_ok()))
+    }
+
     /// Creates the first key, signing at once, when there is none.
     pub async fn ensure_one(&self) -> Result<(), AuthError> {
         let any: i64 = self

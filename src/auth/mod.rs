@@ -61,6 +61,14 @@ async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(
         chrono::Duration::seconds(i64::try_from(config.key_cache_ttl_secs).unwrap_or(300)),
         ctx.tokens.access_ttl(),
     );
+    // A key sealed with another key-encryption key would fail every
+    // sign-in on this instance, and one it sealed would fail the others'.
+    if !ring.opens_stored_keys().await? {
+        anyhow::bail!(
+            "auth.key_encryption_key does not open the signing keys in the database: \
+             every auth instance on one database needs the same key"
+        );
+    }
     Ok((db, kek, ring))
 }
 

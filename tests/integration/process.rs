@@ -1017,3 +1017,51 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
     let on_back = answered(&back.ops_base(), VERIFY).await;
     assert!(on_back > 0, "the instance back gets calls again");
 }
+
+/// Auth instances on one database open each other's signing keys, so they
+/// need one key-encryption key: an instance given another refuses to start
+/// and says why, where it would have failed every sign-in it took.
+#[tokio::test]
+async fn an_auth_instance_with_another_key_encryption_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::new();
+    let with_key = |hex: char| {
+        let mut env = backend.env.clone();
+        env.push((
+            "GATEHOUSE_AUTH__KEY_ENCRYPTION_KEY",
+            hex.to_string().repeat(64),
+        ));
+        env
+    };
+    let auth = env!("CARGO_BIN_EXE_gatehouse-auth");
+    let mut first = ServiceProcess::spawn(auth, "auth", free_port(), dir.path(), &with_key('a'));
+    first.started();
+    // Another with the same key opens the key the first sealed.
+    let mut second = ServiceProcess::spawn(auth, "auth", free_port(), dir.path(), &with_key('a'));
+    second.started();
+
+    let other = tokio::process::Command::new(auth)
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env(
+            "GATEHOUSE_AUTH__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("GATEHOUSE_SERVER__OPS_LISTEN", "127.0.0.1:0")
+        .env(
+            "GATEHOUSE_RPC__CREDENTIALS_DIR",
+            crate::binary::credentials(),
+        )
+        .envs(with_key('b'))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), other)
+        .await
+        .expect("an auth with another key-encryption key started")
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("key_encryption_key"), "{said}");
+    // The instances that share the key run on.
+    assert!(first.child.try_wait().unwrap().is_none());
+    assert!(second.child.try_wait().unwrap().is_none());
+}
