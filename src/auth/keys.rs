@@ -147,22 +147,26 @@ impl KeyRing {
         }
     }
 
-    /// Whether this ring's key-encryption key opens the newest signing key
-    /// in the database, which another auth instance may have sealed; true
-    /// when there is none yet.
+    /// Whether this ring's key-encryption key opens every signing key still
+    /// published in the database, any of which another auth instance may
+    /// have sealed; true when there is none yet.
     pub async fn opens_stored_keys(&self) -> Result<bool, AuthError> {
-        let newest: Option<Vec<u8>> = self
+        let now = self.clock.now().naive_utc();
+        let sealed: Vec<Vec<u8>> = self
             .db
-            .run(|c| {
+            .run(move |c| {
                 signing_keys::table
-                    .order(signing_keys::signs_from.desc())
+                    .filter(
+                        signing_keys::published_until
+                            .is_null()
+                            .or(signing_keys::published_until.gt(now)),
+                    )
                     .select(signing_keys::secret_key_enc)
-                    .first(c)
-                    .optional()
+                    .load(c)
                     .map_err(AuthError::from)
             })
             .await?;
-        Ok(newest.is_none_or(|sealed| self.kek.open(&sealed).is_ok()))
+        Ok(sealed.iter().all(|key| self.kek.open(key).is_ok()))
     }
 
     /// Creates the first key, signing at once, when there is none.

@@ -61,28 +61,37 @@ async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(
         chrono::Duration::seconds(i64::try_from(config.key_cache_ttl_secs).unwrap_or(300)),
         ctx.tokens.access_ttl(),
     );
-    // A key sealed with another key-encryption key would fail every
-    // sign-in on this instance, and one it sealed would fail the others'.
+    Ok((db, kek, ring))
+}
+
+/// Makes the first signing key when there is none, and checks that this
+/// instance's key-encryption key opens those stored: a key sealed with
+/// another would fail every sign-in here, and one sealed here would fail
+/// the other instances'. Checked after making the first key too, as two
+/// instances may start on an empty database at once.
+async fn ensure_keys(ring: &KeyRing) -> anyhow::Result<()> {
+    ring.ensure_one().await?;
     if !ring.opens_stored_keys().await? {
         anyhow::bail!(
             "auth.key_encryption_key does not open the signing keys in the database: \
-             every auth instance on one database needs the same key"
+             every auth instance on one database needs the same key (see \
+             docs/operations.md, \"Losing the key-encryption key\")"
         );
     }
-    Ok((db, kek, ring))
+    Ok(())
 }
 
 /// `gatehouse keys rotate`: publishes a new signing key that signs after
 /// one verifier key-cache lifetime. Answers its key id.
 pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<String> {
     let (_, _, ring) = key_ring(ctx, config).await?;
-    ring.ensure_one().await?;
+    ensure_keys(&ring).await?;
     Ok(ring.rotate().await?)
 }
 
 pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<Running> {
     let (db, kek, ring) = key_ring(ctx, &config).await?;
-    ring.ensure_one().await?;
+    ensure_keys(&ring).await?;
     let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
     let (listen, advertise) = (config.listen, config.advertise_url.clone());
     let rotation_every = config.key_rotation_interval_secs;
