@@ -151,22 +151,10 @@ impl KeyRing {
     /// published in the database, any of which another auth instance may
     /// have sealed; true when there is none yet.
     pub async fn opens_stored_keys(&self) -> Result<bool, AuthError> {
-        let now = self.clock.now().naive_utc();
-        let sealed: Vec<Vec<u8>> = self
-            .db
-            .run(move |c| {
-                signing_keys::table
-                    .filter(
-                        signing_keys::published_until
-                            .is_null()
-                            .or(signing_keys::published_until.gt(now)),
-                    )
-                    .select(signing_keys::secret_key_enc)
-                    .load(c)
-                    .map_err(AuthError::from)
-            })
-            .await?;
-        Ok(sealed.iter().all(|key| self.kek.open(key).is_ok()))
+        let rows = self.published_rows().await?;
+        Ok(rows
+            .iter()
+            .all(|r| self.kek.open(&r.secret_key_enc).is_ok()))
     }
 
     /// Creates the first key, signing at once, when there is none.
@@ -297,9 +285,23 @@ impl KeyRing {
 
     /// Every key published now.
     pub async fn published(&self) -> Result<Vec<Published>, AuthError> {
+        let rows = self.published_rows().await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Published {
+                    public: public_key_from_paserk(&r.public_key).map_err(AuthError::Internal)?,
+                    kid: r.kid,
+                    signs_from: r.signs_from.and_utc(),
+                    published_until: r.published_until.map(|t| t.and_utc()),
+                })
+            })
+            .collect()
+    }
+
+    /// The rows of every key published now, oldest first.
+    async fn published_rows(&self) -> Result<Vec<KeyRow>, AuthError> {
         let now = self.clock.now().naive_utc();
-        let rows: Vec<KeyRow> = self
-            .db
+        self.db
             .run(move |c| {
                 signing_keys::table
                     .filter(
@@ -312,17 +314,7 @@ impl KeyRing {
                     .load(c)
                     .map_err(AuthError::from)
             })
-            .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Published {
-                    public: public_key_from_paserk(&r.public_key).map_err(AuthError::Internal)?,
-                    kid: r.kid,
-                    signs_from: r.signs_from.and_utc(),
-                    published_until: r.published_until.map(|t| t.and_utc()),
-                })
-            })
-            .collect()
+            .await
     }
 
     /// When the newest key was made.

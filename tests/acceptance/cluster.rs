@@ -642,6 +642,24 @@ impl Platform {
         }
     }
 
+    /// Takes `part` down by `stopping`, noting when the signal went and
+    /// when it was gone.
+    async fn take_down(&mut self, part: Part, stopping: impl std::future::Future<Output = ()>) {
+        let signalled = Instant::now();
+        let down = Down {
+            part,
+            signalled,
+            gone: signalled,
+        };
+        // Noted first, so that a failure on the way still starts it again.
+        self.drill.down = Some(down);
+        stopping.await;
+        self.drill.down = Some(Down {
+            gone: Instant::now(),
+            ..down
+        });
+    }
+
     fn down(&self) -> Down {
         self.drill.down.expect("a part was taken down")
     }
@@ -678,49 +696,23 @@ async fn kill(world: &mut Platform, service: String) {
     let service = LAYOUT.iter().find(|(s, _)| *s == service).unwrap().0;
     let cluster = deployment();
     world.drill.served_before = cluster.served(service, 0).await;
-    let signalled = Instant::now();
-    world.drill.down = Some(Down {
-        part: Part::Instance(service, 0),
-        signalled,
-        gone: signalled,
-    });
-    cluster.kill(service, 0).await;
-    world.drill.down = Some(Down {
-        gone: Instant::now(),
-        ..world.down()
-    });
+    let part = Part::Instance(service, 0);
+    world.take_down(part, cluster.kill(service, 0)).await;
 }
 
 #[when("the first gateway is stopped")]
 async fn stop_gateway(world: &mut Platform) {
     tokio::time::sleep(BEFORE).await;
-    let signalled = Instant::now();
-    world.drill.down = Some(Down {
-        part: Part::Instance("gateway", 0),
-        signalled,
-        gone: signalled,
-    });
-    deployment().terminate("gateway", 0).await;
-    world.drill.down = Some(Down {
-        gone: Instant::now(),
-        ..world.down()
-    });
+    let cluster = deployment();
+    let part = Part::Instance("gateway", 0);
+    world.take_down(part, cluster.terminate("gateway", 0)).await;
 }
 
 #[when("the broker is killed")]
 async fn kill_broker(world: &mut Platform) {
     tokio::time::sleep(BEFORE).await;
-    let signalled = Instant::now();
-    world.drill.down = Some(Down {
-        part: Part::Broker,
-        signalled,
-        gone: signalled,
-    });
-    deployment().broker(false).await;
-    world.drill.down = Some(Down {
-        gone: Instant::now(),
-        ..world.down()
-    });
+    let cluster = deployment();
+    world.take_down(Part::Broker, cluster.broker(false)).await;
 }
 
 #[when("it is started again")]
