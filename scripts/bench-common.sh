@@ -5,7 +5,8 @@
 # gateway they start signs its calls with keys from
 # GATEHOUSE_RPC__CREDENTIALS_DIR (bench.sh issues them for the platform it
 # starts too), or else with keys issued here. `start_nginx` starts an nginx
-# proxying to the upstream on `upstream_port`.
+# proxying to the upstream on `upstream_port`, `start_gateway` the release
+# gateway on `work/gateway.toml`, and `wait_up` waits for URLs to answer.
 
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
@@ -69,4 +70,28 @@ http {
 CONF
     "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" &
     pids+=($!)
+}
+
+# The release gateway on the config the script wrote to $work/gateway.toml.
+start_gateway() {
+    GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 \
+        "$target/release/gatehouse-gateway" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+    pids+=($!)
+}
+
+# Waits up to 10 s for each URL to answer 2xx (certificates unchecked);
+# shows the gateway's and nginx's logs and exits when one does not.
+wait_up() {
+    local url
+    for url in "$@"; do
+        for _ in $(seq 1 100); do
+            if curl -fsk "$url" >/dev/null 2>&1; then break; fi
+            sleep 0.1
+        done
+        curl -fsk "$url" >/dev/null || {
+            echo "not up: $url"
+            cat "$work/gateway.log" "$work"/nginx*/error.log 2>/dev/null
+            exit 1
+        }
+    done
 }

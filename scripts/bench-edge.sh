@@ -67,19 +67,11 @@ prefix = "/bench/private"
 service = "bench"
 auth = "required"
 CONF
-GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
-    >"$work/gateway.log" 2>&1 &
-pids+=($!)
+start_gateway
 
-for url in "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
+wait_up "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
     "http://127.0.0.1:$gateway_port/healthz" "http://127.0.0.1:$bare_port/" \
-    "http://127.0.0.1:$nginx_pinned_port/"; do
-    for _ in $(seq 1 100); do
-        if curl -fs "$url" >/dev/null 2>&1; then break; fi
-        sleep 0.1
-    done
-    curl -fs "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work"/nginx*/error.log 2>/dev/null; exit 1; }
-done
+    "http://127.0.0.1:$nginx_pinned_port/"
 
 "$target/release/gatehouse-bench" --seconds "$seconds" --edge \
     "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port" \

@@ -55,18 +55,10 @@ service = "bench"
 auth = "public"
 rate_limit = false
 CONF
-GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 "$target/release/gatehouse-gateway" --config "$work/gateway.toml" \
-    >"$work/gateway.log" 2>&1 &
-pids+=($!)
+start_gateway
 
-for url in "http://127.0.0.1:$upstream_port/" "https://localhost:$nginx_port/" \
-    "https://localhost:$gateway_port/healthz"; do
-    for _ in $(seq 1 100); do
-        if curl -fsk "$url" >/dev/null 2>&1; then break; fi
-        sleep 0.1
-    done
-    curl -fsk "$url" >/dev/null || { echo "not up: $url"; cat "$work/gateway.log" "$work"/nginx/error.log 2>/dev/null; exit 1; }
-done
+wait_up "http://127.0.0.1:$upstream_port/" "https://localhost:$nginx_port/" \
+    "https://localhost:$gateway_port/healthz"
 
 "$target/release/gatehouse-bench" --seconds "$seconds" --edge-tls \
     "https://localhost:$nginx_port" "https://localhost:$gateway_port"

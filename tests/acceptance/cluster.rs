@@ -195,6 +195,15 @@ impl Cluster {
         drop(self.root.lock().unwrap().take());
     }
 
+    /// The settings that put a process (or `gatehouse admin create`) on
+    /// the deployment's database.
+    fn database_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
+            ("GATEHOUSE_DATABASE__URL", self.db_url.clone()),
+        ]
+    }
+
     fn bases(&self, service: &str) -> Vec<String> {
         self.members
             .iter()
@@ -239,10 +248,7 @@ impl Cluster {
     async fn crowd(&self) -> &[String] {
         self.crowd
             .get_or_init(|| async {
-                let env = vec![
-                    ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
-                    ("GATEHOUSE_DATABASE__URL", self.db_url.clone()),
-                ];
+                let env = self.database_env();
                 let data = self.data.clone();
                 let crowd: Vec<String> = tokio::task::spawn_blocking(move || {
                     (0..CLIENTS)
@@ -339,18 +345,10 @@ impl Cluster {
             let mut process = self.member(service, n).process.lock().unwrap();
             process.as_mut().expect("a running instance").ops_base()
         };
-        let metrics = reqwest::get(format!("{ops}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("gatehouse_http_requests_total{"))
-            .filter(|l| l.contains("route=\"/v1/") || l.contains("route=\"/gatehouse."))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        crate::binary::answered_on(&ops, |route| {
+            route.starts_with("/v1/") || route.starts_with("/gatehouse.")
+        })
+        .await
     }
 }
 
@@ -366,13 +364,7 @@ pub fn join(world: &mut Platform) {
         .filter(|m| m.service == "identity")
         .filter_map(|m| m.process.lock().unwrap().as_ref().map(|p| p.log.clone()))
         .collect();
-    world.admin_cli = Some((
-        cluster.data.clone(),
-        vec![
-            ("GATEHOUSE_DATABASE__BACKEND", "postgres".to_owned()),
-            ("GATEHOUSE_DATABASE__URL", cluster.db_url.clone()),
-        ],
-    ));
+    world.admin_cli = Some((cluster.data.clone(), cluster.database_env()));
 }
 
 /// What a `cluster.feature` scenario set going, took down and saw.

@@ -316,6 +316,28 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// How many requests the process whose operator endpoints are at `ops`
+/// answered on the routes `counted` takes (its
+/// `gatehouse_http_requests_total`, summed over methods and statuses).
+pub async fn answered_on(ops: &str, counted: impl Fn(&str) -> bool) -> u64 {
+    let text = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("gatehouse_http_requests_total{"))
+        .filter(|l| {
+            l.split("route=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .is_some_and(&counted)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// Sends `GET path` exactly as written (HTTP clients would resolve dot
 /// segments themselves) and answers the status and the body.
 pub async fn raw_get(base: &str, path: &str) -> (u16, serde_json::Value) {

@@ -338,19 +338,7 @@ fn keys_rotate_publishes_a_new_signing_key() {
 
 /// How many requests for `route` an instance has answered, from its metrics.
 async fn answered(base: &str, route: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("gatehouse_http_requests_total{")
-                && l.contains(&format!("route=\"{route}\""))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    crate::binary::answered_on(base, |r| r == route).await
 }
 
 /// Auth in front of two identity instances sharing one data directory,
