@@ -64,11 +64,12 @@ async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(
     Ok((db, kek, ring))
 }
 
-/// Makes the first signing key when there is none, and checks that this
-/// instance's key-encryption key opens those stored: a key sealed with
+/// Makes the first signing key when there is none, then checks that this
+/// instance's key-encryption key opens every key stored: a key sealed with
 /// another would fail every sign-in here, and one sealed here would fail
-/// the other instances'. Checked after making the first key too, as two
-/// instances may start on an empty database at once.
+/// the other instances'. Checked after the first key is made, so that of
+/// two instances starting on an empty database at once, the one whose key
+/// differs finds the other's key.
 async fn ensure_keys(ring: &KeyRing) -> anyhow::Result<()> {
     ring.ensure_one().await?;
     if !ring.opens_stored_keys().await? {
