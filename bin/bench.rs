@@ -18,7 +18,9 @@
 //! With `--edge`, it runs the gateway-against-nginx benchmark instead (see
 //! `edge.rs`), and with `--edge-tls` the same over TLS; `--serve-upstream` serves that benchmark's upstream. With
 //! `--footprint`, it starts the release binaries itself and measures their
-//! idle memory and the all-in-one's start (see `footprint.rs`). With
+//! idle memory and the all-in-one's start (see `footprint.rs`); with
+//! `--flood`, the all-in-one under floods of sign-ins and sign-ups (see
+//! `flood.rs`). With
 //! `--authz`, it measures authz's checks over gRPC on a policy it makes
 //! itself (see `authz.rs`). With `--audit`, audit's ingest and lag on the
 //! local PostgreSQL (see `audit.rs`).
@@ -29,6 +31,8 @@ mod audit;
 mod authz;
 #[path = "bench/edge.rs"]
 mod edge;
+#[path = "bench/flood.rs"]
+mod flood;
 #[path = "bench/footprint.rs"]
 mod footprint;
 
@@ -93,6 +97,9 @@ struct Cli {
     /// Run the footprint benchmark with the release binaries in this directory.
     #[arg(long, value_name = "BIN_DIR")]
     footprint: Option<PathBuf>,
+    /// Run the flood benchmark with the release binaries in this directory.
+    #[arg(long, value_name = "BIN_DIR")]
+    flood: Option<PathBuf>,
     /// Run the authz benchmark (self-contained: it starts authz itself).
     #[arg(long)]
     authz: bool,
@@ -149,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(bin_dir) = &cli.footprint {
         return footprint::run(bin_dir).await;
+    }
+    if let Some(bin_dir) = &cli.flood {
+        return flood::run(bin_dir).await;
     }
     if cli.authz {
         return authz::run(cli.seconds, cli.connections).await;

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `footprint`: gatehouse-bench starts the release binaries itself and reads
 # their idle memory and the all-in-one's start. `authz`: it starts authz
-# itself on a policy it writes. `audit`: it starts audit (and identity)
+# itself on a policy it writes. `flood`: it starts the all-in-one itself and
+# floods it with abandoned sign-ins, then bursts of sign-ins and sign-ups. `audit`: it starts audit (and identity)
 # itself on the local PostgreSQL, on the in-process bus and through the
 # Kafka-protocol broker scripts/kafka.sh starts. Then, for `core` and `edge`,
 # starts the all-in-one platform (release build) on a scratch data directory,
 # runs the benchmarks against it (`core`: gatehouse-bench's scenarios,
 # `edge`: scripts/bench-edge.sh) and stops it again. `tls`: the gateway and
-# nginx over TLS (scripts/bench-tls.sh, needing no other service). `all`: the six.
+# nginx over TLS (scripts/bench-tls.sh, needing no other service). `all`: the seven.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
@@ -15,6 +16,9 @@ what="${2:-all}"
 target="${CARGO_TARGET_DIR:-target}"
 if [ "$what" = all ] || [ "$what" = footprint ]; then
     "$target/release/gatehouse-bench" --footprint "$target/release"
+fi
+if [ "$what" = all ] || [ "$what" = flood ]; then
+    "$target/release/gatehouse-bench" --flood "$target/release"
 fi
 if [ "$what" = all ] || [ "$what" = authz ]; then
     "$target/release/gatehouse-bench" --authz --seconds "$seconds"
@@ -26,7 +30,7 @@ fi
 if [ "$what" = all ] || [ "$what" = tls ]; then
     scripts/bench-tls.sh "$seconds"
 fi
-if [ "$what" = footprint ] || [ "$what" = authz ] || [ "$what" = audit ] || [ "$what" = tls ]; then exit 0; fi
+if [ "$what" = footprint ] || [ "$what" = flood ] || [ "$what" = authz ] || [ "$what" = audit ] || [ "$what" = tls ]; then exit 0; fi
 
 data="$(mktemp -d)"
 log="$data/platform.log"

@@ -29,13 +29,23 @@ const ACCOUNTS: usize = 4;
 const LOGINS_EACH: usize = 4;
 
 /// A process under measurement.
-struct Running {
+pub(super) struct Running {
     name: &'static str,
     child: Child,
 }
 
 impl Running {
+    /// Its resident memory now (VmRSS), in MiB.
     fn rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The most resident memory it has held (VmHWM), in MiB.
+    pub(super) fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    fn status_mib(&self, field: &str) -> anyhow::Result<f64> {
         let pid = self
             .child
             .id()
@@ -43,14 +53,14 @@ impl Running {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS for {}", self.name))?;
+            .ok_or_else(|| anyhow::anyhow!("no {field} for {}", self.name))?;
         Ok(kib / 1024.0)
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(super) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
             Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -63,7 +73,7 @@ impl Running {
 }
 
 /// Free loopback ports, one per name.
-fn ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+pub(super) fn ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -74,13 +84,13 @@ fn ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
-struct Setup {
-    bin_dir: PathBuf,
-    data: PathBuf,
+pub(super) struct Setup {
+    pub(super) bin_dir: PathBuf,
+    pub(super) data: PathBuf,
 }
 
 impl Setup {
-    fn spawn(
+    pub(super) fn spawn(
         &self,
         name: &'static str,
         binary: &str,
@@ -122,7 +132,7 @@ async fn answering(client: &reqwest::Client, base: &str) -> bool {
 }
 
 /// Waits until [`answering`], polling every few milliseconds.
-async fn wait_answering(
+pub(super) async fn wait_answering(
     client: &reqwest::Client,
     base: &str,
     running: &mut [&mut Running],

@@ -36,6 +36,9 @@ pub enum AuthError {
     SessionNotFound,
     #[error("service unavailable")]
     Unavailable(String),
+    /// A service this request needs is at its capacity; try again shortly.
+    #[error("too many requests are being served; try again shortly")]
+    Overloaded { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -98,6 +101,12 @@ impl AuthError {
                 Code::Unavailable,
                 "Service temporarily unavailable",
             ),
+            Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                Code::ResourceExhausted,
+                "Overloaded",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -137,6 +146,9 @@ impl axum::response::IntoResponse for AuthError {
         let problem = match &self {
             AuthError::Invalid { field, message } => problem.field(*field).detail(message),
             AuthError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
+            AuthError::Overloaded { retry_after_secs } => problem
+                .detail(self.to_string())
+                .retry_after(*retry_after_secs),
             AuthError::Unavailable(_) => problem.retry_after(1),
             AuthError::Internal(_) => problem,
             other => problem.detail(other.to_string()),

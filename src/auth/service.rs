@@ -571,17 +571,23 @@ fn identity_error(status: tonic::Status) -> AuthError {
         .get("gatehouse-code")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let retry_after = |default: u64| {
+        status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     match (code, status.code()) {
         ("invalid_credentials", _) => AuthError::InvalidCredentials,
         ("account_locked", _) => AuthError::Locked {
-            retry_after_secs: status
-                .metadata()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(60),
+            retry_after_secs: retry_after(60),
         },
         ("account_disabled", _) => AuthError::Disabled,
+        (_, tonic::Code::ResourceExhausted) => AuthError::Overloaded {
+            retry_after_secs: retry_after(1),
+        },
         (_, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
             AuthError::Unavailable(format!("identity: {}", status.message()))
         }

@@ -77,6 +77,12 @@ pub struct ScryptConfig {
     pub p: u32,
     /// Hashes computed at once; 0 means one per CPU core. Requests beyond it wait.
     pub max_concurrent: usize,
+    /// Hashes that may wait for their turn; a request that finds this many
+    /// waiting is answered 503 `overloaded` at once.
+    pub max_waiting: usize,
+    /// The longest a hash waits for its turn before its request is answered
+    /// 503 `overloaded`.
+    pub max_wait_ms: u64,
 }
 
 impl Default for ScryptConfig {
@@ -87,6 +93,8 @@ impl Default for ScryptConfig {
             r: p.r(),
             p: p.p(),
             max_concurrent: 0,
+            max_waiting: 16,
+            max_wait_ms: 2_000,
         }
     }
 }

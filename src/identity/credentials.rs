@@ -29,6 +29,9 @@ impl Identity {
                 .await?;
             return Err(IdentityError::InvalidCredentials);
         }
+        // The turn to verify comes first: a request refused as overloaded
+        // counts no attempt.
+        let turn = self.hasher.turn().await?;
         let now = self.clock.now();
         let max = i32::try_from(self.config.lockout.max_failures.max(1)).unwrap_or(i32::MAX);
         let lock_until = (now + secs(self.config.lockout.duration_secs)).naive_utc();
@@ -43,7 +46,7 @@ impl Identity {
             // Unknown addresses are counted and locked like accounts, and
             // every branch spends one verification's time.
             Attempt::Unknown => {
-                self.hasher.verify_decoy(password).await?;
+                turn.verify_decoy(password).await?;
                 return match self
                     .phantoms
                     .fail(&normalized, now, max, lock_until.and_utc())
@@ -53,12 +56,12 @@ impl Identity {
                 };
             }
             Attempt::Locked(until) => {
-                self.hasher.verify_decoy(password).await?;
+                turn.verify_decoy(password).await?;
                 return Err(locked(until.and_utc(), now));
             }
             Attempt::Counted { user, locks } => (*user, locks),
         };
-        match self.hasher.verify(password, &user.password_hash).await? {
+        match turn.verify(password, &user.password_hash).await? {
             Verified::No => {
                 // The failure is recorded (audit keeps it), and the lock
                 // it brought on, if it did.

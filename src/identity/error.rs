@@ -37,6 +37,9 @@ pub enum IdentityError {
     VersionMismatch { expected: i64 },
     #[error("service unavailable")]
     Unavailable(String),
+    /// Too many passwords are being hashed now; try again shortly.
+    #[error("too many requests are being served; try again shortly")]
+    Overloaded { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
     /// The caller lacks the permission the request needs.
@@ -122,6 +125,12 @@ impl IdentityError {
                 Code::Unavailable,
                 "Service temporarily unavailable",
             ),
+            Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                Code::ResourceExhausted,
+                "Overloaded",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -147,7 +156,10 @@ impl IdentityError {
         let problem = Problem::new(status, code, title);
         match self {
             IdentityError::Invalid { field, message } => problem.field(*field).detail(message),
-            IdentityError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
+            IdentityError::Locked { retry_after_secs }
+            | IdentityError::Overloaded { retry_after_secs } => problem
+                .detail(self.to_string())
+                .retry_after(*retry_after_secs),
             IdentityError::Unavailable(_) => problem.retry_after(1),
             IdentityError::Internal(_) => problem,
             IdentityError::Forbidden(permission) => Problem::forbidden(permission),
@@ -163,7 +175,8 @@ impl IdentityError {
             other => other.to_string(),
         };
         let mut status = crate::kernel::error::grpc_status(grpc, code, message);
-        if let IdentityError::Locked { retry_after_secs } = self
+        if let IdentityError::Locked { retry_after_secs }
+        | IdentityError::Overloaded { retry_after_secs } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {
             status.metadata_mut().insert("retry-after", v);

@@ -2,17 +2,26 @@
 //!
 //! Hashing is deliberately slow, so it never runs on the async workers: it
 //! goes to the blocking pool behind a semaphore that bounds how many hashes
-//! run at once (the rest wait their turn instead of piling up memory, at
-//! 128 MiB each with the default cost). Verifying a hash made with other
-//! parameters than today's tells the caller to re-hash (upgrade at login).
+//! exist at once, 128 MiB each with the default cost. The permit travels
+//! with the hash onto the blocking thread and is given back when the hash
+//! is done, not when its request ends: a client that hangs up, or a call
+//! that times out, leaves a hash running that still holds its permit, so
+//! no more than `max_concurrent` hashes ever hold memory. Requests beyond
+//! that wait in a bounded queue for a bounded time (`max_waiting`,
+//! `max_wait_ms`); past either bound they are refused at once as
+//! overloaded (503 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED`) rather
+//! than piling up. A request that goes away while it waits leaves the
+//! queue and starts no hash. Verifying a hash made with other parameters
+//! than today's tells the caller to re-hash (upgrade at login).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use scrypt::Scrypt;
 use scrypt::password_hash::rand_core::OsRng;
 use scrypt::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::config::ScryptConfig;
 use super::error::IdentityError;
@@ -51,6 +60,10 @@ pub enum Verified {
 pub struct Hasher {
     params: scrypt::Params,
     permits: Arc<Semaphore>,
+    /// Requests waiting for a permit now.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    max_wait: Duration,
     metrics: Metrics,
     /// A hash with today's parameters that no password has, verified when
     /// the account does not exist so that case costs the same time.
@@ -107,6 +120,9 @@ impl Hasher {
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrent)),
+            waiting: Arc::default(),
+            max_waiting: config.max_waiting,
+            max_wait: Duration::from_millis(config.max_wait_ms),
             metrics,
             decoy: Arc::new(decoy),
         })
@@ -115,62 +131,146 @@ impl Hasher {
     pub async fn hash(&self, password: &Password) -> Result<String, IdentityError> {
         let params = self.params;
         let text = password.clone();
-        self.blocking("hash", move || hash_blocking(&params, text.as_str()))
-            .await?
-            .map_err(IdentityError::Internal)
+        let permit = self.permit().await?;
+        self.blocking(permit, "hash", move || {
+            hash_blocking(&params, text.as_str())
+        })
+        .await?
+        .map_err(IdentityError::Internal)
     }
 
     pub async fn verify(&self, password: &Password, phc: &str) -> Result<Verified, IdentityError> {
-        let current = self.params;
-        let text = password.clone();
-        let phc = phc.to_owned();
-        self.blocking("verify", move || {
-            let Ok(parsed) = PasswordHash::new(&phc) else {
-                return Verified::No;
-            };
-            if Scrypt
-                .verify_password(text.as_str().as_bytes(), &parsed)
-                .is_err()
-            {
-                return Verified::No;
-            }
-            let same = scrypt::Params::try_from(&parsed).is_ok_and(|p| {
-                p.log_n() == current.log_n() && p.r() == current.r() && p.p() == current.p()
-            });
-            if same {
-                Verified::Yes
-            } else {
-                Verified::YesRehash
-            }
-        })
-        .await
+        self.turn().await?.verify(password, phc).await
     }
 
     /// Spends the time of one verification, for accounts that do not exist.
     pub async fn verify_decoy(&self, password: &Password) -> Result<(), IdentityError> {
-        let decoy = self.decoy.clone();
-        self.verify(password, &decoy).await.map(|_| ())
+        self.turn().await?.verify_decoy(password).await
     }
 
+    /// A turn to verify one password, taken before the work that leads up
+    /// to it, so that a request refused as overloaded has done nothing
+    /// (counted no failed attempt, say).
+    pub async fn turn(&self) -> Result<Turn, IdentityError> {
+        Ok(Turn {
+            permit: self.permit().await?,
+            hasher: self.clone(),
+        })
+    }
+
+    /// Runs `work` on the blocking pool, holding `permit` until `work`
+    /// returns, whatever becomes of this future.
     async fn blocking<T: Send + 'static>(
         &self,
+        permit: OwnedSemaphorePermit,
         operation: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, IdentityError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| IdentityError::Internal(e.to_string()))?;
         let start = Instant::now();
-        let out = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let out = tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
         self.metrics
             .password_hash_duration_seconds
             .with_label_values(&[operation])
             .observe(start.elapsed().as_secs_f64());
         Ok(out)
+    }
+
+    /// A permit to hash, once one is free: refused as overloaded when
+    /// `max_waiting` requests wait already, or after `max_wait`.
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, IdentityError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let Some(_place) = Waiting::join(&self.waiting, self.max_waiting) else {
+            return Err(self.refuse("queue_full"));
+        };
+        match tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(closed)) => Err(IdentityError::Internal(closed.to_string())),
+            Err(_) => Err(self.refuse("waited_too_long")),
+        }
+    }
+
+    fn refuse(&self, reason: &'static str) -> IdentityError {
+        self.metrics
+            .password_hash_refused_total
+            .with_label_values(&[reason])
+            .inc();
+        IdentityError::Overloaded {
+            retry_after_secs: RETRY_AFTER_SECS,
+        }
+    }
+}
+
+/// A hasher's permit for one verification (see [`Hasher::turn`]).
+pub struct Turn {
+    hasher: Hasher,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Turn {
+    pub async fn verify(self, password: &Password, phc: &str) -> Result<Verified, IdentityError> {
+        let current = self.hasher.params;
+        let text = password.clone();
+        let phc = phc.to_owned();
+        self.hasher
+            .blocking(self.permit, "verify", move || {
+                let Ok(parsed) = PasswordHash::new(&phc) else {
+                    return Verified::No;
+                };
+                if Scrypt
+                    .verify_password(text.as_str().as_bytes(), &parsed)
+                    .is_err()
+                {
+                    return Verified::No;
+                }
+                let same = scrypt::Params::try_from(&parsed).is_ok_and(|p| {
+                    p.log_n() == current.log_n() && p.r() == current.r() && p.p() == current.p()
+                });
+                if same {
+                    Verified::Yes
+                } else {
+                    Verified::YesRehash
+                }
+            })
+            .await
+    }
+
+    /// Spends the time of one verification, for accounts that do not exist.
+    pub async fn verify_decoy(self, password: &Password) -> Result<(), IdentityError> {
+        let decoy = self.hasher.decoy.clone();
+        self.verify(password, &decoy).await.map(|_| ())
+    }
+}
+
+/// What an overloaded answer tells a client to wait before trying again.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// A place in the queue of requests waiting for a permit, given up when
+/// dropped (served, refused, or its request gone).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// A place, unless `max` requests wait already.
+    fn join(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -202,6 +302,8 @@ mod tests {
             r: 8,
             p: 1,
             max_concurrent: 2,
+            max_waiting: 16,
+            max_wait_ms: 2_000,
         }
     }
 
@@ -253,6 +355,114 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(hasher.decoy, other.decoy);
+    }
+
+    /// Work on the blocking pool that runs until `release` is sent to.
+    fn held(hasher: &Hasher) -> (tokio::task::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let hasher = hasher.clone();
+        let task = tokio::spawn(async move {
+            let permit = hasher.permit().await.unwrap();
+            hasher
+                .blocking(permit, "hash", move || {
+                    started.send(()).unwrap();
+                    let _ = wait.recv();
+                })
+                .await
+                .unwrap();
+        });
+        running.recv().unwrap();
+        (task, release)
+    }
+
+    fn overloaded(r: Result<String, IdentityError>) -> bool {
+        matches!(
+            r,
+            Err(IdentityError::Overloaded {
+                retry_after_secs: 1
+            })
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_keeps_its_permit_after_its_request_is_gone() {
+        let one = ScryptConfig {
+            max_concurrent: 1,
+            max_waiting: 0,
+            ..cheap()
+        };
+        let metrics = Metrics::new().unwrap();
+        let hasher = Hasher::new(&one, metrics.clone()).await.unwrap();
+        let pw = Password::new("correct horse battery".into());
+        let (request, release) = held(&hasher);
+        // The request is dropped (its client hung up); its hash goes on,
+        // and so no other hash may start.
+        request.abort();
+        let _ = request.await;
+        assert!(overloaded(hasher.hash(&pw).await));
+        release.send(()).unwrap();
+        // Once the hash is done, its permit is free again.
+        let mut done = hasher.hash(&pw).await;
+        for _ in 0..100 {
+            if done.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            done = hasher.hash(&pw).await;
+        }
+        assert!(done.is_ok(), "{done:?}");
+        let refused = metrics
+            .password_hash_refused_total
+            .with_label_values(&["queue_full"])
+            .get();
+        assert!(refused >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_is_bounded_in_places_and_in_time() {
+        let config = ScryptConfig {
+            max_concurrent: 1,
+            max_waiting: 1,
+            max_wait_ms: 300,
+            ..cheap()
+        };
+        let metrics = Metrics::new().unwrap();
+        let hasher = Hasher::new(&config, metrics.clone()).await.unwrap();
+        let pw = Password::new("correct horse battery".into());
+        let (_busy, release) = held(&hasher);
+        // One request waits for its turn...
+        let waiter = {
+            let (hasher, pw) = (hasher.clone(), pw.clone());
+            tokio::spawn(async move { hasher.hash(&pw).await })
+        };
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...so the next finds the queue full and is refused at once.
+        assert!(overloaded(hasher.hash(&pw).await));
+        // The waiter is refused once it has waited max_wait_ms, and leaves.
+        assert!(overloaded(waiter.await.unwrap()));
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        for reason in ["queue_full", "waited_too_long"] {
+            let n = metrics
+                .password_hash_refused_total
+                .with_label_values(&[reason])
+                .get();
+            assert_eq!(n, 1, "{reason}");
+        }
+        // A waiter whose request goes away leaves its place.
+        let gone = {
+            let (hasher, pw) = (hasher.clone(), pw.clone());
+            tokio::spawn(async move { hasher.hash(&pw).await })
+        };
+        while hasher.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(hasher.waiting.load(Ordering::Acquire), 0);
+        release.send(()).unwrap();
     }
 
     #[test]

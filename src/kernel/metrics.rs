@@ -31,6 +31,7 @@ pub struct Metrics {
     pub outbox_publish_failures_total: IntCounterVec,
     pub outbox_pending: IntGaugeVec,
     pub password_hash_duration_seconds: HistogramVec,
+    pub password_hash_refused_total: IntCounterVec,
     pub gateway_upstream_requests_total: IntCounterVec,
     pub audit_entries_total: IntCounter,
     pub bus_consumer_lag: IntGaugeVec,
@@ -86,6 +87,13 @@ impl Metrics {
             .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["operation"],
         )?;
+        let password_hash_refused_total = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_password_hash_refused_total",
+                "Password hashes refused as overloaded (503), by reason: queue_full or waited_too_long.",
+            ),
+            &["reason"],
+        )?;
         let gateway_upstream_requests_total = IntCounterVec::new(
             Opts::new(
                 "gatehouse_gateway_upstream_requests_total",
@@ -123,6 +131,7 @@ impl Metrics {
         registry.register(Box::new(outbox_publish_failures_total.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(password_hash_duration_seconds.clone()))?;
+        registry.register(Box::new(password_hash_refused_total.clone()))?;
         Ok(Self {
             id: METRIC_SETS.fetch_add(1, Ordering::Relaxed),
             registry,
@@ -132,6 +141,7 @@ impl Metrics {
             outbox_publish_failures_total,
             outbox_pending,
             password_hash_duration_seconds,
+            password_hash_refused_total,
             gateway_upstream_requests_total,
             audit_entries_total,
             bus_consumer_lag,

@@ -118,7 +118,11 @@ async fn repeated_failures_lock_the_account_for_a_while() {
 #[tokio::test]
 async fn parallel_wrong_guesses_cannot_pass_the_limit() {
     let app = TestApp::builder()
-        .identity(|c| c.lockout.max_failures = 5)
+        .identity(|c| {
+            c.lockout.max_failures = 5;
+            // Every guess waits its turn to hash: none is refused as overloaded.
+            c.scrypt.max_waiting = 32;
+        })
         .start()
         .await;
     app.register("burst@example.org").await;

@@ -27,6 +27,7 @@ mod identity_http;
 mod kafka;
 mod kernel;
 mod openapi;
+mod overload;
 #[cfg(feature = "it-postgres")]
 mod postgres;
 mod process;

@@ -33,6 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use smallvec::SmallVec;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tower::ServiceExt;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -72,6 +73,9 @@ pub const LAST_PROBE: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The wait before a repeat, doubled at each further one.
 const BACKOFF: Duration = Duration::from_millis(5);
+/// How long a call whose caller has gone is kept before it is cancelled
+/// (see `Pool::attempt`): far longer than a server takes to take a call in.
+pub const ABANDON_AFTER: Duration = Duration::from_millis(250);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Request = http::Request<tonic::body::Body>;
@@ -269,7 +273,7 @@ impl Pool {
             tried.push(index);
             let member = &self.members[index];
             let attempt = rebuild(&parts, body.clone());
-            match member.channel.clone().oneshot(attempt).await {
+            match self.attempt(member, attempt).await {
                 Ok(response) => {
                     if member.succeeded() {
                         tracing::info!(service = %self.service, url = %member.url,
@@ -298,6 +302,41 @@ impl Pool {
                 self.service
             )))
         }))
+    }
+
+    /// Sends one attempt to `member`, in a task of its own: when the caller
+    /// goes away before the answer's head arrives, the call is not
+    /// cancelled at once but kept for [`ABANDON_AFTER`] more, or until it
+    /// is answered. A cancel is an HTTP/2 reset, and a server counts resets
+    /// of streams it has not yet taken in against a small limit (h2's
+    /// guard against reset floods), past which it drops the connection
+    /// with every call on it: callers hanging up together, as in a flood
+    /// of abandoned sign-ins, would otherwise trip it. Kept a moment, the
+    /// call is taken in first, and its reset then ends the callee's work on
+    /// it (a request waiting for a password hash leaves the queue).
+    async fn attempt(&self, member: &Member, request: Request) -> Result<Response, BoxError> {
+        let call = member.channel.clone().oneshot(request);
+        let caller = CancellationToken::new();
+        let gone = caller.clone();
+        let task = async move {
+            tokio::pin!(call);
+            tokio::select! {
+                biased;
+                answer = &mut call => Some(answer),
+                () = gone.cancelled() => tokio::time::timeout(ABANDON_AFTER, call).await.ok(),
+            }
+        };
+        let handle = match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        };
+        // Dropped with this future: tells the task its caller has gone.
+        let _caller = caller.drop_guard();
+        match handle.await {
+            Ok(Some(answer)) => answer.map_err(Into::into),
+            Ok(None) => Err("the call was abandoned".into()),
+            Err(e) => Err(Box::new(e)),
+        }
     }
 
     /// Probes an instance just ejected until it is back, or until no pool

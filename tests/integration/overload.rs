@@ -1,0 +1,255 @@
+//! The all-in-one under floods of sign-ins and sign-ups, with password
+//! hashing at its real cost (scrypt's recommended parameters, 128 MiB a
+//! hash): memory stays bounded by the hashes allowed at once, whatever the
+//! clients do, and work beyond the bounded queue is refused as overloaded
+//! rather than failing or timing out, so no instance is taken for failed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::binary::{ServiceProcess, free_port};
+use crate::process::Backend;
+use crate::support::PASSWORD;
+
+/// Hashes at once in these tests.
+const CONCURRENT: u64 = 2;
+/// What one hash holds: 128 × r × 2^log_n bytes at the recommended cost.
+const HASH_MIB: u64 = 128;
+
+/// The whole platform in one process, with real hashing costs.
+struct Platform {
+    process: ServiceProcess,
+    _data: tempfile::TempDir,
+    _backend: Backend,
+}
+
+impl Platform {
+    async fn spawn(extra: &[(&'static str, String)]) -> Platform {
+        let backend = Backend::new();
+        let mut env: Vec<(&'static str, String)> = [
+            "GATEHOUSE_AUTH__LISTEN",
+            "GATEHOUSE_IDENTITY__LISTEN",
+            "GATEHOUSE_AUTHZ__LISTEN",
+            "GATEHOUSE_AUDIT__LISTEN",
+        ]
+        .into_iter()
+        .map(|key| (key, format!("127.0.0.1:{}", free_port())))
+        .collect();
+        let recommended = scrypt::Params::recommended();
+        env.extend([
+            (
+                "GATEHOUSE_IDENTITY__SCRYPT__LOG_N",
+                recommended.log_n().to_string(),
+            ),
+            (
+                "GATEHOUSE_IDENTITY__SCRYPT__MAX_CONCURRENT",
+                CONCURRENT.to_string(),
+            ),
+        ]);
+        env.extend(backend.env.iter().cloned());
+        env.extend(extra.iter().cloned());
+        let data = tempfile::tempdir().unwrap();
+        let mut process = ServiceProcess::spawn(
+            env!("CARGO_BIN_EXE_gatehouse"),
+            "gateway",
+            free_port(),
+            data.path(),
+            &env,
+        );
+        let ready = format!("{}/readyz", process.base);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "never ready");
+            assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Platform {
+            process,
+            _data: data,
+            _backend: backend,
+        }
+    }
+
+    fn base(&self) -> &str {
+        &self.process.base
+    }
+
+    /// The most memory the process has held (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
+    /// Log lines saying an instance was taken out of service.
+    fn ejections(&self) -> Vec<String> {
+        self.process
+            .log
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("ejected"))
+            .collect()
+    }
+
+    async fn register(&self, http: &reqwest::Client, email: &str) -> reqwest::Response {
+        http.post(format!("{}/v1/users", self.base()))
+            .json(&json!({"email": email, "password": PASSWORD, "display_name": "Flood"}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn login(&self, http: &reqwest::Client, email: &str) -> reqwest::Response {
+        http.post(format!("{}/v1/auth/login", self.base()))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A sign-in sent by hand, whose client hangs up `after` without reading
+/// the answer.
+async fn abandoned_login(addr: String, email: String, after: Duration) {
+    let body = json!({"email": email, "password": PASSWORD}).to_string();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+        return;
+    };
+    let request = format!(
+        "POST /v1/auth/login HTTP/1.1\r\nHost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).await.is_ok() {
+        tokio::time::sleep(after).await;
+    }
+}
+
+/// What a burst's answers came to: 2xx, 503 `overloaded` with
+/// `Retry-After`, and anything else (status and code).
+#[derive(Debug, Default)]
+struct Tally {
+    served: usize,
+    overloaded: usize,
+    other: Vec<(u16, String)>,
+}
+
+impl Tally {
+    async fn count(&mut self, response: reqwest::Response) {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let code = body["code"].as_str().unwrap_or("").to_owned();
+        match status {
+            200..=299 => self.served += 1,
+            503 if code == "overloaded" && retry_after => self.overloaded += 1,
+            _ => self.other.push((status, code)),
+        }
+    }
+}
+
+/// 8 sign-ins a second for addresses with no account, within the default
+/// per-address rate limit, each client hanging up after 200 ms, for 10 s:
+/// each hash still running holds its permit, so memory stays within the
+/// hashes allowed at once, and the owner signs in right after.
+#[tokio::test]
+async fn abandoned_sign_ins_keep_memory_bounded_and_sign_in_working() {
+    let platform = Platform::spawn(&[]).await;
+    let http = reqwest::Client::new();
+    let owner = "owner@flood.example.org";
+    assert_eq!(platform.register(&http, owner).await.status(), 201);
+
+    let addr = platform.base().trim_start_matches("http://").to_owned();
+    let mut flood = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(125));
+    for n in 0..80 {
+        tick.tick().await;
+        flood.spawn(abandoned_login(
+            addr.clone(),
+            format!("nobody{n}@flood.example.org"),
+            Duration::from_millis(200),
+        ));
+    }
+    flood.join_all().await;
+
+    let started = Instant::now();
+    let signed_in = platform.login(&http, owner).await;
+    let waited = started.elapsed();
+    let status = signed_in.status();
+    let body: serde_json::Value = signed_in.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
+
+    let peak = platform.peak_rss_mib();
+    let bound = CONCURRENT * HASH_MIB + 64;
+    eprintln!(
+        "abandoned sign-ins: peak RSS {peak} MiB (bound {bound}); the owner's sign-in after them took {} ms",
+        waited.as_millis()
+    );
+    assert!(peak < bound, "peak RSS {peak} MiB, over {bound} MiB");
+    assert_eq!(platform.ejections(), Vec::<String>::new());
+}
+
+/// 200 sign-ins at once, then 1 000 sign-ups at once, with the rate limits
+/// off: each is served or refused as overloaded (503, `Retry-After`), none
+/// fails or times out, no instance is taken out of service, and sign-in
+/// works after.
+#[tokio::test]
+async fn bursts_are_served_or_refused_as_overloaded_and_eject_nothing() {
+    let platform = Platform::spawn(&[
+        ("GATEHOUSE_GATEWAY__RATE_LIMIT__PER_IP_PER_SEC", "0".into()),
+        (
+            "GATEHOUSE_GATEWAY__RATE_LIMIT__PER_USER_PER_SEC",
+            "0".into(),
+        ),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let owner = "owner@burst.example.org";
+    assert_eq!(platform.register(&http, owner).await.status(), 201);
+    let platform = std::sync::Arc::new(platform);
+
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (platform, http) = (platform.clone(), http.clone());
+        logins.spawn(async move { platform.login(&http, owner).await });
+    }
+    let mut tally = Tally::default();
+    for response in logins.join_all().await {
+        tally.count(response).await;
+    }
+    eprintln!("200 sign-ins at once: {tally:?}");
+    assert!(tally.other.is_empty(), "{tally:?}");
+    assert!(tally.served > 0 && tally.overloaded > 0, "{tally:?}");
+
+    let mut signups = tokio::task::JoinSet::new();
+    for n in 0..1000 {
+        let (platform, http) = (platform.clone(), http.clone());
+        signups.spawn(async move {
+            platform
+                .register(&http, &format!("new{n}@burst.example.org"))
+                .await
+        });
+    }
+    let mut tally = Tally::default();
+    for response in signups.join_all().await {
+        tally.count(response).await;
+    }
+    eprintln!("1 000 sign-ups at once: {tally:?}");
+    assert!(tally.other.is_empty(), "{tally:?}");
+    assert!(tally.served > 0 && tally.overloaded > 0, "{tally:?}");
+
+    assert_eq!(platform.ejections(), Vec::<String>::new());
+    let after = platform.login(&http, owner).await;
+    assert_eq!(after.status(), 200);
+}
