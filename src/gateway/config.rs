@@ -196,16 +196,44 @@ pub struct RouteConfig {
     /// limits by itself, or that comes from callers known not to abuse it.
     #[serde(default = "limited")]
     pub rate_limit: bool,
-    /// The permission (`resource_type:action`) a caller needs, asked of
-    /// authz after the token check; the route must then be `required`.
+    /// Path templates with a permission per method (see `gateway::rules`):
+    /// on a route with rules, a request goes on only when one covers it,
+    /// and its user holds that permission; the route must be `required`.
     #[serde(default)]
-    pub permission: Option<String>,
-    /// The path segment (counted from 1, after normalisation) that names
-    /// the resource the permission is asked at: `/billing/invoices/42` with
-    /// 3 asks at `billing.invoices:42` for `billing.invoices:read`. A path
-    /// without that segment is asked at the permission's type.
+    pub rules: Vec<RouteRule>,
+    /// Removed: a route-wide permission. A config naming it is refused at
+    /// start, naming `rules`.
+    #[serde(default, skip_serializing)]
+    pub permission: Option<serde::de::IgnoredAny>,
+    /// Removed: the path segment naming the resource. A config naming it is
+    /// refused at start, naming `rules`.
+    #[serde(default, skip_serializing)]
+    pub resource_segment: Option<serde::de::IgnoredAny>,
+}
+
+/// One rule of a route: a path template, the permission each method
+/// needs there, and the resource that permission is asked at:
+///
+/// ```toml
+/// [[gateway.routes.rules]]
+/// path = "/billing/invoices/{id}"
+/// GET = "billing.invoices:read"
+/// POST = "billing.invoices:write"
+/// resource = "billing.invoices:{id}"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteRule {
+    /// The whole path, from the root: literal segments, `{name}` for one
+    /// segment, and last `{name*}` for the rest.
+    pub path: String,
+    /// The resource the permission is asked at, from the path's variables
+    /// (`billing.invoices:{id}`); at the permission's type when absent.
     #[serde(default)]
-    pub resource_segment: Option<usize>,
+    pub resource: Option<String>,
+    /// The permission (`resource_type:action`) each method needs, by
+    /// method in capitals; a method not named is refused.
+    #[serde(flatten)]
+    pub methods: std::collections::BTreeMap<String, String>,
 }
 
 fn limited() -> bool {
@@ -225,6 +253,7 @@ impl RouteConfig {
             methods: Vec::new(),
             upstream_protocol: UpstreamProtocol::default(),
             rate_limit: true,
+            rules: Vec::new(),
             permission: None,
             resource_segment: None,
         }

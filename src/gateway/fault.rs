@@ -168,6 +168,14 @@ pub fn forbidden(permission: &str) -> Response {
     Problem::forbidden(permission).into_response()
 }
 
+/// 403 for a request on a route with rules that none of them covers, by
+/// path or by method.
+pub fn uncovered() -> Response {
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+        .detail("no rule of this route lets this method reach this path")
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub mod pool;
 pub mod probe;
 pub mod proxy;
 pub mod routes;
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -443,10 +443,11 @@ fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::conf
             "The bearer token is missing, malformed, expired or revoked",
         ));
     }
-    if route.permission.is_some() {
+    if !route.rules.is_empty() {
         answers.push((
             "403",
-            "The caller lacks the route's permission (`forbidden`, naming it in `permission`)",
+            "The caller lacks the permission the route's rule names for the method and path \
+             (`forbidden`, naming it in `permission`), or no rule covers them (`forbidden`)",
         ));
     }
     let Some(responses) = operation

@@ -9,6 +9,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use smallvec::SmallVec;
 
 use super::config::{AuthPolicy, RouteConfig};
+use super::rules::{self, Cover, Rule};
 use crate::kernel::telemetry;
 
 /// Characters that stay encoded in a forwarded path segment.
@@ -177,6 +178,8 @@ pub struct Route {
     /// The prefix, for logs and metrics (see [`telemetry::intern`]).
     pub label: &'static str,
     segments: Vec<String>,
+    /// The route's rules, compiled (see [`super::rules`]).
+    rules: Vec<Rule>,
 }
 
 /// Routes, longest prefix first.
@@ -230,7 +233,7 @@ impl RouteTable {
                     config.prefix
                 ));
             }
-            check_permission(&config)?;
+            let rules = check_rules(&config, &segments)?;
             let mut config = config;
             for method in &mut config.methods {
                 // A standard method listed in another case means the
@@ -256,6 +259,7 @@ impl RouteTable {
                 label: telemetry::intern(&config.prefix),
                 config,
                 segments,
+                rules,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
@@ -282,45 +286,39 @@ impl RouteTable {
     }
 }
 
-/// A route's permission must be one action on one type, on a route that
-/// requires a token; a resource segment needs a permission.
-fn check_permission(config: &RouteConfig) -> Result<(), String> {
+/// A route's rules, compiled; a route with rules must require a token. The
+/// settings rules replaced are refused, naming them.
+fn check_rules(config: &RouteConfig, segments: &[String]) -> Result<Vec<Rule>, String> {
     let prefix = &config.prefix;
-    match (&config.permission, config.resource_segment) {
-        (None, None) => Ok(()),
-        (None, Some(_)) => Err(format!(
-            "gateway.routes: route {prefix:?} names a resource_segment but no permission"
-        )),
-        (Some(permission), segment) => {
-            crate::middleware::names::Permission::parse_asked(permission)
-                .map_err(|e| format!("gateway.routes: route {prefix:?}: {e}"))?;
-            if config.auth != AuthPolicy::Required {
-                return Err(format!(
-                    "gateway.routes: route {prefix:?} names a permission, so its auth must be \"required\""
-                ));
-            }
-            if segment == Some(0) {
-                return Err(format!(
-                    "gateway.routes: route {prefix:?}: resource_segment counts from 1"
-                ));
-            }
-            Ok(())
+    for (removed, given) in [
+        ("permission", config.permission.is_some()),
+        ("resource_segment", config.resource_segment.is_some()),
+    ] {
+        if given {
+            return Err(format!(
+                "gateway.routes: route {prefix:?}: `{removed}` is replaced by [[gateway.routes.rules]], \
+                 path templates with a permission per method and a resource from a path variable \
+                 (see docs/gateway.md, \"Permissions on routes\")"
+            ));
         }
     }
+    if config.rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    if config.auth != AuthPolicy::Required {
+        return Err(format!(
+            "gateway.routes: route {prefix:?} has rules, so its auth must be \"required\""
+        ));
+    }
+    rules::compile(segments, &config.rules)
+        .map_err(|e| format!("gateway.routes: route {prefix:?}: {e}"))
 }
 
 impl Route {
-    /// The resource a request to `path` asks the route's permission at:
-    /// the permission's type and the path's resource segment, when the
-    /// route names one and the path has it.
-    pub fn resource(&self, path: &Normalised<'_>) -> Option<String> {
-        let segment = path.get(self.config.resource_segment?.checked_sub(1)?)?;
-        let permission = self.config.permission.as_deref()?;
-        let (kind, _) = permission.split_once(':')?;
-        let resource = format!("{kind}:{segment}");
-        crate::middleware::names::Resource::parse(&resource)
-            .is_ok()
-            .then_some(resource)
+    /// What the route's rules make of `method` on `path`; `None` when the
+    /// route has no rules (nothing is asked of authz).
+    pub fn cover(&self, method: &str, path: &Normalised<'_>) -> Option<Cover> {
+        (!self.rules.is_empty()).then(|| rules::cover(&self.rules, method, path))
     }
 
     /// The path (and `query`) to send upstream for a request to `path`.
@@ -390,6 +388,7 @@ mod tests {
                 ..RouteConfig::new("/a", "a", AuthPolicy::Public)
             },
             segments: vec!["a".into()],
+            rules: Vec::new(),
         };
         let cases = [
             ("/a/b/c", Some("x=1"), "/a/b/c?x=1", "/b/c?x=1", true),

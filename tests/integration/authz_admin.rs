@@ -519,11 +519,7 @@ async fn a_route_permission_is_checked_at_the_edge_and_follows_grants_and_remova
         .with_authz()
         .gateway(|g| {
             g.permission_cache_ms = 60_000;
-            g.routes.push(RouteConfig {
-                permission: Some("billing.invoices:read".into()),
-                resource_segment: Some(3),
-                ..RouteConfig::new("/billing", "billing", AuthPolicy::Required)
-            });
+            g.routes.push(billing_route());
         })
         .start()
         .await;
@@ -591,13 +587,112 @@ async fn a_route_permission_is_checked_at_the_edge_and_follows_grants_and_remova
         ("billing.invoices:*", AuthPolicy::Required),
         ("billing.invoices:read", AuthPolicy::Optional),
     ] {
-        let route = RouteConfig {
-            permission: Some(permission.into()),
-            ..RouteConfig::new("/billing", "billing", auth)
-        };
+        let mut route = billing_route();
+        route.auth = auth;
+        route.rules[0]
+            .methods
+            .insert("GET".into(), permission.into());
         assert!(
             gatehouse::gateway::routes::RouteTable::new(&[route]).is_err(),
             "{permission}"
         );
     }
+}
+
+/// The billing route of docs/gateway.md: reading an invoice needs read on
+/// it, writing it write on it, and nothing else under /billing is let by.
+fn billing_route() -> RouteConfig {
+    let rule: gatehouse::gateway::config::RouteRule = from_toml(
+        r#"
+        path = "/billing/invoices/{id}"
+        GET = "billing.invoices:read"
+        POST = "billing.invoices:write"
+        resource = "billing.invoices:{id}"
+        "#,
+    );
+    RouteConfig {
+        rules: vec![rule],
+        ..RouteConfig::new("/billing", "billing", AuthPolicy::Required)
+    }
+}
+
+/// A user holding only read on one invoice reaches that invoice, and no
+/// other path of the route, nor the invoice with another method; a config
+/// with the single-segment setting rules replaced is refused, naming them.
+#[tokio::test]
+async fn a_route_with_rules_lets_through_only_what_a_rule_covers() {
+    let app = TestApp::builder()
+        .with_authz()
+        .gateway(|g| g.routes.push(billing_route()))
+        .start()
+        .await;
+    app.register_instance("billing", upstream().await).await;
+    let admin = app.admin("root@example.org").await;
+    let ann_token = app.signed_in("ann@example.org").await;
+    let ann = app.me(&ann_token).await.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let role = app
+        .through(Method::POST, "/v1/authz/roles", &admin)
+        .json(&json!({"name": "reader", "permissions": ["billing.invoices:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(role.status(), 201);
+    let bound = app
+        .through(Method::POST, "/v1/authz/bindings", &admin)
+        .json(&json!({"subject": format!("user:{ann}"), "role": "reader",
+                      "scope": "billing.invoices:42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201);
+    within_a_second(&app, "/billing/invoices/42", &ann_token, 200).await;
+
+    for (method, path) in [
+        (Method::GET, "/billing/admin/42"),
+        (Method::GET, "/billing/customers/42"),
+        (Method::GET, "/billing/secrets/42/dump"),
+        (Method::POST, "/billing/invoices/42"),
+        (Method::POST, "/billing/refunds/42"),
+    ] {
+        let r = app
+            .through(method.clone(), path, &ann_token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, 403, "forbidden").await;
+    }
+    // The write the rule names is asked as such.
+    let write = app
+        .through(Method::POST, "/billing/invoices/42", &ann_token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_problem(write, 403, "forbidden").await["permission"],
+        "billing.invoices:write"
+    );
+
+    for removed in [
+        "permission = \"billing.invoices:read\"",
+        "resource_segment = 3",
+    ] {
+        let route: RouteConfig = from_toml(&format!(
+            "prefix = \"/billing\"\nservice = \"billing\"\n{removed}\n"
+        ));
+        let e = gatehouse::gateway::routes::RouteTable::new(&[route]).unwrap_err();
+        assert!(e.contains("[[gateway.routes.rules]]"), "{e}");
+    }
+}
+
+/// `text` read as the config file reads it.
+fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    use figment::providers::Format as _;
+    figment::Figment::from(figment::providers::Toml::string(text))
+        .extract()
+        .unwrap()
 }

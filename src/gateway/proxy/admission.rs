@@ -16,6 +16,7 @@ use crate::gateway::config::{AuthPolicy, RouteConfig};
 use crate::gateway::fault::Fault;
 use crate::gateway::headers::{Peer, forwarded_for};
 use crate::gateway::routes::normalise;
+use crate::gateway::rules::Cover;
 use crate::kernel::error::Problem;
 use crate::middleware::bearer::{self};
 use crate::middleware::ratelimit::{self, RateKey, Verdict};
@@ -41,8 +42,9 @@ pub(super) struct Plan {
     pub(super) verdict: Option<Verdict>,
     /// The key whose allowance the shared limiter is still to charge.
     pub(super) owed: Option<RateKey>,
-    /// The resource the route's permission is asked at, when it names one.
-    pub(super) resource: Option<String>,
+    /// What the route's rules make of the request: `None` on a route
+    /// without rules.
+    pub(super) cover: Option<Cover>,
 }
 
 /// Where the route's token policy stands for a request.
@@ -142,7 +144,7 @@ pub(super) fn plan(
         None => Admission::Unverified,
     };
     let target = route.upstream_target(&segments, req.uri().query());
-    let resource = route.resource(&segments);
+    let cover = route.cover(method.as_str(), &segments);
     drop(segments);
     let (parts, body) = req.into_parts();
     Ok(Plan {
@@ -155,7 +157,7 @@ pub(super) fn plan(
         admission,
         verdict,
         owed,
-        resource,
+        cover,
     })
 }
 

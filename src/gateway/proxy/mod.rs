@@ -39,6 +39,7 @@ use super::h1::is_idempotent;
 use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
+use super::rules::Cover;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::origin::Cidr;
 use crate::kernel::registry::{Instance, Registry};
@@ -227,11 +228,19 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
         {
             return refused;
         }
-        if let Some(permission) = &gw.inner.table.route(plan.route).config.permission
-            && let Err(refused) =
-                permitted(&gw, &plan.admission, plan.resource.as_deref(), permission).await
-        {
-            return refused;
+        match &plan.cover {
+            None => {}
+            Some(Cover::Uncovered) => return fault::uncovered(),
+            Some(Cover::Ask {
+                permission,
+                resource,
+            }) => {
+                if let Err(refused) =
+                    permitted(&gw, &plan.admission, resource.as_deref(), permission).await
+                {
+                    return refused;
+                }
+            }
         }
         let mut response = send(&gw, &mut plan).await;
         if let Some(v) = plan.verdict {
