@@ -241,6 +241,7 @@ async fn lag(dir: &std::path::Path, seconds: u64, bus: &Bus) -> anyhow::Result<(
     let _audit = gatehouse::audit::start(&ctx, audit_config().await?).await?;
     let mut config = gatehouse::identity::IdentityConfig::default();
     config.scrypt.log_n = 4;
+    config.scrypt.allow_weak_hashing_for_tests = true;
     let (identity, _db, _relay) = gatehouse::identity::open(
         &ctx,
         config,

@@ -83,6 +83,37 @@ pub struct ScryptConfig {
     /// The longest a hash waits for its turn before its request is answered
     /// 503 `overloaded`.
     pub max_wait_ms: u64,
+    /// Lets identity start with a cost below the floor ([`SCRYPT_FLOOR`]);
+    /// for test suites only, where hashing at the real cost would take
+    /// most of their time.
+    pub allow_weak_hashing_for_tests: bool,
+}
+
+/// The weakest scrypt cost identity starts with, unless told it is under
+/// test: OWASP's minimum, N = 2^17 with r = 8 and p = 1 (128 MiB a hash).
+pub const SCRYPT_FLOOR: (u8, u32) = (17, 8);
+
+impl ScryptConfig {
+    /// Whether the cost is below [`SCRYPT_FLOOR`]: less memory per hash
+    /// (N or r smaller).
+    pub fn is_weak(&self) -> bool {
+        self.log_n < SCRYPT_FLOOR.0 || self.r < SCRYPT_FLOOR.1
+    }
+
+    /// Refuses a cost below the floor unless the tests' key is set.
+    pub fn check_floor(&self) -> Result<(), String> {
+        if !self.is_weak() || self.allow_weak_hashing_for_tests {
+            return Ok(());
+        }
+        let (log_n, r) = SCRYPT_FLOOR;
+        Err(format!(
+            "identity.scrypt: log_n = {} and r = {} are below the floor of log_n = {log_n} and \
+             r = {r} (OWASP's minimum for scrypt, N = 2^{log_n}); raise them (`gatehouse hash \
+             calibrate` suggests values), or set identity.scrypt.allow_weak_hashing_for_tests = \
+             true in a test suite, never with real users",
+            self.log_n, self.r
+        ))
+    }
 }
 
 impl Default for ScryptConfig {
@@ -95,6 +126,7 @@ impl Default for ScryptConfig {
             max_concurrent: 0,
             max_waiting: 16,
             max_wait_ms: 2_000,
+            allow_weak_hashing_for_tests: false,
         }
     }
 }

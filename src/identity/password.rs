@@ -110,7 +110,17 @@ fn decoy(params: &scrypt::Params) -> Result<String, String> {
 }
 
 impl Hasher {
+    /// A hasher with `config`'s cost, refused below the floor unless the
+    /// tests' key allows it (then said at start, as a warning).
     pub async fn new(config: &ScryptConfig, metrics: Metrics) -> Result<Self, String> {
+        config.check_floor()?;
+        if config.is_weak() {
+            tracing::warn!(
+                log_n = config.log_n,
+                r = config.r,
+                "password hashing below the floor, allowed for tests: not for real users"
+            );
+        }
         let params = params(config)?;
         let concurrent = match config.max_concurrent {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -304,6 +314,7 @@ mod tests {
             max_concurrent: 2,
             max_waiting: 16,
             max_wait_ms: 2_000,
+            allow_weak_hashing_for_tests: true,
         }
     }
 
@@ -355,6 +366,28 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(hasher.decoy, other.decoy);
+    }
+
+    #[tokio::test]
+    async fn a_cost_below_the_floor_is_refused_unless_tests_allow_it() {
+        let weak = ScryptConfig {
+            allow_weak_hashing_for_tests: false,
+            ..cheap()
+        };
+        let e = Hasher::new(&weak, Metrics::new().unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert!(e.contains("below the floor of log_n = 17"), "{e}");
+        assert!(e.contains("allow_weak_hashing_for_tests"), "{e}");
+        let narrow = ScryptConfig {
+            log_n: 17,
+            r: 4,
+            ..weak.clone()
+        };
+        assert!(narrow.check_floor().is_err());
+        assert!(ScryptConfig::default().check_floor().is_ok());
+        assert!(Hasher::new(&cheap(), Metrics::new().unwrap()).await.is_ok());
     }
 
     /// Work on the blocking pool that runs until `release` is sent to.

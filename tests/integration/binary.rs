@@ -78,6 +78,10 @@ pub fn make_admin(data: &Path, env: &[(&str, String)], email: &str, password: &s
         .args(["admin", "create", "--email", email])
         .env("GATEHOUSE_DATA_DIR", data)
         .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+        .env(
+            "GATEHOUSE_IDENTITY__SCRYPT__ALLOW_WEAK_HASHING_FOR_TESTS",
+            "true",
+        )
         .envs(env.iter().cloned())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -217,6 +221,10 @@ impl ServiceProcess {
                 format!("127.0.0.1:{port}"),
             )
             .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "4")
+            .env(
+                "GATEHOUSE_IDENTITY__SCRYPT__ALLOW_WEAK_HASHING_FOR_TESTS",
+                "true",
+            )
             .env("GATEHOUSE_LOG__FORMAT", "json")
             .env("GATEHOUSE_LOG__LEVEL", "info")
             .env("GATEHOUSE_RPC__CREDENTIALS_DIR", credentials())

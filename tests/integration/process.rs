@@ -228,6 +228,33 @@ async fn separate_processes_without_credentials_refuse_to_start_and_issue_makes_
     assert!(status.success(), "{status:?}");
 }
 
+/// A scrypt cost below OWASP's floor stops identity at startup, naming the
+/// floor and the key that allows it for tests.
+#[test]
+fn a_hashing_cost_below_the_floor_stops_identity_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "10")
+        .envs(
+            [
+                "GATEHOUSE_GATEWAY__LISTEN",
+                "GATEHOUSE_AUTH__LISTEN",
+                "GATEHOUSE_IDENTITY__LISTEN",
+                "GATEHOUSE_AUTHZ__LISTEN",
+                "GATEHOUSE_AUDIT__LISTEN",
+            ]
+            .map(|key| (key, format!("127.0.0.1:{}", free_port()))),
+        )
+        .env("GATEHOUSE_SERVER__OPS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("below the floor of log_n = 17"), "{said}");
+    assert!(said.contains("allow_weak_hashing_for_tests"), "{said}");
+}
+
 #[test]
 fn hash_calibrate_prints_parameters_for_this_machine() {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))

@@ -24,6 +24,7 @@ pub fn cheap_identity() -> IdentityConfig {
         ..Default::default()
     };
     c.scrypt.log_n = 4;
+    c.scrypt.allow_weak_hashing_for_tests = true;
     c.scrypt.r = 8;
     c.scrypt.p = 1;
     c
