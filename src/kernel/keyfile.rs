@@ -1,8 +1,62 @@
 //! Secret keys kept in files of their own under the data directory: hex,
 //! readable by the owner only, made on first use. For keys that must not
-//! live in the database whose contents they protect.
+//! live in the database whose contents they protect. Also the data
+//! directory itself and the database files in it, which hold password
+//! hashes and sealed keys: the directory is its owner's alone (0700) and
+//! each database file too (0600), whatever the process's umask.
 
 use std::path::Path;
+
+/// Makes `dir` (and its parents) when missing, and leaves it readable by
+/// its owner only. A directory the process cannot change (another user's)
+/// is used as it is, with a warning.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    owner_only(dir, 0o700);
+    Ok(())
+}
+
+/// Makes the file at `path` when missing, empty, and leaves it readable
+/// and writable by its owner only: for a database file before SQLite opens
+/// it (its journal files then take the same mode).
+pub fn private_file(path: &Path) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    owner_only(path, 0o600);
+    Ok(())
+}
+
+/// Sets `mode` on `path` when it has another (made under an older umask,
+/// say); a warning when that is not allowed.
+fn owner_only(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.permissions().mode() & 0o777 == mode {
+            return;
+        }
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e,
+                "cannot make this readable by its owner only");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
 
 /// The bytes in the key file at `path`; when there is none, `make` makes
 /// them and they are written there first (owner-only on Unix).
@@ -12,7 +66,7 @@ pub fn read_or_create(path: &Path, make: impl FnOnce() -> Vec<u8>) -> Result<Vec
         return hex::decode(text.trim()).map_err(|_| format!("{}: not hex", path.display()));
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        private_dir(dir)?;
     }
     let key = make();
     write_new(path, hex::encode(&key).as_bytes(), 0o600)?;

@@ -255,6 +255,82 @@ fn a_hashing_cost_below_the_floor_stops_identity_at_startup() {
     assert!(said.contains("allow_weak_hashing_for_tests"), "{said}");
 }
 
+/// Under umask 022 the all-in-one keeps its data directory (0700) and its
+/// database files (0600), password hashes and sealed keys among them, to
+/// its owner, a directory left open by an older run included.
+#[tokio::test]
+async fn the_data_directory_and_its_databases_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = dir.path().join("gatehouse-umask-022");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\numask 022\nexec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_gatehouse")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env: Vec<(&str, String)> = [
+        "GATEHOUSE_AUTH__LISTEN",
+        "GATEHOUSE_IDENTITY__LISTEN",
+        "GATEHOUSE_AUTHZ__LISTEN",
+        "GATEHOUSE_AUDIT__LISTEN",
+    ]
+    .into_iter()
+    .map(|key| (key, format!("127.0.0.1:{}", free_port())))
+    .collect();
+    let platform = ServiceProcess::spawn(
+        wrapper.to_str().unwrap(),
+        "gateway",
+        free_port(),
+        &data,
+        &env,
+    );
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{}/readyz", platform.base))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A registration writes identity's database (and its journal).
+    let r = http
+        .post(format!("{}/v1/users", platform.base))
+        .json(&json!({"email": "mode@example.org", "password": PASSWORD, "display_name": "M"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+    for db in [
+        "identity.db",
+        "auth.db",
+        "audit.db",
+        "authz.db",
+        "identity.db-wal",
+    ] {
+        assert!(files.iter().any(|f| f == db), "{db} not among {files:?}");
+    }
+}
+
 #[test]
 fn hash_calibrate_prints_parameters_for_this_machine() {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))

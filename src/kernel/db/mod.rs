@@ -193,13 +193,12 @@ fn target(config: &DatabaseConfig, data_dir: &Path, service: &str) -> Result<Tar
     match config.backend {
         #[cfg(feature = "sqlite")]
         DatabaseBackend::Sqlite => {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                DbError::Config(format!(
-                    "cannot create data_dir {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
+            // The files hold password hashes and sealed keys: their
+            // owner's alone, whatever the umask.
+            super::keyfile::private_dir(data_dir)
+                .map_err(|e| DbError::Config(format!("data_dir: {e}")))?;
             let path = data_dir.join(format!("{service}.db"));
+            super::keyfile::private_file(&path).map_err(DbError::Config)?;
             Ok(Target::Sqlite {
                 path: path.to_string_lossy().into_owned(),
             })
