@@ -72,7 +72,9 @@ impl Service {
 /// Builds the shared infrastructure from config.
 pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
     let registry: Arc<dyn Registry> = match config.registry.backend {
-        RegistryBackend::InProcess => Arc::new(InProcessRegistry::default()),
+        RegistryBackend::InProcess => Arc::new(InProcessRegistry::with_instances(
+            &config.registry.instances,
+        )),
         RegistryBackend::Static => Arc::new(StaticRegistry::new(&config.registry.instances)),
         #[cfg(feature = "etcd")]
         RegistryBackend::Etcd => Arc::new(crate::kernel::registry::etcd::EtcdRegistry::new(
@@ -179,6 +181,18 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
             "services in other processes need keys to sign and check their calls: \
              make them with `gatehouse credentials issue --out DIR` and set rpc.credentials_dir \
              (GATEHOUSE_RPC__CREDENTIALS_DIR) on every process"
+        );
+    }
+    if config.registry.backend == RegistryBackend::InProcess
+        && let Some(own) = services
+            .iter()
+            .find(|s| config.registry.instances.contains_key(s.name()))
+    {
+        anyhow::bail!(
+            "registry.instances lists {name}, which this process runs itself: with \
+             registry.backend = \"in_process\" it lists only services this process does not \
+             run (a team's own); drop {name} from it, or run {name} apart on another backend",
+            name = own.name()
         );
     }
     let stop = server::stop_signal();

@@ -35,9 +35,18 @@ where
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(Env::prefixed("GATEHOUSE_").split("__"));
+    // GATEHOUSE_CONFIG_FILE names the file (the binaries' --config): it is
+    // no key of the config.
+    figment = figment.merge(
+        Env::prefixed("GATEHOUSE_")
+            .ignore(&[CONFIG_FILE_VARIABLE])
+            .split("__"),
+    );
     figment.extract().map_err(|e| ConfigError(e.to_string()))
 }
+
+/// The variable, without `GATEHOUSE_`, that names the config file.
+const CONFIG_FILE_VARIABLE: &str = "CONFIG_FILE";
 
 /// How logs are written.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -331,6 +331,91 @@ async fn the_data_directory_and_its_databases_are_the_owners_alone() {
     }
 }
 
+/// The all-in-one on its default in-process registry fronts a team's own
+/// service listed under [registry.instances], next to the built-in
+/// services, with no keys issued; listing a service it runs itself there is
+/// refused at start.
+#[tokio::test]
+async fn the_all_in_one_routes_to_a_teams_service_listed_in_its_config() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(|uri: http::Uri| async move { axum::Json(json!({"billing": uri.path()})) });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry.instances]\nbilling = [\"{upstream_url}\"]\n\n\
+             [[gateway.routes]]\nprefix = \"/billing\"\nservice = \"billing\"\nauth = \"public\"\n"
+        ),
+    )
+    .unwrap();
+    let mut env: Vec<(&str, String)> = [
+        "GATEHOUSE_AUTH__LISTEN",
+        "GATEHOUSE_IDENTITY__LISTEN",
+        "GATEHOUSE_AUTHZ__LISTEN",
+        "GATEHOUSE_AUDIT__LISTEN",
+    ]
+    .into_iter()
+    .map(|key| (key, format!("127.0.0.1:{}", free_port())))
+    .collect();
+    env.push(("GATEHOUSE_CONFIG_FILE", config.display().to_string()));
+    // As a new user runs it: no credentials directory.
+    env.push(("GATEHOUSE_RPC__CREDENTIALS_DIR", String::new()));
+    let platform = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse"),
+        "gateway",
+        free_port(),
+        &dir.path().join("data"),
+        &env,
+    );
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{}/readyz", platform.base))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let billing = http
+        .get(format!("{}/billing/invoices/7", platform.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(billing.status(), 200);
+    let body: serde_json::Value = billing.json().await.unwrap();
+    assert_eq!(body["billing"], "/billing/invoices/7");
+    let registered = http
+        .post(format!("{}/v1/users", platform.base))
+        .json(&json!({"email": "team@example.org", "password": PASSWORD, "display_name": "T"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    drop(platform);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env("GATEHOUSE_DATA_DIR", dir.path().join("data"))
+        .env("GATEHOUSE_CONFIG_FILE", &config)
+        .env(
+            "GATEHOUSE_REGISTRY__INSTANCES__IDENTITY",
+            "[\"http://127.0.0.1:1\"]",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("lists identity, which this process runs itself"),
+        "{said}"
+    );
+}
+
 #[test]
 fn hash_calibrate_prints_parameters_for_this_machine() {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))

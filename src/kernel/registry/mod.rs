@@ -4,7 +4,8 @@
 //! not copied: callers on every request's path (the gateway) pay for a
 //! reference count, not for the instances' strings.
 //!
-//! Backends: [`InProcessRegistry`] for the all-in-one process,
+//! Backends: [`InProcessRegistry`] for the all-in-one process (and the
+//! fixed addresses of a team's own services beside it),
 //! [`StaticRegistry`] for fixed addresses from config, and with the `etcd`
 //! feature [`etcd::EtcdRegistry`], where instances come and go on their own.
 
@@ -107,6 +108,22 @@ impl Registered {
 }
 
 impl InProcessRegistry {
+    /// A registry for the services of this process, that also lists
+    /// `configured` (`[registry.instances]`): a team's own services, which
+    /// this process does not run, at fixed addresses.
+    pub fn with_instances(configured: &BTreeMap<String, Vec<String>>) -> Self {
+        let mut state = Registered::default();
+        for (service, urls) in configured {
+            for instance in configured_instances(service, urls) {
+                state.by_id.insert(instance.id.clone(), instance);
+            }
+            state.relist(service);
+        }
+        Self {
+            state: RwLock::new(state),
+        }
+    }
+
     fn state(&self) -> std::sync::RwLockWriteGuard<'_, Registered> {
         locks::write(&self.state)
     }
@@ -147,6 +164,15 @@ impl Registry for InProcessRegistry {
     }
 }
 
+/// The instances `[registry.instances]` lists for `service`.
+fn configured_instances<'a>(
+    service: &'a str,
+    urls: &'a [String],
+) -> impl Iterator<Item = Instance> + 'a {
+    urls.iter()
+        .map(move |u| Instance::new(service, u.trim_end_matches('/').to_owned()))
+}
+
 /// Addresses fixed in config (`[registry.instances]`). Registration is a
 /// no-op: whoever wrote the config already knows where the service is.
 pub struct StaticRegistry {
@@ -158,11 +184,10 @@ impl StaticRegistry {
         let instances = config
             .iter()
             .map(|(service, urls)| {
-                let list: Instances = urls
-                    .iter()
-                    .map(|u| Instance::new(service, u.trim_end_matches('/').to_owned()))
-                    .collect();
-                (service.clone(), list)
+                (
+                    service.clone(),
+                    configured_instances(service, urls).collect(),
+                )
             })
             .collect();
         Self { instances }
@@ -232,6 +257,22 @@ mod tests {
         assert_eq!(*r.resolve_now("identity").unwrap(), [b]);
         assert!(r.resolve("audit").await.unwrap().is_empty());
         assert!(r.resolve_now("audit").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_in_process_registry_lists_configured_instances_beside_its_own() {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "billing".to_owned(),
+            vec!["http://10.1.1.1:8000/".to_owned()],
+        );
+        let r = InProcessRegistry::with_instances(&cfg);
+        let own = Instance::new("identity", "http://127.0.0.1:4102".into());
+        r.register(own.clone(), Probes::default()).await.unwrap();
+        let billing = r.resolve("billing").await.unwrap();
+        assert_eq!(billing.len(), 1);
+        assert_eq!(billing[0].url, "http://10.1.1.1:8000");
+        assert_eq!(*r.resolve("identity").await.unwrap(), [own]);
     }
 
     #[tokio::test]
