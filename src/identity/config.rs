@@ -23,6 +23,11 @@ pub struct IdentityConfig {
     pub reset_token_ttl_secs: u64,
     /// Lifetime of an email-verification token.
     pub verification_token_ttl_secs: u64,
+    /// Links (reset, verification) one address is sent at most in a burst;
+    /// one more each `links_window_secs / links_per_address` after. 0: no limit.
+    pub links_per_address: u32,
+    /// The window over which `links_per_address` links are sent to one address.
+    pub links_window_secs: u64,
     /// How long authz's answers to the admin API's permission checks are
     /// kept (0: asked every time). A change in authz drops them at once.
     pub permission_cache_ms: u64,
@@ -40,6 +45,8 @@ impl Default for IdentityConfig {
             lockout: LockoutConfig::default(),
             reset_token_ttl_secs: 3600,
             verification_token_ttl_secs: 86_400,
+            links_per_address: 3,
+            links_window_secs: 900,
             permission_cache_ms: 5_000,
         }
     }

@@ -119,6 +119,12 @@ impl Identity {
                 c.transaction(|c| {
                     let user_id = store::consume_token(c, &token_hash, RESET, now)?
                         .ok_or(IdentityError::InvalidToken)?;
+                    // Only an active account's password is reset.
+                    let active = store::by_id(c, &user_id)?
+                        .is_some_and(|row| row.status == UserStatus::Active.as_str());
+                    if !active {
+                        return Err(IdentityError::InvalidToken);
+                    }
                     let row = store::set_password(c, &user_id, &hash, now)?;
                     store::clear_failures(c, &user_id)?;
                     store::retire_tokens(c, &user_id, RESET, now)?;

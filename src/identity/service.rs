@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::config::IdentityConfig;
 use super::error::IdentityError;
-use super::link_queue::{Links, VERIFY, new_token};
+use super::link_queue::{Links, RESET, VERIFY, new_token};
 pub use super::model::{
     MAX_BATCH, MAX_DISPLAY_NAME, Registration, User, UserId, UserStatus, validate_display_name,
     validate_email,
@@ -54,6 +54,10 @@ impl Identity {
         config: Arc<IdentityConfig>,
     ) -> Self {
         let phantoms = Phantoms::new(std::time::Duration::from_secs(config.lockout.duration_secs));
+        let links = Arc::new(Links::new(
+            config.links_per_address,
+            std::time::Duration::from_secs(config.links_window_secs),
+        ));
         Self {
             db,
             hasher,
@@ -62,7 +66,7 @@ impl Identity {
             relay,
             config,
             phantoms,
-            links: Arc::default(),
+            links,
         }
     }
 
@@ -234,6 +238,8 @@ impl Identity {
                     // Applies only if nothing (a reset, another change) came between.
                     let row = store::replace_password(c, &user_id, version, &hash, now)?
                         .ok_or(IdentityError::VersionMismatch { expected: version })?;
+                    // A reset link sent before no longer sets a password.
+                    store::retire_tokens(c, &user_id, RESET, now)?;
                     let event = user_event_by("identity.password.changed", &row, acting);
                     outbox::enqueue(c, &event, at)?;
                     Ok::<_, IdentityError>(row)
@@ -270,6 +276,11 @@ impl Identity {
                 c.transaction(|c| {
                     let row = store::set_status(c, &key, status.as_str(), now)?
                         .ok_or(IdentityError::NotFound)?;
+                    // A disabled account's reset links die with its access:
+                    // none may set a password to be used once it is back.
+                    if status == UserStatus::Disabled {
+                        store::retire_tokens(c, &key, RESET, now)?;
+                    }
                     outbox::enqueue(c, &user_event("identity.user.status_changed", &row), at)?;
                     Ok::<_, IdentityError>(row)
                 })

@@ -365,6 +365,104 @@ async fn a_newer_reset_link_retires_the_older_one() {
     assert_eq!(r.status(), 204);
 }
 
+/// Asks for a reset link for `email` and answers its token.
+async fn reset_link(app: &TestApp, email: &str) -> String {
+    let before = app.notices();
+    let r = app
+        .post("/v1/password-resets", json!({ "email": email }))
+        .await;
+    assert_eq!(r.status(), 202);
+    app.await_notices(before + 1).await;
+    app.last_token(NoticeKind::PasswordReset, email).unwrap()
+}
+
+/// A reset link outlives neither a password change nor a disabled
+/// account, and one address is sent its allowance of links however often
+/// they are asked for, with the same answer each time.
+#[tokio::test]
+async fn reset_links_end_with_a_password_change_or_a_disabled_account_and_are_rationed() {
+    let app = TestApp::start().await;
+    let user = app.register("ends@example.org").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let confirm = |token: String, password: &'static str| {
+        let app = &app;
+        async move {
+            app.post(
+                "/v1/password-resets/confirm",
+                json!({"token": token, "new_password": password}),
+            )
+            .await
+        }
+    };
+
+    // Issued before a password change: refused after it.
+    let before_change = reset_link(&app, "ends@example.org").await;
+    let pair = app.login("ends@example.org", PASSWORD).await;
+    let token = pair["access_token"].as_str().unwrap().to_owned();
+    let changed = app
+        .with_token(
+            reqwest::Method::POST,
+            format!("{}/v1/users/me/password", app.base),
+            &token,
+        )
+        .json(&json!({"current_password": PASSWORD, "new_password": "a changed passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 204);
+    let r = confirm(before_change, "an attacker's passphrase").await;
+    assert_problem(r, 400, "invalid_token").await;
+
+    // Issued while active, confirmed while disabled: refused, and the
+    // account's password is the one it had once it is enabled again.
+    let before_disable = reset_link(&app, "ends@example.org").await;
+    let mut grpc = app.grpc().await;
+    let status = |status: &str| gatehouse::proto::identity::v1::SetStatusRequest {
+        id: user_id.clone(),
+        status: status.into(),
+    };
+    grpc.set_status(status("disabled")).await.unwrap();
+    let r = confirm(before_disable, "an attacker's passphrase").await;
+    assert_problem(r, 400, "invalid_token").await;
+    grpc.set_status(status("active")).await.unwrap();
+    let login = |password: &str| gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+        email: "ends@example.org".into(),
+        password: password.into(),
+    };
+    assert!(
+        grpc.verify_credentials(login("an attacker's passphrase"))
+            .await
+            .is_err()
+    );
+    grpc.verify_credentials(login("a changed passphrase"))
+        .await
+        .unwrap();
+
+    // Two links of its three in the window are spent: of a hundred more
+    // requests, answered alike, one sends a link.
+    let sent_to = |email: &str| {
+        app.notifier
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.kind == NoticeKind::PasswordReset && n.email == email)
+            .count()
+    };
+    for _ in 0..100 {
+        let r = app
+            .post("/v1/password-resets", json!({"email": "ends@example.org"}))
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    // A link asked for after them goes out once they have been worked.
+    let before = app.notices();
+    app.register("late@example.org").await;
+    reset_link(&app, "late@example.org").await;
+    assert!(app.notices() > before);
+    assert_eq!(sent_to("ends@example.org"), 3);
+}
+
 #[tokio::test]
 async fn email_verification_marks_the_user_once() {
     let app = TestApp::start().await;
