@@ -292,13 +292,20 @@ async fn export(
         .into_response())
 }
 
-/// `entries` as NDJSON lines.
+/// `entries` as NDJSON lines. JSON lets U+2028 and U+2029 stand raw in a
+/// string, but readers that split on every line break would cut a record
+/// there: they are written escaped, so each record is one line to any reader.
 fn lines(entries: &[Entry]) -> Bytes {
-    let mut out = Vec::new();
+    let mut out = String::new();
     for entry in entries {
         // An entry view always serialises.
-        if serde_json::to_writer(&mut out, &EntryView::from(entry)).is_ok() {
-            out.push(b'\n');
+        if let Ok(line) = serde_json::to_string(&EntryView::from(entry)) {
+            out.push_str(
+                &line
+                    .replace('\u{2028}', "\\u2028")
+                    .replace('\u{2029}', "\\u2029"),
+            );
+            out.push('\n');
         }
     }
     Bytes::from(out)
@@ -355,4 +362,42 @@ async fn verify(
             }),
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::model::NewEntry;
+
+    #[test]
+    fn an_export_line_is_one_line_whatever_its_text_holds() {
+        let fields = NewEntry {
+            event_id: None,
+            at: chrono::Utc::now(),
+            actor: "anonymous".into(),
+            action: "authz.role.created".into(),
+            subject: "role:x".into(),
+            outcome: "success".into(),
+            client_ip: "127.0.0.1".into(),
+            request_id: "r".into(),
+            trace_id: "t".into(),
+            details: serde_json::json!({"description": "one\u{2028}two\u{2029}three\nfour"})
+                .to_string(),
+        };
+        let entry = Entry::chain(1, uuid::Uuid::now_v7(), fields, "");
+        let out = lines(&[entry.clone(), entry]);
+        let text = std::str::from_utf8(&out).unwrap();
+        for separator in ['\n', '\r', '\u{2028}', '\u{2029}', '\u{85}'] {
+            assert_eq!(
+                text.matches(separator).count(),
+                if separator == '\n' { 2 } else { 0 },
+                "{separator:?}"
+            );
+        }
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            first["details"]["description"],
+            "one\u{2028}two\u{2029}three\nfour"
+        );
+    }
 }

@@ -138,7 +138,7 @@ async fn list(
         ));
     }
     let filter = UserFilter {
-        email_prefix: query.email_prefix.map(|p| p.to_lowercase()),
+        email_prefix: query.email_prefix.map(|p| super::model::email_key(&p)),
         status,
     };
     let users = admin

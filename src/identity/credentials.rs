@@ -21,7 +21,7 @@ impl Identity {
         email: &str,
         password: &Password,
     ) -> Result<User, IdentityError> {
-        let normalized = email.trim().to_lowercase();
+        let normalized = super::model::email_key(email);
         if normalized.len() > MAX_EMAIL || password.as_str().len() > self.config.password.max_bytes
         {
             self.hasher

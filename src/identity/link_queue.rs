@@ -81,7 +81,9 @@ impl Links {
             if limit.len() >= MAX_TRACKED {
                 limit.retain_recent();
             }
-            if limit.len() < MAX_TRACKED && limit.check_key(&email.to_lowercase()).is_err() {
+            if limit.len() < MAX_TRACKED
+                && limit.check_key(&super::model::email_key(&email)).is_err()
+            {
                 tracing::info!(
                     ?link,
                     "a link request past its address's allowance was dropped"

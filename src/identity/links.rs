@@ -176,7 +176,7 @@ impl Identity {
         event_type: &'static str,
         eligible: fn(&UserRow) -> bool,
     ) -> Result<(), IdentityError> {
-        let normalized = email.to_lowercase();
+        let normalized = super::model::email_key(email);
         let (token, token_hash) = new_token();
         let now = self.now();
         let at = self.clock.now();

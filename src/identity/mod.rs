@@ -209,7 +209,7 @@ pub async fn find_account(
     email: &str,
 ) -> anyhow::Result<Option<service::UserId>> {
     let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
-    let normalized = email.trim().to_lowercase();
+    let normalized = model::email_key(email);
     let row = db
         .run(move |c| Ok::<_, error::IdentityError>(store::by_email(c, &normalized)?))
         .await?;

@@ -2,6 +2,7 @@
 //! registration, and the rules a user's email and display name keep.
 
 use chrono::{DateTime, Utc};
+use unicode_normalization::UnicodeNormalization as _;
 use uuid::Uuid;
 
 use super::error::IdentityError;
@@ -101,10 +102,16 @@ pub struct Registration {
     pub display_name: String,
 }
 
+/// An email address as stored and shown: trimmed and in Unicode
+/// normalisation form KC, so that `ｒoot@example.org` (full-width) is
+/// `root@example.org`; checked for form, with the forms that let one
+/// mailbox pass for another refused: a quoted local part, an IP literal
+/// for a domain, invisible or control characters.
 pub fn validate_email(email: &str) -> Result<String, IdentityError> {
-    let email = email.trim();
+    let email: String = email.trim().nfkc().collect();
+    let bad = |message: &str| Err(IdentityError::invalid("email", message));
     if email.is_empty() {
-        return Err(IdentityError::invalid("email", "must not be empty"));
+        return bad("must not be empty");
     }
     if email.len() > MAX_EMAIL {
         return Err(IdentityError::invalid(
@@ -112,22 +119,49 @@ pub fn validate_email(email: &str) -> Result<String, IdentityError> {
             format!("must be at most {MAX_EMAIL} bytes long"),
         ));
     }
-    if !email_address::EmailAddress::is_valid(email) {
-        return Err(IdentityError::invalid(
-            "email",
-            "is not a valid email address",
-        ));
+    if email.chars().any(invisible) {
+        return bad("must not contain invisible or control characters");
     }
-    Ok(email.to_owned())
+    if email.starts_with('"') || email.contains("\"@") {
+        return bad("must not have a quoted local part");
+    }
+    if email.contains("@[") {
+        return bad("must name a domain, not an IP address");
+    }
+    if !email_address::EmailAddress::is_valid(&email) {
+        return bad("is not a valid email address");
+    }
+    Ok(email)
+}
+
+/// The key an address is found by: its normal form (see
+/// [`validate_email`]) in lower case. Every lookup by address uses it.
+pub fn email_key(email: &str) -> String {
+    email.trim().nfkc().collect::<String>().to_lowercase()
+}
+
+/// Characters a reader does not see, or that turn or break the text
+/// around it: controls, format characters (bidi controls such as U+202E,
+/// zero widths, tags, the soft hyphen) and the line and paragraph
+/// separators U+2028 and U+2029.
+fn invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    c.is_control()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
 }
 
 pub fn validate_display_name(name: &str) -> Result<String, IdentityError> {
     // Judged as sent, before trimming: the API document states these
     // rules of the value a client sends (see `http.rs`).
-    if name.chars().any(char::is_control) {
+    if name.chars().any(invisible) {
         return Err(IdentityError::invalid(
             "display_name",
-            "must not contain control characters",
+            "must not contain control characters or invisible formatting (bidi controls, zero widths, tags)",
         ));
     }
     if name.chars().count() > MAX_DISPLAY_NAME {
@@ -160,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn emails_that_pass_for_another_mailbox_are_normalised_or_refused() {
+        // Full-width letters are the letters: one account, not two.
+        assert_eq!(
+            validate_email("\u{ff52}oot@example.org").unwrap(),
+            "root@example.org"
+        );
+        assert_eq!(email_key(" \u{ff32}OOT@Example.org"), "root@example.org");
+        for bad in [
+            "\"root\"@example.org",
+            "\"ro ot\"@example.org",
+            "root@[127.0.0.1]",
+            "root@[IPv6:::1]",
+            "ro\u{200b}ot@example.org",
+            "root\u{202e}@example.org",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn display_names_are_bounded_and_printable() {
         assert_eq!(validate_display_name(" Ann ").unwrap(), "Ann");
         assert!(validate_display_name("   ").is_err());
@@ -169,5 +223,21 @@ mod tests {
         // trimming would take it away.
         assert!(validate_display_name("Ann\n").is_err());
         assert!(validate_display_name(&format!(" {}", "x".repeat(100))).is_err());
+        // Text that reads otherwise than it is.
+        for bad in [
+            "Ann\u{202e}nimda",
+            "Ad\u{200b}min",
+            "root\u{200d}",
+            "\u{2066}Ann\u{2069}",
+            "Ann\u{e0041}",
+            "Ann\u{feff}",
+            "Ann\u{2028}Admin",
+        ] {
+            assert!(validate_display_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            validate_display_name("Zoë Ñandú 李").unwrap(),
+            "Zoë Ñandú 李"
+        );
     }
 }

@@ -85,7 +85,7 @@ impl Identity {
             return Err(IdentityError::RegistrationClosed);
         }
         let email = validate_email(&input.email)?;
-        let normalized = email.to_lowercase();
+        let normalized = super::model::email_key(&email);
         let display_name = validate_display_name(&input.display_name)?;
         self.check_policy(&input.password, "password")?;
         // Cheap early answer for the common duplicate; the unique index still

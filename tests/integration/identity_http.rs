@@ -463,6 +463,44 @@ async fn reset_links_end_with_a_password_change_or_a_disabled_account_and_are_ra
     assert_eq!(sent_to("ends@example.org"), 3);
 }
 
+/// Text that reads otherwise than it is, refused or made plain: a
+/// full-width address is the address it looks like, names cannot turn or
+/// hide their text, and quoted or IP-literal addresses are refused.
+#[tokio::test]
+async fn deceptive_names_and_addresses_are_refused_or_normalised() {
+    let app = TestApp::start().await;
+    app.register("root@example.org").await;
+    let twin = app
+        .post(
+            "/v1/users",
+            json!({"email": "\u{ff52}oot@example.org", "password": PASSWORD, "display_name": "Twin"}),
+        )
+        .await;
+    assert_problem(twin, 409, "email_taken").await;
+    let pair = app.login("\u{ff52}\u{ff4f}ot@example.org", PASSWORD).await;
+    assert!(pair["access_token"].is_string(), "{pair}");
+    for (email, name) in [
+        ("\"root\"@example.org", "Quoted"),
+        ("root@[127.0.0.1]", "Literal"),
+        ("mallory@example.org", "Ann\u{202e}nimdA"),
+        ("mallory@example.org", "Ad\u{200b}min"),
+        ("mallory@example.org", "Admin\u{e0041}"),
+        ("mallory@example.org", "Ann\u{2028}Admin"),
+    ] {
+        let r = app
+            .post(
+                "/v1/users",
+                json!({"email": email, "password": PASSWORD, "display_name": name}),
+            )
+            .await;
+        let problem = assert_problem(r, 422, "validation_failed").await;
+        assert!(
+            problem["field"] == "email" || problem["field"] == "display_name",
+            "{problem}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn email_verification_marks_the_user_once() {
     let app = TestApp::start().await;
