@@ -85,7 +85,13 @@ pub struct ProxyFields {
     identity: Option<(uuid::Uuid, uuid::Uuid)>,
     /// `http` or `https`.
     proto: &'static [u8],
+    /// The gateway's service credential, for a platform service (see
+    /// `kernel::origin`): what makes it believe the `Forwarded` address.
+    credential: Option<HeaderValue>,
 }
+
+/// The field a service credential travels in.
+const CREDENTIAL: HeaderName = HeaderName::from_static(crate::kernel::credentials::HEADER);
 
 enum Node {
     Peer(HeaderValue),
@@ -136,6 +142,7 @@ pub fn upstream_headers(
     principal: Option<&Principal>,
     peer_trusted: bool,
     underscores: bool,
+    credential: Option<HeaderValue>,
 ) -> ProxyFields {
     let forwarded_for = if peer_trusted {
         let mut chain: Vec<String> = forwarded_for(headers)
@@ -177,6 +184,7 @@ pub fn upstream_headers(
         node,
         identity,
         proto: peer.proto,
+        credential,
     }
 }
 
@@ -191,6 +199,7 @@ impl ProxyFields {
             || name == X_FORWARDED_PROTO
             || name == USER_ID
             || name == SESSION_ID
+            || name == CREDENTIAL
     }
 
     /// The fields in the order they are written: each name, with what
@@ -211,6 +220,9 @@ impl ProxyFields {
             };
             field(&USER_ID, &|out| text(user, out));
             field(&SESSION_ID, &|out| text(session, out));
+        }
+        if let Some(credential) = &self.credential {
+            field(&CREDENTIAL, &|out| out.put_slice(credential.as_bytes()));
         }
     }
 
@@ -332,7 +344,7 @@ mod tests {
         let from = Peer::new(SocketAddr::new(peer, 40000), false);
         let upstream = |incoming: &HeaderMap, client: IpAddr, trusted: bool| {
             let mut headers = incoming.clone();
-            let fields = upstream_headers(&mut headers, &from, client, None, trusted, false);
+            let fields = upstream_headers(&mut headers, &from, client, None, trusted, false, None);
             // The wire writes the same fields as the header map gets.
             let mut wire = BytesMut::new();
             fields.write(&mut wire);
@@ -375,7 +387,7 @@ mod tests {
         // A client that came over TLS.
         let secure = Peer::new(SocketAddr::new(peer, 40000), true);
         let mut headers = incoming.clone();
-        upstream_headers(&mut headers, &secure, peer, None, false, false).apply(&mut headers);
+        upstream_headers(&mut headers, &secure, peer, None, false, false, None).apply(&mut headers);
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(
             headers["forwarded"],

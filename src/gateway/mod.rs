@@ -168,6 +168,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             },
             shutdown: ctx.shutdown.clone(),
             permits: permits.clone(),
+            caller: ctx.keyring.caller(NAME),
         },
     )
     .map_err(anyhow::Error::msg)?;

@@ -102,8 +102,10 @@ pub struct ServerConfig {
     /// operators: loopback by default, never a port clients reach.
     pub ops_listen: std::net::SocketAddr,
     /// Peers (addresses or blocks such as `10.0.0.0/8`) whose `Forwarded:
-    /// for=` names the client a request is from: the gateway, and services
-    /// calling each other. A request from any other peer is from the peer.
+    /// for=` names the client a request is from, beside requests carrying a
+    /// service's credential (the gateway's forwards, services' calls to
+    /// each other), which are believed wherever they come from. A request
+    /// from any other peer is from the peer, loopback ones included.
     pub trusted_proxies: Vec<String>,
 }
 
@@ -118,7 +120,7 @@ impl Default for ServerConfig {
             write_timeout_ms: 10_000,
             http2_max_concurrent_streams: 32,
             ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
-            trusted_proxies: vec!["127.0.0.0/8".into(), "::1".into()],
+            trusted_proxies: Vec::new(),
         }
     }
 }

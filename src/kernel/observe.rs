@@ -28,6 +28,7 @@ use http::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::credentials::{self, Callee};
 use super::metrics::Tracked;
 use super::origin::{self, Cidr};
 use super::telemetry;
@@ -38,7 +39,15 @@ use super::wire::REQUEST_ID;
 #[derive(Clone)]
 pub struct ObserveLayer {
     tracked: Arc<Tracked>,
-    trusted: Option<Arc<[Cidr]>>,
+    trusted: Option<Arc<Vouching>>,
+}
+
+/// Who may say which client a request is from: peers in `proxies`, and
+/// requests carrying a credential `callee` accepts (the gateway's forwards,
+/// other services' calls).
+pub struct Vouching {
+    pub proxies: Vec<Cidr>,
+    pub callee: Arc<Callee>,
 }
 
 impl ObserveLayer {
@@ -50,10 +59,10 @@ impl ObserveLayer {
     }
 
     /// Also keeps where each request came from in its scope, for the
-    /// events it causes: the client a peer in `trusted` forwards, or the
+    /// events it causes: the client a vouched-for request forwards, or the
     /// peer (see [`origin::client`]).
-    pub fn with_origin(mut self, trusted: Vec<Cidr>) -> ObserveLayer {
-        self.trusted = Some(trusted.into());
+    pub fn with_origin(mut self, vouching: Vouching) -> ObserveLayer {
+        self.trusted = Some(Arc::new(vouching));
         self
     }
 }
@@ -74,18 +83,26 @@ impl<S> tower::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     tracked: Arc<Tracked>,
-    trusted: Option<Arc<[Cidr]>>,
+    trusted: Option<Arc<Vouching>>,
 }
 
 /// Where `req` came from, when it came over a connection.
-fn origin_of<B>(req: &http::Request<B>, trusted: &[Cidr]) -> Option<telemetry::Origin> {
+fn origin_of<B>(req: &http::Request<B>, trusted: &Vouching) -> Option<telemetry::Origin> {
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
         .0
         .ip();
+    let headers = req.headers();
+    // Only what a request's `Forwarded` says needs vouching for.
+    let vouched = headers.contains_key(http::header::FORWARDED)
+        && (trusted.proxies.iter().any(|c| c.contains(peer))
+            || trusted
+                .callee
+                .check(headers.get(credentials::HEADER).map(|v| v.as_bytes()))
+                .is_ok());
     Some(telemetry::Origin {
-        client: origin::client(peer, req.headers(), trusted),
+        client: origin::client(peer, headers, vouched),
         traceparent: req.headers().get("traceparent").cloned(),
     })
 }

@@ -58,8 +58,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub fn router(app: ServiceApp, ctx: &ServiceContext) -> Result<Router, super::config::ConfigError> {
     let (config, metrics) = (&ctx.server, &ctx.metrics);
     let callee = ctx.keyring.callee(app.name);
-    let trusted =
-        super::origin::Cidr::parse_all(&config.trusted_proxies, "server.trusted_proxies")?;
+    let vouching = super::observe::Vouching {
+        proxies: super::origin::Cidr::parse_all(&config.trusted_proxies, "server.trusted_proxies")?,
+        callee: callee.clone(),
+    };
     let tracked = Tracked {
         metrics: metrics.clone(),
         service: app.name,
@@ -90,7 +92,7 @@ pub fn router(app: ServiceApp, ctx: &ServiceContext) -> Result<Router, super::co
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(ObserveLayer::new(tracked).with_origin(trusted))
+                .layer(ObserveLayer::new(tracked).with_origin(vouching))
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -726,4 +726,30 @@ async fn events_carry_the_client_request_trace_and_user_that_caused_them() {
     assert_eq!(updated.client_ip, "127.0.0.2");
     assert_eq!(updated.request_id, "rename-1");
     assert_eq!(updated.trace_id, "", "no trace was sent");
+
+    // Straight to identity's port, from loopback, a request's own
+    // `Forwarded` is not believed: only the gateway's credential vouches
+    // for one (and a client's credential field goes nowhere through it).
+    let r = client
+        .post(format!("{}/v1/users", app.base))
+        .header("forwarded", "for=7.7.7.7")
+        .json(&json!({"email": "direct@example.org", "password": PASSWORD, "display_name": "D"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let direct = next().await;
+    assert_eq!(direct.r#type, "identity.user.registered");
+    assert_eq!(direct.client_ip, "127.0.0.2");
+    let r = client
+        .post(format!("{}/v1/users", app.gateway_base))
+        .header("forwarded", "for=7.7.7.7")
+        .header("x-forwarded-for", "7.7.7.7")
+        .header("gatehouse-service-token", "v4.public.forged")
+        .json(&json!({"email": "through@example.org", "password": PASSWORD, "display_name": "T"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(next().await.client_ip, "127.0.0.2");
 }

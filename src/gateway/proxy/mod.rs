@@ -40,6 +40,7 @@ use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
 use super::rules::Cover;
+use crate::kernel::credentials::{Caller, SERVICES};
 use crate::kernel::metrics::Metrics;
 use crate::kernel::origin::Cidr;
 use crate::kernel::registry::{Instance, Registry};
@@ -76,6 +77,9 @@ struct Inner {
     shared: Option<Arc<dyn SharedLimit>>,
     shutdown: CancellationToken,
     permits: Permits,
+    /// Signs the credential that vouches for the client address of a
+    /// request forwarded to a built-in service.
+    caller: Option<Arc<Caller>>,
 }
 
 /// What the gateway needs besides its route table.
@@ -94,6 +98,10 @@ pub struct Settings {
     pub shutdown: CancellationToken,
     /// Asks authz the permissions routes name.
     pub permits: Permits,
+    /// The gateway's own service credential, when it has one: requests to
+    /// the platform's services carry it, so they believe the `Forwarded`
+    /// client address the gateway writes and no other.
+    pub caller: Option<Arc<Caller>>,
 }
 
 impl Gateway {
@@ -127,8 +135,22 @@ impl Gateway {
                 shared: settings.shared,
                 shutdown: settings.shutdown,
                 permits: settings.permits,
+                caller: settings.caller,
             }),
         })
+    }
+}
+
+impl Gateway {
+    /// The credential for a request to `service`: its own service token
+    /// when `service` is one of the platform's, which then believes the
+    /// client address the request's `Forwarded` names; none for a team's.
+    fn vouch(&self, service: &str) -> Option<HeaderValue> {
+        if service == super::NAME || !SERVICES.contains(&service) {
+            return None;
+        }
+        let token = self.inner.caller.as_ref()?.token(service).ok()?;
+        HeaderValue::from_bytes(token.as_bytes()).ok()
     }
 }
 
@@ -372,6 +394,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         principal,
         gw.trusts(peer.ip()),
         gw.inner.underscores,
+        gw.vouch(&config.service),
     );
     // The client's own protocol says nothing about the upstream's.
     parts.version = match config.upstream_protocol {
