@@ -46,10 +46,26 @@ pub struct ServiceApp {
     pub io_threads: Option<IoPlan>,
 }
 
+/// Connections the system holds for a listener before it accepts them (it
+/// caps this at `net.core.somaxconn`). A burst of clients, or a gateway
+/// opening a connection per request of a burst, can bring a thousand at
+/// once, and those beyond a full queue are dropped: their clients see a
+/// connect timeout, and a gateway counts that against the instance.
+const BACKLOG: u32 = 4096;
+
 /// Binds the address now, so a taken port is a startup error rather than a
 /// failure later in a background task.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own listeners do: a restart binds at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Assembles the full router: public routes, health and gRPC (whose
