@@ -18,7 +18,7 @@
 //! - [`platform`]: starting services in a process: the all-in-one wiring that
 //!   starts every compiled-in service, and the single-service mains.
 //! - `identity` (feature `identity`): users, registration, passwords, resets,
-//!   verification, lockout.
+//!   verification, sign-in throttling.
 //! - `auth` (feature `auth`): logins, access and refresh tokens, sessions,
 //!   revocation, signing keys.
 //! - `gateway` (feature `gateway`): the single entry point: routes, token

@@ -79,6 +79,8 @@ struct Platform {
     burst: Vec<reqwest::Response>,
     /// Access tokens of signed-in users, by lowercased email.
     tokens: std::collections::HashMap<String, String>,
+    /// Device tokens of users' earlier sign-ins, by lowercased email.
+    devices: std::collections::HashMap<String, String>,
     /// The admin's access token.
     admin: Option<String>,
     /// The latest role and binding the admin made.
@@ -159,6 +161,7 @@ impl Platform {
             ids: std::collections::HashMap::new(),
             burst: Vec::new(),
             tokens: std::collections::HashMap::new(),
+            devices: std::collections::HashMap::new(),
             admin: None,
             granted: None,
             #[cfg(feature = "it-cluster")]
@@ -258,14 +261,39 @@ impl Platform {
     }
 
     async fn sign_in(&mut self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {
+        self.verify(email, password, "")
+            .await
+            .map(|r| r.user.unwrap())
+    }
+
+    /// Signs in as `email` with the device token `device` (empty: none);
+    /// answers the device token the sign-in gives.
+    async fn sign_in_on(
+        &mut self,
+        email: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<String, tonic::Status> {
+        self.verify(email, password, device)
+            .await
+            .map(|r| r.device_token)
+    }
+
+    async fn verify(
+        &mut self,
+        email: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<pb::VerifyCredentialsResponse, tonic::Status> {
         let base = self.identity_base();
         let mut grpc = IdentityClient::new(binary::signed_channel(&base, "auth", "identity").await);
         grpc.verify_credentials(pb::VerifyCredentialsRequest {
+            device_token: device.into(),
             email: self.email(email),
             password: password.into(),
         })
         .await
-        .map(|r| r.into_inner().user.unwrap())
+        .map(tonic::Response::into_inner)
     }
 
     /// Puts the scenario on the shared replicated deployment, when the run
@@ -847,15 +875,37 @@ async fn cannot_sign_in(world: &mut Platform, email: String, password: String) {
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
 }
 
-#[when(expr = "someone signs in as {string} with a wrong password {int} times")]
-async fn wrong_guesses(world: &mut Platform, email: String, times: u32) {
-    for _ in 0..times {
+#[when(expr = "someone guesses a wrong password for {string} until told to wait")]
+async fn wrong_guesses(world: &mut Platform, email: String) {
+    for _ in 0..20 {
         let e = world
             .sign_in(&email, "definitely not it")
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let code = e
+            .metadata()
+            .get("gatehouse-code")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        if code == "too_many_attempts" {
+            return;
+        }
+        assert_eq!(code, "invalid_credentials");
     }
+    panic!("20 wrong guesses in a row were all checked");
+}
+
+#[given(expr = "{string} has signed in on her device")]
+async fn signed_in_on_device(world: &mut Platform, email: String) {
+    let token = world.sign_in_on(&email, PASSWORD, "").await.unwrap();
+    world.devices.insert(email.to_lowercase(), token);
+}
+
+#[then(expr = "{string} can sign in with {string} on her device")]
+async fn can_sign_in_on_device(world: &mut Platform, email: String, password: String) {
+    let device = world.devices[&email.to_lowercase()].clone();
+    world.sign_in_on(&email, &password, &device).await.unwrap();
 }
 
 #[then(expr = "signing in as {string} with {string} is refused as {string}")]

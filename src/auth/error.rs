@@ -22,8 +22,8 @@ pub enum AuthError {
     },
     #[error("email or password is wrong")]
     InvalidCredentials,
-    #[error("the account is locked")]
-    Locked { retry_after_secs: u64 },
+    #[error("too many failed sign-ins; try again after the wait")]
+    TooManyAttempts { retry_after_secs: u64 },
     #[error("the account is disabled")]
     Disabled,
     #[error("the refresh token is unknown, expired or its session has ended")]
@@ -59,11 +59,11 @@ impl AuthError {
                 Code::Unauthenticated,
                 "Email or password is wrong",
             ),
-            Locked { .. } => (
-                StatusCode::LOCKED,
-                "account_locked",
-                Code::PermissionDenied,
-                "Account locked after repeated failures",
+            TooManyAttempts { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                Code::ResourceExhausted,
+                "Too many failed sign-ins",
             ),
             Disabled => (
                 StatusCode::FORBIDDEN,
@@ -145,8 +145,8 @@ impl axum::response::IntoResponse for AuthError {
         let problem = Problem::new(status, code, title);
         let problem = match &self {
             AuthError::Invalid { field, message } => problem.field(*field).detail(message),
-            AuthError::Locked { retry_after_secs } => problem.retry_after(*retry_after_secs),
-            AuthError::Overloaded { retry_after_secs } => problem
+            AuthError::TooManyAttempts { retry_after_secs }
+            | AuthError::Overloaded { retry_after_secs } => problem
                 .detail(self.to_string())
                 .retry_after(*retry_after_secs),
             AuthError::Unavailable(_) => problem.retry_after(1),

@@ -78,6 +78,11 @@ struct LoginBody {
     /// At most 4096 bytes: 1024 characters of any kind fit.
     #[schema(min_length = 1, max_length = 1024)]
     password: String,
+    /// The `device_token` an earlier sign-in at this account answered: its
+    /// sign-ins are throttled apart from anyone else's failed guesses.
+    #[schema(max_length = 256)]
+    #[serde(default)]
+    device_token: Option<String>,
 }
 
 #[utoipa::path(
@@ -90,14 +95,18 @@ struct LoginBody {
         (status = 401, description = "Wrong email or password", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The account is disabled", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing", body = Problem, content_type = "application/problem+json"),
-        (status = 423, description = "Locked after repeated failures; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed sign-ins from this client at this account (`too_many_attempts`); see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many sign-ins are being checked now (`overloaded`); see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn login(
     State(auth): State<Auth>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<TokenPair>, AuthError> {
-    auth.login(&body.email, &body.password).await.map(Json)
+    let device = body.device_token.as_deref().filter(|t| t.len() <= 256);
+    auth.login(&body.email, &body.password, device)
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize, ToSchema)]

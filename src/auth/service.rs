@@ -37,6 +37,10 @@ pub struct TokenPair {
     pub refresh_token: String,
     pub token_type: String,
     pub expires_in: i64,
+    /// From a sign-in: the token the client keeps and sends with its next
+    /// sign-ins at the account, which are then throttled on their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
 }
 
 /// A session as its owner sees it.
@@ -99,7 +103,13 @@ impl Auth {
     }
 
     /// Checks the credentials with identity and opens a session.
-    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, AuthError> {
+    /// `device_token` is the one an earlier sign-in gave the client.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        device_token: Option<&str>,
+    ) -> Result<TokenPair, AuthError> {
         if email.trim().is_empty() || email.len() > 254 {
             return Err(AuthError::Invalid {
                 field: "email",
@@ -118,14 +128,16 @@ impl Auth {
             .channel("identity")
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        let user = IdentityClient::new(channel)
+        let verified = IdentityClient::new(channel)
             .verify_credentials(VerifyCredentialsRequest {
                 email: email.into(),
                 password: password.into(),
+                device_token: device_token.unwrap_or_default().into(),
             })
             .await
             .map_err(identity_error)?
-            .into_inner()
+            .into_inner();
+        let user = verified
             .user
             .ok_or_else(|| AuthError::Internal("identity answered without a user".into()))?;
         let user_id = Uuid::parse_str(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
@@ -142,7 +154,8 @@ impl Auth {
             revoked_at: None,
             revoked_reason: None,
         };
-        let pair = self.pair(user_id, &session, now).await?;
+        let mut pair = self.pair(user_id, &session, now).await?;
+        pair.device_token = Some(verified.device_token).filter(|t| !t.is_empty());
         let refresh_hash = hash(&pair.refresh_token);
         let event = session_event(
             "auth.session.created",
@@ -224,6 +237,7 @@ impl Auth {
                             refresh_token: new_refresh,
                             token_type: "Bearer".into(),
                             expires_in: tokens.access_ttl().num_seconds(),
+                            device_token: None,
                         };
                         let sealed = kek
                             .seal(
@@ -497,6 +511,7 @@ impl Auth {
             refresh_token: refresh,
             token_type: "Bearer".into(),
             expires_in: self.tokens.access_ttl().num_seconds(),
+            device_token: None,
         })
     }
 
@@ -581,8 +596,8 @@ fn identity_error(status: tonic::Status) -> AuthError {
     };
     match (code, status.code()) {
         ("invalid_credentials", _) => AuthError::InvalidCredentials,
-        ("account_locked", _) => AuthError::Locked {
-            retry_after_secs: retry_after(60),
+        ("too_many_attempts", _) => AuthError::TooManyAttempts {
+            retry_after_secs: retry_after(1),
         },
         ("account_disabled", _) => AuthError::Disabled,
         (_, tonic::Code::ResourceExhausted) => AuthError::Overloaded {

@@ -18,7 +18,12 @@ pub struct IdentityConfig {
     pub registration_enabled: bool,
     pub password: PasswordPolicy,
     pub scrypt: ScryptConfig,
-    pub lockout: LockoutConfig,
+    /// How failed sign-ins slow guessing down (see `identity::throttle`).
+    pub throttle: ThrottleConfig,
+    /// Replaced by `throttle`: a config that still has it starts, with a
+    /// warning that it is not used.
+    #[serde(skip_serializing)]
+    pub lockout: Option<serde::de::IgnoredAny>,
     /// Lifetime of a password-reset token.
     pub reset_token_ttl_secs: u64,
     /// Lifetime of an email-verification token.
@@ -42,7 +47,8 @@ impl Default for IdentityConfig {
             registration_enabled: true,
             password: PasswordPolicy::default(),
             scrypt: ScryptConfig::default(),
-            lockout: LockoutConfig::default(),
+            throttle: ThrottleConfig::default(),
+            lockout: None,
             reset_token_ttl_secs: 3600,
             verification_token_ttl_secs: 86_400,
             links_per_address: 3,
@@ -138,20 +144,39 @@ impl Default for ScryptConfig {
     }
 }
 
+/// Sign-in throttling: counters of failed password checks, each with a
+/// wait before the next attempt after its free failures (see
+/// `identity::throttle`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LockoutConfig {
-    /// Failed logins in a row that lock the account.
-    pub max_failures: u32,
-    /// How long a locked account stays locked.
-    pub duration_secs: u64,
+pub struct ThrottleConfig {
+    /// Failures at one account from one address (or one device) before
+    /// its attempts wait.
+    pub free_failures: u32,
+    /// Failures from one address across accounts before its attempts wait.
+    pub address_free_failures: u32,
+    /// Failures at one account from addresses that failed there before.
+    pub account_free_failures: u32,
+    /// The first wait, doubled with each failure after.
+    pub first_delay_ms: u64,
+    /// The longest wait.
+    pub max_delay_ms: u64,
+    /// A counter without a failure for this long is forgotten.
+    pub forget_after_secs: u64,
+    /// How long a device token is good for after the sign-in that made it.
+    pub device_ttl_secs: u64,
 }
 
-impl Default for LockoutConfig {
+impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
-            max_failures: 5,
-            duration_secs: 900,
+            free_failures: 3,
+            address_free_failures: 20,
+            account_free_failures: 10,
+            first_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            forget_after_secs: 86_400,
+            device_ttl_secs: 90 * 86_400,
         }
     }
 }

@@ -1,27 +1,38 @@
-//! Checking an email and password: failures counted, the account locked
-//! after too many, and addresses with no account counted and locked alike
-//! (in memory), so that neither answer nor timing tells which exist.
+//! Checking an email and password, with failures throttled (see
+//! `throttle.rs`) alike for addresses with and without an account, so that
+//! neither answer nor timing tells which exist; and the device token a
+//! sign-in leaves with its client (see `device.rs`).
 
-use chrono::{DateTime, Utc};
 use diesel::Connection;
 
 use super::error::IdentityError;
-use super::model::{MAX_EMAIL, User, UserStatus};
+use super::model::{MAX_EMAIL, User, UserStatus, email_key};
 use super::password::{Password, Verified};
-use super::service::{Identity, secs, user_event};
-use super::store::{self, Attempt};
+use super::service::{Identity, user_event};
+use super::store;
+use super::throttle::Attempt;
 use crate::kernel::outbox;
 
+/// A sign-in whose password proved right.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub user: User,
+    /// The token its client keeps for its later sign-ins at the account.
+    pub device_token: String,
+}
+
 impl Identity {
-    /// Checks an email and password, counting failures and locking the
-    /// account after too many. Unknown emails and wrong passwords get the
-    /// same error after about the same time.
+    /// Checks an email and password, throttling failures. Unknown emails
+    /// and wrong passwords get the same error after about the same time.
+    /// `device_token` is the one an earlier sign-in at this account gave
+    /// the client, if it kept one.
     pub async fn verify_credentials(
         &self,
         email: &str,
         password: &Password,
-    ) -> Result<User, IdentityError> {
-        let normalized = super::model::email_key(email);
+        device_token: Option<&str>,
+    ) -> Result<SignedIn, IdentityError> {
+        let normalized = email_key(email);
         if normalized.len() > MAX_EMAIL || password.as_str().len() > self.config.password.max_bytes
         {
             self.hasher
@@ -29,63 +40,63 @@ impl Identity {
                 .await?;
             return Err(IdentityError::InvalidCredentials);
         }
-        // The turn to verify comes first: a request refused as overloaded
-        // counts no attempt.
-        let turn = self.hasher.turn().await?;
         let now = self.clock.now();
-        let max = i32::try_from(self.config.lockout.max_failures.max(1)).unwrap_or(i32::MAX);
-        let lock_until = (now + secs(self.config.lockout.duration_secs)).naive_utc();
-        let attempt = {
+        let device = device_token.and_then(|t| self.devices.check(t, &normalized, now));
+        let origin = crate::kernel::telemetry::current_origin();
+        let attempt = Attempt {
+            email: &normalized,
+            client: origin.client_ip.parse().ok(),
+            device,
+        };
+        // The client's earlier attempts at the account are decided first.
+        let Some(_line) = self.throttle.turn(&attempt, self.hasher.max_wait()).await else {
+            return Err(self.hasher.overloaded());
+        };
+        let now = self.clock.now();
+        let admitted =
+            self.throttle
+                .admit(&attempt, now)
+                .map_err(|wait| IdentityError::TooManyAttempts {
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                })?;
+        // Refused as overloaded, the attempt was not made: it counts nothing.
+        let turn = match self.hasher.turn().await {
+            Ok(turn) => turn,
+            Err(e) => {
+                self.throttle.take_back(admitted);
+                return Err(e);
+            }
+        };
+        let found = {
             let normalized = normalized.clone();
-            let now = now.naive_utc();
             self.db
-                .run(move |c| store::count_attempt(c, &normalized, now, max, lock_until))
+                .run(move |c| Ok::<_, IdentityError>(store::by_email(c, &normalized)?))
                 .await?
         };
-        let (user, locks) = match attempt {
-            // Unknown addresses are counted and locked like accounts, and
-            // every branch spends one verification's time.
-            Attempt::Unknown => {
-                turn.verify_decoy(password).await?;
-                return match self
-                    .phantoms
-                    .fail(&normalized, now, max, lock_until.and_utc())
-                {
-                    Some(until) => Err(locked(until, now)),
-                    None => Err(IdentityError::InvalidCredentials),
-                };
-            }
-            Attempt::Locked(until) => {
-                turn.verify_decoy(password).await?;
-                return Err(locked(until.and_utc(), now));
-            }
-            Attempt::Counted { user, locks } => (*user, locks),
+        let Some(user) = found else {
+            // Every branch spends one verification's time.
+            turn.verify_decoy(password).await?;
+            return Err(IdentityError::InvalidCredentials);
         };
         match turn.verify(password, &user.password_hash).await? {
             Verified::No => {
-                // The failure is recorded (audit keeps it), and the lock
-                // it brought on, if it did.
+                // The failure is recorded (audit keeps it).
                 let failed = user_event("identity.login.failed", &user);
-                let lock = locks.then(|| user_event("identity.user.locked", &user));
                 let at = self.clock.now();
                 self.db
                     .run(move |c| {
                         c.transaction(|c| {
                             outbox::enqueue(c, &failed, at)?;
-                            if let Some(lock) = &lock {
-                                outbox::enqueue(c, lock, at)?;
-                            }
                             Ok::<_, IdentityError>(())
                         })
                     })
                     .await?;
                 self.relay.wake();
-                if locks {
-                    tracing::info!(user_id = %user.id, "account locked after repeated failed logins");
-                }
                 Err(IdentityError::InvalidCredentials)
             }
             verified => {
+                // The owner: what the attempt was counted as is forgiven.
+                self.throttle.forgive(admitted);
                 let rehash = match verified {
                     Verified::YesRehash => Some(self.hasher.hash(password).await?),
                     _ => None,
@@ -108,14 +119,11 @@ impl Identity {
                 if user.status == UserStatus::Disabled {
                     return Err(IdentityError::Disabled);
                 }
-                Ok(user)
+                Ok(SignedIn {
+                    user,
+                    device_token: self.devices.issue(&normalized, device, now),
+                })
             }
         }
-    }
-}
-
-fn locked(until: DateTime<Utc>, now: DateTime<Utc>) -> IdentityError {
-    IdentityError::Locked {
-        retry_after_secs: u64::try_from((until - now).num_seconds().max(1)).unwrap_or(1),
     }
 }

@@ -27,8 +27,8 @@ pub enum IdentityError {
     NotFound,
     #[error("email or password is wrong")]
     InvalidCredentials,
-    #[error("the account is locked")]
-    Locked { retry_after_secs: u64 },
+    #[error("too many failed sign-ins; try again after the wait")]
+    TooManyAttempts { retry_after_secs: u64 },
     #[error("the account is disabled")]
     Disabled,
     #[error("the token is unknown, expired or already used")]
@@ -89,11 +89,11 @@ impl IdentityError {
                 Code::Unauthenticated,
                 "Email or password is wrong",
             ),
-            Locked { .. } => (
-                StatusCode::LOCKED,
-                "account_locked",
-                Code::PermissionDenied,
-                "Account locked after repeated failures",
+            TooManyAttempts { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                Code::ResourceExhausted,
+                "Too many failed sign-ins",
             ),
             Disabled => (
                 StatusCode::FORBIDDEN,
@@ -156,7 +156,7 @@ impl IdentityError {
         let problem = Problem::new(status, code, title);
         match self {
             IdentityError::Invalid { field, message } => problem.field(*field).detail(message),
-            IdentityError::Locked { retry_after_secs }
+            IdentityError::TooManyAttempts { retry_after_secs }
             | IdentityError::Overloaded { retry_after_secs } => problem
                 .detail(self.to_string())
                 .retry_after(*retry_after_secs),
@@ -175,7 +175,7 @@ impl IdentityError {
             other => other.to_string(),
         };
         let mut status = crate::kernel::error::grpc_status(grpc, code, message);
-        if let IdentityError::Locked { retry_after_secs }
+        if let IdentityError::TooManyAttempts { retry_after_secs }
         | IdentityError::Overloaded { retry_after_secs } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {

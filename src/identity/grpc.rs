@@ -26,7 +26,7 @@ fn to_pb(u: &User) -> pb::User {
         created_at_unix_ms: u.created_at.timestamp_millis(),
         updated_at_unix_ms: u.updated_at.timestamp_millis(),
         version: u.version,
-        locked_until_unix_ms: u.locked_until.map_or(0, |t| t.timestamp_millis()),
+        locked_until_unix_ms: 0,
     }
 }
 
@@ -37,12 +37,14 @@ impl pb::identity_server::Identity for Grpc {
         request: Request<pb::VerifyCredentialsRequest>,
     ) -> Result<Response<pb::VerifyCredentialsResponse>, Status> {
         let req = request.into_inner();
-        let user = self
+        let device = Some(req.device_token.as_str()).filter(|t| !t.is_empty());
+        let signed_in = self
             .identity
-            .verify_credentials(&req.email, &Password::new(req.password))
+            .verify_credentials(&req.email, &Password::new(req.password), device)
             .await?;
         Ok(Response::new(pb::VerifyCredentialsResponse {
-            user: Some(to_pb(&user)),
+            user: Some(to_pb(&signed_in.user)),
+            device_token: signed_in.device_token,
         }))
     }
 

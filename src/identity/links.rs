@@ -126,7 +126,6 @@ impl Identity {
                         return Err(IdentityError::InvalidToken);
                     }
                     let row = store::set_password(c, &user_id, &hash, now)?;
-                    store::clear_failures(c, &user_id)?;
                     store::retire_tokens(c, &user_id, RESET, now)?;
                     outbox::enqueue(c, &user_event("identity.password.reset", &row), at)?;
                     Ok::<_, IdentityError>(())

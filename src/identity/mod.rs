@@ -1,12 +1,12 @@
 //! The identity service: users, registration, passwords (scrypt), password
-//! resets, email verification and lockout.
+//! resets, email verification and sign-in throttling.
 //!
 //! Rooms, as in every service: `service.rs` (domain logic), `store.rs`
 //! (Diesel queries), `schema.rs` (tables), `http.rs` (public API), `grpc.rs`
 //! (internal API), `error.rs` (the error table), plus `model.rs` (the user
 //! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
-//! a password, lockout) with `phantoms.rs` (lockout of addresses with no
-//! account), `links.rs` (reset and verification links) with `link_queue.rs`
+//! a password) with `throttle.rs` (failed sign-ins slowed down) and
+//! `device.rs` (the tokens of devices that signed in before), `links.rs` (reset and verification links) with `link_queue.rs`
 //! (their queue and tokens), `notifier.rs` (how links reach users), and
 //! `admin.rs` (the admin API over other users' accounts, guarded by authz).
 //! This file wires them up.
@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 mod credentials;
+mod device;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -22,10 +23,10 @@ pub mod links;
 pub mod model;
 pub mod notifier;
 pub mod password;
-mod phantoms;
 pub mod schema;
 pub mod service;
 pub mod store;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -59,6 +60,20 @@ static MIGRATIONS: Migrations = Migrations {
     postgres: || POSTGRES_MIGRATIONS,
 };
 
+/// The key device tokens are made with: derived from identity's service
+/// key, so every instance of a deployment takes the others' tokens and a
+/// restart keeps them; a key of the process's own where it holds none.
+fn device_key(ctx: &ServiceContext) -> [u8; 32] {
+    ctx.keyring
+        .derived(NAME, "device tokens")
+        .unwrap_or_else(|| {
+            use rand::RngCore as _;
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            key
+        })
+}
+
 /// Identity's database, opened and migrated, and its password hasher, once
 /// the config's password rule is known to be one a password can meet.
 async fn store_and_hasher(
@@ -91,6 +106,12 @@ pub async fn open(
 ) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
     let (db, hasher) = store_and_hasher(ctx, &config).await?;
     let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
+    if config.lockout.is_some() {
+        tracing::warn!(
+            "identity.lockout is no longer used: failed sign-ins are throttled by \
+             [identity.throttle], which never locks an account (see docs/identity-api.md)"
+        );
+    }
     let identity = Identity::new(
         db.clone(),
         hasher,
@@ -98,7 +119,9 @@ pub async fn open(
         ctx.clock.clone(),
         relay,
         Arc::new(config),
-    );
+        device_key(ctx),
+    )
+    .map_err(anyhow::Error::msg)?;
     let links = links::spawn(identity.clone(), ctx.shutdown.clone());
     // One handle for both background tasks. Events of links sent while
     // stopping stay in the outbox for the next start if the relay has gone.
@@ -194,7 +217,9 @@ pub async fn create_account(
         ctx.clock.clone(),
         outbox::Relay::idle(),
         Arc::new(config),
-    );
+        device_key(ctx),
+    )
+    .map_err(anyhow::Error::msg)?;
     let registration = service::Registration {
         email: email.to_owned(),
         password,

@@ -68,7 +68,6 @@ pub struct User {
     pub display_name: String,
     pub status: UserStatus,
     pub email_verified: bool,
-    pub locked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
@@ -87,7 +86,6 @@ impl TryFrom<&UserRow> for User {
             status: UserStatus::parse(&row.status)
                 .map_err(|e| IdentityError::Internal(e.to_string()))?,
             email_verified: row.email_verified,
-            locked_until: row.locked_until.map(|t| t.and_utc()),
             created_at: row.created_at.and_utc(),
             updated_at: row.updated_at.and_utc(),
             version: row.version,

@@ -15,7 +15,7 @@
 //! than today's tells the caller to re-hash (upgrade at login).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use scrypt::Scrypt;
@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::config::ScryptConfig;
 use super::error::IdentityError;
 use crate::kernel::metrics::Metrics;
+use crate::kernel::queue::Place;
 
 /// A password as typed by a user. Its `Debug` never shows the text.
 #[derive(Clone)]
@@ -197,7 +198,7 @@ impl Hasher {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let Some(_place) = Waiting::join(&self.waiting, self.max_waiting) else {
+        let Some(_place) = Place::join(&self.waiting, self.max_waiting) else {
             return Err(self.refuse("queue_full"));
         };
         match tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned()).await {
@@ -205,6 +206,17 @@ impl Hasher {
             Ok(Err(closed)) => Err(IdentityError::Internal(closed.to_string())),
             Err(_) => Err(self.refuse("waited_too_long")),
         }
+    }
+
+    /// The longest a request waits for its turn to hash; other waits for
+    /// a turn (see `throttle.rs`) keep to it too.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// The answer to work past its wait for a turn.
+    pub fn overloaded(&self) -> IdentityError {
+        self.refuse("waited_too_long")
     }
 
     fn refuse(&self, reason: &'static str) -> IdentityError {
@@ -262,28 +274,6 @@ impl Turn {
 /// What an overloaded answer tells a client to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 1;
 
-/// A place in the queue of requests waiting for a permit, given up when
-/// dropped (served, refused, or its request gone).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    /// A place, unless `max` requests wait already.
-    fn join(count: &'a AtomicUsize, max: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(count))
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Finds the scrypt `log_n` whose hash takes closest to `target` on this
 /// machine (r and p fixed), measuring each candidate once.
 pub fn calibrate(target: std::time::Duration, r: u32, p: u32) -> Result<Vec<(u8, f64)>, String> {
@@ -304,6 +294,8 @@ pub fn calibrate(target: std::time::Duration, r: u32, p: u32) -> Result<Vec<(u8,
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn cheap() -> ScryptConfig {

@@ -1,10 +1,10 @@
-//! Identity's domain logic: registration, credentials and lockout, password
+//! Identity's domain logic: registration, credentials and throttling, password
 //! changes and resets, email verification, profiles and status. Plain Rust
 //! over the store; no HTTP or gRPC types here. Every state change writes its
 //! event to the outbox in the same transaction.
 //!
 //! Rooms: the user model and its field rules are in `model.rs`, credential
-//! checks and lockout in `credentials.rs`, links sent by email in
+//! checks in `credentials.rs`, links sent by email in
 //! `links.rs`; this file holds the service and its other operations.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::config::IdentityConfig;
+use super::device::Devices;
 use super::error::IdentityError;
 use super::link_queue::{Links, RESET, VERIFY, new_token};
 pub use super::model::{
@@ -23,8 +24,8 @@ pub use super::model::{
 };
 use super::notifier::{NoticeKind, Notifier};
 use super::password::{Hasher, Password};
-use super::phantoms::Phantoms;
 use super::store::{self, UserRow};
+use super::throttle::Throttle;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::outbox::{self, NewEvent, Relay};
@@ -39,7 +40,10 @@ pub struct Identity {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) relay: Relay,
     pub(super) config: Arc<IdentityConfig>,
-    pub(super) phantoms: Phantoms,
+    /// Failed sign-ins slowed down (see `throttle.rs`).
+    pub(super) throttle: Throttle,
+    /// Device tokens made and checked (see `device.rs`).
+    pub(super) devices: Devices,
     /// Link requests waiting to be sent (see `links.rs`).
     pub(super) links: Arc<Links>,
 }
@@ -52,22 +56,25 @@ impl Identity {
         clock: Arc<dyn Clock>,
         relay: Relay,
         config: Arc<IdentityConfig>,
-    ) -> Self {
-        let phantoms = Phantoms::new(std::time::Duration::from_secs(config.lockout.duration_secs));
+        device_key: [u8; 32],
+    ) -> Result<Self, String> {
+        let throttle = Throttle::new(config.throttle.clone());
+        let devices = Devices::new(device_key, config.throttle.device_ttl_secs)?;
         let links = Arc::new(Links::new(
             config.links_per_address,
             std::time::Duration::from_secs(config.links_window_secs),
         ));
-        Self {
+        Ok(Self {
             db,
             hasher,
             notifier,
             clock,
             relay,
             config,
-            phantoms,
+            throttle,
+            devices,
             links,
-        }
+        })
     }
 
     /// The queue of link requests.
@@ -222,9 +229,12 @@ impl Identity {
             .run(move |c| Ok::<_, IdentityError>(store::by_id(c, &key)?))
             .await?
             .ok_or(IdentityError::NotFound)?;
-        // Checked like a login: counted, locked after too many failures, so
+        // Checked like a sign-in: counted and throttled, so
         // a stolen access token cannot guess the password without limit.
-        let checked = self.verify_credentials(&row.email, current).await?;
+        let checked = self
+            .verify_credentials(&row.email, current, None)
+            .await?
+            .user;
         self.check_policy(new, "new_password")?;
         let hash = self.hasher.hash(new).await?;
         let now = self.now();
@@ -340,9 +350,7 @@ pub(super) fn user_event_by(
         email: row.email.clone(),
         display_name: row.display_name.clone(),
         status: row.status.clone(),
-        locked_until_unix_ms: row
-            .locked_until
-            .map_or(0, |t| t.and_utc().timestamp_millis()),
+        locked_until_unix_ms: 0,
         session_id,
     };
     NewEvent {

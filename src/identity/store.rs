@@ -63,83 +63,11 @@ pub fn by_ids(conn: &mut DbConnection, ids: &[String]) -> QueryResult<Vec<UserRo
         .load(conn)
 }
 
-/// What a login attempt found once it was counted.
-pub enum Attempt {
-    /// No account has this email.
-    Unknown,
-    /// The account is locked until the given time.
-    Locked(NaiveDateTime),
-    /// The attempt was counted as a failure in advance; `locks` says this
-    /// attempt reached the limit (and set the lock) should it fail.
-    Counted { user: Box<UserRow>, locks: bool },
-}
-
-/// Counts a login attempt before the password is checked, in one
-/// transaction: an expired lock is cleared, the failure counter goes up
-/// unless the account is locked, and reaching `max_failures` sets the lock.
-/// Because the count happens first and atomically, parallel guesses cannot
-/// all slip in under the limit; a correct password clears the count after.
-pub fn count_attempt(
-    conn: &mut DbConnection,
-    normalized: &str,
-    now: NaiveDateTime,
-    max_failures: i32,
-    lock_until: NaiveDateTime,
-) -> Result<Attempt, IdentityError> {
-    conn.transaction(|conn| {
-        diesel::update(
-            users::table
-                .filter(users::email_normalized.eq(normalized))
-                .filter(users::locked_until.le(now)),
-        )
-        .set((
-            users::failed_logins.eq(0),
-            users::locked_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)?;
-        let counted: Option<UserRow> = diesel::update(
-            users::table
-                .filter(users::email_normalized.eq(normalized))
-                .filter(users::locked_until.is_null()),
-        )
-        .set(users::failed_logins.eq(users::failed_logins + 1))
-        .returning(users::all_columns)
-        .get_result(conn)
-        .optional()?;
-        let Some(mut user) = counted else {
-            return Ok(match by_email(conn, normalized)? {
-                None => Attempt::Unknown,
-                Some(row) => Attempt::Locked(row.locked_until.unwrap_or(lock_until)),
-            });
-        };
-        let locks = user.failed_logins >= max_failures;
-        if locks {
-            diesel::update(users::table.find(&user.id))
-                .set(users::locked_until.eq(Some(lock_until)))
-                .execute(conn)?;
-            user.locked_until = Some(lock_until);
-        }
-        Ok(Attempt::Counted {
-            user: Box::new(user),
-            locks,
-        })
-    })
-}
-
-/// Forgets failed attempts and any lock.
-pub fn clear_failures(conn: &mut DbConnection, id: &str) -> QueryResult<()> {
-    diesel::update(users::table.find(id))
-        .set((
-            users::failed_logins.eq(0),
-            users::locked_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)
-        .map(|_| ())
-}
-
-/// Completes a successful login: forgets failed attempts, and optionally
-/// stores a re-hash of the password, but only if the password is still the
-/// one that was checked (`checked_hash`); false if it changed meanwhile.
+/// Completes a successful login: optionally stores a re-hash of the
+/// password, but only if the password is still the one that was checked
+/// (`checked_hash`); false if it changed meanwhile. It also clears the
+/// `failed_logins` and `locked_until` columns, which an older lockout
+/// kept and nothing reads now (sign-ins are throttled in memory).
 pub fn confirm_login(
     conn: &mut DbConnection,
     id: &str,

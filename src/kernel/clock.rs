@@ -1,5 +1,5 @@
 //! Time as a dependency: services never read the system clock directly, so
-//! tests can move time forward (expiring tokens, ending lockouts) at will.
+//! tests can move time forward (expiring tokens, ending sign-in waits) at will.
 
 use std::sync::Mutex;
 

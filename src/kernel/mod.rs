@@ -27,6 +27,7 @@ pub mod ops;
 pub mod origin;
 pub mod outbox;
 pub mod paging;
+pub mod queue;
 pub mod redis;
 pub mod registry;
 pub mod rpc;

@@ -91,17 +91,17 @@ async fn unknown_email_and_wrong_password_look_the_same() {
 }
 
 #[tokio::test]
-async fn a_locked_account_gets_its_own_code() {
+async fn too_many_failures_get_their_own_code_and_a_sign_in_a_device_token() {
     let app = TestApp::builder()
-        .identity(|c| c.lockout.max_failures = 2)
+        .identity(|c| c.throttle.free_failures = 2)
         .start()
         .await;
-    app.register("lock@example.org").await;
+    app.register("slow@example.org").await;
     for _ in 0..2 {
         let r = app
             .auth_post(
                 "/v1/auth/login",
-                json!({"email": "lock@example.org", "password": "wrong wrong"}),
+                json!({"email": "slow@example.org", "password": "wrong wrong"}),
             )
             .await;
         assert_problem(r, 401, "invalid_credentials").await;
@@ -109,11 +109,130 @@ async fn a_locked_account_gets_its_own_code() {
     let r = app
         .auth_post(
             "/v1/auth/login",
-            json!({"email": "lock@example.org", "password": PASSWORD}),
+            json!({"email": "slow@example.org", "password": PASSWORD}),
         )
         .await;
-    assert!(r.headers().contains_key("retry-after"));
-    assert_problem(r, 423, "account_locked").await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_problem(r, 429, "too_many_attempts").await;
+    app.clock.advance(chrono::Duration::seconds(1));
+    let pair = app.login("slow@example.org", PASSWORD).await;
+    let device = pair["device_token"].as_str().unwrap().to_owned();
+    // Held again by new failures, the owner's device signs in at once.
+    for _ in 0..2 {
+        app.auth_post(
+            "/v1/auth/login",
+            json!({"email": "slow@example.org", "password": "wrong wrong"}),
+        )
+        .await;
+    }
+    let r = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "slow@example.org", "password": PASSWORD, "device_token": device}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// A client bound to the loopback address `127.0.x.y`.
+fn from_address(x: u8, y: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, x, y]))
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(
+    client: &reqwest::Client,
+    app: &TestApp,
+    password: &str,
+    device: Option<&str>,
+) -> reqwest::Response {
+    client
+        .post(format!("{}/v1/auth/login", app.auth_base))
+        .json(&json!({"email": "owner@example.org", "password": password, "device_token": device}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An attacker guesses at one account from 20 loopback addresses for an
+/// hour on the injected clock, each address coming back the moment its
+/// `Retry-After` allows: its guesses checked stay within the documented
+/// bound (one per new address, `account_free_failures`, the doublings up to
+/// `max_delay_ms`, then one a `max_delay_ms`), and throughout and after it
+/// the owner signs in at once, on a device that signed in before and from a
+/// new one elsewhere.
+#[tokio::test]
+async fn guessing_from_many_addresses_stays_bounded_and_the_owner_signs_in_at_once() {
+    let app = TestApp::start().await;
+    app.register("owner@example.org").await;
+    let owner = from_address(3, 1);
+    let first: Value = sign_in(&owner, &app, PASSWORD, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let device = first["device_token"].as_str().unwrap().to_owned();
+
+    let attackers: Vec<reqwest::Client> = (1..=20).map(|y| from_address(2, y)).collect();
+    let hour = 3600u64;
+    let mut next = vec![0u64; attackers.len()];
+    let (mut now, mut checked, mut held) = (0u64, 0u32, 0u32);
+    loop {
+        let (i, at) = next
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, at)| *at)
+            .unwrap();
+        if at >= hour {
+            break;
+        }
+        if at > now {
+            app.clock
+                .advance(Duration::seconds(i64::try_from(at - now).unwrap()));
+            now = at;
+        }
+        let r = sign_in(&attackers[i], &app, "a wrong guess", None).await;
+        match r.status().as_u16() {
+            401 => checked += 1,
+            429 => {
+                held += 1;
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(wait >= 1);
+                next[i] = now + wait;
+            }
+            other => panic!("an attacker's guess answered {other}"),
+        }
+        // Now and then, the owner signs in at once, both ways.
+        if (checked + held) % 97 == 0 {
+            let on_device = sign_in(&owner, &app, PASSWORD, Some(&device)).await;
+            assert_eq!(on_device.status(), 200, "on a known device at {now} s");
+            let elsewhere = from_address(4, u8::try_from(checked % 250).unwrap() + 1);
+            let new_device = sign_in(&elsewhere, &app, PASSWORD, None).await;
+            assert_eq!(new_device.status(), 200, "from a new device at {now} s");
+        }
+    }
+    let throttle = gatehouse::identity::config::ThrottleConfig::default();
+    let doublings = (throttle.max_delay_ms / throttle.first_delay_ms).ilog2() + 1;
+    let bound = 20
+        + throttle.account_free_failures
+        + doublings
+        + u32::try_from(hour * 1000 / throttle.max_delay_ms).unwrap();
+    eprintln!(
+        "an hour of guessing from 20 addresses: {checked} guesses checked (bound {bound}), {held} held"
+    );
+    assert!(checked <= bound, "{checked} guesses checked, over {bound}");
+    assert!(checked > 20, "each address guessed");
+    let on_device = sign_in(&owner, &app, PASSWORD, Some(&device)).await;
+    assert_eq!(on_device.status(), 200);
+    let new_device = sign_in(&from_address(5, 1), &app, PASSWORD, None).await;
+    assert_eq!(new_device.status(), 200);
 }
 
 #[tokio::test]

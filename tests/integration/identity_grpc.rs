@@ -9,6 +9,7 @@ use crate::support::{PASSWORD, TestApp, grpc_code};
 
 fn creds(email: &str, password: &str) -> pb::VerifyCredentialsRequest {
     pb::VerifyCredentialsRequest {
+        device_token: String::new(),
         email: email.into(),
         password: password.into(),
     }
@@ -45,82 +46,82 @@ async fn credentials_check_and_unknown_email_looks_like_wrong_password() {
 }
 
 #[tokio::test]
-async fn repeated_failures_lock_the_account_for_a_while() {
+async fn repeated_failures_are_slowed_down_and_never_lock_the_owner_out() {
     let app = TestApp::builder()
         .identity(|c| {
-            c.lockout.max_failures = 3;
-            c.lockout.duration_secs = 600;
+            c.throttle.free_failures = 3;
+            c.throttle.first_delay_ms = 1_000;
         })
         .start()
         .await;
-    app.register("lock@example.org").await;
-    let mut events = app
-        .ctx
-        .bus
-        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
-        .await
-        .unwrap();
+    app.register("slow@example.org").await;
     let mut grpc = app.grpc().await;
     for _ in 0..3 {
         let e = grpc
-            .verify_credentials(creds("lock@example.org", "wrong password!"))
+            .verify_credentials(creds("slow@example.org", "wrong password!"))
             .await
             .unwrap_err();
         assert_eq!(grpc_code(&e), "invalid_credentials");
     }
-    // Even the right password is refused while locked.
-    let locked = grpc
-        .verify_credentials(creds("lock@example.org", PASSWORD))
+    // The next attempt, even with the right password, must wait a second:
+    // refused at once, unchecked, with the wait.
+    let early = grpc
+        .verify_credentials(creds("slow@example.org", PASSWORD))
         .await
         .unwrap_err();
-    assert_eq!(locked.code(), Code::PermissionDenied);
-    assert_eq!(grpc_code(&locked), "account_locked");
-    let retry: u64 = locked
+    assert_eq!(early.code(), Code::ResourceExhausted);
+    assert_eq!(grpc_code(&early), "too_many_attempts");
+    let retry = early
         .metadata()
         .get("retry-after")
         .unwrap()
         .to_str()
-        .unwrap()
-        .parse()
         .unwrap();
-    assert!(retry > 0 && retry <= 600, "{retry}");
-
-    let mut types = Vec::new();
-    while let Ok(Some(e)) =
-        tokio::time::timeout(std::time::Duration::from_secs(3), events.recv()).await
-    {
-        let e = e.event;
-        types.push(e.r#type.clone());
-        if e.r#type == "identity.user.locked" {
-            break;
-        }
-    }
-    assert!(
-        types.contains(&"identity.user.locked".to_owned()),
-        "{types:?}"
-    );
-
-    app.clock.advance(Duration::seconds(601));
-    grpc.verify_credentials(creds("lock@example.org", PASSWORD))
+    assert_eq!(retry, "1");
+    app.clock.advance(Duration::seconds(1));
+    let signed_in = grpc
+        .verify_credentials(creds("slow@example.org", PASSWORD))
         .await
-        .unwrap();
-    // A success clears the count: failures start again from zero.
-    for _ in 0..2 {
-        grpc.verify_credentials(creds("lock@example.org", "wrong password!"))
+        .unwrap()
+        .into_inner();
+    assert!(signed_in.device_token.starts_with("gd1."), "{signed_in:?}");
+
+    // The client's counter starts again after a right password.
+    for _ in 0..3 {
+        grpc.verify_credentials(creds("slow@example.org", "wrong password!"))
             .await
             .unwrap_err();
     }
-    grpc.verify_credentials(creds("lock@example.org", PASSWORD))
+    let held = grpc
+        .verify_credentials(creds("slow@example.org", PASSWORD))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(grpc_code(&held), "too_many_attempts");
+    // With the device token of its earlier sign-in, the owner is not held
+    // by those failures.
+    let with_device = pb::VerifyCredentialsRequest {
+        device_token: signed_in.device_token.clone(),
+        ..creds("slow@example.org", PASSWORD)
+    };
+    grpc.verify_credentials(with_device).await.unwrap();
+    // A device token of another account is no device of this one.
+    app.register("other@example.org").await;
+    let borrowed = pb::VerifyCredentialsRequest {
+        device_token: signed_in.device_token,
+        ..creds("other@example.org", PASSWORD)
+    };
+    grpc.verify_credentials(borrowed).await.unwrap();
 }
 
+/// Guesses sent all at once from one client take turns: those beyond a
+/// short line are refused as overloaded, and of the rest only the free
+/// failures' worth are checked before the client is told to wait.
 #[tokio::test]
-async fn parallel_wrong_guesses_cannot_pass_the_limit() {
+async fn parallel_wrong_guesses_cannot_pass_the_free_failures() {
     let app = TestApp::builder()
         .identity(|c| {
-            c.lockout.max_failures = 5;
-            // Every guess waits its turn to hash: none is refused as overloaded.
+            c.throttle.free_failures = 3;
+            // Every guess waits its turn to hash: none is refused as overloaded there.
             c.scrypt.max_waiting = 32;
         })
         .start()
@@ -137,24 +138,25 @@ async fn parallel_wrong_guesses_cannot_pass_the_limit() {
                 .unwrap_err()
         }));
     }
-    let mut checked = 0;
-    let mut locked = 0;
+    let (mut checked, mut held, mut overloaded) = (0, 0, 0);
     for c in calls {
         match grpc_code(&c.await.unwrap()).as_str() {
             "invalid_credentials" => checked += 1,
-            "account_locked" => locked += 1,
+            "too_many_attempts" => held += 1,
+            "overloaded" => overloaded += 1,
             other => panic!("unexpected {other}"),
         }
     }
-    // Exactly the limit's worth of guesses were checked against the hash.
-    assert_eq!(checked, 5);
-    assert_eq!(locked, 20);
+    // Exactly the free failures' worth of guesses were checked.
+    assert_eq!(checked, 3, "{held} held, {overloaded} overloaded");
+    assert!(held >= 1, "{held} held, {overloaded} overloaded");
+    // And the next is told to wait too.
     let mut client = grpc.clone();
     let e = client
-        .verify_credentials(creds("burst@example.org", PASSWORD))
+        .verify_credentials(creds("burst@example.org", "one more"))
         .await
         .unwrap_err();
-    assert_eq!(grpc_code(&e), "account_locked");
+    assert_eq!(grpc_code(&e), "too_many_attempts");
 }
 
 #[tokio::test]
@@ -334,9 +336,9 @@ async fn hashes_made_with_old_parameters_are_upgraded_at_login() {
 }
 
 #[tokio::test]
-async fn unknown_addresses_lock_like_real_ones() {
+async fn unknown_addresses_are_throttled_like_real_ones() {
     let app = TestApp::builder()
-        .identity(|c| c.lockout.max_failures = 3)
+        .identity(|c| c.throttle.free_failures = 3)
         .start()
         .await;
     app.register("real@example.org").await;
@@ -349,10 +351,33 @@ async fn unknown_addresses_lock_like_real_ones() {
                 .verify_credentials(creds(email, "wrong password!"))
                 .await
                 .unwrap_err();
-            codes.push(grpc_code(&e));
+            let retry = e
+                .metadata()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            codes.push((grpc_code(&e), retry));
         }
         answers.push(codes);
     }
     assert_eq!(answers[0], answers[1]);
-    assert_eq!(answers[0].last().unwrap(), "account_locked");
+    assert_eq!(answers[0].last().unwrap().0, "too_many_attempts");
+    // Once the wait has passed, both answer alike again.
+    app.clock.advance(Duration::seconds(2));
+    let after: Vec<String> = one_more_guess_each(&mut grpc).await;
+    assert_eq!(after[0], after[1]);
+}
+
+/// One more wrong guess at each address, answered.
+async fn one_more_guess_each(
+    grpc: &mut pb::identity_client::IdentityClient<gatehouse::kernel::rpc::RpcChannel>,
+) -> Vec<String> {
+    let mut codes = Vec::new();
+    for email in ["real@example.org", "ghost@example.org"] {
+        let e = grpc
+            .verify_credentials(creds(email, "wrong password!"))
+            .await
+            .unwrap_err();
+        codes.push(grpc_code(&e));
+    }
+    codes
 }

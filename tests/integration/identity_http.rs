@@ -250,6 +250,7 @@ async fn password_reset_works_once_and_expires() {
     let mut grpc = app.grpc().await;
     let ok = grpc
         .verify_credentials(gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+            device_token: String::new(),
             email: "reset@example.org".into(),
             password: new_password.into(),
         })
@@ -257,6 +258,7 @@ async fn password_reset_works_once_and_expires() {
     assert!(ok.is_ok(), "{ok:?}");
     let old = grpc
         .verify_credentials(gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+            device_token: String::new(),
             email: "reset@example.org".into(),
             password: PASSWORD.into(),
         })
@@ -426,6 +428,7 @@ async fn reset_links_end_with_a_password_change_or_a_disabled_account_and_are_ra
     assert_problem(r, 400, "invalid_token").await;
     grpc.set_status(status("active")).await.unwrap();
     let login = |password: &str| gatehouse::proto::identity::v1::VerifyCredentialsRequest {
+        device_token: String::new(),
         email: "ends@example.org".into(),
         password: password.into(),
     };

@@ -95,6 +95,7 @@ async fn internal_calls_need_a_credential_of_the_deployment() {
     let app = TestApp::start().await;
     let token = app.signed_in("user@example.org").await;
     let ask = || pb::VerifyCredentialsRequest {
+        device_token: String::new(),
         email: "user@example.org".into(),
         password: "not the password 123".into(),
     };
@@ -183,11 +184,19 @@ async fn shutdown_deregisters_and_stops_serving() {
 async fn config_layers_defaults_file_and_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gatehouse.toml");
-    std::fs::write(&file, "data_dir = \"/srv/gh\"\n[identity]\nregistration_enabled = false\n[identity.lockout]\nmax_failures = 9\n").unwrap();
+    std::fs::write(&file, "data_dir = \"/srv/gh\"\n[identity]\nregistration_enabled = false\n[identity.throttle]\nfree_failures = 9\n").unwrap();
     let config = gatehouse::config::Config::load(Some(&file)).unwrap();
     assert_eq!(config.data_dir, std::path::PathBuf::from("/srv/gh"));
     assert!(!config.identity.registration_enabled);
-    assert_eq!(config.identity.lockout.max_failures, 9);
+    assert_eq!(config.identity.throttle.free_failures, 9);
+    // The lockout it replaced is still read (and not used: identity warns).
+    std::fs::write(
+        &file,
+        "[identity.lockout]\nmax_failures = 5\nduration_secs = 900\n",
+    )
+    .unwrap();
+    let upgraded = gatehouse::config::Config::load(Some(&file)).unwrap();
+    assert!(upgraded.identity.lockout.is_some());
     assert_eq!(config.identity.password.min_length, 12);
 
     std::fs::write(&file, "[identity]\nregistraton_enabled = false\n").unwrap();

@@ -118,11 +118,17 @@ impl Platform {
     }
 }
 
-/// A sign-in sent by hand, whose client hangs up `after` without reading
-/// the answer.
-async fn abandoned_login(addr: String, email: String, after: Duration) {
+/// A sign-in sent by hand from the loopback address `from`, whose client
+/// hangs up `after` without reading the answer.
+async fn abandoned_login(addr: String, from: std::net::IpAddr, email: String, after: Duration) {
     let body = json!({"email": email, "password": PASSWORD}).to_string();
-    let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return;
+    };
+    if socket.bind((from, 0).into()).is_err() {
+        return;
+    }
+    let Ok(mut stream) = socket.connect(addr.parse().unwrap()).await else {
         return;
     };
     let request = format!(
@@ -159,23 +165,28 @@ impl Tally {
 }
 
 /// 8 sign-ins a second for addresses with no account, within the default
-/// per-address rate limit, each client hanging up after 200 ms, for 10 s:
-/// each hash still running holds its permit, so memory stays within the
-/// hashes allowed at once, and the owner signs in right after.
+/// per-address rate limit and, spread over 8 client addresses, under the
+/// sign-in throttle's free failures, each client hanging up after 200 ms,
+/// for 10 s: each hash still running holds its permit, so memory stays
+/// within the hashes allowed at once, and the owner signs in right after.
 #[tokio::test]
 async fn abandoned_sign_ins_keep_memory_bounded_and_sign_in_working() {
     let platform = Platform::spawn(&[]).await;
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
     let owner = "owner@flood.example.org";
     assert_eq!(platform.register(&http, owner).await.status(), 201);
 
     let addr = platform.base().trim_start_matches("http://").to_owned();
     let mut flood = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(125));
-    for n in 0..80 {
+    for n in 0..80u8 {
         tick.tick().await;
         flood.spawn(abandoned_login(
             addr.clone(),
+            std::net::IpAddr::from([127, 0, 0, 10 + n % 8]),
             format!("nobody{n}@flood.example.org"),
             Duration::from_millis(200),
         ));

@@ -105,6 +105,7 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     let mut unsigned = IdentityClient::connect(base.clone()).await.unwrap();
     let refused = unsigned
         .verify_credentials(pb::VerifyCredentialsRequest {
+            device_token: String::new(),
             email: "proc@example.org".into(),
             password: PASSWORD.into(),
         })
@@ -129,6 +130,7 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     let mut grpc = IdentityClient::new(signed_channel(&base, "auth", "identity").await);
     let user = grpc
         .verify_credentials(pb::VerifyCredentialsRequest {
+            device_token: String::new(),
             email: "proc@example.org".into(),
             password: PASSWORD.into(),
         })
