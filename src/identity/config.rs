@@ -28,6 +28,10 @@ pub struct IdentityConfig {
     pub reset_token_ttl_secs: u64,
     /// Lifetime of an email-verification token.
     pub verification_token_ttl_secs: u64,
+    /// Registration answers 202, without the user, whether or not the
+    /// address had an account, and tells an existing account's owner by
+    /// mail instead of answering 409 `email_taken`. Off: 201 with the user.
+    pub conceal_existing_accounts: bool,
     /// Links (reset, verification) one address is sent at most in a burst;
     /// one more each `links_window_secs / links_per_address` after. 0: no limit.
     pub links_per_address: u32,
@@ -51,6 +55,7 @@ impl Default for IdentityConfig {
             lockout: None,
             reset_token_ttl_secs: 3600,
             verification_token_ttl_secs: 86_400,
+            conceal_existing_accounts: false,
             links_per_address: 3,
             links_window_secs: 900,
             permission_cache_ms: 5_000,

@@ -7,7 +7,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use chrono::SecondsFormat;
@@ -150,28 +150,33 @@ struct RegisterBody {
             ("location" = String, description = "Where the user lives"),
         )),
         (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "With `identity.conceal_existing_accounts`: taken, with an empty body, whether or not the address had an account; a new address gets its account and verification link, an existing account's owner a notice"),
         (status = 403, description = "Registration is closed", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email address is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email address is taken (not with `identity.conceal_existing_accounts`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or invalid", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn register(
     State(identity): State<Identity>,
     ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<impl IntoResponse, IdentityError> {
-    let user = identity
-        .register(Registration {
-            email: body.email,
-            password: Password::new(body.password),
-            display_name: body.display_name,
-        })
-        .await?;
+) -> Result<Response, IdentityError> {
+    let registration = Registration {
+        email: body.email,
+        password: Password::new(body.password),
+        display_name: body.display_name,
+    };
+    if identity.conceals_accounts() {
+        identity.register_concealed(registration).await?;
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
+    let user = identity.register(registration).await?;
     let location = format!("/v1/users/{}", user.id);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location), (header::ETAG, etag(&user))],
         axum::Json(UserView::from(&user)),
-    ))
+    )
+        .into_response())
 }
 
 /// The `ETag` of a user: its version, quoted.

@@ -205,12 +205,12 @@ impl Identity {
     }
 
     pub(super) async fn notify(&self, kind: NoticeKind, row: &UserRow, token: String) {
-        let link = format!(
-            "{}{}?token={}",
-            self.config.link_base_url.trim_end_matches('/'),
-            kind.path(),
-            token
-        );
+        let base = self.config.link_base_url.trim_end_matches('/');
+        let link = if token.is_empty() {
+            format!("{base}{}", kind.path())
+        } else {
+            format!("{base}{}?token={token}", kind.path())
+        };
         self.notifier
             .send(Notice {
                 kind,

@@ -14,6 +14,10 @@ use async_trait::async_trait;
 pub enum NoticeKind {
     PasswordReset,
     EmailVerification,
+    /// Someone tried to register an address that has an account (with
+    /// `identity.conceal_existing_accounts`): the owner is told, and may
+    /// ask for a reset. Its link carries no token.
+    AccountExists,
 }
 
 impl NoticeKind {
@@ -21,6 +25,7 @@ impl NoticeKind {
         match self {
             NoticeKind::PasswordReset => "/reset-password",
             NoticeKind::EmailVerification => "/verify-email",
+            NoticeKind::AccountExists => "/reset-password",
         }
     }
 }

@@ -77,6 +77,11 @@ impl Identity {
         })
     }
 
+    /// Whether registration conceals which addresses have accounts.
+    pub fn conceals_accounts(&self) -> bool {
+        self.config.conceal_existing_accounts
+    }
+
     /// The queue of link requests.
     pub(super) fn links(&self) -> &Links {
         &self.links
@@ -97,16 +102,69 @@ impl Identity {
         self.check_policy(&input.password, "password")?;
         // Cheap early answer for the common duplicate; the unique index still
         // decides races between concurrent registrations.
-        let probe = normalized.clone();
-        if self
-            .db
-            .run(move |c| Ok::<_, IdentityError>(store::by_email(c, &probe)?))
-            .await?
-            .is_some()
-        {
+        if self.account_at(&normalized).await?.is_some() {
             return Err(IdentityError::EmailTaken);
         }
-        let hash = self.hasher.hash(&input.password).await?;
+        self.create(email, normalized, display_name, &input.password)
+            .await
+    }
+
+    /// Registration that does not tell whether the address had an account
+    /// (`identity.conceal_existing_accounts`): the same answer, after the
+    /// same work (a hash), either way. A new address gets its account and
+    /// verification link; an address with an account gets a notice that
+    /// someone tried to register it, and nothing changes.
+    pub async fn register_concealed(&self, input: Registration) -> Result<(), IdentityError> {
+        if !self.config.registration_enabled {
+            return Err(IdentityError::RegistrationClosed);
+        }
+        let email = validate_email(&input.email)?;
+        let normalized = super::model::email_key(&email);
+        let display_name = validate_display_name(&input.display_name)?;
+        self.check_policy(&input.password, "password")?;
+        let holder = match self.account_at(&normalized).await? {
+            None => {
+                match self
+                    .create(email, normalized.clone(), display_name, &input.password)
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    // Registered meanwhile by another request.
+                    Err(IdentityError::EmailTaken) => self.account_at(&normalized).await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(row) => {
+                // The work a new account costs, spent alike.
+                self.hasher.hash(&input.password).await?;
+                Some(row)
+            }
+        };
+        if let Some(row) = holder {
+            self.notify(NoticeKind::AccountExists, &row, String::new())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The account at the address whose lookup form is `normalized`.
+    async fn account_at(&self, normalized: &str) -> Result<Option<UserRow>, IdentityError> {
+        let probe = normalized.to_owned();
+        self.db
+            .run(move |c| Ok::<_, IdentityError>(store::by_email(c, &probe)?))
+            .await
+    }
+
+    /// Makes the account (its password hashed now) and sends its
+    /// verification link; `EmailTaken` when the address has one.
+    async fn create(
+        &self,
+        email: String,
+        normalized: String,
+        display_name: String,
+        password: &Password,
+    ) -> Result<User, IdentityError> {
+        let hash = self.hasher.hash(password).await?;
         let now = self.now();
         let row = UserRow {
             id: Uuid::now_v7().to_string(),

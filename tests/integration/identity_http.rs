@@ -504,6 +504,63 @@ async fn deceptive_names_and_addresses_are_refused_or_normalised() {
     }
 }
 
+/// With `conceal_existing_accounts`, registering a new address and one
+/// that has an account get the same answer; the account's owner is told by
+/// mail, and the account is as it was.
+#[tokio::test]
+async fn registration_can_conceal_which_addresses_have_accounts() {
+    let app = TestApp::builder()
+        .identity(|c| c.conceal_existing_accounts = true)
+        .start()
+        .await;
+    let register = |email: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .post(
+                    "/v1/users",
+                    json!({"email": email, "password": password, "display_name": "C"}),
+                )
+                .await;
+            let status = r.status().as_u16();
+            let mut headers: Vec<String> = r
+                .headers()
+                .keys()
+                .filter(|k| !matches!(k.as_str(), "date" | "x-request-id"))
+                .map(ToString::to_string)
+                .collect();
+            headers.sort();
+            (status, headers, r.bytes().await.unwrap())
+        }
+    };
+    let new = register("held@example.org", PASSWORD).await;
+    let before = app.notices();
+    let taken = register("HELD@example.org", "another passphrase here").await;
+    assert_eq!(new, taken);
+    assert_eq!(new.0, 202);
+    assert!(new.2.is_empty());
+    // The owner is told, with no token in the link; the account keeps its
+    // password.
+    app.await_notices(before + 1).await;
+    let told = app.notifier.sent.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(told.kind, NoticeKind::AccountExists);
+    assert_eq!(told.email, "held@example.org");
+    assert!(
+        told.token.is_empty() && !told.link.contains("token"),
+        "{}",
+        told.link
+    );
+    let pair = app.login("held@example.org", PASSWORD).await;
+    assert!(pair["access_token"].is_string(), "{pair}");
+    let r = app
+        .auth_post(
+            "/v1/auth/login",
+            json!({"email": "held@example.org", "password": "another passphrase here"}),
+        )
+        .await;
+    assert_problem(r, 401, "invalid_credentials").await;
+}
+
 #[tokio::test]
 async fn email_verification_marks_the_user_once() {
     let app = TestApp::start().await;
