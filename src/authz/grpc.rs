@@ -57,6 +57,7 @@ fn answer(decision: Decision) -> pb::Answer {
                 group_ids: grant.groups.iter().map(Uuid::to_string).collect(),
                 scope: scope_text(&grant.scope),
                 parents: grant.parents.iter().map(ToString::to_string).collect(),
+                holds_until_unix_ms: grant.holds_until.map_or(0, |t| t.timestamp_millis()),
             }),
             ..pb::Answer::default()
         },

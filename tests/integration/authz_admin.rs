@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use gatehouse::gateway::config::{AuthPolicy, RouteConfig};
+use gatehouse::kernel::clock::Clock as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -614,6 +615,60 @@ fn billing_route() -> RouteConfig {
         rules: vec![rule],
         ..RouteConfig::new("/billing", "billing", AuthPolicy::Required)
     }
+}
+
+/// A kept answer lives no longer than the binding behind it: at its
+/// expiry, the gateway refuses at once, though answers are kept a minute.
+#[tokio::test]
+async fn a_kept_allowance_ends_with_its_binding() {
+    let app = TestApp::builder()
+        .with_authz()
+        .gateway(|g| {
+            g.permission_cache_ms = 60_000;
+            g.routes.push(billing_route());
+        })
+        .start()
+        .await;
+    app.register_instance("billing", upstream().await).await;
+    let admin = app.admin("root@example.org").await;
+    let ann_token = app.signed_in("ann@example.org").await;
+    let ann = app.me(&ann_token).await.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let role = app
+        .through(Method::POST, "/v1/authz/roles", &admin)
+        .json(&json!({"name": "reader", "permissions": ["billing.invoices:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(role.status(), 201);
+    let ends = app.clock.now() + chrono::Duration::seconds(30);
+    let bound = app
+        .through(Method::POST, "/v1/authz/bindings", &admin)
+        .json(&json!({"subject": format!("user:{ann}"), "role": "reader",
+                      "scope": "billing.invoices:7", "expires_at": ends.to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201);
+    within_a_second(&app, "/billing/invoices/7", &ann_token, 200).await;
+    // Kept, and still good a moment before the end.
+    app.clock.advance(chrono::Duration::seconds(29));
+    let r = app
+        .through(Method::GET, "/billing/invoices/7", &ann_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // At the end, the kept answer is no answer.
+    app.clock.advance(chrono::Duration::seconds(1));
+    let r = app
+        .through(Method::GET, "/billing/invoices/7", &ann_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }
 
 /// A user holding only read on one invoice reaches that invoice, and no

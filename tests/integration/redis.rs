@@ -174,7 +174,15 @@ async fn two_gateway_replicas_together_hold_a_client_to_its_limit() {
 
 #[tokio::test]
 async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
-    use gatehouse::middleware::permit::SharedAnswers;
+    use gatehouse::middleware::permit::{Kept, SharedAnswers};
+    const YES: Kept = Kept {
+        allowed: true,
+        until_ms: None,
+    };
+    const NO: Kept = Kept {
+        allowed: false,
+        until_ms: None,
+    };
     use gatehouse::middleware::permit::redis::RedisAnswers;
     let config = config();
     let keep = Duration::from_secs(60);
@@ -193,26 +201,34 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
     let (ann, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let doc = Some("document:1");
     assert_eq!(there.get(ann, "document:read", doc).await, None);
-    here.put(ann, "document:read", doc, 5, true).await;
-    here.put(bob, "document:read", doc, 5, false).await;
+    here.put(ann, "document:read", doc, 5, YES).await;
+    here.put(bob, "document:read", doc, 5, NO).await;
     // Another replica reads what this one was told; other questions are not kept.
-    assert_eq!(there.get(ann, "document:read", doc).await, Some(true));
-    assert_eq!(there.get(bob, "document:read", doc).await, Some(false));
+    assert_eq!(there.get(ann, "document:read", doc).await, Some(YES));
+    assert_eq!(there.get(bob, "document:read", doc).await, Some(NO));
     assert_eq!(there.get(ann, "document:read", None).await, None);
     assert_eq!(there.get(ann, "document:write", doc).await, None);
 
     // A change at revision 6 naming ann voids her answers only.
     there.forget(Some(&[ann]), 6).await;
     assert_eq!(here.get(ann, "document:read", doc).await, None);
-    assert_eq!(here.get(bob, "document:read", doc).await, Some(false));
+    assert_eq!(here.get(bob, "document:read", doc).await, Some(NO));
     // An answer given before the change, written after it, is not kept.
-    here.put(ann, "document:read", doc, 5, true).await;
+    here.put(ann, "document:read", doc, 5, YES).await;
     assert_eq!(there.get(ann, "document:read", doc).await, None);
-    here.put(ann, "document:read", doc, 6, false).await;
-    assert_eq!(there.get(ann, "document:read", doc).await, Some(false));
+    here.put(ann, "document:read", doc, 6, NO).await;
+    assert_eq!(there.get(ann, "document:read", doc).await, Some(NO));
     // A floor never goes down.
     there.forget(Some(&[ann]), 4).await;
-    assert_eq!(there.get(ann, "document:read", doc).await, Some(false));
+    assert_eq!(there.get(ann, "document:read", doc).await, Some(NO));
+
+    // An allowance that lapses by time is read with its end.
+    let until = Kept {
+        allowed: true,
+        until_ms: Some(1_900_000_000_000),
+    };
+    here.put(bob, "document:edit", doc, 6, until).await;
+    assert_eq!(there.get(bob, "document:edit", doc).await, Some(until));
 
     // A change that may alter anyone's answers voids them all.
     here.forget(None, 7).await;
@@ -226,8 +242,8 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
         [8; 32],
         keep,
     );
-    forger.put(bob, "document:write", doc, 9, true).await;
-    assert_eq!(forger.get(bob, "document:write", doc).await, Some(true));
+    forger.put(bob, "document:write", doc, 9, YES).await;
+    assert_eq!(forger.get(bob, "document:write", doc).await, Some(YES));
     assert_eq!(there.get(bob, "document:write", doc).await, None);
     // Nor does another service's answer count for this one.
     let identity = RedisAnswers::new(
@@ -236,7 +252,7 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
         [7; 32],
         keep,
     );
-    identity.put(bob, "user:read", None, 9, true).await;
+    identity.put(bob, "user:read", None, 9, YES).await;
     assert_eq!(there.get(bob, "user:read", None).await, None);
 }
 

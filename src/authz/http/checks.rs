@@ -88,6 +88,11 @@ pub struct GrantView {
     scope: String,
     /// The parents from the resource up to the scope, nearest first.
     parents: Vec<String>,
+    /// When the answer lapses by time alone: the latest expiry among the
+    /// bindings that allow it; absent when one of them never expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    holds_until: Option<String>,
 }
 
 /// A check's answer.
@@ -122,6 +127,7 @@ fn answer(decision: Decision) -> AnswerView {
                 group_ids: grant.groups.iter().map(Uuid::to_string).collect(),
                 scope: scope_text(&grant.scope),
                 parents: grant.parents.iter().map(ToString::to_string).collect(),
+                holds_until: grant.holds_until.map(time),
             }),
             denial: None,
             expired_at: None,

@@ -146,6 +146,9 @@ impl Policy {
         let mut best: Option<Grant> = None;
         let mut best_key: Option<(usize, usize, usize)> = None;
         let mut expired: Option<DateTime<Utc>> = None;
+        // The latest end among the bindings that allow it (`None` inside
+        // once one never ends); the outer `None` until one allows it.
+        let mut holds_until: Option<Option<DateTime<Utc>>> = None;
         for (index, at) in self.candidates(reach, asked) {
             let binding = &self.bindings[index];
             let groups = &reach.found[at].1;
@@ -164,6 +167,11 @@ impl Policy {
                 expired = expired.max(Some(end));
                 continue;
             }
+            holds_until = Some(match (holds_until, binding.expires_at) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(latest)), Some(end)) => Some(latest.max(end)),
+                (None, Some(end)) => Some(end),
+            });
             // The shortest explanation: fewest groups, then fewest parents,
             // then the binding made first.
             let key = (groups.len(), parents.len(), index);
@@ -176,11 +184,15 @@ impl Policy {
                     groups: groups.clone(),
                     scope: binding.scope.clone(),
                     parents,
+                    holds_until: None,
                 });
             }
         }
         match (best, expired) {
-            (Some(grant), _) => Decision::Allowed(grant),
+            (Some(grant), _) => Decision::Allowed(Grant {
+                holds_until: holds_until.flatten(),
+                ..grant
+            }),
             (None, Some(end)) => Decision::Denied(Denial::Expired(end)),
             (None, None) => Decision::Denied(Denial::NotGranted),
         }

@@ -92,6 +92,9 @@ pub struct Grant {
     /// The parents from the resource asked about to the binding's scope,
     /// nearest first; empty when the scope holds the resource itself.
     pub parents: Vec<Resource>,
+    /// When the answer lapses by time alone: the latest expiry among the
+    /// bindings that allow it; `None` when one of them never expires.
+    pub holds_until: Option<DateTime<Utc>>,
 }
 
 /// Why a check was denied.

@@ -288,6 +288,37 @@ fn expired_bindings_grant_nothing_and_the_denial_says_so() {
 }
 
 #[test]
+fn an_allowance_holds_until_the_latest_end_of_the_bindings_behind_it() {
+    let ann = Uuid::now_v7();
+    let group = Uuid::now_v7();
+    let mut policy = Policy::new(1, 8);
+    policy.add_role(role("reader", &["users:read"]));
+    policy.add_member(group, Subject::User(ann)).unwrap();
+    let soon = now() + chrono::Duration::minutes(1);
+    let later = now() + chrono::Duration::minutes(5);
+    let mut own = bind(Subject::User(ann), "reader", Scope::Everywhere);
+    own.expires_at = Some(soon);
+    policy.add_binding(own);
+    let holds = |policy: &Policy| match policy.check(ann, &p("users:read"), None, now()) {
+        Decision::Allowed(grant) => grant.holds_until,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(holds(&policy), Some(soon));
+    // The group's binding lasts longer: the answer holds as long.
+    let mut through_group = bind(Subject::Group(group), "reader", Scope::Everywhere);
+    through_group.expires_at = Some(later);
+    policy.add_binding(through_group);
+    assert_eq!(holds(&policy), Some(later));
+    // One that never ends: no end.
+    policy.add_binding(bind(
+        Subject::User(ann),
+        "reader",
+        Scope::Type("users".into()),
+    ));
+    assert_eq!(holds(&policy), None);
+}
+
+#[test]
 fn the_shortest_explanation_is_the_one_given() {
     let ann = Uuid::now_v7();
     let group = Uuid::now_v7();

@@ -2,7 +2,10 @@
 //! and the services share, over authz's gRPC API, with the answers kept a
 //! short while per (user, permission, resource).
 //!
-//! A kept answer never outlives the change that voids it: authz writes an
+//! A kept answer never outlives the change that voids it, nor the time it
+//! lapses by itself: an allowance lasts no longer than the latest expiry of
+//! the bindings behind it (authz says when, see `Grant.holds_until`). And
+//! authz writes an
 //! `authz.*` event for every change, and each one drops the answers it may
 //! alter (the named users', or all when the change may alter anyone's).
 //! A question asked while such an event arrives is not kept, and every
@@ -26,6 +29,7 @@ use uuid::Uuid;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::{self, EventBus, Unhandled};
+use crate::kernel::clock::Clock;
 use crate::kernel::rpc::Clients;
 use crate::proto::authz::v1 as pb;
 use crate::proto::authz::v1::authz_client::AuthzClient;
@@ -46,6 +50,21 @@ pub enum PermitError {
     Unavailable(String),
 }
 
+/// An answer as kept: whether it allows, and until when it holds by time
+/// alone (unix milliseconds; `None` for ever, until a change voids it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub allowed: bool,
+    pub until_ms: Option<i64>,
+}
+
+impl Kept {
+    /// Whether the answer still holds at `now_ms`.
+    pub fn holds_at(&self, now_ms: i64) -> bool {
+        self.until_ms.is_none_or(|until| now_ms < until)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     user: Uuid,
@@ -60,8 +79,8 @@ struct Key {
 #[async_trait::async_trait]
 pub trait SharedAnswers: Send + Sync {
     /// The answer kept for the question, unless a change known since voids it.
-    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<bool>;
-    /// Keeps `allowed`, given at `revision`, for the store's time, unless
+    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept>;
+    /// Keeps `answer`, given at `revision`, for the store's time, unless
     /// a change after `revision` is known.
     async fn put(
         &self,
@@ -69,7 +88,7 @@ pub trait SharedAnswers: Send + Sync {
         permission: &str,
         resource: Option<&str>,
         revision: u64,
-        allowed: bool,
+        answer: Kept,
     );
     /// Voids the answers given before `revision` to `users`, or to anyone
     /// when `None`.
@@ -87,7 +106,9 @@ struct Inner {
     /// Answers shared with other replicas, read when none is kept here.
     shared: Option<Arc<dyn SharedAnswers>>,
     /// None when answers are not kept.
-    answers: Option<moka::sync::Cache<Key, bool>>,
+    answers: Option<moka::sync::Cache<Key, Kept>>,
+    /// What "now" is when a kept answer's time is checked.
+    clock: Arc<dyn Clock>,
     /// Moves on at every change, so an answer asked before it is not kept.
     generation: AtomicU64,
     /// The newest revision a change event told of.
@@ -97,8 +118,8 @@ struct Inner {
 impl Permits {
     /// Asks authz through `clients`, keeping each answer for `keep` (not
     /// at all when zero).
-    pub fn new(clients: Clients, keep: Duration) -> Permits {
-        Self::sharing(clients, keep, None)
+    pub fn new(clients: Clients, keep: Duration, clock: Arc<dyn Clock>) -> Permits {
+        Self::sharing(clients, keep, None, clock)
     }
 
     /// The permits of `service`, keeping answers for `keep`: shared with
@@ -129,7 +150,12 @@ impl Permits {
                 "redis.url needs a build with the redis feature (cargo build --features redis)"
             )
         };
-        Ok(Self::sharing(ctx.clients.clone(), keep, shared))
+        Ok(Self::sharing(
+            ctx.clients.clone(),
+            keep,
+            shared,
+            ctx.clock.clone(),
+        ))
     }
 
     /// As [`Permits::new`], also reading and writing answers in `shared`
@@ -138,6 +164,7 @@ impl Permits {
         clients: Clients,
         keep: Duration,
         shared: Option<Arc<dyn SharedAnswers>>,
+        clock: Arc<dyn Clock>,
     ) -> Permits {
         let answers = (!keep.is_zero()).then(|| {
             moka::sync::Cache::builder()
@@ -151,6 +178,7 @@ impl Permits {
                 clients,
                 shared: shared.filter(|_| answers.is_some()),
                 answers,
+                clock,
                 generation: AtomicU64::new(0),
                 revision: AtomicU64::new(0),
             }),
@@ -170,29 +198,35 @@ impl Permits {
             permission: permission.into(),
             resource: resource.map(Into::into),
         };
+        let now_ms = self.inner.clock.now().timestamp_millis();
         if let Some(kept) = self.inner.answers.as_ref().and_then(|a| a.get(&key)) {
-            return Ok(kept);
+            if kept.holds_at(now_ms) {
+                return Ok(kept.allowed);
+            }
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let shared = self.inner.shared.as_deref();
-        let allowed = match shared {
-            Some(s) => s.get(user, permission, resource).await,
+        let kept = match shared {
+            Some(s) => s
+                .get(user, permission, resource)
+                .await
+                .filter(|k| k.holds_at(now_ms)),
             None => None,
         };
-        let allowed = match allowed {
-            Some(allowed) => allowed,
+        let answer = match kept {
+            Some(kept) => kept,
             None => {
-                let (allowed, revision) = self.ask(&key).await?;
+                let (answer, revision) = self.ask(&key).await?;
                 if let Some(s) = shared {
-                    s.put(user, permission, resource, revision, allowed).await;
+                    s.put(user, permission, resource, revision, answer).await;
                 }
-                allowed
+                answer
             }
         };
         if let Some(answers) = &self.inner.answers
             && self.inner.generation.load(Ordering::Acquire) == generation
         {
-            answers.insert(key.clone(), allowed);
+            answers.insert(key.clone(), answer);
             // A change that arrived between the look above and the insert
             // has dropped what was kept before it, not this answer: drop it
             // too.
@@ -200,11 +234,11 @@ impl Permits {
                 answers.invalidate(&key);
             }
         }
-        Ok(allowed)
+        Ok(answer.allowed)
     }
 
     /// Authz's answer, and the revision it was given at.
-    async fn ask(&self, key: &Key) -> Result<(bool, u64), PermitError> {
+    async fn ask(&self, key: &Key) -> Result<(Kept, u64), PermitError> {
         let channel = self
             .inner
             .clients
@@ -222,8 +256,13 @@ impl Permits {
         match AuthzClient::new(channel).check(asked).await {
             Ok(answer) => {
                 let answer = answer.into_inner();
-                let allowed = answer.answer.is_some_and(|a| a.allowed);
-                Ok((allowed, answer.revision))
+                let allowed = answer.answer.as_ref().is_some_and(|a| a.allowed);
+                let until_ms = answer
+                    .answer
+                    .and_then(|a| a.grant)
+                    .map(|g| g.holds_until_unix_ms)
+                    .filter(|ms| *ms != 0);
+                Ok((Kept { allowed, until_ms }, answer.revision))
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 Err(PermitError::Invalid(status.message().to_owned()))

@@ -24,7 +24,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::SharedAnswers;
+use super::{Kept, SharedAnswers};
 use crate::kernel::locks;
 use crate::kernel::redis::Redis;
 
@@ -133,28 +133,31 @@ impl RedisAnswers {
         Some(mac)
     }
 
-    /// The answer in `kept`, if its tag is good and it was given at or
-    /// after `floor`.
-    fn read(&self, key: &str, kept: &str, floor: u64) -> Option<bool> {
+    /// The answer in `kept` (`<revision>:<0|1>:<until ms, 0 for none>:<tag>`),
+    /// if its tag is good and it was given at or after `floor`.
+    fn read(&self, key: &str, kept: &str, floor: u64) -> Option<Kept> {
         let (answer, tag) = kept.rsplit_once(':')?;
         self.tag(key, answer)?
             .verify_slice(&hex::decode(tag).ok()?)
             .ok()?;
-        let (revision, allowed) = answer.split_once(':')?;
+        let mut fields = answer.split(':');
+        let (revision, allowed, until) = (fields.next()?, fields.next()?, fields.next()?);
         if revision.parse::<u64>().ok()? < floor {
             return None;
         }
-        match allowed {
-            "1" => Some(true),
-            "0" => Some(false),
-            _ => None,
-        }
+        let allowed = match allowed {
+            "1" => true,
+            "0" => false,
+            _ => return None,
+        };
+        let until_ms = Some(until.parse::<i64>().ok()?).filter(|ms| *ms != 0);
+        Some(Kept { allowed, until_ms })
     }
 }
 
 #[async_trait::async_trait]
 impl SharedAnswers for RedisAnswers {
-    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<bool> {
+    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept> {
         if !self.trusted() {
             return None;
         }
@@ -174,10 +177,14 @@ impl SharedAnswers for RedisAnswers {
         permission: &str,
         resource: Option<&str>,
         revision: u64,
-        allowed: bool,
+        kept: Kept,
     ) {
         let keys = self.keys(user, permission, resource);
-        let answer = format!("{revision}:{}", u8::from(allowed));
+        let answer = format!(
+            "{revision}:{}:{}",
+            u8::from(kept.allowed),
+            kept.until_ms.unwrap_or(0)
+        );
         let Some(tag) = self.tag(&keys[0], &answer) else {
             return;
         };
