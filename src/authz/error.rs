@@ -39,6 +39,9 @@ pub enum AuthzError {
     /// The caller lacks the permission the request needs.
     #[error("this needs the permission {0}")]
     Forbidden(&'static str),
+    /// The change would give a permission its maker does not hold there.
+    #[error("this gives {permission} at {scope}, which you do not hold there")]
+    Escalation { permission: String, scope: String },
     /// A check asked for a revision newer than any written.
     #[error("revision {asked} has not been written; the latest is {stored}")]
     RevisionAhead { asked: u64, stored: u64 },
@@ -101,7 +104,7 @@ impl AuthzError {
                 Code::FailedPrecondition,
                 "The role is still bound",
             ),
-            Forbidden(_) => (
+            Forbidden(_) | Escalation { .. } => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 Code::PermissionDenied,
@@ -156,6 +159,13 @@ impl axum::response::IntoResponse for AuthzError {
         if let AuthzError::Forbidden(permission) = &self {
             return crate::kernel::error::Problem::forbidden(permission).into_response();
         }
+        if let AuthzError::Escalation { permission, .. } = &self {
+            let (status, code, _, title) = self.parts();
+            return crate::kernel::error::Problem::new(status, code, title)
+                .detail(self.to_string())
+                .permission(permission)
+                .into_response();
+        }
         let (status, code, _, title) = self.parts();
         let detail = match status {
             StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE => {
@@ -189,6 +199,15 @@ impl From<crate::kernel::paging::PageError> for AuthzError {
         AuthzError::Field {
             field: e.field,
             message: e.message.to_owned(),
+        }
+    }
+}
+
+impl From<super::model::Lacking> for AuthzError {
+    fn from(lacking: super::model::Lacking) -> Self {
+        AuthzError::Escalation {
+            permission: lacking.permission.to_string(),
+            scope: super::store::scope_text(&lacking.scope),
         }
     }
 }

@@ -152,4 +152,26 @@ impl pb::authz_server::Authz for Grpc {
             revision,
         }))
     }
+
+    async fn covers(
+        &self,
+        request: Request<pb::CoversRequest>,
+    ) -> Result<Response<pb::CoversResponse>, Status> {
+        let req = request.into_inner();
+        let (actor, of) = (user(&req.actor_id)?, user(&req.user_id)?);
+        let (lacking, revision) = self.authz.covers(actor, of, req.at_least_revision).await?;
+        Ok(Response::new(match lacking {
+            None => pb::CoversResponse {
+                covered: true,
+                revision,
+                ..pb::CoversResponse::default()
+            },
+            Some(lacking) => pb::CoversResponse {
+                covered: false,
+                lacking_permission: lacking.permission.to_string(),
+                lacking_scope: super::store::scope_text(&lacking.scope),
+                revision,
+            },
+        }))
+    }
 }

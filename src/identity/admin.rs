@@ -4,7 +4,10 @@
 //! disable, enable and send a password reset, `users:delete` to delete.
 //! The questions about one account name it as the resource `users:<id>`,
 //! so a binding on one account is enough for that account. A caller without
-//! the permission gets 403 `forbidden`, naming it.
+//! the permission gets 403 `forbidden`, naming it. An act on an account
+//! (a change, disabling or enabling it, deleting it, sending a reset) also
+//! needs every permission the account holds, wherever it holds it: a
+//! helpdesk cannot disable or rename root.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -66,14 +69,30 @@ impl Admin {
         user: Option<UserId>,
     ) -> Result<(), IdentityError> {
         let resource = user.map(|u| format!("users:{u}"));
-        if self
+        if !self
             .permits
             .allowed(caller.user_id, permission, resource.as_deref())
             .await?
         {
-            Ok(())
-        } else {
-            Err(IdentityError::Forbidden(permission))
+            return Err(IdentityError::Forbidden(permission));
+        }
+        Ok(())
+    }
+
+    /// As [`Admin::require`] for an act on `user`'s account (a change, a
+    /// status, a deletion, a reset): the caller must also hold every
+    /// permission `user` holds, so that no one takes over an account
+    /// stronger than their own.
+    async fn require_over(
+        &self,
+        caller: &Principal,
+        permission: &'static str,
+        user: UserId,
+    ) -> Result<(), IdentityError> {
+        self.require(caller, permission, Some(user)).await?;
+        match self.permits.covers(caller.user_id, user.0).await? {
+            None => Ok(()),
+            Some((lacking, scope)) => Err(IdentityError::Outranked { lacking, scope }),
         }
     }
 }
@@ -212,7 +231,7 @@ async fn update(
     ApiJson(body): ApiJson<AdminProfileBody>,
 ) -> Result<impl IntoResponse, IdentityError> {
     let id = user_in_path(&id)?;
-    admin.require(&caller, WRITE, Some(id)).await?;
+    admin.require_over(&caller, WRITE, id).await?;
     let expected = if_match(&headers)?;
     let user = admin
         .identity
@@ -238,7 +257,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, IdentityError> {
     let id = user_in_path(&id)?;
-    admin.require(&caller, DELETE, Some(id)).await?;
+    admin.require_over(&caller, DELETE, id).await?;
     admin.identity.delete_user(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -250,7 +269,7 @@ async fn set_status(
     status: UserStatus,
 ) -> Result<axum::response::Response, IdentityError> {
     let id = user_in_path(id)?;
-    admin.require(caller, WRITE, Some(id)).await?;
+    admin.require_over(caller, WRITE, id).await?;
     Ok(with_etag(&admin.identity.set_status(id, status).await?))
 }
 
@@ -310,7 +329,7 @@ async fn password_reset(
     Path(id): Path<String>,
 ) -> Result<StatusCode, IdentityError> {
     let id = user_in_path(&id)?;
-    admin.require(&caller, WRITE, Some(id)).await?;
+    admin.require_over(&caller, WRITE, id).await?;
     let user = admin.identity.get_user(id).await?;
     admin.identity.request_password_reset(&user.email).await?;
     Ok(StatusCode::ACCEPTED)

@@ -45,6 +45,9 @@ pub enum IdentityError {
     /// The caller lacks the permission the request needs.
     #[error("this needs the permission {0}")]
     Forbidden(&'static str),
+    /// The account acted on holds a permission the caller does not.
+    #[error("the account holds {lacking} at {scope}, which you do not hold there")]
+    Outranked { lacking: String, scope: String },
 }
 
 impl IdentityError {
@@ -113,7 +116,7 @@ impl IdentityError {
                 Code::FailedPrecondition,
                 "The resource changed meanwhile",
             ),
-            Forbidden(_) => (
+            Forbidden(_) | Outranked { .. } => (
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 Code::PermissionDenied,
@@ -163,6 +166,9 @@ impl IdentityError {
             IdentityError::Unavailable(_) => problem.retry_after(1),
             IdentityError::Internal(_) => problem,
             IdentityError::Forbidden(permission) => Problem::forbidden(permission),
+            IdentityError::Outranked { lacking, .. } => {
+                problem.detail(self.to_string()).permission(lacking)
+            }
             other => problem.detail(other.to_string()),
         }
     }

@@ -751,3 +751,180 @@ fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> T {
         .extract()
         .unwrap()
 }
+
+/// Makes `name` with `permissions` and binds it to `user` everywhere, as
+/// the admin whose token is `admin`.
+async fn give(app: &TestApp, admin: &str, user: &str, name: &str, permissions: &[&str]) {
+    let r = app
+        .through(Method::POST, "/v1/authz/roles", admin)
+        .json(&json!({"name": name, "permissions": permissions}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .through(Method::POST, "/v1/authz/bindings", admin)
+        .json(&json!({"subject": format!("user:{user}"), "role": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+async fn id_of(app: &TestApp, token: &str) -> String {
+    app.me(token).await.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// No escalation: a user holding only `authz:write` cannot bind `admin` to
+/// themself, join a group that holds it, or add `*` to a role; they may
+/// bind what they hold, and `authz:bind` lets them bind more. A helpdesk
+/// user with `users:write` cannot disable or rename root, and may a user
+/// who holds no more than they do.
+#[tokio::test]
+async fn changes_that_give_more_than_their_maker_holds_are_refused() {
+    let app = app().await;
+    let root = app.admin("root@example.org").await;
+    let root_id = id_of(&app, &root).await;
+    let eve = app.signed_in("eve@example.org").await;
+    let eve_id = id_of(&app, &eve).await;
+    give(
+        &app,
+        &root,
+        &eve_id,
+        "policy-writer",
+        &["authz:write", "authz:read"],
+    )
+    .await;
+
+    let refused = app
+        .through(Method::POST, "/v1/authz/bindings", &eve)
+        .json(&json!({"subject": format!("user:{eve_id}"), "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, 403, "forbidden").await;
+    assert_eq!(problem["permission"], "*", "{problem}");
+    // A role whose permissions she holds, she may bind.
+    let r = app
+        .through(Method::POST, "/v1/authz/bindings", &eve)
+        .json(
+            &json!({"subject": format!("user:{eve_id}"), "role": "policy-writer",
+                      "scope": "projects:1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Nor through a group that holds admin.
+    let group = json_of(
+        app.through(Method::POST, "/v1/authz/groups", &root)
+            .json(&json!({"name": "operators"}))
+            .send()
+            .await
+            .unwrap(),
+        201,
+    )
+    .await;
+    let group_id = group["id"].as_str().unwrap();
+    let r = app
+        .through(Method::POST, "/v1/authz/bindings", &root)
+        .json(&json!({"subject": format!("group:{group_id}"), "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .through(
+            Method::POST,
+            &format!("/v1/authz/groups/{group_id}/members"),
+            &eve,
+        )
+        .json(&json!({"member": format!("user:{eve_id}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 403, "forbidden").await;
+    // Nor by adding `*` to a role she holds.
+    let r = app
+        .through(Method::PATCH, "/v1/authz/roles/policy-writer", &eve)
+        .json(&json!({"permissions": ["authz:write", "authz:read", "*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 403, "forbidden").await;
+    // `authz:bind` lets its holder bind beyond what they hold.
+    give(&app, &root, &eve_id, "binder", &["authz:bind"]).await;
+    let r = app
+        .through(Method::POST, "/v1/authz/bindings", &eve)
+        .json(
+            &json!({"subject": format!("user:{eve_id}"), "role": "admin",
+                      "scope": "projects:2"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The helpdesk: users:write, no more.
+    let desk = app.signed_in("desk@example.org").await;
+    let desk_id = id_of(&app, &desk).await;
+    give(
+        &app,
+        &root,
+        &desk_id,
+        "helpdesk",
+        &["users:write", "users:read"],
+    )
+    .await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            format!("/v1/users/{root_id}/disable"),
+            json!({}),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/users/{root_id}"),
+            json!({"display_name": "Not root"}),
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{root_id}/password-reset"),
+            json!({}),
+        ),
+    ] {
+        let r = app
+            .through(method, &path, &desk)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(r, 403, "forbidden").await;
+        assert_eq!(problem["permission"], "*", "{path}: {problem}");
+    }
+    let root_now = app
+        .through(Method::GET, &format!("/v1/users/{root_id}"), &desk)
+        .send()
+        .await
+        .unwrap();
+    let root_now = json_of(root_now, 200).await;
+    assert_eq!(root_now["status"], "active");
+    assert_ne!(root_now["display_name"], "Not root");
+    // A user who holds no more than the helpdesk does: allowed.
+    let plain = app.signed_in("plain@example.org").await;
+    let plain_id = id_of(&app, &plain).await;
+    let r = app
+        .through(
+            Method::POST,
+            &format!("/v1/users/{plain_id}/disable"),
+            &desk,
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

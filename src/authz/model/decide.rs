@@ -90,7 +90,7 @@ impl Policy {
     /// How `scope` holds at `resource` (or, without one, at the type of
     /// the permission asked about): the parents between, or none when it
     /// does not hold there.
-    fn holds(
+    pub(super) fn holds(
         &self,
         scope: &Scope,
         asked: &Permission,

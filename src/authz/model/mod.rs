@@ -13,12 +13,14 @@
 //! it came from.
 
 mod decide;
+mod escalation;
 mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use crate::middleware::names::{MAX_NAME, NameError, Permission, Resource};
 pub use decide::Reach;
+pub use escalation::Lacking;
 pub use policy::Policy;
 
 /// Why a name or a change is refused.

@@ -271,6 +271,35 @@ impl Permits {
         }
     }
 
+    /// Whether `actor` holds every permission `user` holds, wherever it is
+    /// held (what an act on `user`'s account needs): `None` when so, else
+    /// the first permission lacking and where. Asked every time, at the
+    /// newest revision a change told of.
+    pub async fn covers(
+        &self,
+        actor: Uuid,
+        user: Uuid,
+    ) -> Result<Option<(String, String)>, PermitError> {
+        let channel = self
+            .inner
+            .clients
+            .channel("authz")
+            .await
+            .map_err(|e| PermitError::Unavailable(e.to_string()))?;
+        let asked = pb::CoversRequest {
+            actor_id: actor.to_string(),
+            user_id: user.to_string(),
+            at_least_revision: self.inner.revision.load(Ordering::Acquire),
+        };
+        match AuthzClient::new(channel).covers(asked).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                Ok((!answer.covered).then_some((answer.lacking_permission, answer.lacking_scope)))
+            }
+            Err(status) => Err(PermitError::Unavailable(status.message().to_owned())),
+        }
+    }
+
     /// Drops the answers `change` may alter, here and in the shared store,
     /// and asks from its revision on.
     pub async fn forget_everywhere(&self, change: &PolicyEvent) {
