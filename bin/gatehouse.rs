@@ -283,8 +283,13 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
             gatehouse::audit::keys::AuditKey::load(&config.data_dir).map_err(anyhow::Error::msg)?;
         let db = gatehouse::audit::open_db(&config.database, &config.data_dir).await?;
         let public = key.public.clone();
+        let witness = gatehouse::audit::witness::read(&gatehouse::audit::witness::path(
+            &config.audit.witness_path,
+            &config.data_dir,
+        ))
+        .map_err(anyhow::Error::msg)?;
         anyhow::Ok(
-            db.run(move |conn| gatehouse::audit::store::verify(conn, &public))
+            db.run(move |conn| gatehouse::audit::store::verify(conn, &public, witness.as_ref()))
                 .await?,
         )
     });

@@ -13,8 +13,12 @@ pub struct AuditConfig {
     pub advertise_url: Option<String>,
     /// The services whose events are recorded.
     pub sources: Vec<String>,
-    /// How often the chain's head is signed, when entries were added.
+    /// How often the chain's head is signed, when entries were added: at
+    /// most what can vanish unseen from the log's end.
     pub checkpoint_every_secs: u64,
+    /// Where the newest checkpoint is kept outside the database (the
+    /// witness); empty: `audit.witness` under the data directory.
+    pub witness_path: String,
     /// Entries older than this many days are removed (0: kept for ever).
     /// What remains stays verifiable from the newest checkpoint removed.
     pub retention_days: u64,
@@ -29,7 +33,8 @@ impl Default for AuditConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4104)),
             advertise_url: None,
             sources: vec!["identity".into(), "auth".into(), "authz".into()],
-            checkpoint_every_secs: 60,
+            checkpoint_every_secs: 1,
+            witness_path: String::new(),
             retention_days: 0,
             permission_cache_ms: 5_000,
         }

@@ -19,6 +19,10 @@ pub enum AuditError {
     /// The key could not sign (it is not an Ed25519 key).
     #[error("cannot sign a checkpoint: {0}")]
     Signing(String),
+    /// The witness (the newest checkpoint outside the database) could not
+    /// be read or written.
+    #[error("audit witness: {0}")]
+    Witness(String),
     #[error("{message}")]
     Invalid {
         field: &'static str,

@@ -9,6 +9,7 @@
 //! Rooms: `model.rs` (entries, their canonical form and hash, signed
 //! checkpoints, the verifier), `keys.rs` (the key that signs checkpoints),
 //! `store.rs` (appending to the chain, checkpoints, listing, verifying),
+//! `witness.rs` (the newest checkpoint, kept outside the database),
 //! `ingest.rs` (events to entries), `service.rs` (recording, reading,
 //! verifying, upkeep), `http.rs` (the public API), `grpc.rs` (`Record`, for
 //! services that audit synchronously), `schema.rs` (its
@@ -25,6 +26,7 @@ pub mod model;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod witness;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,7 +77,14 @@ const INGEST_BATCH: usize = 500;
 pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<Running> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
     let key = keys::AuditKey::load(&ctx.data_dir).map_err(anyhow::Error::msg)?;
-    let audit = service::Audit::new(db.clone(), key, ctx.clock.clone(), ctx.metrics.clone());
+    let audit = service::Audit::new(
+        db.clone(),
+        key,
+        witness::path(&config.witness_path, &ctx.data_dir),
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+    );
+    audit.start_witness().await?;
     let permits =
         Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
     let changes = permits

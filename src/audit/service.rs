@@ -27,18 +27,49 @@ const RETAIN_EVERY: Duration = Duration::from_secs(3600);
 pub struct Audit {
     db: Db,
     key: Arc<AuditKey>,
+    /// Where the newest checkpoint is kept outside the database.
+    witness: Arc<std::path::PathBuf>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
 }
 
 impl Audit {
-    pub fn new(db: Db, key: AuditKey, clock: Arc<dyn Clock>, metrics: Metrics) -> Audit {
+    /// The service over `db`, signing with `key`, keeping its witness at
+    /// `witness` (see `witness.rs`).
+    pub fn new(
+        db: Db,
+        key: AuditKey,
+        witness: std::path::PathBuf,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+    ) -> Audit {
         Audit {
             db,
             key: Arc::new(key),
+            witness: Arc::new(witness),
             clock,
             metrics,
         }
+    }
+
+    /// Starts the witness from the newest checkpoint in the database when
+    /// there is none yet (a first start, or one after an upgrade). A
+    /// witness there is never replaced by an older checkpoint.
+    pub async fn start_witness(&self) -> Result<(), AuditError> {
+        if super::witness::read(&self.witness)
+            .map_err(AuditError::Witness)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let newest = self
+            .db
+            .run(|conn| Ok::<_, AuditError>(store::checkpoints(conn)?.pop()))
+            .await?;
+        if let Some(checkpoint) = newest {
+            super::witness::write(&self.witness, &checkpoint).map_err(AuditError::Witness)?;
+        }
+        Ok(())
     }
 
     /// Records `deliveries` in order, each event once, and moves
@@ -102,10 +133,14 @@ impl Audit {
             .await
     }
 
-    /// How many entries hold, or the first that does not.
+    /// How many entries hold, or the first that does not; the log is held
+    /// to its witness as well.
     pub async fn verify(&self) -> Result<Result<u64, Finding>, AuditError> {
         let public = self.key.public.clone();
-        self.db.run(move |conn| store::verify(conn, &public)).await
+        let witness = super::witness::read(&self.witness).map_err(AuditError::Witness)?;
+        self.db
+            .run(move |conn| store::verify(conn, &public, witness.as_ref()))
+            .await
     }
 
     /// Signs the chain's head, when entries were added since the last
@@ -117,7 +152,8 @@ impl Audit {
             .run(move |conn| store::checkpoint(conn, &key, at))
             .await?;
         if let Some(c) = signed {
-            tracing::info!(seq = c.seq, "audit checkpoint signed");
+            super::witness::write(&self.witness, &c).map_err(AuditError::Witness)?;
+            tracing::debug!(seq = c.seq, "audit checkpoint signed");
         }
         Ok(())
     }

@@ -324,11 +324,12 @@ pub fn list(
 }
 
 /// Walks the whole chain from the first entry to the head, held to every
-/// checkpoint, which `key` must have signed: how many entries hold, or the
-/// first finding.
+/// checkpoint and to the `witness` kept outside the database, all of which
+/// `key` must have signed: how many entries hold, or the first finding.
 pub fn verify(
     conn: &mut DbConnection,
     key: &AsymmetricPublicKey<V4>,
+    witness: Option<&Checkpoint>,
 ) -> Result<Result<u64, Finding>, AuditError> {
     conn.transaction(|conn| {
         // The chain and its head as of one moment, whatever is appended
@@ -337,7 +338,15 @@ pub fn verify(
         if let DbConnection::Pg(_) = conn {
             diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(conn)?;
         }
-        let signed = checkpoints(conn)?;
+        // The database's checkpoints, and the witness's beyond them: what
+        // the database lost since the witness saw it is missing.
+        let mut signed = checkpoints(conn)?;
+        if let Some(witness) = witness
+            && !signed.contains(witness)
+        {
+            signed.push(witness.clone());
+            signed.sort_by_key(|c| c.seq);
+        }
         let mut verifier = match Verifier::with_checkpoints(&signed, key) {
             Ok(verifier) => verifier,
             Err(finding) => return Ok(Err(finding)),

@@ -31,7 +31,9 @@ fn entry(n: usize, actor: &str, action: &str) -> NewEntry {
 async fn verify(db: &Db) -> Result<u64, Finding> {
     let dir = db_key_dir();
     let key = AuditKey::load(&dir).unwrap().public;
-    db.run(move |conn| store::verify(conn, &key)).await.unwrap()
+    db.run(move |conn| store::verify(conn, &key, None))
+        .await
+        .unwrap()
 }
 
 /// Where the tests keep audit's key: one for the whole run, as a data
@@ -40,7 +42,8 @@ fn db_key_dir() -> std::path::PathBuf {
     std::env::temp_dir().join("gatehouse-test-audit-key")
 }
 
-async fn sql(db: &Db, statement: &'static str) {
+async fn sql(db: &Db, statement: &str) {
+    let statement = statement.to_owned();
     db.run(move |conn| Ok::<_, AuditError>(diesel::sql_query(statement).execute(conn)?))
         .await
         .unwrap();
@@ -271,6 +274,142 @@ async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verif
     // One more removed behind retention's back: nothing vouches for it.
     sql(&db, "DELETE FROM entries WHERE seq = 6").await;
     assert_eq!(verify(&db).await, Err(Finding::Deleted(6)));
+}
+
+/// Appends entries `from..=to` and signs the head, keeping the witness at
+/// `witness` as the service does; answers the checkpoint.
+async fn append_and_sign(
+    db: &Db,
+    witness: &std::path::Path,
+    from: usize,
+    to: usize,
+) -> gatehouse::audit::model::Checkpoint {
+    let entries: Vec<NewEntry> = (from..=to)
+        .map(|n| entry(n, "user:ann", "identity.user.updated"))
+        .collect();
+    db.run(move |conn| store::append(conn, &entries))
+        .await
+        .unwrap();
+    let key = AuditKey::load(&db_key_dir()).unwrap();
+    let signed = db
+        .run(move |conn| store::checkpoint(conn, &key, Utc::now()))
+        .await
+        .unwrap()
+        .unwrap();
+    gatehouse::audit::witness::write(witness, &signed).unwrap();
+    signed
+}
+
+/// The log held to its witness too.
+async fn verify_witnessed(db: &Db, witness: &std::path::Path) -> Result<u64, Finding> {
+    let key = AuditKey::load(&db_key_dir()).unwrap().public;
+    let witness = gatehouse::audit::witness::read(witness).unwrap();
+    db.run(move |conn| store::verify(conn, &key, witness.as_ref()))
+        .await
+        .unwrap()
+}
+
+/// Whoever can write the audit database, but not the witness kept outside
+/// it, cannot make entries vanish unseen: a tail cut with the head set
+/// back, the last checkpoint deleted with the tail after the one before,
+/// and everything wiped with the head reset are each named.
+#[tokio::test]
+async fn the_witness_names_a_cut_tail_and_a_wiped_log() {
+    let app = TestApp::start().await;
+    let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
+    let witness = app.ctx.data_dir.join("audit.witness");
+    append_and_sign(&db, &witness, 1, 3).await;
+    append_and_sign(&db, &witness, 4, 6).await;
+    assert_eq!(verify_witnessed(&db, &witness).await, Ok(6));
+
+    // The tail after the first checkpoint cut, the last checkpoint with
+    // it, the head set back to match: the database alone holds.
+    sql(&db, "DELETE FROM entries WHERE seq >= 5").await;
+    sql(&db, "DELETE FROM checkpoints WHERE seq > 3").await;
+    sql(
+        &db,
+        "UPDATE chain_head SET seq = 4, hash = (SELECT hash FROM entries WHERE seq = 4)",
+    )
+    .await;
+    assert_eq!(
+        verify(&db).await,
+        Ok(4),
+        "without the witness, nothing shows"
+    );
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Deleted(5))
+    );
+    sql(&db, "DELETE FROM entries WHERE seq >= 4").await;
+    sql(
+        &db,
+        "UPDATE chain_head SET seq = 3, hash = (SELECT hash FROM entries WHERE seq = 3)",
+    )
+    .await;
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Deleted(4))
+    );
+
+    // Everything wiped and the head reset.
+    sql(&db, "DELETE FROM entries").await;
+    sql(&db, "DELETE FROM checkpoints").await;
+    sql(
+        &db,
+        &format!(
+            "UPDATE chain_head SET seq = 0, hash = '{}'",
+            gatehouse::audit::model::GENESIS
+        ),
+    )
+    .await;
+    assert_eq!(verify(&db).await, Ok(0));
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Deleted(1))
+    );
+
+    // A witness not signed by audit's key vouches for nothing.
+    let mut forged = gatehouse::audit::witness::read(&witness).unwrap().unwrap();
+    forged.seq = 2;
+    gatehouse::audit::witness::write(&witness, &forged).unwrap();
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::ForgedCheckpoint(2))
+    );
+}
+
+/// The audit database put back as an older copy of itself is named: the
+/// witness saw entries the copy does not have.
+#[cfg(not(feature = "it-postgres"))]
+#[tokio::test]
+async fn an_older_copy_of_the_audit_database_is_named() {
+    let data = tempfile::tempdir().unwrap();
+    let config = gatehouse::kernel::config::DatabaseConfig::default();
+    let witness = data.path().join("audit.witness");
+    let file = data.path().join("audit.db");
+    {
+        let db = open_db(&config, data.path()).await.unwrap();
+        append_and_sign(&db, &witness, 1, 3).await;
+        sql(&db, "PRAGMA wal_checkpoint(TRUNCATE)").await;
+    }
+    let copy = data.path().join("audit.db.old");
+    std::fs::copy(&file, &copy).unwrap();
+    {
+        let db = open_db(&config, data.path()).await.unwrap();
+        append_and_sign(&db, &witness, 4, 6).await;
+        assert_eq!(verify_witnessed(&db, &witness).await, Ok(6));
+        sql(&db, "PRAGMA wal_checkpoint(TRUNCATE)").await;
+    }
+    for stale in ["audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(data.path().join(stale));
+    }
+    std::fs::rename(&copy, &file).unwrap();
+    let db = open_db(&config, data.path()).await.unwrap();
+    assert_eq!(verify(&db).await, Ok(3), "the copy holds in itself");
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Deleted(4))
+    );
 }
 
 /// The entries the filter `query` finds through the gateway, as `token`'s
