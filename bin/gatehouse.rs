@@ -282,14 +282,13 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
         let key =
             gatehouse::audit::keys::AuditKey::load(&config.data_dir).map_err(anyhow::Error::msg)?;
         let db = gatehouse::audit::open_db(&config.database, &config.data_dir).await?;
-        let public = key.public.clone();
         let witness = gatehouse::audit::witness::read(&gatehouse::audit::witness::path(
             &config.audit.witness_path,
             &config.data_dir,
         ))
         .map_err(anyhow::Error::msg)?;
         anyhow::Ok(
-            db.run(move |conn| gatehouse::audit::store::verify(conn, &public, witness.as_ref()))
+            db.run(move |conn| gatehouse::audit::store::verify(conn, &key, witness.as_ref()))
                 .await?,
         )
     });
@@ -301,6 +300,7 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
         Ok(Err(finding)) => {
             let what = match &finding {
                 Finding::ForgedCheckpoint(_) => "vouched for by a forged checkpoint",
+                Finding::Forged(_) => "forged (its MAC does not hold)",
                 other => other.kind(),
             };
             println!(

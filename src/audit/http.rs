@@ -329,7 +329,8 @@ pub struct VerifyView {
 pub struct FindingView {
     /// The entry's place in the chain.
     entry: i64,
-    /// `altered`, `deleted`, `inserted` or `forged_checkpoint`.
+    /// `altered`, `deleted`, `inserted`, `forged` (an entry whose MAC does not hold) or
+    /// `forged_checkpoint`.
     kind: &'static str,
 }
 

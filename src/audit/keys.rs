@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::version4::V4;
+use sha2::Sha256;
 
 /// The key file's name under the data directory.
 pub const KEY_FILE: &str = "audit.key";
@@ -32,5 +34,49 @@ impl AuditKey {
             .map_err(|_| format!("{KEY_FILE}: not an Ed25519 secret key"))?;
         let id = crate::middleware::token::key_id_of(&public);
         Ok(AuditKey { secret, public, id })
+    }
+
+    /// The key each entry's MAC is made with: derived from the signing key,
+    /// so it is kept with it and nowhere else.
+    pub fn entry_key(&self) -> Result<EntryKey, String> {
+        use sha2::Digest as _;
+        let mut derive = sha2::Sha256::new();
+        derive.update(b"gatehouse audit entry mac v1\0");
+        derive.update(self.secret.as_bytes());
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(&derive.finalize()).map_err(|e| e.to_string())?;
+        Ok(EntryKey { keyed })
+    }
+}
+
+/// Makes and checks entries' MACs (HMAC-SHA256 over the entry's hash, which
+/// covers its fields and the chain before it).
+#[derive(Clone)]
+pub struct EntryKey {
+    keyed: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for EntryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntryKey(***)")
+    }
+}
+
+impl EntryKey {
+    /// The MAC of an entry whose hash is `hash`, in hex.
+    pub fn mac(&self, hash: &str) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(hash.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `entry`'s MAC is this key's over its hash.
+    pub fn holds(&self, entry: &super::model::Entry) -> bool {
+        let Ok(given) = hex::decode(&entry.mac) else {
+            return false;
+        };
+        let mut mac = self.keyed.clone();
+        mac.update(entry.hash.as_bytes());
+        mac.verify_slice(&given).is_ok()
     }
 }

@@ -83,8 +83,8 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
         witness::path(&config.witness_path, &ctx.data_dir),
         ctx.clock.clone(),
         ctx.metrics.clone(),
-    );
-    audit.start_witness().await?;
+    )?;
+    audit.prepare().await?;
     let permits =
         Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
     let changes = permits

@@ -49,10 +49,15 @@ pub struct Entry {
     pub fields: NewEntry,
     pub prev_hash: String,
     pub hash: String,
+    /// The MAC of `hash` under a key derived from audit's key (see
+    /// [`super::keys::EntryKey`]); empty on an entry made before entries
+    /// carried one.
+    pub mac: String,
 }
 
 impl Entry {
-    /// The entry numbered `seq`, after the entry whose hash is `prev_hash`.
+    /// The entry numbered `seq`, after the entry whose hash is `prev_hash`,
+    /// without its MAC (see [`Entry::sealed`]).
     pub fn chain(seq: i64, id: Uuid, fields: NewEntry, prev_hash: &str) -> Entry {
         let hash = chain_hash(prev_hash, &canonical(seq, id, &fields));
         Entry {
@@ -61,7 +66,14 @@ impl Entry {
             fields,
             prev_hash: prev_hash.to_owned(),
             hash,
+            mac: String::new(),
         }
+    }
+
+    /// The entry with its MAC under `key`.
+    pub fn sealed(self, key: &super::keys::EntryKey) -> Entry {
+        let mac = key.mac(&self.hash);
+        Entry { mac, ..self }
     }
 
     /// The hash the entry's fields and its `prev_hash` make, whatever is
@@ -122,6 +134,9 @@ pub enum Finding {
     Inserted(i64),
     /// The checkpoint at this entry is not signed by audit's key.
     ForgedCheckpoint(i64),
+    /// Its MAC does not hold: it was changed and hashed again, or made by
+    /// someone without audit's key.
+    Forged(i64),
 }
 
 impl Finding {
@@ -131,7 +146,8 @@ impl Finding {
             Finding::Altered(seq)
             | Finding::Deleted(seq)
             | Finding::Inserted(seq)
-            | Finding::ForgedCheckpoint(seq) => *seq,
+            | Finding::ForgedCheckpoint(seq)
+            | Finding::Forged(seq) => *seq,
         }
     }
 
@@ -142,6 +158,7 @@ impl Finding {
             Finding::Deleted(_) => "deleted",
             Finding::Inserted(_) => "inserted",
             Finding::ForgedCheckpoint(_) => "forged_checkpoint",
+            Finding::Forged(_) => "forged",
         }
     }
 }
@@ -188,13 +205,76 @@ impl Checkpoint {
 
     /// Whether `key` signed exactly this checkpoint.
     pub fn signed_by(&self, key: &AsymmetricPublicKey<V4>) -> bool {
-        UntrustedToken::<Public, V4>::try_from(self.signature.as_str())
-            .ok()
-            .and_then(|token| PublicToken::verify(key, &token, None, None).ok())
-            .is_some_and(|trusted| {
-                trusted.payload() == Checkpoint::message(self.seq, &self.hash, self.at)
-            })
+        signed(
+            &self.signature,
+            key,
+            &Checkpoint::message(self.seq, &self.hash, self.at),
+        )
     }
+}
+
+/// What audit itself did to the chain, signed like a checkpoint: the
+/// entries up to `seq` removed by retention ([`Marker::RETAINED`], `hash`
+/// that entry's), or entries from `seq` on carrying a MAC
+/// ([`Marker::MACS_FROM`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub kind: String,
+    pub seq: i64,
+    pub hash: String,
+    pub at: DateTime<Utc>,
+    pub key_id: String,
+    pub signature: String,
+}
+
+impl Marker {
+    pub const RETAINED: &str = "retained";
+    pub const MACS_FROM: &str = "macs_from";
+
+    fn message(kind: &str, seq: i64, hash: &str, at: DateTime<Utc>) -> String {
+        format!(
+            "gatehouse.audit.marker.v1|{kind}|{seq}|{hash}|{}",
+            canonical_time(at)
+        )
+    }
+
+    /// Signs that `kind` holds at `(seq, hash)`, at `at`, with `key`.
+    pub fn sign(
+        kind: &str,
+        seq: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+        key: &super::keys::AuditKey,
+    ) -> Result<Marker, String> {
+        let message = Marker::message(kind, seq, hash, at);
+        let signature = PublicToken::sign(&key.secret, message.as_bytes(), None, None)
+            .map_err(|e| e.to_string())?;
+        Ok(Marker {
+            kind: kind.to_owned(),
+            seq,
+            hash: hash.to_owned(),
+            at,
+            key_id: key.id.clone(),
+            signature,
+        })
+    }
+
+    /// Whether `key` signed exactly this marker.
+    pub fn signed_by(&self, key: &AsymmetricPublicKey<V4>) -> bool {
+        signed(
+            &self.signature,
+            key,
+            &Marker::message(&self.kind, self.seq, &self.hash, self.at),
+        )
+    }
+}
+
+/// Whether `signature` is `key`'s over exactly `message`.
+fn signed(signature: &str, key: &AsymmetricPublicKey<V4>, message: &str) -> bool {
+    UntrustedToken::<Public, V4>::try_from(signature)
+        .ok()
+        .and_then(|token| PublicToken::verify(key, &token, None, None).ok())
+        .is_some_and(|trusted| trusted.payload() == message)
 }
 
 /// Walks the chain in order, one entry at a time, and stops at the first
@@ -214,6 +294,9 @@ pub struct Verifier {
     suspect: Option<(i64, String)>,
     /// The hashes signed checkpoints vouch for, by entry.
     vouched: std::collections::BTreeMap<i64, String>,
+    /// The key entries' MACs are checked with, and the first entry that
+    /// carries one; `None` checks none.
+    sealed: Option<(super::keys::EntryKey, i64)>,
 }
 
 impl Default for Verifier {
@@ -224,6 +307,7 @@ impl Default for Verifier {
             checked: 0,
             suspect: None,
             vouched: Default::default(),
+            sealed: None,
         }
     }
 }
@@ -247,11 +331,16 @@ impl Verifier {
         Ok(verifier)
     }
 
-    /// Starts the walk after the entry a checkpoint vouches for: where the
+    /// Holds every entry from `from` on to its MAC under `key`.
+    pub fn sealed_by(&mut self, key: super::keys::EntryKey, from: i64) {
+        self.sealed = Some((key, from));
+    }
+
+    /// Starts the walk after entry `seq`, whose hash was `hash`: where the
     /// kept chain begins once older entries were removed.
-    pub fn start_after(&mut self, anchor: &Checkpoint) {
-        self.next_seq = anchor.seq + 1;
-        self.prev_hash.clone_from(&anchor.hash);
+    pub fn start_after(&mut self, seq: i64, hash: &str) {
+        self.next_seq = seq + 1;
+        self.prev_hash = hash.to_owned();
     }
 
     /// Takes the next entry (in `seq` order); a finding when it, or the one
@@ -274,6 +363,12 @@ impl Verifier {
                 .is_some_and(|hash| *hash != entry.hash)
         {
             return Err(Finding::Altered(entry.seq));
+        }
+        if let Some((key, from)) = &self.sealed
+            && entry.seq >= *from
+            && !key.holds(entry)
+        {
+            return Err(Finding::Forged(entry.seq));
         }
         if entry.seq < self.next_seq {
             return Err(Finding::Inserted(entry.seq));

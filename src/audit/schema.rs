@@ -25,11 +25,23 @@ diesel::table! {
         details -> Text,
         prev_hash -> Text,
         hash -> Text,
+        mac -> Text,
     }
 }
 
 diesel::table! {
     checkpoints (seq) {
+        seq -> BigInt,
+        hash -> Text,
+        at -> Timestamp,
+        key_id -> Text,
+        signature -> Text,
+    }
+}
+
+diesel::table! {
+    markers (kind) {
+        kind -> Text,
         seq -> BigInt,
         hash -> Text,
         at -> Timestamp,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::AuditError;
 use super::ingest;
-use super::keys::AuditKey;
+use super::keys::{AuditKey, EntryKey};
 use super::model::{Entry, Finding, NewEntry};
 use super::store::{self, Filter};
 use crate::kernel::bus::Delivery;
@@ -27,6 +27,8 @@ const RETAIN_EVERY: Duration = Duration::from_secs(3600);
 pub struct Audit {
     db: Db,
     key: Arc<AuditKey>,
+    /// Makes each entry's MAC.
+    entry_key: EntryKey,
     /// Where the newest checkpoint is kept outside the database.
     witness: Arc<std::path::PathBuf>,
     clock: Arc<dyn Clock>,
@@ -42,20 +44,31 @@ impl Audit {
         witness: std::path::PathBuf,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
-    ) -> Audit {
-        Audit {
+    ) -> Result<Audit, AuditError> {
+        Ok(Audit {
             db,
+            entry_key: key.entry_key().map_err(AuditError::Signing)?,
             key: Arc::new(key),
             witness: Arc::new(witness),
             clock,
             metrics,
-        }
+        })
+    }
+
+    /// Brings a log an older version wrote under today's rules, once (see
+    /// `store::upgrade`), and starts the witness.
+    pub async fn prepare(&self) -> Result<(), AuditError> {
+        let (key, at) = (self.key.clone(), self.clock.now());
+        self.db
+            .run(move |conn| store::upgrade(conn, &key, at))
+            .await?;
+        self.start_witness().await
     }
 
     /// Starts the witness from the newest checkpoint in the database when
     /// there is none yet (a first start, or one after an upgrade). A
     /// witness there is never replaced by an older checkpoint.
-    pub async fn start_witness(&self) -> Result<(), AuditError> {
+    async fn start_witness(&self) -> Result<(), AuditError> {
         if super::witness::read(&self.witness)
             .map_err(AuditError::Witness)?
             .is_some()
@@ -81,10 +94,13 @@ impl Audit {
         deliveries: Vec<Delivery>,
     ) -> Result<usize, AuditError> {
         let entries: Vec<NewEntry> = deliveries.iter().map(|d| ingest::entry(&d.event)).collect();
+        let key = self.entry_key.clone();
         let appended = self
             .db
             .run(move |conn| {
-                offsets::with_effect(conn, consumer, &deliveries, |c| store::append(c, &entries))
+                offsets::with_effect(conn, consumer, &deliveries, |c| {
+                    store::append(c, &entries, &key)
+                })
             })
             .await?;
         Ok(self.counted(&appended))
@@ -92,9 +108,10 @@ impl Audit {
 
     /// Appends `entries` in order, each event once: the entries appended.
     pub async fn record_entries(&self, entries: Vec<NewEntry>) -> Result<Vec<Entry>, AuditError> {
+        let key = self.entry_key.clone();
         let appended = self
             .db
-            .run(move |conn| store::append(conn, &entries))
+            .run(move |conn| store::append(conn, &entries, &key))
             .await?;
         self.counted(&appended);
         Ok(appended)
@@ -136,10 +153,10 @@ impl Audit {
     /// How many entries hold, or the first that does not; the log is held
     /// to its witness as well.
     pub async fn verify(&self) -> Result<Result<u64, Finding>, AuditError> {
-        let public = self.key.public.clone();
+        let key = self.key.clone();
         let witness = super::witness::read(&self.witness).map_err(AuditError::Witness)?;
         self.db
-            .run(move |conn| store::verify(conn, &public, witness.as_ref()))
+            .run(move |conn| store::verify(conn, &key, witness.as_ref()))
             .await
     }
 
@@ -161,7 +178,11 @@ impl Audit {
     /// Removes entries made before `before` up to the newest checkpoint
     /// among them.
     pub async fn retain(&self, before: DateTime<Utc>) -> Result<usize, AuditError> {
-        let removed = self.db.run(move |conn| store::retain(conn, before)).await?;
+        let (key, at) = (self.key.clone(), self.clock.now());
+        let removed = self
+            .db
+            .run(move |conn| store::retain(conn, before, &key, at))
+            .await?;
         if removed > 0 {
             tracing::info!(removed, "old audit entries removed");
         }

@@ -9,14 +9,12 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
-use pasetors::keys::AsymmetricPublicKey;
-use pasetors::version4::V4;
 use uuid::Uuid;
 
 use super::error::AuditError;
-use super::keys::AuditKey;
-use super::model::{Checkpoint, Entry, Finding, NewEntry, Verifier};
-use super::schema::{chain_head, checkpoints, entries};
+use super::keys::{AuditKey, EntryKey};
+use super::model::{Checkpoint, Entry, Finding, Marker, NewEntry, Verifier};
+use super::schema::{chain_head, checkpoints, entries, markers};
 use crate::kernel::db::DbConnection;
 
 /// Entries read at a time while verifying.
@@ -40,6 +38,7 @@ struct Row {
     details: String,
     prev_hash: String,
     hash: String,
+    mac: String,
 }
 
 impl From<Row> for Entry {
@@ -62,6 +61,7 @@ impl From<Row> for Entry {
             },
             prev_hash: row.prev_hash,
             hash: row.hash,
+            mac: row.mac,
         }
     }
 }
@@ -79,7 +79,11 @@ pub fn head(conn: &mut DbConnection) -> QueryResult<(i64, String)> {
 /// is passed over. Answers the entries appended. Rows go in a few
 /// statements, however many there are: one look for the events recorded
 /// already, one insert per [`INSERT_CHUNK`] entries.
-pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, AuditError> {
+pub fn append(
+    conn: &mut DbConnection,
+    new: &[NewEntry],
+    key: &EntryKey,
+) -> Result<Vec<Entry>, AuditError> {
     conn.transaction(|conn| {
         // The write that takes the lock; the head is read after it.
         diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
@@ -112,7 +116,7 @@ pub fn append(conn: &mut DbConnection, new: &[NewEntry]) -> Result<Vec<Entry>, A
                 ..fields.clone()
             };
             seq += 1;
-            let entry = Entry::chain(seq, Uuid::now_v7(), fields, &prev);
+            let entry = Entry::chain(seq, Uuid::now_v7(), fields, &prev).sealed(key);
             prev.clone_from(&entry.hash);
             appended.push(entry);
         }
@@ -139,7 +143,7 @@ fn insert(conn: &mut DbConnection, rows: &[NewRow<'_>]) -> QueryResult<usize> {
     }
 }
 
-/// Entries one insert statement carries (14 values each).
+/// Entries one insert statement carries (15 values each).
 const INSERT_CHUNK: usize = 200;
 
 /// An `entries` row about to be inserted, exactly as `Entry` holds it.
@@ -160,6 +164,7 @@ pub struct NewRow<'a> {
     details: &'a str,
     prev_hash: &'a str,
     hash: &'a str,
+    mac: &'a str,
 }
 
 impl<'a> From<&'a Entry> for NewRow<'a> {
@@ -180,6 +185,7 @@ impl<'a> From<&'a Entry> for NewRow<'a> {
             details: &f.details,
             prev_hash: &e.prev_hash,
             hash: &e.hash,
+            mac: &e.mac,
         }
     }
 }
@@ -229,7 +235,12 @@ fn oldest_kept(conn: &mut DbConnection) -> QueryResult<Option<i64>> {
 /// Removes the entries made before `before`, up to the newest checkpoint
 /// among them, which then anchors what is kept (with the checkpoints
 /// after it); the number of entries removed.
-pub fn retain(conn: &mut DbConnection, before: DateTime<Utc>) -> Result<usize, AuditError> {
+pub fn retain(
+    conn: &mut DbConnection,
+    before: DateTime<Utc>,
+    key: &AuditKey,
+    at: DateTime<Utc>,
+) -> Result<usize, AuditError> {
     conn.transaction(|conn| {
         diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
             .set(chain_head::seq.eq(chain_head::seq))
@@ -247,10 +258,99 @@ pub fn retain(conn: &mut DbConnection, before: DateTime<Utc>) -> Result<usize, A
             }
         }
         let Some(anchor) = anchor else { return Ok(0) };
+        let hash: String = entries::table
+            .select(entries::hash)
+            .filter(entries::seq.eq(anchor))
+            .first(conn)?;
         let removed =
             diesel::delete(entries::table.filter(entries::seq.le(anchor))).execute(conn)?;
         diesel::delete(checkpoints::table.filter(checkpoints::seq.lt(anchor))).execute(conn)?;
+        // Signed, so that a prefix removed by anyone else is named.
+        let marker = Marker::sign(Marker::RETAINED, anchor, &hash, at.trunc_subsecs(6), key)
+            .map_err(AuditError::Signing)?;
+        put_marker(conn, &marker)?;
         Ok(removed)
+    })
+}
+
+/// The marker of `kind`, if audit wrote one.
+pub fn marker(conn: &mut DbConnection, kind: &str) -> QueryResult<Option<Marker>> {
+    Ok(markers::table
+        .select((
+            markers::kind,
+            markers::seq,
+            markers::hash,
+            markers::at,
+            markers::key_id,
+            markers::signature,
+        ))
+        .filter(markers::kind.eq(kind))
+        .first::<(String, i64, String, NaiveDateTime, String, String)>(conn)
+        .optional()?
+        .map(|(kind, seq, hash, at, key_id, signature)| Marker {
+            kind,
+            seq,
+            hash,
+            at: at.and_utc(),
+            key_id,
+            signature,
+        }))
+}
+
+/// Writes `marker`, in place of the one of its kind.
+fn put_marker(conn: &mut DbConnection, marker: &Marker) -> QueryResult<()> {
+    diesel::delete(markers::table.filter(markers::kind.eq(&marker.kind))).execute(conn)?;
+    diesel::insert_into(markers::table)
+        .values((
+            markers::kind.eq(&marker.kind),
+            markers::seq.eq(marker.seq),
+            markers::hash.eq(&marker.hash),
+            markers::at.eq(marker.at.naive_utc()),
+            markers::key_id.eq(&marker.key_id),
+            markers::signature.eq(&marker.signature),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Brings a log written by an older version under today's rules, once:
+/// entries made before entries carried a MAC are marked as such (from the
+/// head on, they carry one), and entries an older retention removed up to
+/// a checkpoint get the signed marker today's retention writes. What the
+/// log holds at this first start is taken on trust, as the checkpoints
+/// and the witness vouch for it.
+pub fn upgrade(
+    conn: &mut DbConnection,
+    key: &AuditKey,
+    at: DateTime<Utc>,
+) -> Result<(), AuditError> {
+    conn.transaction(|conn| {
+        diesel::update(chain_head::table.filter(chain_head::id.eq(1)))
+            .set(chain_head::seq.eq(chain_head::seq))
+            .execute(conn)?;
+        let at = at.trunc_subsecs(6);
+        let unsealed: i64 = entries::table
+            .filter(entries::mac.eq(""))
+            .count()
+            .get_result(conn)?;
+        if unsealed > 0 && marker(conn, Marker::MACS_FROM)?.is_none() {
+            let (seq, hash) = head(conn)?;
+            let marker = Marker::sign(Marker::MACS_FROM, seq + 1, &hash, at, key)
+                .map_err(AuditError::Signing)?;
+            put_marker(conn, &marker)?;
+        }
+        let oldest = oldest_kept(conn)?;
+        if let Some(first) = oldest.filter(|first| *first > 1)
+            && marker(conn, Marker::RETAINED)?.is_none()
+            && let Some(anchor) = checkpoints(conn)?
+                .into_iter()
+                .find(|c| c.seq == first - 1 && c.signed_by(&key.public))
+        {
+            let marker = Marker::sign(Marker::RETAINED, anchor.seq, &anchor.hash, at, key)
+                .map_err(AuditError::Signing)?;
+            put_marker(conn, &marker)?;
+        }
+        Ok(())
     })
 }
 
@@ -328,9 +428,11 @@ pub fn list(
 /// `key` must have signed: how many entries hold, or the first finding.
 pub fn verify(
     conn: &mut DbConnection,
-    key: &AsymmetricPublicKey<V4>,
+    audit_key: &AuditKey,
     witness: Option<&Checkpoint>,
 ) -> Result<Result<u64, Finding>, AuditError> {
+    let key = &audit_key.public;
+    let entry_key = audit_key.entry_key().map_err(AuditError::Signing)?;
     conn.transaction(|conn| {
         // The chain and its head as of one moment, whatever is appended
         // meanwhile (a SQLite read transaction is one snapshot already).
@@ -351,16 +453,27 @@ pub fn verify(
             Ok(verifier) => verifier,
             Err(finding) => return Ok(Err(finding)),
         };
-        // Entries removed by retention end at a checkpoint, which anchors
-        // what is kept; without one, what is missing was deleted.
+        // Every entry carries a MAC, but those made before entries did,
+        // which a signed marker names.
+        let macs_from = match marker(conn, Marker::MACS_FROM)? {
+            Some(m) if m.signed_by(key) => m.seq,
+            Some(m) => return Ok(Err(Finding::ForgedCheckpoint(m.seq))),
+            None => 1,
+        };
+        verifier.sealed_by(entry_key, macs_from);
+        // Entries removed by retention end where its signed marker says;
+        // without one, what is missing was deleted.
         let (oldest, head_seq) = (oldest_kept(conn)?, head(conn)?.0);
         let first = oldest.unwrap_or(head_seq + 1);
         if first > 1 {
-            // The newest checkpoint before what is kept: the anchor when it
-            // is the entry just before, else the missing begin after it.
-            match signed.iter().rev().find(|c| c.seq < first) {
-                Some(anchor) if anchor.seq == first - 1 => verifier.start_after(anchor),
-                before => return Ok(Err(Finding::Deleted(before.map_or(1, |c| c.seq + 1)))),
+            match marker(conn, Marker::RETAINED)? {
+                Some(m) if !m.signed_by(key) => {
+                    return Ok(Err(Finding::ForgedCheckpoint(m.seq)));
+                }
+                Some(m) if m.seq == first - 1 => verifier.start_after(m.seq, &m.hash),
+                Some(m) if m.seq < first - 1 => return Ok(Err(Finding::Deleted(m.seq + 1))),
+                // Retention marked less than is missing: the rest was deleted.
+                _ => return Ok(Err(Finding::Deleted(1))),
             }
         }
         let mut after = 0;

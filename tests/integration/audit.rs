@@ -30,10 +30,15 @@ fn entry(n: usize, actor: &str, action: &str) -> NewEntry {
 
 async fn verify(db: &Db) -> Result<u64, Finding> {
     let dir = db_key_dir();
-    let key = AuditKey::load(&dir).unwrap().public;
+    let key = AuditKey::load(&dir).unwrap();
     db.run(move |conn| store::verify(conn, &key, None))
         .await
         .unwrap()
+}
+
+/// What the tests' entries are sealed with: the MAC key of the run's key.
+fn sealing() -> gatehouse::audit::keys::EntryKey {
+    AuditKey::load(&db_key_dir()).unwrap().entry_key().unwrap()
 }
 
 /// Where the tests keep audit's key: one for the whole run, as a data
@@ -74,7 +79,7 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
         .map(|n| entry(n, "user:ann", "identity.user.updated"))
         .collect();
     let appended = db
-        .run(move |conn| store::append(conn, &first))
+        .run(move |conn| store::append(conn, &first, &sealing()))
         .await
         .unwrap();
     assert_eq!(
@@ -88,7 +93,7 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
         entry(5, "service:auth", "auth.session.revoked"),
     ];
     let appended = db
-        .run(move |conn| store::append(conn, &again))
+        .run(move |conn| store::append(conn, &again, &sealing()))
         .await
         .unwrap();
     assert_eq!(appended.len(), 1);
@@ -165,7 +170,8 @@ async fn the_chain_reads_back_records_an_event_once_and_names_what_was_tampered_
         &last[0].hash,
     );
     insert_behind_the_store(&db, forged).await;
-    assert_eq!(verify(&db).await, Err(Finding::Inserted(6)));
+    // Made without audit's key: its MAC does not hold.
+    assert_eq!(verify(&db).await, Err(Finding::Forged(6)));
     sql(&db, "DELETE FROM entries WHERE seq = 6").await;
     assert_eq!(verify(&db).await, Ok(5));
 
@@ -203,7 +209,7 @@ async fn a_large_batch_is_appended_in_order_each_event_once() {
     let app = TestApp::start().await;
     let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
     let before = vec![entry(7, "user:ann", "identity.user.updated")];
-    db.run(move |conn| store::append(conn, &before))
+    db.run(move |conn| store::append(conn, &before, &sealing()))
         .await
         .unwrap();
     let mut batch: Vec<NewEntry> = (0..450)
@@ -212,7 +218,7 @@ async fn a_large_batch_is_appended_in_order_each_event_once() {
     batch.insert(100, entry(1000, "user:bob", "identity.user.updated"));
     batch.insert(300, entry(7, "user:ann", "identity.user.updated"));
     let appended = db
-        .run(move |conn| store::append(conn, &batch))
+        .run(move |conn| store::append(conn, &batch, &sealing()))
         .await
         .unwrap();
     assert_eq!(appended.len(), 450);
@@ -235,7 +241,8 @@ async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verif
     let app = TestApp::start().await;
     let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
     let old = Utc::now() - Duration::days(100);
-    let append = |entries: Vec<NewEntry>| db.run(move |conn| store::append(conn, &entries));
+    let append =
+        |entries: Vec<NewEntry>| db.run(move |conn| store::append(conn, &entries, &sealing()));
     let sign = || {
         let key = AuditKey::load(&db_key_dir()).unwrap();
         db.run(move |conn| store::checkpoint(conn, &key, Utc::now()))
@@ -258,10 +265,15 @@ async fn retention_removes_old_entries_up_to_a_checkpoint_and_what_remains_verif
 
     // Nothing is old enough without a checkpoint among the old: nothing
     // goes. Then the old entries go up to the newest old checkpoint.
-    let removed = db.run(move |conn| store::retain(conn, old)).await.unwrap();
-    assert_eq!(removed, 0);
+    let key = AuditKey::load(&db_key_dir()).unwrap();
     let removed = db
-        .run(|conn| store::retain(conn, Utc::now() - Duration::days(30)))
+        .run(move |conn| store::retain(conn, old, &key, Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    let key = AuditKey::load(&db_key_dir()).unwrap();
+    let removed = db
+        .run(move |conn| store::retain(conn, Utc::now() - Duration::days(30), &key, Utc::now()))
         .await
         .unwrap();
     assert_eq!(removed, 5);
@@ -287,7 +299,7 @@ async fn append_and_sign(
     let entries: Vec<NewEntry> = (from..=to)
         .map(|n| entry(n, "user:ann", "identity.user.updated"))
         .collect();
-    db.run(move |conn| store::append(conn, &entries))
+    db.run(move |conn| store::append(conn, &entries, &sealing()))
         .await
         .unwrap();
     let key = AuditKey::load(&db_key_dir()).unwrap();
@@ -302,7 +314,7 @@ async fn append_and_sign(
 
 /// The log held to its witness too.
 async fn verify_witnessed(db: &Db, witness: &std::path::Path) -> Result<u64, Finding> {
-    let key = AuditKey::load(&db_key_dir()).unwrap().public;
+    let key = AuditKey::load(&db_key_dir()).unwrap();
     let witness = gatehouse::audit::witness::read(witness).unwrap();
     db.run(move |conn| store::verify(conn, &key, witness.as_ref()))
         .await
@@ -376,6 +388,105 @@ async fn the_witness_names_a_cut_tail_and_a_wiped_log() {
         verify_witnessed(&db, &witness).await,
         Err(Finding::ForgedCheckpoint(2))
     );
+}
+
+/// Whoever can write the database but not read audit's key cannot make
+/// entries it will take: an entry appended with a good hash (the head moved
+/// to it), an entry after the last checkpoint changed and every hash after
+/// it made again, the whole chain made again with every checkpoint gone,
+/// and the oldest entries removed with no retention are each named.
+#[tokio::test]
+async fn entries_made_without_audits_key_are_named() {
+    let app = TestApp::start().await;
+    let db = open_db(&app.ctx.database, &app.ctx.data_dir).await.unwrap();
+    let witness = app.ctx.data_dir.join("audit.witness");
+    append_and_sign(&db, &witness, 1, 3).await;
+    append_and_sign(&db, &witness, 4, 5).await;
+    let entries = |db: &Db| {
+        let db = db.clone();
+        async move {
+            db.run(|conn| Ok::<_, AuditError>(store::list(conn, &Filter::default(), 0, 100)?))
+                .await
+                .unwrap()
+        }
+    };
+    // Rewrites every entry from `from` on with `change`, each hashed
+    // again after the one before, and moves the head to the last.
+    let remake = |db: Db, from: i64, change: fn(&mut NewEntry)| async move {
+        let mut kept = entries(&db).await;
+        let mut prev = kept
+            .iter()
+            .find(|e| e.seq == from - 1)
+            .map_or(gatehouse::audit::model::GENESIS.to_owned(), |e| {
+                e.hash.clone()
+            });
+        for entry in kept.iter_mut().filter(|e| e.seq >= from) {
+            let mut fields = entry.fields.clone();
+            if entry.seq == from {
+                change(&mut fields);
+            }
+            let remade = Entry::chain(entry.seq, entry.id, fields, &prev);
+            prev.clone_from(&remade.hash);
+            sql(
+                &db,
+                &format!("DELETE FROM entries WHERE seq = {}", entry.seq),
+            )
+            .await;
+            insert_behind_the_store(&db, remade.clone()).await;
+            *entry = remade;
+        }
+        sql(&db, &format!("UPDATE chain_head SET hash = '{prev}'")).await;
+    };
+
+    // One appended with a good hash, the head moved to it.
+    let last = entries(&db).await.pop().unwrap();
+    let forged = Entry::chain(
+        6,
+        uuid::Uuid::now_v7(),
+        entry(6, "user:mallory", "authz.binding.created"),
+        &last.hash,
+    );
+    insert_behind_the_store(&db, forged.clone()).await;
+    sql(
+        &db,
+        &format!("UPDATE chain_head SET seq = 6, hash = '{}'", forged.hash),
+    )
+    .await;
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Forged(6))
+    );
+    sql(&db, "DELETE FROM entries WHERE seq = 6").await;
+    sql(
+        &db,
+        &format!("UPDATE chain_head SET seq = 5, hash = '{}'", last.hash),
+    )
+    .await;
+    assert_eq!(verify_witnessed(&db, &witness).await, Ok(5));
+
+    // Two more entries after the last checkpoint; the first changed, it
+    // and the one after hashed again, the head moved with them: its MAC
+    // says so, where no checkpoint can.
+    let mut more: Vec<NewEntry> = vec![entry(7, "user:ann", "identity.user.updated")];
+    more.push(entry(8, "user:ann", "identity.user.updated"));
+    db.run(move |conn| store::append(conn, &more, &sealing()))
+        .await
+        .unwrap();
+    assert_eq!(verify_witnessed(&db, &witness).await, Ok(7));
+    remake(db.clone(), 6, |f| f.actor = "user:mallory".into()).await;
+    assert_eq!(
+        verify_witnessed(&db, &witness).await,
+        Err(Finding::Forged(6))
+    );
+
+    // The whole chain made again, every checkpoint and the witness gone.
+    sql(&db, "DELETE FROM checkpoints").await;
+    remake(db.clone(), 1, |f| f.details = "{}".into()).await;
+    assert_eq!(verify(&db).await, Err(Finding::Forged(1)));
+
+    // The oldest entries removed, with no retention to say so.
+    sql(&db, "DELETE FROM entries WHERE seq <= 2").await;
+    assert_eq!(verify(&db).await, Err(Finding::Deleted(1)));
 }
 
 /// The audit database put back as an older copy of itself is named: the

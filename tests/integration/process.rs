@@ -987,10 +987,11 @@ async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
             details: "{}".into(),
         })
         .collect();
-    db.run(move |conn| gatehouse::audit::store::append(conn, &entries))
+    let key = gatehouse::audit::keys::AuditKey::load(dir.path()).unwrap();
+    let sealing = key.entry_key().unwrap();
+    db.run(move |conn| gatehouse::audit::store::append(conn, &entries, &sealing))
         .await
         .unwrap();
-    let key = gatehouse::audit::keys::AuditKey::load(dir.path()).unwrap();
     let signed = db
         .run(move |conn| gatehouse::audit::store::checkpoint(conn, &key, chrono::Utc::now()))
         .await
@@ -1054,7 +1055,8 @@ async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
     sql("INSERT INTO entries SELECT * FROM kept").await.unwrap();
     assert!(verify().status.success(), "holds again once put back");
 
-    // A row added after the last, chained as the store would chain it.
+    // A row added after the last, chained as the store would chain it, but
+    // without audit's key to make its MAC.
     let last = db
         .run(|conn| {
             gatehouse::audit::store::list(conn, &gatehouse::audit::store::Filter::default(), 2, 1)
@@ -1083,7 +1085,7 @@ async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
     let added = verify();
     assert_eq!(added.status.code(), Some(1));
     let said = String::from_utf8_lossy(&added.stdout);
-    assert!(said.contains("entry 4 was inserted"), "{said}");
+    assert!(said.contains("entry 4 was forged"), "{said}");
 }
 
 /// Signs in at `auth` in a loop until `stop`: for each attempt, when it

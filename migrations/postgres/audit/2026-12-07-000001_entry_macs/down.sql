@@ -1,0 +1,2 @@
+DROP TABLE markers;
+ALTER TABLE entries DROP COLUMN mac;
