@@ -417,7 +417,7 @@ mod tests {
             (rule("/billing/{id}", &read, Some("{id}")), "resource name"),
             (rule("/billing/{id}", &read, Some("t:{id")), "not closed"),
         ] {
-            let e = compile(&prefix, &[bad.clone()]).unwrap_err();
+            let e = compile(&prefix, std::slice::from_ref(&bad)).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
         let twins = compile(

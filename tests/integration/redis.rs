@@ -28,6 +28,16 @@ fn address(n: u8) -> RateKey {
     RateKey::Address(std::net::IpAddr::from([10, 0, 0, n]))
 }
 
+/// Shared answers as kept, for ever but for a change.
+const YES: gatehouse::middleware::permit::Kept = gatehouse::middleware::permit::Kept {
+    allowed: true,
+    until_ms: None,
+};
+const NO: gatehouse::middleware::permit::Kept = gatehouse::middleware::permit::Kept {
+    allowed: false,
+    until_ms: None,
+};
+
 #[tokio::test]
 async fn the_shared_limit_is_gcra_counted_on_the_server() {
     let config = config();
@@ -174,16 +184,8 @@ async fn two_gateway_replicas_together_hold_a_client_to_its_limit() {
 
 #[tokio::test]
 async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
-    use gatehouse::middleware::permit::{Kept, SharedAnswers};
-    const YES: Kept = Kept {
-        allowed: true,
-        until_ms: None,
-    };
-    const NO: Kept = Kept {
-        allowed: false,
-        until_ms: None,
-    };
     use gatehouse::middleware::permit::redis::RedisAnswers;
+    use gatehouse::middleware::permit::{Kept, SharedAnswers};
     let config = config();
     let keep = Duration::from_secs(60);
     let here = RedisAnswers::new(
@@ -327,15 +329,15 @@ async fn a_replica_that_could_not_void_shared_answers_stops_reading_them() {
         keep,
     );
     let ann = uuid::Uuid::new_v4();
-    writer.put(ann, "document:read", None, 5, true).await;
-    assert_eq!(replica.get(ann, "document:read", None).await, Some(true));
+    writer.put(ann, "document:read", None, 5, YES).await;
+    assert_eq!(replica.get(ann, "document:read", None).await, Some(YES));
 
     // The replica's link is down when a change arrives: the floor stays
     // where it was, so the voided answer is still in Redis.
     relay.cut();
     replica.forget(Some(&[ann]), 6).await;
     relay.mend();
-    assert_eq!(writer.get(ann, "document:read", None).await, Some(true));
+    assert_eq!(writer.get(ann, "document:read", None).await, Some(YES));
     // The replica reads nothing shared, even with its link back, until the
     // answers it could not void have expired.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -344,6 +346,6 @@ async fn a_replica_that_could_not_void_shared_answers_stops_reading_them() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    writer.put(ann, "document:read", None, 6, false).await;
-    assert_eq!(replica.get(ann, "document:read", None).await, Some(false));
+    writer.put(ann, "document:read", None, 6, NO).await;
+    assert_eq!(replica.get(ann, "document:read", None).await, Some(NO));
 }

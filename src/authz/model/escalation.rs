@@ -111,11 +111,7 @@ impl Policy {
             .into_iter()
             .flatten()
             .copied()
-            .filter(move |index| {
-                !self.bindings[*index]
-                    .expires_at
-                    .is_some_and(|end| end <= now)
-            })
+            .filter(move |index| self.bindings[*index].expires_at.is_none_or(|end| end > now))
     }
 
     /// Whether a binding at `outer` holds over the whole of `inner`.

@@ -282,7 +282,6 @@ impl Pool {
                     return Ok(response);
                 }
                 Err(e) => {
-                    let e: BoxError = e.into();
                     let unsent = never_sent(e.as_ref());
                     tracing::debug!(service = %self.service, url = %member.url, error = %e,
                         unsent, "service call failed");

@@ -199,10 +199,10 @@ impl Permits {
             resource: resource.map(Into::into),
         };
         let now_ms = self.inner.clock.now().timestamp_millis();
-        if let Some(kept) = self.inner.answers.as_ref().and_then(|a| a.get(&key)) {
-            if kept.holds_at(now_ms) {
-                return Ok(kept.allowed);
-            }
+        if let Some(kept) = self.inner.answers.as_ref().and_then(|a| a.get(&key))
+            && kept.holds_at(now_ms)
+        {
+            return Ok(kept.allowed);
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let shared = self.inner.shared.as_deref();
