@@ -391,35 +391,8 @@ async fn platform_running(world: &mut Platform) {
     if world.on_shared_deployment() {
         return;
     }
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let env: Vec<(&str, String)> = [
-        "GATEHOUSE_AUTH__LISTEN",
-        "GATEHOUSE_IDENTITY__LISTEN",
-        "GATEHOUSE_AUTHZ__LISTEN",
-        "GATEHOUSE_AUDIT__LISTEN",
-    ]
-    .into_iter()
-    .zip(&ports[1..])
-    .map(|(key, port)| (key, format!("127.0.0.1:{port}")))
-    .collect();
     let data = tempfile::tempdir().unwrap();
-    let mut process = binary::ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_gatehouse"),
-        "gateway",
-        ports[0],
-        data.path(),
-        &env,
-    );
-    let ready = format!("{}/readyz", process.base);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(&ready)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let process = binary::spawn_platform(env!("CARGO_BIN_EXE_gatehouse"), data.path(), &[]).await;
     world.admin_cli = Some((data.path().to_owned(), Vec::new()));
     let base = world.keep(Service {
         process,

@@ -191,9 +191,7 @@ impl Checkpoint {
         at: DateTime<Utc>,
         key: &super::keys::AuditKey,
     ) -> Result<Checkpoint, String> {
-        let message = Checkpoint::message(seq, hash, at);
-        let signature = PublicToken::sign(&key.secret, message.as_bytes(), None, None)
-            .map_err(|e| e.to_string())?;
+        let signature = sign(&Checkpoint::message(seq, hash, at), key)?;
         Ok(Checkpoint {
             seq,
             hash: hash.to_owned(),
@@ -246,9 +244,7 @@ impl Marker {
         at: DateTime<Utc>,
         key: &super::keys::AuditKey,
     ) -> Result<Marker, String> {
-        let message = Marker::message(kind, seq, hash, at);
-        let signature = PublicToken::sign(&key.secret, message.as_bytes(), None, None)
-            .map_err(|e| e.to_string())?;
+        let signature = sign(&Marker::message(kind, seq, hash, at), key)?;
         Ok(Marker {
             kind: kind.to_owned(),
             seq,
@@ -267,6 +263,11 @@ impl Marker {
             &Marker::message(&self.kind, self.seq, &self.hash, self.at),
         )
     }
+}
+
+/// `key`'s signature over `message`: a PASETO v4.public token.
+fn sign(message: &str, key: &super::keys::AuditKey) -> Result<String, String> {
+    PublicToken::sign(&key.secret, message.as_bytes(), None, None).map_err(|e| e.to_string())
 }
 
 /// Whether `signature` is `key`'s over exactly `message`.

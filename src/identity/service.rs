@@ -93,13 +93,7 @@ impl Identity {
 
     /// Creates an account and sends its email-verification link.
     pub async fn register(&self, input: Registration) -> Result<User, IdentityError> {
-        if !self.config.registration_enabled {
-            return Err(IdentityError::RegistrationClosed);
-        }
-        let email = validate_email(&input.email)?;
-        let normalized = super::model::email_key(&email);
-        let display_name = validate_display_name(&input.display_name)?;
-        self.check_policy(&input.password, "password")?;
+        let (email, normalized, display_name) = self.registrable(&input)?;
         // Cheap early answer for the common duplicate; the unique index still
         // decides races between concurrent registrations.
         if self.account_at(&normalized).await?.is_some() {
@@ -115,13 +109,7 @@ impl Identity {
     /// verification link; an address with an account gets a notice that
     /// someone tried to register it, and nothing changes.
     pub async fn register_concealed(&self, input: Registration) -> Result<(), IdentityError> {
-        if !self.config.registration_enabled {
-            return Err(IdentityError::RegistrationClosed);
-        }
-        let email = validate_email(&input.email)?;
-        let normalized = super::model::email_key(&email);
-        let display_name = validate_display_name(&input.display_name)?;
-        self.check_policy(&input.password, "password")?;
+        let (email, normalized, display_name) = self.registrable(&input)?;
         let holder = match self.account_at(&normalized).await? {
             None => {
                 match self
@@ -145,6 +133,19 @@ impl Identity {
                 .await;
         }
         Ok(())
+    }
+
+    /// A registration's address (as stored, and its lookup form) and
+    /// display name, once registration is open and every field is good.
+    fn registrable(&self, input: &Registration) -> Result<(String, String, String), IdentityError> {
+        if !self.config.registration_enabled {
+            return Err(IdentityError::RegistrationClosed);
+        }
+        let email = validate_email(&input.email)?;
+        let normalized = super::model::email_key(&email);
+        let display_name = validate_display_name(&input.display_name)?;
+        self.check_policy(&input.password, "password")?;
+        Ok((email, normalized, display_name))
     }
 
     /// The account at the address whose lookup form is `normalized`.

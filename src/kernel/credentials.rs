@@ -180,13 +180,7 @@ impl Keyring {
                 ));
             }
         }
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        super::keyfile::private_dir(dir)?;
         let mut published = String::from(
             "# Public keys of gatehouse's services: a callee accepts calls signed by these.\n",
         );

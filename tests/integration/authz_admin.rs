@@ -516,21 +516,7 @@ async fn within_a_second(app: &TestApp, path: &str, token: &str, status: u16) ->
 
 #[tokio::test]
 async fn a_route_permission_is_checked_at_the_edge_and_follows_grants_and_removals() {
-    let app = TestApp::builder()
-        .with_authz()
-        .gateway(|g| {
-            g.permission_cache_ms = 60_000;
-            g.routes.push(billing_route());
-        })
-        .start()
-        .await;
-    app.register_instance("billing", upstream().await).await;
-    let admin = app.admin("root@example.org").await;
-    let ann_token = app.signed_in("ann@example.org").await;
-    let ann = app.me(&ann_token).await.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, admin, ann_token, ann) = billing_app(60_000).await;
     let refused = app
         .through(Method::GET, "/billing/invoices/7", &ann_token)
         .send()
@@ -600,6 +586,25 @@ async fn a_route_permission_is_checked_at_the_edge_and_follows_grants_and_remova
     }
 }
 
+/// The app with authz and the billing route (authz's answers kept
+/// `keep_ms`), its upstream registered: with the admin's token, and Ann's
+/// token and id.
+async fn billing_app(keep_ms: u64) -> (TestApp, String, String, String) {
+    let app = TestApp::builder()
+        .with_authz()
+        .gateway(|g| {
+            g.permission_cache_ms = keep_ms;
+            g.routes.push(billing_route());
+        })
+        .start()
+        .await;
+    app.register_instance("billing", upstream().await).await;
+    let admin = app.admin("root@example.org").await;
+    let ann_token = app.signed_in("ann@example.org").await;
+    let ann = id_of(&app, &ann_token).await;
+    (app, admin, ann_token, ann)
+}
+
 /// The billing route of docs/gateway.md: reading an invoice needs read on
 /// it, writing it write on it, and nothing else under /billing is let by.
 fn billing_route() -> RouteConfig {
@@ -621,21 +626,7 @@ fn billing_route() -> RouteConfig {
 /// expiry, the gateway refuses at once, though answers are kept a minute.
 #[tokio::test]
 async fn a_kept_allowance_ends_with_its_binding() {
-    let app = TestApp::builder()
-        .with_authz()
-        .gateway(|g| {
-            g.permission_cache_ms = 60_000;
-            g.routes.push(billing_route());
-        })
-        .start()
-        .await;
-    app.register_instance("billing", upstream().await).await;
-    let admin = app.admin("root@example.org").await;
-    let ann_token = app.signed_in("ann@example.org").await;
-    let ann = app.me(&ann_token).await.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, admin, ann_token, ann) = billing_app(60_000).await;
     let role = app
         .through(Method::POST, "/v1/authz/roles", &admin)
         .json(&json!({"name": "reader", "permissions": ["billing.invoices:read"]}))
@@ -676,18 +667,7 @@ async fn a_kept_allowance_ends_with_its_binding() {
 /// with the single-segment setting rules replaced is refused, naming them.
 #[tokio::test]
 async fn a_route_with_rules_lets_through_only_what_a_rule_covers() {
-    let app = TestApp::builder()
-        .with_authz()
-        .gateway(|g| g.routes.push(billing_route()))
-        .start()
-        .await;
-    app.register_instance("billing", upstream().await).await;
-    let admin = app.admin("root@example.org").await;
-    let ann_token = app.signed_in("ann@example.org").await;
-    let ann = app.me(&ann_token).await.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, admin, ann_token, ann) = billing_app(5_000).await;
     let role = app
         .through(Method::POST, "/v1/authz/roles", &admin)
         .json(&json!({"name": "reader", "permissions": ["billing.invoices:read"]}))

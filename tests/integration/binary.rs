@@ -324,6 +324,38 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// The all-in-one (`binary`: `gatehouse`, or something that runs it) with
+/// the gateway and each service on a free loopback port, keeping its data
+/// in `data`, `env` added; answers once the gateway says it is ready.
+pub async fn spawn_platform(
+    binary: &str,
+    data: &Path,
+    env: &[(&'static str, String)],
+) -> ServiceProcess {
+    let mut all: Vec<(&str, String)> = [
+        "GATEHOUSE_AUTH__LISTEN",
+        "GATEHOUSE_IDENTITY__LISTEN",
+        "GATEHOUSE_AUTHZ__LISTEN",
+        "GATEHOUSE_AUDIT__LISTEN",
+    ]
+    .into_iter()
+    .map(|key| (key, format!("127.0.0.1:{}", free_port())))
+    .collect();
+    all.extend(env.iter().cloned());
+    let mut process = ServiceProcess::spawn(binary, "gateway", free_port(), data, &all);
+    let ready = format!("{}/readyz", process.base);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
 /// How many requests the process whose operator endpoints are at `ops`
 /// answered on the routes `counted` takes (its
 /// `gatehouse_http_requests_total`, summed over methods and statuses).

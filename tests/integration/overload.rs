@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::binary::{ServiceProcess, free_port};
+use crate::binary::{ServiceProcess, spawn_platform};
 use crate::process::Backend;
 use crate::support::PASSWORD;
 
@@ -28,17 +28,8 @@ struct Platform {
 impl Platform {
     async fn spawn(extra: &[(&'static str, String)]) -> Platform {
         let backend = Backend::new();
-        let mut env: Vec<(&'static str, String)> = [
-            "GATEHOUSE_AUTH__LISTEN",
-            "GATEHOUSE_IDENTITY__LISTEN",
-            "GATEHOUSE_AUTHZ__LISTEN",
-            "GATEHOUSE_AUDIT__LISTEN",
-        ]
-        .into_iter()
-        .map(|key| (key, format!("127.0.0.1:{}", free_port())))
-        .collect();
         let recommended = scrypt::Params::recommended();
-        env.extend([
+        let mut env: Vec<(&'static str, String)> = vec![
             (
                 "GATEHOUSE_IDENTITY__SCRYPT__LOG_N",
                 recommended.log_n().to_string(),
@@ -47,27 +38,11 @@ impl Platform {
                 "GATEHOUSE_IDENTITY__SCRYPT__MAX_CONCURRENT",
                 CONCURRENT.to_string(),
             ),
-        ]);
+        ];
         env.extend(backend.env.iter().cloned());
         env.extend(extra.iter().cloned());
         let data = tempfile::tempdir().unwrap();
-        let mut process = ServiceProcess::spawn(
-            env!("CARGO_BIN_EXE_gatehouse"),
-            "gateway",
-            free_port(),
-            data.path(),
-            &env,
-        );
-        let ready = format!("{}/readyz", process.base);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(&ready)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(Instant::now() < deadline, "never ready");
-            assert!(process.child.try_wait().unwrap().is_none(), "it stopped");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process = spawn_platform(env!("CARGO_BIN_EXE_gatehouse"), data.path(), &env).await;
         Platform {
             process,
             _data: data,

@@ -11,7 +11,7 @@ use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::json;
 
 use crate::binary::{
-    ServiceProcess, free_port, login, make_admin, signed_channel, static_registry,
+    ServiceProcess, free_port, login, make_admin, signed_channel, spawn_platform, static_registry,
 };
 use crate::support::PASSWORD;
 
@@ -277,33 +277,8 @@ async fn the_data_directory_and_its_databases_are_the_owners_alone() {
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let env: Vec<(&str, String)> = [
-        "GATEHOUSE_AUTH__LISTEN",
-        "GATEHOUSE_IDENTITY__LISTEN",
-        "GATEHOUSE_AUTHZ__LISTEN",
-        "GATEHOUSE_AUDIT__LISTEN",
-    ]
-    .into_iter()
-    .map(|key| (key, format!("127.0.0.1:{}", free_port())))
-    .collect();
-    let platform = ServiceProcess::spawn(
-        wrapper.to_str().unwrap(),
-        "gateway",
-        free_port(),
-        &data,
-        &env,
-    );
+    let platform = spawn_platform(wrapper.to_str().unwrap(), &data, &[]).await;
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{}/readyz", platform.base))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // A registration writes identity's database (and its journal).
     let r = http
         .post(format!("{}/v1/users", platform.base))
@@ -354,36 +329,17 @@ async fn the_all_in_one_routes_to_a_teams_service_listed_in_its_config() {
         ),
     )
     .unwrap();
-    let mut env: Vec<(&str, String)> = [
-        "GATEHOUSE_AUTH__LISTEN",
-        "GATEHOUSE_IDENTITY__LISTEN",
-        "GATEHOUSE_AUTHZ__LISTEN",
-        "GATEHOUSE_AUDIT__LISTEN",
-    ]
-    .into_iter()
-    .map(|key| (key, format!("127.0.0.1:{}", free_port())))
-    .collect();
-    env.push(("GATEHOUSE_CONFIG_FILE", config.display().to_string()));
-    // As a new user runs it: no credentials directory.
-    env.push(("GATEHOUSE_RPC__CREDENTIALS_DIR", String::new()));
-    let platform = ServiceProcess::spawn(
+    let platform = spawn_platform(
         env!("CARGO_BIN_EXE_gatehouse"),
-        "gateway",
-        free_port(),
         &dir.path().join("data"),
-        &env,
-    );
+        &[
+            ("GATEHOUSE_CONFIG_FILE", config.display().to_string()),
+            // As a new user runs it: no credentials directory.
+            ("GATEHOUSE_RPC__CREDENTIALS_DIR", String::new()),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{}/readyz", platform.base))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let billing = http
         .get(format!("{}/billing/invoices/7", platform.base))
         .send()

@@ -237,14 +237,18 @@ impl Permits {
         Ok(answer.allowed)
     }
 
-    /// Authz's answer, and the revision it was given at.
-    async fn ask(&self, key: &Key) -> Result<(Kept, u64), PermitError> {
-        let channel = self
-            .inner
+    /// A client of authz, through the registry.
+    async fn authz(&self) -> Result<AuthzClient<crate::kernel::rpc::RpcChannel>, PermitError> {
+        self.inner
             .clients
             .channel("authz")
             .await
-            .map_err(|e| PermitError::Unavailable(e.to_string()))?;
+            .map(AuthzClient::new)
+            .map_err(|e| PermitError::Unavailable(e.to_string()))
+    }
+
+    /// Authz's answer, and the revision it was given at.
+    async fn ask(&self, key: &Key) -> Result<(Kept, u64), PermitError> {
         let asked = pb::CheckRequest {
             question: Some(pb::Question {
                 user_id: key.user.to_string(),
@@ -253,7 +257,7 @@ impl Permits {
             }),
             at_least_revision: self.inner.revision.load(Ordering::Acquire),
         };
-        match AuthzClient::new(channel).check(asked).await {
+        match self.authz().await?.check(asked).await {
             Ok(answer) => {
                 let answer = answer.into_inner();
                 let allowed = answer.answer.as_ref().is_some_and(|a| a.allowed);
@@ -280,18 +284,12 @@ impl Permits {
         actor: Uuid,
         user: Uuid,
     ) -> Result<Option<(String, String)>, PermitError> {
-        let channel = self
-            .inner
-            .clients
-            .channel("authz")
-            .await
-            .map_err(|e| PermitError::Unavailable(e.to_string()))?;
         let asked = pb::CoversRequest {
             actor_id: actor.to_string(),
             user_id: user.to_string(),
             at_least_revision: self.inner.revision.load(Ordering::Acquire),
         };
-        match AuthzClient::new(channel).covers(asked).await {
+        match self.authz().await?.covers(asked).await {
             Ok(answer) => {
                 let answer = answer.into_inner();
                 Ok((!answer.covered).then_some((answer.lacking_permission, answer.lacking_scope)))
