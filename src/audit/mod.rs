@@ -6,8 +6,10 @@
 //! an entry makes of an event), signs the chain's head now and then, and
 //! serves the log to callers holding `audit:read`.
 //!
-//! Rooms: `model.rs` (entries, their canonical form and hash, signed
-//! checkpoints, the verifier), `keys.rs` (the key that signs checkpoints),
+//! Rooms: `model.rs` (entries, their canonical form and hash, the
+//! verifier), `signed.rs` (what the key signs: checkpoints and markers),
+//! `keys.rs` (the key that signs them, and the one entries' MACs are made
+//! with),
 //! `store.rs` (appending to the chain, checkpoints, listing, verifying),
 //! `witness.rs` (the newest checkpoint, kept outside the database),
 //! `ingest.rs` (events to entries), `service.rs` (recording, reading,
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod model;
 pub mod schema;
 pub mod service;
+pub mod signed;
 pub mod store;
 pub mod witness;
 

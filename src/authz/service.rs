@@ -34,7 +34,7 @@ struct Held {
 #[derive(Clone)]
 pub struct Authz {
     db: Db,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     held: Arc<RwLock<Held>>,
     /// Serialises reloads, so a burst of checks reads the database once.
     reload: Arc<tokio::sync::Mutex<()>>,
@@ -256,20 +256,6 @@ impl Authz {
         Ok((users, policy.revision))
     }
 
-    /// Whether `actor` holds every permission `user` holds, wherever it is
-    /// held: the first they lack, when not.
-    pub async fn covers(
-        &self,
-        actor: Uuid,
-        user: Uuid,
-        at_least: u64,
-    ) -> Result<(Option<super::model::Lacking>, u64), AuthzError> {
-        let policy = self.policy(at_least).await?;
-        let now = self.clock.now();
-        let lacking = policy.lacking(actor, policy.grants_of(Subject::User(user), now), now);
-        Ok((lacking, policy.revision))
-    }
-
     /// Who writes now: `actor`, or the platform when none.
     fn by(&self, actor: Option<Uuid>) -> store::By {
         store::By {
@@ -297,33 +283,6 @@ impl Authz {
         Ok(revision)
     }
 
-    /// Refuses a change that gives what its maker (`actor`; none for the
-    /// platform and the command line) does not hold: `gained`, from the
-    /// current policy (see `model/escalation.rs`). Holding [`BIND`] where
-    /// it is given allows a binding or a membership all the same.
-    async fn no_escalation(
-        &self,
-        actor: Option<Uuid>,
-        gained: impl FnOnce(&Policy, DateTime<Utc>) -> Vec<(Permission, Scope)>,
-        binds: Option<&Scope>,
-    ) -> Result<(), AuthzError> {
-        let Some(actor) = actor else {
-            return Ok(());
-        };
-        let policy = self.policy(0).await?;
-        let now = self.clock.now();
-        if let Some(scope) = binds
-            && let Ok(bind) = Permission::parse_asked(BIND)
-            && policy.holds_at(actor, &bind, scope, now)
-        {
-            return Ok(());
-        }
-        match policy.lacking(actor, gained(&policy, now), now) {
-            Some(lacking) => Err(lacking.into()),
-            None => Ok(()),
-        }
-    }
-
     pub async fn create_role(&self, actor: Option<Uuid>, role: Role) -> Result<u64, AuthzError> {
         let gained = role.permissions.clone();
         self.no_escalation(
@@ -344,25 +303,8 @@ impl Authz {
         description: Option<String>,
         permissions: Option<BTreeSet<Permission>>,
     ) -> Result<u64, AuthzError> {
-        // What the role gains reaches everyone it is bound to, anywhere.
         if let Some(new) = &permissions {
-            let role = name.clone();
-            let new = new.clone();
-            self.no_escalation(
-                actor,
-                move |policy, _| {
-                    let held: BTreeSet<Permission> = policy
-                        .role_grants(&role, &Scope::Everywhere)
-                        .into_iter()
-                        .map(|(p, _)| p)
-                        .collect();
-                    new.difference(&held)
-                        .map(|p| (p.clone(), Scope::Everywhere))
-                        .collect()
-                },
-                None,
-            )
-            .await?;
+            self.no_role_escalation(actor, &name, new).await?;
         }
         let by = self.by(actor);
         self.write(move |conn| {
@@ -544,7 +486,3 @@ impl Authz {
 
 /// The built-in role every registered user gets.
 pub const USER_ROLE: &str = "user";
-
-/// The permission that lets its holder bind any role, or add any member to
-/// a group, where they hold it, beyond what they hold themselves.
-pub const BIND: &str = "authz:bind";

@@ -17,6 +17,7 @@ use crate::gateway::fault::Fault;
 use crate::gateway::headers::{Peer, forwarded_for};
 use crate::gateway::routes::normalise;
 use crate::gateway::rules::Cover;
+use crate::kernel::credentials::SERVICES;
 use crate::kernel::error::Problem;
 use crate::middleware::bearer::{self};
 use crate::middleware::ratelimit::{self, RateKey, Verdict};
@@ -241,6 +242,17 @@ pub(super) fn limit_user(
 }
 
 impl Gateway {
+    /// The credential for a request to `service`: its own service token
+    /// when `service` is one of the platform's, which then believes the
+    /// client address the request's `Forwarded` names; none for a team's.
+    pub(super) fn vouch(&self, service: &str) -> Option<HeaderValue> {
+        if service == crate::gateway::NAME || !SERVICES.contains(&service) {
+            return None;
+        }
+        let token = self.inner.caller.as_ref()?.token(service).ok()?;
+        HeaderValue::from_bytes(token.as_bytes()).ok()
+    }
+
     /// Takes one request from `key`'s allowance, if its kind of key is
     /// limited: here, into `verdict` (the answer once it is spent), or, when
     /// replicas share their counts, left `owed` to [`Gateway::pay`].
@@ -316,5 +328,32 @@ impl Gateway {
             .rev()
             .find(|ip| !self.trusts(*ip))
             .unwrap_or(peer)
+    }
+}
+
+/// Asks authz whether the request's user holds the route's `permission`
+/// (at `resource`): 403 naming it when not, 503 when authz
+/// cannot say. The route requires a token, so a user is known by now.
+pub(super) async fn permitted(
+    gw: &Gateway,
+    admission: &Admission,
+    resource: Option<&str>,
+    permission: &str,
+) -> Result<(), Response> {
+    let Admission::Decided(Some(principal)) = admission else {
+        return Err(bearer::refusal(TokenError::Missing));
+    };
+    match gw
+        .inner
+        .permits
+        .allowed(principal.user_id, permission, resource)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(crate::gateway::fault::forbidden(permission)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a route's permission check failed");
+            Err(fault(Fault::AuthzUnavailable))
+        }
     }
 }

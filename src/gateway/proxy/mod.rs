@@ -13,7 +13,7 @@ mod attempt;
 mod body;
 
 use super::client::upstream;
-use admission::{Admission, Plan, Refusal, limit_user, plan, settle};
+use admission::{Admission, Plan, Refusal, limit_user, permitted, plan, settle};
 use attempt::{Attempt, Blame, MAX_ATTEMPTS, blame, split_url};
 use body::{Outgoing, prepare_body};
 
@@ -40,7 +40,7 @@ use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
 use super::rules::Cover;
-use crate::kernel::credentials::{Caller, SERVICES};
+use crate::kernel::credentials::Caller;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::origin::Cidr;
 use crate::kernel::registry::{Instance, Registry};
@@ -138,19 +138,6 @@ impl Gateway {
                 caller: settings.caller,
             }),
         })
-    }
-}
-
-impl Gateway {
-    /// The credential for a request to `service`: its own service token
-    /// when `service` is one of the platform's, which then believes the
-    /// client address the request's `Forwarded` names; none for a team's.
-    fn vouch(&self, service: &str) -> Option<HeaderValue> {
-        if service == super::NAME || !SERVICES.contains(&service) {
-            return None;
-        }
-        let token = self.inner.caller.as_ref()?.token(service).ok()?;
-        HeaderValue::from_bytes(token.as_bytes()).ok()
     }
 }
 
@@ -317,33 +304,6 @@ async fn charged<G: std::ops::Deref<Target = Gateway>>(
             answer
         }
         Err(refused) => refused,
-    }
-}
-
-/// Asks authz whether the request's user holds the route's `permission`
-/// (at `resource`): 403 naming it when not, 503 when authz
-/// cannot say. The route requires a token, so a user is known by now.
-async fn permitted(
-    gw: &Gateway,
-    admission: &Admission,
-    resource: Option<&str>,
-    permission: &str,
-) -> Result<(), Response> {
-    let Admission::Decided(Some(principal)) = admission else {
-        return Err(bearer::refusal(TokenError::Missing));
-    };
-    match gw
-        .inner
-        .permits
-        .allowed(principal.user_id, permission, resource)
-        .await
-    {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(fault::forbidden(permission)),
-        Err(e) => {
-            tracing::warn!(error = %e, "a route's permission check failed");
-            Err(fault(Fault::AuthzUnavailable))
-        }
     }
 }
 
