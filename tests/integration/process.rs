@@ -1067,6 +1067,9 @@ async fn sign_ins(
     outcomes
 }
 
+/// Four clients sign in without a pause through auth over two identity
+/// instances; one is killed under them and started again: no sign-in
+/// fails, and the instance back gets password checks again.
 #[tokio::test]
 async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
     let mut two = TwoIdentities::spawn();
@@ -1132,12 +1135,12 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
         "sign-ins went on after the kill: {}",
         after.len()
     );
-    // At most one failure per client, and only a sign-in under way on the
-    // killed instance when it died: none started after.
-    assert!(failed.len() <= 4, "{} sign-ins failed", failed.len());
+    // None failed: a password check under way on the killed instance, or
+    // sent on a connection to it not yet seen to be dead, is made again on
+    // the other.
     assert!(
-        failed.iter().all(|(t, _)| *t <= killed_at),
-        "a sign-in started after the kill failed: {failed:?} (killed at {killed_at:?})"
+        failed.is_empty(),
+        "sign-ins failed: {failed:?} (killed at {killed_at:?})"
     );
     auth.wait_line("instance ejected from service calls");
 

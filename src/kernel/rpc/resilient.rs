@@ -50,6 +50,11 @@ pub const SAFE_TO_REPEAT: &[&str] = &[
     "/gatehouse.auth.v1.Auth/ListRevokedSessions",
     "/gatehouse.identity.v1.Identity/GetUser",
     "/gatehouse.identity.v1.Identity/GetUsers",
+    // A password check changes nothing an instance keeps but its own
+    // throttle counters (in memory, which a dead instance lost) and a
+    // failed sign-in's event: checked again elsewhere, it is counted
+    // there too, and at worst recorded twice.
+    "/gatehouse.identity.v1.Identity/VerifyCredentials",
     "/gatehouse.identity.v1.Identity/SetStatus",
     "/gatehouse.authz.v1.Authz/Check",
     "/gatehouse.authz.v1.Authz/BatchCheck",
