@@ -3,7 +3,8 @@
 //!
 //! Rooms as in every service: `service.rs`, `store.rs`, `schema.rs`,
 //! `http.rs`, `grpc.rs`, `error.rs`, plus `keys.rs` (the key ring and the
-//! key-encryption key). This file wires them up and runs the background
+//! key-encryption key) and `sessions.rs` (ending sessions, their events,
+//! refresh tokens). This file wires them up and runs the background
 //! work: the outbox relay, the consumer of identity's events, and the key
 //! rotation schedule.
 
@@ -14,6 +15,7 @@ pub mod http;
 pub mod keys;
 pub mod schema;
 pub mod service;
+mod sessions;
 pub mod store;
 
 use std::sync::Arc;
