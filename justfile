@@ -14,25 +14,27 @@ test:
 test-postgres:
     cargo test --features it-postgres --test integration
 
-# The integration suite on PostgreSQL with the suites of the Kafka bus, Redis and
-# the etcd registry, against tansu brokers and etcd servers the tests start
-# and the local Redis (REDIS_URL, default redis://127.0.0.1:6379)
-# (scripts/kafka.sh and scripts/etcd.sh install them when missing); then the
+# The integration suite on PostgreSQL with the suites of the Kafka bus, Redis,
+# the etcd registry and identity's mail, against tansu brokers, etcd servers
+# and aiosmtpd mail servers the tests start and the local Redis (REDIS_URL,
+# default redis://127.0.0.1:6379) (scripts/kafka.sh, scripts/etcd.sh and
+# scripts/smtp.sh install them when missing); then the
 # acceptance specs against a replicated deployment on all of them (it-cluster),
 # from the same build.
 test-servers: tools
-    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster --test integration --test acceptance
+    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test integration --test acceptance
 
 # The acceptance specs against a replicated deployment alone: two gateways,
 # two auth, two identity, two authz and one audit on PostgreSQL, Redis,
 # tansu and etcd, with features/cluster.feature killing and restarting them.
 test-cluster: tools
-    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster --test acceptance
+    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test acceptance
 
-# What building and testing every feature needs beyond cargo: tansu, etcd, protoc.
+# What building and testing every feature needs beyond cargo: tansu, etcd, protoc, aiosmtpd.
 tools:
     scripts/kafka.sh install
     scripts/etcd.sh install
+    scripts/smtp.sh install
 
 # Each service binary built with only its own service feature (and both
 # database backends, the Kafka bus, the etcd registry and Redis).
@@ -54,7 +56,7 @@ fmt-check:
     cargo fmt --check
 
 clippy: tools
-    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,it-redis,it-cluster,bench -- -D warnings
+    cargo clippy --all-targets --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster,bench -- -D warnings
 
 # The systemd unit under deploy/, checked by systemd-analyze for every
 # service against the binaries build-all made.

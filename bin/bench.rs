@@ -505,7 +505,7 @@ async fn serve_unchecked(
     let (identity, db, _relay) = gatehouse::identity::open(
         &ctx,
         config.identity.clone(),
-        Arc::new(gatehouse::identity::notifier::LogNotifier),
+        Arc::new(gatehouse::identity::mail::notifier::LogNotifier),
     )
     .await?;
     let principal = gatehouse::middleware::token::Principal {

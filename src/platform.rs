@@ -135,22 +135,21 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
     })
 }
 
-/// Starts one service with its production wiring.
+/// Starts one service with its production wiring, in a process that
+/// listens on `beyond_loopback` (one address others can reach) if any.
 pub async fn start(
     service: Service,
     ctx: &ServiceContext,
     config: &Config,
+    beyond_loopback: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<Running> {
     let ctx = &ctx.serving(service.name())?;
     match service {
         #[cfg(feature = "identity")]
         Service::Identity => {
-            crate::identity::start(
-                ctx,
-                config.identity.clone(),
-                Arc::new(crate::identity::notifier::LogNotifier),
-            )
-            .await
+            let notifier = crate::identity::mail::notifier(&config.identity.mail, beyond_loopback)
+                .map_err(anyhow::Error::msg)?;
+            crate::identity::start(ctx, config.identity.clone(), notifier).await
         }
         #[cfg(feature = "auth")]
         Service::Auth => crate::auth::start(ctx, config.auth.clone()).await,
@@ -219,8 +218,9 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
         }
     }
     let mut running = vec![crate::kernel::ops::start(&ctx, config.server.ops_listen).await?];
+    let beyond_loopback = listens_beyond_loopback(&config, services);
     for service in services {
-        match start(*service, &ctx, &config).await {
+        match start(*service, &ctx, &config, beyond_loopback).await {
             Ok(r) => {
                 tracing::info!(service = r.name, addr = %r.addr, "service started");
                 running.push(r);
@@ -243,6 +243,26 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
     }
     tracing::info!("all services stopped");
     Ok(())
+}
+
+/// An address the process running `services` listens on that is not
+/// loopback: its ops listener, or a service's.
+fn listens_beyond_loopback(config: &Config, services: &[Service]) -> Option<std::net::SocketAddr> {
+    let listen = |service: &Service| match service {
+        #[cfg(feature = "identity")]
+        Service::Identity => config.identity.listen,
+        #[cfg(feature = "auth")]
+        Service::Auth => config.auth.listen,
+        #[cfg(feature = "authz")]
+        Service::Authz => config.authz.listen,
+        #[cfg(feature = "audit")]
+        Service::Audit => config.audit.listen,
+        #[cfg(feature = "gateway")]
+        Service::Gateway => config.gateway.listen,
+    };
+    std::iter::once(config.server.ops_listen)
+        .chain(services.iter().map(listen))
+        .find(|addr| !addr.ip().is_loopback())
 }
 
 /// Loads config and starts logging and tracing for the process `name`; the

@@ -245,7 +245,7 @@ async fn lag(dir: &std::path::Path, seconds: u64, bus: &Bus) -> anyhow::Result<(
     let (identity, _db, _relay) = gatehouse::identity::open(
         &ctx,
         config,
-        Arc::new(gatehouse::identity::notifier::LogNotifier),
+        Arc::new(gatehouse::identity::mail::notifier::LogNotifier),
     )
     .await?;
     let mut users = Vec::with_capacity(USERS);

@@ -11,14 +11,11 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use chacha20poly1305::aead::Aead;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::paserk::Id;
 use pasetors::version4::V4;
-use rand::RngCore;
 
 use super::error::AuthError;
 use super::schema::signing_keys;
@@ -26,6 +23,7 @@ use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::locks;
 use crate::kernel::outbox::{self, NewEvent};
+use crate::kernel::seal::Sealer;
 use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
 use crate::proto::events::v1::KeyEvent;
 use prost::Message as _;
@@ -40,50 +38,31 @@ const RETIRE_MARGIN: Duration = Duration::seconds(70);
 
 /// The key-encryption key. Never logged, never stored in the database.
 #[derive(Clone)]
-pub struct Kek(Arc<XChaCha20Poly1305>);
+pub struct Kek(Sealer);
 
 impl Kek {
     /// From 64 hex characters in config, or from (creating if missing) the
     /// owner-only file `<data_dir>/auth.kek`.
     pub fn load(configured: &str, data_dir: &Path) -> Result<Kek, String> {
-        let bytes = if configured.is_empty() {
-            crate::kernel::keyfile::read_or_create(&data_dir.join("auth.kek"), || {
-                let mut key = vec![0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                key
-            })?
-        } else {
-            hex::decode(configured.trim())
-                .map_err(|_| "auth.key_encryption_key must be 64 hex characters".to_owned())?
-        };
-        if bytes.len() != 32 {
-            return Err("auth.key_encryption_key must be 32 bytes (64 hex characters)".into());
+        if configured.is_empty() {
+            return Sealer::from_file(&data_dir.join("auth.kek")).map(Kek);
         }
-        Ok(Kek(Arc::new(
-            XChaCha20Poly1305::new_from_slice(&bytes).map_err(|e| e.to_string())?,
-        )))
+        let bytes = hex::decode(configured.trim())
+            .map_err(|_| "auth.key_encryption_key must be 64 hex characters".to_owned())?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            "auth.key_encryption_key must be 32 bytes (64 hex characters)".to_owned()
+        })?;
+        Ok(Kek(Sealer::new(&key)))
     }
 
     /// Nonce (24 bytes) followed by the ciphertext.
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
-        let mut nonce = [0u8; 24];
-        rand::rng().fill_bytes(&mut nonce);
-        let mut out = nonce.to_vec();
-        out.extend(
-            self.0
-                .encrypt(XNonce::from_slice(&nonce), plain)
-                .map_err(|_| "encryption failed".to_owned())?,
-        );
-        Ok(out)
+        self.0.seal(plain)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        if sealed.len() < 24 {
-            return Err("sealed value too short".into());
-        }
-        let (nonce, body) = sealed.split_at(24);
         self.0
-            .decrypt(XNonce::from_slice(nonce), body)
+            .open(sealed)
             .map_err(|_| "cannot decrypt: wrong key-encryption key or damaged data".into())
     }
 }

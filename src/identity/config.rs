@@ -40,6 +40,8 @@ pub struct IdentityConfig {
     /// How long authz's answers to the admin API's permission checks are
     /// kept (0: asked every time). A change in authz drops them at once.
     pub permission_cache_ms: u64,
+    /// How links reach users (`[identity.mail]`).
+    pub mail: super::mail::config::MailConfig,
 }
 
 impl Default for IdentityConfig {
@@ -59,6 +61,7 @@ impl Default for IdentityConfig {
             links_per_address: 3,
             links_window_secs: 900,
             permission_cache_ms: 5_000,
+            mail: Default::default(),
         }
     }
 }

@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::IdentityError;
 use super::link_queue::{Link, RESET, VERIFY, hash_token, new_token};
+use super::mail::notifier::NoticeKind;
+use super::mail::queue::NewMail;
 use super::model::{User, UserStatus, validate_email};
-use super::notifier::{Notice, NoticeKind};
 use super::password::Password;
 use super::service::{Identity, secs, user_event};
 use super::store::{self, UserRow};
@@ -165,7 +166,7 @@ impl Identity {
     }
 
     /// Issues a single-use token of `purpose` to the account with `email`
-    /// when `eligible` holds, and hands the link to the notifier.
+    /// when `eligible` holds, and queues its mail.
     pub(super) async fn send_token(
         &self,
         email: &str,
@@ -180,6 +181,7 @@ impl Identity {
         let now = self.now();
         let at = self.clock.now();
         let expires = now + secs(ttl_secs);
+        let mail = self.mail.clone();
         let issued = self
             .db
             .run(move |c| {
@@ -193,32 +195,22 @@ impl Identity {
                     }
                     store::replace_token(c, &token_hash, &row.id, purpose, expires, now)?;
                     outbox::enqueue(c, &user_event(event_type, &row), at)?;
-                    Ok(Some(row))
+                    let notice = NewMail {
+                        kind,
+                        user_id: &row.id,
+                        recipient: &row.email,
+                        token: &token,
+                        expires_at: expires,
+                    };
+                    mail.enqueue(c, notice, now)?;
+                    Ok(Some(()))
                 })
             })
             .await?;
-        if let Some(row) = issued {
+        if issued.is_some() {
             self.relay.wake();
-            self.notify(kind, &row, token).await;
+            self.mail.wake();
         }
         Ok(())
-    }
-
-    pub(super) async fn notify(&self, kind: NoticeKind, row: &UserRow, token: String) {
-        let base = self.config.link_base_url.trim_end_matches('/');
-        let link = if token.is_empty() {
-            format!("{base}{}", kind.path())
-        } else {
-            format!("{base}{}?token={token}", kind.path())
-        };
-        self.notifier
-            .send(Notice {
-                kind,
-                user_id: row.id.clone(),
-                email: row.email.clone(),
-                link,
-                token,
-            })
-            .await;
     }
 }

@@ -7,7 +7,8 @@
 //! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
 //! a password) with `throttle.rs` (failed sign-ins slowed down) and
 //! `device.rs` (the tokens of devices that signed in before), `links.rs` (reset and verification links) with `link_queue.rs`
-//! (their queue and tokens), `notifier.rs` (how links reach users), and
+//! (their queue and tokens), `mail/` (how links reach users: the mail
+//! queue and its delivery, by SMTP or to the log), and
 //! `admin.rs` (the admin API over other users' accounts, guarded by authz).
 //! This file wires them up.
 
@@ -20,8 +21,8 @@ pub mod grpc;
 pub mod http;
 mod link_queue;
 pub mod links;
+pub mod mail;
 pub mod model;
-pub mod notifier;
 pub mod password;
 pub mod schema;
 pub mod service;
@@ -42,7 +43,8 @@ use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
 pub use config::IdentityConfig;
-use notifier::Notifier;
+use mail::notifier::Notifier;
+use mail::queue::MailQueue;
 use service::Identity;
 
 /// The service's name: its registry entry, SQLite file, PostgreSQL schema and event source.
@@ -72,6 +74,18 @@ fn device_key(ctx: &ServiceContext) -> [u8; 32] {
             rand::rng().fill_bytes(&mut key);
             key
         })
+}
+
+/// What seals the tokens in the mail queue: a key derived from identity's
+/// service key, so every instance reads the mail the others queued; else
+/// the owner-only file `<data_dir>/identity.mail.key`.
+fn mail_queue(ctx: &ServiceContext) -> anyhow::Result<MailQueue> {
+    let sealer = match ctx.keyring.derived(NAME, "mail queue") {
+        Some(key) => crate::kernel::seal::Sealer::new(&key),
+        None => crate::kernel::seal::Sealer::from_file(&ctx.data_dir.join("identity.mail.key"))
+            .map_err(anyhow::Error::msg)?,
+    };
+    Ok(MailQueue::new(sealer))
 }
 
 /// Identity's database, opened and migrated, and its password hasher, once
@@ -106,6 +120,19 @@ pub async fn open(
 ) -> anyhow::Result<(Identity, Db, tokio::task::JoinHandle<()>)> {
     let (db, hasher) = store_and_hasher(ctx, &config).await?;
     let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
+    let queue = mail_queue(ctx)?;
+    let delivery = mail::spawn(
+        mail::Delivery {
+            db: db.clone(),
+            queue: queue.clone(),
+            notifier,
+            clock: ctx.clock.clone(),
+            metrics: ctx.metrics.clone(),
+            link_base_url: config.link_base_url.clone(),
+            config: config.mail.clone(),
+        },
+        ctx.shutdown.clone(),
+    );
     if config.lockout.is_some() {
         tracing::warn!(
             "identity.lockout is no longer used: failed sign-ins are throttled by \
@@ -115,7 +142,7 @@ pub async fn open(
     let identity = Identity::new(
         db.clone(),
         hasher,
-        notifier,
+        queue,
         ctx.clock.clone(),
         relay,
         Arc::new(config),
@@ -123,11 +150,15 @@ pub async fn open(
     )
     .map_err(anyhow::Error::msg)?;
     let links = links::spawn(identity.clone(), ctx.shutdown.clone());
-    // One handle for both background tasks. Events of links sent while
-    // stopping stay in the outbox for the next start if the relay has gone.
+    // One handle for the background tasks. The events and mail of links
+    // asked for while stopping wait in the outbox and the mail queue for
+    // the next start if the relay or delivery has gone.
     let background = tokio::spawn(async move {
         if let Err(e) = links.await {
             tracing::error!(error = %e, "the link worker failed");
+        }
+        if let Err(e) = delivery.await {
+            tracing::error!(error = %e, "mail delivery failed");
         }
         if let Err(e) = relay_task.await {
             tracing::error!(error = %e, "the outbox relay failed");
@@ -210,10 +241,11 @@ pub async fn create_account(
         registration_enabled: true,
         ..config
     };
+    // The account's verification mail waits in the queue for the service.
     let identity = Identity::new(
         db,
         hasher,
-        Arc::new(notifier::LogNotifier),
+        mail_queue(ctx)?,
         ctx.clock.clone(),
         outbox::Relay::idle(),
         Arc::new(config),

@@ -31,4 +31,20 @@ diesel::table! {
 }
 
 diesel::joinable!(user_tokens -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, user_tokens);
+diesel::allow_tables_to_appear_in_same_query!(users, user_tokens, mail_queue);
+
+diesel::table! {
+    mail_queue (id) {
+        id -> Text,
+        kind -> Text,
+        user_id -> Text,
+        recipient -> Text,
+        sealed -> Binary,
+        attempts -> Integer,
+        due_at -> Timestamp,
+        expires_at -> Timestamp,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(mail_queue -> users (user_id));

@@ -18,11 +18,12 @@ use super::config::IdentityConfig;
 use super::device::Devices;
 use super::error::IdentityError;
 use super::link_queue::{Links, RESET, VERIFY, new_token};
+use super::mail::notifier::NoticeKind;
+use super::mail::queue::{MailQueue, NewMail};
 pub use super::model::{
     MAX_BATCH, MAX_DISPLAY_NAME, Registration, User, UserId, UserStatus, validate_display_name,
     validate_email,
 };
-use super::notifier::{NoticeKind, Notifier};
 use super::password::{Hasher, Password};
 use super::store::{self, UserRow};
 use super::throttle::Throttle;
@@ -36,7 +37,8 @@ use crate::proto::events::v1::UserEvent;
 pub struct Identity {
     pub(super) db: Db,
     pub(super) hasher: Hasher,
-    pub(super) notifier: Arc<dyn Notifier>,
+    /// Mail waiting to be delivered (see `mail/`).
+    pub(super) mail: MailQueue,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) relay: Relay,
     pub(super) config: Arc<IdentityConfig>,
@@ -52,7 +54,7 @@ impl Identity {
     pub fn new(
         db: Db,
         hasher: Hasher,
-        notifier: Arc<dyn Notifier>,
+        mail: MailQueue,
         clock: Arc<dyn Clock>,
         relay: Relay,
         config: Arc<IdentityConfig>,
@@ -67,7 +69,7 @@ impl Identity {
         Ok(Self {
             db,
             hasher,
-            notifier,
+            mail,
             clock,
             relay,
             config,
@@ -129,8 +131,22 @@ impl Identity {
             }
         };
         if let Some(row) = holder {
-            self.notify(NoticeKind::AccountExists, &row, String::new())
-                .await;
+            let now = self.now();
+            let expires = now + secs(self.config.reset_token_ttl_secs);
+            let mail = self.mail.clone();
+            self.db
+                .run(move |c| {
+                    let notice = NewMail {
+                        kind: NoticeKind::AccountExists,
+                        user_id: &row.id,
+                        recipient: &row.email,
+                        token: "",
+                        expires_at: expires,
+                    };
+                    mail.enqueue(c, notice, now)
+                })
+                .await?;
+            self.mail.wake();
         }
         Ok(())
     }
@@ -186,21 +202,27 @@ impl Identity {
         let event = user_event("identity.user.registered", &row);
         let at = self.clock.now();
         let inserted = row.clone();
+        let mail = self.mail.clone();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     store::insert_user(conn, &inserted)?;
                     store::replace_token(conn, &token_hash, &inserted.id, VERIFY, expires, now)?;
                     outbox::enqueue(conn, &event, at)?;
-                    Ok::<_, IdentityError>(())
+                    let notice = NewMail {
+                        kind: NoticeKind::EmailVerification,
+                        user_id: &inserted.id,
+                        recipient: &inserted.email,
+                        token: &token,
+                        expires_at: expires,
+                    };
+                    mail.enqueue(conn, notice, now)
                 })
             })
             .await?;
         self.relay.wake();
-        let user = User::try_from(&row)?;
-        self.notify(NoticeKind::EmailVerification, &row, token)
-            .await;
-        Ok(user)
+        self.mail.wake();
+        User::try_from(&row)
     }
 
     pub async fn get_user(&self, id: UserId) -> Result<User, IdentityError> {

@@ -35,11 +35,11 @@ where
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    // GATEHOUSE_CONFIG_FILE names the file (the binaries' --config): it is
-    // no key of the config.
+    // GATEHOUSE_CONFIG_FILE names the file (the binaries' --config), and
+    // GATEHOUSE_SMTP_PASSWORD holds a secret: neither is a key of the config.
     figment = figment.merge(
         Env::prefixed("GATEHOUSE_")
-            .ignore(&[CONFIG_FILE_VARIABLE])
+            .ignore(&[CONFIG_FILE_VARIABLE, SMTP_PASSWORD_VARIABLE])
             .split("__"),
     );
     figment.extract().map_err(|e| ConfigError(e.to_string()))
@@ -47,6 +47,9 @@ where
 
 /// The variable, without `GATEHOUSE_`, that names the config file.
 const CONFIG_FILE_VARIABLE: &str = "CONFIG_FILE";
+/// The variable, without `GATEHOUSE_`, that holds the mail server's
+/// password by default (`identity.mail.smtp.password_env`).
+const SMTP_PASSWORD_VARIABLE: &str = "SMTP_PASSWORD";
 
 /// How logs are written.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use prometheus::local::LocalHistogram;
 
 use super::locks::lock;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The process's metrics. Cheap to clone: every field is a shared handle.
@@ -36,6 +36,8 @@ pub struct Metrics {
     pub audit_entries_total: IntCounter,
     pub bus_consumer_lag: IntGaugeVec,
     pub audit_ingest_lag_seconds: Histogram,
+    pub mail_deliveries_total: IntCounterVec,
+    pub mail_queued: IntGauge,
 }
 
 impl Metrics {
@@ -121,6 +123,21 @@ impl Metrics {
             ),
             &["consumer", "source"],
         )?;
+        let mail_deliveries_total = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_mail_deliveries_total",
+                "Attempts to deliver identity's mail, by outcome: sent, failed (tried again later), \
+                 refused (for good by the mail server), expired (its link ran out first) or \
+                 unreadable (sealed under another key).",
+            ),
+            &["outcome"],
+        )?;
+        let mail_queued = IntGauge::new(
+            "gatehouse_mail_queued",
+            "Mails waiting in identity's queue, as of its last pass.",
+        )?;
+        registry.register(Box::new(mail_deliveries_total.clone()))?;
+        registry.register(Box::new(mail_queued.clone()))?;
         registry.register(Box::new(bus_consumer_lag.clone()))?;
         registry.register(Box::new(audit_entries_total.clone()))?;
         registry.register(Box::new(audit_ingest_lag_seconds.clone()))?;
@@ -146,6 +163,8 @@ impl Metrics {
             audit_entries_total,
             bus_consumer_lag,
             audit_ingest_lag_seconds,
+            mail_deliveries_total,
+            mail_queued,
         })
     }
 

@@ -31,6 +31,7 @@ pub mod queue;
 pub mod redis;
 pub mod registry;
 pub mod rpc;
+pub mod seal;
 pub mod server;
 pub mod stream;
 pub mod telemetry;

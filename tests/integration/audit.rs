@@ -875,7 +875,7 @@ async fn every_state_changing_action_is_on_the_log_with_its_request() {
     app.await_notices(before + 1).await;
     let token = app
         .last_token(
-            gatehouse::identity::notifier::NoticeKind::PasswordReset,
+            gatehouse::identity::mail::notifier::NoticeKind::PasswordReset,
             "cat@example.org",
         )
         .unwrap();

@@ -466,7 +466,7 @@ async fn identitys_admin_api_asks_authz_and_a_grant_opens_it_at_once() {
     app.await_notices(notices + 1).await;
     assert!(
         app.last_token(
-            gatehouse::identity::notifier::NoticeKind::PasswordReset,
+            gatehouse::identity::mail::notifier::NoticeKind::PasswordReset,
             "ann@example.org"
         )
         .is_some()

@@ -1,7 +1,7 @@
 //! Identity's public HTTP API as a client sees it.
 
 use chrono::Duration;
-use gatehouse::identity::notifier::NoticeKind;
+use gatehouse::identity::mail::notifier::NoticeKind;
 use prost::Message;
 use serde_json::json;
 

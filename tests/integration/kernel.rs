@@ -276,6 +276,15 @@ fn the_deployment_configs_wire_three_machines_together() {
             "{service}: ops_listen taken"
         );
     }
+    // Listening beyond loopback, identity sends its mail by SMTP.
+    let identity = &configs[2].1.identity;
+    assert_eq!(configs[2].0, "identity");
+    assert_eq!(
+        identity.mail.transport,
+        gatehouse::identity::mail::config::Transport::Smtp
+    );
+    identity.mail.check().unwrap();
+    assert!(identity.link_base_url.starts_with("https://"));
 }
 
 /// A bus that refuses to publish while `down` is set.

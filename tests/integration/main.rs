@@ -5,7 +5,8 @@
 //! feature the same suites run on PostgreSQL, each app in a fresh database.
 //! With `it-kafka`, the Kafka bus's suites run too, each against a tansu
 //! broker of its own; with `it-etcd`, the etcd registry's, each against an
-//! etcd server of its own.
+//! etcd server of its own; with `it-smtp`, identity's mail goes to an
+//! aiosmtpd server of each test's own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
@@ -26,6 +27,8 @@ mod identity_http;
 #[cfg(feature = "it-kafka")]
 mod kafka;
 mod kernel;
+#[cfg(feature = "it-smtp")]
+mod mail;
 mod openapi;
 mod overload;
 #[cfg(feature = "it-postgres")]

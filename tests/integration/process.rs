@@ -1207,3 +1207,73 @@ async fn an_auth_instance_with_another_key_encryption_key_refuses_to_start() {
     assert!(first.child.try_wait().unwrap().is_none());
     assert!(second.child.try_wait().unwrap().is_none());
 }
+
+/// The all-in-one's listeners, each on a free port of `host`.
+fn listening_on(host: &str) -> Vec<(&'static str, String)> {
+    [
+        "GATEHOUSE_GATEWAY__LISTEN",
+        "GATEHOUSE_AUTH__LISTEN",
+        "GATEHOUSE_IDENTITY__LISTEN",
+        "GATEHOUSE_AUTHZ__LISTEN",
+        "GATEHOUSE_AUDIT__LISTEN",
+    ]
+    .into_iter()
+    .map(|key| (key, format!("{host}:{}", free_port())))
+    .collect()
+}
+
+#[tokio::test]
+async fn mail_to_the_log_is_refused_for_a_process_listening_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway on every address, the rest on loopback.
+    let mut env = listening_on("127.0.0.1");
+    env[0].1 = format!("0.0.0.0:{}", free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .envs(env.clone())
+        .env("GATEHOUSE_SERVER__OPS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("identity.mail.transport = \"log\""), "{said}");
+    assert!(said.contains(&env[0].1), "{said}");
+
+    // With mail sent by SMTP it starts, listening there.
+    let mut platform = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse"),
+        "gateway",
+        free_port(),
+        dir.path(),
+        &[
+            env.as_slice(),
+            &[
+                ("GATEHOUSE_IDENTITY__MAIL__TRANSPORT", "smtp".to_owned()),
+                (
+                    "GATEHOUSE_IDENTITY__MAIL__SMTP__HOST",
+                    "localhost".to_owned(),
+                ),
+            ],
+        ]
+        .concat(),
+    );
+    platform.wait_for(|l| l.contains("service started") && l.contains("\"gateway\""));
+    assert!(
+        platform
+            .log
+            .latest(|l| l.contains("mail goes to the log"))
+            .is_none()
+    );
+    platform.terminate().await;
+
+    // On loopback alone, mail to the log is taken, with a warning.
+    let mut platform = ServiceProcess::spawn(
+        env!("CARGO_BIN_EXE_gatehouse"),
+        "gateway",
+        free_port(),
+        dir.path(),
+        &listening_on("127.0.0.1"),
+    );
+    platform.wait_line("mail goes to the log");
+    platform.terminate().await;
+}

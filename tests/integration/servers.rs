@@ -1,7 +1,7 @@
 //! The real servers tests start or use beside gatehouse's own processes: a
-//! fresh PostgreSQL database (`it-postgres`), a tansu broker (`it-kafka`) and
-//! an etcd server (`it-etcd`). Shared by the integration suites and the
-//! acceptance runner.
+//! fresh PostgreSQL database (`it-postgres`), a tansu broker (`it-kafka`),
+//! an etcd server (`it-etcd`) and a mail server (`it-smtp`). Shared by the
+//! integration suites and the acceptance runner.
 
 /// A PostgreSQL database made for a test and dropped with it (under
 /// `it-postgres`; empty otherwise).
@@ -322,5 +322,186 @@ mod etcd {
             .await
             .map(|found| found.iter().map(|i| i.url.clone()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(feature = "it-smtp")]
+#[allow(unused_imports, reason = "the acceptance runner sends no mail")]
+pub use smtp::{Security, Sink};
+
+#[cfg(feature = "it-smtp")]
+mod smtp {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::binary::free_port;
+
+    /// How a client reaches the sink.
+    #[derive(Clone, Copy)]
+    pub enum Security {
+        Starttls,
+        Tls,
+    }
+
+    /// A mail server (aiosmtpd, through `scripts/smtp-sink.py`) on a port of
+    /// its own, with a certificate for `localhost` from a CA of the test's,
+    /// requiring TLS and a sign-in; each mail it takes is a JSON file in
+    /// its directory. Stopped when dropped.
+    pub struct Sink {
+        child: Option<Child>,
+        pub port: u16,
+        security: Security,
+        dir: tempfile::TempDir,
+        /// The CA's certificate, for the client to trust.
+        pub ca_file: PathBuf,
+    }
+
+    pub const USER: &str = "gatehouse";
+    pub const PASSWORD: &str = "mail-server-password";
+
+    /// The Python of the environment `scripts/smtp.sh install` makes.
+    fn python() -> String {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let installed = format!("{home}/.cache/gatehouse/smtp-venv/bin/python");
+        assert!(
+            Path::new(&installed).exists(),
+            "no aiosmtpd at {installed}: run scripts/smtp.sh install"
+        );
+        installed
+    }
+
+    impl Sink {
+        /// A sink on a free port, not started: see [`Sink::start`].
+        pub fn stopped(security: Security) -> Sink {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca_cert = params.self_signed(&ca).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca_cert, &ca)
+                .unwrap();
+            let ca_file = dir.path().join("ca.pem");
+            std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+            std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+            std::fs::create_dir(dir.path().join("mail")).unwrap();
+            Sink {
+                child: None,
+                port: free_port(),
+                security,
+                dir,
+                ca_file,
+            }
+        }
+
+        /// Starts it and waits until it takes connections.
+        pub fn start(&mut self) {
+            let dir = self.dir.path();
+            let security = match self.security {
+                Security::Starttls => "starttls",
+                Security::Tls => "tls",
+            };
+            let child = Command::new(python())
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.py"))
+                .args(["--port", &self.port.to_string(), "--security", security])
+                .arg("--dir")
+                .arg(dir.join("mail"))
+                .arg("--cert")
+                .arg(dir.join("cert.pem"))
+                .arg("--key")
+                .arg(dir.join("key.pem"))
+                .args(["--user", USER, "--password", PASSWORD])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(Instant::now() < deadline, "the mail server never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// The settings that send identity's mail here.
+        pub fn env(&self) -> Vec<(&'static str, String)> {
+            let security = match self.security {
+                Security::Starttls => "starttls",
+                Security::Tls => "tls",
+            };
+            vec![
+                ("GATEHOUSE_IDENTITY__MAIL__TRANSPORT", "smtp".into()),
+                (
+                    "GATEHOUSE_IDENTITY__MAIL__FROM",
+                    "Example <accounts@example.org>".into(),
+                ),
+                ("GATEHOUSE_IDENTITY__MAIL__SMTP__HOST", "localhost".into()),
+                (
+                    "GATEHOUSE_IDENTITY__MAIL__SMTP__PORT",
+                    self.port.to_string(),
+                ),
+                ("GATEHOUSE_IDENTITY__MAIL__SMTP__SECURITY", security.into()),
+                ("GATEHOUSE_IDENTITY__MAIL__SMTP__USERNAME", USER.into()),
+                (
+                    "GATEHOUSE_IDENTITY__MAIL__SMTP__CA_FILE",
+                    self.ca_file.display().to_string(),
+                ),
+                ("GATEHOUSE_SMTP_PASSWORD", PASSWORD.into()),
+            ]
+        }
+
+        /// Every mail taken so far, oldest first.
+        pub fn mail(&self) -> Vec<serde_json::Value> {
+            let mut names: Vec<_> = std::fs::read_dir(self.dir.path().join("mail"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            names.sort();
+            names
+                .iter()
+                .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+                .collect()
+        }
+
+        /// The latest mail to `to` whose subject is `subject`, waiting for
+        /// it up to `within`.
+        pub async fn await_mail(
+            &self,
+            to: &str,
+            subject: &str,
+            within: Duration,
+        ) -> serde_json::Value {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(found) = self
+                    .mail()
+                    .into_iter()
+                    .rev()
+                    .find(|m| m["rcpt_tos"][0] == to && m["subject"] == subject)
+                {
+                    return found;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no mail {subject:?} reached {to}; the server has {:?}",
+                    self.mail()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    impl Drop for Sink {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }

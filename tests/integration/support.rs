@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use gatehouse::config::Config;
 use gatehouse::identity::IdentityConfig;
-use gatehouse::identity::notifier::{MemoryNotifier, NoticeKind};
+use gatehouse::identity::mail::notifier::{MemoryNotifier, NoticeKind};
 use gatehouse::kernel::ServiceContext;
 use gatehouse::kernel::clock::ManualClock;
 use gatehouse::kernel::rpc::RpcChannel;
@@ -229,7 +229,26 @@ impl TestApp {
             )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        r.json().await.unwrap()
+        let user = r.json().await.unwrap();
+        // Its verification mail goes out after the answer.
+        self.await_token(NoticeKind::EmailVerification, email).await;
+        user
+    }
+
+    /// The token of the latest notice of `kind` to `email`, once one has
+    /// been delivered (waiting up to 5 s).
+    pub async fn await_token(&self, kind: NoticeKind, email: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(token) = self.last_token(kind, email) {
+                return token;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {kind:?} notice reached {email}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// A gRPC client reached the way other services reach identity: by name

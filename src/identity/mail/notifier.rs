@@ -1,9 +1,8 @@
-//! How single-use links reach users. Delivery (email, SMS, a queue) is the
-//! deployment's business; the service only says what to deliver to whom.
-//!
-//! The embedded default, [`LogNotifier`], writes the link to the log so a
-//! developer can follow it. The link holds a live token: that notifier is for
-//! development, never for a deployment with real users.
+//! The last step of a mail: handing one notice to whatever delivers it.
+//! [`super::smtp::Smtp`] submits it to a mail server. The all-in-one's
+//! default on loopback, [`LogNotifier`], writes the link to the log so a
+//! developer can follow it; the link holds a live token, so that one is
+//! refused for a process that listens beyond loopback.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +20,25 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
+    /// How the kind is stored in the mail queue.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::PasswordReset => "password_reset",
+            NoticeKind::EmailVerification => "email_verification",
+            NoticeKind::AccountExists => "account_exists",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            NoticeKind::PasswordReset,
+            NoticeKind::EmailVerification,
+            NoticeKind::AccountExists,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
     pub fn path(self) -> &'static str {
         match self {
             NoticeKind::PasswordReset => "/reset-password",
@@ -38,8 +56,11 @@ pub struct Notice {
     pub email: String,
     /// Link including the token; treat as a secret.
     pub link: String,
-    /// The token alone, for notifiers that build their own links.
+    /// The token alone, for notifiers that build their own links; empty
+    /// for a notice that carries none.
     pub token: String,
+    /// When the link stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl std::fmt::Debug for Notice {
@@ -51,9 +72,29 @@ impl std::fmt::Debug for Notice {
     }
 }
 
+/// Why a notice was not delivered, and whether to try again.
+#[derive(Debug)]
+pub enum Undelivered {
+    /// The mail server could not be reached, or asked to try later: the
+    /// notice stays queued and is tried again.
+    Later(String),
+    /// The mail server refused this recipient for good: the notice is
+    /// dropped.
+    Never(String),
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undelivered::Later(why) | Undelivered::Never(why) => f.write_str(why),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Notifier: Send + Sync {
-    async fn send(&self, notice: Notice);
+    /// Delivers `notice`; done once the receiving end has taken it.
+    async fn send(&self, notice: &Notice) -> Result<(), Undelivered>;
 }
 
 /// Writes each link to the log (target `gatehouse::notifier`).
@@ -61,7 +102,7 @@ pub struct LogNotifier;
 
 #[async_trait]
 impl Notifier for LogNotifier {
-    async fn send(&self, notice: Notice) {
+    async fn send(&self, notice: &Notice) -> Result<(), Undelivered> {
         tracing::info!(
             target: "gatehouse::notifier",
             kind = ?notice.kind,
@@ -69,6 +110,7 @@ impl Notifier for LogNotifier {
             link = %notice.link,
             "development notifier: deliver this link to the user"
         );
+        Ok(())
     }
 }
 
@@ -94,8 +136,9 @@ impl MemoryNotifier {
 
 #[async_trait]
 impl Notifier for MemoryNotifier {
-    async fn send(&self, notice: Notice) {
+    async fn send(&self, notice: &Notice) -> Result<(), Undelivered> {
         let _delivering = self.held.lock().await;
-        locks::lock(&self.sent).push(notice);
+        locks::lock(&self.sent).push(notice.clone());
+        Ok(())
     }
 }
