@@ -534,6 +534,8 @@ async fn registration_can_conceal_which_addresses_have_accounts() {
         }
     };
     let new = register("held@example.org", PASSWORD).await;
+    app.await_token(NoticeKind::EmailVerification, "held@example.org")
+        .await;
     let before = app.notices();
     let taken = register("HELD@example.org", "another passphrase here").await;
     assert_eq!(new, taken);

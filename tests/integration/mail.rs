@@ -40,6 +40,12 @@ async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// Makes an account at `email`; its verification mail follows.
+async fn register(base: &str, email: &str) {
+    let body = json!({"email": email, "password": PASSWORD, "display_name": "Mia"});
+    assert_eq!(post(base, "/v1/users", body).await.status(), 201);
+}
+
 /// The platform's count of mail deliveries with `outcome`.
 async fn deliveries(process: &mut ServiceProcess, outcome: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", process.ops_base()))
@@ -84,13 +90,7 @@ async fn a_reset_mail_arrives_over_starttls_signed_in_and_its_link_sets_the_pass
     let mut platform = spawn_platform(env!("CARGO_BIN_EXE_gatehouse"), data.path(), &env).await;
     let base = platform.base.clone();
 
-    let r = post(
-        &base,
-        "/v1/users",
-        json!({"email": "mia@example.org", "password": PASSWORD, "display_name": "Mia"}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    register(&base, "mia@example.org").await;
     let welcome = sink
         .await_mail("mia@example.org", "Confirm your email address", WITHIN)
         .await;
@@ -137,21 +137,9 @@ async fn a_reset_mail_arrives_over_starttls_signed_in_and_its_link_sets_the_pass
     assert!(login(&http, &base, "mia@example.org", PASSWORD).await["access_token"].is_null());
 
     // A recipient refused for good is dropped, and the next mail goes out.
-    let r = post(
-        &base,
-        "/v1/users",
-        json!({"email": "refused@example.org", "password": PASSWORD, "display_name": "R"}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    register(&base, "refused@example.org").await;
     await_deliveries(&mut platform, "refused", 1).await;
-    let r = post(
-        &base,
-        "/v1/users",
-        json!({"email": "noa@example.org", "password": PASSWORD, "display_name": "Noa"}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    register(&base, "noa@example.org").await;
     sink.await_mail("noa@example.org", "Confirm your email address", WITHIN)
         .await;
     assert_eq!(deliveries(&mut platform, "failed").await, 0);
@@ -175,13 +163,7 @@ async fn mail_sent_while_the_mail_server_is_down_arrives_once_it_is_back_across_
     let mut platform = spawn_platform(env!("CARGO_BIN_EXE_gatehouse"), data.path(), &env).await;
     let base = platform.base.clone();
 
-    let r = post(
-        &base,
-        "/v1/users",
-        json!({"email": "ola@example.org", "password": PASSWORD, "display_name": "Ola"}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    register(&base, "ola@example.org").await;
     let r = post(
         &base,
         "/v1/password-resets",

@@ -50,6 +50,7 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
             "auth.signing_keys",
             "auth.user_revocations",
             "identity.__diesel_schema_migrations",
+            "identity.mail_queue",
             "identity.outbox",
             "identity.outbox_head",
             "identity.user_tokens",

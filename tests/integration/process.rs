@@ -238,16 +238,7 @@ fn a_hashing_cost_below_the_floor_stops_identity_at_startup() {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .env("GATEHOUSE_DATA_DIR", dir.path())
         .env("GATEHOUSE_IDENTITY__SCRYPT__LOG_N", "10")
-        .envs(
-            [
-                "GATEHOUSE_GATEWAY__LISTEN",
-                "GATEHOUSE_AUTH__LISTEN",
-                "GATEHOUSE_IDENTITY__LISTEN",
-                "GATEHOUSE_AUTHZ__LISTEN",
-                "GATEHOUSE_AUDIT__LISTEN",
-            ]
-            .map(|key| (key, format!("127.0.0.1:{}", free_port()))),
-        )
+        .envs(listening_on("127.0.0.1"))
         .env("GATEHOUSE_SERVER__OPS_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
