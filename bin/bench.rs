@@ -500,7 +500,7 @@ async fn serve_unchecked(
     user_id: uuid::Uuid,
 ) -> anyhow::Result<()> {
     use gatehouse::kernel::health::Probes;
-    use gatehouse::kernel::server::{self, ServiceApp};
+    use gatehouse::kernel::http::server::{self, ServiceApp};
     let ctx = gatehouse::platform::context(&config)?;
     let (identity, db, _relay) = gatehouse::identity::open(
         &ctx,

@@ -12,10 +12,10 @@ use crate::kernel::bus::{EventBus, InProcessBus};
 use crate::kernel::clock::SystemClock;
 use crate::kernel::config::{BusBackend, RegistryBackend};
 use crate::kernel::credentials::{Keyring, SERVICES};
+use crate::kernel::http::server::{self, Running};
 use crate::kernel::metrics::Metrics;
 use crate::kernel::registry::{InProcessRegistry, Registry, StaticRegistry};
 use crate::kernel::rpc::Clients;
-use crate::kernel::server::{self, Running};
 
 /// A service this build can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +217,7 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
             config.audit.permission_cache_ms = 0;
         }
     }
-    let mut running = vec![crate::kernel::ops::start(&ctx, config.server.ops_listen).await?];
+    let mut running = vec![crate::kernel::http::ops::start(&ctx, config.server.ops_listen).await?];
     let beyond_loopback = listens_beyond_loopback(&config, services);
     for service in services {
         match start(*service, &ctx, &config, beyond_loopback).await {

@@ -45,8 +45,8 @@ use crate::kernel::bus::Unhandled;
 use crate::kernel::config::DatabaseConfig;
 use crate::kernel::db::{Db, DbError, Migrations};
 use crate::kernel::health::Probes;
+use crate::kernel::http::server::{self, Running, ServiceApp};
 use crate::kernel::offsets;
-use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
 

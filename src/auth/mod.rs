@@ -34,8 +34,8 @@ use crate::kernel::bus::Unhandled;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::{Db, Migrations};
 use crate::kernel::health::Probes;
+use crate::kernel::http::server::{self, Running, ServiceApp};
 use crate::kernel::outbox;
-use crate::kernel::server::{self, Running, ServiceApp};
 
 /// The service's name: registry entry, SQLite file, PostgreSQL schema, event source.
 pub const NAME: &str = "auth";

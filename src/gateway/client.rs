@@ -1,8 +1,8 @@
 //! The gateway's hyper clients, one pair per thread: h2c for routes whose
 //! upstreams speak it, and plain HTTP/1.1 for the gateway's own requests
 //! (health probes, API documents). Requests to HTTP/1.1 upstreams go over
-//! the gateway's own wire instead (`h1/`, `pool/`). The clients keep the
-//! limits of `kernel::wire`.
+//! the gateway's own wire instead (`h1_client/`, `pool/`). The clients keep the
+//! limits of `kernel::http::wire`.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::config::UpstreamProtocol;
-use crate::kernel::wire::{MAX_HEAD, MAX_HEADERS};
+use crate::kernel::http::wire::{MAX_HEAD, MAX_HEADERS};
 
 /// A pooled client for upstream instances.
 pub type Upstream = Client<HttpConnector, Body>;
@@ -26,7 +26,7 @@ struct Clients {
 
 thread_local! {
     /// Each thread keeps its own pools, so a pooled upstream connection is
-    /// driven by the thread whose requests use it (see `kernel::io_threads`).
+    /// driven by the thread whose requests use it (see `kernel::http::io_threads`).
     static CLIENTS: std::cell::OnceCell<Clients> = const { std::cell::OnceCell::new() };
 }
 

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::response::Response;
 
 use super::openapi;
-use crate::kernel::server;
+use crate::kernel::http::server;
 
 /// The service for one connection: `own` for the gateway's own paths,
 /// `proxy` for the rest.

@@ -166,9 +166,9 @@ pub fn upstream_headers(
     }
     let host = headers
         .get(header::HOST)
-        // Checked on arrival (see `kernel::wire`); checked again, as it is
+        // Checked on arrival (see `kernel::http::wire`); checked again, as it is
         // written inside a quoted string.
-        .filter(|v| crate::kernel::wire::valid_host(v.as_bytes()))
+        .filter(|v| crate::kernel::http::wire::valid_host(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
     let node = match client {

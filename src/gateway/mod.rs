@@ -12,8 +12,8 @@
 //! `headers.rs` (what headers travel up and down), `balance.rs` (instance
 //! choice and passive health), `probe.rs` (active checks of ejected
 //! instances), `pool/` (each I/O thread's HTTP/1.1 connections to
-//! instances), `h1/` (exchanges with an instance over such a connection,
-//! driven by the request's own task, by the rules of `kernel::wire`),
+//! instances), `h1_client/` (exchanges with an instance over such a connection,
+//! driven by the request's own task, by the rules of `kernel::http::wire`),
 //! `client.rs` (hyper's clients: h2c upstreams and the gateway's own
 //! requests), `openapi.rs` (the merged API document at `/openapi.json` and
 //! the docs page at `/docs`). This file wires them up.
@@ -24,7 +24,7 @@ pub mod client;
 pub mod config;
 pub mod edge;
 pub mod fault;
-pub mod h1;
+pub mod h1_client;
 pub mod headers;
 pub mod openapi;
 pub mod pool;
@@ -40,10 +40,10 @@ pub use config::GatewayConfig;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::health::Probes;
-use crate::kernel::io_threads::IoPlan;
+use crate::kernel::http::io_threads::IoPlan;
+use crate::kernel::http::observe::ObserveLayer;
+use crate::kernel::http::server::{self, Running, ServiceApp};
 use crate::kernel::metrics::Tracked;
-use crate::kernel::observe::ObserveLayer;
-use crate::kernel::server::{self, Running, ServiceApp};
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
 use crate::middleware::ratelimit::{Limiter, SharedLimit};
@@ -109,12 +109,12 @@ fn tls(
     match (config.cert_file.is_empty(), config.key_file.is_empty()) {
         (true, true) => Ok(None),
         (false, false) => {
-            let files = crate::kernel::tls::TlsFiles {
+            let files = crate::kernel::http::tls::TlsFiles {
                 cert: config.cert_file.clone().into(),
                 key: config.key_file.clone().into(),
                 check_every: Duration::from_secs(config.reload_check_secs.max(1)),
             };
-            Ok(Some(crate::kernel::tls::server(&files, shutdown)?))
+            Ok(Some(crate::kernel::http::tls::server(&files, shutdown)?))
         }
         _ => anyhow::bail!("gateway.tls: set both cert_file and key_file, or neither"),
     }
@@ -218,7 +218,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // The observe layer is the connection's own too, for the same reason.
             let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {
-                own: crate::kernel::connection::with_peer(router.clone(), addr),
+                own: crate::kernel::http::connection::with_peer(router.clone(), addr),
                 proxy: observe.layer(cors_layers.service(tower::service_fn(move |req| {
                     proxy::forward(&gateway, &peer, req)
                 }))),

@@ -239,7 +239,7 @@ impl RouteTable {
                 // A standard method listed in another case means the
                 // standard one: methods are matched as they are spelt.
                 let upper = method.to_ascii_uppercase();
-                if crate::kernel::wire::method_fault(
+                if crate::kernel::http::wire::method_fault(
                     &http::Method::from_bytes(method.as_bytes())
                         .map_err(|_| format!("gateway.routes: bad method {method:?}"))?,
                 )

@@ -1,29 +1,41 @@
 //! Infrastructure shared by every service, and nothing else: no business
 //! rules live here. A service gets a [`ServiceContext`] from whoever starts it
 //! (the all-in-one platform or its own binary) and takes what it needs.
+//!
+//! The map:
+//! - serving: `http/` (the server side of HTTP: servers, the HTTP/1.1 loop
+//!   and its wire rules, TLS, the operator listener), `health` (liveness
+//!   and readiness), `error` (problem+json and gRPC statuses), `openapi`,
+//!   `paging`, `queue` (bounded lines of waiters);
+//! - calls between services: `rpc/` (clients through the registry),
+//!   `credentials` (the keys that sign and check them), `registry/`
+//!   (in-process, static or etcd), `origin` (who made a request, carried
+//!   into the events it causes);
+//! - events: `outbox` (written with the change), `bus` (in-process, Kafka
+//!   in `kafka/`, or broker-less in `stream`), `offsets` (how far each
+//!   consumer has read);
+//! - state: `db/` (pools and migrations on SQLite or PostgreSQL), `cache`,
+//!   `redis/`, `keyfile` and `seal` (secrets kept apart from the database);
+//! - the process: `config`, `telemetry` (logs and traces), `metrics`,
+//!   `clock`, `locks`, `alloc`.
 
 pub mod alloc;
 pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod config;
-pub mod connection;
 pub mod credentials;
 pub mod db;
-pub mod deadline;
 pub mod error;
 pub mod health;
-pub mod http1;
-pub mod io_threads;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod keyfile;
 pub mod locks;
 pub mod metrics;
-pub mod observe;
 pub mod offsets;
 pub mod openapi;
-pub mod ops;
 pub mod origin;
 pub mod outbox;
 pub mod paging;
@@ -32,11 +44,8 @@ pub mod redis;
 pub mod registry;
 pub mod rpc;
 pub mod seal;
-pub mod server;
 pub mod stream;
 pub mod telemetry;
-pub mod tls;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

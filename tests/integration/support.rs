@@ -9,8 +9,8 @@ use gatehouse::identity::IdentityConfig;
 use gatehouse::identity::mail::notifier::{MemoryNotifier, NoticeKind};
 use gatehouse::kernel::ServiceContext;
 use gatehouse::kernel::clock::ManualClock;
+use gatehouse::kernel::http::server::Running;
 use gatehouse::kernel::rpc::RpcChannel;
-use gatehouse::kernel::server::Running;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -392,7 +392,7 @@ impl Builder {
             };
             running.push(gatehouse::authz::start(&ctx, config).await.unwrap());
         }
-        let ops = gatehouse::kernel::ops::start(&ctx, "127.0.0.1:0".parse().unwrap())
+        let ops = gatehouse::kernel::http::ops::start(&ctx, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         TestApp {

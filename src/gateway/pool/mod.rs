@@ -1,8 +1,8 @@
 //! HTTP/1.1 connections to upstream instances, kept per I/O thread.
 //!
-//! Each gateway I/O thread (see `kernel::io_threads`) keeps its own idle
+//! Each gateway I/O thread (see `kernel::http::io_threads`) keeps its own idle
 //! connections per instance address. Taking one needs no lock, and the
-//! exchange over it runs in the request's own task (see `h1/`); the
+//! exchange over it runs in the request's own task (see `h1_client/`); the
 //! connection goes back to that thread's idle list the moment the answer's
 //! body has been read to its end (when it is cut short, the connection is
 //! closed instead). Idle connections are closed after [`IDLE_TIMEOUT`], and
@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::h1::{self, Conn, Framing};
+use super::h1_client::{self, Conn, Framing};
 use super::headers::ProxyFields;
 
 /// How long a connection may wait idle before it is closed.
@@ -60,7 +60,7 @@ pub enum SendError {
     Connect(#[source] io::Error),
     /// The connection failed during the exchange.
     #[error("exchange failed: {0}")]
-    Exchange(#[source] h1::Error),
+    Exchange(#[source] h1_client::Error),
     /// No answer's head (or no connection) by the deadline.
     #[error("no answer in time")]
     TimedOut,
@@ -81,8 +81,9 @@ pub async fn send(
     deadline: Instant,
     pause: Duration,
 ) -> Result<http::Response<Answer>, SendError> {
-    let target = h1::Target::new(address, path).map_err(SendError::Exchange)?;
-    let repeatable = http_body::Body::is_end_stream(&body) && h1::is_idempotent(&parts.method);
+    let target = h1_client::Target::new(address, path).map_err(SendError::Exchange)?;
+    let repeatable =
+        http_body::Body::is_end_stream(&body) && h1_client::is_idempotent(&parts.method);
     let mut body = Some(body);
     loop {
         let (address, idle) = checkout(address);
@@ -95,7 +96,7 @@ pub async fn send(
             None => (Box::pin(connect(&address, deadline)).await?, true),
         };
         let this_body = body.take().unwrap_or_else(Body::empty);
-        match h1::exchange(&mut conn, target, parts, fields, this_body).await {
+        match h1_client::exchange(&mut conn, target, parts, fields, this_body).await {
             Ok(head) => {
                 let mut answer = Answer {
                     framing: head.framing,
@@ -107,8 +108,8 @@ pub async fn send(
                 answer.release_if_done();
                 return Ok(http::Response::from_parts(head.parts, answer));
             }
-            Err(h1::Error::Closed) if !fresh && repeatable => continue,
-            Err(h1::Error::TimedOut) => return Err(SendError::TimedOut),
+            Err(h1_client::Error::Closed) if !fresh && repeatable => continue,
+            Err(h1_client::Error::TimedOut) => return Err(SendError::TimedOut),
             Err(e) => return Err(SendError::Exchange(e)),
         }
     }
@@ -221,17 +222,17 @@ impl Answer {
 
 impl http_body::Body for Answer {
     type Data = Bytes;
-    type Error = h1::Error;
+    type Error = h1_client::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h1_client::Error>>> {
         let this = self.get_mut();
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = match h1::poll_body(conn, &mut this.framing, cx) {
+        let polled = match h1_client::poll_body(conn, &mut this.framing, cx) {
             // A body already in the buffer costs no clock reading: the
             // deadline is set only when a read first finds nothing.
             Poll::Pending => {
@@ -240,7 +241,7 @@ impl http_body::Body for Answer {
                     conn.answer_by(Instant::now() + this.pause);
                 }
                 if conn.poll_deadline(cx) {
-                    Poll::Ready(Some(Err(h1::Error::TimedOut)))
+                    Poll::Ready(Some(Err(h1_client::Error::TimedOut)))
                 } else {
                     Poll::Pending
                 }

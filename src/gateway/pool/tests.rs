@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::{SendError, send};
-use crate::gateway::h1;
+use crate::gateway::h1_client;
 
 /// A request as an instance received it: head and body, raw.
 type Received = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
@@ -126,7 +126,7 @@ async fn ask_by(
 
 async fn read_all(
     response: http::Response<super::Answer>,
-) -> Result<(http::StatusCode, Vec<u8>, Option<http::HeaderMap>), h1::Error> {
+) -> Result<(http::StatusCode, Vec<u8>, Option<http::HeaderMap>), h1_client::Error> {
     let status = response.status();
     let collected = response.into_body().collect().await?;
     let trailers = collected.trailers().cloned();
@@ -230,7 +230,10 @@ async fn malformed_answers_are_errors_not_answers() {
         let (address, _, _) = instance(vec![Some(answer)]).await;
         let outcome = ask(&address, http::Method::GET, Body::empty()).await;
         assert!(
-            matches!(outcome, Err(SendError::Exchange(h1::Error::Malformed(_)))),
+            matches!(
+                outcome,
+                Err(SendError::Exchange(h1_client::Error::Malformed(_)))
+            ),
             "{answer:?} gave {:?}",
             outcome.map(|r| r.status())
         );
@@ -308,7 +311,7 @@ async fn a_request_that_meets_a_connection_closed_while_idle_goes_out_again_when
     // A POST is not sent twice: the caller hears the connection closed.
     let outcome = ask(&address, http::Method::POST, Body::from("x")).await;
     assert!(
-        matches!(outcome, Err(SendError::Exchange(h1::Error::Closed))),
+        matches!(outcome, Err(SendError::Exchange(h1_client::Error::Closed))),
         "{:?}",
         outcome.map(|r| r.status())
     );
@@ -350,7 +353,10 @@ async fn a_body_that_pauses_too_long_fails_and_its_connection_is_not_kept() {
         .unwrap();
     let started = Instant::now();
     let outcome = read_all(response).await;
-    assert!(matches!(outcome, Err(h1::Error::TimedOut)), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(h1_client::Error::TimedOut)),
+        "{outcome:?}"
+    );
     assert!(started.elapsed() >= PAUSE && started.elapsed() < Duration::from_secs(5));
     // The stalled connection is gone: the next request makes a new one.
     let response = ask(&address, http::Method::GET, Body::empty())
@@ -368,7 +374,7 @@ async fn a_target_that_cannot_be_written_is_refused_before_sending() {
         let outcome = send(&address, &path, &parts, None, Body::empty(), far(), PAUSE).await;
         assert!(matches!(
             outcome,
-            Err(SendError::Exchange(h1::Error::Target))
+            Err(SendError::Exchange(h1_client::Error::Target))
         ));
     }
     let outcome = send(
@@ -383,7 +389,7 @@ async fn a_target_that_cannot_be_written_is_refused_before_sending() {
     .await;
     assert!(matches!(
         outcome,
-        Err(SendError::Exchange(h1::Error::Target))
+        Err(SendError::Exchange(h1_client::Error::Target))
     ));
     assert_eq!(connections.load(Ordering::SeqCst), 0);
 }

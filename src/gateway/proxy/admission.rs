@@ -86,7 +86,7 @@ pub(super) fn plan(
     if !req
         .uri()
         .query()
-        .is_none_or(crate::kernel::wire::valid_query)
+        .is_none_or(crate::kernel::http::wire::valid_query)
     {
         return Err(refuse(true, fault(Fault::InvalidQuery)));
     }

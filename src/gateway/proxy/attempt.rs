@@ -14,7 +14,7 @@ use axum::response::Response;
 use crate::gateway::client::upstream;
 use crate::gateway::config::UpstreamProtocol;
 use crate::gateway::headers::{ProxyFields, strip_hop_by_hop};
-use crate::kernel::deadline::Deadline;
+use crate::kernel::http::deadline::Deadline;
 
 /// One request to one instance, ready to go.
 pub(super) enum Attempt<'a> {

@@ -35,17 +35,17 @@ use tokio_util::sync::CancellationToken;
 use super::balance::{Balancer, Lease};
 use super::config::{RouteConfig, UpstreamProtocol};
 use super::fault::{self, Fault};
-use super::h1::is_idempotent;
+use super::h1_client::is_idempotent;
 use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
 use super::rules::Cover;
 use crate::kernel::credentials::Caller;
+use crate::kernel::http::wire;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::origin::Cidr;
 use crate::kernel::registry::{Instance, Registry};
 use crate::kernel::telemetry;
-use crate::kernel::wire;
 use crate::middleware::bearer::{self, TokenCheck};
 use crate::middleware::permit::Permits;
 use crate::middleware::ratelimit::{self, Limiter, RateKey, SharedLimit};
@@ -380,7 +380,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         };
         let attempt = match config.upstream_protocol {
             // The request line, the upstream's own Host and the proxy
-            // fields are written by the wire (see `h1/`), from the head
+            // fields are written by the wire (see `h1_client/`), from the head
             // kept here: another attempt needs no copy of it.
             UpstreamProtocol::Http1 => {
                 let Some(request) = head.as_ref() else { break };

@@ -19,8 +19,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use super::config::ConfigError;
-use super::locks;
+use crate::kernel::config::ConfigError;
+use crate::kernel::locks;
 
 /// Where a listener's certificate chain and key are.
 #[derive(Debug, Clone)]

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 
-use super::ServiceContext;
-use super::health::HEALTH_PATH;
-use super::metrics::{self, Tracked};
 use super::server::{METRICS_PATH, Running};
+use crate::kernel::ServiceContext;
+use crate::kernel::health::HEALTH_PATH;
+use crate::kernel::metrics::{self, Tracked};
 
 /// Serves the operator endpoints of every service in this process on
 /// `listen` until shutdown.

@@ -1,5 +1,5 @@
 //! Reading an upstream's response on a connection: its head, and its body
-//! piece by piece, by the rules of `kernel::wire` with the reading done
+//! piece by piece, by the rules of `kernel::http::wire` with the reading done
 //! here.
 
 use std::pin::Pin;
@@ -9,8 +9,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 
 use super::{Conn, Error, before_answer};
-use crate::kernel::deadline::Deadline;
-use crate::kernel::wire::{self, Decoded, Framing, ResponseHead};
+use crate::kernel::http::deadline::Deadline;
+use crate::kernel::http::wire::{self, Decoded, Framing, ResponseHead};
 
 /// Reads the response's head from `conn`.
 pub(super) async fn read_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Error> {

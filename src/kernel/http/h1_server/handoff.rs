@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Conn;
-use crate::kernel::connection::{ConnectionService, InPlace};
-use crate::kernel::deadline::Deadline;
+use crate::kernel::http::connection::{ConnectionService, InPlace};
+use crate::kernel::http::deadline::Deadline;
 
 /// What ends a connection handed to hyper.
 pub(super) struct Over {

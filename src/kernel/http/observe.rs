@@ -28,12 +28,12 @@ use http::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::credentials::{self, Callee};
-use super::metrics::Tracked;
-use super::origin::{self, Cidr};
-use super::telemetry;
 use super::wire::METHODS;
 use super::wire::REQUEST_ID;
+use crate::kernel::credentials::{self, Callee};
+use crate::kernel::metrics::Tracked;
+use crate::kernel::origin::{self, Cidr};
+use crate::kernel::telemetry;
 
 /// The layer, for the service named in `tracked`.
 #[derive(Clone)]

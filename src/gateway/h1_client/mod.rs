@@ -1,4 +1,6 @@
-//! The HTTP/1.1 wire between the gateway and an upstream instance.
+//! The client half of the HTTP/1.1 wire: the gateway's exchanges with an
+//! upstream instance. The server half is `kernel::http::h1_server`; both
+//! follow the framing rules of `kernel::http::wire`.
 //!
 //! An exchange is driven by the request's own task: the request head goes
 //! from the header map straight into the connection's write buffer, the
@@ -7,7 +9,7 @@
 //! by whoever polls it, which is the client connection's own task. No
 //! connection task, channel or hand-off sits between the two sides.
 //!
-//! The framing rules and limits are `kernel::wire`'s, shared with the
+//! The framing rules and limits are `kernel::http::wire`'s, shared with the
 //! kernel's server loop: a request body of known length goes with
 //! `Content-Length`, any other in chunked coding; a response is read by its
 //! chunked coding, by `Content-Length`, or up to the connection's close, and
@@ -20,7 +22,7 @@
 
 mod answer;
 
-pub use crate::kernel::wire::{Chunk, Framing};
+pub use crate::kernel::http::wire::{Chunk, Framing};
 pub use answer::poll_body;
 use answer::{read_head, read_head_from};
 
@@ -37,8 +39,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::headers::ProxyFields;
-use crate::kernel::deadline::Deadline;
-use crate::kernel::wire::{
+use crate::kernel::http::deadline::Deadline;
+use crate::kernel::http::wire::{
     self, BodyFraming, READ_SPACE, RequestHead, ResponseHead, WRITE_BATCH, make_room,
 };
 

@@ -1,4 +1,6 @@
-//! One connection's HTTP/1.1 requests, served by a loop of its own.
+//! The server half of the HTTP/1.1 wire: one connection's requests, served
+//! by a loop of its own. The client half is `gateway::h1_client`; both
+//! follow the framing rules of `kernel::http::wire`.
 //!
 //! Most API traffic is small requests without a body: a GET, a DELETE, a
 //! HEAD. Such a request is read (its head parsed in place by httparse, its
@@ -17,7 +19,7 @@
 //! request in flight is closed once its answer has been written.
 //!
 //! Rooms: this file serves the connection and writes its answers, by the
-//! rules and limits of `kernel::wire`; `handoff.rs` hands a connection to
+//! rules and limits of `kernel::http::wire`; `handoff.rs` hands a connection to
 //! hyper.
 
 mod handoff;
@@ -43,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{ConnectionService, call_in_place};
 use super::deadline::Deadline;
-use super::error::Problem;
+use crate::kernel::error::Problem;
 use super::wire::{
     BodyFraming, KeepAlive, NotRead, READ_SPACE, Request, WRITE_BATCH, encode_response_head,
     has_token, make_room, parse_request, recycle_headers,

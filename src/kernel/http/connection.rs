@@ -9,7 +9,7 @@ use http::StatusCode;
 use std::net::SocketAddr;
 use tower::ServiceExt as _;
 
-use super::error::Problem;
+use crate::kernel::error::Problem;
 
 /// The service answering one connection's requests.
 pub trait ConnectionService:

@@ -22,15 +22,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use super::ServiceContext;
-use super::config::ServerConfig;
 use super::connection::{Checked, ConnectionService, with_peer};
-use super::error::Problem;
-use super::health::{self, Probes};
-use super::http1;
+use super::h1_server;
 use super::io_threads::{IoPlan, IoThreads};
-use super::metrics::Tracked;
 use super::observe::ObserveLayer;
+use crate::kernel::ServiceContext;
+use crate::kernel::config::ServerConfig;
+use crate::kernel::error::Problem;
+use crate::kernel::health::{self, Probes};
+use crate::kernel::metrics::Tracked;
 
 /// What a service hands over to be served.
 pub struct ServiceApp {
@@ -69,13 +69,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Assembles the full router: public routes, health and gRPC (whose
-/// calls must carry a service credential, see [`super::credentials`]),
+/// calls must carry a service credential, see [`crate::kernel::credentials`]),
 /// under the shared stack ([`ObserveLayer`], body limit, timeout).
-pub fn router(app: ServiceApp, ctx: &ServiceContext) -> Result<Router, super::config::ConfigError> {
+pub fn router(
+    app: ServiceApp,
+    ctx: &ServiceContext,
+) -> Result<Router, crate::kernel::config::ConfigError> {
     let (config, metrics) = (&ctx.server, &ctx.metrics);
     let callee = ctx.keyring.callee(app.name);
     let vouching = super::observe::Vouching {
-        proxies: super::origin::Cidr::parse_all(&config.trusted_proxies, "server.trusted_proxies")?,
+        proxies: crate::kernel::origin::Cidr::parse_all(
+            &config.trusted_proxies,
+            "server.trusted_proxies",
+        )?,
         callee: callee.clone(),
     };
     let tracked = Tracked {
@@ -92,7 +98,7 @@ pub fn router(app: ServiceApp, ctx: &ServiceContext) -> Result<Router, super::co
                 .into_axum_router()
                 .layer(axum::middleware::from_fn_with_state(
                     callee,
-                    super::credentials::require,
+                    crate::kernel::credentials::require,
                 )),
         )
         // Every route's other methods: a problem, with the `Allow` field
@@ -193,7 +199,7 @@ where
                 () = shutdown.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let serving = http1::Serving {
+            let serving = h1_server::Serving {
                 service: Checked(front(peer)),
                 hyper: builder.clone(),
                 watcher: graceful.watcher(),
@@ -242,7 +248,7 @@ where
 /// is done (within `handshake_limit`, as a request head must be).
 async fn serve<S>(
     stream: tokio::net::TcpStream,
-    serving: http1::Serving<S>,
+    serving: h1_server::Serving<S>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handshake_limit: Duration,
 ) where
@@ -250,12 +256,12 @@ async fn serve<S>(
     S::Future: Send + 'static,
 {
     let Some(acceptor) = tls else {
-        return http1::serve(stream, serving).await;
+        return h1_server::serve(stream, serving).await;
     };
     match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
         // Whichever protocol ALPN chose: the loop hands an HTTP/2
         // connection (its preface) to hyper at once.
-        Ok(Ok(secured)) => http1::serve(secured, serving).await,
+        Ok(Ok(secured)) => h1_server::serve(secured, serving).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!("TLS handshake took too long"),
     }
@@ -353,7 +359,7 @@ where
             "registered at a wildcard address, which other machines cannot reach; \
              set the service's advertise_url");
     }
-    let instance = super::registry::Instance::new(
+    let instance = crate::kernel::registry::Instance::new(
         name,
         advertise_url.unwrap_or_else(|| format!("http://{addr}")),
     );
