@@ -13,6 +13,8 @@
 //! - [`middleware`]: what every public API shares: access tokens, the
 //!   bearer-token check, rate limits, permission names and the client that
 //!   asks authz.
+//! - [`events`]: the catalogue of events: each event's name, payload type,
+//!   producer and consumers, defined once.
 //! - [`proto`]: the code generated from `proto/` (messages, gRPC clients and
 //!   servers).
 //! - [`platform`]: starting services in a process: the all-in-one wiring that
@@ -54,6 +56,7 @@ compile_error!(
 static ALLOCATOR: kernel::alloc::Allocator = kernel::alloc::Allocator;
 
 pub mod config;
+pub mod events;
 pub mod kernel;
 pub mod middleware;
 pub mod platform;

@@ -137,6 +137,13 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
 
 /// Starts one service with its production wiring, in a process that
 /// listens on `beyond_loopback` (one address others can reach) if any.
+#[cfg_attr(
+    not(feature = "identity"),
+    allow(
+        unused_variables,
+        reason = "only identity's mail asks where the process listens"
+    )
+)]
 pub async fn start(
     service: Service,
     ctx: &ServiceContext,

@@ -202,7 +202,7 @@ async fn ingest(dir: &std::path::Path, bus: &Bus) -> anyhow::Result<(f64, f64)> 
             let entry = Entry::chain(
                 n as i64 + 1,
                 Uuid::now_v7(),
-                gatehouse::audit::ingest::entry(e),
+                gatehouse::audit::events::entry(e),
                 &prev,
             );
             prev.clone_from(&entry.hash);

@@ -376,7 +376,7 @@ mod tests {
             event_id: None,
             at: chrono::Utc::now(),
             actor: "anonymous".into(),
-            action: "authz.role.created".into(),
+            action: crate::events::authz::ROLE_CREATED.name.into(),
             subject: "role:x".into(),
             outcome: "success".into(),
             client_ip: "127.0.0.1".into(),

@@ -2,7 +2,7 @@
 //! each entry chained to the one before by its hash, so that an entry
 //! changed, removed or added is found (see `model.rs`).
 //!
-//! It records every service's events from the bus (`ingest.rs` says what
+//! It records every service's events from the bus (`events.rs` says what
 //! an entry makes of an event), signs the chain's head now and then, and
 //! serves the log to callers holding `audit:read`.
 //!
@@ -12,7 +12,7 @@
 //! with),
 //! `store.rs` (appending to the chain, checkpoints, listing, verifying),
 //! `witness.rs` (the newest checkpoint, kept outside the database),
-//! `ingest.rs` (events to entries), `service.rs` (recording, reading,
+//! `events.rs` (events to entries), `service.rs` (recording, reading,
 //! verifying, upkeep), `http.rs` (the public API), `grpc.rs` (`Record`, for
 //! services that audit synchronously), `schema.rs` (its
 //! tables), `config.rs` (its section), `error.rs` (the error table). This
@@ -20,9 +20,9 @@
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod http;
-pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod schema;

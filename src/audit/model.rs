@@ -304,7 +304,7 @@ mod tests {
             event_id: Some(format!("event-{n}")),
             at: DateTime::from_timestamp(1_800_000_000 + n as i64, 123_456_000).unwrap(),
             actor: format!("user:{n}"),
-            action: "identity.user.registered".into(),
+            action: crate::events::identity::USER_REGISTERED.name.into(),
             subject: format!("user:{n}"),
             outcome: "success".into(),
             client_ip: "192.0.2.1".into(),

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::AuditError;
-use super::ingest;
+use super::events;
 use super::keys::{AuditKey, EntryKey};
 use super::model::{Entry, Finding, NewEntry};
 use super::store::{self, Filter};
@@ -93,7 +93,7 @@ impl Audit {
         consumer: &'static str,
         deliveries: Vec<Delivery>,
     ) -> Result<usize, AuditError> {
-        let entries: Vec<NewEntry> = deliveries.iter().map(|d| ingest::entry(&d.event)).collect();
+        let entries: Vec<NewEntry> = deliveries.iter().map(|d| events::entry(&d.event)).collect();
         let key = self.entry_key.clone();
         let appended = self
             .db

@@ -22,11 +22,10 @@ use super::schema::signing_keys;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::locks;
-use crate::kernel::outbox::{self, NewEvent};
+use crate::kernel::outbox;
 use crate::kernel::seal::Sealer;
 use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
 use crate::proto::events::v1::KeyEvent;
-use prost::Message as _;
 
 /// How long the signer is reused before the key table is read again (picks
 /// up rotations made by other instances or the CLI).
@@ -157,15 +156,13 @@ impl KeyRing {
         let kid = self.insert_new(now, signs_from).await?;
         let retire_at = (signs_from + self.access_ttl + RETIRE_MARGIN).naive_utc();
         let keep = kid.clone();
-        let event = NewEvent {
-            event_type: "auth.key.rotated",
-            subject: kid.clone(),
-            payload: KeyEvent {
+        let event = crate::events::auth::KEY_ROTATED.row(
+            kid.clone(),
+            &KeyEvent {
                 key_id: kid.clone(),
                 signs_from_unix_ms: signs_from.timestamp_millis(),
-            }
-            .encode_to_vec(),
-        };
+            },
+        );
         self.db
             .run(move |c| {
                 c.transaction(|c| {

@@ -2,14 +2,16 @@
 //! refresh tokens and reuse detection, revocation, and signing-key rotation.
 //!
 //! Rooms as in every service: `service.rs`, `store.rs`, `schema.rs`,
-//! `http.rs`, `grpc.rs`, `error.rs`, plus `keys.rs` (the key ring and the
-//! key-encryption key) and `sessions.rs` (ending sessions, their events,
-//! refresh tokens). This file wires them up and runs the background
+//! `http.rs`, `grpc.rs`, `error.rs`, `events.rs` (the events of sessions,
+//! and what identity's events end), plus `keys.rs` (the key ring and the
+//! key-encryption key) and `sessions.rs` (ending sessions, refresh
+//! tokens). This file wires them up and runs the background
 //! work: the outbox relay, the consumer of identity's events, and the key
 //! rotation schedule.
 
 pub mod config;
 pub mod error;
+mod events;
 pub mod grpc;
 pub mod http;
 pub mod keys;

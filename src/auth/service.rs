@@ -13,17 +13,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use diesel::Connection;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
 use super::config::AuthConfig;
 use super::error::AuthError;
+use super::events::{self, session_event};
 use super::keys::{Kek, KeyRing};
-use super::sessions::{
-    end_session, end_user_sessions, hash, new_refresh_token, secs, session_event,
-};
+use super::sessions::{end_session, hash, new_refresh_token, secs};
 use super::store::{self, SessionRow};
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
@@ -161,7 +159,7 @@ impl Auth {
         pair.device_token = Some(verified.device_token).filter(|t| !t.is_empty());
         let refresh_hash = hash(&pair.refresh_token);
         let event = session_event(
-            "auth.session.created",
+            &events::SESSION_CREATED,
             &session,
             "login",
             self.tokens_expire_by(now),
@@ -273,7 +271,7 @@ impl Auth {
                     }
                     end_session(c, &session.id, "reuse_detected", now, tokens_expire_by)?;
                     let detected = session_event(
-                        "auth.session.reuse_detected",
+                        &events::SESSION_REUSE_DETECTED,
                         &session,
                         "reuse_detected",
                         tokens_expire_by,
@@ -319,73 +317,6 @@ impl Auth {
             Some(s) if s.revoked_at.is_none() => Ok(principal),
             _ => Err(TokenError::Revoked.into()),
         }
-    }
-
-    /// Reacts to identity's events: a new password, a reset, a disabled or
-    /// deleted account end sessions. Each event is handled once, and the
-    /// position it came at is stored with its effects.
-    pub async fn on_identity_event(
-        &self,
-        delivery: crate::kernel::bus::Delivery,
-    ) -> Result<(), AuthError> {
-        let event = &delivery.event;
-        let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
-            .map_err(|e| AuthError::Internal(format!("event {}: {e}", event.id)))?;
-        let action = match event.r#type.as_str() {
-            "identity.password.changed" => Some((
-                "password_changed",
-                Some(payload.session_id.clone()).filter(|s| !s.is_empty()),
-            )),
-            "identity.password.reset" => Some(("password_reset", None)),
-            "identity.user.deleted" => Some(("user_deleted", None)),
-            "identity.user.status_changed" if payload.status == "disabled" => {
-                Some(("user_disabled", None))
-            }
-            _ => None,
-        };
-        let now = self.clock.now();
-        let by = self.tokens_expire_by(now);
-        let event_id = event.id.clone();
-        let occurred =
-            DateTime::<Utc>::from_timestamp_millis(event.occurred_at_unix_ms).unwrap_or(now);
-        let reason = action.as_ref().map(|(reason, _)| *reason);
-        let deliveries = [delivery];
-        let count = self
-            .db
-            .run(move |c| {
-                crate::kernel::offsets::with_effect(c, super::NAME, &deliveries, |c| {
-                    let Some((reason, keep)) = action else {
-                        return Ok::<_, AuthError>(0);
-                    };
-                    c.transaction(|c| {
-                        if !store::first_time(c, &event_id, now.naive_utc())? {
-                            return Ok(0);
-                        }
-                        // Ordered with logins under way (see `store::lock_user`).
-                        store::lock_user(c, &payload.user_id)?;
-                        let ended = end_user_sessions(
-                            c,
-                            &payload.user_id,
-                            keep.as_deref(),
-                            reason,
-                            now,
-                            by,
-                        )?;
-                        store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
-                        Ok(ended)
-                    })
-                })
-            })
-            .await?;
-        if count > 0 {
-            self.relay.wake();
-            tracing::info!(
-                reason = reason.unwrap_or_default(),
-                sessions = count,
-                "sessions ended after an identity event"
-            );
-        }
-        Ok(())
     }
 
     async fn pair(

@@ -1,23 +1,22 @@
 //! Sessions: listing a user's, ending them (one, a user's, the caller's
-//! own), the events that tell of it, and the
+//! own), and the
 //! refresh tokens sessions are renewed with: a token of 256 random bits, of
 //! which only its SHA-256 is stored.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::Connection;
-use prost::Message;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use uuid::Uuid;
 
 use super::error::AuthError;
+use super::events::{self, session_event};
 use super::service::{Auth, Session};
-use super::store::{self, SessionRow};
+use super::store;
 use crate::kernel::db::DbConnection;
-use crate::kernel::outbox::{self, NewEvent};
+use crate::kernel::outbox;
 use crate::middleware::token::Principal;
-use crate::proto::events::v1::SessionEvent;
 
 pub(super) fn end_session(
     c: &mut DbConnection,
@@ -30,7 +29,7 @@ pub(super) fn end_session(
         Some(s) => {
             outbox::enqueue(
                 c,
-                &session_event("auth.session.revoked", &s, reason, by),
+                &session_event(&events::SESSION_REVOKED, &s, reason, by),
                 now,
             )?;
             Ok(true)
@@ -51,30 +50,11 @@ pub(super) fn end_user_sessions(
     for s in &ended {
         outbox::enqueue(
             c,
-            &session_event("auth.session.revoked", s, reason, by),
+            &session_event(&events::SESSION_REVOKED, s, reason, by),
             now,
         )?;
     }
     Ok(ended.len())
-}
-
-pub(super) fn session_event(
-    event_type: &'static str,
-    s: &SessionRow,
-    reason: &str,
-    by: DateTime<Utc>,
-) -> NewEvent {
-    NewEvent {
-        event_type,
-        subject: s.user_id.clone(),
-        payload: SessionEvent {
-            session_id: s.id.clone(),
-            user_id: s.user_id.clone(),
-            reason: reason.to_owned(),
-            tokens_expire_by_unix_ms: by.timestamp_millis(),
-        }
-        .encode_to_vec(),
-    }
 }
 
 pub(super) fn secs(n: u64) -> Duration {

@@ -9,7 +9,8 @@
 //! policy stored and read back, every write a new revision with its event
 //! in the outbox), `schema.rs` (its tables), `service.rs` (checks from the
 //! policy held in memory, kept current by revision, and the writes),
-//! `escalation.rs` (no write gives more than its maker holds),
+//! `escalation.rs` (no write gives more than its maker holds), `events.rs`
+//! (its events, and what identity's events change),
 //! `http/` (the admin API and the checks for signed-in users), `grpc.rs`
 //! (the internal API), `error.rs` (the error table). This file wires them
 //! up, and holds what the command line writes (`grant`).
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod error;
 pub mod escalation;
+mod events;
 pub mod grpc;
 pub mod http;
 pub mod model;

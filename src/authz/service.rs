@@ -33,7 +33,7 @@ struct Held {
 /// The authz service. Cloning is cheap; clones share the policy held.
 #[derive(Clone)]
 pub struct Authz {
-    db: Db,
+    pub(super) db: Db,
     pub(super) clock: Arc<dyn Clock>,
     held: Arc<RwLock<Held>>,
     /// Serialises reloads, so a burst of checks reads the database once.
@@ -257,7 +257,7 @@ impl Authz {
     }
 
     /// Who writes now: `actor`, or the platform when none.
-    fn by(&self, actor: Option<Uuid>) -> store::By {
+    pub(super) fn by(&self, actor: Option<Uuid>) -> store::By {
         store::By {
             actor,
             at: self.clock.now(),
@@ -274,7 +274,7 @@ impl Authz {
         self.written(revision).await
     }
 
-    async fn written(&self, revision: i64) -> Result<u64, AuthzError> {
+    pub(super) async fn written(&self, revision: i64) -> Result<u64, AuthzError> {
         if let Some(relay) = &self.relay {
             relay.wake();
         }
@@ -436,51 +436,6 @@ impl Authz {
         T: Send + 'static,
     {
         self.db.run(read).await
-    }
-
-    /// Follows identity's events: a registered user gets the built-in
-    /// `user` role everywhere, and a deleted user's bindings and
-    /// memberships go. Handling an event twice changes nothing more.
-    pub async fn on_identity_event(
-        &self,
-        delivery: crate::kernel::bus::Delivery,
-    ) -> Result<(), AuthzError> {
-        use prost::Message as _;
-        let event = &delivery.event;
-        let payload = crate::proto::events::v1::UserEvent::decode(&event.payload[..])
-            .map_err(|e| AuthzError::Corrupt(format!("event {}: {e}", event.id)))?;
-        let Ok(user) = Uuid::parse_str(&payload.user_id) else {
-            return Err(AuthzError::Corrupt(format!("event {}: user id", event.id)));
-        };
-        let by = self.by(None);
-        let kind = event.r#type.clone();
-        let deliveries = [delivery];
-        // The effect and the position it came at, kept together.
-        let written = self
-            .db
-            .run(move |conn| {
-                crate::kernel::offsets::with_effect(conn, super::NAME, &deliveries, |c| match kind
-                    .as_str()
-                {
-                    "identity.user.registered" => {
-                        let binding = Binding {
-                            id: Uuid::now_v7(),
-                            subject: Subject::User(user),
-                            role: USER_ROLE.into(),
-                            scope: super::model::Scope::Everywhere,
-                            expires_at: None,
-                        };
-                        store::bind_once(c, &by, &binding)
-                    }
-                    "identity.user.deleted" => store::forget_user(c, &by, user),
-                    _ => Ok(None),
-                })
-            })
-            .await?;
-        if let Some(revision) = written {
-            self.written(revision).await?;
-        }
-        Ok(())
     }
 }
 

@@ -6,9 +6,10 @@
 use diesel::Connection;
 
 use super::error::IdentityError;
+use super::events::{self, user_event};
 use super::model::{MAX_EMAIL, User, UserStatus, email_key};
 use super::password::{Password, Verified};
-use super::service::{Identity, user_event};
+use super::service::Identity;
 use super::store;
 use super::throttle::Attempt;
 use crate::kernel::outbox;
@@ -81,7 +82,7 @@ impl Identity {
         match turn.verify(password, &user.password_hash).await? {
             Verified::No => {
                 // The failure is recorded (audit keeps it).
-                let failed = user_event("identity.login.failed", &user);
+                let failed = user_event(&events::LOGIN_FAILED, &user);
                 let at = self.clock.now();
                 self.db
                     .run(move |c| {

@@ -18,16 +18,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::error::IdentityError;
+use super::events::{self, user_event};
 use super::link_queue::{Link, RESET, VERIFY, hash_token, new_token};
 use super::mail::notifier::NoticeKind;
 use super::mail::queue::NewMail;
 use super::model::{User, UserStatus, validate_email};
 use super::password::Password;
-use super::service::{Identity, secs, user_event};
+use super::service::{Identity, secs};
 use super::store::{self, UserRow};
+use crate::events::Event;
 use crate::kernel::locks;
 use crate::kernel::origin;
 use crate::kernel::outbox;
+use crate::proto::events::v1::UserEvent;
 
 /// Works the queue of `identity` until `shutdown`, then sends what is
 /// still waiting and ends. A second call finds no queue and ends at once.
@@ -79,7 +82,7 @@ impl Identity {
                     NoticeKind::PasswordReset,
                     RESET,
                     self.config.reset_token_ttl_secs,
-                    "identity.password.reset_requested",
+                    &events::PASSWORD_RESET_REQUESTED,
                     |row| row.status == UserStatus::Active.as_str(),
                 )
                 .await
@@ -90,7 +93,7 @@ impl Identity {
                     NoticeKind::EmailVerification,
                     VERIFY,
                     self.config.verification_token_ttl_secs,
-                    "identity.email.verification_requested",
+                    &events::EMAIL_VERIFICATION_REQUESTED,
                     |row| !row.email_verified,
                 )
                 .await
@@ -128,7 +131,7 @@ impl Identity {
                     }
                     let row = store::set_password(c, &user_id, &hash, now)?;
                     store::retire_tokens(c, &user_id, RESET, now)?;
-                    outbox::enqueue(c, &user_event("identity.password.reset", &row), at)?;
+                    outbox::enqueue(c, &user_event(&events::PASSWORD_RESET, &row), at)?;
                     Ok::<_, IdentityError>(())
                 })
             })
@@ -156,7 +159,7 @@ impl Identity {
                     let user_id = store::consume_token(c, &token_hash, VERIFY, now)?
                         .ok_or(IdentityError::InvalidToken)?;
                     let row = store::mark_email_verified(c, &user_id, now)?;
-                    outbox::enqueue(c, &user_event("identity.email.verified", &row), at)?;
+                    outbox::enqueue(c, &user_event(&events::EMAIL_VERIFIED, &row), at)?;
                     Ok::<_, IdentityError>(row)
                 })
             })
@@ -173,7 +176,7 @@ impl Identity {
         kind: NoticeKind,
         purpose: &'static str,
         ttl_secs: u64,
-        event_type: &'static str,
+        event: &'static Event<UserEvent>,
         eligible: fn(&UserRow) -> bool,
     ) -> Result<(), IdentityError> {
         let normalized = super::model::email_key(email);
@@ -194,7 +197,7 @@ impl Identity {
                         return Ok(None);
                     }
                     store::replace_token(c, &token_hash, &row.id, purpose, expires, now)?;
-                    outbox::enqueue(c, &user_event(event_type, &row), at)?;
+                    outbox::enqueue(c, &user_event(event, &row), at)?;
                     let notice = NewMail {
                         kind,
                         user_id: &row.id,

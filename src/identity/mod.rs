@@ -3,7 +3,8 @@
 //!
 //! Rooms, as in every service: `service.rs` (domain logic), `store.rs`
 //! (Diesel queries), `schema.rs` (tables), `http.rs` (public API), `grpc.rs`
-//! (internal API), `error.rs` (the error table), plus `model.rs` (the user
+//! (internal API), `error.rs` (the error table), `events.rs` (its events' outbox rows),
+//! plus `model.rs` (the user
 //! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
 //! a password) with `throttle.rs` (failed sign-ins slowed down) and
 //! `device.rs` (the tokens of devices that signed in before), `links.rs` (reset and verification links) with `link_queue.rs`
@@ -17,6 +18,7 @@ pub mod config;
 mod credentials;
 mod device;
 pub mod error;
+mod events;
 pub mod grpc;
 pub mod http;
 mod link_queue;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use chrono::{Duration, NaiveDateTime};
 use diesel::Connection;
-use prost::Message;
 use uuid::Uuid;
 
 use super::config::IdentityConfig;
 use super::device::Devices;
 use super::error::IdentityError;
+use super::events::{self, user_event, user_event_by};
 use super::link_queue::{Links, RESET, VERIFY, new_token};
 use super::mail::notifier::NoticeKind;
 use super::mail::queue::{MailQueue, NewMail};
@@ -29,8 +29,7 @@ use super::store::{self, UserRow};
 use super::throttle::Throttle;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
-use crate::kernel::outbox::{self, NewEvent, Relay};
-use crate::proto::events::v1::UserEvent;
+use crate::kernel::outbox::{self, Relay};
 
 /// The identity service.
 #[derive(Clone)]
@@ -199,7 +198,7 @@ impl Identity {
         };
         let (token, token_hash) = new_token();
         let expires = now + secs(self.config.verification_token_ttl_secs);
-        let event = user_event("identity.user.registered", &row);
+        let event = user_event(&events::USER_REGISTERED, &row);
         let at = self.clock.now();
         let inserted = row.clone();
         let mail = self.mail.clone();
@@ -285,7 +284,7 @@ impl Identity {
             .run(move |c| {
                 c.transaction(|c| {
                     let row = store::update_profile(c, &key, &name, expected_version, now)?;
-                    outbox::enqueue(c, &user_event("identity.user.updated", &row), at)?;
+                    outbox::enqueue(c, &user_event(&events::USER_UPDATED, &row), at)?;
                     Ok::<_, IdentityError>(row)
                 })
             })
@@ -331,7 +330,7 @@ impl Identity {
                         .ok_or(IdentityError::VersionMismatch { expected: version })?;
                     // A reset link sent before no longer sets a password.
                     store::retire_tokens(c, &user_id, RESET, now)?;
-                    let event = user_event_by("identity.password.changed", &row, acting);
+                    let event = user_event_by(&events::PASSWORD_CHANGED, &row, acting);
                     outbox::enqueue(c, &event, at)?;
                     Ok::<_, IdentityError>(row)
                 })
@@ -349,7 +348,7 @@ impl Identity {
             .run(move |c| {
                 c.transaction(|c| {
                     let row = store::delete_user(c, &key)?.ok_or(IdentityError::NotFound)?;
-                    outbox::enqueue(c, &user_event("identity.user.deleted", &row), at)?;
+                    outbox::enqueue(c, &user_event(&events::USER_DELETED, &row), at)?;
                     Ok::<_, IdentityError>(())
                 })
             })
@@ -372,7 +371,7 @@ impl Identity {
                     if status == UserStatus::Disabled {
                         store::retire_tokens(c, &key, RESET, now)?;
                     }
-                    outbox::enqueue(c, &user_event("identity.user.status_changed", &row), at)?;
+                    outbox::enqueue(c, &user_event(&events::USER_STATUS_CHANGED, &row), at)?;
                     Ok::<_, IdentityError>(row)
                 })
             })
@@ -414,29 +413,4 @@ impl Identity {
 
 pub(super) fn secs(n: u64) -> Duration {
     Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX / 1000))
-}
-
-pub(super) fn user_event(event_type: &'static str, row: &UserRow) -> NewEvent {
-    user_event_by(event_type, row, String::new())
-}
-
-/// An event about `row` caused by the signed-in session `session_id`.
-pub(super) fn user_event_by(
-    event_type: &'static str,
-    row: &UserRow,
-    session_id: String,
-) -> NewEvent {
-    let payload = UserEvent {
-        user_id: row.id.clone(),
-        email: row.email.clone(),
-        display_name: row.display_name.clone(),
-        status: row.status.clone(),
-        locked_until_unix_ms: 0,
-        session_id,
-    };
-    NewEvent {
-        event_type,
-        subject: row.id.clone(),
-        payload: payload.encode_to_vec(),
-    }
 }

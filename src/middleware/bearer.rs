@@ -26,7 +26,6 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use moka::Expiry;
 use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,7 +38,6 @@ use crate::kernel::locks;
 use crate::kernel::rpc::Clients;
 use crate::proto::auth::v1::auth_client::AuthClient;
 use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
-use crate::proto::events::v1::SessionEvent;
 
 /// How long from `then` to `now`; none when the clock went back.
 fn since(then: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Duration {
@@ -438,11 +436,11 @@ impl TokenCheck {
         let follow = bus::follow(bus, consumer, &["auth"], shutdown, move |event| {
             let check = check.clone();
             async move {
-                if event.r#type != "auth.session.revoked" {
+                let Some(session) = crate::events::auth::SESSION_REVOKED.read(&event) else {
                     return Ok(());
-                }
-                let session = SessionEvent::decode(&event.payload[..])
-                    .map_err(|e| Unhandled::Unreadable(format!("revocation: {e}")))?;
+                };
+                let session =
+                    session.map_err(|e| Unhandled::Unreadable(format!("revocation: {e}")))?;
                 let id = Uuid::parse_str(&session.session_id).map_err(|_| {
                     Unhandled::Unreadable("revocation with a bad session id".into())
                 })?;

@@ -26,6 +26,7 @@ use super::model::{Binding, Permission, Policy, Resource, Role, Scope, Subject};
 use super::schema::{
     bindings, memberships, resource_parents, revision, role_permissions, roles, user_groups,
 };
+use crate::events::Event;
 use crate::kernel::db::DbConnection;
 use crate::kernel::outbox::{self, NewEvent};
 use crate::proto::events::v1::PolicyEvent;
@@ -48,6 +49,8 @@ impl By {
 /// What a write changed, as its event tells it.
 #[derive(Debug, Default)]
 pub struct Change {
+    /// One of authz's events (`crate::events::authz`), all of which carry
+    /// a `PolicyEvent`.
     event_type: &'static str,
     target: String,
     subject: Option<Subject>,
@@ -58,9 +61,9 @@ pub struct Change {
 }
 
 impl Change {
-    fn new(event_type: &'static str, target: impl Into<String>) -> Change {
+    fn new(event: &Event<PolicyEvent>, target: impl Into<String>) -> Change {
         Change {
-            event_type,
+            event_type: event.name,
             target: target.into(),
             ..Change::default()
         }

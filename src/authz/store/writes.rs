@@ -16,6 +16,7 @@ use crate::authz::model::{Binding, Permission, Resource, Role, Subject};
 use crate::authz::schema::{
     bindings, memberships, resource_parents, role_permissions, roles, user_groups,
 };
+use crate::events::authz as events;
 use crate::kernel::db::DbConnection;
 
 /// The built-in role that holds everything; it is never changed, so that
@@ -70,7 +71,7 @@ pub fn create_role(conn: &mut DbConnection, by: &By, role: &Role) -> Result<i64,
             ))
             .execute(conn)?;
         set_permissions(conn, &role.name, &role.permissions)?;
-        Ok(Change::new("authz.role.created", &role.name))
+        Ok(Change::new(&events::ROLE_CREATED, &role.name))
     })
 }
 
@@ -103,7 +104,7 @@ pub fn update_role(
         if let Some(permissions) = permissions {
             set_permissions(conn, name, permissions)?;
         }
-        Ok(Change::new("authz.role.updated", name))
+        Ok(Change::new(&events::ROLE_UPDATED, name))
     })
 }
 
@@ -131,7 +132,7 @@ pub fn delete_role(
         diesel::delete(role_permissions::table.filter(role_permissions::role.eq(name)))
             .execute(conn)?;
         diesel::delete(roles::table.filter(roles::name.eq(name))).execute(conn)?;
-        Ok(Change::new("authz.role.deleted", name))
+        Ok(Change::new(&events::ROLE_DELETED, name))
     })
 }
 
@@ -167,7 +168,7 @@ pub fn create_group(
                 user_groups::created_at.eq(by.now()),
             ))
             .execute(conn)?;
-        Ok(Change::new("authz.group.created", id.to_string()))
+        Ok(Change::new(&events::GROUP_CREATED, id.to_string()))
     })
 }
 
@@ -193,7 +194,7 @@ pub fn update_group(
                 .set(user_groups::description.eq(description))
                 .execute(conn)?;
         }
-        Ok(Change::new("authz.group.updated", id.to_string()))
+        Ok(Change::new(&events::GROUP_UPDATED, id.to_string()))
     })
 }
 
@@ -206,7 +207,7 @@ pub fn delete_group(conn: &mut DbConnection, by: &By, id: Uuid) -> Result<i64, A
         diesel::delete(memberships::table.filter(memberships::group_id.eq(&text))).execute(conn)?;
         forget(conn, Subject::Group(id))?;
         diesel::delete(user_groups::table.filter(user_groups::id.eq(&text))).execute(conn)?;
-        Ok(Change::new("authz.group.deleted", text))
+        Ok(Change::new(&events::GROUP_DELETED, text))
     })
 }
 
@@ -246,7 +247,7 @@ pub fn add_member(
                 ))
                 .execute(conn)?;
         }
-        Ok(Change::new("authz.member.added", group.to_string()).of(member))
+        Ok(Change::new(&events::MEMBER_ADDED, group.to_string()).of(member))
     })
 }
 
@@ -272,7 +273,7 @@ pub fn remove_member(
                 "{kind} {id} in group {group}"
             )));
         }
-        Ok(Change::new("authz.member.removed", group.to_string()).of(member))
+        Ok(Change::new(&events::MEMBER_REMOVED, group.to_string()).of(member))
     })
 }
 
@@ -297,7 +298,7 @@ pub fn bind(conn: &mut DbConnection, by: &By, binding: &Binding) -> Result<i64, 
                 bindings::created_at.eq(by.now()),
             ))
             .execute(conn)?;
-        Ok(Change::new("authz.binding.created", binding.id.to_string()).binding(binding))
+        Ok(Change::new(&events::BINDING_CREATED, binding.id.to_string()).binding(binding))
     })
 }
 
@@ -306,7 +307,7 @@ pub fn unbind(conn: &mut DbConnection, by: &By, id: Uuid) -> Result<i64, AuthzEr
     write(conn, by, |conn| {
         let binding = super::reads::binding(conn, id)?.0;
         diesel::delete(bindings::table.filter(bindings::id.eq(id.to_string()))).execute(conn)?;
-        Ok(Change::new("authz.binding.deleted", id.to_string()).binding(&binding))
+        Ok(Change::new(&events::BINDING_DELETED, id.to_string()).binding(&binding))
     })
 }
 
@@ -338,7 +339,7 @@ pub fn set_parent(
                 resource_parents::parent.eq(parent.to_string()),
             ))
             .execute(conn)?;
-        let mut change = Change::new("authz.parent.set", child.to_string());
+        let mut change = Change::new(&events::PARENT_SET, child.to_string());
         change.scope = parent.to_string();
         Ok(change)
     })
@@ -358,7 +359,7 @@ pub fn remove_parent(
         if gone == 0 {
             return Err(AuthzError::NotFound(format!("a parent of {child}")));
         }
-        Ok(Change::new("authz.parent.removed", child.to_string()))
+        Ok(Change::new(&events::PARENT_REMOVED, child.to_string()))
     })
 }
 
@@ -426,7 +427,7 @@ pub fn forget_user(
     }
     write(conn, by, |conn| {
         forget(conn, Subject::User(user))?;
-        Ok(Change::new("authz.subject.forgotten", &id).of(Subject::User(user)))
+        Ok(Change::new(&events::SUBJECT_FORGOTTEN, &id).of(Subject::User(user)))
     })
     .map(Some)
 }

@@ -45,11 +45,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{ConnectionService, call_in_place};
 use super::deadline::Deadline;
-use crate::kernel::error::Problem;
 use super::wire::{
     BodyFraming, KeepAlive, NotRead, READ_SPACE, Request, WRITE_BATCH, encode_response_head,
     has_token, make_room, parse_request, recycle_headers,
 };
+use crate::kernel::error::Problem;
 
 /// What a connection runs over: a TCP stream, or TLS over one.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

@@ -143,6 +143,7 @@ fn fields<const N: usize>(all: [(&str, Value); N]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{auth, authz, identity};
 
     fn event(kind: &str, subject: &str, payload: Vec<u8>) -> Envelope {
         Envelope {
@@ -159,7 +160,7 @@ mod tests {
     #[test]
     fn an_entry_names_actor_subject_outcome_and_the_set_fields() {
         let mut registered = event(
-            "identity.user.registered",
+            identity::USER_REGISTERED.name,
             "u1",
             UserEvent {
                 user_id: "u1".into(),
@@ -182,7 +183,7 @@ mod tests {
             json!({"user_id": "u1", "email": "ann@example.org"})
         );
 
-        let mut failed = event("identity.login.failed", "u1", vec![]);
+        let mut failed = event(identity::LOGIN_FAILED.name, "u1", vec![]);
         failed.actor = "user:u1".into();
         let failed = super::entry(&failed);
         assert_eq!(
@@ -196,7 +197,7 @@ mod tests {
             ..SessionEvent::default()
         };
         let revoked = super::entry(&event(
-            "auth.session.revoked",
+            auth::SESSION_REVOKED.name,
             "u1",
             session.encode_to_vec(),
         ));
@@ -206,13 +207,13 @@ mod tests {
         );
         assert_eq!(revoked.subject, "session:s1");
 
-        let parent = super::entry(&event("authz.parent.set", "docs:1", vec![]));
+        let parent = super::entry(&event(authz::PARENT_SET.name, "docs:1", vec![]));
         assert_eq!(parent.subject, "docs:1");
     }
 
     #[test]
     fn a_payload_that_does_not_decode_is_recorded_as_such() {
-        let broken = super::entry(&event("authz.role.created", "r", vec![0xff, 0xff]));
+        let broken = super::entry(&event(authz::ROLE_CREATED.name, "r", vec![0xff, 0xff]));
         assert_eq!(
             serde_json::from_str::<Value>(&broken.details).unwrap(),
             json!({"unreadable_payload_bytes": 2})

@@ -1,0 +1,103 @@
+//! Auth's events: the outbox rows of sessions opened and ended (events of
+//! the catalogue, [`crate::events::auth`]), and what auth does on
+//! identity's events: a new password, a reset, a disabled or deleted
+//! account end sessions.
+
+use chrono::{DateTime, Utc};
+use diesel::Connection;
+use prost::Message as _;
+
+use super::error::AuthError;
+use super::service::Auth;
+use super::sessions::end_user_sessions;
+use super::store::{self, SessionRow};
+pub(super) use crate::events::auth::*;
+use crate::events::{Event, identity};
+use crate::kernel::outbox::NewEvent;
+use crate::proto::events::v1::{SessionEvent, UserEvent};
+
+/// `event` about the session `s`, whose access tokens are all expired by `by`.
+pub(super) fn session_event(
+    event: &Event<SessionEvent>,
+    s: &SessionRow,
+    reason: &str,
+    by: DateTime<Utc>,
+) -> NewEvent {
+    // A user's sessions' events are ordered by the user.
+    let payload = SessionEvent {
+        session_id: s.id.clone(),
+        user_id: s.user_id.clone(),
+        reason: reason.to_owned(),
+        tokens_expire_by_unix_ms: by.timestamp_millis(),
+    };
+    event.row(s.user_id.clone(), &payload)
+}
+
+impl Auth {
+    /// Reacts to identity's events: a new password, a reset, a disabled or
+    /// deleted account end sessions. Each event is handled once, and the
+    /// position it came at is stored with its effects.
+    pub async fn on_identity_event(
+        &self,
+        delivery: crate::kernel::bus::Delivery,
+    ) -> Result<(), AuthError> {
+        let event = &delivery.event;
+        let payload = UserEvent::decode(&event.payload[..])
+            .map_err(|e| AuthError::Internal(format!("event {}: {e}", event.id)))?;
+        let action = if identity::PASSWORD_CHANGED.is(event) {
+            let keep = Some(payload.session_id.clone()).filter(|s| !s.is_empty());
+            Some(("password_changed", keep))
+        } else if identity::PASSWORD_RESET.is(event) {
+            Some(("password_reset", None))
+        } else if identity::USER_DELETED.is(event) {
+            Some(("user_deleted", None))
+        } else if identity::USER_STATUS_CHANGED.is(event) && payload.status == "disabled" {
+            Some(("user_disabled", None))
+        } else {
+            None
+        };
+        let now = self.clock.now();
+        let by = self.tokens_expire_by(now);
+        let event_id = event.id.clone();
+        let occurred =
+            DateTime::<Utc>::from_timestamp_millis(event.occurred_at_unix_ms).unwrap_or(now);
+        let reason = action.as_ref().map(|(reason, _)| *reason);
+        let deliveries = [delivery];
+        let count = self
+            .db
+            .run(move |c| {
+                crate::kernel::offsets::with_effect(c, super::NAME, &deliveries, |c| {
+                    let Some((reason, keep)) = action else {
+                        return Ok::<_, AuthError>(0);
+                    };
+                    c.transaction(|c| {
+                        if !store::first_time(c, &event_id, now.naive_utc())? {
+                            return Ok(0);
+                        }
+                        // Ordered with logins under way (see `store::lock_user`).
+                        store::lock_user(c, &payload.user_id)?;
+                        let ended = end_user_sessions(
+                            c,
+                            &payload.user_id,
+                            keep.as_deref(),
+                            reason,
+                            now,
+                            by,
+                        )?;
+                        store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
+                        Ok(ended)
+                    })
+                })
+            })
+            .await?;
+        if count > 0 {
+            self.relay.wake();
+            tracing::info!(
+                reason = reason.unwrap_or_default(),
+                sessions = count,
+                "sessions ended after an identity event"
+            );
+        }
+        Ok(())
+    }
+}
