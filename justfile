@@ -6,13 +6,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 run *ARGS:
     cargo run --release -- {{ARGS}}
 
-# The default test suite: no server needed.
+# The default test suite: no server needed. Each test run fails when a suite
+# in it ran no tests (scripts/tests-ran.sh).
 test:
-    cargo test
+    scripts/tests-ran.sh cargo test
 
 # The integration suite against the local PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
 test-postgres:
-    cargo test --features it-postgres --test integration
+    scripts/tests-ran.sh cargo test --features it-postgres --test integration
 
 # The integration suite on PostgreSQL with the suites of the Kafka bus, Redis,
 # the etcd registry and identity's mail, against tansu brokers, etcd servers
@@ -22,13 +23,13 @@ test-postgres:
 # acceptance specs against a replicated deployment on all of them (it-cluster),
 # from the same build.
 test-servers: tools
-    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test integration --test acceptance
+    scripts/tests-ran.sh cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test integration --test acceptance
 
 # The acceptance specs against a replicated deployment alone: two gateways,
 # two auth, two identity, two authz and one audit on PostgreSQL, Redis,
 # tansu and etcd, with features/cluster.feature killing and restarting them.
 test-cluster: tools
-    cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test acceptance
+    scripts/tests-ran.sh cargo test --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --test acceptance
 
 # What building and testing every feature needs beyond cargo: tansu, etcd, protoc, aiosmtpd.
 tools:

@@ -24,6 +24,10 @@
 //! `--authz`, it measures authz's checks over gRPC on a policy it makes
 //! itself (see `authz.rs`). With `--audit`, audit's ingest and lag on the
 //! local PostgreSQL (see `audit.rs`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the load tool stamps what it sends with the wall clock"
+)]
 
 #[path = "bench/audit.rs"]
 mod audit;

@@ -34,6 +34,14 @@
 //! - `audit` (feature `audit`): the tamper-evident audit log; so far its
 //!   chain, its store and its verification.
 
+#![cfg_attr(
+    test,
+    allow(
+        clippy::disallowed_methods,
+        reason = "unit tests set their scene with the wall clock"
+    )
+)]
+
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!(
     "gatehouse needs at least one database backend: enable the `sqlite` or `postgres` feature."

@@ -126,6 +126,11 @@ impl Cluster {
                 format!("cluster-{}:", uuid::Uuid::new_v4()),
             ),
             ("GATEHOUSE_GATEWAY__RATE_LIMIT__BACKEND", "redis".to_owned()),
+            // Redis away fails the scenarios rather than passing on local limits.
+            (
+                "GATEHOUSE_GATEWAY__RATE_LIMIT__WHEN_REDIS_DOWN",
+                "closed".to_owned(),
+            ),
             // The replicas of auth open each other's signing keys.
             ("GATEHOUSE_AUTH__KEY_ENCRYPTION_KEY", key),
             // Reuse is detected at once (no grace window) to keep scenarios short.

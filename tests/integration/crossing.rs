@@ -66,6 +66,11 @@ impl Deployment {
             env.push(("GATEHOUSE_REDIS__URL", url));
             env.push(("GATEHOUSE_REDIS__PREFIX", self.redis_prefix.clone()));
             env.push(("GATEHOUSE_GATEWAY__RATE_LIMIT__BACKEND", "redis".into()));
+            // Redis away fails the suite rather than passing on local limits.
+            env.push((
+                "GATEHOUSE_GATEWAY__RATE_LIMIT__WHEN_REDIS_DOWN",
+                "closed".into(),
+            ));
         }
         env
     }

@@ -303,9 +303,10 @@ async fn a_clients_fault_is_its_own_4xx_and_never_ejects_the_instance() {
 async fn bytes_an_upstream_sends_after_a_bodiless_answer_reach_no_other_client() {
     // HEAD and a 204 get an answer head, then stray bytes that look like
     // an answer: at once in one case, a little later in the other.
-    let (url, _) = upstream(|request, stream| async move {
+    let (url, received) = upstream(|request, stream| async move {
         let stray = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL";
-        if request.starts_with(b"HEAD /late") {
+        // The route keeps its prefix: the instance sees /team/late.
+        if request.starts_with(b"HEAD /team/late") {
             write(&stream, b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n").await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             write(&stream, stray).await;
@@ -353,6 +354,14 @@ async fn bytes_an_upstream_sends_after_a_bodiless_answer_reach_no_other_client()
             }
         }
     }
+    // The late stray bytes were sent: the instance was asked for them.
+    assert!(
+        seen(&received)
+            .iter()
+            .any(|r| r.starts_with("HEAD /team/late ")),
+        "{:?}",
+        seen(&received)
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,9 @@ async fn until_listed(
 }
 
 /// A readiness probe the test turns on and off.
-struct Switch(Arc<AtomicBool>);
+/// A readiness probe the test turns on and off, counting the times it
+/// was asked while off.
+struct Switch(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicUsize>);
 
 #[async_trait]
 impl Probe for Switch {
@@ -52,6 +54,7 @@ impl Probe for Switch {
         if self.0.load(Ordering::SeqCst) {
             Ok(())
         } else {
+            self.1.fetch_add(1, Ordering::SeqCst);
             Err("switched off".into())
         }
     }
@@ -98,7 +101,8 @@ async fn an_instance_that_is_not_ready_is_withdrawn_until_it_is() {
         EtcdRegistry::new(&config).unwrap(),
     );
     let ready = Arc::new(AtomicBool::new(true));
-    let probes = Probes(vec![Arc::new(Switch(ready.clone()))]);
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let probes = Probes(vec![Arc::new(Switch(ready.clone(), refused.clone()))]);
     let instance = Instance::new("authz", "http://10.0.0.3:4103".into());
     here.register(instance, probes).await.unwrap();
     let url = ["http://10.0.0.3:4103"];
@@ -106,9 +110,18 @@ async fn an_instance_that_is_not_ready_is_withdrawn_until_it_is() {
 
     ready.store(false, Ordering::SeqCst);
     until_listed(&there, "authz", &[], Duration::from_secs(10)).await;
-    // It stays away while unready: longer than a lease.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(there.resolve("authz").await.unwrap().is_empty());
+    // It stays away while unready: each time the instance asks whether it
+    // may come back (once a second, past its 2 s lease), it is told no,
+    // and it is not listed after any of them.
+    let asked = refused.load(Ordering::SeqCst);
+    for more in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while refused.load(Ordering::SeqCst) < asked + more {
+            assert!(Instant::now() < deadline, "the instance stopped asking");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(crate::servers::listed(&there, "authz").await.is_empty());
+    }
 
     ready.store(true, Ordering::SeqCst);
     until_listed(&there, "authz", &url, Duration::from_secs(10)).await;

@@ -8,6 +8,10 @@
 //! etcd server of its own; with `it-smtp`, identity's mail goes to an
 //! aiosmtpd server of each test's own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the tests set their scene with the wall clock"
+)]
 
 mod binary;
 mod servers;

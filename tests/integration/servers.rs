@@ -310,18 +310,18 @@ mod etcd {
         }
     }
 
-    /// The URLs of the instances of `service` that `registry` lists now
-    /// (none when etcd cannot be reached).
+    /// The URLs of the instances of `service` that `registry` lists now.
+    /// A registry that cannot list fails the test: an empty list must mean
+    /// that etcd lists none, never that it could not be asked.
     pub async fn listed(
         registry: &gatehouse::kernel::registry::etcd::EtcdRegistry,
         service: &str,
     ) -> Vec<String> {
         use gatehouse::kernel::registry::Registry as _;
-        registry
-            .resolve(service)
-            .await
-            .map(|found| found.iter().map(|i| i.url.clone()).collect())
-            .unwrap_or_default()
+        match registry.resolve(service).await {
+            Ok(found) => found.iter().map(|i| i.url.clone()).collect(),
+            Err(e) => panic!("etcd could not list {service}: {e}"),
+        }
     }
 }
 

@@ -209,6 +209,10 @@ mod date {
     }
 
     /// Writes the current date (IMF-fixdate) to `out`.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the Date header tells the wall clock's time, whatever a service's clock says"
+    )]
     pub fn write(out: &mut BytesMut) {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
