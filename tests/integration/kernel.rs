@@ -223,6 +223,118 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
 }
 
+/// Tables whose keys are the user's own (services, mail kinds).
+const SECTIONS_OF_ONES_OWN: [&str; 2] = ["registry.instances", "identity.mail.templates"];
+
+/// Every key of the configuration, dotted (`identity.mail.smtp.host`):
+/// the leaves of the defaults, where a list, a map or an unset option is
+/// a leaf.
+fn config_keys() -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+        match value {
+            // Maps of the user's own keys are leaves.
+            serde_json::Value::Object(map)
+                if !map.is_empty() && !SECTIONS_OF_ONES_OWN.contains(&prefix) =>
+            {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, inner, keys);
+                }
+            }
+            _ => keys.push(prefix.to_owned()),
+        }
+    }
+    let defaults = serde_json::to_value(gatehouse::config::Config::default()).unwrap();
+    let mut keys = Vec::new();
+    walk("", &defaults, &mut keys);
+    keys
+}
+
+/// The text under the heading or table header naming `section` (up to
+/// the next one), found by `is_header`.
+fn section<'a>(
+    text: &'a str,
+    is_header: impl Fn(&str) -> Option<String>,
+    section: &str,
+) -> Option<String> {
+    let mut found: Option<String> = None;
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(name) = is_header(line) {
+            if name == section {
+                found.get_or_insert_with(String::new);
+            }
+            current = Some(name);
+            continue;
+        }
+        if current.as_deref() == Some(section) || (section.is_empty() && current.is_none()) {
+            found.get_or_insert_with(String::new).push_str(line);
+            found.as_mut().unwrap().push('\n');
+        }
+    }
+    found
+}
+
+#[test]
+fn every_config_key_is_in_the_example_and_the_docs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("gatehouse.example.toml")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let toml_header = |line: &str| {
+        let line = line.trim_start_matches('#').trim();
+        let name = line
+            .strip_prefix("[[")
+            .and_then(|l| l.split("]]").next())
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.split(']').next()))?;
+        (!name.contains(' ') && !name.is_empty()).then(|| name.to_owned())
+    };
+    let doc_header = |line: &str| {
+        let rest = line
+            .strip_prefix("## ")
+            .or_else(|| line.strip_prefix("### "))?;
+        if rest == "Top level" {
+            return Some(String::new());
+        }
+        let name = rest
+            .trim_matches('`')
+            .trim_start_matches("[[")
+            .trim_start_matches('[');
+        Some(name.trim_end_matches("]]").trim_end_matches(']').to_owned())
+    };
+    let mut missing = Vec::new();
+    for key in config_keys() {
+        let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+        // A table of its own (`[registry.instances]`, `[[gateway.routes]]`)
+        // or a key in its table.
+        let in_example = section(&example, toml_header, &key).is_some()
+            || section(&example, toml_header, table).is_some_and(|text| {
+                text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.strip_prefix(leaf)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                })
+            });
+        if !in_example {
+            missing.push(format!("gatehouse.example.toml: {key}"));
+        }
+        let in_docs = section(&docs, doc_header, &key).is_some()
+            || section(&docs, doc_header, table)
+                .is_some_and(|text| text.contains(&format!("`{leaf}`")));
+        if !in_docs {
+            missing.push(format!("docs/configuration.md: {key}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys not described:\n{}",
+        missing.join("\n")
+    );
+}
+
 #[test]
 fn the_deployment_configs_wire_three_machines_together() {
     use gatehouse::kernel::config::{BusBackend, DatabaseBackend, RegistryBackend};
