@@ -64,8 +64,14 @@ clippy: tools
 check-deploy:
     scripts/check-deploy.sh
 
+# Every benchmark scenario once, for about a second each, on a build without
+# fat LTO: each must still start and print its figures (they are not judged).
+bench-smoke:
+    cargo build --profile bench-smoke --features bench --bins
+    GATEHOUSE_BENCH_PROFILE=bench-smoke timeout 900 scripts/bench.sh 1 all
+
 # Everything CI checks (the PostgreSQL suite runs within test-servers).
-ci: fmt-check clippy build-all check-deploy test test-servers fuzz-api
+ci: fmt-check clippy build-all check-deploy test test-servers fuzz-api bench-smoke
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), flood (memory and

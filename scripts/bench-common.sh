@@ -28,7 +28,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "${GATEHOUSE_RPC__CREDENTIALS_DIR:-}" ]; then
-    "$target/release/gatehouse" credentials issue --out "$work/credentials" >/dev/null
+    "$bins/gatehouse" credentials issue --out "$work/credentials" >/dev/null
     export GATEHOUSE_RPC__CREDENTIALS_DIR="$work/credentials"
 fi
 
@@ -75,7 +75,7 @@ CONF
 # The release gateway on the config the script wrote to $work/gateway.toml.
 start_gateway() {
     GATEHOUSE_DATA_DIR="$work" GATEHOUSE_SERVER__OPS_LISTEN=127.0.0.1:0 \
-        "$target/release/gatehouse-gateway" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+        "$bins/gatehouse-gateway" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
     pids+=($!)
 }
 

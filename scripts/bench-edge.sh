@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 target="${CARGO_TARGET_DIR:-target}"
+# The build under test: the release profile's, or GATEHOUSE_BENCH_PROFILE's
+# (the smoke run's bench-smoke, built without fat LTO).
+bins="$target/${GATEHOUSE_BENCH_PROFILE:-release}"
 upstream_port=4190
 nginx_port=4191
 gateway_port=4192
@@ -16,9 +19,9 @@ nginx_pinned_port=4195
 # wrk, nginx, `work`, `pids` and their cleanup.
 source scripts/bench-common.sh
 
-"$target/release/gatehouse-bench" --serve-upstream "$upstream_port" &
+"$bins/gatehouse-bench" --serve-upstream "$upstream_port" &
 pids+=($!)
-"$target/release/gatehouse-bench" --serve-bare-proxy "$bare_port" --bare-upstream "127.0.0.1:$upstream_port" &
+"$bins/gatehouse-bench" --serve-bare-proxy "$bare_port" --bare-upstream "127.0.0.1:$upstream_port" &
 pids+=($!)
 
 # nginx as a reverse proxy tuned the usual way: a worker per core,
@@ -73,6 +76,6 @@ wait_up "http://127.0.0.1:$upstream_port/" "http://127.0.0.1:$nginx_port/" \
     "http://127.0.0.1:$gateway_port/healthz" "http://127.0.0.1:$bare_port/" \
     "http://127.0.0.1:$nginx_pinned_port/"
 
-"$target/release/gatehouse-bench" --seconds "$seconds" --edge \
+"$bins/gatehouse-bench" --seconds "$seconds" --edge \
     "http://127.0.0.1:$upstream_port" "http://127.0.0.1:$nginx_port" "http://127.0.0.1:$gateway_port" \
     "http://127.0.0.1:$bare_port" "http://127.0.0.1:$nginx_pinned_port"

@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 target="${CARGO_TARGET_DIR:-target}"
+# The build under test: the release profile's, or GATEHOUSE_BENCH_PROFILE's
+# (the smoke run's bench-smoke, built without fat LTO).
+bins="$target/${GATEHOUSE_BENCH_PROFILE:-release}"
 upstream_port=4196
 nginx_port=4197
 gateway_port=4198
@@ -20,7 +23,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-"$target/release/gatehouse-bench" --serve-upstream "$upstream_port" &
+"$bins/gatehouse-bench" --serve-upstream "$upstream_port" &
 pids+=($!)
 
 # nginx terminating TLS the usual way: a worker per core, session cache,
@@ -60,5 +63,5 @@ start_gateway
 wait_up "http://127.0.0.1:$upstream_port/" "https://localhost:$nginx_port/" \
     "https://localhost:$gateway_port/healthz"
 
-"$target/release/gatehouse-bench" --seconds "$seconds" --edge-tls \
+"$bins/gatehouse-bench" --seconds "$seconds" --edge-tls \
     "https://localhost:$nginx_port" "https://localhost:$gateway_port"

@@ -14,18 +14,21 @@ cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 what="${2:-all}"
 target="${CARGO_TARGET_DIR:-target}"
+# The build under test: the release profile's, or GATEHOUSE_BENCH_PROFILE's
+# (the smoke run's bench-smoke, built without fat LTO).
+bins="$target/${GATEHOUSE_BENCH_PROFILE:-release}"
 if [ "$what" = all ] || [ "$what" = footprint ]; then
-    "$target/release/gatehouse-bench" --footprint "$target/release"
+    "$bins/gatehouse-bench" --footprint "$bins"
 fi
 if [ "$what" = all ] || [ "$what" = flood ]; then
-    "$target/release/gatehouse-bench" --flood "$target/release"
+    "$bins/gatehouse-bench" --flood "$bins"
 fi
 if [ "$what" = all ] || [ "$what" = authz ]; then
-    "$target/release/gatehouse-bench" --authz --seconds "$seconds"
+    "$bins/gatehouse-bench" --authz --seconds "$seconds"
 fi
 if [ "$what" = all ] || [ "$what" = audit ]; then
     scripts/kafka.sh start
-    "$target/release/gatehouse-bench" --audit --seconds "$seconds"
+    "$bins/gatehouse-bench" --audit --seconds "$seconds"
 fi
 if [ "$what" = all ] || [ "$what" = tls ]; then
     scripts/bench-tls.sh "$seconds"
@@ -37,12 +40,12 @@ log="$data/platform.log"
 export GATEHOUSE_DATA_DIR="$data"
 # The keys the platform and the separate gateway of the edge benchmark both
 # sign and check their calls with.
-"$target/release/gatehouse" credentials issue --out "$data/credentials" >/dev/null
+"$bins/gatehouse" credentials issue --out "$data/credentials" >/dev/null
 export GATEHOUSE_RPC__CREDENTIALS_DIR="$data/credentials"
 export GATEHOUSE_LOG__FORMAT=json
 export GATEHOUSE_LOG__LEVEL=warn
 
-"$target/release/gatehouse" >"$log" 2>&1 &
+"$bins/gatehouse" >"$log" 2>&1 &
 platform=$!
 trap 'kill -TERM $platform 2>/dev/null || true; wait $platform 2>/dev/null || true; rm -rf "$data"' EXIT
 
@@ -53,7 +56,7 @@ for _ in $(seq 1 100); do
 done
 
 if [ "$what" = all ] || [ "$what" = core ]; then
-    "$target/release/gatehouse-bench" --seconds "$seconds"
+    "$bins/gatehouse-bench" --seconds "$seconds"
 fi
 if [ "$what" = all ] || [ "$what" = edge ]; then
     scripts/bench-edge.sh "$seconds"

@@ -82,6 +82,26 @@ impl Config {
     pub fn load(
         file: Option<&std::path::Path>,
     ) -> Result<Self, crate::kernel::config::ConfigError> {
-        crate::kernel::config::load(file)
+        let config: Config = crate::kernel::config::load(file)?;
+        config.refuse_moved_keys()?;
+        Ok(config)
+    }
+
+    /// Refuses keys that moved, naming where they went.
+    fn refuse_moved_keys(&self) -> Result<(), crate::kernel::config::ConfigError> {
+        let mut moved = Vec::new();
+        #[cfg(feature = "gateway")]
+        moved.push(("gateway", self.gateway.permission_cache_ms.is_some()));
+        #[cfg(feature = "identity")]
+        moved.push(("identity", self.identity.permission_cache_ms.is_some()));
+        #[cfg(feature = "audit")]
+        moved.push(("audit", self.audit.permission_cache_ms.is_some()));
+        match moved.into_iter().find(|(_, set)| *set) {
+            Some((section, _)) => Err(crate::kernel::config::ConfigError(format!(
+                "{section}.permission_cache_ms moved to rpc.permission_cache_ms, one setting for \
+                 every service that keeps authz's answers: set that instead"
+            ))),
+            None => Ok(()),
+        }
     }
 }

@@ -125,6 +125,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         tokens: config.tokens.clone(),
         clients,
         keyring,
+        permission_cache: std::time::Duration::from_millis(config.rpc.permission_cache_ms),
         registry,
         bus,
         bus_config: config.bus.clone(),
@@ -172,14 +173,7 @@ pub async fn start(
 /// Runs `services` until SIGINT/SIGTERM, then stops them gracefully.
 /// `standalone` marks a single-service binary, whose in-process bus reaches
 /// no other service.
-#[cfg_attr(
-    not(any(feature = "gateway", feature = "identity", feature = "audit")),
-    allow(
-        unused_mut,
-        reason = "only the gateway, identity and audit keep authz's answers"
-    )
-)]
-pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
+pub async fn run(config: Config, services: &[Service], standalone: bool) -> anyhow::Result<()> {
     if config.rpc.credentials_dir.is_empty()
         && config.registry.backend != RegistryBackend::InProcess
     {
@@ -202,7 +196,7 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
         );
     }
     let stop = server::stop_signal();
-    let ctx = context(&config)?;
+    let mut ctx = context(&config)?;
     if standalone && !ctx.bus.crosses_processes() {
         tracing::warn!(
             "the event bus is in-process: events of this process reach no other process, \
@@ -211,18 +205,7 @@ pub async fn run(mut config: Config, services: &[Service], standalone: bool) -> 
         );
         // Authz's change events would not reach this process to drop the
         // answers it kept, so it keeps none.
-        #[cfg(feature = "gateway")]
-        {
-            config.gateway.permission_cache_ms = 0;
-        }
-        #[cfg(feature = "identity")]
-        {
-            config.identity.permission_cache_ms = 0;
-        }
-        #[cfg(feature = "audit")]
-        {
-            config.audit.permission_cache_ms = 0;
-        }
+        ctx.permission_cache = std::time::Duration::ZERO;
     }
     let mut running = vec![crate::kernel::http::ops::start(&ctx, config.server.ops_listen).await?];
     let beyond_loopback = listens_beyond_loopback(&config, services);

@@ -306,9 +306,22 @@ async fn single_services(setup: &Setup) -> anyhow::Result<()> {
         ops_authz,
         ops_identity,
     ] = ports()?;
+    // Separate processes sign and check their calls with keys of their own.
+    let credentials = setup.data.join("credentials");
+    let issued = Command::new(setup.bin_dir.join("gatehouse"))
+        .args(["credentials", "issue", "--out"])
+        .arg(&credentials)
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    anyhow::ensure!(issued.success(), "gatehouse credentials issue failed");
     let instances = |port: u16| format!(r#"["http://127.0.0.1:{port}"]"#);
     let common = |ops: u16| {
         vec![
+            (
+                "GATEHOUSE_RPC__CREDENTIALS_DIR",
+                credentials.display().to_string(),
+            ),
             ("GATEHOUSE_REGISTRY__BACKEND", "static".to_owned()),
             ("GATEHOUSE_REGISTRY__INSTANCES__AUTH", instances(auth)),
             (

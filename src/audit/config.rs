@@ -22,9 +22,10 @@ pub struct AuditConfig {
     /// Entries older than this many days are removed (0: kept for ever).
     /// What remains stays verifiable from the newest checkpoint removed.
     pub retention_days: u64,
-    /// How long authz's answers to the API's permission checks are kept
-    /// (0: asked every time). A change in authz drops them at once.
-    pub permission_cache_ms: u64,
+    /// Moved to `rpc.permission_cache_ms`: a config that still has it is
+    /// refused with a message saying so.
+    #[serde(skip_serializing)]
+    pub permission_cache_ms: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for AuditConfig {
@@ -36,7 +37,7 @@ impl Default for AuditConfig {
             checkpoint_every_secs: 1,
             witness_path: String::new(),
             retention_days: 0,
-            permission_cache_ms: 5_000,
+            permission_cache_ms: None,
         }
     }
 }

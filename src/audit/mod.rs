@@ -31,21 +31,16 @@ pub mod signed;
 pub mod store;
 pub mod witness;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use utoipa::OpenApi as _;
 
 pub use config::AuditConfig;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::Unhandled;
-use crate::kernel::config::DatabaseConfig;
-use crate::kernel::db::{Db, DbError, Migrations};
-use crate::kernel::health::Probes;
-use crate::kernel::http::server::{self, Running, ServiceApp};
+use crate::kernel::db::Db;
+use crate::kernel::http::server::{self, Running};
 use crate::kernel::offsets;
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
@@ -53,23 +48,7 @@ use crate::middleware::permit::Permits;
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
 pub const NAME: &str = "audit";
 
-#[cfg(feature = "sqlite")]
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/audit");
-#[cfg(feature = "postgres")]
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/audit");
-
-static MIGRATIONS: Migrations = Migrations {
-    #[cfg(feature = "sqlite")]
-    sqlite: || SQLITE_MIGRATIONS,
-    #[cfg(feature = "postgres")]
-    postgres: || POSTGRES_MIGRATIONS,
-};
-
-/// Opens audit's database (its SQLite file under `data_dir`, or its
-/// PostgreSQL schema) with its migrations applied.
-pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {
-    Db::open(database, data_dir, NAME, &MIGRATIONS).await
-}
+crate::service_db!(sqlite: "migrations/sqlite/audit", postgres: "migrations/postgres/audit");
 
 /// Events recorded in one transaction, at most.
 const INGEST_BATCH: usize = 500;
@@ -88,8 +67,7 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
         ctx.metrics.clone(),
     )?;
     audit.prepare().await?;
-    let permits =
-        Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
+    let permits = Permits::for_service(ctx, NAME).await?;
     let changes = permits
         .listen(&format!("{NAME}.permits"), &ctx.bus, ctx.shutdown.clone())
         .await
@@ -108,27 +86,18 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
     let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::proto::audit::v1::audit_server::AuditServer<grpc::Grpc>>()
-        .await;
-    let app = ServiceApp {
+    let service = server::Service {
         name: NAME,
-        http: http::routes(audit.clone(), permits, check)
-            .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
-        grpc: tonic::service::Routes::new(grpc::server(audit)).add_service(health_service),
-        probes: Probes(vec![Arc::new(db)]),
-        io_threads: None,
+        db,
+        http: http::routes(audit.clone(), permits, check),
+        api: http::ApiDoc::openapi(),
+        grpc: grpc::server(audit),
+        produces_events: false,
+        listen: config.listen,
+        advertise_url: config.advertise_url,
+        background: vec![recording, upkeep, changes, revocations],
     };
-    server::launch(
-        ctx,
-        app,
-        config.listen,
-        config.advertise_url,
-        health,
-        vec![recording, upkeep, changes, revocations],
-    )
-    .await
+    server::serve_service(ctx, service).await
 }
 
 /// Records the configured sources' events until shutdown, a batch per

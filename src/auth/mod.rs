@@ -23,7 +23,6 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi as _;
 
@@ -34,29 +33,18 @@ use service::Auth;
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::Unhandled;
 use crate::kernel::clock::Clock;
-use crate::kernel::db::{Db, Migrations};
-use crate::kernel::health::Probes;
-use crate::kernel::http::server::{self, Running, ServiceApp};
+use crate::kernel::db::Db;
+use crate::kernel::http::server::{self, Running};
 use crate::kernel::outbox;
 
 /// The service's name: registry entry, SQLite file, PostgreSQL schema, event source.
 pub const NAME: &str = "auth";
 
-#[cfg(feature = "sqlite")]
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/auth");
-#[cfg(feature = "postgres")]
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/auth");
-
-static MIGRATIONS: Migrations = Migrations {
-    #[cfg(feature = "sqlite")]
-    sqlite: || SQLITE_MIGRATIONS,
-    #[cfg(feature = "postgres")]
-    postgres: || POSTGRES_MIGRATIONS,
-};
+crate::service_db!(sqlite: "migrations/sqlite/auth", postgres: "migrations/postgres/auth");
 
 /// Opens the key ring on the database configured in `ctx`.
 async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(Db, Kek, KeyRing)> {
-    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
     let kek = Kek::load(&config.key_encryption_key, &ctx.data_dir).map_err(anyhow::Error::msg)?;
     let ring = KeyRing::new(
         db.clone(),
@@ -118,25 +106,18 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
         background.push(rotation_schedule(ctx, ring, rotation_every));
     }
 
-    let grpc = grpc::server(auth.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::proto::auth::v1::auth_server::AuthServer<grpc::Grpc>>()
-        .await;
-    let app = ServiceApp {
+    let service = server::Service {
         name: NAME,
-        http: http::routes(auth).merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi())),
-        grpc: tonic::service::Routes::new(grpc)
-            .add_service(health_service)
-            .add_service(crate::kernel::stream::server(
-                NAME,
-                db.clone(),
-                ctx.shutdown.clone(),
-            )),
-        probes: Probes(vec![Arc::new(db)]),
-        io_threads: None,
+        db,
+        http: http::routes(auth.clone()),
+        api: http::ApiDoc::openapi(),
+        grpc: grpc::server(auth),
+        produces_events: true,
+        listen,
+        advertise_url: advertise,
+        background,
     };
-    server::launch(ctx, app, listen, advertise, health, background).await
+    server::serve_service(ctx, service).await
 }
 
 /// Handles identity's events until shutdown, from where it got to before.

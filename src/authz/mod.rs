@@ -26,20 +26,14 @@ pub mod schema;
 pub mod service;
 pub mod store;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 pub use config::AuthzConfig;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::Unhandled;
-use crate::kernel::config::DatabaseConfig;
-use crate::kernel::db::{Db, DbError, Migrations};
-use crate::kernel::health::Probes;
-use crate::kernel::http::server::{self, Running, ServiceApp};
+use crate::kernel::db::Db;
+use crate::kernel::http::server::{self, Running};
 use crate::kernel::outbox;
 use crate::middleware::bearer::TokenCheck;
 use utoipa::OpenApi as _;
@@ -47,23 +41,7 @@ use utoipa::OpenApi as _;
 /// The service's name: its registry entry, SQLite file and PostgreSQL schema.
 pub const NAME: &str = "authz";
 
-#[cfg(feature = "sqlite")]
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/authz");
-#[cfg(feature = "postgres")]
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/authz");
-
-static MIGRATIONS: Migrations = Migrations {
-    #[cfg(feature = "sqlite")]
-    sqlite: || SQLITE_MIGRATIONS,
-    #[cfg(feature = "postgres")]
-    postgres: || POSTGRES_MIGRATIONS,
-};
-
-/// Opens authz's database (its SQLite file under `data_dir`, or its
-/// PostgreSQL schema) with its migrations applied.
-pub async fn open_db(database: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {
-    Db::open(database, data_dir, NAME, &MIGRATIONS).await
-}
+crate::service_db!(sqlite: "migrations/sqlite/authz", postgres: "migrations/postgres/authz");
 
 /// Starts the service: its database, the policy in memory, its gRPC API,
 /// registered in the registry.
@@ -84,35 +62,18 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
         .await
         .map_err(anyhow::Error::msg)?;
     background.push(revocations);
-    let routes = http::routes(authz.clone(), check)
-        .merge(crate::kernel::openapi::serve(&http::ApiDoc::openapi()));
-    let grpc = grpc::server(authz);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::proto::authz::v1::authz_server::AuthzServer<grpc::Grpc>>()
-        .await;
-    let app = ServiceApp {
+    let service = server::Service {
         name: NAME,
-        http: routes,
-        grpc: tonic::service::Routes::new(grpc)
-            .add_service(health_service)
-            .add_service(crate::kernel::stream::server(
-                NAME,
-                db.clone(),
-                ctx.shutdown.clone(),
-            )),
-        probes: Probes(vec![Arc::new(db)]),
-        io_threads: None,
-    };
-    server::launch(
-        ctx,
-        app,
-        config.listen,
-        config.advertise_url,
-        health,
+        db,
+        http: http::routes(authz.clone(), check),
+        api: http::ApiDoc::openapi(),
+        grpc: grpc::server(authz),
+        produces_events: true,
+        listen: config.listen,
+        advertise_url: config.advertise_url,
         background,
-    )
-    .await
+    };
+    server::serve_service(ctx, service).await
 }
 
 /// Handles identity's events until shutdown, from where it got to before.

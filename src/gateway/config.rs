@@ -34,9 +34,10 @@ pub struct GatewayConfig {
     /// `-`, so `x_gatehouse_user_id` would pass for a field the gateway
     /// sets. When on, names that read as a reserved one are dropped still.
     pub underscores_in_headers: bool,
-    /// How long authz's answers to routes' permission checks are kept (0:
-    /// asked every time). A change in authz drops them at once.
-    pub permission_cache_ms: u64,
+    /// Moved to `rpc.permission_cache_ms`: a config that still has it is
+    /// refused with a message saying so.
+    #[serde(skip_serializing)]
+    pub permission_cache_ms: Option<serde::de::IgnoredAny>,
     /// Routes of the team's own services, in addition to the built-in
     /// routes of the core services.
     pub routes: Vec<RouteConfig>,
@@ -158,7 +159,7 @@ impl Default for GatewayConfig {
             pin_io_threads: Pinning::Auto,
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
-            permission_cache_ms: 5_000,
+            permission_cache_ms: None,
             routes: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             tls: TlsConfig::default(),

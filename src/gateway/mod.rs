@@ -143,8 +143,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
     let (check, revocations) = TokenCheck::for_service(ctx, NAME)
         .await
         .map_err(anyhow::Error::msg)?;
-    let permits =
-        Permits::for_service(ctx, NAME, Duration::from_millis(config.permission_cache_ms)).await?;
+    let permits = Permits::for_service(ctx, NAME).await?;
     let changes = permits
         .listen(NAME, &ctx.bus, ctx.shutdown.clone())
         .await

@@ -37,9 +37,10 @@ pub struct IdentityConfig {
     pub links_per_address: u32,
     /// The window over which `links_per_address` links are sent to one address.
     pub links_window_secs: u64,
-    /// How long authz's answers to the admin API's permission checks are
-    /// kept (0: asked every time). A change in authz drops them at once.
-    pub permission_cache_ms: u64,
+    /// Moved to `rpc.permission_cache_ms`: a config that still has it is
+    /// refused with a message saying so.
+    #[serde(skip_serializing)]
+    pub permission_cache_ms: Option<serde::de::IgnoredAny>,
     /// How links reach users (`[identity.mail]`).
     pub mail: super::mail::config::MailConfig,
 }
@@ -60,7 +61,7 @@ impl Default for IdentityConfig {
             conceal_existing_accounts: false,
             links_per_address: 3,
             links_window_secs: 900,
-            permission_cache_ms: 5_000,
+            permission_cache_ms: None,
             mail: Default::default(),
         }
     }

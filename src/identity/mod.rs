@@ -33,14 +33,11 @@ mod throttle;
 
 use std::sync::Arc;
 
-use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-
 use utoipa::OpenApi as _;
 
 use crate::kernel::ServiceContext;
-use crate::kernel::db::{Db, Migrations};
-use crate::kernel::health::Probes;
-use crate::kernel::http::server::{self, Running, ServiceApp};
+use crate::kernel::db::Db;
+use crate::kernel::http::server::{self, Running};
 use crate::kernel::outbox;
 use crate::middleware::bearer::TokenCheck;
 use crate::middleware::permit::Permits;
@@ -52,17 +49,7 @@ use service::Identity;
 /// The service's name: its registry entry, SQLite file, PostgreSQL schema and event source.
 pub const NAME: &str = "identity";
 
-#[cfg(feature = "sqlite")]
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite/identity");
-#[cfg(feature = "postgres")]
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres/identity");
-
-static MIGRATIONS: Migrations = Migrations {
-    #[cfg(feature = "sqlite")]
-    sqlite: || SQLITE_MIGRATIONS,
-    #[cfg(feature = "postgres")]
-    postgres: || POSTGRES_MIGRATIONS,
-};
+crate::service_db!(sqlite: "migrations/sqlite/identity", postgres: "migrations/postgres/identity");
 
 /// The key device tokens are made with: derived from identity's service
 /// key, so every instance of a deployment takes the others' tokens and a
@@ -105,7 +92,7 @@ async fn store_and_hasher(
             policy.max_bytes
         );
     }
-    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
     let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -180,12 +167,7 @@ pub async fn start(
     let listen = config.listen;
     let advertise = config.advertise_url.clone();
     let password_policy = config.password.clone();
-    let permits = Permits::for_service(
-        ctx,
-        NAME,
-        std::time::Duration::from_millis(config.permission_cache_ms),
-    )
-    .await?;
+    let permits = Permits::for_service(ctx, NAME).await?;
     let changes = permits
         .listen(NAME, &ctx.bus, ctx.shutdown.clone())
         .await
@@ -195,37 +177,22 @@ pub async fn start(
         .await
         .map_err(anyhow::Error::msg)?;
 
-    let grpc = grpc::server(identity.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<crate::proto::identity::v1::identity_server::IdentityServer<grpc::Grpc>>()
-        .await;
-    let app = ServiceApp {
+    let service = server::Service {
         name: NAME,
-        http: http::routes(identity.clone(), check.clone())
-            .merge(admin::routes(identity, permits, check))
-            .merge(crate::kernel::openapi::serve(
-                &http::api_doc(&password_policy).merge_from(admin::AdminDoc::openapi()),
-            )),
-        grpc: tonic::service::Routes::new(grpc)
-            .add_service(health_service)
-            .add_service(crate::kernel::stream::server(
-                NAME,
-                db.clone(),
-                ctx.shutdown.clone(),
-            )),
-        probes: Probes(vec![Arc::new(db)]),
-        io_threads: None,
-    };
-    server::launch(
-        ctx,
-        app,
+        db,
+        http: http::routes(identity.clone(), check.clone()).merge(admin::routes(
+            identity.clone(),
+            permits,
+            check,
+        )),
+        api: http::api_doc(&password_policy).merge_from(admin::AdminDoc::openapi()),
+        grpc: grpc::server(identity),
+        produces_events: true,
         listen,
-        advertise,
-        health,
-        vec![relay_task, revocations, changes],
-    )
-    .await
+        advertise_url: advertise,
+        background: vec![relay_task, revocations, changes],
+    };
+    server::serve_service(ctx, service).await
 }
 
 /// Makes an account from the command line (`gatehouse admin create`): open
@@ -267,7 +234,7 @@ pub async fn find_account(
     ctx: &ServiceContext,
     email: &str,
 ) -> anyhow::Result<Option<service::UserId>> {
-    let db = Db::open(&ctx.database, &ctx.data_dir, NAME, &MIGRATIONS).await?;
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
     let normalized = model::email_key(email);
     let row = db
         .run(move |c| Ok::<_, error::IdentityError>(store::by_email(c, &normalized)?))

@@ -342,6 +342,11 @@ pub struct RpcConfig {
     /// memory at start, which only a process whose calls stay inside it
     /// (the in-process registry) can use.
     pub credentials_dir: String,
+    /// How long a service keeps authz's answers to its permission checks
+    /// (0: asks every time). Authz's change events drop the answers a
+    /// change may alter at once; a process whose bus reaches no other
+    /// process keeps none.
+    pub permission_cache_ms: u64,
 }
 
 impl Default for RpcConfig {
@@ -350,6 +355,7 @@ impl Default for RpcConfig {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
             credentials_dir: String::new(),
+            permission_cache_ms: 5_000,
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct ServiceContext {
     /// The keys that sign this process's service calls and check the calls
     /// made to it.
     pub keyring: Arc<credentials::Keyring>,
+    /// How long authz's answers are kept (`rpc.permission_cache_ms`, or
+    /// nothing where authz's change events cannot reach the process).
+    pub permission_cache: std::time::Duration,
     pub metrics: metrics::Metrics,
     pub clock: Arc<dyn clock::Clock>,
     /// Cancelled when the process is asked to stop.

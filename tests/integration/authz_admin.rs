@@ -592,10 +592,8 @@ async fn a_route_permission_is_checked_at_the_edge_and_follows_grants_and_remova
 async fn billing_app(keep_ms: u64) -> (TestApp, String, String, String) {
     let app = TestApp::builder()
         .with_authz()
-        .gateway(|g| {
-            g.permission_cache_ms = keep_ms;
-            g.routes.push(billing_route());
-        })
+        .permission_cache_ms(keep_ms)
+        .gateway(|g| g.routes.push(billing_route()))
         .start()
         .await;
     app.register_instance("billing", upstream().await).await;

@@ -209,6 +209,22 @@ async fn config_layers_defaults_file_and_environment() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("pool_size"), "{err}");
+    // A key that moved is refused, naming where it went.
+    for section in ["gateway", "identity", "audit"] {
+        std::fs::write(&file, format!("[{section}]\npermission_cache_ms = 100\n")).unwrap();
+        let err = gatehouse::config::Config::load(Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{section}.permission_cache_ms moved to rpc.permission_cache_ms"
+            )),
+            "{err}"
+        );
+    }
+    std::fs::write(&file, "[rpc]\npermission_cache_ms = 100\n").unwrap();
+    let moved = gatehouse::config::Config::load(Some(&file)).unwrap();
+    assert_eq!(moved.rpc.permission_cache_ms, 100);
     let err = gatehouse::config::Config::load(Some(&dir.path().join("missing.toml")))
         .unwrap_err()
         .to_string();
@@ -256,8 +272,8 @@ fn config_keys() -> Vec<String> {
 
 /// The text under the heading or table header naming `section` (up to
 /// the next one), found by `is_header`.
-fn section<'a>(
-    text: &'a str,
+fn section(
+    text: &str,
     is_header: impl Fn(&str) -> Option<String>,
     section: &str,
 ) -> Option<String> {

@@ -63,6 +63,7 @@ pub struct Builder {
     bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
     authz: bool,
     audit: bool,
+    permission_cache_ms: Option<u64>,
 }
 
 impl TestApp {
@@ -86,6 +87,7 @@ impl TestApp {
             bus: None,
             authz: false,
             audit: false,
+            permission_cache_ms: None,
         }
     }
 
@@ -315,6 +317,12 @@ impl Builder {
         self
     }
 
+    /// Keep authz's answers this long (`rpc.permission_cache_ms`).
+    pub fn permission_cache_ms(mut self, ms: u64) -> Self {
+        self.permission_cache_ms = Some(ms);
+        self
+    }
+
     pub fn gateway(mut self, change: impl FnOnce(&mut gatehouse::gateway::GatewayConfig)) -> Self {
         change(&mut self.gateway);
         self
@@ -365,6 +373,9 @@ impl Builder {
         }
         if let Some(server) = self.server {
             ctx.server = server;
+        }
+        if let Some(ms) = self.permission_cache_ms {
+            ctx.permission_cache = std::time::Duration::from_millis(ms);
         }
         let clock = Arc::new(ManualClock::new(Utc::now()));
         ctx.clock = clock.clone();

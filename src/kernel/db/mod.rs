@@ -36,8 +36,42 @@ pub enum DbError {
     Task(String),
 }
 
+/// A service's database, written once: in a service's `mod.rs` (beside
+/// its `NAME`), `service_db!(sqlite: "migrations/sqlite/auth", postgres:
+/// "migrations/postgres/auth")` embeds its migrations for each compiled-in
+/// backend and gives it `open_db`, which opens its SQLite file under the
+/// data directory or its PostgreSQL schema with those migrations applied.
+#[macro_export]
+macro_rules! service_db {
+    (sqlite: $sqlite:literal, postgres: $postgres:literal) => {
+        static MIGRATIONS: $crate::kernel::db::Migrations = $crate::kernel::db::Migrations {
+            #[cfg(feature = "sqlite")]
+            sqlite: || {
+                const EMBEDDED: diesel_migrations::EmbeddedMigrations =
+                    diesel_migrations::embed_migrations!($sqlite);
+                EMBEDDED
+            },
+            #[cfg(feature = "postgres")]
+            postgres: || {
+                const EMBEDDED: diesel_migrations::EmbeddedMigrations =
+                    diesel_migrations::embed_migrations!($postgres);
+                EMBEDDED
+            },
+        };
+
+        /// Opens the service's database (its SQLite file under `data_dir`,
+        /// or its PostgreSQL schema) with its migrations applied.
+        pub async fn open_db(
+            database: &$crate::kernel::config::DatabaseConfig,
+            data_dir: &std::path::Path,
+        ) -> Result<$crate::kernel::db::Db, $crate::kernel::db::DbError> {
+            $crate::kernel::db::Db::open(database, data_dir, NAME, &MIGRATIONS).await
+        }
+    };
+}
+
 /// A service's embedded migrations, one set per compiled-in backend
-/// (`|| embed_migrations!("migrations/<backend>/<service>")`).
+/// (see [`service_db!`]).
 pub struct Migrations {
     #[cfg(feature = "sqlite")]
     pub sqlite: fn() -> EmbeddedMigrations,

@@ -46,6 +46,72 @@ pub struct ServiceApp {
     pub io_threads: Option<IoPlan>,
 }
 
+/// What a service with a database of its own hands over: [`serve_service`]
+/// adds what every such service serves alike.
+pub struct Service<G> {
+    pub name: &'static str,
+    pub db: crate::kernel::db::Db,
+    /// Its public routes (`/v1/...`).
+    pub http: Router,
+    /// Its API document, served at `/openapi.json`.
+    pub api: utoipa::openapi::OpenApi,
+    /// Its gRPC server.
+    pub grpc: G,
+    /// Whether it produces events: its outbox is then served to the
+    /// broker-less bus (`kernel::stream`).
+    pub produces_events: bool,
+    pub listen: SocketAddr,
+    pub advertise_url: Option<String>,
+    /// Its background tasks, awaited when it stops.
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// Serves `service`: its routes with its API document, its gRPC server
+/// beside gRPC health (serving) and, when it produces events, its outbox
+/// stream; ready while its database answers; registered once listening.
+pub async fn serve_service<G>(ctx: &ServiceContext, service: Service<G>) -> anyhow::Result<Running>
+where
+    G: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    G::Future: Send + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<G>().await;
+    let mut grpc = tonic::service::Routes::new(service.grpc).add_service(health_service);
+    if service.produces_events {
+        grpc = grpc.add_service(crate::kernel::stream::server(
+            service.name,
+            service.db.clone(),
+            ctx.shutdown.clone(),
+        ));
+    }
+    let app = ServiceApp {
+        name: service.name,
+        http: service
+            .http
+            .merge(crate::kernel::openapi::serve(&service.api)),
+        grpc,
+        probes: Probes(vec![Arc::new(service.db)]),
+        io_threads: None,
+    };
+    launch(
+        ctx,
+        app,
+        service.listen,
+        service.advertise_url,
+        health,
+        service.background,
+    )
+    .await
+}
+
 /// Connections the system holds for a listener before it accepts them (it
 /// caps this at `net.core.somaxconn`). A burst of clients, or a gateway
 /// opening a connection per request of a burst, can bring a thousand at

@@ -125,11 +125,8 @@ impl Permits {
     /// The permits of `service`, keeping answers for `keep`: shared with
     /// its other replicas through the deployment's Redis when `[redis]`
     /// names one.
-    pub async fn for_service(
-        ctx: &ServiceContext,
-        service: &str,
-        keep: Duration,
-    ) -> anyhow::Result<Permits> {
+    pub async fn for_service(ctx: &ServiceContext, service: &str) -> anyhow::Result<Permits> {
+        let keep = ctx.permission_cache;
         #[cfg(feature = "redis")]
         let shared = match (
             ctx.redis.connection().await?,
