@@ -68,7 +68,7 @@ check-deploy:
 # fat LTO: each must still start and print its figures (they are not judged).
 bench-smoke:
     cargo build --profile bench-smoke --features bench --bins
-    GATEHOUSE_BENCH_PROFILE=bench-smoke timeout 900 scripts/bench.sh 1 all
+    BENCH_PROFILE=bench-smoke timeout 900 scripts/bench.sh 1 all
 
 # Everything CI checks (the PostgreSQL suite runs within test-servers).
 ci: fmt-check clippy build-all check-deploy test test-servers fuzz-api bench-smoke

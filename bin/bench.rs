@@ -320,27 +320,41 @@ where
 }
 
 async fn register(client: reqwest::Client, base: String, email: String) -> anyhow::Result<()> {
-    let r = client
-        .post(format!("{base}/v1/users"))
-        .json(&serde_json::json!({"email": email, "password": PASSWORD, "display_name": "Bench"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "registration answered {}",
-        r.status()
-    );
+    let body = serde_json::json!({"email": email, "password": PASSWORD, "display_name": "Bench"});
+    let status = post_when_taken(&client, &format!("{base}/v1/users"), &body).await?;
+    anyhow::ensure!(status == 201, "registration answered {status}");
     Ok(())
 }
 
 async fn login(client: reqwest::Client, base: String, email: String) -> anyhow::Result<()> {
-    let r = client
-        .post(format!("{base}/v1/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().as_u16() == 200, "login answered {}", r.status());
+    let body = serde_json::json!({"email": email, "password": PASSWORD});
+    let status = post_when_taken(&client, &format!("{base}/v1/auth/login"), &body).await?;
+    anyhow::ensure!(status == 200, "login answered {status}");
     Ok(())
+}
+
+/// POSTs `body` to `url` as a well-behaved client does: a 503 (password
+/// hashing is busy: `overloaded`) is sent again after its `Retry-After`,
+/// for up to a minute. Answers the status of the response taken.
+async fn post_when_taken(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.post(url).json(body).send().await?;
+        let status = r.status().as_u16();
+        if status != 503 || Instant::now() > deadline {
+            return Ok(status);
+        }
+        let wait = r
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 }
 
 /// Bare hashes per second: `concurrency` threads hashing for `span`.

@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 target="${CARGO_TARGET_DIR:-target}"
-# The build under test: the release profile's, or GATEHOUSE_BENCH_PROFILE's
+# The build under test: the release profile's, or BENCH_PROFILE's
 # (the smoke run's bench-smoke, built without fat LTO).
-bins="$target/${GATEHOUSE_BENCH_PROFILE:-release}"
+bins="$target/${BENCH_PROFILE:-release}"
 upstream_port=4196
 nginx_port=4197
 gateway_port=4198

@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 seconds="${1:-15}"
 what="${2:-all}"
 target="${CARGO_TARGET_DIR:-target}"
-# The build under test: the release profile's, or GATEHOUSE_BENCH_PROFILE's
+# The build under test: the release profile's, or BENCH_PROFILE's
 # (the smoke run's bench-smoke, built without fat LTO).
-bins="$target/${GATEHOUSE_BENCH_PROFILE:-release}"
+bins="$target/${BENCH_PROFILE:-release}"
 if [ "$what" = all ] || [ "$what" = footprint ]; then
     "$bins/gatehouse-bench" --footprint "$bins"
 fi
