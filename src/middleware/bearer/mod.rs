@@ -11,13 +11,20 @@
 //!
 //! Failures answer 401 problem+json with `WWW-Authenticate: Bearer` and the
 //! reason as `code`; nothing about the token itself is logged.
+//!
+//! Rooms: `keys.rs` (where public keys and the sessions ended lately come
+//! from: auth over gRPC), `revocations.rs` (learning ended sessions, at
+//! start from auth and then from the bus); this file checks tokens.
 
-use std::collections::HashMap;
+mod keys;
+mod revocations;
+
+pub use keys::{AuthKeys, KeySet, KeySource};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -26,18 +33,13 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use moka::Expiry;
 use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::recent;
 use super::token::{self, Expect, Principal, TokenError};
-use crate::kernel::bus::{self, EventBus, Unhandled};
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
 use crate::kernel::locks;
-use crate::kernel::rpc::Clients;
-use crate::proto::auth::v1::auth_client::AuthClient;
-use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
 
 /// How long from `then` to `now`; none when the clock went back.
 fn since(then: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> Duration {
@@ -50,81 +52,6 @@ pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(5);
 const VERIFIED_CAPACITY: u64 = 100_000;
 /// Most revoked sessions remembered.
 const REVOKED_CAPACITY: u64 = 1_000_000;
-
-/// The public keys, by PASERK id, and how long they may be kept.
-pub struct KeySet {
-    pub keys: HashMap<String, AsymmetricPublicKey<V4>>,
-    pub ttl: Duration,
-}
-
-/// Where the check gets public keys from, and the sessions ended before
-/// it started.
-#[async_trait]
-pub trait KeySource: Send + Sync {
-    async fn fetch(&self) -> Result<KeySet, String>;
-
-    /// The sessions revoked at or after `since`.
-    async fn revoked_since(
-        &self,
-        _since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, String> {
-        Ok(Vec::new())
-    }
-}
-
-/// Auth's `GetPublicKeys`, reached through the registry.
-pub struct AuthKeys {
-    pub clients: Clients,
-}
-
-#[async_trait]
-impl KeySource for AuthKeys {
-    async fn fetch(&self) -> Result<KeySet, String> {
-        let channel = self
-            .clients
-            .channel("auth")
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer = AuthClient::new(channel)
-            .get_public_keys(GetPublicKeysRequest {})
-            .await
-            .map_err(|e| e.message().to_owned())?
-            .into_inner();
-        let mut keys = HashMap::new();
-        for k in answer.keys {
-            let key = crate::middleware::token::public_key_from_paserk(&k.paserk)
-                .map_err(|e| format!("key {}: {e}", k.kid))?;
-            keys.insert(k.kid, key);
-        }
-        Ok(KeySet {
-            keys,
-            ttl: Duration::from_secs(answer.cache_ttl_secs.max(1) as u64),
-        })
-    }
-
-    async fn revoked_since(
-        &self,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, String> {
-        let channel = self
-            .clients
-            .channel("auth")
-            .await
-            .map_err(|e| e.to_string())?;
-        let answer = AuthClient::new(channel)
-            .list_revoked_sessions(ListRevokedSessionsRequest {
-                since_unix_ms: since.timestamp_millis(),
-            })
-            .await
-            .map_err(|e| e.message().to_owned())?
-            .into_inner();
-        Ok(answer
-            .session_ids
-            .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect())
-    }
-}
 
 struct Cached {
     set: KeySet,
@@ -389,67 +316,6 @@ impl TokenCheck {
         });
         Ok((check, task))
     }
-
-    /// Learns the sessions revoked while tokens of theirs may still be
-    /// live, asking auth until it answers (a request that comes meanwhile
-    /// asks too), then lets tokens through.
-    async fn catch_up(&self) {
-        let mut pause = Duration::from_millis(50);
-        while !self.try_catch_up().await {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    /// Asks auth once for the sessions revoked lately, unless that is known
-    /// already; whether it is known now.
-    async fn try_catch_up(&self) -> bool {
-        let _asking = self.inner.catching_up.lock().await;
-        if self.inner.caught_up.load(Ordering::Acquire) {
-            return true;
-        }
-        let since = self.inner.clock.now()
-            - chrono::Duration::from_std(self.inner.remember_revocations).unwrap_or_default();
-        match self.inner.source.revoked_since(since).await {
-            Ok(sessions) => {
-                for session in sessions {
-                    self.revoke(session);
-                }
-                self.inner.caught_up.store(true, Ordering::Release);
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list revoked sessions yet; tokens wait");
-                false
-            }
-        }
-    }
-
-    /// Learns revoked sessions from the bus until `shutdown`.
-    pub async fn listen_for_revocations(
-        &self,
-        consumer: &str,
-        bus: &Arc<dyn EventBus>,
-        shutdown: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let check = self.clone();
-        let follow = bus::follow(bus, consumer, &["auth"], shutdown, move |event| {
-            let check = check.clone();
-            async move {
-                let Some(session) = crate::events::auth::SESSION_REVOKED.read(&event) else {
-                    return Ok(());
-                };
-                let session =
-                    session.map_err(|e| Unhandled::Unreadable(format!("revocation: {e}")))?;
-                let id = Uuid::parse_str(&session.session_id).map_err(|_| {
-                    Unhandled::Unreadable("revocation with a bad session id".into())
-                })?;
-                check.revoke(id);
-                Ok(())
-            }
-        });
-        follow.await.map_err(|e| e.to_string())
-    }
 }
 
 /// The 401 (or 503) answer for a refused token.
@@ -523,8 +389,10 @@ pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Ne
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use async_trait::async_trait;
     use pasetors::keys::{AsymmetricKeyPair, Generate};
     use pasetors::paserk::Id;
 

@@ -1,0 +1,89 @@
+//! Where the token check gets auth's public keys, and the sessions ended
+//! while tokens of theirs may still be live.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pasetors::keys::AsymmetricPublicKey;
+use pasetors::version4::V4;
+use uuid::Uuid;
+
+use crate::kernel::rpc::Clients;
+use crate::proto::auth::v1::auth_client::AuthClient;
+use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
+
+/// The public keys, by PASERK id, and how long they may be kept.
+pub struct KeySet {
+    pub keys: HashMap<String, AsymmetricPublicKey<V4>>,
+    pub ttl: Duration,
+}
+
+/// Where the check gets public keys from, and the sessions ended before
+/// it started.
+#[async_trait]
+pub trait KeySource: Send + Sync {
+    async fn fetch(&self) -> Result<KeySet, String>;
+
+    /// The sessions revoked at or after `since`.
+    async fn revoked_since(
+        &self,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Uuid>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// Auth's `GetPublicKeys`, reached through the registry.
+pub struct AuthKeys {
+    pub clients: Clients,
+}
+
+#[async_trait]
+impl KeySource for AuthKeys {
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let channel = self
+            .clients
+            .channel("auth")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = AuthClient::new(channel)
+            .get_public_keys(GetPublicKeysRequest {})
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        let mut keys = HashMap::new();
+        for k in answer.keys {
+            let key = crate::middleware::token::public_key_from_paserk(&k.paserk)
+                .map_err(|e| format!("key {}: {e}", k.kid))?;
+            keys.insert(k.kid, key);
+        }
+        Ok(KeySet {
+            keys,
+            ttl: Duration::from_secs(answer.cache_ttl_secs.max(1) as u64),
+        })
+    }
+
+    async fn revoked_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Uuid>, String> {
+        let channel = self
+            .clients
+            .channel("auth")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = AuthClient::new(channel)
+            .list_revoked_sessions(ListRevokedSessionsRequest {
+                since_unix_ms: since.timestamp_millis(),
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        Ok(answer
+            .session_ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect())
+    }
+}
