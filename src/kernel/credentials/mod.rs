@@ -24,28 +24,31 @@
 //! (its secret key, owner-only) and `services.pub` (every service's public
 //! key, the ones a callee trusts). A machine needs the keys of the services
 //! it runs and `services.pub`.
+//!
+//! Rooms: `caller.rs` (signing the calls a service makes), `callee.rs`
+//! (checking the calls made to it, and the middleware that refuses the
+//! rest); this file holds the keys.
+
+mod callee;
+mod caller;
+
+pub use callee::{Callee, CallingService, Refusal, require};
+pub use caller::Caller;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use figment::providers::{Format as _, Toml};
-use pasetors::Public;
 use pasetors::footer::Footer;
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::paserk::{FormatAsPaserk, Id};
-use pasetors::token::UntrustedToken;
-use pasetors::version4::{PublicToken, V4};
+use pasetors::version4::V4;
 use serde::{Deserialize, Serialize};
-use tonic::metadata::AsciiMetadataValue;
 
 use super::clock::Clock;
 use super::config::ConfigError;
-use super::locks;
 
 /// The metadata field a call's token travels in.
 pub const HEADER: &str = "gatehouse-service-token";
@@ -257,181 +260,11 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Signs the calls one service makes.
-pub struct Caller {
-    service: String,
-    secret: AsymmetricSecretKey<V4>,
-    footer: String,
-    clock: Arc<dyn Clock>,
-    /// By callee: the token and when it was signed.
-    tokens: RwLock<HashMap<String, (AsciiMetadataValue, DateTime<Utc>)>>,
-}
-
-impl Caller {
-    /// The token of a call to `callee`, for the [`HEADER`] field.
-    pub fn token(&self, callee: &str) -> Result<AsciiMetadataValue, String> {
-        let now = self.clock.now();
-        if let Some((value, signed)) = locks::read(&self.tokens).get(callee)
-            && now - *signed < REMINT
-            && now >= *signed
-        {
-            return Ok(value.clone());
-        }
-        let value = self.sign(callee, now)?;
-        locks::write(&self.tokens).insert(callee.to_owned(), (value.clone(), now));
-        Ok(value)
-    }
-
-    fn sign(&self, callee: &str, now: DateTime<Utc>) -> Result<AsciiMetadataValue, String> {
-        let claims = Claims {
-            iss: self.service.clone(),
-            aud: callee.to_owned(),
-            iat: rfc3339(now),
-            exp: rfc3339(now + LIFETIME),
-        };
-        let payload = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
-        let token = PublicToken::sign(
-            &self.secret,
-            &payload,
-            Some(self.footer.as_bytes()),
-            Some(IMPLICIT),
-        )
-        .map_err(|e| format!("cannot sign a call token: {e}"))?;
-        AsciiMetadataValue::try_from(token).map_err(|e| e.to_string())
-    }
-}
-
-/// Why a call was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the call carries no service credential")]
-    Missing,
-    #[error("the call's credential is not a service token")]
-    Malformed,
-    #[error("the call's credential was signed by a key this service does not trust")]
-    UnknownKey,
-    #[error("the call's credential does not verify")]
-    BadSignature,
-    #[error("the call's credential is for another service")]
-    WrongAudience,
-    #[error("the call's credential has expired, or is not valid yet")]
-    Expired,
-}
-
-/// Checks the calls made to one service.
-pub struct Callee {
-    service: String,
-    trusted: HashMap<String, (Arc<str>, AsymmetricPublicKey<V4>)>,
-    clock: Arc<dyn Clock>,
-    remembered: RwLock<HashMap<String, Verified>>,
-}
-
-/// A token a callee has verified: the calling service, and when the
-/// token expires.
-type Verified = (Arc<str>, DateTime<Utc>);
-
-impl Callee {
-    /// The calling service, when `token` (the [`HEADER`] field) is a
-    /// valid token of it for this service.
-    pub fn check(&self, token: Option<&[u8]>) -> Result<Arc<str>, Refusal> {
-        let token =
-            std::str::from_utf8(token.ok_or(Refusal::Missing)?).map_err(|_| Refusal::Malformed)?;
-        let now = self.clock.now();
-        if let Some((caller, expires)) = locks::read(&self.remembered).get(token) {
-            return if now < *expires {
-                Ok(caller.clone())
-            } else {
-                Err(Refusal::Expired)
-            };
-        }
-        let (caller, expires) = self.verify(token, now)?;
-        let mut remembered = locks::write(&self.remembered);
-        if remembered.len() >= REMEMBERED {
-            // Callers sign a token a minute each: only the expired go.
-            remembered.retain(|_, (_, expires)| now < *expires);
-            if remembered.len() >= REMEMBERED {
-                remembered.clear();
-            }
-        }
-        remembered.insert(token.to_owned(), (caller.clone(), expires));
-        Ok(caller)
-    }
-
-    fn verify(
-        &self,
-        token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(Arc<str>, DateTime<Utc>), Refusal> {
-        let untrusted =
-            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| Refusal::Malformed)?;
-        let mut footer = Footer::new();
-        footer
-            .parse_bytes(untrusted.untrusted_footer())
-            .map_err(|_| Refusal::Malformed)?;
-        let kid = footer
-            .get_claim("kid")
-            .and_then(|v| v.as_str())
-            .ok_or(Refusal::Malformed)?;
-        let (caller, key) = self.trusted.get(kid).ok_or(Refusal::UnknownKey)?;
-        let trusted = PublicToken::verify(key, &untrusted, None, Some(IMPLICIT))
-            .map_err(|_| Refusal::BadSignature)?;
-        let claims: Claims =
-            serde_json::from_str(trusted.payload()).map_err(|_| Refusal::Malformed)?;
-        let time = |s: &str| {
-            DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| Refusal::Malformed)
-        };
-        let (issued, expires) = (time(&claims.iat)?, time(&claims.exp)?);
-        if claims.iss != **caller {
-            return Err(Refusal::UnknownKey);
-        }
-        if claims.aud != self.service {
-            return Err(Refusal::WrongAudience);
-        }
-        if now + LEEWAY < issued || now >= expires || expires - issued > LIFETIME {
-            return Err(Refusal::Expired);
-        }
-        Ok((caller.clone(), expires))
-    }
-}
-
-/// The calling service, as its credential proved, in a request's
-/// extensions.
-#[derive(Debug, Clone)]
-pub struct CallingService(pub Arc<str>);
-
-/// Where gRPC health is served: open to anyone who can reach the port
-/// (load balancers, probes).
-const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
-
-/// Middleware over a service's gRPC routes: a call without a valid
-/// credential is answered `UNAUTHENTICATED`; health checks pass.
-pub async fn require(
-    State(callee): State<Arc<Callee>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().path().starts_with(OPEN_PREFIX) {
-        return next.run(request).await;
-    }
-    let token = request.headers().get(HEADER);
-    match callee.check(token.map(http::HeaderValue::as_bytes)) {
-        Ok(caller) => {
-            request.extensions_mut().insert(CallingService(caller));
-            next.run(request).await
-        }
-        Err(refusal) => {
-            tracing::debug!(service = %callee.service, path = request.uri().path(), reason = %refusal, "refused a call");
-            tonic::Status::unauthenticated(refusal.to_string()).into_http()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::clock::ManualClock;
+    use pasetors::version4::PublicToken;
 
     fn ring(clock: &Arc<ManualClock>) -> Keyring {
         Keyring::ephemeral(&SERVICES, clock.clone()).unwrap()
