@@ -89,7 +89,10 @@ impl Config {
 
     /// Refuses keys that moved, naming where they went.
     fn refuse_moved_keys(&self) -> Result<(), crate::kernel::config::ConfigError> {
-        #[allow(unused_mut, reason = "a binary without these services has none to check")]
+        #[allow(
+            unused_mut,
+            reason = "a binary without these services has none to check"
+        )]
         let mut moved: Vec<(&str, bool)> = Vec::new();
         #[cfg(feature = "gateway")]
         moved.push(("gateway", self.gateway.permission_cache_ms.is_some()));
