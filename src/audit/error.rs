@@ -58,39 +58,119 @@ impl From<crate::middleware::permit::PermitError> for AuditError {
 }
 
 impl AuditError {
-    pub fn to_problem(&self) -> Problem {
+    /// The error's row in the table: HTTP status, stable code, gRPC code
+    /// and title, the same over HTTP and gRPC.
+    fn parts(&self) -> (StatusCode, &'static str, tonic::Code, &'static str) {
         match self {
-            AuditError::Invalid { field, message } => Problem::new(
+            AuditError::Invalid { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
+                tonic::Code::InvalidArgument,
                 "A field is not valid",
-            )
-            .field(*field)
-            .detail(message),
-            AuditError::Forbidden(permission) => Problem::forbidden(permission),
-            AuditError::Db(DbError::Unavailable(e)) | AuditError::AuthzUnavailable(e) => {
-                tracing::warn!(error = %e, "audit dependency unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Service temporarily unavailable",
-                )
-                .retry_after(1)
-            }
-            other => {
-                tracing::error!(error = %other, "audit internal error");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal error",
-                )
-            }
+            ),
+            AuditError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                tonic::Code::PermissionDenied,
+                "Forbidden",
+            ),
+            AuditError::Db(DbError::Unavailable(_)) | AuditError::AuthzUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                tonic::Code::Unavailable,
+                "Service temporarily unavailable",
+            ),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                tonic::Code::Internal,
+                "Internal error",
+            ),
         }
+    }
+
+    /// Logs what the caller is not told: a dependency away, or a fault.
+    fn log(&self) {
+        match self.parts().2 {
+            tonic::Code::Unavailable => {
+                tracing::warn!(error = %self, "audit dependency unavailable");
+            }
+            tonic::Code::Internal => tracing::error!(error = %self, "audit internal error"),
+            _ => {}
+        }
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        self.log();
+        let (status, code, _, title) = self.parts();
+        match self {
+            AuditError::Invalid { field, message } => Problem::new(status, code, title)
+                .field(*field)
+                .detail(message),
+            AuditError::Forbidden(permission) => Problem::forbidden(permission),
+            AuditError::Db(DbError::Unavailable(_)) | AuditError::AuthzUnavailable(_) => {
+                Problem::new(status, code, title).retry_after(1)
+            }
+            _ => Problem::new(status, code, title),
+        }
+    }
+
+    /// The same error over gRPC, through [`crate::kernel::error::grpc_status`]:
+    /// the stable code travels in `gatehouse-code`; a fault says no more
+    /// than its title.
+    pub fn to_status(&self) -> tonic::Status {
+        self.log();
+        let (_, code, grpc, title) = self.parts();
+        let message = match self {
+            AuditError::Invalid { field, message } => format!("{field}: {message}"),
+            AuditError::Forbidden(_) => self.to_string(),
+            _ => title.to_owned(),
+        };
+        crate::kernel::error::grpc_status(grpc, code, message)
     }
 }
 
 impl axum::response::IntoResponse for AuditError {
     fn into_response(self) -> axum::response::Response {
         self.to_problem().into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_carry_the_same_code_as_http_and_say_no_more_of_faults() {
+        let invalid = AuditError::Invalid {
+            field: "entries[0].action",
+            message: "must not be empty".into(),
+        };
+        let status = invalid.to_status();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "entries[0].action: must not be empty");
+        assert_eq!(
+            status.metadata().get("gatehouse-code").unwrap(),
+            "validation_failed"
+        );
+        assert_eq!(invalid.to_problem().status, 422);
+
+        let away = AuditError::AuthzUnavailable("connection refused".into());
+        let status = away.to_status();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status.metadata().get("gatehouse-code").unwrap(),
+            "unavailable"
+        );
+        assert!(
+            !status.message().contains("refused"),
+            "{}",
+            status.message()
+        );
+
+        let fault = AuditError::Signing("the key is not Ed25519".into());
+        let status = fault.to_status();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "Internal error");
     }
 }

@@ -5,7 +5,6 @@
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
-use super::error::AuditError;
 use super::model::NewEntry;
 use super::service::Audit;
 use crate::proto::audit::v1 as pb;
@@ -32,18 +31,15 @@ impl AuditApi for Grpc {
     ) -> Result<Response<pb::RecordResponse>, Status> {
         let given = request.into_inner().entries;
         if given.is_empty() || given.len() > MAX_ENTRIES {
-            return Err(Status::invalid_argument(format!(
-                "entries: 1 to {MAX_ENTRIES}"
-            )));
+            return Err(invalid(format!("entries: 1 to {MAX_ENTRIES}")));
         }
         let now = self.audit.now();
         let entries = given
             .into_iter()
             .enumerate()
             .map(|(n, e)| {
-                entry(e, now).map_err(|(field, why)| {
-                    Status::invalid_argument(format!("entries[{n}].{field}: {why}"))
-                })
+                entry(e, now)
+                    .map_err(|(field, why)| invalid(format!("entries[{n}].{field}: {why}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let appended = self
@@ -133,21 +129,7 @@ fn entry(e: pb::Entry, now: DateTime<Utc>) -> Result<NewEntry, (&'static str, &'
     })
 }
 
-impl AuditError {
-    pub fn to_status(&self) -> Status {
-        match self {
-            AuditError::Invalid { field, message } => {
-                Status::invalid_argument(format!("{field}: {message}"))
-            }
-            AuditError::Db(crate::kernel::db::DbError::Unavailable(_))
-            | AuditError::AuthzUnavailable(_) => {
-                tracing::warn!(error = %self, "audit dependency unavailable");
-                Status::unavailable("audit is unavailable; try again")
-            }
-            other => {
-                tracing::error!(error = %other, "audit internal error");
-                Status::internal("internal error")
-            }
-        }
-    }
+/// A refused request, with the stable code HTTP gives it.
+fn invalid(message: String) -> Status {
+    crate::kernel::error::grpc_status(tonic::Code::InvalidArgument, "validation_failed", message)
 }
