@@ -89,23 +89,27 @@ impl Config {
 
     /// Refuses keys that moved, naming where they went.
     fn refuse_moved_keys(&self) -> Result<(), crate::kernel::config::ConfigError> {
-        #[allow(
-            unused_mut,
-            reason = "a binary without these services has none to check"
-        )]
-        let mut moved: Vec<(&str, bool)> = Vec::new();
         #[cfg(feature = "gateway")]
-        moved.push(("gateway", self.gateway.permission_cache_ms.is_some()));
+        permission_cache_moved("gateway", &self.gateway.permission_cache_ms)?;
         #[cfg(feature = "identity")]
-        moved.push(("identity", self.identity.permission_cache_ms.is_some()));
+        permission_cache_moved("identity", &self.identity.permission_cache_ms)?;
         #[cfg(feature = "audit")]
-        moved.push(("audit", self.audit.permission_cache_ms.is_some()));
-        match moved.into_iter().find(|(_, set)| *set) {
-            Some((section, _)) => Err(crate::kernel::config::ConfigError(format!(
-                "{section}.permission_cache_ms moved to rpc.permission_cache_ms, one setting for \
-                 every service that keeps authz's answers: set that instead"
-            ))),
-            None => Ok(()),
-        }
+        permission_cache_moved("audit", &self.audit.permission_cache_ms)?;
+        Ok(())
+    }
+}
+
+/// Refuses `<section>.permission_cache_ms`, now `rpc.permission_cache_ms`.
+#[cfg(any(feature = "gateway", feature = "identity", feature = "audit"))]
+fn permission_cache_moved(
+    section: &str,
+    key: &Option<serde::de::IgnoredAny>,
+) -> Result<(), crate::kernel::config::ConfigError> {
+    match key {
+        Some(_) => Err(crate::kernel::config::ConfigError(format!(
+            "{section}.permission_cache_ms moved to rpc.permission_cache_ms, one setting for \
+             every service that keeps authz's answers: set that instead"
+        ))),
+        None => Ok(()),
     }
 }

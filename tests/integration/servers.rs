@@ -344,6 +344,16 @@ mod smtp {
         Tls,
     }
 
+    impl Security {
+        /// As the sink and `identity.mail.smtp.security` spell it.
+        fn name(self) -> &'static str {
+            match self {
+                Security::Starttls => "starttls",
+                Security::Tls => "tls",
+            }
+        }
+    }
+
     /// A mail server (aiosmtpd, through `scripts/smtp-sink.py`) on a port of
     /// its own, with a certificate for `localhost` from a CA of the test's,
     /// requiring TLS and a sign-in; each mail it takes is a JSON file in
@@ -401,10 +411,7 @@ mod smtp {
         /// Starts it and waits until it takes connections.
         pub fn start(&mut self) {
             let dir = self.dir.path();
-            let security = match self.security {
-                Security::Starttls => "starttls",
-                Security::Tls => "tls",
-            };
+            let security = self.security.name();
             let child = Command::new(python())
                 .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.py"))
                 .args(["--port", &self.port.to_string(), "--security", security])
@@ -429,10 +436,7 @@ mod smtp {
 
         /// The settings that send identity's mail here.
         pub fn env(&self) -> Vec<(&'static str, String)> {
-            let security = match self.security {
-                Security::Starttls => "starttls",
-                Security::Tls => "tls",
-            };
+            let security = self.security.name();
             vec![
                 ("GATEHOUSE_IDENTITY__MAIL__TRANSPORT", "smtp".into()),
                 (

@@ -156,8 +156,9 @@ impl Template {
             "expires" => Some(expires),
             _ => None,
         };
-        // Checked at start: every placeholder is known.
-        let fill = |text: &str| fill(text, value).unwrap_or_else(|word| word);
+        // Checked at start (`MailConfig::check`): every placeholder is
+        // known, so nothing is left unfilled.
+        let fill = |text: &str| fill(text, value).unwrap_or_else(|_| text.to_owned());
         (fill(&self.subject), fill(&self.body))
     }
 

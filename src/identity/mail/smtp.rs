@@ -24,9 +24,10 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    /// The transport `config` describes; an error names what is missing or
+    /// The transport `config` describes, once [`MailConfig::check`] has
+    /// passed (see [`super::notifier`]); an error names what is missing or
     /// unreadable (the password, the CA file).
-    pub fn new(config: &MailConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &MailConfig) -> Result<Self, String> {
         let smtp = &config.smtp;
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
             .port(smtp.port)

@@ -122,7 +122,8 @@ impl Permits {
         Self::sharing(clients, keep, None, clock)
     }
 
-    /// The permits of `service`, keeping answers for `keep`: shared with
+    /// The permits of `service`, keeping answers for the process's
+    /// `permission_cache` (`rpc.permission_cache_ms`): shared with
     /// its other replicas through the deployment's Redis when `[redis]`
     /// names one.
     pub async fn for_service(ctx: &ServiceContext, service: &str) -> anyhow::Result<Permits> {
