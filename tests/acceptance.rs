@@ -414,27 +414,9 @@ async fn made_admin(world: &mut Platform, email: String) {
     assert_eq!(world.status, 200, "{}", world.body);
     let token = world.body["access_token"].as_str().unwrap().to_owned();
     // The running platform sees a grant made beside it within authz's
-    // refresh interval: every replica of authz (the gateway spreads the
-    // reads among them), so ten answers in a row must allow it.
-    let url = format!("{}/v1/authz/roles", world.gateway_base());
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut allowed_in_a_row = 0;
-    while allowed_in_a_row < 10 {
-        let r = world
-            .http
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 200 {
-            allowed_in_a_row += 1;
-        } else {
-            allowed_in_a_row = 0;
-            assert!(Instant::now() < deadline, "{}", r.status());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // refresh interval.
+    let base = world.gateway_base();
+    every_authz_allows(&world.http, &base, &token, Duration::from_secs(3)).await;
     world.admin = Some(token);
 }
 
@@ -957,4 +939,29 @@ async fn main() {
         features_failed || drills_failed
     };
     std::process::exit(i32::from(failed));
+}
+
+/// Waits (up to `within`) until authz lets `token` read the roles through
+/// the gateway at `base` on every replica: the gateway spreads the reads
+/// among them, so ten answers in a row must allow it.
+pub async fn every_authz_allows(http: &reqwest::Client, base: &str, token: &str, within: Duration) {
+    let url = format!("{base}/v1/authz/roles");
+    let deadline = Instant::now() + within;
+    let mut allowed_in_a_row = 0;
+    while allowed_in_a_row < 10 {
+        let status = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            allowed_in_a_row += 1;
+        } else {
+            allowed_in_a_row = 0;
+            assert!(Instant::now() < deadline, "{status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

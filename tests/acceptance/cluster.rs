@@ -270,21 +270,9 @@ impl Cluster {
                 let http = reqwest::Client::new();
                 for email in &crowd {
                     let pair = login(&http, &gateway, email, PASSWORD).await;
-                    let token = pair["access_token"].as_str().unwrap().to_owned();
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    let roles = format!("{gateway}/v1/authz/roles");
-                    while http
-                        .get(&roles)
-                        .bearer_auth(&token)
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        != 200
-                    {
-                        assert!(Instant::now() < deadline, "{email} never became an admin");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let token = pair["access_token"].as_str().unwrap();
+                    crate::every_authz_allows(&http, &gateway, token, Duration::from_secs(10))
+                        .await;
                 }
                 crowd
             })
