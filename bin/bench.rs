@@ -170,8 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.audit {
         return audit::run(cli.seconds).await;
     }
-    let params = gatehouse::identity::password::params(&config.identity.scrypt)
-        .map_err(anyhow::Error::msg)?;
+    let params = gatehouse::identity::password::params(&config.identity.scrypt)?;
     let concurrency = cli
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -370,8 +369,7 @@ async fn hash_rate(
         let done = done.clone();
         workers.push(tokio::task::spawn_blocking(move || {
             while start.elapsed() < span {
-                gatehouse::identity::password::hash_blocking(&params, PASSWORD)
-                    .map_err(anyhow::Error::msg)?;
+                gatehouse::identity::password::hash_blocking(&params, PASSWORD)?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(())
@@ -391,7 +389,7 @@ struct OneKey {
 
 #[async_trait::async_trait]
 impl KeySource for OneKey {
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, gatehouse::middleware::bearer::FetchError> {
         Ok(KeySet {
             keys: HashMap::from([(self.kid.clone(), self.key.clone())]),
             ttl: Duration::from_secs(3600),
@@ -412,8 +410,7 @@ async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Resu
         &tokens.expect(),
         now,
         now + chrono::Duration::hours(1),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let check = TokenCheck::new(
         Arc::new(OneKey {
             kid,

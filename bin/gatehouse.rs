@@ -279,14 +279,12 @@ fn audit_verify(config: Option<PathBuf>) -> ExitCode {
     use gatehouse::audit::model::Finding;
     let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
-        let key =
-            gatehouse::audit::keys::AuditKey::load(&config.data_dir).map_err(anyhow::Error::msg)?;
+        let key = gatehouse::audit::keys::AuditKey::load(&config.data_dir)?;
         let db = gatehouse::audit::open_db(&config.database, &config.data_dir).await?;
         let witness = gatehouse::audit::witness::read(&gatehouse::audit::witness::path(
             &config.audit.witness_path,
             &config.data_dir,
-        ))
-        .map_err(anyhow::Error::msg)?;
+        ))?;
         anyhow::Ok(
             db.run(move |conn| gatehouse::audit::store::verify(conn, &key, witness.as_ref()))
                 .await?,

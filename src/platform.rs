@@ -87,7 +87,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
     };
     let clock = Arc::new(SystemClock);
     let keyring = Arc::new(if config.rpc.credentials_dir.is_empty() {
-        Keyring::ephemeral(&SERVICES, clock.clone()).map_err(anyhow::Error::msg)?
+        Keyring::ephemeral(&SERVICES, clock.clone())?
     } else {
         Keyring::load(
             std::path::Path::new(&config.rpc.credentials_dir),
@@ -155,8 +155,7 @@ pub async fn start(
     match service {
         #[cfg(feature = "identity")]
         Service::Identity => {
-            let notifier = crate::identity::mail::notifier(&config.identity.mail, beyond_loopback)
-                .map_err(anyhow::Error::msg)?;
+            let notifier = crate::identity::mail::notifier(&config.identity.mail, beyond_loopback)?;
             crate::identity::start(ctx, config.identity.clone(), notifier).await
         }
         #[cfg(feature = "auth")]

@@ -6,10 +6,8 @@
 //! (500, logged). What verification finds is not an error: it is the
 //! answer.
 
-use http::StatusCode;
-
 use crate::kernel::db::DbError;
-use crate::kernel::error::Problem;
+use crate::kernel::error::{Kind, Problem};
 use crate::kernel::paging::PageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,12 +15,12 @@ pub enum AuditError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// The key could not sign (it is not an Ed25519 key).
-    #[error("cannot sign a checkpoint: {0}")]
-    Signing(String),
+    #[error(transparent)]
+    Signing(#[from] super::keys::KeyError),
     /// The witness (the newest checkpoint outside the database) could not
     /// be read or written.
     #[error("audit witness: {0}")]
-    Witness(String),
+    Witness(#[from] super::witness::WitnessError),
     #[error("{message}")]
     Invalid {
         field: &'static str,
@@ -60,38 +58,20 @@ impl From<crate::middleware::permit::PermitError> for AuditError {
 impl AuditError {
     /// The error's row in the table: HTTP status, stable code, gRPC code
     /// and title, the same over HTTP and gRPC.
-    fn parts(&self) -> (StatusCode, &'static str, tonic::Code, &'static str) {
+    fn kind(&self) -> Kind {
         match self {
-            AuditError::Invalid { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                tonic::Code::InvalidArgument,
-                "A field is not valid",
-            ),
-            AuditError::Forbidden(_) => (
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                tonic::Code::PermissionDenied,
-                "Forbidden",
-            ),
-            AuditError::Db(DbError::Unavailable(_)) | AuditError::AuthzUnavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                tonic::Code::Unavailable,
-                "Service temporarily unavailable",
-            ),
-            _ => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                tonic::Code::Internal,
-                "Internal error",
-            ),
+            AuditError::Invalid { .. } => Kind::VALIDATION_FAILED,
+            AuditError::Forbidden(_) => Kind::FORBIDDEN,
+            AuditError::Db(DbError::Unavailable(_)) | AuditError::AuthzUnavailable(_) => {
+                Kind::UNAVAILABLE
+            }
+            _ => Kind::INTERNAL,
         }
     }
 
     /// Logs what the caller is not told: a dependency away, or a fault.
     fn log(&self) {
-        match self.parts().2 {
+        match self.kind().grpc {
             tonic::Code::Unavailable => {
                 tracing::warn!(error = %self, "audit dependency unavailable");
             }
@@ -102,16 +82,14 @@ impl AuditError {
 
     pub fn to_problem(&self) -> Problem {
         self.log();
-        let (status, code, _, title) = self.parts();
+        let problem = self.kind().problem();
         match self {
-            AuditError::Invalid { field, message } => Problem::new(status, code, title)
-                .field(*field)
-                .detail(message),
+            AuditError::Invalid { field, message } => problem.field(*field).detail(message),
             AuditError::Forbidden(permission) => Problem::forbidden(permission),
             AuditError::Db(DbError::Unavailable(_)) | AuditError::AuthzUnavailable(_) => {
-                Problem::new(status, code, title).retry_after(1)
+                problem.retry_after(1)
             }
-            _ => Problem::new(status, code, title),
+            _ => problem,
         }
     }
 
@@ -120,13 +98,13 @@ impl AuditError {
     /// than its title.
     pub fn to_status(&self) -> tonic::Status {
         self.log();
-        let (_, code, grpc, title) = self.parts();
+        let kind = self.kind();
         let message = match self {
             AuditError::Invalid { field, message } => format!("{field}: {message}"),
             AuditError::Forbidden(_) => self.to_string(),
-            _ => title.to_owned(),
+            _ => kind.title.to_owned(),
         };
-        crate::kernel::error::grpc_status(grpc, code, message)
+        kind.grpc_status(message)
     }
 }
 
@@ -168,7 +146,7 @@ mod tests {
             status.message()
         );
 
-        let fault = AuditError::Signing("the key is not Ed25519".into());
+        let fault = AuditError::Signing(super::super::keys::KeyError::NotEd25519);
         let status = fault.to_status();
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "Internal error");

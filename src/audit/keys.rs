@@ -12,6 +12,17 @@ use sha2::Sha256;
 /// The key file's name under the data directory.
 pub const KEY_FILE: &str = "audit.key";
 
+/// Audit's key cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    File(#[from] crate::kernel::keyfile::KeyFileError),
+    #[error("{KEY_FILE}: not an Ed25519 secret key")]
+    NotEd25519,
+    #[error("cannot sign a checkpoint: {0}")]
+    Sign(#[from] pasetors::errors::Error),
+}
+
 /// The signing key, its public half and the public half's id.
 pub struct AuditKey {
     pub secret: AsymmetricSecretKey<V4>,
@@ -22,30 +33,29 @@ pub struct AuditKey {
 
 impl AuditKey {
     /// The key in `data_dir`, made there when there is none.
-    pub fn load(data_dir: &Path) -> Result<AuditKey, String> {
+    pub fn load(data_dir: &Path) -> Result<AuditKey, KeyError> {
         let bytes = crate::kernel::keyfile::read_or_create(&data_dir.join(KEY_FILE), || {
             AsymmetricKeyPair::<V4>::generate()
                 .map(|pair| pair.secret.as_bytes().to_vec())
                 .unwrap_or_default()
         })?;
-        let secret = AsymmetricSecretKey::<V4>::from(&bytes)
-            .map_err(|_| format!("{KEY_FILE}: not an Ed25519 secret key"))?;
-        let public = AsymmetricPublicKey::<V4>::try_from(&secret)
-            .map_err(|_| format!("{KEY_FILE}: not an Ed25519 secret key"))?;
+        let secret = AsymmetricSecretKey::<V4>::from(&bytes).map_err(|_| KeyError::NotEd25519)?;
+        let public =
+            AsymmetricPublicKey::<V4>::try_from(&secret).map_err(|_| KeyError::NotEd25519)?;
         let id = crate::middleware::token::key_id_of(&public);
         Ok(AuditKey { secret, public, id })
     }
 
     /// The key each entry's MAC is made with: derived from the signing key,
     /// so it is kept with it and nowhere else.
-    pub fn entry_key(&self) -> Result<EntryKey, String> {
+    pub fn entry_key(&self) -> EntryKey {
         use sha2::Digest as _;
         let mut derive = sha2::Sha256::new();
         derive.update(b"gatehouse audit entry mac v1\0");
         derive.update(self.secret.as_bytes());
-        let keyed =
-            <Hmac<Sha256> as Mac>::new_from_slice(&derive.finalize()).map_err(|e| e.to_string())?;
-        Ok(EntryKey { keyed })
+        EntryKey {
+            keyed: crate::kernel::seal::hmac_sha256(&derive.finalize().into()),
+        }
     }
 }
 

@@ -58,7 +58,7 @@ const INGEST_BATCH: usize = 500;
 /// registered in the registry.
 pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<Running> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
-    let key = keys::AuditKey::load(&ctx.data_dir).map_err(anyhow::Error::msg)?;
+    let key = keys::AuditKey::load(&ctx.data_dir)?;
     let audit = service::Audit::new(
         db.clone(),
         key,
@@ -70,8 +70,7 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
     let permits = Permits::for_service(ctx, NAME).await?;
     let changes = permits
         .listen(&format!("{NAME}.permits"), &ctx.bus, ctx.shutdown.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .await?;
     let recording = record_events(ctx, &config, &db, audit.clone()).await?;
     let retention = (config.retention_days > 0).then(|| {
         chrono::Duration::days(
@@ -83,9 +82,7 @@ pub async fn start(ctx: &ServiceContext, config: AuditConfig) -> anyhow::Result<
         retention,
         ctx.shutdown.clone(),
     );
-    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME).await?;
     let service = server::Service {
         name: NAME,
         db,

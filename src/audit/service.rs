@@ -47,7 +47,7 @@ impl Audit {
     ) -> Result<Audit, AuditError> {
         Ok(Audit {
             db,
-            entry_key: key.entry_key().map_err(AuditError::Signing)?,
+            entry_key: key.entry_key(),
             key: Arc::new(key),
             witness: Arc::new(witness),
             clock,
@@ -69,10 +69,7 @@ impl Audit {
     /// there is none yet (a first start, or one after an upgrade). A
     /// witness there is never replaced by an older checkpoint.
     async fn start_witness(&self) -> Result<(), AuditError> {
-        if super::witness::read(&self.witness)
-            .map_err(AuditError::Witness)?
-            .is_some()
-        {
+        if super::witness::read(&self.witness)?.is_some() {
             return Ok(());
         }
         let newest = self
@@ -80,7 +77,7 @@ impl Audit {
             .run(|conn| Ok::<_, AuditError>(store::checkpoints(conn)?.pop()))
             .await?;
         if let Some(checkpoint) = newest {
-            super::witness::write(&self.witness, &checkpoint).map_err(AuditError::Witness)?;
+            super::witness::write(&self.witness, &checkpoint)?;
         }
         Ok(())
     }
@@ -154,7 +151,7 @@ impl Audit {
     /// to its witness as well.
     pub async fn verify(&self) -> Result<Result<u64, Finding>, AuditError> {
         let key = self.key.clone();
-        let witness = super::witness::read(&self.witness).map_err(AuditError::Witness)?;
+        let witness = super::witness::read(&self.witness)?;
         self.db
             .run(move |conn| store::verify(conn, &key, witness.as_ref()))
             .await
@@ -169,7 +166,7 @@ impl Audit {
             .run(move |conn| store::checkpoint(conn, &key, at))
             .await?;
         if let Some(c) = signed {
-            super::witness::write(&self.witness, &c).map_err(AuditError::Witness)?;
+            super::witness::write(&self.witness, &c)?;
             tracing::debug!(seq = c.seq, "audit checkpoint signed");
         }
         Ok(())

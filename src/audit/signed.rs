@@ -10,7 +10,7 @@ use pasetors::keys::AsymmetricPublicKey;
 use pasetors::token::UntrustedToken;
 use pasetors::version4::{PublicToken, V4};
 
-use super::keys::AuditKey;
+use super::keys::{AuditKey, KeyError};
 use super::model::canonical_time;
 
 /// The chain's head at a moment, signed: `signature` is a PASETO v4.public
@@ -40,7 +40,7 @@ impl Checkpoint {
         hash: &str,
         at: DateTime<Utc>,
         key: &AuditKey,
-    ) -> Result<Checkpoint, String> {
+    ) -> Result<Checkpoint, KeyError> {
         let signature = sign(&Checkpoint::message(seq, hash, at), key)?;
         Ok(Checkpoint {
             seq,
@@ -93,7 +93,7 @@ impl Marker {
         hash: &str,
         at: DateTime<Utc>,
         key: &AuditKey,
-    ) -> Result<Marker, String> {
+    ) -> Result<Marker, KeyError> {
         let signature = sign(&Marker::message(kind, seq, hash, at), key)?;
         Ok(Marker {
             kind: kind.to_owned(),
@@ -116,8 +116,13 @@ impl Marker {
 }
 
 /// `key`'s signature over `message`: a PASETO v4.public token.
-fn sign(message: &str, key: &AuditKey) -> Result<String, String> {
-    PublicToken::sign(&key.secret, message.as_bytes(), None, None).map_err(|e| e.to_string())
+fn sign(message: &str, key: &AuditKey) -> Result<String, KeyError> {
+    Ok(PublicToken::sign(
+        &key.secret,
+        message.as_bytes(),
+        None,
+        None,
+    )?)
 }
 
 /// Whether `signature` is `key`'s over exactly `message`.

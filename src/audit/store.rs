@@ -210,8 +210,7 @@ pub fn checkpoint(
         if seq == 0 || signed > 0 {
             return Ok(None);
         }
-        let checkpoint =
-            Checkpoint::sign(seq, &hash, at.trunc_subsecs(6), key).map_err(AuditError::Signing)?;
+        let checkpoint = Checkpoint::sign(seq, &hash, at.trunc_subsecs(6), key)?;
         diesel::insert_into(checkpoints::table)
             .values((
                 checkpoints::seq.eq(checkpoint.seq),
@@ -266,8 +265,7 @@ pub fn retain(
             diesel::delete(entries::table.filter(entries::seq.le(anchor))).execute(conn)?;
         diesel::delete(checkpoints::table.filter(checkpoints::seq.lt(anchor))).execute(conn)?;
         // Signed, so that a prefix removed by anyone else is named.
-        let marker = Marker::sign(Marker::RETAINED, anchor, &hash, at.trunc_subsecs(6), key)
-            .map_err(AuditError::Signing)?;
+        let marker = Marker::sign(Marker::RETAINED, anchor, &hash, at.trunc_subsecs(6), key)?;
         put_marker(conn, &marker)?;
         Ok(removed)
     })
@@ -335,8 +333,7 @@ pub fn upgrade(
             .get_result(conn)?;
         if unsealed > 0 && marker(conn, Marker::MACS_FROM)?.is_none() {
             let (seq, hash) = head(conn)?;
-            let marker = Marker::sign(Marker::MACS_FROM, seq + 1, &hash, at, key)
-                .map_err(AuditError::Signing)?;
+            let marker = Marker::sign(Marker::MACS_FROM, seq + 1, &hash, at, key)?;
             put_marker(conn, &marker)?;
         }
         let oldest = oldest_kept(conn)?;
@@ -346,8 +343,7 @@ pub fn upgrade(
                 .into_iter()
                 .find(|c| c.seq == first - 1 && c.signed_by(&key.public))
         {
-            let marker = Marker::sign(Marker::RETAINED, anchor.seq, &anchor.hash, at, key)
-                .map_err(AuditError::Signing)?;
+            let marker = Marker::sign(Marker::RETAINED, anchor.seq, &anchor.hash, at, key)?;
             put_marker(conn, &marker)?;
         }
         Ok(())
@@ -432,7 +428,7 @@ pub fn verify(
     witness: Option<&Checkpoint>,
 ) -> Result<Result<u64, Finding>, AuditError> {
     let key = &audit_key.public;
-    let entry_key = audit_key.entry_key().map_err(AuditError::Signing)?;
+    let entry_key = audit_key.entry_key();
     conn.transaction(|conn| {
         // The chain and its head as of one moment, whatever is appended
         // meanwhile (a SQLite read transaction is one snapshot already).

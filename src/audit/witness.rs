@@ -27,19 +27,35 @@ pub fn path(configured: &str, data_dir: &Path) -> PathBuf {
     }
 }
 
+/// The witness file cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a witness (`v1 <seq> <hash> <at> <key id> <signature>`)", .0.display())]
+    NotAWitness(PathBuf),
+    #[error(transparent)]
+    File(#[from] crate::kernel::keyfile::KeyFileError),
+}
+
 /// The checkpoint the witness holds; `None` when there is no witness yet.
-pub fn read(path: &Path) -> Result<Option<Checkpoint>, String> {
+pub fn read(path: &Path) -> Result<Option<Checkpoint>, WitnessError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => {
+            return Err(WitnessError::Io {
+                path: path.to_owned(),
+                source: e,
+            });
+        }
     };
-    parse(text.trim()).map(Some).ok_or_else(|| {
-        format!(
-            "{}: not a witness (`v1 <seq> <hash> <at> <key id> <signature>`)",
-            path.display()
-        )
-    })
+    parse(text.trim())
+        .map(Some)
+        .ok_or_else(|| WitnessError::NotAWitness(path.to_owned()))
 }
 
 fn parse(line: &str) -> Option<Checkpoint> {
@@ -64,7 +80,7 @@ fn parse(line: &str) -> Option<Checkpoint> {
 }
 
 /// Puts `checkpoint` in the witness, in place of the one there.
-pub fn write(path: &Path, checkpoint: &Checkpoint) -> Result<(), String> {
+pub fn write(path: &Path, checkpoint: &Checkpoint) -> Result<(), WitnessError> {
     let line = format!(
         "v1 {} {} {} {} {}\n",
         checkpoint.seq,
@@ -78,7 +94,10 @@ pub fn write(path: &Path, checkpoint: &Checkpoint) -> Result<(), String> {
     let beside = path.with_extension("witness.new");
     let _ = std::fs::remove_file(&beside);
     crate::kernel::keyfile::write_new(&beside, line.as_bytes(), 0o600)?;
-    std::fs::rename(&beside, path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::rename(&beside, path).map_err(|source| WitnessError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -89,7 +108,7 @@ mod tests {
     fn a_witness_reads_back_what_was_written_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let file = path("", dir.path());
-        assert_eq!(read(&file), Ok(None));
+        assert!(matches!(read(&file), Ok(None)));
         let checkpoint = Checkpoint {
             seq: 7,
             hash: "ab".repeat(32),
@@ -98,13 +117,13 @@ mod tests {
             signature: "v4.public.y".into(),
         };
         write(&file, &checkpoint).unwrap();
-        assert_eq!(read(&file), Ok(Some(checkpoint.clone())));
+        assert_eq!(read(&file).unwrap(), Some(checkpoint.clone()));
         let newer = Checkpoint {
             seq: 8,
             ..checkpoint
         };
         write(&file, &newer).unwrap();
-        assert_eq!(read(&file), Ok(Some(newer)));
+        assert_eq!(read(&file).unwrap(), Some(newer));
         std::fs::write(&file, "v1 8 x").unwrap();
         assert!(read(&file).is_err());
     }

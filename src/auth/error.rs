@@ -9,7 +9,7 @@ use http::StatusCode;
 use tonic::Code;
 
 use crate::kernel::db::DbError;
-use crate::kernel::error::Problem;
+use crate::kernel::error::Kind;
 use crate::middleware::bearer;
 use crate::middleware::token::TokenError;
 
@@ -44,75 +44,40 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    fn parts(&self) -> (StatusCode, &'static str, Code, &'static str) {
+    fn kind(&self) -> Kind {
         use AuthError::*;
         match self {
-            Invalid { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                Code::InvalidArgument,
-                "A field is not valid",
-            ),
-            InvalidCredentials => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                Code::Unauthenticated,
-                "Email or password is wrong",
-            ),
-            TooManyAttempts { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                Code::ResourceExhausted,
-                "Too many failed sign-ins",
-            ),
-            Disabled => (
-                StatusCode::FORBIDDEN,
-                "account_disabled",
-                Code::PermissionDenied,
-                "Account disabled",
-            ),
-            InvalidRefreshToken => (
+            Invalid { .. } => Kind::VALIDATION_FAILED,
+            InvalidCredentials => Kind::INVALID_CREDENTIALS,
+            TooManyAttempts { .. } => Kind::TOO_MANY_ATTEMPTS,
+            Disabled => Kind::ACCOUNT_DISABLED,
+            InvalidRefreshToken => Kind::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_refresh_token",
                 Code::Unauthenticated,
                 "Refresh token not accepted",
             ),
-            RefreshReused => (
+            RefreshReused => Kind::new(
                 StatusCode::UNAUTHORIZED,
                 "refresh_token_reused",
                 Code::Unauthenticated,
                 "Refresh token reused",
             ),
-            Token(e) => (
+            Token(e) => Kind::new(
                 StatusCode::UNAUTHORIZED,
                 e.code(),
                 Code::Unauthenticated,
                 "Authentication required",
             ),
-            SessionNotFound => (
+            SessionNotFound => Kind::new(
                 StatusCode::NOT_FOUND,
                 "session_not_found",
                 Code::NotFound,
                 "No such session",
             ),
-            Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                Code::Unavailable,
-                "Service temporarily unavailable",
-            ),
-            Overloaded { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                Code::ResourceExhausted,
-                "Overloaded",
-            ),
-            Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                Code::Internal,
-                "Internal error",
-            ),
+            Unavailable(_) => Kind::UNAVAILABLE,
+            Overloaded { .. } => Kind::OVERLOADED,
+            Internal(_) => Kind::INTERNAL,
         }
     }
 
@@ -126,12 +91,12 @@ impl AuthError {
 
     pub fn to_status(&self) -> tonic::Status {
         self.log_if_ours();
-        let (_, code, grpc, title) = self.parts();
+        let kind = self.kind();
         let message = match self {
-            AuthError::Internal(_) | AuthError::Unavailable(_) => title.to_owned(),
+            AuthError::Internal(_) | AuthError::Unavailable(_) => kind.title.to_owned(),
             other => other.to_string(),
         };
-        crate::kernel::error::grpc_status(grpc, code, message)
+        kind.grpc_status(message)
     }
 }
 
@@ -141,8 +106,7 @@ impl axum::response::IntoResponse for AuthError {
         if let AuthError::Token(e) = self {
             return bearer::refusal(e);
         }
-        let (status, code, _, title) = self.parts();
-        let problem = Problem::new(status, code, title);
+        let problem = self.kind().problem();
         let problem = match &self {
             AuthError::Invalid { field, message } => problem.field(*field).detail(message),
             AuthError::TooManyAttempts { retry_after_secs }
@@ -162,6 +126,23 @@ impl From<AuthError> for tonic::Status {
         e.to_status()
     }
 }
+
+/// Faults of the platform's own making: a key that cannot be used, a
+/// token that cannot be signed. Logged, never told.
+macro_rules! internal_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for AuthError {
+            fn from(e: $error) -> Self {
+                AuthError::Internal(e.to_string())
+            }
+        }
+    )*};
+}
+internal_from!(
+    crate::kernel::seal::SealError,
+    crate::middleware::token::SignError,
+    pasetors::errors::Error
+);
 
 impl From<TokenError> for AuthError {
     fn from(e: TokenError) -> Self {

@@ -21,9 +21,10 @@ use super::error::AuthError;
 use super::schema::signing_keys;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::keyfile::KeyFileError;
 use crate::kernel::locks;
 use crate::kernel::outbox;
-use crate::kernel::seal::Sealer;
+use crate::kernel::seal::{SealError, Sealer};
 use crate::middleware::token::{key_id_of, public_key_from_paserk, public_key_paserk};
 use crate::proto::events::v1::KeyEvent;
 
@@ -42,27 +43,28 @@ pub struct Kek(Sealer);
 impl Kek {
     /// From 64 hex characters in config, or from (creating if missing) the
     /// owner-only file `<data_dir>/auth.kek`.
-    pub fn load(configured: &str, data_dir: &Path) -> Result<Kek, String> {
+    pub fn load(configured: &str, data_dir: &Path) -> Result<Kek, KeyFileError> {
         if configured.is_empty() {
             return Sealer::from_file(&data_dir.join("auth.kek")).map(Kek);
         }
         let bytes = hex::decode(configured.trim())
-            .map_err(|_| "auth.key_encryption_key must be 64 hex characters".to_owned())?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| {
-            "auth.key_encryption_key must be 32 bytes (64 hex characters)".to_owned()
-        })?;
-        Ok(Kek(Sealer::new(&key)))
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or(KeyFileError::Configured {
+                key: "auth.key_encryption_key",
+                expected: 32,
+            })?;
+        Ok(Kek(Sealer::new(&bytes)))
     }
 
     /// Nonce (24 bytes) followed by the ciphertext.
-    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, SealError> {
         self.0.seal(plain)
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        self.0
-            .open(sealed)
-            .map_err(|_| "cannot decrypt: wrong key-encryption key or damaged data".into())
+    /// What [`Kek::seal`] sealed; an error for another key's work.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.0.open(sealed)
     }
 }
 
@@ -193,10 +195,7 @@ impl KeyRing {
         let row = KeyRow {
             kid: kid.clone(),
             public_key: public_key_paserk(&pair.public),
-            secret_key_enc: self
-                .kek
-                .seal(pair.secret.as_bytes())
-                .map_err(AuthError::Internal)?,
+            secret_key_enc: self.kek.seal(pair.secret.as_bytes())?,
             created_at: now.naive_utc(),
             signs_from: signs_from.naive_utc(),
             published_until: None,
@@ -241,14 +240,9 @@ impl KeyRing {
         let signer = match cached {
             Some((signer, kid, _)) if kid == row.kid => signer,
             _ => {
-                let secret = self
-                    .kek
-                    .open(&row.secret_key_enc)
-                    .map_err(AuthError::Internal)?;
-                let secret = AsymmetricSecretKey::<V4>::from(&secret)
-                    .map_err(|e| AuthError::Internal(e.to_string()))?;
-                let public =
-                    public_key_from_paserk(&row.public_key).map_err(AuthError::Internal)?;
+                let secret = self.kek.open(&row.secret_key_enc)?;
+                let secret = AsymmetricSecretKey::<V4>::from(&secret)?;
+                let public = public_key_from_paserk(&row.public_key)?;
                 Signer {
                     id: Id::from(&public),
                     secret,
@@ -265,7 +259,7 @@ impl KeyRing {
         rows.into_iter()
             .map(|r| {
                 Ok(Published {
-                    public: public_key_from_paserk(&r.public_key).map_err(AuthError::Internal)?,
+                    public: public_key_from_paserk(&r.public_key)?,
                     kid: r.kid,
                     signs_from: r.signs_from.and_utc(),
                     published_until: r.published_until.map(|t| t.and_utc()),

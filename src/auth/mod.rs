@@ -45,7 +45,7 @@ crate::service_db!(sqlite: "migrations/sqlite/auth", postgres: "migrations/postg
 /// Opens the key ring on the database configured in `ctx`.
 async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(Db, Kek, KeyRing)> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
-    let kek = Kek::load(&config.key_encryption_key, &ctx.data_dir).map_err(anyhow::Error::msg)?;
+    let kek = Kek::load(&config.key_encryption_key, &ctx.data_dir)?;
     let ring = KeyRing::new(
         db.clone(),
         kek.clone(),

@@ -25,6 +25,7 @@ use super::sessions::{end_session, hash, new_refresh_token, secs};
 use super::store::{self, SessionRow};
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::error::Kind;
 use crate::kernel::outbox::{self, Relay};
 use crate::kernel::rpc::Clients;
 use crate::middleware::token::{self, Principal, TokenConfig, TokenError};
@@ -231,8 +232,7 @@ impl Auth {
                             &tokens.expect(),
                             now,
                             now + tokens.access_ttl(),
-                        )
-                        .map_err(AuthError::Internal)?;
+                        )?;
                         let pair = TokenPair {
                             access_token: access,
                             refresh_token: new_refresh,
@@ -240,12 +240,10 @@ impl Auth {
                             expires_in: tokens.access_ttl().num_seconds(),
                             device_token: None,
                         };
-                        let sealed = kek
-                            .seal(
-                                &serde_json::to_vec(&pair)
-                                    .map_err(|e| AuthError::Internal(e.to_string()))?,
-                            )
-                            .map_err(AuthError::Internal)?;
+                        let sealed = kek.seal(
+                            &serde_json::to_vec(&pair)
+                                .map_err(|e| AuthError::Internal(e.to_string()))?,
+                        )?;
                         store::set_successor(c, &presented, &sealed)?;
                         return Ok(Refreshed::Pair(pair));
                     }
@@ -264,7 +262,7 @@ impl Auth {
                         && session.generation == row.generation + 1
                         && let Some(sealed) = &row.successor_enc
                     {
-                        let plain = kek.open(sealed).map_err(AuthError::Internal)?;
+                        let plain = kek.open(sealed)?;
                         let pair: TokenPair = serde_json::from_slice(&plain)
                             .map_err(|e| AuthError::Internal(e.to_string()))?;
                         return Ok(Refreshed::Pair(pair));
@@ -335,8 +333,7 @@ impl Auth {
             &self.tokens.expect(),
             now,
             now + self.tokens.access_ttl(),
-        )
-        .map_err(AuthError::Internal)?;
+        )?;
         let (refresh, _) = new_refresh_token();
         Ok(TokenPair {
             access_token: access,
@@ -369,11 +366,11 @@ fn identity_error(status: tonic::Status) -> AuthError {
             .unwrap_or(default)
     };
     match (code, status.code()) {
-        ("invalid_credentials", _) => AuthError::InvalidCredentials,
-        ("too_many_attempts", _) => AuthError::TooManyAttempts {
+        (c, _) if c == Kind::INVALID_CREDENTIALS.code => AuthError::InvalidCredentials,
+        (c, _) if c == Kind::TOO_MANY_ATTEMPTS.code => AuthError::TooManyAttempts {
             retry_after_secs: retry_after(1),
         },
-        ("account_disabled", _) => AuthError::Disabled,
+        (c, _) if c == Kind::ACCOUNT_DISABLED.code => AuthError::Disabled,
         (_, tonic::Code::ResourceExhausted) => AuthError::Overloaded {
             retry_after_secs: retry_after(1),
         },

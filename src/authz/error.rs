@@ -10,6 +10,7 @@ use tonic::Code;
 
 use super::model::ModelError;
 use crate::kernel::db::DbError;
+use crate::kernel::error::{Kind, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
@@ -53,120 +54,102 @@ pub enum AuthzError {
 }
 
 impl AuthzError {
-    fn parts(&self) -> (StatusCode, &'static str, Code, &'static str) {
+    fn kind(&self) -> Kind {
         use AuthzError::*;
         match self {
-            Invalid(ModelError::GroupCycle) => (
+            Invalid(ModelError::GroupCycle) => Kind::new(
                 StatusCode::CONFLICT,
                 "group_cycle",
                 Code::FailedPrecondition,
                 "A group cannot contain itself",
             ),
-            Invalid(ModelError::ParentCycle) => (
+            Invalid(ModelError::ParentCycle) => Kind::new(
                 StatusCode::CONFLICT,
                 "parent_cycle",
                 Code::FailedPrecondition,
                 "A resource cannot be its own parent",
             ),
-            Invalid(ModelError::TooDeep(_)) => (
+            Invalid(ModelError::TooDeep(_)) => Kind::new(
                 StatusCode::CONFLICT,
                 "too_deep",
                 Code::FailedPrecondition,
                 "The chain of parents would be too long",
             ),
-            Invalid(_) | Field { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                Code::InvalidArgument,
-                "A field is not valid",
-            ),
-            NotFound(_) => (
+            Invalid(_) | Field { .. } => Kind::VALIDATION_FAILED,
+            NotFound(_) => Kind::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 Code::NotFound,
                 "Not found",
             ),
-            Exists(_) => (
+            Exists(_) => Kind::new(
                 StatusCode::CONFLICT,
                 "already_exists",
                 Code::AlreadyExists,
                 "Already exists",
             ),
-            Builtin(_) => (
+            Builtin(_) => Kind::new(
                 StatusCode::CONFLICT,
                 "builtin_role",
                 Code::FailedPrecondition,
                 "Built-in roles stay as they are",
             ),
-            RoleBound { .. } => (
+            RoleBound { .. } => Kind::new(
                 StatusCode::CONFLICT,
                 "role_bound",
                 Code::FailedPrecondition,
                 "The role is still bound",
             ),
-            Forbidden(_) | Escalation { .. } => (
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                Code::PermissionDenied,
-                "Forbidden",
-            ),
-            RevisionAhead { .. } => (
+            Forbidden(_) | Escalation { .. } => Kind::FORBIDDEN,
+            RevisionAhead { .. } => Kind::new(
                 StatusCode::CONFLICT,
                 "revision_ahead",
                 Code::FailedPrecondition,
                 "That revision has not been written",
             ),
-            Db(DbError::Unavailable(_)) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                Code::Unavailable,
-                "Service temporarily unavailable",
-            ),
-            Corrupt(_) | Db(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                Code::Internal,
-                "Internal error",
-            ),
+            Db(DbError::Unavailable(_)) => Kind::UNAVAILABLE,
+            Corrupt(_) | Db(_) => Kind::INTERNAL,
         }
     }
 
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
-        self.parts().0
+        self.kind().status
     }
 
     /// The stable problem code.
     pub fn code(&self) -> &'static str {
-        self.parts().1
+        self.kind().code
     }
 
     pub fn to_status(&self) -> tonic::Status {
-        let (_, code, grpc, title) = self.parts();
-        let message = match grpc {
+        let kind = self.kind();
+        let message = match kind.grpc {
             Code::Internal | Code::Unavailable => {
                 tracing::error!(error = %self, "authz failed");
-                title.to_owned()
+                kind.title.to_owned()
             }
             _ => self.to_string(),
         };
-        crate::kernel::error::grpc_status(grpc, code, message)
+        kind.grpc_status(message)
     }
 }
 
 impl axum::response::IntoResponse for AuthzError {
     fn into_response(self) -> axum::response::Response {
         if let AuthzError::Forbidden(permission) = &self {
-            return crate::kernel::error::Problem::forbidden(permission).into_response();
+            return Problem::forbidden(permission).into_response();
         }
         if let AuthzError::Escalation { permission, .. } = &self {
-            let (status, code, _, title) = self.parts();
-            return crate::kernel::error::Problem::new(status, code, title)
+            return self
+                .kind()
+                .problem()
                 .detail(self.to_string())
                 .permission(permission)
                 .into_response();
         }
-        let (status, code, _, title) = self.parts();
+        let kind = self.kind();
+        let status = kind.status;
         let detail = match status {
             StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::error!(error = %self, "authz failed");
@@ -174,7 +157,7 @@ impl axum::response::IntoResponse for AuthzError {
             }
             _ => Some(self.to_string()),
         };
-        let mut problem = crate::kernel::error::Problem::new(status, code, title);
+        let mut problem = kind.problem();
         if let Some(detail) = detail {
             problem = problem.detail(detail);
         }

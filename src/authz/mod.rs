@@ -58,9 +58,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthzConfig) -> anyhow::Result<
     .with_relay(relay)
     .with_reach_cache(config.reach_cache_entries);
     let mut background = vec![relay_task, follow_identity(ctx, &db, authz.clone()).await?];
-    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME).await?;
     background.push(revocations);
     let service = server::Service {
         name: NAME,

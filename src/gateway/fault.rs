@@ -1,6 +1,8 @@
 //! Every answer the gateway makes of its own when it does not forward a
-//! request, in one table: HTTP status, stable problem code, title, and
-//! whether the client's connection closes after it.
+//! request, in one table: HTTP status, stable problem code, gRPC code,
+//! title, and whether the client's connection closes after it. A gRPC
+//! client gets each of the gateway's own answers in gRPC form
+//! ([`in_grpc_form`]).
 //!
 //! Policy: what the client got wrong is a 4xx and never counts against an
 //! upstream instance; what an instance got wrong is a 502, 503 or 504 and
@@ -12,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::{CONNECTION, HeaderValue};
 
-use crate::kernel::error::Problem;
+use tonic::Code;
+
+use crate::kernel::error::{GrpcForm, Kind, Problem};
 
 /// One of the gateway's own answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,74 +49,108 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Status, problem code, title, and whether the connection closes.
-    fn parts(self) -> (StatusCode, &'static str, &'static str, bool) {
+    /// The fault's row (status, problem code, gRPC code, title), and
+    /// whether the connection closes.
+    fn parts(self) -> (Kind, bool) {
         use Fault::*;
         match self {
             InvalidPath => (
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                "The request path is not valid",
+                Kind::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_path",
+                    Code::InvalidArgument,
+                    "The request path is not valid",
+                ),
                 false,
             ),
             InvalidQuery => (
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "The request query holds characters that must be percent-encoded",
+                Kind::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    Code::InvalidArgument,
+                    "The request query holds characters that must be percent-encoded",
+                ),
                 false,
             ),
             MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "Method not allowed on this route",
+                Kind::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    Code::Unimplemented,
+                    "Method not allowed on this route",
+                ),
                 false,
             ),
             SeveralCredentials => (
-                StatusCode::BAD_REQUEST,
-                "several_credentials",
-                "The request carries more than one Authorization field",
+                Kind::new(
+                    StatusCode::BAD_REQUEST,
+                    "several_credentials",
+                    Code::InvalidArgument,
+                    "The request carries more than one Authorization field",
+                ),
                 false,
             ),
             BodyTimeout => (
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "The request body did not arrive in time",
+                Kind::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    Code::DeadlineExceeded,
+                    "The request body did not arrive in time",
+                ),
                 true,
             ),
             BodyIncomplete => (
-                StatusCode::BAD_REQUEST,
-                "body_incomplete",
-                "The request body ended before it was complete",
+                Kind::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_incomplete",
+                    Code::InvalidArgument,
+                    "The request body ended before it was complete",
+                ),
                 true,
             ),
             NoInstance => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_unavailable",
-                "No instance of the service is available",
+                Kind::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unavailable",
+                    Code::Unavailable,
+                    "No instance of the service is available",
+                ),
                 false,
             ),
             UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "The service did not answer in time",
+                Kind::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    Code::DeadlineExceeded,
+                    "The service did not answer in time",
+                ),
                 false,
             ),
             UpstreamFailed => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_failed",
-                "The service failed to answer",
+                Kind::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    Code::Unavailable,
+                    "The service failed to answer",
+                ),
                 false,
             ),
             BadUpstream => (
-                StatusCode::BAD_GATEWAY,
-                "bad_upstream",
-                "The upstream address is not valid",
+                Kind::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_upstream",
+                    Code::Internal,
+                    "The upstream address is not valid",
+                ),
                 false,
             ),
             AuthzUnavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "authz_unavailable",
-                "The permission check could not be made; try again",
+                Kind::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authz_unavailable",
+                    Code::Unavailable,
+                    "The permission check could not be made; try again",
+                ),
                 false,
             ),
         }
@@ -120,17 +158,17 @@ impl Fault {
 
     /// The HTTP status of the answer.
     pub fn status(self) -> StatusCode {
-        self.parts().0
+        self.parts().0.status
     }
 
     /// The stable problem code.
     pub fn code(self) -> &'static str {
-        self.parts().1
+        self.parts().0.code
     }
 
     /// Whether the client's connection closes after the answer.
     pub fn closes(self) -> bool {
-        self.parts().3
+        self.parts().1
     }
 
     /// Every fault, for the API document and the table's tests.
@@ -151,8 +189,8 @@ impl Fault {
 
 impl IntoResponse for Fault {
     fn into_response(self) -> Response {
-        let (status, code, title, closes) = self.parts();
-        let mut response = Problem::new(status, code, title).into_response();
+        let (kind, closes) = self.parts();
+        let mut response = kind.problem().into_response();
         if closes {
             response
                 .headers_mut()
@@ -160,6 +198,32 @@ impl IntoResponse for Fault {
         }
         response
     }
+}
+
+/// Whether the request is a gRPC call, by its content type.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `response` as a gRPC client reads it, when it is one of the gateway's
+/// own problem responses: a trailers-only gRPC response (HTTP 200, the code
+/// in `grpc-status`, the stable problem code in `gatehouse-code`), keeping
+/// its `Retry-After` and rate limit fields. Any other response, one from
+/// an instance above all, passes unchanged.
+pub fn in_grpc_form(response: Response) -> Response {
+    let Some(form) = response.extensions().get::<GrpcForm>() else {
+        return response;
+    };
+    let grpc = form.status().into_http::<axum::body::Body>();
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::OK;
+    // `Connection: close` stays: HTTP/2 drops it, and on HTTP/1.1 the
+    // rest of the request still cannot frame a next one.
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    parts.headers.extend(grpc.headers().clone());
+    Response::from_parts(parts, axum::body::Body::empty())
 }
 
 /// The answer to a caller without a route's permission: 403 `forbidden`,
@@ -171,7 +235,8 @@ pub fn forbidden(permission: &str) -> Response {
 /// 403 for a request on a route with rules that none of them covers, by
 /// path or by method.
 pub fn uncovered() -> Response {
-    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+    Kind::FORBIDDEN
+        .problem()
         .detail("no rule of this route lets this method reach this path")
         .into_response()
 }

@@ -121,7 +121,7 @@ fn tls(
 }
 
 pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Result<Running> {
-    let table = routes::RouteTable::new(&config.routes).map_err(anyhow::Error::msg)?;
+    let table = routes::RouteTable::new(&config.routes)?;
     if !config.probe_path.starts_with('/') {
         anyhow::bail!(
             "gateway.probe_path: {:?} must start with '/'",
@@ -140,14 +140,9 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
         limits.max_tracked_keys,
     );
     let shared = shared_limits(ctx, limits, &per_ip, &per_user).await?;
-    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME).await?;
     let permits = Permits::for_service(ctx, NAME).await?;
-    let changes = permits
-        .listen(NAME, &ctx.bus, ctx.shutdown.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let changes = permits.listen(NAME, &ctx.bus, ctx.shutdown.clone()).await?;
     let gateway = proxy::Gateway::new(
         table,
         proxy::Settings {
@@ -169,8 +164,7 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             permits: permits.clone(),
             caller: ctx.keyring.caller(NAME),
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let mut background = vec![revocations, changes];
     for limiter in [&per_ip, &per_user].into_iter().flatten() {
         background.push(limiter.spawn_housekeeping(ctx.shutdown.clone()));

@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 
 use super::config::{AuthPolicy, RouteConfig};
 use super::rules::{self, Cover, Rule};
+use crate::kernel::config::ConfigError;
 use crate::kernel::telemetry;
 
 /// Characters that stay encoded in a forwarded path segment.
@@ -206,11 +207,13 @@ pub fn built_in() -> Vec<RouteConfig> {
 impl RouteTable {
     /// The built-in routes plus `extra` (an extra route with the same prefix
     /// as a built-in one replaces it). Bad prefixes are a config error.
-    pub fn new(extra: &[RouteConfig]) -> Result<Self, String> {
+    pub fn new(extra: &[RouteConfig]) -> Result<Self, ConfigError> {
         let mut routes: Vec<Route> = Vec::new();
         for config in built_in().into_iter().chain(extra.iter().cloned()) {
             let segments: Vec<String> = normalise(&config.prefix)
-                .map_err(|_| format!("gateway.routes: bad prefix {:?}", config.prefix))?
+                .map_err(|_| {
+                    ConfigError(format!("gateway.routes: bad prefix {:?}", config.prefix))
+                })?
                 .iter()
                 .map(|s| s.clone().into_owned())
                 .collect();
@@ -218,20 +221,20 @@ impl RouteTable {
             if canonical != config.prefix.trim_end_matches('/')
                 && !(canonical == "/" && config.prefix == "/")
             {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "gateway.routes: prefix {:?} is not in normal form (write {canonical:?})",
                     config.prefix
-                ));
+                )));
             }
             // The gateway answers these itself; a route there would never be reached.
             if matches!(
                 segments.first().map(String::as_str),
                 Some("docs" | "openapi.json")
             ) {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "gateway.routes: prefix {:?} is served by the gateway itself (/docs, /openapi.json)",
                     config.prefix
-                ));
+                )));
             }
             let rules = check_rules(&config, &segments)?;
             let mut config = config;
@@ -240,18 +243,19 @@ impl RouteTable {
                 // standard one: methods are matched as they are spelt.
                 let upper = method.to_ascii_uppercase();
                 if crate::kernel::http::wire::method_fault(
-                    &http::Method::from_bytes(method.as_bytes())
-                        .map_err(|_| format!("gateway.routes: bad method {method:?}"))?,
+                    &http::Method::from_bytes(method.as_bytes()).map_err(|_| {
+                        ConfigError(format!("gateway.routes: bad method {method:?}"))
+                    })?,
                 )
                 .is_some()
                 {
                     *method = upper;
                 }
                 if *method == "CONNECT" || *method == "TRACE" {
-                    return Err(format!(
+                    return Err(ConfigError(format!(
                         "gateway.routes: {method} is never forwarded (route {:?})",
                         config.prefix
-                    ));
+                    )));
                 }
             }
             routes.retain(|r| r.segments != segments);
@@ -288,30 +292,30 @@ impl RouteTable {
 
 /// A route's rules, compiled; a route with rules must require a token. The
 /// settings rules replaced are refused, naming them.
-fn check_rules(config: &RouteConfig, segments: &[String]) -> Result<Vec<Rule>, String> {
+fn check_rules(config: &RouteConfig, segments: &[String]) -> Result<Vec<Rule>, ConfigError> {
     let prefix = &config.prefix;
     for (removed, given) in [
         ("permission", config.permission.is_some()),
         ("resource_segment", config.resource_segment.is_some()),
     ] {
         if given {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "gateway.routes: route {prefix:?}: `{removed}` is replaced by [[gateway.routes.rules]], \
                  path templates with a permission per method and a resource from a path variable \
                  (see docs/gateway.md, \"Permissions on routes\")"
-            ));
+            )));
         }
     }
     if config.rules.is_empty() {
         return Ok(Vec::new());
     }
     if config.auth != AuthPolicy::Required {
-        return Err(format!(
+        return Err(ConfigError(format!(
             "gateway.routes: route {prefix:?} has rules, so its auth must be \"required\""
-        ));
+        )));
     }
     rules::compile(segments, &config.rules)
-        .map_err(|e| format!("gateway.routes: route {prefix:?}: {e}"))
+        .map_err(|e| ConfigError(format!("gateway.routes: route {prefix:?}: {e}")))
 }
 
 impl Route {

@@ -73,20 +73,26 @@ pub enum Cover {
     Uncovered,
 }
 
+/// A rule the configuration gives that cannot be used; the message names
+/// the rule and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RuleError(String);
+
 /// Compiles a route's rules, each checked against the route's `prefix`
 /// segments; the first problem found is the error, naming the rule.
-pub fn compile(prefix: &[String], rules: &[RouteRule]) -> Result<Vec<Rule>, String> {
+pub fn compile(prefix: &[String], rules: &[RouteRule]) -> Result<Vec<Rule>, RuleError> {
     let mut compiled: Vec<Rule> = rules
         .iter()
-        .map(|r| compile_one(prefix, r).map_err(|e| format!("rule {:?}: {e}", r.path)))
+        .map(|r| compile_one(prefix, r).map_err(|e| RuleError(format!("rule {:?}: {e}", r.path))))
         .collect::<Result<_, _>>()?;
     compiled.sort_by_cached_key(|r| r.segments.iter().map(Segment::rank).collect::<Vec<_>>());
     for pair in compiled.windows(2) {
         if same_shape(&pair[0].segments, &pair[1].segments) {
-            return Err(format!(
+            return Err(RuleError(format!(
                 "rules {:?} and {:?} match the same paths",
                 pair[0].path, pair[1].path
-            ));
+            )));
         }
     }
     Ok(compiled)
@@ -101,10 +107,12 @@ fn same_shape(a: &[Segment], b: &[Segment]) -> bool {
         })
 }
 
-fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, String> {
+fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, RuleError> {
     let path = rule.path.as_str();
     if !path.starts_with('/') || path.contains("//") || (path.len() > 1 && path.ends_with('/')) {
-        return Err("a template is a path in normal form, from the root".into());
+        return Err(RuleError(
+            "a template is a path in normal form, from the root".into(),
+        ));
     }
     let mut segments = Vec::new();
     let raw: Vec<&str> = path.split('/').skip(1).filter(|s| !s.is_empty()).collect();
@@ -112,16 +120,16 @@ fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, String> {
         let segment = match text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             Some(name) => match name.strip_suffix('*') {
                 Some(name) if n + 1 == raw.len() => Segment::Rest(variable(name)?),
-                Some(_) => return Err("only the last segment may be {name*}".into()),
+                Some(_) => return Err(RuleError("only the last segment may be {name*}".into())),
                 None => Segment::One(variable(name)?),
             },
             None if text.contains(['{', '}']) => {
-                return Err(format!(
+                return Err(RuleError(format!(
                     "segment {text:?}: a variable is a whole segment, {{name}}"
-                ));
+                )));
             }
             None if matches!(*text, "." | "..") || text.contains('%') => {
-                return Err(format!("segment {text:?} is not in normal form"));
+                return Err(RuleError(format!("segment {text:?} is not in normal form")));
             }
             None => Segment::Literal((*text).to_owned()),
         };
@@ -139,7 +147,7 @@ fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, String> {
         .enumerate()
         .any(|(i, n)| names[..i].contains(n))
     {
-        return Err("a variable is named twice".into());
+        return Err(RuleError("a variable is named twice".into()));
     }
     let under_prefix = segments.len() >= prefix.len()
         && prefix
@@ -147,23 +155,27 @@ fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, String> {
             .zip(&segments)
             .all(|(p, s)| *s == Segment::Literal(p.clone()));
     if !under_prefix {
-        return Err("the template must start with the route's prefix".into());
+        return Err(RuleError(
+            "the template must start with the route's prefix".into(),
+        ));
     }
     if rule.methods.is_empty() {
-        return Err("the rule names no method (GET = \"type:action\", ...)".into());
+        return Err(RuleError(
+            "the rule names no method (GET = \"type:action\", ...)".into(),
+        ));
     }
     let mut permissions = BTreeMap::new();
     for (method, permission) in &rule.methods {
         let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
         if !valid {
-            return Err(format!(
+            return Err(RuleError(format!(
                 "{method:?} is not a method in capitals (GET, POST, ...), nor `path` or `resource`"
-            ));
+            )));
         }
         if method == "CONNECT" || method == "TRACE" {
-            return Err(format!("{method} is never forwarded"));
+            return Err(RuleError(format!("{method} is never forwarded")));
         }
-        Permission::parse_asked(permission).map_err(|e| format!("{method}: {e}"))?;
+        Permission::parse_asked(permission).map_err(|e| RuleError(format!("{method}: {e}")))?;
         permissions.insert(method.clone(), Arc::from(permission.as_str()));
     }
     let resource = rule
@@ -179,32 +191,32 @@ fn compile_one(prefix: &[String], rule: &RouteRule) -> Result<Rule, String> {
     })
 }
 
-fn variable(name: &str) -> Result<String, String> {
+fn variable(name: &str) -> Result<String, RuleError> {
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if valid {
         Ok(name.to_owned())
     } else {
-        Err(format!(
+        Err(RuleError(format!(
             "variable {name:?}: letters, digits and underscores only"
-        ))
+        )))
     }
 }
 
 /// `type:{id}` and the like: text and the path's variables. With every
 /// variable given a plain value it must make a valid resource name.
-fn resource_template(text: &str, names: &[&str]) -> Result<Vec<Part>, String> {
+fn resource_template(text: &str, names: &[&str]) -> Result<Vec<Part>, RuleError> {
     let mut parts = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         let (before, after) = rest.split_at(open);
         let close = after
             .find('}')
-            .ok_or_else(|| format!("resource {text:?}: a `{{` is not closed"))?;
+            .ok_or_else(|| RuleError(format!("resource {text:?}: a `{{` is not closed")))?;
         let name = &after[1..close];
         if !names.contains(&name) {
-            return Err(format!(
+            return Err(RuleError(format!(
                 "resource {text:?}: {{{name}}} is not a variable of the path"
-            ));
+            )));
         }
         if !before.is_empty() {
             parts.push(Part::Text(before.to_owned()));
@@ -213,7 +225,9 @@ fn resource_template(text: &str, names: &[&str]) -> Result<Vec<Part>, String> {
         rest = &after[close + 1..];
     }
     if rest.contains('}') {
-        return Err(format!("resource {text:?}: a `}}` is not opened"));
+        return Err(RuleError(format!(
+            "resource {text:?}: a `}}` is not opened"
+        )));
     }
     if !rest.is_empty() {
         parts.push(Part::Text(rest.to_owned()));
@@ -221,9 +235,9 @@ fn resource_template(text: &str, names: &[&str]) -> Result<Vec<Part>, String> {
     let sample = fill(&parts, &|_| Some("x"));
     match sample {
         Some(s) if Resource::parse(&s).is_ok() => Ok(parts),
-        _ => Err(format!(
+        _ => Err(RuleError(format!(
             "resource {text:?} does not make a resource name (type:id)"
-        )),
+        ))),
     }
 }
 
@@ -417,7 +431,9 @@ mod tests {
             (rule("/billing/{id}", &read, Some("{id}")), "resource name"),
             (rule("/billing/{id}", &read, Some("t:{id")), "not closed"),
         ] {
-            let e = compile(&prefix, std::slice::from_ref(&bad)).unwrap_err();
+            let e = compile(&prefix, std::slice::from_ref(&bad))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
         let twins = compile(
@@ -427,7 +443,8 @@ mod tests {
                 rule("/billing/{b}", &read, None),
             ],
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(twins.contains("match the same paths"), "{twins}");
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::config::ConfigError;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
@@ -123,18 +125,18 @@ impl ScryptConfig {
     }
 
     /// Refuses a cost below the floor unless the tests' key is set.
-    pub fn check_floor(&self) -> Result<(), String> {
+    pub fn check_floor(&self) -> Result<(), ConfigError> {
         if !self.is_weak() || self.allow_weak_hashing_for_tests {
             return Ok(());
         }
         let (log_n, r) = SCRYPT_FLOOR;
-        Err(format!(
+        Err(ConfigError(format!(
             "identity.scrypt: log_n = {} and r = {} are below the floor of log_n = {log_n} and \
              r = {r} (OWASP's minimum for scrypt, N = 2^{log_n}); raise them (`gatehouse hash \
              calibrate` suggests values), or set identity.scrypt.allow_weak_hashing_for_tests = \
              true in a test suite, never with real users",
             self.log_n, self.r
-        ))
+        )))
     }
 }
 

@@ -10,7 +10,7 @@ use http::StatusCode;
 use tonic::Code;
 
 use crate::kernel::db::DbError;
-use crate::kernel::error::Problem;
+use crate::kernel::error::{Kind, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -59,87 +59,47 @@ impl IdentityError {
     }
 
     /// The table: (HTTP status, problem code, gRPC code, title).
-    fn parts(&self) -> (StatusCode, &'static str, Code, &'static str) {
+    fn kind(&self) -> Kind {
         use IdentityError::*;
         match self {
-            Invalid { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                Code::InvalidArgument,
-                "A field is not valid",
-            ),
-            EmailTaken => (
+            Invalid { .. } => Kind::VALIDATION_FAILED,
+            EmailTaken => Kind::new(
                 StatusCode::CONFLICT,
                 "email_taken",
                 Code::AlreadyExists,
                 "Email already registered",
             ),
-            RegistrationClosed => (
+            RegistrationClosed => Kind::new(
                 StatusCode::FORBIDDEN,
                 "registration_closed",
                 Code::PermissionDenied,
                 "Registration is closed",
             ),
-            NotFound => (
+            NotFound => Kind::new(
                 StatusCode::NOT_FOUND,
                 "user_not_found",
                 Code::NotFound,
                 "No such user",
             ),
-            InvalidCredentials => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                Code::Unauthenticated,
-                "Email or password is wrong",
-            ),
-            TooManyAttempts { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                Code::ResourceExhausted,
-                "Too many failed sign-ins",
-            ),
-            Disabled => (
-                StatusCode::FORBIDDEN,
-                "account_disabled",
-                Code::PermissionDenied,
-                "Account disabled",
-            ),
-            InvalidToken => (
+            InvalidCredentials => Kind::INVALID_CREDENTIALS,
+            TooManyAttempts { .. } => Kind::TOO_MANY_ATTEMPTS,
+            Disabled => Kind::ACCOUNT_DISABLED,
+            InvalidToken => Kind::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_token",
                 Code::InvalidArgument,
                 "Token unknown, expired or already used",
             ),
-            VersionMismatch { .. } => (
+            VersionMismatch { .. } => Kind::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",
                 Code::FailedPrecondition,
                 "The resource changed meanwhile",
             ),
-            Forbidden(_) | Outranked { .. } => (
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                Code::PermissionDenied,
-                "Forbidden",
-            ),
-            Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                Code::Unavailable,
-                "Service temporarily unavailable",
-            ),
-            Overloaded { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                Code::ResourceExhausted,
-                "Overloaded",
-            ),
-            Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                Code::Internal,
-                "Internal error",
-            ),
+            Forbidden(_) | Outranked { .. } => Kind::FORBIDDEN,
+            Unavailable(_) => Kind::UNAVAILABLE,
+            Overloaded { .. } => Kind::OVERLOADED,
+            Internal(_) => Kind::INTERNAL,
         }
     }
 
@@ -155,8 +115,7 @@ impl IdentityError {
 
     pub fn to_problem(&self) -> Problem {
         self.log_if_ours();
-        let (status, code, _, title) = self.parts();
-        let problem = Problem::new(status, code, title);
+        let problem = self.kind().problem();
         match self {
             IdentityError::Invalid { field, message } => problem.field(*field).detail(message),
             IdentityError::TooManyAttempts { retry_after_secs }
@@ -175,12 +134,12 @@ impl IdentityError {
 
     pub fn to_status(&self) -> tonic::Status {
         self.log_if_ours();
-        let (_, code, grpc, title) = self.parts();
+        let kind = self.kind();
         let message = match self {
-            IdentityError::Internal(_) | IdentityError::Unavailable(_) => title.to_owned(),
+            IdentityError::Internal(_) | IdentityError::Unavailable(_) => kind.title.to_owned(),
             other => other.to_string(),
         };
-        let mut status = crate::kernel::error::grpc_status(grpc, code, message);
+        let mut status = kind.grpc_status(message);
         if let IdentityError::TooManyAttempts { retry_after_secs }
         | IdentityError::Overloaded { retry_after_secs } = self
             && let Ok(v) = retry_after_secs.to_string().parse()

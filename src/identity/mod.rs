@@ -71,8 +71,7 @@ fn device_key(ctx: &ServiceContext) -> [u8; 32] {
 fn mail_queue(ctx: &ServiceContext) -> anyhow::Result<MailQueue> {
     let sealer = match ctx.keyring.derived(NAME, "mail queue") {
         Some(key) => crate::kernel::seal::Sealer::new(&key),
-        None => crate::kernel::seal::Sealer::from_file(&ctx.data_dir.join("identity.mail.key"))
-            .map_err(anyhow::Error::msg)?,
+        None => crate::kernel::seal::Sealer::from_file(&ctx.data_dir.join("identity.mail.key"))?,
     };
     Ok(MailQueue::new(sealer))
 }
@@ -93,9 +92,7 @@ async fn store_and_hasher(
         );
     }
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
-    let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let hasher = password::Hasher::new(&config.scrypt, ctx.metrics.clone()).await?;
     Ok((db, hasher))
 }
 
@@ -136,8 +133,7 @@ pub async fn open(
         relay,
         Arc::new(config),
         device_key(ctx),
-    )
-    .map_err(anyhow::Error::msg)?;
+    );
     let links = links::spawn(identity.clone(), ctx.shutdown.clone());
     // One handle for the background tasks. The events and mail of links
     // asked for while stopping wait in the outbox and the mail queue for
@@ -168,14 +164,9 @@ pub async fn start(
     let advertise = config.advertise_url.clone();
     let password_policy = config.password.clone();
     let permits = Permits::for_service(ctx, NAME).await?;
-    let changes = permits
-        .listen(NAME, &ctx.bus, ctx.shutdown.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let changes = permits.listen(NAME, &ctx.bus, ctx.shutdown.clone()).await?;
     let (identity, db, relay_task) = open(ctx, config, notifier).await?;
-    let (check, revocations) = TokenCheck::for_service(ctx, NAME)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (check, revocations) = TokenCheck::for_service(ctx, NAME).await?;
 
     let service = server::Service {
         name: NAME,
@@ -219,8 +210,7 @@ pub async fn create_account(
         outbox::Relay::idle(),
         Arc::new(config),
         device_key(ctx),
-    )
-    .map_err(anyhow::Error::msg)?;
+    );
     let registration = service::Registration {
         email: email.to_owned(),
         password,

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::config::ScryptConfig;
 use super::error::IdentityError;
+use crate::kernel::config::ConfigError;
 use crate::kernel::metrics::Metrics;
 use crate::kernel::queue::Place;
 
@@ -71,30 +72,37 @@ pub struct Hasher {
     decoy: Arc<String>,
 }
 
-pub fn params(config: &ScryptConfig) -> Result<scrypt::Params, String> {
-    scrypt::Params::new(
+/// scrypt parameters that cannot be used, or a hash that cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("identity.scrypt: {0}")]
+    Params(#[from] scrypt::errors::InvalidParams),
+    #[error("cannot hash: {0}")]
+    Hash(#[from] scrypt::password_hash::Error),
+}
+
+pub fn params(config: &ScryptConfig) -> Result<scrypt::Params, HashError> {
+    Ok(scrypt::Params::new(
         config.log_n,
         config.r,
         config.p,
         scrypt::Params::RECOMMENDED_LEN,
-    )
-    .map_err(|e| format!("identity.scrypt: {e}"))
+    )?)
 }
 
 /// Hashes on the calling thread; for the blocking pool and for benchmarks.
-pub fn hash_blocking(params: &scrypt::Params, password: &str) -> Result<String, String> {
+pub fn hash_blocking(params: &scrypt::Params, password: &str) -> Result<String, HashError> {
     let salt = SaltString::generate(&mut OsRng);
-    Scrypt
-        .hash_password_customized(password.as_bytes(), None, None, *params, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    Ok(Scrypt
+        .hash_password_customized(password.as_bytes(), None, None, *params, &salt)?
+        .to_string())
 }
 
 /// A PHC string of scrypt with `params`, a random salt and random output:
 /// verifying a password against it costs what verifying against a real
 /// hash costs (the same key derivation, then a comparison that fails),
 /// without spending a hash, its time and its memory, to make it.
-fn decoy(params: &scrypt::Params) -> Result<String, String> {
+fn decoy(params: &scrypt::Params) -> Result<String, HashError> {
     use scrypt::password_hash::rand_core::RngCore as _;
     use scrypt::password_hash::{Output, PasswordHash};
     let salt = SaltString::generate(&mut OsRng);
@@ -103,9 +111,9 @@ fn decoy(params: &scrypt::Params) -> Result<String, String> {
     let hash = PasswordHash {
         algorithm: scrypt::ALG_ID,
         version: None,
-        params: (*params).try_into().map_err(|e| format!("{e}"))?,
+        params: (*params).try_into()?,
         salt: Some(salt.as_salt()),
-        hash: Some(Output::new(&bytes).map_err(|e| e.to_string())?),
+        hash: Some(Output::new(&bytes)?),
     };
     Ok(hash.to_string())
 }
@@ -113,7 +121,7 @@ fn decoy(params: &scrypt::Params) -> Result<String, String> {
 impl Hasher {
     /// A hasher with `config`'s cost, refused below the floor unless the
     /// tests' key allows it (then said at start, as a warning).
-    pub async fn new(config: &ScryptConfig, metrics: Metrics) -> Result<Self, String> {
+    pub async fn new(config: &ScryptConfig, metrics: Metrics) -> Result<Self, ConfigError> {
         config.check_floor()?;
         if config.is_weak() {
             tracing::warn!(
@@ -122,12 +130,12 @@ impl Hasher {
                 "password hashing below the floor, allowed for tests: not for real users"
             );
         }
-        let params = params(config)?;
+        let params = params(config).map_err(|e| ConfigError(e.to_string()))?;
         let concurrent = match config.max_concurrent {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let decoy = decoy(&params)?;
+        let decoy = decoy(&params).map_err(|e| ConfigError(e.to_string()))?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(concurrent)),
@@ -147,7 +155,7 @@ impl Hasher {
             hash_blocking(&params, text.as_str())
         })
         .await?
-        .map_err(IdentityError::Internal)
+        .map_err(|e| IdentityError::Internal(e.to_string()))
     }
 
     pub async fn verify(&self, password: &Password, phc: &str) -> Result<Verified, IdentityError> {
@@ -276,11 +284,10 @@ const RETRY_AFTER_SECS: u64 = 1;
 
 /// Finds the scrypt `log_n` whose hash takes closest to `target` on this
 /// machine (r and p fixed), measuring each candidate once.
-pub fn calibrate(target: std::time::Duration, r: u32, p: u32) -> Result<Vec<(u8, f64)>, String> {
+pub fn calibrate(target: std::time::Duration, r: u32, p: u32) -> Result<Vec<(u8, f64)>, HashError> {
     let mut results = Vec::new();
     for log_n in 10..=22u8 {
-        let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN)
-            .map_err(|e| e.to_string())?;
+        let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN)?;
         let start = Instant::now();
         hash_blocking(&params, "calibration password")?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -369,7 +376,8 @@ mod tests {
         let e = Hasher::new(&weak, Metrics::new().unwrap())
             .await
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("below the floor of log_n = 17"), "{e}");
         assert!(e.contains("allow_weak_hashing_for_tests"), "{e}");
         let narrow = ScryptConfig {

@@ -58,14 +58,14 @@ impl Identity {
         relay: Relay,
         config: Arc<IdentityConfig>,
         device_key: [u8; 32],
-    ) -> Result<Self, String> {
+    ) -> Self {
         let throttle = Throttle::new(config.throttle.clone());
-        let devices = Devices::new(device_key, config.throttle.device_ttl_secs)?;
+        let devices = Devices::new(device_key, config.throttle.device_ttl_secs);
         let links = Arc::new(Links::new(
             config.links_per_address,
             std::time::Duration::from_secs(config.links_window_secs),
         ));
-        Ok(Self {
+        Self {
             db,
             hasher,
             mail,
@@ -75,7 +75,7 @@ impl Identity {
             throttle,
             devices,
             links,
-        })
+        }
     }
 
     /// Whether registration conceals which addresses have accounts.

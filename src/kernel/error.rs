@@ -30,6 +30,10 @@ pub struct Problem {
     pub permission: Option<String>,
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
+    /// The gRPC code of the same refusal, when its kind names one; else
+    /// the one its status maps to (see [`grpc_code_for`]).
+    #[serde(skip)]
+    pub grpc: Option<tonic::Code>,
 }
 
 impl Problem {
@@ -43,6 +47,7 @@ impl Problem {
             field: None,
             permission: None,
             retry_after_secs: None,
+            grpc: None,
         }
     }
 
@@ -69,7 +74,8 @@ impl Problem {
     /// 403 `forbidden` for a caller without `permission`, which it names:
     /// the one answer the gateway and every service give for it.
     pub fn forbidden(permission: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+        Kind::FORBIDDEN
+            .problem()
             .detail(format!("this needs the permission {permission}"))
             .permission(permission)
     }
@@ -83,7 +89,13 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after_secs;
+        let grpc = GrpcForm {
+            grpc: self.grpc.unwrap_or_else(|| grpc_code_for(status)),
+            code: self.code,
+            message: self.detail.clone().unwrap_or_else(|| self.title.clone()),
+        };
         let mut response = (status, Json(self)).into_response();
+        response.extensions_mut().insert(grpc);
         let headers = response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
@@ -202,6 +214,100 @@ fn source_message(e: &dyn std::error::Error) -> String {
     last
 }
 
+/// One row of a service's error table: what an error kind answers over
+/// HTTP and over gRPC. Each service maps its error enum onto rows; the rows
+/// more than one service answers with are defined here, once, so that a
+/// code means the same status everywhere (auth passes identity's sign-in
+/// refusals on by their code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub status: StatusCode,
+    /// The stable problem code, also sent over gRPC as `gatehouse-code`.
+    pub code: &'static str,
+    pub grpc: tonic::Code,
+    pub title: &'static str,
+}
+
+impl Kind {
+    pub const fn new(
+        status: StatusCode,
+        code: &'static str,
+        grpc: tonic::Code,
+        title: &'static str,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            grpc,
+            title,
+        }
+    }
+
+    /// A problem body of this kind, without detail.
+    pub fn problem(&self) -> Problem {
+        let mut problem = Problem::new(self.status, self.code, self.title);
+        problem.grpc = Some(self.grpc);
+        problem
+    }
+
+    /// A gRPC status of this kind saying `message`.
+    pub fn grpc_status(&self, message: String) -> tonic::Status {
+        grpc_status(self.grpc, self.code, message)
+    }
+
+    pub const VALIDATION_FAILED: Kind = Kind::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        tonic::Code::InvalidArgument,
+        "A field is not valid",
+    );
+    pub const FORBIDDEN: Kind = Kind::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        tonic::Code::PermissionDenied,
+        "Forbidden",
+    );
+    /// A dependency (database, another service) cannot be reached.
+    pub const UNAVAILABLE: Kind = Kind::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        tonic::Code::Unavailable,
+        "Service temporarily unavailable",
+    );
+    /// The service is at its capacity; try again shortly.
+    pub const OVERLOADED: Kind = Kind::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        tonic::Code::ResourceExhausted,
+        "Overloaded",
+    );
+    pub const INTERNAL: Kind = Kind::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        tonic::Code::Internal,
+        "Internal error",
+    );
+    /// An unknown email and a wrong password alike.
+    pub const INVALID_CREDENTIALS: Kind = Kind::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        tonic::Code::Unauthenticated,
+        "Email or password is wrong",
+    );
+    pub const TOO_MANY_ATTEMPTS: Kind = Kind::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        tonic::Code::ResourceExhausted,
+        "Too many failed sign-ins",
+    );
+    pub const ACCOUNT_DISABLED: Kind = Kind::new(
+        StatusCode::FORBIDDEN,
+        "account_disabled",
+        tonic::Code::PermissionDenied,
+        "Account disabled",
+    );
+}
+
 /// A gRPC status carrying the same stable code as the HTTP problem, in the
 /// `gatehouse-code` metadata.
 pub fn grpc_status(grpc: tonic::Code, code: &'static str, message: String) -> tonic::Status {
@@ -211,6 +317,42 @@ pub fn grpc_status(grpc: tonic::Code, code: &'static str, message: String) -> to
         tonic::metadata::MetadataValue::from_static(code),
     );
     status
+}
+
+/// A problem response in the terms of gRPC, carried in the response's
+/// extensions: what a server that answers both HTTP and gRPC clients on one
+/// route (the gateway) tells a gRPC client instead of a JSON body.
+#[derive(Debug, Clone)]
+pub struct GrpcForm {
+    pub grpc: tonic::Code,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl GrpcForm {
+    /// The gRPC status it says.
+    pub fn status(&self) -> tonic::Status {
+        grpc_status(self.grpc, self.code, self.message.clone())
+    }
+}
+
+/// The gRPC code for an HTTP status, for a problem whose kind names none.
+pub fn grpc_code_for(status: StatusCode) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => Code::Unimplemented,
+        StatusCode::CONFLICT => Code::AlreadyExists,
+        StatusCode::PRECONDITION_FAILED => Code::FailedPrecondition,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        s if s.is_client_error() => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
 }
 
 pub fn payload_too_large() -> Problem {

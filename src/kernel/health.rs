@@ -23,7 +23,18 @@ use super::metrics::Metrics;
 #[async_trait]
 pub trait Probe: Send + Sync {
     fn name(&self) -> &'static str;
-    async fn check(&self) -> Result<(), String>;
+    async fn check(&self) -> Result<(), ProbeError>;
+}
+
+/// What a probe found wrong, in the probe's own error type.
+pub type ProbeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The first probe that did not pass, and what it found.
+#[derive(Debug, thiserror::Error)]
+#[error("{probe}: {outcome}")]
+pub struct NotReady {
+    pub probe: &'static str,
+    pub outcome: String,
 }
 
 /// A probe that takes longer than this is counted as failed.
@@ -39,7 +50,7 @@ impl Probes {
         for probe in &self.0 {
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await {
                 Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(e)) => e,
+                Ok(Err(e)) => e.to_string(),
                 Err(_) => "timed out".to_owned(),
             };
             outcomes.push((probe.name(), outcome));
@@ -48,14 +59,14 @@ impl Probes {
     }
 
     /// Whether the service is ready; `Err` names the first failing probe.
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), NotReady> {
         match self
             .outcomes()
             .await
             .into_iter()
             .find(|(_, outcome)| outcome != "ok")
         {
-            Some((name, outcome)) => Err(format!("{name}: {outcome}")),
+            Some((probe, outcome)) => Err(NotReady { probe, outcome }),
             None => Ok(()),
         }
     }

@@ -24,7 +24,7 @@ use diesel::prelude::*;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::bus::{Envelope, EventBus};
+use super::bus::{BusError, Envelope, EventBus};
 use super::clock::Clock;
 use super::db::{Db, DbConnection, DbError};
 use super::metrics::Metrics;
@@ -250,9 +250,18 @@ fn give_positions(conn: &mut DbConnection, now: NaiveDateTime) -> Result<u64, Db
     Ok(pending.len() as u64)
 }
 
+/// A relay pass that stopped short; the rows stay for the next.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
 impl Worker {
     /// Publishes pending rows until none are left or one fails.
-    async fn pass(&mut self) -> Result<(), String> {
+    async fn pass(&mut self) -> Result<(), RelayError> {
         loop {
             let rows: Vec<Row> = self
                 .db
@@ -265,8 +274,7 @@ impl Worker {
                         .load(conn)
                         .map_err(DbError::from)
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.metrics
                 .outbox_pending
                 .with_label_values(&[self.source])
@@ -284,7 +292,7 @@ impl Worker {
             self.mark(published.done.iter().map(|i| seqs[*i]).collect())
                 .await?;
             if let Some(e) = published.failure {
-                return Err(e.to_string());
+                return Err(e.into());
             }
             if !full {
                 return Ok(());
@@ -293,14 +301,14 @@ impl Worker {
     }
 
     /// Gives pending rows their positions, in order, until none are left.
-    async fn sequence(&mut self) -> Result<(), String> {
+    async fn sequence(&mut self) -> Result<(), RelayError> {
         loop {
             let now = self.clock.now().naive_utc();
             let given = self
                 .db
                 .run(move |conn| conn.transaction(|c| give_positions(c, now)))
                 .await
-                .map_err(|e: DbError| e.to_string())?;
+                .map_err(RelayError::Db)?;
             self.metrics
                 .outbox_published_total
                 .with_label_values(&[self.source])
@@ -315,7 +323,7 @@ impl Worker {
         }
     }
 
-    async fn mark(&self, seqs: Vec<i64>) -> Result<(), String> {
+    async fn mark(&self, seqs: Vec<i64>) -> Result<(), RelayError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -328,8 +336,7 @@ impl Worker {
                     .execute(conn)
                     .map_err(DbError::from)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.metrics
             .outbox_published_total
             .with_label_values(&[self.source])
@@ -337,7 +344,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn prune(&mut self) -> Result<(), String> {
+    async fn prune(&mut self) -> Result<(), RelayError> {
         if self.pruned_at.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
             return Ok(());
         }
@@ -349,8 +356,7 @@ impl Worker {
                     .execute(conn)
                     .map_err(DbError::from)
             })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(())
     }
 }

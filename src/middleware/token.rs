@@ -121,6 +121,15 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// An access token that cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("cannot write the claims: {0}")]
+    Claims(#[from] serde_json::Error),
+    #[error("cannot sign: {0}")]
+    Paseto(#[from] pasetors::errors::Error),
+}
+
 /// Signs an access token for `user_id` in `session_id`, valid from `now`
 /// until `expires_at`, with the key `kid`.
 pub fn sign(
@@ -131,7 +140,7 @@ pub fn sign(
     expect: &Expect,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-) -> Result<String, String> {
+) -> Result<String, SignError> {
     let claims = Claims {
         sub: user_id.to_string(),
         sid: session_id.to_string(),
@@ -142,11 +151,16 @@ pub fn sign(
         exp: rfc3339(expires_at),
         jti: Uuid::now_v7().to_string(),
     };
-    let payload = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
+    let payload = serde_json::to_vec(&claims)?;
     let mut footer = Footer::new();
     footer.key_id(kid);
-    let footer = footer.to_string().map_err(|e| e.to_string())?;
-    PublicToken::sign(key, &payload, Some(footer.as_bytes()), None).map_err(|e| e.to_string())
+    let footer = footer.to_string()?;
+    Ok(PublicToken::sign(
+        key,
+        &payload,
+        Some(footer.as_bytes()),
+        None,
+    )?)
 }
 
 /// The key id a token names in its footer, before anything is verified.
@@ -219,8 +233,10 @@ pub fn key_id_of(key: &AsymmetricPublicKey<V4>) -> String {
 }
 
 /// Reads a `k4.public.…` PASERK.
-pub fn public_key_from_paserk(text: &str) -> Result<AsymmetricPublicKey<V4>, String> {
-    AsymmetricPublicKey::<V4>::try_from(text).map_err(|e| e.to_string())
+pub fn public_key_from_paserk(
+    text: &str,
+) -> Result<AsymmetricPublicKey<V4>, pasetors::errors::Error> {
+    AsymmetricPublicKey::<V4>::try_from(text)
 }
 
 #[cfg(test)]

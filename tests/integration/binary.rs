@@ -131,7 +131,7 @@ impl tonic::service::Interceptor for SignedAs {
         let token = self
             .caller
             .token(self.callee)
-            .map_err(tonic::Status::internal)?;
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         request
             .metadata_mut()
             .insert(gatehouse::kernel::credentials::HEADER, token);

@@ -50,7 +50,7 @@ impl Probe for Switch {
     fn name(&self) -> &'static str {
         "switch"
     }
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), gatehouse::kernel::health::ProbeError> {
         if self.0.load(Ordering::SeqCst) {
             Ok(())
         } else {

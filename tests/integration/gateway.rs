@@ -10,7 +10,7 @@ use gatehouse::gateway::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
 use serde_json::{Value, json};
 
 use crate::binary::{login, raw_get};
-use crate::support::{PASSWORD, TestApp, assert_problem, closed_addr, closed_url};
+use crate::support::{PASSWORD, TestApp, assert_problem, closed_addr, closed_url, grpc_code};
 
 /// A stand-in upstream that records the headers it receives and echoes its
 /// path and query; `delay` makes it slow.
@@ -871,4 +871,92 @@ async fn a_request_body_slower_than_the_route_timeout_gets_408() {
     assert!(text.contains("body_timeout"), "{text}");
     // Nothing reached the upstream.
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_grpc_client_gets_the_gateways_own_refusals_as_grpc_statuses() {
+    use gatehouse::proto::audit::v1::{RecordRequest, audit_client::AuditClient};
+    use gatehouse::proto::identity::v1::VerifyCredentialsRequest;
+    use gatehouse::proto::identity::v1::identity_client::IdentityClient;
+    let h2c = |prefix: &str, service: &str, policy| {
+        let mut route = RouteConfig::new(prefix, service, policy);
+        route.upstream_protocol = UpstreamProtocol::H2c;
+        route
+    };
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.routes.push(h2c(
+                "/gatehouse.identity.v1.Identity/VerifyCredentials",
+                "direct",
+                AuthPolicy::Public,
+            ));
+            g.routes.push(h2c(
+                "/gatehouse.identity.v1.Identity/GetUser",
+                "direct",
+                AuthPolicy::Required,
+            ));
+            g.routes.push(h2c(
+                "/gatehouse.audit.v1.Audit",
+                "nowhere",
+                AuthPolicy::Public,
+            ));
+        })
+        .start()
+        .await;
+    // The platform's own gRPC server, as an instance behind the route.
+    app.register_instance("direct", app.base.clone()).await;
+    let channel = tonic::transport::Endpoint::from_shared(app.gateway_base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut identity = IdentityClient::new(channel.clone());
+
+    // Through to the instance: its own refusal (an unsigned internal call)
+    // comes back unchanged.
+    let upstream = identity
+        .verify_credentials(VerifyCredentialsRequest {
+            email: "ann@example.org".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        upstream.code(),
+        tonic::Code::Unauthenticated,
+        "{upstream:?}"
+    );
+    assert!(
+        upstream.message().contains("no service credential"),
+        "{upstream:?}"
+    );
+    assert_eq!(grpc_code(&upstream), "", "{upstream:?}");
+
+    // No token on a route that needs one: the gateway's 401, in gRPC form.
+    let refused = identity
+        .get_user(gatehouse::proto::identity::v1::GetUserRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(grpc_code(&refused), "token_missing");
+
+    // No instance of the route's service: the gateway's 503, in gRPC form.
+    let mut audit = AuditClient::new(channel);
+    let away = audit.record(RecordRequest::default()).await.unwrap_err();
+    assert_eq!(away.code(), tonic::Code::Unavailable, "{away:?}");
+    assert_eq!(grpc_code(&away), "upstream_unavailable");
+    assert_eq!(away.message(), "No instance of the service is available");
+
+    // An HTTP client on the same route still gets problem+json.
+    let r = app
+        .http
+        .post(format!(
+            "{}/gatehouse.audit.v1.Audit/Record",
+            app.gateway_base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 503, "upstream_unavailable").await;
 }

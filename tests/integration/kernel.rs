@@ -166,7 +166,9 @@ async fn internal_calls_need_a_credential_of_the_deployment() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    // The gateway's 404, told in gRPC's terms to a gRPC request.
+    assert_eq!(r.headers()["grpc-status"], "5", "{r:?}");
+    assert_eq!(r.headers()["gatehouse-code"], "not_found", "{r:?}");
 }
 
 #[tokio::test]

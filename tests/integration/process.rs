@@ -935,7 +935,7 @@ async fn audit_verify_names_the_entry_that_was_changed_removed_or_added() {
         })
         .collect();
     let key = gatehouse::audit::keys::AuditKey::load(dir.path()).unwrap();
-    let sealing = key.entry_key().unwrap();
+    let sealing = key.entry_key();
     db.run(move |conn| gatehouse::audit::store::append(conn, &entries, &sealing))
         .await
         .unwrap();

@@ -40,6 +40,7 @@ use super::headers::{Peer, upstream_headers};
 use super::probe::{self, ProbePlan};
 use super::routes::RouteTable;
 use super::rules::Cover;
+use crate::kernel::config::ConfigError;
 use crate::kernel::credentials::Caller;
 use crate::kernel::http::wire;
 use crate::kernel::metrics::Metrics;
@@ -115,9 +116,8 @@ impl Gateway {
         &self.inner.registry
     }
 
-    pub fn new(table: RouteTable, settings: Settings) -> Result<Self, String> {
-        let trusted = Cidr::parse_all(&settings.trusted_proxies, "gateway.trusted_proxies")
-            .map_err(|e| e.0)?;
+    pub fn new(table: RouteTable, settings: Settings) -> Result<Self, ConfigError> {
+        let trusted = Cidr::parse_all(&settings.trusted_proxies, "gateway.trusted_proxies")?;
         Ok(Self {
             inner: Arc::new(Inner {
                 table,
@@ -155,6 +155,7 @@ pub(super) fn fault(fault: Fault) -> Response {
 pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     let logged = tracing::enabled!(target: "gatehouse::access", tracing::Level::INFO);
     let access = logged.then(|| (req.method().clone(), std::time::Instant::now()));
+    let grpc = fault::is_grpc(req.headers());
     let mut label = None;
     let state = match plan(gw, peer, req, &mut label) {
         Ok(plan) => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
@@ -168,6 +169,7 @@ pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
         label,
         peer: peer.ip(),
         access,
+        grpc,
     }
 }
 
@@ -179,6 +181,8 @@ pub struct Forwarding {
     peer: IpAddr,
     /// The method and start, when the access log is on.
     access: Option<(Method, std::time::Instant)>,
+    /// A gRPC call: the gateway's own answers go back in gRPC form.
+    grpc: bool,
 }
 
 enum Forward {
@@ -214,6 +218,10 @@ impl Future for Forwarding {
             );
         }
         telemetry::name_route(route);
+        // After the access log, which names the fault's own status.
+        if this.grpc {
+            return Poll::Ready(Ok(fault::in_grpc_form(response)));
+        }
         Poll::Ready(Ok(response))
     }
 }

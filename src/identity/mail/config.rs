@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::config::ConfigError;
+
 /// How identity's mail (reset and verification links) reaches users.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,25 +166,25 @@ impl Template {
 
     /// Refuses a template naming an unknown placeholder, a subject of more
     /// than one line, or a body without its link.
-    fn check(&self, name: &str) -> Result<(), String> {
+    fn check(&self, name: &str) -> Result<(), ConfigError> {
         let known = |word: &str| PLACEHOLDERS.contains(&word).then_some("");
         for (part, text) in [("subject", &self.subject), ("body", &self.body)] {
             fill(text, known).map_err(|word| {
-                format!(
+                ConfigError(format!(
                     "identity.mail.templates.{name}.{part}: unknown placeholder {{{word}}}; \
                      the placeholders are {{link}}, {{email}} and {{expires}}"
-                )
+                ))
             })?;
         }
         if self.subject.contains(['\n', '\r']) {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "identity.mail.templates.{name}.subject: a subject is one line"
-            ));
+            )));
         }
         if !self.body.contains("{link}") {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "identity.mail.templates.{name}.body: the body must hold {{link}}"
-            ));
+            )));
         }
         Ok(())
     }
@@ -191,7 +193,7 @@ impl Template {
 /// `text` with each `{word}` replaced by `value(word)`, in one pass (so a
 /// value holding braces is never read as a placeholder); the first word
 /// `value` does not know is the error.
-fn fill<'a>(text: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result<String, String> {
+fn fill<'a, 't>(text: &'t str, value: impl Fn(&str) -> Option<&'a str>) -> Result<String, &'t str> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('{') {
@@ -199,7 +201,7 @@ fn fill<'a>(text: &str, value: impl Fn(&str) -> Option<&'a str>) -> Result<Strin
         let after = &rest[open + 1..];
         let close = after.find('}').unwrap_or(after.len());
         let word = &after[..close];
-        out.push_str(value(word).ok_or_else(|| word.to_owned())?);
+        out.push_str(value(word).ok_or(word)?);
         rest = after.get(close + 1..).unwrap_or("");
     }
     out.push_str(rest);
@@ -210,41 +212,41 @@ impl MailConfig {
     /// Refuses what cannot work, before anything is sent: a password in
     /// the config file, a from-address that is not one, templates with
     /// unknown placeholders, mail in the clear to another machine.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.smtp.password.is_some() {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "identity.mail.smtp.password is not read from config: put the password in the \
                  environment variable named by identity.mail.smtp.password_env (now {}) or in \
                  the file named by identity.mail.smtp.password_file",
                 self.smtp.password_env
-            ));
+            )));
         }
         self.from.parse::<lettre::message::Mailbox>().map_err(|e| {
-            format!(
+            ConfigError(format!(
                 "identity.mail.from: {:?} is not a mail address: {e}",
                 self.from
-            )
+            ))
         })?;
         let t = &self.templates;
         t.password_reset.check("password_reset")?;
         t.email_verification.check("email_verification")?;
         t.account_exists.check("account_exists")?;
         if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err(
+            return Err(ConfigError(
                 "identity.mail: retry_initial_ms must be above 0 and retry_max_ms at least as \
                  long"
                     .into(),
-            );
+            ));
         }
         if self.transport == Transport::Smtp
             && self.smtp.security == Security::None
             && !is_loopback_host(&self.smtp.host)
         {
-            return Err(format!(
+            return Err(ConfigError(format!(
                 "identity.mail.smtp.security = \"none\" sends links in the clear: it is allowed \
                  only to a mail server on this machine, not to {}; use \"starttls\" or \"tls\"",
                 self.smtp.host
-            ));
+            )));
         }
         Ok(())
     }
@@ -269,7 +271,7 @@ mod tests {
         let with = |f: fn(&mut MailConfig)| {
             let mut c = MailConfig::default();
             f(&mut c);
-            c.check().unwrap_err()
+            c.check().unwrap_err().to_string()
         };
         let e = with(|c| c.smtp.password = Some(serde::de::IgnoredAny));
         assert!(e.contains("GATEHOUSE_SMTP_PASSWORD"), "{e}");

@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::{MailConfig, Transport};
 use self::notifier::{LogNotifier, Notice, NoticeKind, Notifier, Undelivered};
-use self::queue::{MailQueue, MailRow};
+use self::queue::{MailQueue, MailRow, Unreadable};
 use crate::identity::error::IdentityError;
 use crate::kernel::clock::Clock;
+use crate::kernel::config::ConfigError;
 use crate::kernel::db::Db;
 use crate::kernel::metrics::Metrics;
 
@@ -46,18 +47,18 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub fn notifier(
     config: &MailConfig,
     beyond_loopback: Option<std::net::SocketAddr>,
-) -> Result<Arc<dyn Notifier>, String> {
+) -> Result<Arc<dyn Notifier>, ConfigError> {
     config.check()?;
     match config.transport {
         Transport::Smtp => Ok(Arc::new(smtp::Smtp::new(config)?)),
         Transport::Log => {
             if let Some(addr) = beyond_loopback {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "identity.mail.transport = \"log\" writes live reset and verification links \
                      to the log, which is for development on one machine only, and this process \
                      listens on {addr}, beyond loopback: set identity.mail.transport = \"smtp\" \
                      with [identity.mail.smtp] (see docs/identity-api.md), or listen on loopback"
-                ));
+                )));
             }
             tracing::warn!(
                 "mail goes to the log (identity.mail.transport = \"log\"): for development \
@@ -217,9 +218,9 @@ impl Delivery {
             .await
     }
 
-    fn notice(&self, row: &MailRow) -> Result<Notice, String> {
+    fn notice(&self, row: &MailRow) -> Result<Notice, Unreadable> {
         let kind =
-            NoticeKind::parse(&row.kind).ok_or_else(|| format!("unknown kind {}", row.kind))?;
+            NoticeKind::parse(&row.kind).ok_or_else(|| Unreadable::Kind(row.kind.clone()))?;
         let token = self.queue.token(row)?;
         Ok(Notice {
             kind,

@@ -16,7 +16,18 @@ use super::notifier::NoticeKind;
 use crate::identity::error::IdentityError;
 use crate::identity::schema::mail_queue;
 use crate::kernel::db::DbConnection;
-use crate::kernel::seal::Sealer;
+use crate::kernel::seal::{SealError, Sealer};
+
+/// A queued mail that cannot be read back (then dropped, and counted).
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("the sealed token: {0}")]
+    Sealed(#[from] SealError),
+    #[error("the sealed token is not text")]
+    NotText,
+    #[error("unknown kind {0}")]
+    Kind(String),
+}
 
 /// Writes mail to the queue and wakes its delivery. Cheap to clone.
 #[derive(Clone)]
@@ -69,7 +80,7 @@ impl MailQueue {
         let sealed = self
             .sealer
             .seal(mail.token.as_bytes())
-            .map_err(IdentityError::Internal)?;
+            .map_err(|e| IdentityError::Internal(e.to_string()))?;
         diesel::delete(
             mail_queue::table
                 .filter(mail_queue::user_id.eq(mail.user_id))
@@ -102,9 +113,9 @@ impl MailQueue {
     }
 
     /// The token a queued mail carries.
-    pub(super) fn token(&self, row: &MailRow) -> Result<String, String> {
+    pub(super) fn token(&self, row: &MailRow) -> Result<String, Unreadable> {
         let plain = self.sealer.open(&row.sealed)?;
-        String::from_utf8(plain).map_err(|_| "the sealed token is not text".into())
+        String::from_utf8(plain).map_err(|_| Unreadable::NotText)
     }
 }
 

@@ -15,6 +15,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::config::{MailConfig, Security, Templates};
 use super::notifier::{Notice, NoticeKind, Notifier, Undelivered};
+use crate::kernel::config::ConfigError;
 
 /// Submits each notice as a plain-text mail rendered from its template.
 pub struct Smtp {
@@ -27,23 +28,21 @@ impl Smtp {
     /// The transport `config` describes, once [`MailConfig::check`] has
     /// passed (see [`super::notifier`]); an error names what is missing or
     /// unreadable (the password, the CA file).
-    pub(super) fn new(config: &MailConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &MailConfig) -> Result<Self, ConfigError> {
         let smtp = &config.smtp;
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
             .port(smtp.port)
             .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
-        let tls = || -> Result<TlsParameters, String> {
+        let tls = || -> Result<TlsParameters, ConfigError> {
             let mut params = TlsParameters::builder(smtp.host.clone());
             if let Some(path) = &smtp.ca_file {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("identity.mail.smtp.ca_file {}: {e}", path.display()))?;
-                let ca = Certificate::from_pem(&pem)
-                    .map_err(|e| format!("identity.mail.smtp.ca_file {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| ca_file(path, e))?;
+                let ca = Certificate::from_pem(&pem).map_err(|e| ca_file(path, e))?;
                 params = params.add_root_certificate(ca);
             }
             params
                 .build()
-                .map_err(|e| format!("identity.mail.smtp: {e}"))
+                .map_err(|e| ConfigError(format!("identity.mail.smtp: {e}")))
         };
         builder = builder.tls(match smtp.security {
             Security::Starttls => Tls::Required(tls()?),
@@ -57,7 +56,7 @@ impl Smtp {
         let from = config
             .from
             .parse()
-            .map_err(|e| format!("identity.mail.from: {e}"))?;
+            .map_err(|e| ConfigError(format!("identity.mail.from: {e}")))?;
         Ok(Smtp {
             transport: builder.build(),
             from,
@@ -68,20 +67,31 @@ impl Smtp {
 
 /// The mail server's password: from `password_file` when set, else from
 /// the variable `password_env` names. Never from the config file.
-fn password(config: &MailConfig) -> Result<String, String> {
+fn password(config: &MailConfig) -> Result<String, ConfigError> {
     let smtp = &config.smtp;
     if let Some(path) = &smtp.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("identity.mail.smtp.password_file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "identity.mail.smtp.password_file {}: {e}",
+                path.display()
+            ))
+        })?;
         return Ok(text.trim_end_matches(['\r', '\n']).to_owned());
     }
     std::env::var(&smtp.password_env).map_err(|_| {
-        format!(
+        ConfigError(format!(
             "identity.mail.smtp.username is set but no password was found: set the \
              environment variable {} or identity.mail.smtp.password_file",
             smtp.password_env
-        )
+        ))
     })
+}
+
+fn ca_file(path: &std::path::Path, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!(
+        "identity.mail.smtp.ca_file {}: {e}",
+        path.display()
+    ))
 }
 
 #[async_trait]

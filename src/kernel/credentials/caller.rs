@@ -25,7 +25,7 @@ pub struct Caller {
 
 impl Caller {
     /// The token of a call to `callee`, for the [`HEADER`] field.
-    pub fn token(&self, callee: &str) -> Result<AsciiMetadataValue, String> {
+    pub fn token(&self, callee: &str) -> Result<AsciiMetadataValue, CredentialError> {
         let now = self.clock.now();
         if let Some((value, signed)) = locks::read(&self.tokens).get(callee)
             && now - *signed < REMINT
@@ -38,21 +38,24 @@ impl Caller {
         Ok(value)
     }
 
-    fn sign(&self, callee: &str, now: DateTime<Utc>) -> Result<AsciiMetadataValue, String> {
+    fn sign(
+        &self,
+        callee: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AsciiMetadataValue, CredentialError> {
         let claims = Claims {
             iss: self.service.clone(),
             aud: callee.to_owned(),
             iat: rfc3339(now),
             exp: rfc3339(now + LIFETIME),
         };
-        let payload = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
+        let payload = serde_json::to_vec(&claims)?;
         let token = PublicToken::sign(
             &self.secret,
             &payload,
             Some(self.footer.as_bytes()),
             Some(IMPLICIT),
-        )
-        .map_err(|e| format!("cannot sign a call token: {e}"))?;
-        AsciiMetadataValue::try_from(token).map_err(|e| e.to_string())
+        )?;
+        Ok(AsciiMetadataValue::try_from(token)?)
     }
 }

@@ -93,14 +93,32 @@ fn paserk(key: &impl FormatAsPaserk) -> String {
     out
 }
 
-fn pair() -> Result<AsymmetricKeyPair<V4>, String> {
-    AsymmetricKeyPair::<V4>::generate().map_err(|e| format!("cannot make a key: {e}"))
+/// A key that cannot be made, a call token that cannot be signed, or
+/// keys that cannot be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("cannot make or use a key: {0}")]
+    Key(#[from] pasetors::errors::Error),
+    #[error("cannot write a call token's claims: {0}")]
+    Claims(#[from] serde_json::Error),
+    #[error("a call token is not a header value: {0}")]
+    Header(#[from] tonic::metadata::errors::InvalidMetadataValue),
+    #[error("{0} is named twice")]
+    NamedTwice(String),
+    #[error("{} exists already; issue into an empty directory", .0.display())]
+    Occupied(std::path::PathBuf),
+    #[error(transparent)]
+    File(#[from] super::keyfile::KeyFileError),
+}
+
+fn pair() -> Result<AsymmetricKeyPair<V4>, CredentialError> {
+    Ok(AsymmetricKeyPair::<V4>::generate()?)
 }
 
 impl Keyring {
     /// A key for each of `services`, made now and kept in memory only: for
     /// a process whose calls never leave it.
-    pub fn ephemeral(services: &[&str], clock: Arc<dyn Clock>) -> Result<Keyring, String> {
+    pub fn ephemeral(services: &[&str], clock: Arc<dyn Clock>) -> Result<Keyring, CredentialError> {
         let mut ring = Keyring {
             own: BTreeMap::new(),
             trusted: HashMap::new(),
@@ -163,12 +181,12 @@ impl Keyring {
     /// Makes a key for each of `services` in `dir`: `<service>.key`
     /// (owner-only) and `services.pub` with every public key. Refuses to
     /// overwrite keys already there.
-    pub fn issue(dir: &Path, services: &[&str]) -> Result<(), String> {
+    pub fn issue(dir: &Path, services: &[&str]) -> Result<(), CredentialError> {
         // Nothing is written unless all of it can be: keys that do not
         // match their services.pub are worse than none.
         let mut named = std::collections::BTreeSet::new();
         if let Some(twice) = services.iter().find(|s| !named.insert(**s)) {
-            return Err(format!("{twice} is named twice"));
+            return Err(CredentialError::NamedTwice((*twice).to_owned()));
         }
         let files = services
             .iter()
@@ -177,10 +195,7 @@ impl Keyring {
         for file in files {
             let path = dir.join(file);
             if path.exists() {
-                return Err(format!(
-                    "{} exists already; issue into an empty directory",
-                    path.display()
-                ));
+                return Err(CredentialError::Occupied(path));
             }
         }
         super::keyfile::private_dir(dir)?;
@@ -362,10 +377,14 @@ mod tests {
     fn issued_keys_load_and_each_machine_signs_only_as_the_services_it_holds() {
         let dir = tempfile::tempdir().unwrap();
         Keyring::issue(dir.path(), &SERVICES).unwrap();
-        let err = Keyring::issue(dir.path(), &SERVICES).unwrap_err();
+        let err = Keyring::issue(dir.path(), &SERVICES)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exists already"), "{err}");
         let elsewhere = dir.path().join("twice");
-        let err = Keyring::issue(&elsewhere, &["auth", "identity", "auth"]).unwrap_err();
+        let err = Keyring::issue(&elsewhere, &["auth", "identity", "auth"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("auth is named twice"), "{err}");
         assert!(!elsewhere.exists(), "nothing written");
         // A machine that runs identity only.

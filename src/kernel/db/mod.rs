@@ -216,8 +216,8 @@ impl super::health::Probe for Db {
         "database"
     }
 
-    async fn check(&self) -> Result<(), String> {
-        self.ping().await.map_err(|e| e.to_string())
+    async fn check(&self) -> Result<(), super::health::ProbeError> {
+        Ok(self.ping().await?)
     }
 }
 
@@ -232,7 +232,7 @@ fn target(config: &DatabaseConfig, data_dir: &Path, service: &str) -> Result<Tar
             super::keyfile::private_dir(data_dir)
                 .map_err(|e| DbError::Config(format!("data_dir: {e}")))?;
             let path = data_dir.join(format!("{service}.db"));
-            super::keyfile::private_file(&path).map_err(DbError::Config)?;
+            super::keyfile::private_file(&path).map_err(|e| DbError::Config(e.to_string()))?;
             Ok(Target::Sqlite {
                 path: path.to_string_lossy().into_owned(),
             })

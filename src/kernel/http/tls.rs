@@ -38,26 +38,29 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads the chain and key of `files` into a key rustls serves.
-fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
+fn load(files: &TlsFiles) -> Result<CertifiedKey, ConfigError> {
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+        .map_err(|e| ConfigError(format!("{}: {e}", files.cert.display())))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", files.cert.display()));
+        return Err(ConfigError(format!(
+            "{}: no certificate in it",
+            files.cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+        .map_err(|e| ConfigError(format!("{}: {e}", files.key.display())))?;
     let signer = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+        .map_err(|e| ConfigError(format!("{}: {e}", files.key.display())))?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| {
-        format!(
+        ConfigError(format!(
             "{} does not belong to {}: {e}",
             files.key.display(),
             files.cert.display()
-        )
+        ))
     })?;
     Ok(certified)
 }
@@ -78,9 +81,7 @@ pub fn server(
     files: &TlsFiles,
     shutdown: CancellationToken,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let current = Arc::new(Current(RwLock::new(Arc::new(
-        load(files).map_err(ConfigError)?,
-    ))));
+    let current = Arc::new(Current(RwLock::new(Arc::new(load(files)?))));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ConfigError(format!("tls: {e}")))?

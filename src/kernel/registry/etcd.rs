@@ -300,7 +300,7 @@ async fn renew(shared: &Shared, lease: i64, readiness: &Probes, stop: &Cancellat
             _ = ticks.tick() => {}
         }
         if let Err(reason) = readiness.ready().await {
-            return Ended::Unready(reason);
+            return Ended::Unready(reason.to_string());
         }
         if let Err(e) = keeper.keep_alive().await {
             return Ended::Lost(e.to_string());

@@ -63,7 +63,7 @@ impl Interceptor for Propagate {
         if let Some(caller) = &self.caller {
             let token = caller
                 .token(&self.callee)
-                .map_err(tonic::Status::internal)?;
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
             metadata.insert(super::credentials::HEADER, token);
         }
         super::telemetry::inject_current(metadata);

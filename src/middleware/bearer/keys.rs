@@ -9,9 +9,23 @@ use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
 use uuid::Uuid;
 
-use crate::kernel::rpc::Clients;
+use crate::kernel::rpc::{Clients, RpcError};
 use crate::proto::auth::v1::auth_client::AuthClient;
 use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
+
+/// Auth's keys or ended sessions could not be learned.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Channel(#[from] RpcError),
+    #[error("auth: {}", .0.message())]
+    Call(#[from] tonic::Status),
+    #[error("key {kid}: {source}")]
+    Key {
+        kid: String,
+        source: pasetors::errors::Error,
+    },
+}
 
 /// The public keys, by PASERK id, and how long they may be kept.
 pub struct KeySet {
@@ -23,13 +37,13 @@ pub struct KeySet {
 /// it started.
 #[async_trait]
 pub trait KeySource: Send + Sync {
-    async fn fetch(&self) -> Result<KeySet, String>;
+    async fn fetch(&self) -> Result<KeySet, FetchError>;
 
     /// The sessions revoked at or after `since`.
     async fn revoked_since(
         &self,
         _since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, String> {
+    ) -> Result<Vec<Uuid>, FetchError> {
         Ok(Vec::new())
     }
 }
@@ -41,21 +55,21 @@ pub struct AuthKeys {
 
 #[async_trait]
 impl KeySource for AuthKeys {
-    async fn fetch(&self) -> Result<KeySet, String> {
-        let channel = self
-            .clients
-            .channel("auth")
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
+        let channel = self.clients.channel("auth").await?;
         let answer = AuthClient::new(channel)
             .get_public_keys(GetPublicKeysRequest {})
-            .await
-            .map_err(|e| e.message().to_owned())?
+            .await?
             .into_inner();
         let mut keys = HashMap::new();
         for k in answer.keys {
-            let key = crate::middleware::token::public_key_from_paserk(&k.paserk)
-                .map_err(|e| format!("key {}: {e}", k.kid))?;
+            let key =
+                crate::middleware::token::public_key_from_paserk(&k.paserk).map_err(|source| {
+                    FetchError::Key {
+                        kid: k.kid.clone(),
+                        source,
+                    }
+                })?;
             keys.insert(k.kid, key);
         }
         Ok(KeySet {
@@ -67,18 +81,13 @@ impl KeySource for AuthKeys {
     async fn revoked_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, String> {
-        let channel = self
-            .clients
-            .channel("auth")
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Vec<Uuid>, FetchError> {
+        let channel = self.clients.channel("auth").await?;
         let answer = AuthClient::new(channel)
             .list_revoked_sessions(ListRevokedSessionsRequest {
                 since_unix_ms: since.timestamp_millis(),
             })
-            .await
-            .map_err(|e| e.message().to_owned())?
+            .await?
             .into_inner();
         Ok(answer
             .session_ids

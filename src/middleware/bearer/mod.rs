@@ -19,7 +19,7 @@
 mod keys;
 mod revocations;
 
-pub use keys::{AuthKeys, KeySet, KeySource};
+pub use keys::{AuthKeys, FetchError, KeySet, KeySource};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use super::recent;
 use super::token::{self, Expect, Principal, TokenError};
+use crate::kernel::bus::BusError;
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
 use crate::kernel::locks;
@@ -287,7 +288,7 @@ impl TokenCheck {
     pub async fn for_service(
         ctx: &crate::kernel::ServiceContext,
         consumer: &str,
-    ) -> Result<(TokenCheck, tokio::task::JoinHandle<()>), String> {
+    ) -> Result<(TokenCheck, tokio::task::JoinHandle<()>), BusError> {
         let check = TokenCheck::new(
             Arc::new(AuthKeys {
                 clients: ctx.clients.clone(),
@@ -408,7 +409,7 @@ mod tests {
 
     #[async_trait]
     impl KeySource for Counting {
-        async fn fetch(&self) -> Result<KeySet, String> {
+        async fn fetch(&self) -> Result<KeySet, FetchError> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             Ok(KeySet {
                 keys: HashMap::from([(self.kid.clone(), self.key.clone())]),

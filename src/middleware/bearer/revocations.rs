@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::TokenCheck;
-use crate::kernel::bus::{self, EventBus, Unhandled};
+use crate::kernel::bus::{self, BusError, EventBus, Unhandled};
 
 impl TokenCheck {
     /// Learns the sessions revoked while tokens of theirs may still be
@@ -54,7 +54,7 @@ impl TokenCheck {
         consumer: &str,
         bus: &Arc<dyn EventBus>,
         shutdown: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
+    ) -> Result<tokio::task::JoinHandle<()>, BusError> {
         let check = self.clone();
         let follow = bus::follow(bus, consumer, &["auth"], shutdown, move |event| {
             let check = check.clone();
@@ -71,6 +71,6 @@ impl TokenCheck {
                 Ok(())
             }
         });
-        follow.await.map_err(|e| e.to_string())
+        follow.await
     }
 }

@@ -332,7 +332,7 @@ impl Permits {
         consumer: &str,
         bus: &Arc<dyn EventBus>,
         shutdown: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
+    ) -> Result<tokio::task::JoinHandle<()>, bus::BusError> {
         let permits = self.clone();
         let follow = bus::follow(bus, consumer, &["authz"], shutdown, move |event| {
             let permits = permits.clone();
@@ -343,7 +343,7 @@ impl Permits {
                 Ok(())
             }
         });
-        follow.await.map_err(|e| e.to_string())
+        follow.await
     }
 }
 
