@@ -407,7 +407,7 @@ async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Resu
         &pasetors::paserk::Id::from(&pair.public),
         uuid::Uuid::now_v7(),
         uuid::Uuid::now_v7(),
-        &tokens.expect(),
+        &tokens.issuer_audience(),
         now,
         now + chrono::Duration::hours(1),
     )?;
@@ -416,7 +416,7 @@ async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Resu
             kid,
             key: pair.public,
         }),
-        tokens.expect(),
+        tokens.issuer_audience(),
         Arc::new(gatehouse::kernel::clock::SystemClock),
         Duration::from_secs(900),
     );

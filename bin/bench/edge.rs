@@ -25,7 +25,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-/// The upstream's one answer: small, fixed, JSON.
+/// The upstream's one response: small, fixed, JSON.
 const ANSWER: &str = r#"{"ok":true}"#;
 
 /// Serves the upstream on `port` until the process is stopped: every

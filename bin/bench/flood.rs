@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt as _;
 
-use super::footprint::{Running, Setup, ports, wait_answering};
+use super::footprint::{Running, Setup, ports, wait_responding};
 
 /// Hashes at once, and what one holds at the recommended cost.
 const CONCURRENT: u64 = 2;
@@ -71,12 +71,12 @@ async fn start(
     env.extend(extra.iter().cloned());
     let base = format!("http://127.0.0.1:{gateway}");
     let mut platform = setup.spawn("gatehouse", "gatehouse", &env)?;
-    wait_answering(client, &base, &mut [&mut platform]).await?;
+    wait_responding(client, &base, &mut [&mut platform]).await?;
     Ok((platform, base))
 }
 
 /// A sign-in from the loopback address `from` whose client hangs up
-/// `after` without reading the answer.
+/// `after` without reading the response.
 async fn abandoned_login(addr: String, from: std::net::IpAddr, email: String, after: Duration) {
     let body = serde_json::json!({"email": email, "password": super::PASSWORD}).to_string();
     let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
@@ -142,7 +142,7 @@ async fn abandoned(setup: &Setup) -> anyhow::Result<()> {
     platform.stop().await
 }
 
-/// Answers to a burst: 2xx, 503 `overloaded`, anything else.
+/// Responses to a burst: 2xx, 503 `overloaded`, anything else.
 #[derive(Default)]
 struct Tally {
     served: usize,
@@ -167,7 +167,7 @@ impl Tally {
 }
 
 /// `/healthz` through the gateway every 20 ms until `stop` is cancelled:
-/// each answer's time, in ms.
+/// each response's time, in ms.
 async fn sample_health(
     client: reqwest::Client,
     base: String,

@@ -1,12 +1,12 @@
 //! The footprint benchmark: how much memory the binaries keep while idle,
-//! and how soon the all-in-one answers after it starts.
+//! and how soon the all-in-one responses after it starts.
 //!
 //! - Resident memory (VmRSS) of the all-in-one and of each single-service
 //!   binary (identity, auth, authz and the gateway as four processes), each on a
 //!   fresh data directory with the default scrypt cost: a few seconds after
 //!   start, and again a few seconds after a burst of registrations and
 //!   logins through the gateway has ended.
-//! - Start to first answer: the all-in-one started again on the data
+//! - Start to first response: the all-in-one started again on the data
 //!   directory of the first run, timed from the spawn until auth and
 //!   identity both answer through the gateway.
 
@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 /// Idle resident memory targets, in MiB.
 const SINGLE_TARGET_MIB: f64 = 30.0;
 const ALL_IN_ONE_TARGET_MIB: f64 = 60.0;
-/// Start to first answer target, in milliseconds.
+/// Start to first response target, in milliseconds.
 const START_TARGET_MS: f64 = 300.0;
 /// How long a process is left alone before its memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -118,7 +118,7 @@ impl Setup {
 
 /// Whether auth and identity both answer through the gateway at `base`:
 /// auth's public keys, and identity's refusal of an empty registration.
-async fn answering(client: &reqwest::Client, base: &str) -> bool {
+async fn responding(client: &reqwest::Client, base: &str) -> bool {
     let keys = client.get(format!("{base}/v1/auth/keys")).send().await;
     if !keys.is_ok_and(|r| r.status().is_success()) {
         return false;
@@ -132,13 +132,13 @@ async fn answering(client: &reqwest::Client, base: &str) -> bool {
 }
 
 /// Waits until [`answering`], polling every few milliseconds.
-pub(super) async fn wait_answering(
+pub(super) async fn wait_responding(
     client: &reqwest::Client,
     base: &str,
     running: &mut [&mut Running],
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    while !answering(client, base).await {
+    while !responding(client, base).await {
         for r in running.iter_mut() {
             if let Some(status) = r.child.try_wait()? {
                 anyhow::bail!("{} exited with {status} (see its log)", r.name);
@@ -202,7 +202,7 @@ async fn measure(
             p.rss_mib()?,
             "MiB",
             target,
-            &format!("{}s after the first answer", SETTLE.as_secs()),
+            &format!("{}s after the first response", SETTLE.as_secs()),
         );
     }
     burst(client, base).await?;
@@ -274,14 +274,14 @@ async fn all_in_one(setup: &Setup) -> anyhow::Result<()> {
     ];
     let base = format!("http://127.0.0.1:{gateway}");
     let mut first = setup.spawn("gatehouse", "gatehouse", &env)?;
-    wait_answering(&client, &base, &mut [&mut first]).await?;
+    wait_responding(&client, &base, &mut [&mut first]).await?;
     measure(&client, &base, &[&first], ALL_IN_ONE_TARGET_MIB).await?;
     first.stop().await?;
 
     let mut again = setup.spawn("gatehouse", "gatehouse", &env)?;
-    let took = wait_answering(&client, &base, &mut [&mut again]).await?;
+    let took = wait_responding(&client, &base, &mut [&mut again]).await?;
     report(
-        "start_to_first_answer gatehouse",
+        "start_to_first_response gatehouse",
         took.as_secs_f64() * 1000.0,
         "ms",
         START_TARGET_MS,
@@ -356,7 +356,7 @@ async fn single_services(setup: &Setup) -> anyhow::Result<()> {
         &with(common(ops_authz), "GATEHOUSE_AUTHZ__LISTEN", authz),
     )?;
     let base = format!("http://127.0.0.1:{gateway}");
-    wait_answering(&client, &base, &mut [&mut id, &mut au, &mut gw, &mut az]).await?;
+    wait_responding(&client, &base, &mut [&mut id, &mut au, &mut gw, &mut az]).await?;
     measure(&client, &base, &[&id, &au, &gw, &az], SINGLE_TARGET_MIB).await?;
     for p in [gw, au, az, id] {
         p.stop().await?;

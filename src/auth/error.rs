@@ -1,7 +1,7 @@
 //! The auth service's one error type and its table: HTTP status, stable
 //! problem code and gRPC code per variant.
 //!
-//! Policy: the same answer for an unknown email and a wrong password; token
+//! Policy: the same response for an unknown email and a wrong password; token
 //! problems carry the token check's reason code; a dependency that cannot
 //! be reached (database, identity) is 503.
 

@@ -7,7 +7,7 @@
 //! Refresh tokens form one family per session, ordered by a generation
 //! counter: presenting the current one rotates it; presenting a used one
 //! within the grace window returns the pair it was rotated into (a client
-//! that lost the answer may retry); any later use ends the session.
+//! that lost the response may retry); any later use ends the session.
 
 use std::sync::Arc;
 
@@ -229,7 +229,7 @@ impl Auth {
                             &signer.id,
                             user,
                             sid,
-                            &tokens.expect(),
+                            &tokens.issuer_audience(),
                             now,
                             now + tokens.access_ttl(),
                         )?;
@@ -256,7 +256,7 @@ impl Auth {
                         return Err(AuthError::InvalidRefreshToken);
                     }
                     // A retry of the latest rotation, inside the grace window,
-                    // gets the same answer again.
+                    // gets the same response again.
                     let in_grace = row.used_at.is_some_and(|used| n - used <= grace);
                     if in_grace
                         && session.generation == row.generation + 1
@@ -303,7 +303,7 @@ impl Auth {
         let principal = token::verify(
             access_token,
             &key.public,
-            &self.tokens.expect(),
+            &self.tokens.issuer_audience(),
             self.clock.now(),
         )?;
         let id = principal.session_id.to_string();
@@ -330,7 +330,7 @@ impl Auth {
             &signer.id,
             user_id,
             sid,
-            &self.tokens.expect(),
+            &self.tokens.issuer_audience(),
             now,
             now + self.tokens.access_ttl(),
         )?;

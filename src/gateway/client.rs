@@ -56,7 +56,7 @@ pub fn upstream(protocol: UpstreamProtocol) -> Upstream {
 }
 
 /// A GET of the gateway's own (a probe, an API document) to `url`, an
-/// instance's address and path: the answer, or none when there was no
+/// instance's address and path: the response, or none when there was no
 /// answer within `timeout`. The request's version is left at HTTP/1.1, which
 /// either client takes: an h2c pool speaks HTTP/2 whatever it says.
 pub async fn ask(

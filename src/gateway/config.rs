@@ -193,7 +193,7 @@ pub struct RouteConfig {
     pub upstream_protocol: UpstreamProtocol,
     /// Whether the gateway's rate limits apply to the route (the default).
     /// Requests on a route without them count against no allowance, and
-    /// their answers carry no `RateLimit-*` fields: for traffic a service
+    /// their responses carry no `RateLimit-*` fields: for traffic a service
     /// limits by itself, or that comes from callers known not to abuse it.
     #[serde(default = "limited")]
     pub rate_limit: bool,

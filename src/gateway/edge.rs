@@ -14,17 +14,17 @@ use axum::response::Response;
 use super::openapi;
 use crate::kernel::http::server;
 
-/// The service for one connection: `own` for the gateway's own paths,
-/// `proxy` for the rest.
+/// The service for one connection: `local` for the paths the gateway serves itself,
+/// `forwarded` for the rest.
 #[derive(Clone)]
 pub struct Edge<O, P> {
-    pub own: O,
-    pub proxy: P,
+    pub local: O,
+    pub forwarded: P,
 }
 
 /// Whether the gateway answers `path` itself.
-pub fn is_own(path: &str) -> bool {
-    server::is_kernel_path(path) || openapi::is_own(path)
+pub fn is_local(path: &str) -> bool {
+    server::is_kernel_path(path) || openapi::is_local(path)
 }
 
 impl<O, P, B> tower::Service<http::Request<Body>> for Edge<O, P>
@@ -40,9 +40,9 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Both sides are always ready; ask both, as the contract wants.
-        let own = self.own.poll_ready(cx)?;
-        let proxy = self.proxy.poll_ready(cx)?;
-        if own.is_ready() && proxy.is_ready() {
+        let local = self.local.poll_ready(cx)?;
+        let forwarded = self.forwarded.poll_ready(cx)?;
+        if local.is_ready() && forwarded.is_ready() {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
@@ -50,24 +50,24 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if is_own(req.uri().path()) {
-            EdgeFuture::Own {
-                future: self.own.call(req),
+        if is_local(req.uri().path()) {
+            EdgeFuture::Local {
+                future: self.local.call(req),
             }
         } else {
-            EdgeFuture::Proxy {
-                future: self.proxy.call(req),
+            EdgeFuture::Forwarded {
+                future: self.forwarded.call(req),
             }
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The answer of an [`Edge`].
+    /// The response of an [`Edge`].
     #[project = EdgeProjection]
     pub enum EdgeFuture<O, P> {
-        Own { #[pin] future: O },
-        Proxy { #[pin] future: P },
+        Local { #[pin] future: O },
+        Forwarded { #[pin] future: P },
     }
 }
 
@@ -82,10 +82,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            EdgeProjection::Own { future } => future.poll(cx),
-            EdgeProjection::Proxy { future } => future
+            EdgeProjection::Local { future } => future.poll(cx),
+            EdgeProjection::Forwarded { future } => future
                 .poll(cx)
-                .map(|answer| answer.map(|response| response.map(Body::new))),
+                .map(|result| result.map(|response| response.map(Body::new))),
         }
     }
 }

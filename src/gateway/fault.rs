@@ -1,13 +1,13 @@
-//! Every answer the gateway makes of its own when it does not forward a
+//! Every response the gateway makes of its own when it does not forward a
 //! request, in one table: HTTP status, stable problem code, gRPC code,
 //! title, and whether the client's connection closes after it. A gRPC
-//! client gets each of the gateway's own answers in gRPC form
+//! client gets each of the gateway's own responses in gRPC form
 //! ([`in_grpc_form`]).
 //!
 //! Policy: what the client got wrong is a 4xx and never counts against an
 //! upstream instance; what an instance got wrong is a 502, 503 or 504 and
 //! counts toward ejecting it (see `balance.rs`). A connection closes after
-//! an answer when what is left of the request on it cannot be trusted to
+//! a response when what is left of the request on it cannot be trusted to
 //! frame the next one (a body cut short or not read).
 
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use tonic::Code;
 
 use crate::kernel::error::{GrpcForm, Kind, Problem};
 
-/// One of the gateway's own answers.
+/// One of the gateway's own responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The path cannot be normalised (encoded separators, bad encoding,
@@ -40,7 +40,7 @@ pub enum Fault {
     NoInstance,
     /// The instance did not answer within the route's timeout.
     UpstreamTimeout,
-    /// The instance failed to answer (closed, reset, malformed answer).
+    /// The instance failed to answer (closed, reset, malformed response).
     UpstreamFailed,
     /// The instance's registered address cannot be used.
     BadUpstream,
@@ -156,7 +156,7 @@ impl Fault {
         }
     }
 
-    /// The HTTP status of the answer.
+    /// The HTTP status of the response.
     pub fn status(self) -> StatusCode {
         self.parts().0.status
     }
@@ -166,7 +166,7 @@ impl Fault {
         self.parts().0.code
     }
 
-    /// Whether the client's connection closes after the answer.
+    /// Whether the client's connection closes after the response.
     pub fn closes(self) -> bool {
         self.parts().1
     }
@@ -226,7 +226,7 @@ pub fn in_grpc_form(response: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::empty())
 }
 
-/// The answer to a caller without a route's permission: 403 `forbidden`,
+/// The response to a caller without a route's permission: 403 `forbidden`,
 /// naming it.
 pub fn forbidden(permission: &str) -> Response {
     Problem::forbidden(permission).into_response()
@@ -261,8 +261,8 @@ mod tests {
             );
             assert_eq!(fault.status().is_client_error(), client, "{fault:?}");
         }
-        let answer = Fault::BodyTimeout.into_response();
-        assert_eq!(answer.headers()[CONNECTION], "close");
+        let response = Fault::BodyTimeout.into_response();
+        assert_eq!(response.headers()[CONNECTION], "close");
         assert!(
             Fault::NoInstance
                 .into_response()

@@ -1,4 +1,4 @@
-//! The headers a request carries upstream and an answer carries back:
+//! The headers a request carries upstream and a response carries back:
 //! hop-by-hop headers removed both ways, client-supplied `x-gatehouse-*`
 //! headers dropped and the verified identity set in their place, and the
 //! proxy headers (`X-Forwarded-*`, `Forwarded`) set, believing a client's

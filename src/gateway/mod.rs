@@ -8,7 +8,7 @@
 //! (what answers a client connection: the gateway's own paths to its
 //! router, everything else to the proxy), `routes.rs` (the route table and
 //! path normalisation), `proxy/` (forwarding: admission with the token policy and rate
-//! limits, attempts, retries), `fault.rs` (the gateway's own answers, in one table),
+//! limits, attempts, retries), `fault.rs` (the gateway's own responses, in one table),
 //! `headers.rs` (what headers travel up and down), `balance.rs` (instance
 //! choice and passive health), `probe.rs` (active checks of ejected
 //! instances), `pool/` (each I/O thread's HTTP/1.1 connections to
@@ -211,8 +211,8 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             // The observe layer is the connection's own too, for the same reason.
             let observe = ObserveLayer::new(tracked.clone());
             edge::Edge {
-                own: crate::kernel::http::connection::with_peer(router.clone(), addr),
-                proxy: observe.layer(cors_layers.service(tower::service_fn(move |req| {
+                local: crate::kernel::http::connection::with_peer(router.clone(), addr),
+                forwarded: observe.layer(cors_layers.service(tower::service_fn(move |req| {
                     proxy::forward(&gateway, &peer, req)
                 }))),
             }

@@ -1,6 +1,6 @@
 //! Active health checks of ejected instances. When repeated failures take
 //! an instance out of rotation, one probe task asks it for the configured
-//! path every interval; the first answer below 500 puts it back. The task
+//! path every interval; the first response below 500 puts it back. The task
 //! ends when the instance is back (by the probe or by a request it served),
 //! when it has left the registry, or at shutdown, so there is never more
 //! than one task per ejected instance.
@@ -68,7 +68,7 @@ async fn watch(
             balancer.forget(&instance.id);
             return false;
         }
-        if answers(client, &instance.url, plan).await {
+        if responses(client, &instance.url, plan).await {
             balancer.readmit(&instance.id);
             tracing::info!(service, instance = %instance.url, "upstream instance readmitted after a probe");
             return true;
@@ -78,7 +78,7 @@ async fn watch(
 
 /// Whether the instance answers the probe with a status below 500 within
 /// one interval.
-async fn answers(client: &Upstream, url: &str, plan: &ProbePlan) -> bool {
+async fn responses(client: &Upstream, url: &str, plan: &ProbePlan) -> bool {
     ask(client, &format!("{url}{}", plan.path), plan.interval)
         .await
         .is_some_and(|response| response.status().as_u16() < 500)

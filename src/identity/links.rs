@@ -2,8 +2,8 @@
 //! after the request for them has been answered, from a queue worked by one
 //! task.
 //!
-//! Whether an address has an account must not show in the answer, and its
-//! timing is part of the answer: looking the account up, issuing a token
+//! Whether an address has an account must not show in the response, and its
+//! timing is part of the response: looking the account up, issuing a token
 //! and handing the notice over take longer for an address that has one.
 //! So the request is answered once its address is found well-formed and
 //! queued, which takes the same time for every address; the work is done

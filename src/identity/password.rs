@@ -222,7 +222,7 @@ impl Hasher {
         self.max_wait
     }
 
-    /// The answer to work past its wait for a turn.
+    /// The response to work past its wait for a turn.
     pub fn overloaded(&self) -> IdentityError {
         self.refuse("waited_too_long")
     }

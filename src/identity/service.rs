@@ -95,7 +95,7 @@ impl Identity {
     /// Creates an account and sends its email-verification link.
     pub async fn register(&self, input: Registration) -> Result<User, IdentityError> {
         let (email, normalized, display_name) = self.registrable(&input)?;
-        // Cheap early answer for the common duplicate; the unique index still
+        // Cheap early response for the common duplicate; the unique index still
         // decides races between concurrent registrations.
         if self.account_at(&normalized).await?.is_some() {
             return Err(IdentityError::EmailTaken);
@@ -105,7 +105,7 @@ impl Identity {
     }
 
     /// Registration that does not tell whether the address had an account
-    /// (`identity.conceal_existing_accounts`): the same answer, after the
+    /// (`identity.conceal_existing_accounts`): the same response, after the
     /// same work (a hash), either way. A new address gets its account and
     /// verification link; an address with an account gets a notice that
     /// someone tried to register it, and nothing changes.

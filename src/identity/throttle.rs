@@ -28,7 +28,7 @@
 //! once the one before it is decided, so that a client's sign-ins made at
 //! once are neither refused for each other nor let through together.
 //! Counters live in memory, the same for
-//! addresses with and without an account (so their answers never differ),
+//! addresses with and without an account (so their responses never differ),
 //! bounded in number, and are forgotten `forget_after` after their last
 //! failure.
 

@@ -343,7 +343,7 @@ pub struct RpcConfig {
     /// (the in-process registry) can use.
     pub credentials_dir: String,
     /// How long a service keeps authz's answers to its permission checks
-    /// (0: asks every time). Authz's change events drop the answers a
+    /// (0: asks every time). Authz's change events drop the responses a
     /// change may alter at once; a process whose bus reaches no other
     /// process keeps none.
     pub permission_cache_ms: u64,

@@ -47,12 +47,12 @@ pub fn serve(doc: &OpenApi) -> Router {
     )
 }
 
-/// Adds to every operation the answers the shared server stack gives
+/// Adds to every operation the responses the shared server stack gives
 /// whatever the handler (see `server.rs` and `error.rs`): for an operation
 /// with a JSON body, 400 `malformed_json`, 413 `payload_too_large`, 415
 /// `unsupported_media_type` and 422 `invalid_body`; for every operation,
 /// 400 `invalid_host`/`invalid_method` and 503 (`timeout`, or a
-/// dependency away). An answer the operation already documents is kept.
+/// dependency away). A response the operation already documents is kept.
 pub struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -76,10 +76,10 @@ fn operations(doc: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
     })
 }
 
-/// Adds each `(status, description)` problem answer `operation` does not
+/// Adds each `(status, description)` problem response `operation` does not
 /// document already.
-fn add_problems(operation: &mut Operation, answers: &[(&str, &str)]) {
-    for (status, description) in answers {
+fn add_problems(operation: &mut Operation, responses: &[(&str, &str)]) {
+    for (status, description) in responses {
         operation
             .responses
             .responses
@@ -108,7 +108,7 @@ fn add_common(operation: &mut Operation) {
             }
         }
     }
-    let mut answers = vec![
+    let mut responses = vec![
         (
             "400",
             "The request is malformed: its Host or method (`invalid_host`, `invalid_method`), or its JSON body (`malformed_json`)",
@@ -119,7 +119,7 @@ fn add_common(operation: &mut Operation) {
         ),
     ];
     if operation.request_body.is_some() {
-        answers.extend([
+        responses.extend([
             (
                 "413",
                 "The body is larger than accepted (`payload_too_large`)",
@@ -134,10 +134,10 @@ fn add_common(operation: &mut Operation) {
             ),
         ]);
     }
-    add_problems(operation, &answers);
+    add_problems(operation, &responses);
 }
 
-/// Adds to every operation that asks for a bearer token the answers of a
+/// Adds to every operation that asks for a bearer token the responses of a
 /// permission check: 401 without a valid token, 403 `forbidden` (naming
 /// the permission it needs) without the permission. For APIs whose every
 /// signed-in operation is guarded by a permission.

@@ -221,7 +221,7 @@ struct Pull {
     clients: Clients,
     consumer: String,
     source: String,
-    /// The last position received; none before the first answer of a
+    /// The last position received; none before the first response of a
     /// stream asked for from now on.
     after: Option<i64>,
     tx: mpsc::Sender<Delivery>,
@@ -276,7 +276,7 @@ impl Pull {
             from_latest: self.after.is_none(),
         };
         let mut stream = match EventStreamClient::new(channel).subscribe(request).await {
-            Ok(answer) => answer.into_inner(),
+            Ok(response) => response.into_inner(),
             Err(status) => return Ended::Stream(status.message().to_owned()),
         };
         loop {

@@ -97,7 +97,7 @@ pub struct RequestScope {
     /// Its `x-request-id`.
     id: Option<http::HeaderValue>,
     /// The route a handler that routes by itself (the gateway) chose, for
-    /// the request metrics; set while serving, read once the answer is out.
+    /// the request metrics; set while serving, read once the response is out.
     route: std::cell::Cell<Option<&'static str>>,
     /// Where it came from, for the events it causes; services keep it, the
     /// gateway (which causes none) does not.

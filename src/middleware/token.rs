@@ -102,8 +102,8 @@ pub use crate::kernel::config::TokenConfig;
 /// The token check's side of the `[tokens]` section.
 impl TokenConfig {
     /// The issuer and audience a verifier insists on.
-    pub fn expect(&self) -> Expect {
-        Expect {
+    pub fn issuer_audience(&self) -> IssuerAudience {
+        IssuerAudience {
             issuer: self.issuer.clone(),
             audience: self.audience.clone(),
         }
@@ -112,7 +112,7 @@ impl TokenConfig {
 
 /// Issuer and audience a verifier insists on.
 #[derive(Debug, Clone)]
-pub struct Expect {
+pub struct IssuerAudience {
     pub issuer: String,
     pub audience: String,
 }
@@ -137,15 +137,15 @@ pub fn sign(
     kid: &Id,
     user_id: Uuid,
     session_id: Uuid,
-    expect: &Expect,
+    expected: &IssuerAudience,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<String, SignError> {
     let claims = Claims {
         sub: user_id.to_string(),
         sid: session_id.to_string(),
-        iss: expect.issuer.clone(),
-        aud: expect.audience.clone(),
+        iss: expected.issuer.clone(),
+        aud: expected.audience.clone(),
         iat: rfc3339(now),
         nbf: rfc3339(now),
         exp: rfc3339(expires_at),
@@ -182,7 +182,7 @@ pub fn key_id(token: &str) -> Result<String, TokenError> {
 pub fn verify(
     token: &str,
     key: &AsymmetricPublicKey<V4>,
-    expect: &Expect,
+    expected: &IssuerAudience,
     now: DateTime<Utc>,
 ) -> Result<Principal, TokenError> {
     let untrusted =
@@ -198,10 +198,10 @@ pub fn verify(
     };
     let (nbf, exp) = (time(&claims.nbf)?, time(&claims.exp)?);
     time(&claims.iat)?;
-    if claims.iss != expect.issuer {
+    if claims.iss != expected.issuer {
         return Err(TokenError::WrongIssuer);
     }
-    if claims.aud != expect.audience {
+    if claims.aud != expected.audience {
         return Err(TokenError::WrongAudience);
     }
     if now < nbf {
@@ -244,8 +244,8 @@ mod tests {
     use super::*;
     use pasetors::keys::{AsymmetricKeyPair, Generate};
 
-    fn expect() -> Expect {
-        Expect {
+    fn issuer_audience() -> IssuerAudience {
+        IssuerAudience {
             issuer: "gatehouse".into(),
             audience: "gatehouse".into(),
         }
@@ -267,7 +267,7 @@ mod tests {
             &kid,
             user,
             session,
-            &expect(),
+            &issuer_audience(),
             now,
             now + chrono::Duration::minutes(15),
         )
@@ -276,7 +276,7 @@ mod tests {
         let mut kid_text = String::new();
         pasetors::paserk::FormatAsPaserk::fmt(&kid, &mut kid_text).unwrap();
         assert_eq!(key_id(&token).unwrap(), kid_text);
-        let p = verify(&token, &kp.public, &expect(), now).unwrap();
+        let p = verify(&token, &kp.public, &issuer_audience(), now).unwrap();
         assert_eq!((p.user_id, p.session_id), (user, session));
     }
 
@@ -291,39 +291,39 @@ mod tests {
             &kid,
             Uuid::now_v7(),
             Uuid::now_v7(),
-            &expect(),
+            &issuer_audience(),
             now,
             exp,
         )
         .unwrap();
         assert_eq!(
-            verify(&token, &kp.public, &expect(), exp),
+            verify(&token, &kp.public, &issuer_audience(), exp),
             Err(TokenError::Expired)
         );
         assert_eq!(
             verify(
                 &token,
                 &kp.public,
-                &expect(),
+                &issuer_audience(),
                 now - chrono::Duration::seconds(5)
             ),
             Err(TokenError::NotYetValid)
         );
         assert_eq!(
-            verify(&token, &other.public, &expect(), now),
+            verify(&token, &other.public, &issuer_audience(), now),
             Err(TokenError::BadSignature)
         );
-        let elsewhere = Expect {
+        let elsewhere = IssuerAudience {
             audience: "other".into(),
-            ..expect()
+            ..issuer_audience()
         };
         assert_eq!(
             verify(&token, &kp.public, &elsewhere, now),
             Err(TokenError::WrongAudience)
         );
-        let foreign = Expect {
+        let foreign = IssuerAudience {
             issuer: "other".into(),
-            ..expect()
+            ..issuer_audience()
         };
         assert_eq!(
             verify(&token, &kp.public, &foreign, now),
@@ -340,7 +340,7 @@ mod tests {
             &kid,
             Uuid::now_v7(),
             Uuid::now_v7(),
-            &expect(),
+            &issuer_audience(),
             now,
             now + chrono::Duration::minutes(5),
         )
@@ -351,14 +351,22 @@ mod tests {
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(bytes).unwrap();
         assert_eq!(
-            verify(&flipped, &kp.public, &expect(), now),
+            verify(&flipped, &kp.public, &issuer_audience(), now),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            verify("garbage", &kp.public, &expect(), now),
+            verify("garbage", &kp.public, &issuer_audience(), now),
             Err(TokenError::Malformed)
         );
-        assert!(verify(&token[..token.len() / 2], &kp.public, &expect(), now).is_err());
+        assert!(
+            verify(
+                &token[..token.len() / 2],
+                &kp.public,
+                &issuer_audience(),
+                now
+            )
+            .is_err()
+        );
         assert_eq!(key_id("v4.local.abc"), Err(TokenError::Malformed));
     }
 }

@@ -427,32 +427,32 @@ fn flip(token: &str, at: usize) -> String {
 #[tokio::test]
 async fn the_shared_check_refuses_other_audiences_issuers_and_keys() {
     use gatehouse::middleware::bearer::{AuthKeys, TokenCheck};
-    use gatehouse::middleware::token::{Expect, TokenError};
+    use gatehouse::middleware::token::{IssuerAudience, TokenError};
     let app = TestApp::start().await;
     let token = access(&signed_up(&app, "aud@example.org").await);
-    let check = |expect: Expect| {
+    let check = |expected: IssuerAudience| {
         TokenCheck::new(
             std::sync::Arc::new(AuthKeys {
                 clients: app.ctx.clients.clone(),
             }),
-            expect,
+            expected,
             app.clock.clone(),
             std::time::Duration::from_secs(900),
         )
     };
-    let ours = Expect {
+    let ours = IssuerAudience {
         issuer: "gatehouse".into(),
         audience: "gatehouse".into(),
     };
     assert!(check(ours.clone()).check(&token).await.is_ok());
-    let r = check(Expect {
+    let r = check(IssuerAudience {
         audience: "billing".into(),
         ..ours.clone()
     })
     .check(&token)
     .await;
     assert_eq!(r.unwrap_err(), TokenError::WrongAudience);
-    let r = check(Expect {
+    let r = check(IssuerAudience {
         issuer: "elsewhere".into(),
         ..ours.clone()
     })

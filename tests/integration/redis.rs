@@ -184,17 +184,17 @@ async fn two_gateway_replicas_together_hold_a_client_to_its_limit() {
 
 #[tokio::test]
 async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
-    use gatehouse::middleware::permit::redis::RedisAnswers;
-    use gatehouse::middleware::permit::{Kept, SharedAnswers};
+    use gatehouse::middleware::permit::redis::RedisDecisions;
+    use gatehouse::middleware::permit::{Kept, SharedDecisions};
     let config = config();
     let keep = Duration::from_secs(60);
-    let here = RedisAnswers::new(
+    let here = RedisDecisions::new(
         Redis::connect(&config).await.unwrap().unwrap(),
         "gateway",
         [7; 32],
         keep,
     );
-    let there = RedisAnswers::new(
+    let there = RedisDecisions::new(
         Redis::connect(&config).await.unwrap().unwrap(),
         "gateway",
         [7; 32],
@@ -238,7 +238,7 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
     assert_eq!(there.get(bob, "document:read", doc).await, None);
 
     // Whoever writes to Redis without the service's key grants nothing.
-    let forger = RedisAnswers::new(
+    let forger = RedisDecisions::new(
         Redis::connect(&config).await.unwrap().unwrap(),
         "gateway",
         [8; 32],
@@ -248,7 +248,7 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
     assert_eq!(forger.get(bob, "document:write", doc).await, Some(YES));
     assert_eq!(there.get(bob, "document:write", doc).await, None);
     // Nor does another service's answer count for this one.
-    let identity = RedisAnswers::new(
+    let identity = RedisDecisions::new(
         Redis::connect(&config).await.unwrap().unwrap(),
         "identity",
         [7; 32],
@@ -307,8 +307,8 @@ impl Relay {
 
 #[tokio::test]
 async fn a_replica_that_could_not_void_shared_answers_stops_reading_them() {
-    use gatehouse::middleware::permit::SharedAnswers;
-    use gatehouse::middleware::permit::redis::RedisAnswers;
+    use gatehouse::middleware::permit::SharedDecisions;
+    use gatehouse::middleware::permit::redis::RedisDecisions;
     let relay = Relay::start().await;
     let direct = config();
     let relayed = RedisConfig {
@@ -316,13 +316,13 @@ async fn a_replica_that_could_not_void_shared_answers_stops_reading_them() {
         ..direct.clone()
     };
     let keep = Duration::from_secs(3);
-    let writer = RedisAnswers::new(
+    let writer = RedisDecisions::new(
         Redis::connect(&direct).await.unwrap().unwrap(),
         "gateway",
         [7; 32],
         keep,
     );
-    let replica = RedisAnswers::new(
+    let replica = RedisDecisions::new(
         Redis::connect(&relayed).await.unwrap().unwrap(),
         "gateway",
         [7; 32],

@@ -4,8 +4,8 @@
 //!
 //! An exchange is driven by the request's own task: the request head goes
 //! from the header map straight into the connection's write buffer, the
-//! answer's head is parsed in place (httparse) and its header values are
-//! slices of the bytes read, and the answer's body is read from the socket
+//! response's head is parsed in place (httparse) and its header values are
+//! slices of the bytes read, and the response's body is read from the socket
 //! by whoever polls it, which is the client connection's own task. No
 //! connection task, channel or hand-off sits between the two sides.
 //!
@@ -20,11 +20,11 @@
 //! Rooms: this file sends the request; `answer.rs` reads the response, its
 //! head and its body.
 
-mod answer;
+mod response;
 
 pub use crate::kernel::http::wire::{Chunk, Framing};
-pub use answer::poll_body;
-use answer::{read_head, read_head_from};
+pub use response::poll_body;
+use response::{read_head, read_head_from};
 
 use std::io;
 use std::pin::Pin;
@@ -49,7 +49,7 @@ pub struct Conn {
     stream: TcpStream,
     read: BytesMut,
     write: BytesMut,
-    /// By when the answer's head must be in; one timer for all the
+    /// By when the response's head must be in; one timer for all the
     /// connection's exchanges.
     deadline: Deadline,
 }
@@ -57,17 +57,17 @@ pub struct Conn {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No answer's head by the exchange's deadline.
-    #[error("no answer in time")]
+    /// No response's head by the exchange's deadline.
+    #[error("no response in time")]
     TimedOut,
-    /// The connection ended, or was reset, before any byte of an answer:
+    /// The connection ended, or was reset, before any byte of a response:
     /// on a connection that had been idle, the instance may have closed it
     /// just before the request went out.
-    #[error("connection closed before an answer")]
+    #[error("connection closed before a response")]
     Closed,
     #[error("connection failed: {0}")]
     Io(#[from] io::Error),
-    #[error("malformed answer: {0}")]
+    #[error("malformed response: {0}")]
     Malformed(&'static str),
     /// The instance's address or the request target cannot be written in
     /// a request line.
@@ -110,19 +110,19 @@ impl Conn {
 
     /// The next exchange's answer (or the next piece of its body) is due
     /// by `deadline`.
-    pub fn answer_by(&mut self, deadline: Instant) {
+    pub fn response_due_by(&mut self, deadline: Instant) {
         self.deadline.set(deadline);
     }
 
-    /// Whether the deadline set with [`Conn::answer_by`] has passed; when
+    /// Whether the deadline set with [`Conn::response_due_by`] has passed; when
     /// not, the task is woken by then.
     pub fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline.poll_passed(cx)
     }
 
-    /// Whether bytes the instance sent are waiting unread: after an answer
+    /// Whether bytes the instance sent are waiting unread: after a response
     /// read to its end, they belong to no request, and the connection
-    /// cannot be trusted to frame the next answer.
+    /// cannot be trusted to frame the next response.
     pub fn has_unread(&self) -> bool {
         !self.read.is_empty()
     }
@@ -137,7 +137,7 @@ impl Conn {
         match self.stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
-            // Readiness may be left over from the last answer: look.
+            // Readiness may be left over from the last response: look.
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
                 matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -173,7 +173,7 @@ impl<'a> Target<'a> {
 }
 
 /// Sends `request` (its method and header fields) to `target` with `body`
-/// over `conn`, and reads the answer's head. The answer's body is then read
+/// over `conn`, and reads the response's head. The response's body is then read
 /// with [`poll_body`].
 pub async fn exchange(
     conn: &mut Conn,
@@ -192,7 +192,7 @@ pub async fn exchange(
     let head_only = request.method == Method::HEAD;
     if size == Some(0) {
         if let Err(e) = conn.stream.write_all(&conn.write).await {
-            return Err(before_answer(e));
+            return Err(before_response(e));
         }
         return read_head(conn, head_only).await;
     }
@@ -201,7 +201,7 @@ pub async fn exchange(
 }
 
 /// The rest of [`exchange`] for a request with a body, its head waiting in
-/// the write buffer. The body is written while the answer is awaited: an
+/// the write buffer. The body is written while the response is awaited: an
 /// instance may answer (and stop reading) before the body is all there.
 async fn exchange_with_body(
     conn: &mut Conn,
@@ -217,8 +217,8 @@ async fn exchange_with_body(
     } = conn;
     let (mut reader, mut writer) = stream.split();
     let send = send_body(&mut writer, write, body, size);
-    let answer = read_head_from(&mut reader, read, deadline, head_only);
-    tokio::pin!(send, answer);
+    let response = read_head_from(&mut reader, read, deadline, head_only);
+    tokio::pin!(send, response);
     let mut sent = false;
     let mut send_failed = None;
     let head = loop {
@@ -232,12 +232,12 @@ async fn exchange_with_body(
                     Err(e) => send_failed = Some(e),
                 }
             }
-            head = &mut answer => break head,
+            head = &mut response => break head,
         }
     };
-    // An early answer that does not refuse the body (a success, the
+    // An early response that does not refuse the body (a success, the
     // connection kept): the instance reads on, as a streaming handler does,
-    // so the rest of the body goes too before the answer is handed on.
+    // so the rest of the body goes too before the response is handed on.
     if !sent
         && let Ok(early) = &head
         && early.reusable
@@ -261,8 +261,8 @@ async fn exchange_with_body(
     }
 }
 
-/// A write failure before any answer: the connection was closed under it.
-fn before_answer(e: io::Error) -> Error {
+/// A write failure before any response: the connection was closed under it.
+fn before_response(e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionReset
@@ -329,7 +329,7 @@ async fn send_body(
                 // Written before waiting for more; a body that has ended
                 // leaves with its end in one write.
                 if out.len() >= WRITE_BATCH || !http_body::Body::is_end_stream(&body) {
-                    writer.write_all(out).await.map_err(before_answer)?;
+                    writer.write_all(out).await.map_err(before_response)?;
                     out.clear();
                 }
             }
@@ -341,7 +341,7 @@ async fn send_body(
                     )));
                 }
                 if !out.is_empty() {
-                    writer.write_all(out).await.map_err(before_answer)?;
+                    writer.write_all(out).await.map_err(before_response)?;
                     out.clear();
                 }
                 return Ok(());

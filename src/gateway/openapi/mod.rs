@@ -7,8 +7,8 @@
 //!   described it (a prefix-stripping route puts its prefix back in front);
 //! - a route's method list narrows the operations listed;
 //! - on `required` routes every operation asks for a bearer token;
-//! - every operation lists the answers the gateway gives of its own on its
-//!   route (`edge_answers`), with the gateway's `Problem` schema.
+//! - every operation lists the responses the gateway gives of its own on its
+//!   route (`edge_responses`), with the gateway's `Problem` schema.
 //!
 //! Services are asked at once, each within a deadline; their components
 //! are merged by name, the core services' first. A component whose name an
@@ -82,7 +82,7 @@ struct Cached {
 pub const DOCS_PATH: &str = "/docs";
 
 /// Whether `path` is the document, the docs page or one of its files.
-pub fn is_own(path: &str) -> bool {
+pub fn is_local(path: &str) -> bool {
     path == DOCUMENT_PATH
         || path
             .strip_prefix(DOCS_PATH)
@@ -143,15 +143,15 @@ async fn merge(gw: &Gateway) -> (Value, bool) {
         });
     }
     let mut docs: Vec<Result<Option<Value>, ()>> = vec![Err(()); services.len()];
-    while let Some(answer) = asked.join_next().await {
-        if let Ok((i, doc)) = answer {
+    while let Some(response) = asked.join_next().await {
+        if let Ok((i, doc)) = response {
             docs[i] = doc;
         }
     }
     let mut paths = Map::new();
     let mut components = Map::new();
-    // The shape of the gateway's own answers, which every operation
-    // lists (see `edge_answers`): a service's `Problem` of another shape
+    // The shape of the gateway's own responses, which every operation
+    // lists (see `edge_responses`): a service's `Problem` of another shape
     // is renamed.
     let problem = <crate::kernel::error::Problem as utoipa::PartialSchema>::schema();
     components.insert(
@@ -255,7 +255,7 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
                 if route.config.auth == AuthPolicy::Required {
                     operation.insert("security".into(), json!([{"bearer": []}]));
                 }
-                edge_answers(operation, &route.config);
+                edge_responses(operation, &route.config);
             }
             kept.insert(key.clone(), value);
         }
@@ -273,11 +273,11 @@ fn add_path(gw: &Gateway, service: &str, path: &str, item: &Value, paths: &mut M
     }
 }
 
-/// Adds to an operation the answers the gateway gives of its own on the
+/// Adds to an operation the responses the gateway gives of its own on the
 /// route (see `fault.rs`), where the service's document does not list
 /// that status already.
-fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::config::RouteConfig) {
-    let mut answers = vec![
+fn edge_responses(operation: &mut Map<String, Value>, route: &crate::gateway::config::RouteConfig) {
+    let mut problems = vec![
         (
             "400",
             "The request is malformed: its path, query, Host, method or credentials (`invalid_path`, `invalid_query`, `invalid_host`, `invalid_method`, `several_credentials`)",
@@ -296,19 +296,19 @@ fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::conf
         ),
     ];
     if route.rate_limit {
-        answers.push((
+        problems.push((
             "429",
             "Too many requests from this client (`rate_limited`); see `Retry-After`",
         ));
     }
     if route.auth != AuthPolicy::Public {
-        answers.push((
+        problems.push((
             "401",
             "The bearer token is missing, malformed, expired or revoked",
         ));
     }
     if !route.rules.is_empty() {
-        answers.push((
+        problems.push((
             "403",
             "The caller lacks the permission the route's rule names for the method and path \
              (`forbidden`, naming it in `permission`), or no rule covers them (`forbidden`)",
@@ -321,7 +321,7 @@ fn edge_answers(operation: &mut Map<String, Value>, route: &crate::gateway::conf
     else {
         return;
     };
-    for (status, description) in answers {
+    for (status, description) in problems {
         responses.entry(status).or_insert_with(|| {
             json!({
                 "description": description,
@@ -343,7 +343,7 @@ fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
         .is_some_and(|found| gw.table().route(found).config.prefix == route.config.prefix)
 }
 
-/// The document of `service`, from the first of its instances that answers:
+/// The document of `service`, from the first of its instances that responses:
 /// none when the service serves no document, an error when no instance
 /// could be asked.
 async fn fetch(

@@ -3,7 +3,7 @@
 //! Each gateway I/O thread (see `kernel::http::io_threads`) keeps its own idle
 //! connections per instance address. Taking one needs no lock, and the
 //! exchange over it runs in the request's own task (see `h1_client/`); the
-//! connection goes back to that thread's idle list the moment the answer's
+//! connection goes back to that thread's idle list the moment the response's
 //! body has been read to its end (when it is cut short, the connection is
 //! closed instead). Idle connections are closed after [`IDLE_TIMEOUT`], and
 //! at most [`MAX_IDLE`] are kept per address.
@@ -61,8 +61,8 @@ pub enum SendError {
     /// The connection failed during the exchange.
     #[error("exchange failed: {0}")]
     Exchange(#[source] h1_client::Error),
-    /// No answer's head (or no connection) by the deadline.
-    #[error("no answer in time")]
+    /// No response's head (or no connection) by the deadline.
+    #[error("no response in time")]
     TimedOut,
 }
 
@@ -80,7 +80,7 @@ pub async fn send(
     body: Body,
     deadline: Instant,
     pause: Duration,
-) -> Result<http::Response<Answer>, SendError> {
+) -> Result<http::Response<UpstreamBody>, SendError> {
     let target = h1_client::Target::new(address, path).map_err(SendError::Exchange)?;
     let repeatable =
         http_body::Body::is_end_stream(&body) && h1_client::is_idempotent(&parts.method);
@@ -89,7 +89,7 @@ pub async fn send(
         let (address, idle) = checkout(address);
         let (mut conn, fresh) = match idle {
             Some(mut conn) => {
-                conn.answer_by(deadline);
+                conn.response_due_by(deadline);
                 (conn, false)
             }
             // Boxed: the rare path should not enlarge every request's future.
@@ -98,15 +98,15 @@ pub async fn send(
         let this_body = body.take().unwrap_or_else(Body::empty);
         match h1_client::exchange(&mut conn, target, parts, fields, this_body).await {
             Ok(head) => {
-                let mut answer = Answer {
+                let mut response = UpstreamBody {
                     framing: head.framing,
                     conn: Some(conn),
                     keep: head.reusable.then_some(address),
                     pause,
                     pausing: false,
                 };
-                answer.release_if_done();
-                return Ok(http::Response::from_parts(head.parts, answer));
+                response.release_if_done();
+                return Ok(http::Response::from_parts(head.parts, response));
             }
             Err(h1_client::Error::Closed) if !fresh && repeatable => continue,
             Err(h1_client::Error::TimedOut) => return Err(SendError::TimedOut),
@@ -173,7 +173,7 @@ fn release(address: Arc<str>, conn: Conn) {
     });
 }
 
-/// A new connection to `address`, whose first answer is due by `deadline`.
+/// A new connection to `address`, whose first response is due by `deadline`.
 /// A connection not made within [`CONNECT_TIMEOUT`] is a connect failure;
 /// one not made by `deadline` leaves the exchange out of time.
 async fn connect(address: &str, deadline: Instant) -> Result<Conn, SendError> {
@@ -189,10 +189,10 @@ async fn connect(address: &str, deadline: Instant) -> Result<Conn, SendError> {
     Ok(Conn::new(stream, deadline))
 }
 
-/// An answer's body, read from its connection as it is polled. When it has
+/// A response's body, read from its connection as it is polled. When it has
 /// been read to its end, a reusable connection goes back to its idle list;
 /// when it is dropped before that, the connection closes.
-pub struct Answer {
+pub struct UpstreamBody {
     framing: Framing,
     conn: Option<Conn>,
     /// Where the connection goes back to; none when it cannot be reused.
@@ -204,10 +204,10 @@ pub struct Answer {
     pausing: bool,
 }
 
-impl Answer {
+impl UpstreamBody {
     /// Once the body has been read to its end, puts a reusable connection
-    /// back, unless the instance sent more than its answer: bytes no
-    /// request asked for would be read as the next client's answer, so
+    /// back, unless the instance sent more than its response: bytes no
+    /// request asked for would be read as the next client's response, so
     /// such a connection is closed (they are looked for again when the
     /// connection is next taken, see [`usable`]).
     fn release_if_done(&mut self) {
@@ -220,7 +220,7 @@ impl Answer {
     }
 }
 
-impl http_body::Body for Answer {
+impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = h1_client::Error;
 
@@ -238,7 +238,7 @@ impl http_body::Body for Answer {
             Poll::Pending => {
                 if !this.pausing {
                     this.pausing = true;
-                    conn.answer_by(Instant::now() + this.pause);
+                    conn.response_due_by(Instant::now() + this.pause);
                 }
                 if conn.poll_deadline(cx) {
                     Poll::Ready(Some(Err(h1_client::Error::TimedOut)))

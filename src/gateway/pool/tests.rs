@@ -1,5 +1,5 @@
-//! The pool and the HTTP/1.1 wire against instances that answer with
-//! bytes written by hand: framing, reuse, deadlines and malformed answers.
+//! The pool and the HTTP/1.1 wire against instances that response with
+//! bytes written by hand: framing, reuse, deadlines and malformed responses.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,10 +49,10 @@ async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<V
     }
 }
 
-/// An instance answering each connection's requests with `answers`, in
+/// An instance answering each connection's requests with `responses`, in
 /// turn (`None`: close the connection instead of answering); it counts
 /// connections and keeps the requests.
-async fn instance(answers: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>, Received) {
+async fn instance(responses: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsize>, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -61,16 +61,16 @@ async fn instance(answers: Vec<Option<&'static str>>) -> (String, Arc<AtomicUsiz
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            let (answers, keep) = (answers.clone(), keep.clone());
+            let (responses, keep) = (responses.clone(), keep.clone());
             tokio::spawn(async move {
                 let mut pending = Vec::new();
-                for answer in answers {
+                for response in responses {
                     let Some(request) = read_request(&mut stream, &mut pending).await else {
                         return;
                     };
                     keep.lock().unwrap().push(request);
-                    let Some(answer) = answer else { return };
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                    let Some(response) = response else { return };
+                    if stream.write_all(response.as_bytes()).await.is_err() {
                         return;
                     }
                 }
@@ -85,7 +85,7 @@ fn far() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
 
-/// How long an answer's body may pause in these tests.
+/// How long a response's body may pause in these tests.
 const PAUSE: Duration = Duration::from_millis(300);
 
 /// Sends a request for `/thing?x=1` to `address`, as the client of
@@ -94,17 +94,17 @@ async fn ask(
     address: &str,
     method: http::Method,
     body: Body,
-) -> Result<http::Response<super::Answer>, SendError> {
+) -> Result<http::Response<super::UpstreamBody>, SendError> {
     ask_by(address, method, body, far()).await
 }
 
-/// [`ask`], with the answer due by `deadline`.
+/// [`ask`], with the response due by `deadline`.
 async fn ask_by(
     address: &str,
     method: http::Method,
     body: Body,
     deadline: Instant,
-) -> Result<http::Response<super::Answer>, SendError> {
+) -> Result<http::Response<super::UpstreamBody>, SendError> {
     let (parts, ()) = http::Request::builder()
         .method(method)
         .uri("/ignored")
@@ -125,7 +125,7 @@ async fn ask_by(
 }
 
 async fn read_all(
-    response: http::Response<super::Answer>,
+    response: http::Response<super::UpstreamBody>,
 ) -> Result<(http::StatusCode, Vec<u8>, Option<http::HeaderMap>), h1_client::Error> {
     let status = response.status();
     let collected = response.into_body().collect().await?;
@@ -134,7 +134,7 @@ async fn read_all(
 }
 
 #[tokio::test]
-async fn chunked_answers_are_decoded_with_their_trailers_and_the_connection_is_reused() {
+async fn chunked_responses_are_decoded_with_their_trailers_and_the_connection_is_reused() {
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
                    5;note=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
     let (address, connections, received) = instance(vec![Some(chunked), Some(chunked)]).await;
@@ -159,7 +159,7 @@ async fn chunked_answers_are_decoded_with_their_trailers_and_the_connection_is_r
 }
 
 #[tokio::test]
-async fn an_answer_read_to_the_close_does_not_keep_its_connection() {
+async fn a_response_read_to_the_close_does_not_keep_its_connection() {
     let until_close = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it";
     let (address, connections, _) = instance(vec![Some(until_close)]).await;
     for _ in 0..2 {
@@ -167,7 +167,7 @@ async fn an_answer_read_to_the_close_does_not_keep_its_connection() {
             .await
             .unwrap();
         assert_eq!(response.headers()["content-type"], "text/plain");
-        // The instance's handler ends after one answer and closes.
+        // The instance's handler ends after one response and closes.
         let (_, body, _) = read_all(response).await.unwrap();
         assert_eq!(body, b"all of it");
     }
@@ -175,7 +175,7 @@ async fn an_answer_read_to_the_close_does_not_keep_its_connection() {
 }
 
 #[tokio::test]
-async fn an_answer_framed_both_ways_is_read_by_its_coding_and_ends_its_connection() {
+async fn a_response_framed_both_ways_is_read_by_its_coding_and_ends_its_connection() {
     let both = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
                 5\r\nhello\r\n0\r\n\r\n";
     let (address, connections, _) = instance(vec![Some(both), Some(both)]).await;
@@ -190,19 +190,19 @@ async fn an_answer_framed_both_ways_is_read_by_its_coding_and_ends_its_connectio
 }
 
 #[tokio::test]
-async fn interim_answers_are_passed_over_and_some_answers_have_no_body() {
-    let answers = vec![
+async fn interim_responses_are_passed_over_and_some_responses_have_no_body() {
+    let responses = vec![
         Some("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
         Some("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
         Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"),
     ];
-    let (address, connections, _) = instance(answers).await;
+    let (address, connections, _) = instance(responses).await;
     let response = ask(&address, http::Method::GET, Body::empty())
         .await
         .unwrap();
     let (status, body, _) = read_all(response).await.unwrap();
     assert_eq!((status.as_u16(), body.len()), (204, 0));
-    // An answer to HEAD states a length but carries no body.
+    // A response to HEAD states a length but carries no body.
     let response = ask(&address, http::Method::HEAD, Body::empty())
         .await
         .unwrap();
@@ -220,26 +220,26 @@ async fn interim_answers_are_passed_over_and_some_answers_have_no_body() {
 }
 
 #[tokio::test]
-async fn malformed_answers_are_errors_not_answers() {
-    for answer in [
+async fn malformed_responses_are_errors_not_responses() {
+    for raw in [
         "HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello",
         "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
         "nonsense\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
     ] {
-        let (address, _, _) = instance(vec![Some(answer)]).await;
+        let (address, _, _) = instance(vec![Some(raw)]).await;
         let outcome = ask(&address, http::Method::GET, Body::empty()).await;
         assert!(
             matches!(
                 outcome,
                 Err(SendError::Exchange(h1_client::Error::Malformed(_)))
             ),
-            "{answer:?} gave {:?}",
+            "{raw:?} gave {:?}",
             outcome.map(|r| r.status())
         );
     }
     // A body cut short by the connection's end is an error of the body.
-    for answer in [
+    for raw in [
         "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
@@ -247,11 +247,11 @@ async fn malformed_answers_are_errors_not_answers() {
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n;x\r\n\r\n",
     ] {
         // The instance writes it and closes.
-        let (address, _, _) = instance(vec![Some(answer)]).await;
+        let (address, _, _) = instance(vec![Some(raw)]).await;
         let response = ask(&address, http::Method::GET, Body::empty())
             .await
             .unwrap();
-        assert!(read_all(response).await.is_err(), "{answer:?}");
+        assert!(read_all(response).await.is_err(), "{raw:?}");
     }
 }
 
@@ -319,9 +319,9 @@ async fn a_request_that_meets_a_connection_closed_while_idle_goes_out_again_when
 }
 
 #[tokio::test]
-async fn an_answer_not_in_by_its_deadline_times_out_and_its_connection_is_not_kept() {
+async fn a_response_not_in_by_its_deadline_times_out_and_its_connection_is_not_kept() {
     let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-    // The second request gets no answer: the instance waits for a third.
+    // The second request gets no response: the instance waits for a third.
     let (address, connections, _) = instance(vec![Some(ok), Some(""), Some(ok)]).await;
     let response = ask(&address, http::Method::GET, Body::empty())
         .await
@@ -344,7 +344,7 @@ async fn an_answer_not_in_by_its_deadline_times_out_and_its_connection_is_not_ke
 
 #[tokio::test]
 async fn a_body_that_pauses_too_long_fails_and_its_connection_is_not_kept() {
-    // Every answer's body stops after two of its ten bytes; the
+    // Every response's body stops after two of its ten bytes; the
     // instance then waits for another request.
     let slow = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
     let (address, connections, _) = instance(vec![Some(slow), Some(slow)]).await;
@@ -395,12 +395,12 @@ async fn a_target_that_cannot_be_written_is_refused_before_sending() {
 }
 
 #[tokio::test]
-async fn an_answer_announcing_a_body_where_none_may_be_does_not_keep_its_connection() {
-    let answers = vec![
+async fn a_response_announcing_a_body_where_none_may_be_does_not_keep_its_connection() {
+    let responses = vec![
         Some("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
         Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
     ];
-    let (address, connections, _) = instance(answers).await;
+    let (address, connections, _) = instance(responses).await;
     for _ in 0..2 {
         let response = ask(&address, http::Method::GET, Body::empty())
             .await
@@ -412,7 +412,7 @@ async fn an_answer_announcing_a_body_where_none_may_be_does_not_keep_its_connect
 }
 
 #[tokio::test]
-async fn a_body_still_streaming_when_the_answer_comes_is_sent_to_its_end() {
+async fn a_body_still_streaming_when_the_response_comes_is_sent_to_its_end() {
     // Answers as soon as the head is in, then reads the body on, as a
     // streaming handler does; it keeps what it read.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -426,8 +426,8 @@ async fn a_body_still_streaming_when_the_answer_comes_is_sent_to_its_end() {
             let n = stream.read(&mut buf).await.unwrap();
             seen.extend_from_slice(&buf[..n]);
         }
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        stream.write_all(answer).await.unwrap();
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        stream.write_all(response).await.unwrap();
         while !seen.ends_with(b"0\r\n\r\n") {
             let n = stream.read(&mut buf).await.unwrap();
             if n == 0 {
@@ -439,7 +439,7 @@ async fn a_body_still_streaming_when_the_answer_comes_is_sent_to_its_end() {
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<&'static str, std::io::Error>>(1);
     tx.send(Ok("one")).await.unwrap();
-    // The rest comes once the answer has had time to arrive.
+    // The rest comes once the response has had time to arrive.
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let _ = tx.send(Ok("two")).await;

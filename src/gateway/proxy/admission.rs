@@ -39,10 +39,10 @@ pub(super) struct Plan {
     /// The path and query to send upstream.
     pub(super) target: String,
     pub(super) admission: Admission,
-    /// The rate limit verdict whose headers the answer carries.
+    /// The rate limit verdict whose headers the response carries.
     pub(super) verdict: Option<Verdict>,
-    /// The key whose allowance the shared limiter is still to charge.
-    pub(super) owed: Option<RateKey>,
+    /// The key the shared limiter is still to count this request against.
+    pub(super) shared_due: Option<RateKey>,
     /// What the route's rules make of the request: `None` on a route
     /// without rules.
     pub(super) cover: Option<Cover>,
@@ -56,19 +56,19 @@ pub(super) enum Admission {
     Unverified,
 }
 
-/// A request that goes no further: the answer, and the key whose allowance
-/// the shared limiter is still to charge for it (which turns the answer
-/// into a 429 once that allowance is spent).
+/// A request that goes no further: the response, and the key the shared
+/// limiter is still to count it against (which turns the response into a
+/// 429 once that allowance is spent).
 pub(super) struct Refusal {
-    pub(super) answer: Response,
-    pub(super) owed: Option<RateKey>,
+    pub(super) response: Response,
+    pub(super) shared_due: Option<RateKey>,
 }
 
 /// Routes `req` and applies everything about it that needs no waiting:
-/// the plan of its exchange, or the answer when it goes no further.
+/// the plan of its exchange, or the response when it goes no further.
 #[allow(
     clippy::result_large_err,
-    reason = "the refusal is the answer the client gets, made once"
+    reason = "the refusal is the response the client gets, made once"
 )]
 pub(super) fn plan(
     gw: &Gateway,
@@ -79,7 +79,7 @@ pub(super) fn plan(
     let client_ip = gw.client_ip(peer.ip(), req.headers());
     // A request refused here is traffic like any other: it spends its
     // client address's allowance, so refusals cannot be had without limit.
-    let refuse = |limited: bool, answer: Response| gw.charge_refusal(client_ip, limited, answer);
+    let refuse = |limited: bool, response: Response| gw.count_refusal(client_ip, limited, response);
     let Ok(segments) = normalise(req.uri().path()) else {
         return Err(refuse(true, fault(Fault::InvalidPath)));
     };
@@ -128,18 +128,35 @@ pub(super) fn plan(
         ));
     }
     let client_ip = gw.client_ip(peer.ip(), req.headers());
-    let (mut verdict, mut owed) = (None, None);
+    let (mut verdict, mut shared_due) = (None, None);
     let admission = match checked_now(gw, config.auth, req.headers()) {
         Some(checked) => {
-            let decided = settle(gw, config, checked, client_ip, &mut verdict, &mut owed).and_then(
-                |principal| {
-                    limit_user(gw, config, principal.as_ref(), &mut verdict, &mut owed)
-                        .map(|()| principal)
-                },
-            );
+            let decided = admit_checked(
+                gw,
+                config,
+                checked,
+                client_ip,
+                &mut verdict,
+                &mut shared_due,
+            )
+            .and_then(|principal| {
+                limit_user(
+                    gw,
+                    config,
+                    principal.as_ref(),
+                    &mut verdict,
+                    &mut shared_due,
+                )
+                .map(|()| principal)
+            });
             match decided {
                 Ok(principal) => Admission::Decided(principal),
-                Err(answer) => return Err(Refusal { answer, owed }),
+                Err(response) => {
+                    return Err(Refusal {
+                        response,
+                        shared_due,
+                    });
+                }
             }
         }
         None => Admission::Unverified,
@@ -157,7 +174,7 @@ pub(super) fn plan(
         target,
         admission,
         verdict,
-        owed,
+        shared_due,
         cover,
     })
 }
@@ -166,7 +183,7 @@ pub(super) fn plan(
 /// to check, or a token whose verdict is remembered. `None` when the token
 /// must be verified.
 ///
-/// What comes of a check is settled by [`settle`].
+/// What comes of a check is decided by [`admit_checked`].
 fn checked_now(
     gw: &Gateway,
     policy: AuthPolicy,
@@ -200,18 +217,18 @@ fn checked_now(
 /// route without rate limits counts against neither.
 #[allow(
     clippy::result_large_err,
-    reason = "the refusal is the answer the client gets, made once"
+    reason = "the refusal is the response the client gets, made once"
 )]
-pub(super) fn settle(
+pub(super) fn admit_checked(
     gw: &Gateway,
     route: &RouteConfig,
     checked: Result<Option<Principal>, TokenError>,
     client_ip: IpAddr,
     verdict: &mut Option<Verdict>,
-    owed: &mut Option<RateKey>,
+    shared_due: &mut Option<RateKey>,
 ) -> Result<Option<Principal>, Response> {
     if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable)) && route.rate_limit {
-        gw.charge(RateKey::Address(client_ip), verdict, owed)?;
+        gw.count_local(RateKey::Address(client_ip), verdict, shared_due)?;
     }
     checked.map_err(|e| {
         let mut refused = bearer::refusal(e);
@@ -226,17 +243,19 @@ pub(super) fn settle(
 /// on a rate limited route.
 #[allow(
     clippy::result_large_err,
-    reason = "the refusal is the answer the client gets, made once"
+    reason = "the refusal is the response the client gets, made once"
 )]
 pub(super) fn limit_user(
     gw: &Gateway,
     route: &RouteConfig,
     principal: Option<&Principal>,
     verdict: &mut Option<Verdict>,
-    owed: &mut Option<RateKey>,
+    shared_due: &mut Option<RateKey>,
 ) -> Result<(), Response> {
     match principal {
-        Some(p) if route.rate_limit => gw.charge(RateKey::User(p.user_id), verdict, owed),
+        Some(p) if route.rate_limit => {
+            gw.count_local(RateKey::User(p.user_id), verdict, shared_due)
+        }
         _ => Ok(()),
     }
 }
@@ -254,17 +273,17 @@ impl Gateway {
     }
 
     /// Takes one request from `key`'s allowance, if its kind of key is
-    /// limited: here, into `verdict` (the answer once it is spent), or, when
-    /// replicas share their counts, left `owed` to [`Gateway::pay`].
+    /// limited: here, into `verdict` (the response once it is spent), or, when
+    /// replicas share their counts, left `shared_due` to [`Gateway::count_shared`].
     #[allow(
         clippy::result_large_err,
-        reason = "the refusal is the answer the client gets, made once"
+        reason = "the refusal is the response the client gets, made once"
     )]
-    fn charge(
+    fn count_local(
         &self,
         key: RateKey,
         verdict: &mut Option<Verdict>,
-        owed: &mut Option<RateKey>,
+        shared_due: &mut Option<RateKey>,
     ) -> Result<(), Response> {
         let local = match key {
             RateKey::User(_) => &self.inner.per_user,
@@ -272,7 +291,7 @@ impl Gateway {
         };
         if let Some(limiter) = local {
             if self.inner.shared.is_some() {
-                *owed = Some(key);
+                *shared_due = Some(key);
             } else {
                 *verdict = Some(limiter.spend(key)?);
             }
@@ -280,14 +299,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Charges what is `owed` to the shared limiter: the verdict into
-    /// `verdict`, or the answer the client gets instead.
-    pub(super) async fn pay(
+    /// Counts the request against `shared_due` in the shared limiter: the
+    /// verdict into `verdict`, or the response the client gets instead.
+    pub(super) async fn count_shared(
         &self,
-        owed: &mut Option<RateKey>,
+        shared_due: &mut Option<RateKey>,
         verdict: &mut Option<Verdict>,
     ) -> Result<(), Response> {
-        if let (Some(key), Some(shared)) = (owed.take(), &self.inner.shared)
+        if let (Some(key), Some(shared)) = (shared_due.take(), &self.inner.shared)
             && let Some(v) = shared.spend(key).await?
         {
             *verdict = Some(v);
@@ -295,22 +314,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// `answer`, a refusal, after it has spent one request of the client
+    /// `response`, a refusal, after it has spent one request of the client
     /// address's allowance when `limited`: 429 instead once that is spent.
-    fn charge_refusal(&self, client: IpAddr, limited: bool, mut answer: Response) -> Refusal {
-        let (mut verdict, mut owed) = (None, None);
+    fn count_refusal(&self, client: IpAddr, limited: bool, mut response: Response) -> Refusal {
+        let (mut verdict, mut shared_due) = (None, None);
         if limited
-            && let Err(refused) = self.charge(RateKey::Address(client), &mut verdict, &mut owed)
+            && let Err(refused) =
+                self.count_local(RateKey::Address(client), &mut verdict, &mut shared_due)
         {
             return Refusal {
-                answer: refused,
-                owed: None,
+                response: refused,
+                shared_due: None,
             };
         }
         if let Some(v) = verdict {
-            ratelimit::annotate(v, answer.headers_mut());
+            ratelimit::annotate(v, response.headers_mut());
         }
-        Refusal { answer, owed }
+        Refusal {
+            response,
+            shared_due,
+        }
     }
 
     pub(super) fn trusts(&self, ip: IpAddr) -> bool {

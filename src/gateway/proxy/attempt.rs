@@ -1,5 +1,5 @@
 //! One attempt at one instance: over this thread's HTTP/1.1 connections
-//! (see `pool.rs`) or its h2c client, the answer's head due by a deadline
+//! (see `pool.rs`) or its h2c client, the response's head due by a deadline
 //! and its body cut short when it pauses too long; and whose fault a
 //! failed attempt was.
 
@@ -35,7 +35,7 @@ pub(super) enum Attempt<'a> {
 pub(super) struct AttemptError {
     /// No connection could be made: nothing reached the instance.
     pub(super) connect: bool,
-    /// No answer by the deadline.
+    /// No response by the deadline.
     pub(super) timed_out: bool,
     pub(super) error: Box<dyn std::error::Error + Send + Sync>,
 }
@@ -50,9 +50,9 @@ pub(super) fn split_url(url: &str) -> Option<(&str, &str)> {
 }
 
 impl Attempt<'_> {
-    /// Sends the attempt with `body`: the answer, its body streamed back
+    /// Sends the attempt with `body`: the response, its body streamed back
     /// without hop-by-hop headers, if its head comes by `deadline`. The
-    /// answer's body fails when it pauses longer than `pause`.
+    /// response's body fails when it pauses longer than `pause`.
     pub(super) async fn send(
         self,
         body: Body,
@@ -89,11 +89,11 @@ impl Attempt<'_> {
             Attempt::H2c { request } => {
                 let request = Request::from_parts(*request, body);
                 // Boxed, so HTTP/1.1 attempts do not carry its size.
-                let answer = Box::pin(tokio::time::timeout_at(
+                let response = Box::pin(tokio::time::timeout_at(
                     deadline,
                     upstream(UpstreamProtocol::H2c).request(request),
                 ));
-                match answer.await {
+                match response.await {
                     Ok(Ok(r)) => r.map(|body| Body::new(Paced::new(body, pause))),
                     Ok(Err(e)) => {
                         return Err(AttemptError {
@@ -118,8 +118,8 @@ impl Attempt<'_> {
     }
 }
 
-/// An answer's body over h2c, failing when it pauses longer than `pause`
-/// between frames, as an answer over HTTP/1.1 does (see `pool`): an
+/// A response's body over h2c, failing when it pauses longer than `pause`
+/// between frames, as a response over HTTP/1.1 does (see `pool`): an
 /// instance that stalls mid-answer does not hold the client for ever. Each
 /// frame moves the [`Deadline`] on, not a timer of its own.
 struct Paced {

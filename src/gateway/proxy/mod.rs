@@ -1,6 +1,6 @@
 //! Forwarding one request: normalise and route it, apply the route's token
 //! policy, pick an upstream instance from the registry, and stream the
-//! request and the answer through, with the proxy headers set and the
+//! request and the response through, with the proxy headers set and the
 //! hop-by-hop and client-supplied `x-gatehouse-*` headers removed.
 //!
 //! Rooms: this file forwards (the exchange and its attempts in turn);
@@ -13,7 +13,7 @@ mod attempt;
 mod body;
 
 use super::client::upstream;
-use admission::{Admission, Plan, Refusal, limit_user, permitted, plan, settle};
+use admission::{Admission, Plan, Refusal, admit_checked, limit_user, permitted, plan};
 use attempt::{Attempt, Blame, MAX_ATTEMPTS, blame, split_url};
 use body::{Outgoing, prepare_body};
 
@@ -159,10 +159,14 @@ pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     let mut label = None;
     let state = match plan(gw, peer, req, &mut label) {
         Ok(plan) => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
-        Err(Refusal { answer, owed: None }) => Forward::Answered(Some(answer)),
-        Err(Refusal { answer, owed }) => {
-            Forward::Exchanging(Box::pin(charged(gw.clone(), answer, owed)))
-        }
+        Err(Refusal {
+            response,
+            shared_due: None,
+        }) => Forward::Immediate(Some(response)),
+        Err(Refusal {
+            response,
+            shared_due,
+        }) => Forward::Exchanging(Box::pin(counted_refusal(gw.clone(), response, shared_due))),
     };
     Forwarding {
         state,
@@ -173,7 +177,7 @@ pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     }
 }
 
-/// The answer of [`forward`]; the access log line and the route's name
+/// The response of [`forward`]; the access log line and the route's name
 /// for the metrics are written once it is ready.
 pub struct Forwarding {
     state: Forward,
@@ -181,13 +185,13 @@ pub struct Forwarding {
     peer: IpAddr,
     /// The method and start, when the access log is on.
     access: Option<(Method, std::time::Instant)>,
-    /// A gRPC call: the gateway's own answers go back in gRPC form.
+    /// A gRPC call: the gateway's own responses go back in gRPC form.
     grpc: bool,
 }
 
 enum Forward {
     /// Decided without an instance (refused, not found, ...).
-    Answered(Option<Response>),
+    Immediate(Option<Response>),
     Exchanging(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
@@ -197,9 +201,9 @@ impl Future for Forwarding {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let response = match &mut this.state {
-            Forward::Answered(answer) => match answer.take() {
-                Some(answer) => answer,
-                // Polled again after its answer: there is none left to give.
+            Forward::Immediate(response) => match response.take() {
+                Some(response) => response,
+                // Polled again after its response: there is none left to give.
                 None => return Poll::Pending,
             },
             Forward::Exchanging(exchange) => ready!(exchange.as_mut().poll(cx)),
@@ -228,7 +232,7 @@ impl Future for Forwarding {
 
 /// Carries out `plan`: verifies a token not known yet, then sends the
 /// request to an instance of the route's service, with the rate limit
-/// headers on the answer.
+/// headers on the response.
 #[allow(
     clippy::manual_async_fn,
     reason = "an `async fn` keeps a second copy of its arguments"
@@ -237,7 +241,10 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
     // A block rather than an `async fn`, and the steps below borrow the
     // plan: it is held once, where it was moved in, not copied at each step.
     async move {
-        if let Err(refused) = gw.pay(&mut plan.owed, &mut plan.verdict).await {
+        if let Err(refused) = gw
+            .count_shared(&mut plan.shared_due, &mut plan.verdict)
+            .await
+        {
             return refused;
         }
         if let Admission::Unverified = plan.admission
@@ -285,31 +292,31 @@ async fn verify(gw: &Gateway, plan: &mut Plan) -> Result<(), Response> {
         Err(e) => Err(e),
     };
     let config = &gw.inner.table.route(plan.route).config;
-    let (verdict, owed) = (&mut plan.verdict, &mut plan.owed);
-    let principal = match settle(gw, config, checked, plan.client_ip, verdict, owed) {
+    let (verdict, shared_due) = (&mut plan.verdict, &mut plan.shared_due);
+    let principal = match admit_checked(gw, config, checked, plan.client_ip, verdict, shared_due) {
         Ok(principal) => principal,
-        Err(answer) => return Err(charged(gw, answer, owed.take()).await),
+        Err(response) => return Err(counted_refusal(gw, response, shared_due.take()).await),
     };
-    limit_user(gw, config, principal.as_ref(), verdict, owed)?;
-    gw.pay(owed, verdict).await?;
+    limit_user(gw, config, principal.as_ref(), verdict, shared_due)?;
+    gw.count_shared(shared_due, verdict).await?;
     plan.admission = Admission::Decided(principal);
     Ok(())
 }
 
-/// `answer`, a refusal, once the shared limiter has charged what is
-/// `owed` for it: 429 instead when that allowance is spent.
-async fn charged<G: std::ops::Deref<Target = Gateway>>(
+/// `response`, a refusal, once the shared limiter has counted it against
+/// `shared_due`: 429 instead when that allowance is spent.
+async fn counted_refusal<G: std::ops::Deref<Target = Gateway>>(
     gw: G,
-    mut answer: Response,
-    mut owed: Option<RateKey>,
+    mut response: Response,
+    mut shared_due: Option<RateKey>,
 ) -> Response {
     let mut verdict = None;
-    match gw.pay(&mut owed, &mut verdict).await {
+    match gw.count_shared(&mut shared_due, &mut verdict).await {
         Ok(()) => {
             if let Some(v) = verdict {
-                ratelimit::annotate(v, answer.headers_mut());
+                ratelimit::annotate(v, response.headers_mut());
             }
-            answer
+            response
         }
         Err(refused) => refused,
     }
@@ -317,7 +324,7 @@ async fn charged<G: std::ops::Deref<Target = Gateway>>(
 
 /// Sends the planned request to an instance of the route's service. The
 /// route's timeout bounds reading a held request body (408 when the client
-/// is too slow) and each instance's answer (504).
+/// is too slow) and each instance's response (504).
 async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
     let config = &gw.inner.table.route(plan.route).config;
     let timeout = config
@@ -430,7 +437,7 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
         };
         gw.inner
             .metrics
-            .upstream_answered(&config.prefix, &instance.url, status);
+            .upstream_responded(&config.prefix, &instance.url, status);
         match outcome {
             Ok(response) => {
                 lease.succeeded();
@@ -444,12 +451,13 @@ async fn send(gw: &Gateway, plan: &mut Plan) -> Response {
             Err(e) => {
                 match blame(&*e.error) {
                     Blame::TooLarge => {
-                        let mut answer = crate::kernel::error::payload_too_large().into_response();
+                        let mut response =
+                            crate::kernel::error::payload_too_large().into_response();
                         // The rest of the body is not read: it cannot frame another request.
-                        answer
+                        response
                             .headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        return answer;
+                        return response;
                     }
                     Blame::ClientBody => return fault(Fault::BodyIncomplete),
                     Blame::Upstream => gw.count_failure(&lease, instance, config),

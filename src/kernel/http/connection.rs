@@ -69,14 +69,15 @@ where
                 future: self.0.call(req),
             },
             Some((code, title)) => {
-                let mut answer = Problem::new(StatusCode::BAD_REQUEST, code, title).into_response();
+                let mut response =
+                    Problem::new(StatusCode::BAD_REQUEST, code, title).into_response();
                 // The request cannot be trusted to frame another after it.
-                answer.headers_mut().insert(
+                response.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
                 );
                 CheckedFuture::Refused {
-                    answer: Some(answer),
+                    response: Some(response),
                 }
             }
         }
@@ -84,11 +85,11 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The answer of a [`Checked`] service.
+    /// The response of a [`Checked`] service.
     #[project = CheckedProjection]
     pub enum CheckedFuture<F> {
         Called { #[pin] future: F },
-        Refused { answer: Option<axum::response::Response> },
+        Refused { response: Option<axum::response::Response> },
     }
 }
 
@@ -104,8 +105,8 @@ where
     ) -> std::task::Poll<Self::Output> {
         match self.project() {
             CheckedProjection::Called { future } => future.poll(cx),
-            CheckedProjection::Refused { answer } => match answer.take() {
-                Some(answer) => std::task::Poll::Ready(Ok(answer)),
+            CheckedProjection::Refused { response } => match response.take() {
+                Some(response) => std::task::Poll::Ready(Ok(response)),
                 None => std::task::Poll::Pending,
             },
         }
@@ -190,7 +191,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The answer of an [`InPlace`] service.
+    /// The response of an [`InPlace`] service.
     #[project = InPlaceProjection]
     pub(crate) enum InPlaceFuture<C, W> {
         Called { #[pin] future: C },
@@ -264,7 +265,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_service_not_ready_yet_still_answers_and_a_ready_one_is_not_copied() {
+    async fn a_service_not_ready_yet_still_responds_and_a_ready_one_is_not_copied() {
         let service = SlowToStart {
             checks: Arc::default(),
             copies: Arc::default(),

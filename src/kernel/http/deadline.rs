@@ -1,8 +1,8 @@
 //! A deadline kept on one long-lived timer.
 //!
-//! A timer made for every wait (a request's head, an upstream's answer) is
+//! A timer made for every wait (a request's head, an upstream's response) is
 //! put into the runtime's timer wheel and taken out again each time, which
-//! costs more than the wait itself when the answer is already on its way.
+//! costs more than the wait itself when the response is already on its way.
 //! Here the owner of many waits in turn (a connection) keeps one timer:
 //! a later deadline is only noted, and the timer is moved when it fires
 //! before the deadline of the wait at hand, or when a deadline comes that

@@ -3,11 +3,11 @@
 //!
 //! - the request id: the `x-request-id` the caller sent when it is short
 //!   and plain (see `wire::acceptable_request_id`), or a new one, set on
-//!   the request and carried back on the answer;
+//!   the request and carried back on the response;
 //! - the request's trace span, continuing the caller's `traceparent`;
 //! - the request id's scope, so calls made while serving it carry it on
 //!   (see `telemetry::inject_current`);
-//! - the request metrics, counted when the answer's head is ready, under
+//! - the request metrics, counted when the response's head is ready, under
 //!   the matched route template (never the raw path, which would explode
 //!   the label set with ids), and a method outside the standard ones as
 //!   `OTHER`: no label takes a value a client chose freely.
@@ -113,7 +113,7 @@ const ID_ROOM: usize = 4096;
 thread_local! {
     /// Where this thread writes its next request ids. Each id is cut from
     /// the same buffer: it costs no allocation of its own, and its copies
-    /// (on the request, in its scope, on the answer) share its bytes.
+    /// (on the request, in its scope, on the response) share its bytes.
     static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
@@ -198,7 +198,7 @@ where
 /// The label of every method outside [`METHODS`].
 const OTHER_METHOD: &str = "OTHER";
 
-/// Whether a gRPC answer comes from a method its service has: neither the
+/// Whether a gRPC response comes from a method its service has: neither the
 /// router's 404 nor gRPC status 12 (`Unimplemented`) in its head.
 fn grpc_method_found(response: &Response) -> bool {
     response.status() == http::StatusCode::OK
@@ -249,7 +249,7 @@ fn is_grpc<B>(req: &http::Request<B>) -> bool {
 }
 
 pin_project_lite::pin_project! {
-    /// The answer of an [`Observe`]d request.
+    /// The response of an [`Observe`]d request.
     pub struct ObserveFuture<F: Future> {
         #[pin]
         inner: TaskLocalFuture<telemetry::RequestScope, F>,
@@ -290,7 +290,7 @@ where
                 // method and status): found without hashing any of it.
                 (Some(route), method, Some(code)) => t
                     .metrics
-                    .request_answered_static([t.service, method, route, code], elapsed),
+                    .request_completed_static([t.service, method, route, code], elapsed),
                 _ => {
                     let route = match (named, &*this.matched, &*this.grpc_path) {
                         (Some(label), _, _) => label,
@@ -302,7 +302,7 @@ where
                         _ => "unmatched",
                     };
                     t.metrics
-                        .request_answered(t.service, method, route, status.as_str(), elapsed);
+                        .request_completed(t.service, method, route, status.as_str(), elapsed);
                 }
             }
             let latency_ms = elapsed.as_millis() as u64;

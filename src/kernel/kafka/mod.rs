@@ -41,12 +41,12 @@ const CONSUMER_QUEUE: usize = 1024;
 /// How long the client keeps trying a request that failed, before the bus
 /// says the broker is unavailable.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-/// How long one request may wait for its answer (a fetch: on top of its own
+/// How long one request may wait for its response (a fetch: on top of its own
 /// wait) before its connection is given up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `request`, or unavailable after [`ANSWER_TIMEOUT`] and `more`.
-async fn answered<T>(
+async fn responded<T>(
     more: Duration,
     request: impl std::future::Future<Output = Result<T, KafkaError>>,
 ) -> Result<Result<T, KafkaError>, BusError> {
@@ -119,7 +119,7 @@ impl Shared {
         let builder = ClientBuilder::new(self.config.brokers.clone())
             .client_id("gatehouse")
             .backoff_config(backoff);
-        let built = answered(Duration::ZERO, builder.build())
+        let built = responded(Duration::ZERO, builder.build())
             .await?
             .map_err(unavailable)?;
         let built = Arc::new(built);
@@ -144,7 +144,7 @@ impl Shared {
                 self.config.replication,
                 timeout,
             );
-            match answered(Duration::ZERO, create).await? {
+            match responded(Duration::ZERO, create).await? {
                 Ok(()) => tracing::info!(
                     topic,
                     partitions = self.config.partitions,
@@ -166,7 +166,7 @@ impl Shared {
     }
 
     async fn partitions_of(client: &Client, topic: &str) -> Result<i32, BusError> {
-        let topics = answered(Duration::ZERO, client.list_topics())
+        let topics = responded(Duration::ZERO, client.list_topics())
             .await?
             .map_err(unavailable)?;
         Ok(topics
@@ -182,7 +182,7 @@ impl Shared {
     /// behind it on the same connection.
     async fn connect(&self, topic: &str, partition: i32) -> Result<PartitionClient, BusError> {
         let connected = self.client().await?;
-        answered(
+        responded(
             Duration::ZERO,
             connected.partition_client(topic, partition, UnknownTopicHandling::Error),
         )
@@ -219,7 +219,7 @@ impl Shared {
         records: Vec<Record>,
     ) -> Result<(), BusError> {
         let client = self.partition(topic, partition).await?;
-        answered(
+        responded(
             Duration::ZERO,
             client.produce(records, Compression::NoCompression),
         )

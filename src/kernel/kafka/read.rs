@@ -13,7 +13,7 @@ use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc;
 
 use super::super::bus::{BusError, Delivery, Envelope, Position, Start};
-use super::{Shared, answered, unavailable};
+use super::{Shared, responded, unavailable};
 
 /// The longest pause before a failed fetch is tried again.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -223,13 +223,13 @@ impl Read {
         wait: i32,
     ) -> Result<Result<(Vec<RecordAndOffset>, i64), KafkaError>, BusError> {
         let waits = Duration::from_millis(wait.unsigned_abs().into());
-        answered(waits, client.fetch_records(offset, 1..FETCH_BYTES, wait)).await
+        responded(waits, client.fetch_records(offset, 1..FETCH_BYTES, wait)).await
     }
 
     /// A fetch from inside a batch of records (where a consumer stored its
     /// offset) may be answered from the next batch on, by some brokers: the
     /// records of `fetched` start after the next offset. Fetches from
-    /// further back, until one answers the batch that holds it, give the
+    /// further back, until one responses the batch that holds it, give the
     /// records from the next offset on; a partition that holds nothing
     /// between them (it lost them) gives `fetched`.
     async fn batch_holding_next(
@@ -257,7 +257,7 @@ impl Read {
 
     /// The offset of the oldest event the partition keeps.
     async fn oldest(client: &PartitionClient) -> Result<i64, BusError> {
-        answered(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
+        responded(Duration::ZERO, client.get_offset(OffsetAt::Earliest))
             .await?
             .map_err(unavailable)
     }
@@ -267,7 +267,7 @@ impl Read {
         // A fetch from the oldest kept offset answers the high watermark,
         // which is what the end is.
         let oldest = Self::oldest(client).await?;
-        let (_, high_watermark) = answered(
+        let (_, high_watermark) = responded(
             Duration::ZERO,
             client.fetch_records(oldest, 1..FETCH_BYTES, 0),
         )

@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// Counts one answered request of `service` and the time it took.
-    pub fn request_answered(
+    pub fn request_completed(
         &self,
         service: &'static str,
         method: &str,
@@ -191,10 +191,10 @@ impl Metrics {
         self.count_in(key, |handles| count_request(handles, elapsed));
     }
 
-    /// [`Metrics::request_answered`] for labels that are all static text
+    /// [`Metrics::request_completed`] for labels that are all static text
     /// (`service`, `method`, `route`, `status`): this thread finds their
     /// handles by where the labels lie, without hashing or comparing text.
-    pub fn request_answered_static(&self, labels: [&'static str; 4], elapsed: Duration) {
+    pub fn request_completed_static(&self, labels: [&'static str; 4], elapsed: Duration) {
         let key = PlaceKey {
             metrics: self.id,
             family: Family::Request,
@@ -205,8 +205,8 @@ impl Metrics {
     }
 
     /// Counts one request the gateway sent to `upstream` for `route`, by
-    /// the answer's status or the error.
-    pub fn upstream_answered(&self, route: &str, upstream: &str, status: &str) {
+    /// the response's status or the error.
+    pub fn upstream_responded(&self, route: &str, upstream: &str, status: &str) {
         let labels = [route, upstream, status];
         let key = LabelRef {
             metrics: self.id,
@@ -349,21 +349,21 @@ mod tests {
         let ok =
             r#"gatehouse_http_requests_total{method="GET",route="/x",service="s",status="200"}"#;
         let took = Duration::from_millis(3);
-        a.request_answered("s", "GET", "/x", "200", took);
+        a.request_completed("s", "GET", "/x", "200", took);
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                a.request_answered("s", "GET", "/x", "200", took);
-                a.request_answered("s", "GET", "/x", "200", took);
+                a.request_completed("s", "GET", "/x", "200", took);
+                a.request_completed("s", "GET", "/x", "200", took);
             });
         });
-        b.request_answered("s", "GET", "/x", "200", took);
+        b.request_completed("s", "GET", "/x", "200", took);
         assert_eq!(count_of(&a, ok), 3);
         assert_eq!(count_of(&b, ok), 1);
         let slow = r#"gatehouse_http_request_duration_seconds_bucket{method="GET",route="/x",service="s",le="0.0025"}"#;
         let fast = r#"gatehouse_http_request_duration_seconds_bucket{method="GET",route="/x",service="s",le="0.005"}"#;
         assert_eq!((count_of(&a, slow), count_of(&a, fast)), (0, 3));
 
-        a.upstream_answered("/x", "http://127.0.0.1:1", "502");
+        a.upstream_responded("/x", "http://127.0.0.1:1", "502");
         let upstream = r#"gatehouse_gateway_upstream_requests_total{route="/x",status="502",upstream="http://127.0.0.1:1"}"#;
         assert_eq!(count_of(&a, upstream), 1);
         assert_eq!(count_of(&b, upstream), 0);
@@ -375,15 +375,15 @@ mod tests {
         let line =
             r#"gatehouse_http_requests_total{method="GET",route="/s",service="s",status="200"}"#;
         let took = Duration::from_millis(1);
-        m.request_answered_static(["s", "GET", "/s", "200"], took);
-        m.request_answered_static(["s", "GET", "/s", "200"], took);
+        m.request_completed_static(["s", "GET", "/s", "200"], took);
+        m.request_completed_static(["s", "GET", "/s", "200"], took);
         // The same text, at addresses of its own.
         let (method, route) = (String::from("GET"), String::from("/s"));
-        m.request_answered("s", &method, &route, &String::from("200"), took);
+        m.request_completed("s", &method, &route, &String::from("200"), took);
         assert_eq!(count_of(&m, line), 3);
         let other =
             r#"gatehouse_http_requests_total{method="GET",route="/s",service="s",status="404"}"#;
-        m.request_answered_static(["s", "GET", "/s", "404"], took);
+        m.request_completed_static(["s", "GET", "/s", "404"], took);
         assert_eq!((count_of(&m, line), count_of(&m, other)), (3, 1));
     }
 
@@ -399,7 +399,7 @@ mod tests {
             scope.spawn(move || {
                 for _ in 0..2 {
                     wait_for_go.recv().unwrap();
-                    m.upstream_answered("/live", "http://10.0.0.2:1", "200");
+                    m.upstream_responded("/live", "http://10.0.0.2:1", "200");
                     done.send(()).unwrap();
                 }
             });
@@ -415,7 +415,7 @@ mod tests {
     fn a_thread_keeps_a_bounded_number_of_handles() {
         let m = Metrics::new().unwrap();
         for i in 0..HANDLES_PER_THREAD + 10 {
-            m.upstream_answered("/r", &format!("http://10.0.0.1:{i}"), "200");
+            m.upstream_responded("/r", &format!("http://10.0.0.1:{i}"), "200");
         }
         assert!(HANDLES.with(|t| lock(t).len()) <= HANDLES_PER_THREAD);
         let last = format!(

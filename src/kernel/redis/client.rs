@@ -5,7 +5,7 @@
 //! that is away never stops a service from starting. A command fails at
 //! once while the server is away, and within `command_timeout_ms` when it
 //! is slow, so each user decides for itself what to do instead (the local
-//! limiter, the owner of a cached answer).
+//! limiter, the owner of a cached response).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,6 @@
 //! Redis, shared by the replicas of a deployment (`[redis]`, the fred
 //! client with the `redis` feature). What is kept there can be lost: rate
-//! limit counts and cached answers, never data.
+//! limit counts and cached responses, never data.
 //!
 //! A process holds one [`RedisLink`], which its services share: one
 //! connection, made when a service first asks for it (see `client.rs`).

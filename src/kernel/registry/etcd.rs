@@ -288,7 +288,7 @@ async fn renew(shared: &Shared, lease: i64, readiness: &Probes, stop: &Cancellat
         Ok(client) => client,
         Err(e) => return Ended::Lost(e.to_string()),
     };
-    let (mut keeper, mut answers) = match client.clone().lease_keep_alive(lease).await {
+    let (mut keeper, mut responses) = match client.clone().lease_keep_alive(lease).await {
         Ok(pair) => pair,
         Err(e) => return Ended::Lost(e.to_string()),
     };
@@ -305,8 +305,8 @@ async fn renew(shared: &Shared, lease: i64, readiness: &Probes, stop: &Cancellat
         if let Err(e) = keeper.keep_alive().await {
             return Ended::Lost(e.to_string());
         }
-        match tokio::time::timeout(period, answers.message()).await {
-            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
+        match tokio::time::timeout(period, responses.message()).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {}
             Ok(Ok(Some(_))) => return Ended::Lost("the lease ran out".into()),
             Ok(Ok(None)) => return Ended::Lost("etcd closed the renewal stream".into()),
             Ok(Err(e)) => return Ended::Lost(e.to_string()),
@@ -364,15 +364,15 @@ async fn watch_once(shared: &Shared) -> Result<(), RegistryError> {
         .watch(prefix, Some(options))
         .await
         .map_err(unavailable)?;
-    while let Some(answer) = changes.message().await.map_err(unavailable)? {
-        if answer.canceled() {
+    while let Some(response) = changes.message().await.map_err(unavailable)? {
+        if response.canceled() {
             return Err(RegistryError::Unavailable(format!(
                 "etcd cancelled the watch: {}",
-                answer.cancel_reason()
+                response.cancel_reason()
             )));
         }
         let mut seen = locks::write(&shared.seen);
-        for event in answer.events() {
+        for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let service = match event.event_type() {

@@ -276,7 +276,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn static_registry_answers_from_config() {
+    async fn static_registry_resolves_from_config() {
         let mut cfg = BTreeMap::new();
         cfg.insert(
             "identity".to_owned(),

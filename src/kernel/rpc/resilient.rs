@@ -8,7 +8,7 @@
 //! Which calls are repeated:
 //! - any call that never reached an instance (its connection was refused
 //!   or could not be made), on another instance: the instance did nothing;
-//! - a call that may have reached one (the connection broke, no answer in
+//! - a call that may have reached one (the connection broke, no response in
 //!   time) only when its method is in [`SAFE_TO_REPEAT`]: reads, and
 //!   writes that end in the same state however often they run.
 //!
@@ -74,7 +74,7 @@ pub const TRIAL_EVERY: Duration = Duration::from_millis(200);
 pub const FIRST_PROBE: Duration = Duration::from_millis(100);
 /// Probes of an instance that stays down come at most this far apart.
 pub const LAST_PROBE: Duration = Duration::from_secs(2);
-/// The longest a probe waits for its answer.
+/// The longest a probe waits for its response.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The wait before a repeat, doubled at each further one.
 const BACKOFF: Duration = Duration::from_millis(5);
@@ -178,7 +178,7 @@ impl Member {
         });
         matches!(
             tokio::time::timeout(PROBE_TIMEOUT, asked).await,
-            Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving
+            Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving
         )
     }
 }
@@ -309,7 +309,7 @@ impl Pool {
     }
 
     /// Sends one attempt to `member`, in a task of its own: when the caller
-    /// goes away before the answer's head arrives, the call is not
+    /// goes away before the response's head arrives, the call is not
     /// cancelled at once but kept for [`ABANDON_AFTER`] more, or until it
     /// is answered. A cancel is an HTTP/2 reset, and a server counts resets
     /// of streams it has not yet taken in against a small limit (h2's
@@ -326,7 +326,7 @@ impl Pool {
             tokio::pin!(call);
             tokio::select! {
                 biased;
-                answer = &mut call => Some(answer),
+                response = &mut call => Some(response),
                 () = gone.cancelled() => tokio::time::timeout(ABANDON_AFTER, call).await.ok(),
             }
         };
@@ -337,7 +337,7 @@ impl Pool {
         // Dropped with this future: tells the task its caller has gone.
         let _caller = caller.drop_guard();
         match handle.await {
-            Ok(Some(answer)) => answer.map_err(Into::into),
+            Ok(Some(response)) => response.map_err(Into::into),
             Ok(None) => Err("the call was abandoned".into()),
             Err(e) => Err(Box::new(e)),
         }

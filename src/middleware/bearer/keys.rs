@@ -57,12 +57,12 @@ pub struct AuthKeys {
 impl KeySource for AuthKeys {
     async fn fetch(&self) -> Result<KeySet, FetchError> {
         let channel = self.clients.channel("auth").await?;
-        let answer = AuthClient::new(channel)
+        let response = AuthClient::new(channel)
             .get_public_keys(GetPublicKeysRequest {})
             .await?
             .into_inner();
         let mut keys = HashMap::new();
-        for k in answer.keys {
+        for k in response.keys {
             let key =
                 crate::middleware::token::public_key_from_paserk(&k.paserk).map_err(|source| {
                     FetchError::Key {
@@ -74,7 +74,7 @@ impl KeySource for AuthKeys {
         }
         Ok(KeySet {
             keys,
-            ttl: Duration::from_secs(answer.cache_ttl_secs.max(1) as u64),
+            ttl: Duration::from_secs(response.cache_ttl_secs.max(1) as u64),
         })
     }
 
@@ -83,13 +83,13 @@ impl KeySource for AuthKeys {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Uuid>, FetchError> {
         let channel = self.clients.channel("auth").await?;
-        let answer = AuthClient::new(channel)
+        let response = AuthClient::new(channel)
             .list_revoked_sessions(ListRevokedSessionsRequest {
                 since_unix_ms: since.timestamp_millis(),
             })
             .await?
             .into_inner();
-        Ok(answer
+        Ok(response
             .session_ids
             .iter()
             .filter_map(|id| Uuid::parse_str(id).ok())

@@ -36,7 +36,7 @@ use pasetors::version4::V4;
 use uuid::Uuid;
 
 use super::recent;
-use super::token::{self, Expect, Principal, TokenError};
+use super::token::{self, IssuerAudience, Principal, TokenError};
 use crate::kernel::bus::BusError;
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
@@ -95,7 +95,7 @@ static CHECKS: AtomicU64 = AtomicU64::new(0);
 struct Inner {
     id: u64,
     source: Arc<dyn KeySource>,
-    expect: Expect,
+    expected: IssuerAudience,
     clock: Arc<dyn Clock>,
     keys: RwLock<Option<Cached>>,
     /// When an unknown key id last caused a refresh.
@@ -119,7 +119,7 @@ struct Inner {
 impl TokenCheck {
     pub fn new(
         source: Arc<dyn KeySource>,
-        expect: Expect,
+        expected: IssuerAudience,
         clock: Arc<dyn Clock>,
         remember_revocations: Duration,
     ) -> Self {
@@ -127,7 +127,7 @@ impl TokenCheck {
             inner: Arc::new(Inner {
                 id: CHECKS.fetch_add(1, Ordering::Relaxed),
                 source,
-                expect,
+                expected,
                 clock: clock.clone(),
                 keys: RwLock::new(None),
                 refresh: tokio::sync::Mutex::new(None),
@@ -201,7 +201,7 @@ impl TokenCheck {
     pub async fn verify_uncached(&self, token: &str) -> Result<Principal, TokenError> {
         let kid = token::key_id(token)?;
         let key = self.key(&kid).await?;
-        let principal = token::verify(token, &key, &self.inner.expect, self.inner.clock.now())?;
+        let principal = token::verify(token, &key, &self.inner.expected, self.inner.clock.now())?;
         self.still_good(principal, self.inner.clock.now())
     }
 
@@ -293,7 +293,7 @@ impl TokenCheck {
             Arc::new(AuthKeys {
                 clients: ctx.clients.clone(),
             }),
-            ctx.tokens.expect(),
+            ctx.tokens.issuer_audience(),
             ctx.clock.clone(),
             ctx.tokens.access_ttl().to_std().unwrap_or_default(),
         );
@@ -418,8 +418,8 @@ mod tests {
         }
     }
 
-    fn expect() -> Expect {
-        Expect {
+    fn issuer_audience() -> IssuerAudience {
+        IssuerAudience {
             issuer: "gatehouse".into(),
             audience: "gatehouse".into(),
         }
@@ -432,7 +432,7 @@ mod tests {
             &Id::from(&pair.public),
             Uuid::now_v7(),
             Uuid::now_v7(),
-            &expect(),
+            &issuer_audience(),
             now,
             now + chrono::Duration::minutes(5),
         )
@@ -449,7 +449,7 @@ mod tests {
         });
         let check = TokenCheck::new(
             source.clone(),
-            expect(),
+            issuer_audience(),
             Arc::new(SystemClock),
             Duration::from_secs(900),
         );
@@ -480,7 +480,7 @@ mod tests {
         });
         let check = TokenCheck::new(
             source,
-            expect(),
+            issuer_audience(),
             Arc::new(SystemClock),
             Duration::from_secs(900),
         );

@@ -12,8 +12,8 @@
 //! question asks for the newest revision an event told of, so an instance
 //! of authz that has not yet read the change cannot answer from before it.
 //!
-//! Replicas can share what they were told through [`SharedAnswers`] (with
-//! the `redis` feature, [`redis::RedisAnswers`]): an answer one replica got
+//! Replicas can share what they were told through [`SharedDecisions`] (with
+//! the `redis` feature, [`redis::RedisDecisions`]): an answer one replica got
 //! saves the others the question, and is voided by the same events.
 
 #[cfg(feature = "redis")]
@@ -77,7 +77,7 @@ struct Key {
 /// answers given before its own revision, so an answer asked before a
 /// change and written after it is never read.
 #[async_trait::async_trait]
-pub trait SharedAnswers: Send + Sync {
+pub trait SharedDecisions: Send + Sync {
     /// The answer kept for the question, unless a change known since voids it.
     async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept>;
     /// Keeps `answer`, given at `revision`, for the store's time, unless
@@ -88,7 +88,7 @@ pub trait SharedAnswers: Send + Sync {
         permission: &str,
         resource: Option<&str>,
         revision: u64,
-        answer: Kept,
+        decision: Kept,
     );
     /// Voids the answers given before `revision` to `users`, or to anyone
     /// when `None`.
@@ -104,9 +104,9 @@ pub struct Permits {
 struct Inner {
     clients: Clients,
     /// Answers shared with other replicas, read when none is kept here.
-    shared: Option<Arc<dyn SharedAnswers>>,
+    shared: Option<Arc<dyn SharedDecisions>>,
     /// None when answers are not kept.
-    answers: Option<moka::sync::Cache<Key, Kept>>,
+    decisions: Option<moka::sync::Cache<Key, Kept>>,
     /// What "now" is when a kept answer's time is checked.
     clock: Arc<dyn Clock>,
     /// Moves on at every change, so an answer asked before it is not kept.
@@ -133,9 +133,9 @@ impl Permits {
             ctx.redis.connection().await?,
             ctx.keyring.derived(service, "authz answers"),
         ) {
-            (Some(redis), Some(tag_key)) => Some(Arc::new(redis::RedisAnswers::new(
+            (Some(redis), Some(tag_key)) => Some(Arc::new(redis::RedisDecisions::new(
                 redis, service, tag_key, keep,
-            )) as Arc<dyn SharedAnswers>),
+            )) as Arc<dyn SharedDecisions>),
             _ => None,
         };
         #[cfg(not(feature = "redis"))]
@@ -161,10 +161,10 @@ impl Permits {
     pub fn sharing(
         clients: Clients,
         keep: Duration,
-        shared: Option<Arc<dyn SharedAnswers>>,
+        shared: Option<Arc<dyn SharedDecisions>>,
         clock: Arc<dyn Clock>,
     ) -> Permits {
-        let answers = (!keep.is_zero()).then(|| {
+        let decisions = (!keep.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(keep)
@@ -174,8 +174,8 @@ impl Permits {
         Permits {
             inner: Arc::new(Inner {
                 clients,
-                shared: shared.filter(|_| answers.is_some()),
-                answers,
+                shared: shared.filter(|_| decisions.is_some()),
+                decisions,
                 clock,
                 generation: AtomicU64::new(0),
                 revision: AtomicU64::new(0),
@@ -197,7 +197,7 @@ impl Permits {
             resource: resource.map(Into::into),
         };
         let now_ms = self.inner.clock.now().timestamp_millis();
-        if let Some(kept) = self.inner.answers.as_ref().and_then(|a| a.get(&key))
+        if let Some(kept) = self.inner.decisions.as_ref().and_then(|a| a.get(&key))
             && kept.holds_at(now_ms)
         {
             return Ok(kept.allowed);
@@ -211,28 +211,28 @@ impl Permits {
                 .filter(|k| k.holds_at(now_ms)),
             None => None,
         };
-        let answer = match kept {
+        let decision = match kept {
             Some(kept) => kept,
             None => {
-                let (answer, revision) = self.ask(&key).await?;
+                let (decision, revision) = self.ask(&key).await?;
                 if let Some(s) = shared {
-                    s.put(user, permission, resource, revision, answer).await;
+                    s.put(user, permission, resource, revision, decision).await;
                 }
-                answer
+                decision
             }
         };
-        if let Some(answers) = &self.inner.answers
+        if let Some(decisions) = &self.inner.decisions
             && self.inner.generation.load(Ordering::Acquire) == generation
         {
-            answers.insert(key.clone(), answer);
+            decisions.insert(key.clone(), decision);
             // A change that arrived between the look above and the insert
             // has dropped what was kept before it, not this answer: drop it
             // too.
             if self.inner.generation.load(Ordering::Acquire) != generation {
-                answers.invalidate(&key);
+                decisions.invalidate(&key);
             }
         }
-        Ok(answer.allowed)
+        Ok(decision.allowed)
     }
 
     /// A client of authz, through the registry.
@@ -256,15 +256,15 @@ impl Permits {
             at_least_revision: self.inner.revision.load(Ordering::Acquire),
         };
         match self.authz().await?.check(asked).await {
-            Ok(answer) => {
-                let answer = answer.into_inner();
-                let allowed = answer.answer.as_ref().is_some_and(|a| a.allowed);
-                let until_ms = answer
+            Ok(response) => {
+                let response = response.into_inner();
+                let allowed = response.answer.as_ref().is_some_and(|a| a.allowed);
+                let until_ms = response
                     .answer
                     .and_then(|a| a.grant)
                     .map(|g| g.holds_until_unix_ms)
                     .filter(|ms| *ms != 0);
-                Ok((Kept { allowed, until_ms }, answer.revision))
+                Ok((Kept { allowed, until_ms }, response.revision))
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
                 Err(PermitError::Invalid(status.message().to_owned()))
@@ -288,9 +288,10 @@ impl Permits {
             at_least_revision: self.inner.revision.load(Ordering::Acquire),
         };
         match self.authz().await?.covers(asked).await {
-            Ok(answer) => {
-                let answer = answer.into_inner();
-                Ok((!answer.covered).then_some((answer.lacking_permission, answer.lacking_scope)))
+            Ok(decision) => {
+                let decision = decision.into_inner();
+                Ok((!decision.covered)
+                    .then_some((decision.lacking_permission, decision.lacking_scope)))
             }
             Err(status) => Err(PermitError::Unavailable(status.message().to_owned())),
         }
@@ -312,17 +313,17 @@ impl Permits {
             .revision
             .fetch_max(change.revision, Ordering::AcqRel);
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        let Some(answers) = &self.inner.answers else {
+        let Some(decisions) = &self.inner.decisions else {
             return;
         };
         // A cache that cannot drop by user drops them all.
         let dropped = named_users(change).is_some_and(|users| {
-            answers
+            decisions
                 .invalidate_entries_if(move |key, _| users.contains(&key.user))
                 .is_ok()
         });
         if !dropped {
-            answers.invalidate_all();
+            decisions.invalidate_all();
         }
     }
 

@@ -24,7 +24,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::{Kept, SharedAnswers};
+use super::{Kept, SharedDecisions};
 use crate::kernel::locks;
 use crate::kernel::redis::Redis;
 
@@ -63,7 +63,7 @@ static SCRIPTS: LazyLock<[Script; 3]> =
     LazyLock::new(|| [READ, WRITE, RAISE].map(Script::from_lua));
 
 /// The answers of one service's replicas, kept in Redis for `keep`.
-pub struct RedisAnswers {
+pub struct RedisDecisions {
     redis: Redis,
     service: String,
     tag_key: [u8; 32],
@@ -74,7 +74,7 @@ pub struct RedisAnswers {
     distrust_until: Mutex<Option<Instant>>,
 }
 
-impl RedisAnswers {
+impl RedisDecisions {
     /// Answers of `service`, tagged with `tag_key` (which only its
     /// replicas hold), kept for `keep`.
     pub fn new(redis: Redis, service: &str, tag_key: [u8; 32], keep: Duration) -> Self {
@@ -124,22 +124,22 @@ impl RedisAnswers {
     }
 
     /// The tag of `answer` (`<revision>:<0|1>`) kept at `key`.
-    fn tag(&self, key: &str, answer: &str) -> Hmac<Sha256> {
+    fn tag(&self, key: &str, decision: &str) -> Hmac<Sha256> {
         let mut mac = crate::kernel::seal::hmac_sha256(&self.tag_key);
         mac.update(key.as_bytes());
         mac.update(b"\0");
-        mac.update(answer.as_bytes());
+        mac.update(decision.as_bytes());
         mac
     }
 
     /// The answer in `kept` (`<revision>:<0|1>:<until ms, 0 for none>:<tag>`),
     /// if its tag is good and it was given at or after `floor`.
     fn read(&self, key: &str, kept: &str, floor: u64) -> Option<Kept> {
-        let (answer, tag) = kept.rsplit_once(':')?;
-        self.tag(key, answer)
+        let (decision, tag) = kept.rsplit_once(':')?;
+        self.tag(key, decision)
             .verify_slice(&hex::decode(tag).ok()?)
             .ok()?;
-        let mut fields = answer.split(':');
+        let mut fields = decision.split(':');
         let (revision, allowed, until) = (fields.next()?, fields.next()?, fields.next()?);
         if revision.parse::<u64>().ok()? < floor {
             return None;
@@ -155,7 +155,7 @@ impl RedisAnswers {
 }
 
 #[async_trait::async_trait]
-impl SharedAnswers for RedisAnswers {
+impl SharedDecisions for RedisDecisions {
     async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept> {
         if !self.trusted() {
             return None;
@@ -179,16 +179,16 @@ impl SharedAnswers for RedisAnswers {
         kept: Kept,
     ) {
         let keys = self.keys(user, permission, resource);
-        let answer = format!(
+        let decision = format!(
             "{revision}:{}:{}",
             u8::from(kept.allowed),
             kept.until_ms.unwrap_or(0)
         );
-        let tag = self.tag(&keys[0], &answer);
+        let tag = self.tag(&keys[0], &decision);
         let tag = hex::encode(tag.finalize().into_bytes());
         let args = vec![
             revision.to_string(),
-            format!("{answer}:{tag}"),
+            format!("{decision}:{tag}"),
             self.keep_ms.clone(),
         ];
         // Not kept: the next replica asks authz, as without Redis.

@@ -1,6 +1,6 @@
 //! Rate limiting with GCRA (the `governor` crate), keyed by client address
 //! or user. A refused request gets 429 problem+json with `Retry-After`;
-//! every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and
+//! every response carries `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset`.
 //!
 //! State is bounded: at most `max_keys` keys are tracked. When the table is
@@ -127,7 +127,7 @@ impl Limiter {
     /// left, the 429 answer once it is spent.
     #[allow(
         clippy::result_large_err,
-        reason = "the refusal is the answer the client gets, made once"
+        reason = "the refusal is the response the client gets, made once"
     )]
     pub fn spend(&self, key: RateKey) -> Result<Verdict, Response> {
         match self.check(key) {
@@ -174,7 +174,7 @@ const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 thread_local! {
     /// The text of the limit last written on this thread: a limiter's
-    /// limit is the same for every answer, so it is written once.
+    /// limit is the same for every response, so it is written once.
     static LIMIT_TEXT: std::cell::RefCell<Option<(u32, HeaderValue)>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -106,7 +106,7 @@ impl RedisLimits {
 
     #[allow(
         clippy::result_large_err,
-        reason = "the refusal is the answer the client gets, made once"
+        reason = "the refusal is the response the client gets, made once"
     )]
     fn fall_back(&self, key: RateKey) -> Result<Option<Verdict>, Response> {
         match &self.fallback {
@@ -142,7 +142,7 @@ impl SharedLimit for RedisLimits {
         let Some(gcra) = gcra else {
             return Ok(None);
         };
-        let answer = self
+        let response = self
             .redis
             .run::<(i64, i64, i64)>(
                 &SCRIPT,
@@ -150,7 +150,7 @@ impl SharedLimit for RedisLimits {
                 vec![gcra.interval_us.to_string(), gcra.burst.to_string()],
             )
             .await;
-        match answer {
+        match response {
             Ok((1, _, remaining)) => Ok(Some(Verdict::Allowed {
                 limit: gcra.burst,
                 remaining: u32::try_from(remaining.max(0)).unwrap_or(0),

@@ -22,7 +22,7 @@ use crate::kernel::http::connection::{ConnectionService, InPlace};
 use crate::kernel::http::deadline::Deadline;
 
 /// What ends a connection handed to hyper.
-pub(super) struct Over {
+pub(super) struct HandOffLimits {
     /// Held while the connection lives, so that shutdown waits for it.
     pub(super) watcher: Watcher,
     pub(super) shutdown: CancellationToken,
@@ -49,7 +49,7 @@ pub(super) async fn hand_off<IO, S>(
     conn: Conn<IO>,
     service: S,
     hyper: auto::Builder<TokioExecutor>,
-    over: Over,
+    limits: HandOffLimits,
 ) where
     IO: super::Stream,
     S: ConnectionService,
@@ -57,13 +57,13 @@ pub(super) async fn hand_off<IO, S>(
 {
     let Conn { stream, read, .. } = conn;
     let moved = Arc::new(AtomicUsize::new(0));
-    let Over {
+    let HandOffLimits {
         watcher,
         shutdown,
         idle_timeout,
         first_request,
         write_timeout,
-    } = over;
+    } = limits;
     let io = Rewind {
         read: read.freeze(),
         stream,

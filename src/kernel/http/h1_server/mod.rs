@@ -16,15 +16,15 @@
 //! read timeout), by one timer per connection that is moved on only when it
 //! fires: a request arriving in time costs no timer work. Once shutdown has
 //! begun, a connection with no request in flight is closed, and one with a
-//! request in flight is closed once its answer has been written.
+//! request in flight is closed once its response has been written.
 //!
-//! Rooms: this file serves the connection and writes its answers, by the
+//! Rooms: this file serves the connection and writes its responses, by the
 //! rules and limits of `kernel::http::wire`; `handoff.rs` hands a connection to
 //! hyper.
 
 mod handoff;
 
-use handoff::{Over, hand_off};
+use handoff::{HandOffLimits, hand_off};
 
 use std::io;
 use std::pin::{Pin, pin};
@@ -111,14 +111,14 @@ where
                         return;
                     }
                     Err(NotRead::HandOff) => {
-                        let over = Over {
+                        let limits = HandOffLimits {
                             watcher,
                             shutdown: shutdown.clone(),
                             idle_timeout,
                             first_request: header_timeout,
                             write_timeout,
                         };
-                        return hand_off(conn, service, hyper, over).await;
+                        return hand_off(conn, service, hyper, limits).await;
                     }
                 }
             }
@@ -137,13 +137,13 @@ where
             keep_alive,
             head,
         } = request;
-        let Ok(answer) = call_in_place(&mut service, request).await;
+        let Ok(response) = call_in_place(&mut service, request).await;
         let keep_alive = KeepAlive {
             keep: keep_alive.keep && !shutdown.is_cancelled(),
             ..keep_alive
         };
         match conn
-            .write_answer(answer, head, keep_alive, &mut deadline)
+            .write_response(response, head, keep_alive, &mut deadline)
             .await
         {
             Ok(true) => {}
@@ -163,7 +163,7 @@ impl<IO: Stream> Conn<IO> {
     /// Answers a request head longer than the wire's limit with 431 and
     /// `Connection: close`: nothing after it can be read in step.
     async fn write_refusal(&mut self, deadline: &mut HeadDeadline) -> io::Result<bool> {
-        let answer = Problem::new(
+        let response = Problem::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "head_too_large",
             "The request head is too large",
@@ -173,7 +173,7 @@ impl<IO: Stream> Conn<IO> {
             keep: false,
             http11: true,
         };
-        self.write_answer(answer, false, close, deadline).await
+        self.write_response(response, false, close, deadline).await
     }
 
     /// Reads more of the client's bytes; 0 at their end. Gives up when the
@@ -200,16 +200,16 @@ impl<IO: Stream> Conn<IO> {
         Poll::Pending
     }
 
-    /// Writes `answer`, without its body when it answers HEAD; whether the
+    /// Writes `response`, without its body when it answers HEAD; whether the
     /// connection may carry another request.
-    async fn write_answer(
+    async fn write_response(
         &mut self,
-        answer: Response,
+        response: Response,
         head: bool,
         keep_alive: KeepAlive,
         deadline: &mut HeadDeadline,
     ) -> io::Result<bool> {
-        let (parts, mut body) = answer.into_parts();
+        let (parts, mut body) = response.into_parts();
         let status = parts.status;
         let bodiless = head
             || status.is_informational()
@@ -220,8 +220,8 @@ impl<IO: Stream> Conn<IO> {
         } else {
             body.size_hint().exact()
         };
-        // Without a length, an answer is chunked; an HTTP/1.0 client knows
-        // no chunks, so its answer ends with the connection.
+        // Without a length, a response is chunked; an HTTP/1.0 client knows
+        // no chunks, so its response ends with the connection.
         let chunked = !bodiless && length.is_none() && keep_alive.http11;
         let mut keep = keep_alive.keep && (bodiless || length.is_some() || chunked);
         if connection_closes(&parts.headers) {
@@ -285,7 +285,7 @@ impl<IO: Stream> Conn<IO> {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    // More than announced: the answer cannot be framed.
+                    // More than announced: the response cannot be framed.
                     if framing.push(&mut self.write, &data).is_err() {
                         return Ok(false);
                     }
@@ -361,7 +361,7 @@ fn no_room(
     }
 }
 
-/// Whether the answer's own `Connection` field asks to close.
+/// Whether the response's own `Connection` field asks to close.
 fn connection_closes(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)

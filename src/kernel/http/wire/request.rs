@@ -11,7 +11,7 @@ use http::{Method, Version};
 use super::fields::{FieldSpans, fields_of, has_token};
 use super::{MAX_HEAD, MAX_HEADERS};
 
-/// How the connection goes on after an answer.
+/// How the connection goes on after a response.
 #[derive(Clone, Copy)]
 pub struct KeepAlive {
     /// The client may send another request.

@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
-/// The field carrying a request's id, in the request and its answer.
+/// The field carrying a request's id, in the request and its response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Whether `value` is a valid `Host` field value (RFC 9110 section 7.2,

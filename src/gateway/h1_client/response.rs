@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 
-use super::{Conn, Error, before_answer};
+use super::{Conn, Error, before_response};
 use crate::kernel::http::deadline::Deadline;
 use crate::kernel::http::wire::{self, Decoded, Framing, ResponseHead};
 
@@ -57,7 +57,7 @@ pub(super) async fn read_head_from(
             Ok(0) if !received => return Err(Error::Closed),
             Ok(0) => return Err(Error::Malformed("connection closed within the head")),
             Ok(_) => received = true,
-            Err(e) if !received => return Err(before_answer(e)),
+            Err(e) if !received => return Err(before_response(e)),
             Err(e) => return Err(Error::Io(e)),
         }
     }
