@@ -405,8 +405,8 @@ async fn token_check_rates(tokens: &TokenConfig, span: Duration) -> anyhow::Resu
     let token = token::sign(
         &pair.secret,
         &pasetors::paserk::Id::from(&pair.public),
-        uuid::Uuid::now_v7(),
-        uuid::Uuid::now_v7(),
+        token::UserId::now_v7(),
+        token::SessionId::now_v7(),
         &tokens.issuer_audience(),
         now,
         now + chrono::Duration::hours(1),
@@ -524,8 +524,8 @@ async fn serve_unchecked(
     )
     .await?;
     let principal = gatehouse::middleware::token::Principal {
-        user_id,
-        session_id: uuid::Uuid::nil(),
+        user_id: user_id.into(),
+        session_id: uuid::Uuid::nil().into(),
         expires_at: chrono::Utc::now() + chrono::Duration::days(1),
     };
     let http = gatehouse::identity::http::signed_in_routes()

@@ -18,11 +18,14 @@ pub fn server(auth: Auth) -> AuthServer<Grpc> {
     AuthServer::new(Grpc { auth })
 }
 
-fn uuid(field: &'static str, text: &str) -> Result<Uuid, AuthError> {
-    Uuid::parse_str(text).map_err(|_| AuthError::Invalid {
-        field,
-        message: "not a valid id".into(),
-    })
+/// The id in `text`, of the type `T` it is wanted as.
+fn uuid<T: From<Uuid>>(field: &'static str, text: &str) -> Result<T, AuthError> {
+    Uuid::parse_str(text)
+        .map(T::from)
+        .map_err(|_| AuthError::Invalid {
+            field,
+            message: "not a valid id".into(),
+        })
 }
 
 #[tonic::async_trait]

@@ -14,14 +14,13 @@ use axum::routing::{delete, get, post};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
-use uuid::Uuid;
 
 use super::error::AuthError;
 use super::service::{Auth, TokenPair};
 use crate::kernel::error::{ApiJson, Problem};
 use crate::kernel::openapi::{BearerScheme, CommonResponses};
 use crate::middleware::bearer;
-use crate::middleware::token::Principal;
+use crate::middleware::token::{Principal, SessionId};
 
 /// The description of auth's public HTTP API.
 #[derive(OpenApi)]
@@ -62,7 +61,7 @@ async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next)
     };
     match verdict {
         Ok(principal) => {
-            crate::kernel::telemetry::set_actor(principal.user_id);
+            crate::kernel::telemetry::set_actor(principal.user_id.as_uuid());
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
@@ -217,7 +216,7 @@ async fn end_session(
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AuthError> {
-    let id = Uuid::parse_str(&id).map_err(|_| AuthError::SessionNotFound)?;
+    let id = SessionId::parse(&id).map_err(|_| AuthError::SessionNotFound)?;
     auth.end_own_session(&p, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,8 +15,6 @@ use chrono::{DateTime, Utc};
 use diesel::Connection;
 use serde::{Deserialize, Serialize};
 
-use uuid::Uuid;
-
 use super::config::AuthConfig;
 use super::error::AuthError;
 use super::events::{self, session_event};
@@ -28,7 +26,7 @@ use crate::kernel::db::Db;
 use crate::kernel::error::Kind;
 use crate::kernel::outbox::{self, Relay};
 use crate::kernel::rpc::Clients;
-use crate::middleware::token::{self, Principal, TokenConfig, TokenError};
+use crate::middleware::token::{self, Principal, SessionId, TokenConfig, TokenError, UserId};
 use crate::proto::identity::v1::VerifyCredentialsRequest;
 use crate::proto::identity::v1::identity_client::IdentityClient;
 
@@ -48,7 +46,7 @@ pub struct TokenPair {
 /// A session as its owner sees it.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub id: Uuid,
+    pub id: SessionId,
     pub created_at: DateTime<Utc>,
     pub refreshed_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -142,12 +140,12 @@ impl Auth {
         let user = verified
             .user
             .ok_or_else(|| AuthError::Internal("identity answered without a user".into()))?;
-        let user_id = Uuid::parse_str(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let user_id = UserId::parse(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
         // The user who signed in opened the session.
-        crate::kernel::telemetry::set_actor(user_id);
+        crate::kernel::telemetry::set_actor(user_id.as_uuid());
         let now = self.clock.now();
         let session = SessionRow {
-            id: Uuid::now_v7().to_string(),
+            id: SessionId::now_v7().to_string(),
             user_id: user_id.to_string(),
             created_at: now.naive_utc(),
             expires_at: (now + secs(self.config.session_ttl_secs)).naive_utc(),
@@ -220,9 +218,9 @@ impl Auth {
                             return Ok(Refreshed::Reused);
                         }
                         store::insert_refresh(c, &new_hash, &session.id, row.generation + 1, n)?;
-                        let user = Uuid::parse_str(&session.user_id)
+                        let user = UserId::parse(&session.user_id)
                             .map_err(|e| AuthError::Internal(e.to_string()))?;
-                        let sid = Uuid::parse_str(&session.id)
+                        let sid = SessionId::parse(&session.id)
                             .map_err(|e| AuthError::Internal(e.to_string()))?;
                         let access = token::sign(
                             &signer.secret,
@@ -319,12 +317,12 @@ impl Auth {
 
     async fn pair(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         session: &SessionRow,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AuthError> {
         let signer = self.keys.signer().await?;
-        let sid = Uuid::parse_str(&session.id).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let sid = SessionId::parse(&session.id).map_err(|e| AuthError::Internal(e.to_string()))?;
         let access = token::sign(
             &signer.secret,
             &signer.id,

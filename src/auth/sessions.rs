@@ -8,7 +8,7 @@ use diesel::Connection;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use uuid::Uuid;
+use crate::middleware::token::{SessionId, UserId};
 
 use super::error::AuthError;
 use super::events::{self, session_event};
@@ -84,7 +84,11 @@ impl Auth {
     }
 
     /// Ends one session (any reason); false if it was unknown or ended already.
-    pub async fn revoke_session(&self, session_id: Uuid, reason: &str) -> Result<bool, AuthError> {
+    pub async fn revoke_session(
+        &self,
+        session_id: SessionId,
+        reason: &str,
+    ) -> Result<bool, AuthError> {
         let now = self.clock.now();
         let (id, reason, by) = (
             session_id.to_string(),
@@ -104,8 +108,8 @@ impl Auth {
     /// Ends every session of a user but `except`; answers how many ended.
     pub async fn revoke_user_sessions(
         &self,
-        user_id: Uuid,
-        except: Option<Uuid>,
+        user_id: UserId,
+        except: Option<SessionId>,
         reason: &str,
     ) -> Result<usize, AuthError> {
         let now = self.clock.now();
@@ -141,7 +145,7 @@ impl Auth {
     pub async fn end_own_session(
         &self,
         principal: &Principal,
-        session_id: Uuid,
+        session_id: SessionId,
     ) -> Result<(), AuthError> {
         let id = session_id.to_string();
         let row = self
@@ -158,7 +162,7 @@ impl Auth {
     }
 
     /// The user's live sessions.
-    pub async fn sessions(&self, user_id: Uuid) -> Result<Vec<Session>, AuthError> {
+    pub async fn sessions(&self, user_id: UserId) -> Result<Vec<Session>, AuthError> {
         let now = self.clock.now().naive_utc();
         let user = user_id.to_string();
         let rows = self
@@ -168,7 +172,7 @@ impl Auth {
         rows.into_iter()
             .map(|r| {
                 Ok(Session {
-                    id: Uuid::parse_str(&r.id).map_err(|e| AuthError::Internal(e.to_string()))?,
+                    id: SessionId::parse(&r.id).map_err(|e| AuthError::Internal(e.to_string()))?,
                     created_at: r.created_at.and_utc(),
                     refreshed_at: r.refreshed_at.and_utc(),
                     expires_at: r.expires_at.and_utc(),

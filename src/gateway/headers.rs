@@ -82,7 +82,10 @@ pub struct ProxyFields {
     /// The client's address as `Forwarded` writes it.
     node: Node,
     /// The verified user and session, written as text where they go.
-    identity: Option<(uuid::Uuid, uuid::Uuid)>,
+    identity: Option<(
+        crate::middleware::token::UserId,
+        crate::middleware::token::SessionId,
+    )>,
     /// `http` or `https`.
     proto: &'static [u8],
     /// The gateway's service credential, for a platform service (see
@@ -214,12 +217,12 @@ impl ProxyFields {
         field(&X_FORWARDED_PROTO, &|out| out.put_slice(self.proto));
         field(&header::FORWARDED, &|out| self.forwarded(out));
         if let Some((user, session)) = &self.identity {
-            let text = |id: &uuid::Uuid, out: &mut BytesMut| {
+            let text = |id: uuid::Uuid, out: &mut BytesMut| {
                 let mut buffer = uuid::Uuid::encode_buffer();
                 out.put_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
             };
-            field(&USER_ID, &|out| text(user, out));
-            field(&SESSION_ID, &|out| text(session, out));
+            field(&USER_ID, &|out| text(user.as_uuid(), out));
+            field(&SESSION_ID, &|out| text(session.as_uuid(), out));
         }
         if let Some(credential) = &self.credential {
             field(&CREDENTIAL, &|out| out.put_slice(credential.as_bytes()));

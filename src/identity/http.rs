@@ -303,7 +303,9 @@ async fn me(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,
 ) -> Result<impl IntoResponse, IdentityError> {
-    Ok(with_etag(&identity.get_user(UserId(p.user_id)).await?))
+    Ok(with_etag(
+        &identity.get_user(UserId(p.user_id.as_uuid())).await?,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -369,7 +371,7 @@ async fn update_me(
 ) -> Result<impl IntoResponse, IdentityError> {
     let expected = if_match(&headers)?;
     let user = identity
-        .update_profile(UserId(p.user_id), body.display_name, expected)
+        .update_profile(UserId(p.user_id.as_uuid()), body.display_name, expected)
         .await?;
     Ok(with_etag(&user))
 }
@@ -400,10 +402,10 @@ async fn change_my_password(
 ) -> Result<StatusCode, IdentityError> {
     identity
         .change_password(
-            UserId(p.user_id),
+            UserId(p.user_id.as_uuid()),
             &Password::new(body.current_password),
             &Password::new(body.new_password),
-            Some(p.session_id),
+            Some(p.session_id.as_uuid()),
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -424,6 +426,6 @@ async fn delete_me(
     State(identity): State<Identity>,
     Extension(p): Extension<Principal>,
 ) -> Result<StatusCode, IdentityError> {
-    identity.delete_user(UserId(p.user_id)).await?;
+    identity.delete_user(UserId(p.user_id.as_uuid())).await?;
     Ok(StatusCode::NO_CONTENT)
 }

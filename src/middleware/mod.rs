@@ -6,6 +6,7 @@
 //! - [`bearer`]: the bearer-token check: keys fetched from auth over gRPC and
 //!   cached, verified tokens cached, revoked sessions learned from the bus,
 //!   and a [`token::Principal`] put into each request.
+//! - [`ids`]: user and session ids, each a type of its own.
 //! - [`recent`]: a small per-thread table of tokens that verified lately, in
 //!   front of the bearer check's shared cache.
 //! - [`names`]: permission and resource names, as authz and those who ask
@@ -15,6 +16,7 @@
 //! - [`ratelimit`]: GCRA rate limits by client or user, with bounded state.
 
 pub mod bearer;
+pub mod ids;
 pub mod names;
 pub mod permit;
 pub mod ratelimit;

@@ -84,12 +84,12 @@ pub fn put(check: u64, generation: u64, token: &[u8], principal: &Principal) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
+    use crate::middleware::token::{SessionId, UserId};
 
     fn principal() -> Principal {
         Principal {
-            user_id: Uuid::now_v7(),
-            session_id: Uuid::now_v7(),
+            user_id: UserId::now_v7(),
+            session_id: SessionId::now_v7(),
             expires_at: chrono::Utc::now(),
         }
     }

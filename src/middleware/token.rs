@@ -16,11 +16,13 @@ use pasetors::version4::{PublicToken, V4};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::ids::{SessionId, UserId};
+
 /// Who made a request, as proven by a verified access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
+    pub user_id: UserId,
+    pub session_id: SessionId,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -135,8 +137,8 @@ pub enum SignError {
 pub fn sign(
     key: &AsymmetricSecretKey<V4>,
     kid: &Id,
-    user_id: Uuid,
-    session_id: Uuid,
+    user_id: UserId,
+    session_id: SessionId,
     expected: &IssuerAudience,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -211,8 +213,8 @@ pub fn verify(
         return Err(TokenError::Expired);
     }
     Ok(Principal {
-        user_id: Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Malformed)?,
-        session_id: Uuid::parse_str(&claims.sid).map_err(|_| TokenError::Malformed)?,
+        user_id: UserId::parse(&claims.sub).map_err(|_| TokenError::Malformed)?,
+        session_id: SessionId::parse(&claims.sid).map_err(|_| TokenError::Malformed)?,
         expires_at: exp,
     })
 }
@@ -261,7 +263,7 @@ mod tests {
     fn a_signed_token_verifies_and_names_its_key() {
         let (kp, kid) = pair();
         let now = Utc::now();
-        let (user, session) = (Uuid::now_v7(), Uuid::now_v7());
+        let (user, session) = (UserId::now_v7(), SessionId::now_v7());
         let token = sign(
             &kp.secret,
             &kid,
@@ -289,8 +291,8 @@ mod tests {
         let token = sign(
             &kp.secret,
             &kid,
-            Uuid::now_v7(),
-            Uuid::now_v7(),
+            UserId::now_v7(),
+            SessionId::now_v7(),
             &issuer_audience(),
             now,
             exp,
@@ -338,8 +340,8 @@ mod tests {
         let token = sign(
             &kp.secret,
             &kid,
-            Uuid::now_v7(),
-            Uuid::now_v7(),
+            UserId::now_v7(),
+            SessionId::now_v7(),
             &issuer_audience(),
             now,
             now + chrono::Duration::minutes(5),

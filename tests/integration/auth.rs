@@ -466,8 +466,8 @@ async fn the_shared_check_refuses_other_audiences_issuers_and_keys() {
     let forged = gatehouse::middleware::token::sign(
         &stranger.secret,
         &pasetors::paserk::Id::from(&stranger.public),
-        uuid::Uuid::now_v7(),
-        uuid::Uuid::now_v7(),
+        gatehouse::middleware::token::UserId::now_v7(),
+        gatehouse::middleware::token::SessionId::now_v7(),
         &ours,
         app.clock.now(),
         app.clock.now() + Duration::minutes(5),

@@ -187,7 +187,7 @@ pub async fn create(
         expires_at: body.expires_at,
     };
     let id = binding.id;
-    let revision = authz.bind(Some(caller.user_id), binding).await?;
+    let revision = authz.bind(Some(caller.user_id.as_uuid()), binding).await?;
     let row = authz.read(move |conn| store::binding(conn, id)).await?;
     Ok(written(
         revision,
@@ -241,7 +241,7 @@ pub async fn remove(
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
     let id = id_in_path(&id, "binding")?;
-    let revision = authz.unbind(Some(caller.user_id), id).await?;
+    let revision = authz.unbind(Some(caller.user_id.as_uuid()), id).await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }
 
@@ -282,7 +282,7 @@ pub async fn set_parent(
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
     let revision = authz
-        .set_parent(Some(caller.user_id), &body.child, &body.parent)
+        .set_parent(Some(caller.user_id.as_uuid()), &body.child, &body.parent)
         .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }
@@ -320,7 +320,7 @@ pub async fn remove_parent(
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
     let revision = authz
-        .remove_parent(Some(caller.user_id), &query.child)
+        .remove_parent(Some(caller.user_id.as_uuid()), &query.child)
         .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }

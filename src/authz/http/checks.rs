@@ -30,11 +30,11 @@ pub fn routes() -> Router<Authz> {
 /// `authz:read`.
 async fn about(authz: &Authz, caller: &Principal, user: Option<Uuid>) -> Result<Uuid, AuthzError> {
     match user {
-        Some(other) if other != caller.user_id => {
+        Some(other) if other != caller.user_id.as_uuid() => {
             require(authz, caller, READ).await?;
             Ok(other)
         }
-        _ => Ok(caller.user_id),
+        _ => Ok(caller.user_id.as_uuid()),
     }
 }
 
@@ -233,7 +233,7 @@ pub async fn batch_check(
     if body
         .questions
         .iter()
-        .any(|q| q.user_id.is_some_and(|u| u != caller.user_id))
+        .any(|q| q.user_id.is_some_and(|u| u != caller.user_id.as_uuid()))
     {
         require(&authz, &caller, READ).await?;
     }
@@ -241,7 +241,7 @@ pub async fn batch_check(
         .questions
         .into_iter()
         .map(|q| Question {
-            user: q.user_id.unwrap_or(caller.user_id),
+            user: q.user_id.unwrap_or(caller.user_id.as_uuid()),
             permission: q.permission,
             resource: q.resource,
         })

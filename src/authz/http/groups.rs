@@ -152,7 +152,12 @@ pub async fn create(
     check_text("description", &body.description, 0, 500)?;
     let id = Uuid::now_v7();
     let revision = authz
-        .create_group(Some(caller.user_id), id, body.name, body.description)
+        .create_group(
+            Some(caller.user_id.as_uuid()),
+            id,
+            body.name,
+            body.description,
+        )
         .await?;
     let row = authz.read(move |conn| store::group(conn, id)).await?;
     Ok(written(
@@ -230,7 +235,12 @@ pub async fn update(
         check_text("description", description, 0, 500)?;
     }
     let revision = authz
-        .update_group(Some(caller.user_id), id, body.name, body.description)
+        .update_group(
+            Some(caller.user_id.as_uuid()),
+            id,
+            body.name,
+            body.description,
+        )
         .await?;
     let row = authz.read(move |conn| store::group(conn, id)).await?;
     Ok(written(revision, Json(GroupView::from(&row))))
@@ -256,7 +266,9 @@ pub async fn remove(
 ) -> Result<axum::response::Response, AuthzError> {
     require(&authz, &caller, WRITE).await?;
     let id = id_in_path(&id, "group")?;
-    let revision = authz.delete_group(Some(caller.user_id), id).await?;
+    let revision = authz
+        .delete_group(Some(caller.user_id.as_uuid()), id)
+        .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }
 
@@ -335,7 +347,7 @@ pub async fn add_member(
     let group = id_in_path(&id, "group")?;
     let member = subject("member", &body.member)?;
     let revision = authz
-        .add_member(Some(caller.user_id), group, member)
+        .add_member(Some(caller.user_id.as_uuid()), group, member)
         .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }
@@ -366,7 +378,7 @@ pub async fn remove_member(
     let member =
         subject("member", &member).map_err(|_| AuthzError::NotFound(format!("member {member}")))?;
     let revision = authz
-        .remove_member(Some(caller.user_id), group, member)
+        .remove_member(Some(caller.user_id.as_uuid()), group, member)
         .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }

@@ -91,7 +91,7 @@ async fn require(
     permission: &'static str,
 ) -> Result<(), AuthzError> {
     let asked = Question {
-        user: caller.user_id,
+        user: caller.user_id.as_uuid(),
         permission: permission.to_owned(),
         resource: None,
     };

@@ -167,7 +167,9 @@ pub async fn create(
         permissions: permissions(&body.permissions)?,
         builtin: false,
     };
-    let revision = authz.create_role(Some(caller.user_id), role).await?;
+    let revision = authz
+        .create_role(Some(caller.user_id.as_uuid()), role)
+        .await?;
     let name = body.name;
     let row = authz.read(move |conn| store::role(conn, &name)).await?;
     Ok(written(
@@ -237,7 +239,7 @@ pub async fn update(
     let permissions = body.permissions.as_deref().map(permissions).transpose()?;
     let revision = authz
         .update_role(
-            Some(caller.user_id),
+            Some(caller.user_id.as_uuid()),
             name.clone(),
             body.description,
             permissions,
@@ -280,7 +282,7 @@ pub async fn remove(
     require(&authz, &caller, WRITE).await?;
     known(&name)?;
     let revision = authz
-        .delete_role(Some(caller.user_id), name, query.force)
+        .delete_role(Some(caller.user_id.as_uuid()), name, query.force)
         .await?;
     Ok(written(revision, StatusCode::NO_CONTENT))
 }

@@ -254,7 +254,7 @@ pub(super) fn limit_user(
 ) -> Result<(), Response> {
     match principal {
         Some(p) if route.rate_limit => {
-            gw.count_local(RateKey::User(p.user_id), verdict, shared_due)
+            gw.count_local(RateKey::User(p.user_id.as_uuid()), verdict, shared_due)
         }
         _ => Ok(()),
     }

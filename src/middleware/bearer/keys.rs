@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
-use uuid::Uuid;
 
 use crate::kernel::rpc::{Clients, RpcError};
+use crate::middleware::ids::SessionId;
 use crate::proto::auth::v1::auth_client::AuthClient;
 use crate::proto::auth::v1::{GetPublicKeysRequest, ListRevokedSessionsRequest};
 
@@ -43,7 +43,7 @@ pub trait KeySource: Send + Sync {
     async fn revoked_since(
         &self,
         _since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, FetchError> {
+    ) -> Result<Vec<SessionId>, FetchError> {
         Ok(Vec::new())
     }
 }
@@ -81,7 +81,7 @@ impl KeySource for AuthKeys {
     async fn revoked_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<Uuid>, FetchError> {
+    ) -> Result<Vec<SessionId>, FetchError> {
         let channel = self.clients.channel("auth").await?;
         let response = AuthClient::new(channel)
             .list_revoked_sessions(ListRevokedSessionsRequest {
@@ -92,7 +92,7 @@ impl KeySource for AuthKeys {
         Ok(response
             .session_ids
             .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
+            .filter_map(|id| SessionId::parse(id).ok())
             .collect())
     }
 }

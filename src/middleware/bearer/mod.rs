@@ -33,10 +33,9 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use moka::Expiry;
 use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
-use uuid::Uuid;
 
 use super::recent;
-use super::token::{self, IssuerAudience, Principal, TokenError};
+use super::token::{self, IssuerAudience, Principal, SessionId, TokenError};
 use crate::kernel::bus::BusError;
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
@@ -76,8 +75,13 @@ impl Expiry<Box<[u8]>, Principal> for UntilExpiry {
 
 struct ForTtl;
 
-impl Expiry<Uuid, Duration> for ForTtl {
-    fn expire_after_create(&self, _key: &Uuid, ttl: &Duration, _now: Instant) -> Option<Duration> {
+impl Expiry<SessionId, Duration> for ForTtl {
+    fn expire_after_create(
+        &self,
+        _key: &SessionId,
+        ttl: &Duration,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(*ttl)
     }
 }
@@ -104,7 +108,7 @@ struct Inner {
     /// of some 500 bytes costs more than the rest of the lookup, and only
     /// tokens that verified are ever put in.
     verified: moka::sync::Cache<Box<[u8]>, Principal, foldhash::fast::RandomState>,
-    revoked: moka::sync::Cache<Uuid, Duration>,
+    revoked: moka::sync::Cache<SessionId, Duration>,
     /// Moves on at every revocation, which voids the per-thread tables.
     generation: AtomicU64,
     /// How long a revocation must be remembered: the longest token lifetime.
@@ -223,7 +227,7 @@ impl TokenCheck {
     }
 
     /// Refuses every token of `session_id` from now on.
-    pub fn revoke(&self, session_id: Uuid) {
+    pub fn revoke(&self, session_id: SessionId) {
         self.inner
             .revoked
             .insert(session_id, self.inner.remember_revocations);
@@ -380,7 +384,7 @@ pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Ne
     };
     match verdict {
         Ok(principal) => {
-            crate::kernel::telemetry::set_actor(principal.user_id);
+            crate::kernel::telemetry::set_actor(principal.user_id.as_uuid());
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
@@ -430,8 +434,8 @@ mod tests {
         token::sign(
             &pair.secret,
             &Id::from(&pair.public),
-            Uuid::now_v7(),
-            Uuid::now_v7(),
+            token::UserId::now_v7(),
+            SessionId::now_v7(),
             &issuer_audience(),
             now,
             now + chrono::Duration::minutes(5),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::middleware::ids::SessionId;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::TokenCheck;
 use crate::kernel::bus::{self, BusError, EventBus, Unhandled};
@@ -64,7 +64,7 @@ impl TokenCheck {
                 };
                 let session =
                     session.map_err(|e| Unhandled::Unreadable(format!("revocation: {e}")))?;
-                let id = Uuid::parse_str(&session.session_id).map_err(|_| {
+                let id = SessionId::parse(&session.session_id).map_err(|_| {
                     Unhandled::Unreadable("revocation with a bad session id".into())
                 })?;
                 check.revoke(id);

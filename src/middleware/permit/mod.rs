@@ -27,6 +27,8 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::ids::UserId;
+
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::{self, EventBus, Unhandled};
 use crate::kernel::clock::Clock;
@@ -187,10 +189,11 @@ impl Permits {
     /// `resource` (`type:id`), or at the permission's type without one.
     pub async fn allowed(
         &self,
-        user: Uuid,
+        user: UserId,
         permission: &str,
         resource: Option<&str>,
     ) -> Result<bool, PermitError> {
+        let user = user.as_uuid();
         let key = Key {
             user,
             permission: permission.into(),
@@ -279,7 +282,7 @@ impl Permits {
     /// newest revision a change told of.
     pub async fn covers(
         &self,
-        actor: Uuid,
+        actor: UserId,
         user: Uuid,
     ) -> Result<Option<(String, String)>, PermitError> {
         let asked = pb::CoversRequest {
