@@ -187,7 +187,7 @@ fn rotate(_config: Option<PathBuf>) -> ExitCode {
 fn calibrate(target_ms: u64) -> ExitCode {
     let target = std::time::Duration::from_millis(target_ms);
     let (r, p) = (8, 1);
-    match gatehouse::identity::password::calibrate(target, r, p) {
+    match gatehouse::identity::calibrate::calibrate(target, r, p) {
         Ok(results) => {
             for (log_n, ms) in &results {
                 println!(

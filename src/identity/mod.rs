@@ -4,16 +4,18 @@
 //! Rooms, as in every service: `service.rs` (domain logic), `store.rs`
 //! (Diesel queries), `schema.rs` (tables), `http.rs` (public API), `grpc.rs`
 //! (internal API), `error.rs` (the error table), `events.rs` (its events' outbox rows),
-//! plus `model.rs` (the user
-//! and its field rules), `password.rs` (hashing), `credentials.rs` (checking
-//! a password) with `throttle.rs` (failed sign-ins slowed down) and
-//! `device.rs` (the tokens of devices that signed in before), `links.rs` (reset and verification links) with `link_queue.rs`
-//! (their queue and tokens), `mail/` (how links reach users: the mail
-//! queue and its delivery, by SMTP or to the log), and
-//! `admin.rs` (the admin API over other users' accounts, guarded by authz).
+//! plus `model.rs` (the user and its field rules), `password.rs` (hashing)
+//! with `calibrate.rs` (the cost for a chosen time), `credentials.rs`
+//! (checking a password) with `throttle.rs` (failed sign-ins slowed down)
+//! and `device.rs` (the tokens of devices that signed in before),
+//! `links.rs` (reset and verification links) with `link_queue.rs` (their
+//! queue and tokens), `mail/` (how links reach users: the mail queue and
+//! its delivery, by SMTP or to the log), and `admin.rs` (the admin API over
+//! other users' accounts, guarded by authz).
 //! This file wires them up.
 
 pub mod admin;
+pub mod calibrate;
 pub mod config;
 mod credentials;
 mod device;

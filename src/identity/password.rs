@@ -282,23 +282,6 @@ impl Turn {
 /// What an overloaded answer tells a client to wait before trying again.
 const RETRY_AFTER_SECS: u64 = 1;
 
-/// Finds the scrypt `log_n` whose hash takes closest to `target` on this
-/// machine (r and p fixed), measuring each candidate once.
-pub fn calibrate(target: std::time::Duration, r: u32, p: u32) -> Result<Vec<(u8, f64)>, HashError> {
-    let mut results = Vec::new();
-    for log_n in 10..=22u8 {
-        let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN)?;
-        let start = Instant::now();
-        hash_blocking(&params, "calibration password")?;
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        results.push((log_n, ms));
-        if ms > target.as_secs_f64() * 1000.0 * 2.0 {
-            break;
-        }
-    }
-    Ok(results)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
