@@ -1,5 +1,5 @@
 //! The footprint benchmark: how much memory the binaries keep while idle,
-//! and how soon the all-in-one responses after it starts.
+//! and how soon the all-in-one responds after it starts.
 //!
 //! - Resident memory (VmRSS) of the all-in-one and of each single-service
 //!   binary (identity, auth, authz and the gateway as four processes), each on a

@@ -320,7 +320,7 @@ pub fn grpc_status(grpc: tonic::Code, code: &'static str, message: String) -> to
 }
 
 /// A problem response in the terms of gRPC, carried in the response's
-/// extensions: what a server that responses both HTTP and gRPC clients on one
+/// extensions: what a server that answers both HTTP and gRPC clients on one
 /// route (the gateway) tells a gRPC client instead of a JSON body.
 #[derive(Debug, Clone)]
 pub struct GrpcForm {

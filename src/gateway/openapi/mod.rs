@@ -343,7 +343,7 @@ fn routed_by(gw: &Gateway, path: &str, route: &Route) -> bool {
         .is_some_and(|found| gw.table().route(found).config.prefix == route.config.prefix)
 }
 
-/// The document of `service`, from the first of its instances that responses:
+/// The document of `service`, from the first of its instances that responds:
 /// none when the service serves no document, an error when no instance
 /// could be asked.
 async fn fetch(

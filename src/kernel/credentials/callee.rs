@@ -1,5 +1,5 @@
 //! The called side: tokens checked against the public keys trusted,
-//! remembered until they expire; the middleware that responses a call
+//! remembered until they expire; the middleware that answers a call
 //! without a valid one `UNAUTHENTICATED`.
 
 use axum::extract::{Request, State};

@@ -206,7 +206,7 @@ pub fn is_kernel_path(path: &str) -> bool {
 
 /// Serves `listener` until `shutdown` is cancelled, then lets in-flight
 /// requests finish for at most the configured grace period. `front` makes
-/// the service that responses one connection, given its peer's address.
+/// the service that answers one connection, given its peer's address.
 ///
 /// Each connection starts in the kernel's own loop for plain HTTP/1.1
 /// requests (`http1/`), which hands it to hyper (HTTP/1.1 and h2c on one

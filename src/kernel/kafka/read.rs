@@ -229,7 +229,7 @@ impl Read {
     /// A fetch from inside a batch of records (where a consumer stored its
     /// offset) may be answered from the next batch on, by some brokers: the
     /// records of `fetched` start after the next offset. Fetches from
-    /// further back, until one responses the batch that holds it, give the
+    /// further back, until one answers the batch that holds it, give the
     /// records from the next offset on; a partition that holds nothing
     /// between them (it lost them) gives `fetched`.
     async fn batch_holding_next(
