@@ -16,8 +16,9 @@
 //!
 //! This file holds the runner and the world, the state a scenario keeps;
 //! the steps of each feature are in `acceptance/steps/`. The steps talk
-//! HTTP to the services (and gRPC to identity, to sign in without auth)
-//! and read the links the development notifier writes to the log.
+//! HTTP to the services, with the requests the integration suites make
+//! (`integration/support.rs`), and gRPC to identity, to sign in without
+//! auth; they read the links the development notifier writes to the log.
 //! Each scenario names its people and roles with a tag of its own and sends
 //! from a loopback address of its own, so scenarios sharing a deployment
 //! meet neither each other's accounts nor each other's rate limits. A step
@@ -30,6 +31,13 @@ mod binary;
 #[path = "integration/servers.rs"]
 #[allow(dead_code)]
 mod servers;
+#[path = "integration/support.rs"]
+#[allow(dead_code, unused_imports)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the in-process app, unused here, sets its clock by the wall clock"
+)]
+mod support;
 
 #[path = "acceptance/steps/mod.rs"]
 mod steps;
@@ -43,11 +51,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cucumber::World;
+use reqwest::Method;
 use serde_json::Value;
 
 use binary::{Log, ServiceProcess};
-
-const PASSWORD: &str = "correct horse battery staple";
 
 #[derive(World)]
 #[world(init = Self::new)]
@@ -206,10 +213,41 @@ impl Platform {
         self.pick(|p| &p.gateway, "gateway")
     }
 
+    /// Keeps `r` as the answer the next steps look at, and a token pair
+    /// it holds among the pairs received.
+    async fn record(&mut self, r: reqwest::Response) {
+        self.status = r.status().as_u16();
+        self.body = r.json().await.unwrap_or(Value::Null);
+        if self.status == 200 && self.body["token_type"] == "Bearer" {
+            self.pairs.push(self.body.clone());
+        }
+    }
+
+    /// Sends `method url`, with `token` and the JSON `body` when given, and
+    /// keeps the answer.
+    async fn send(
+        &mut self,
+        method: Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) {
+        let r = support::send(&self.http, method, url, token, body).await;
+        self.record(r).await;
+    }
+
+    /// `POST path` to identity with the JSON `body`; keeps the answer.
     async fn post(&mut self, path: &str, body: Value) {
         let url = format!("{}{path}", self.identity_base());
-        let request = self.http.post(url).json(&body);
-        self.send(request).await;
+        self.send(Method::POST, url, None, Some(body)).await;
+    }
+
+    /// A field of the latest token pair received.
+    fn latest(&self, field: &str) -> String {
+        self.pairs.last().expect("signed in before")[field]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Puts the scenario on the shared replicated deployment, when the run
@@ -223,21 +261,25 @@ impl Platform {
         #[cfg(not(feature = "it-cluster"))]
         false
     }
+}
 
-    async fn send(&mut self, request: reqwest::RequestBuilder) {
-        let r = request.send().await.unwrap();
-        self.status = r.status().as_u16();
-        self.body = r.json().await.unwrap_or(Value::Null);
-        if self.status == 200 && self.body["token_type"] == "Bearer" {
-            self.pairs.push(self.body.clone());
+/// Waits (up to `within`) until authz lets `token` read the roles through
+/// the gateway at `base` on every replica: the gateway spreads the reads
+/// among them, so ten answers in a row must allow it.
+async fn every_authz_allows(http: &reqwest::Client, base: &str, token: &str, within: Duration) {
+    let url = format!("{base}/v1/authz/roles");
+    let deadline = Instant::now() + within;
+    let mut allowed_in_a_row = 0;
+    while allowed_in_a_row < 10 {
+        let r = support::send(http, Method::GET, &url, Some(token), None).await;
+        let status = r.status();
+        if status == 200 {
+            allowed_in_a_row += 1;
+        } else {
+            allowed_in_a_row = 0;
+            assert!(Instant::now() < deadline, "{status}");
         }
-    }
-
-    fn latest(&self, field: &str) -> String {
-        self.pairs.last().expect("signed in before")[field]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -301,29 +343,4 @@ async fn main() {
         features_failed || drills_failed
     };
     std::process::exit(i32::from(failed));
-}
-
-/// Waits (up to `within`) until authz lets `token` read the roles through
-/// the gateway at `base` on every replica: the gateway spreads the reads
-/// among them, so ten answers in a row must allow it.
-pub async fn every_authz_allows(http: &reqwest::Client, base: &str, token: &str, within: Duration) {
-    let url = format!("{base}/v1/authz/roles");
-    let deadline = Instant::now() + within;
-    let mut allowed_in_a_row = 0;
-    while allowed_in_a_row < 10 {
-        let status = http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            allowed_in_a_row += 1;
-        } else {
-            allowed_in_a_row = 0;
-            assert!(Instant::now() < deadline, "{status}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::support::{PASSWORD, TestApp};
+use crate::support::{PASSWORD, TestApp, login_response, register_response};
 
 /// A self-signed certificate for `localhost`: its PEM and its key's PEM.
 fn certificate() -> (String, String) {
@@ -31,14 +29,6 @@ fn client(cert: &str, http1: bool) -> reqwest::Client {
         .timeout(Duration::from_secs(5));
     let builder = if http1 { builder.http1_only() } else { builder };
     builder.build().unwrap()
-}
-
-async fn register(http: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
-    http.post(format!("{base}/v1/users"))
-        .json(&json!({"email": email, "password": PASSWORD, "display_name": "T"}))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// Whether `openssl s_client` completes a handshake at `port` with only
@@ -81,20 +71,15 @@ async fn the_gateway_serves_http2_and_http1_over_tls_and_takes_a_renewed_certifi
 
     // HTTP/2 by ALPN, through to identity and back.
     let h2 = client(&first, false);
-    let created = register(&h2, &base, "h2@example.org").await;
+    let created = register_response(&h2, &base, "h2@example.org", PASSWORD).await;
     assert_eq!(created.version(), reqwest::Version::HTTP_2);
     assert_eq!(created.status(), 201);
     // HTTP/1.1 for a client that offers nothing else.
     let h1 = client(&first, true);
-    let created = register(&h1, &base, "h1@example.org").await;
+    let created = register_response(&h1, &base, "h1@example.org", PASSWORD).await;
     assert_eq!(created.version(), reqwest::Version::HTTP_11);
     assert_eq!(created.status(), 201);
-    let signed_in = h1
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": "h1@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let signed_in = login_response(&h1, &base, "h1@example.org", PASSWORD).await;
     assert_eq!(signed_in.status(), 200);
     // Plain HTTP gets no answer on the TLS port.
     let plain = reqwest::Client::new()

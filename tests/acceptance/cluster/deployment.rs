@@ -10,9 +10,9 @@ use gatehouse::kernel::config::EtcdConfig;
 use gatehouse::kernel::registry::etcd::EtcdRegistry;
 
 use super::{CLIENTS, DEPLOYMENT, LAYOUT, LEASE_SECS};
-use crate::PASSWORD;
-use crate::binary::{Log, ServiceProcess, free_port, login, make_admin};
+use crate::binary::{Log, ServiceProcess, free_port, make_admin};
 use crate::servers::{Broker, Etcd, TestDatabase};
+use crate::support::{PASSWORD, sign_in};
 
 pub struct Cluster {
     members: Vec<Member>,
@@ -254,9 +254,8 @@ impl Cluster {
                 let gateway = self.bases("gateway")[0].clone();
                 let http = reqwest::Client::new();
                 for email in &crowd {
-                    let pair = login(&http, &gateway, email, PASSWORD).await;
-                    let token = pair["access_token"].as_str().unwrap();
-                    crate::every_authz_allows(&http, &gateway, token, Duration::from_secs(10))
+                    let token = sign_in(&http, &gateway, email, PASSWORD).await;
+                    crate::every_authz_allows(&http, &gateway, &token, Duration::from_secs(10))
                         .await;
                 }
                 crowd

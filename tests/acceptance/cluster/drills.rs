@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
+use reqwest::Method;
 use serde_json::Value;
 
 use super::load::{Load, Sent, Work};
 use super::{AFTER, BEFORE, CLIENTS, DOWN, Down, LAYOUT, LEASE_SECS, Part, deployment, join};
-use crate::binary::login;
-use crate::{PASSWORD, Platform};
+use crate::Platform;
+use crate::support::{PASSWORD, send, sign_in};
 
 impl Platform {
     async fn load(&mut self, work: Work, gateways: &str) {
@@ -212,8 +213,7 @@ async fn gateway_serves(world: &mut Platform) {
     let cluster = deployment();
     let base = cluster.base("gateway", 0);
     let email = cluster.crowd().await[0].clone();
-    let pair = login(&world.http, &base, &email, PASSWORD).await;
-    assert!(pair["access_token"].is_string(), "{pair}");
+    sign_in(&world.http, &base, &email, PASSWORD).await;
 }
 
 #[then("every sign-up succeeded")]
@@ -243,8 +243,7 @@ async fn audit_holds_sign_ups(world: &mut Platform, seconds: u64) {
     let cluster = deployment();
     let base = cluster.base("gateway", 0);
     let email = cluster.crowd().await[0].clone();
-    let pair = login(&world.http, &base, &email, PASSWORD).await;
-    let token = pair["access_token"].as_str().unwrap().to_owned();
+    let token = sign_in(&world.http, &base, &email, PASSWORD).await;
     let wanted: std::collections::BTreeSet<String> = world
         .drill
         .signed_up
@@ -283,7 +282,7 @@ async fn registrations(
     loop {
         let url =
             format!("{base}/v1/audit/events?limit=200&action=identity.user.registered{cursor}");
-        let r = http.get(url).bearer_auth(token).send().await.unwrap();
+        let r = send(http, Method::GET, url, Some(token), None).await;
         assert_eq!(r.status(), 200);
         let page: Value = r.json().await.unwrap();
         for entry in page["items"].as_array().unwrap() {

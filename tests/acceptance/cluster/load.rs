@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Down, deployment};
-use crate::PASSWORD;
+use crate::support::PASSWORD;
 
 /// One request a client sent: when it started and ended, what it was and
 /// how it went (the status, or why there was none).

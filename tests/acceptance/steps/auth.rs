@@ -2,16 +2,17 @@
 //! tampered token refused.
 
 use cucumber::{given, then, when};
+use reqwest::Method;
 use serde_json::json;
 
-use crate::{PASSWORD, Platform};
+use crate::Platform;
+use crate::support::{self, PASSWORD};
 
 #[when(expr = "{string} signs in with {string}")]
 async fn signs_in(world: &mut Platform, email: String, password: String) {
-    let url = format!("{}/v1/auth/login", world.auth_base());
-    let body = json!({"email": world.email(&email), "password": password});
-    let request = world.http.post(url).json(&body);
-    world.send(request).await;
+    let (base, email) = (world.auth_base(), world.email(&email));
+    let r = support::login_response(&world.http, &base, &email, &password).await;
+    world.record(r).await;
 }
 
 #[given(expr = "{string} has signed in")]
@@ -38,8 +39,7 @@ fn holds_pair(world: &mut Platform) {
 async fn profile_shows(world: &mut Platform, email: String) {
     let url = format!("{}/v1/users/me", world.identity_base());
     let token = world.latest("access_token");
-    let request = world.http.get(url).bearer_auth(token);
-    world.send(request).await;
+    world.send(Method::GET, url, Some(&token), None).await;
     assert_eq!(world.status, 200, "{}", world.body);
     assert_eq!(world.body["email"], world.email(&email));
 }
@@ -59,16 +59,15 @@ async fn refresh_first(world: &mut Platform) {
 
 async fn refresh_with(world: &mut Platform, token: String) {
     let url = format!("{}/v1/auth/refresh", world.auth_base());
-    let request = world.http.post(url).json(&json!({"refresh_token": token}));
-    world.send(request).await;
+    let body = json!({"refresh_token": token});
+    world.send(Method::POST, url, None, Some(body)).await;
 }
 
 #[when(expr = "{string} signs out")]
 async fn signs_out(world: &mut Platform, _email: String) {
     let url = format!("{}/v1/auth/logout", world.auth_base());
     let token = world.latest("access_token");
-    let request = world.http.post(url).bearer_auth(token);
-    world.send(request).await;
+    world.send(Method::POST, url, Some(&token), None).await;
 }
 
 #[when("my profile is read with the token changed in one place")]
@@ -77,9 +76,6 @@ async fn tampered(world: &mut Platform) {
     let i = "v4.public.".len() + 10;
     token[i] = if token[i] == b'A' { b'B' } else { b'A' };
     let url = format!("{}/v1/users/me", world.identity_base());
-    let request = world
-        .http
-        .get(url)
-        .bearer_auth(String::from_utf8(token).unwrap());
-    world.send(request).await;
+    let token = String::from_utf8(token).unwrap();
+    world.send(Method::GET, url, Some(&token), None).await;
 }

@@ -5,37 +5,28 @@
 use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::gateway::{registers_via_gateway, signs_in_via_gateway};
-use crate::{PASSWORD, Platform, binary, every_authz_allows};
+use crate::support::PASSWORD;
+use crate::{Platform, binary, every_authz_allows};
 
 impl Platform {
     /// Sends `method path` through the gateway with `token` (and `body`).
-    async fn as_user(
-        &mut self,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) {
+    async fn as_user(&mut self, token: &str, method: Method, path: &str, body: Option<Value>) {
         let url = format!("{}{path}", self.gateway_base());
-        let mut request = self.http.request(method, url).bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        self.send(request).await;
+        self.send(method, url, Some(token), body).await;
     }
 
-    async fn as_admin(&mut self, method: reqwest::Method, path: &str, body: Option<Value>) {
+    async fn as_admin(&mut self, method: Method, path: &str, body: Option<Value>) {
         let token = self.admin.clone().expect("an admin was made");
         self.as_user(&token, method, path, body).await;
     }
 
     async fn list_users(&mut self, email: &str) {
         let token = self.tokens[&self.email(email).to_lowercase()].clone();
-        self.as_user(&token, reqwest::Method::GET, "/v1/users", None)
-            .await;
+        self.as_user(&token, Method::GET, "/v1/users", None).await;
     }
 
     /// Lists the users as `email` until the answer is `status`, for at
@@ -109,7 +100,7 @@ async fn grants(world: &mut Platform, email: String, permission: String) {
     let role = format!("can-{}-{}", permission.replace([':', '.'], "-"), world.tag);
     world
         .as_admin(
-            reqwest::Method::POST,
+            Method::POST,
             "/v1/authz/roles",
             Some(json!({"name": role, "permissions": [permission]})),
         )
@@ -118,7 +109,7 @@ async fn grants(world: &mut Platform, email: String, permission: String) {
     let subject = format!("user:{}", world.user_id(&email));
     world
         .as_admin(
-            reqwest::Method::POST,
+            Method::POST,
             "/v1/authz/bindings",
             Some(json!({"subject": subject, "role": role})),
         )
@@ -132,7 +123,7 @@ async fn grants(world: &mut Platform, email: String, permission: String) {
 async fn takes_back(world: &mut Platform) {
     let (_, binding) = world.granted.clone().expect("a grant was made");
     let path = format!("/v1/authz/bindings/{binding}");
-    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+    world.as_admin(Method::DELETE, &path, None).await;
     assert_eq!(world.status, 204, "{}", world.body);
 }
 
@@ -146,13 +137,13 @@ async fn deletes_role(world: &mut Platform) {
 async fn deletes_role_with_force(world: &mut Platform) {
     let (role, _) = world.granted.clone().expect("a grant was made");
     let path = format!("/v1/authz/roles/{role}?force=true");
-    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+    world.as_admin(Method::DELETE, &path, None).await;
 }
 
 #[when(expr = "the admin deletes the role {string}")]
 async fn deletes_named_role(world: &mut Platform, role: String) {
     let path = format!("/v1/authz/roles/{role}");
-    world.as_admin(reqwest::Method::DELETE, &path, None).await;
+    world.as_admin(Method::DELETE, &path, None).await;
 }
 
 #[then(expr = "within a second {string} can list the users through the gateway")]

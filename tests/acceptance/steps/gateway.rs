@@ -3,33 +3,31 @@
 //! burst slowed down.
 
 use cucumber::{then, when};
-use serde_json::{Value, json};
+use reqwest::Method;
+use serde_json::Value;
 
-use crate::{PASSWORD, Platform, binary};
+use crate::support::{self, PASSWORD};
+use crate::{Platform, binary};
 
 #[when(expr = "{string} registers through the gateway")]
 pub(super) async fn registers_via_gateway(world: &mut Platform, email: String) {
-    let url = format!("{}/v1/users", world.gateway_base());
-    let email = world.email(&email);
-    let body = json!({"email": email, "password": PASSWORD, "display_name": "Someone"});
-    let request = world.http.post(url).json(&body);
-    world.send(request).await;
+    let (base, email) = (world.gateway_base(), world.email(&email));
+    let r = support::register_response(&world.http, &base, &email, PASSWORD).await;
+    world.record(r).await;
 }
 
 #[when(expr = "{string} signs in through the gateway")]
 pub(super) async fn signs_in_via_gateway(world: &mut Platform, email: String) {
-    let url = format!("{}/v1/auth/login", world.gateway_base());
-    let body = json!({"email": world.email(&email), "password": PASSWORD});
-    let request = world.http.post(url).json(&body);
-    world.send(request).await;
+    let (base, email) = (world.gateway_base(), world.email(&email));
+    let r = support::login_response(&world.http, &base, &email, PASSWORD).await;
+    world.record(r).await;
 }
 
 #[then(expr = "with that token my profile through the gateway shows {string}")]
 async fn profile_via_gateway(world: &mut Platform, email: String) {
     let url = format!("{}/v1/users/me", world.gateway_base());
     let token = world.latest("access_token");
-    let request = world.http.get(url).bearer_auth(token);
-    world.send(request).await;
+    world.send(Method::GET, url, Some(&token), None).await;
     assert_eq!(world.status, 200, "{}", world.body);
     assert_eq!(world.body["email"], world.email(&email));
 }
@@ -50,8 +48,7 @@ async fn read_raw(world: &mut Platform, path: String) {
 #[when("the API document is read through the gateway")]
 async fn api_document(world: &mut Platform) {
     let url = format!("{}/openapi.json", world.gateway_base());
-    let request = world.http.get(url);
-    world.send(request).await;
+    world.send(Method::GET, url, None, None).await;
 }
 
 #[then(

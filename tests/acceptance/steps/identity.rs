@@ -9,9 +9,32 @@ use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
 use serde_json::{Value, json};
 
-use crate::{PASSWORD, Platform, binary};
+use crate::Platform;
+use crate::binary;
+use crate::support::{self, PASSWORD};
 
 impl Platform {
+    /// Registers `email` (tagged) with `password` at identity; keeps the
+    /// answer, and the new user's id.
+    pub(crate) async fn register(&mut self, email: &str, password: &str) {
+        let email = self.email(email);
+        let base = self.identity_base();
+        let r = support::register_response(&self.http, &base, &email, password).await;
+        self.record(r).await;
+        if self.status == 201 {
+            let id = self.body["id"].as_str().unwrap().to_owned();
+            self.ids.insert(email.to_lowercase(), id);
+        }
+    }
+
+    /// The id of `email`, registered earlier in the scenario.
+    pub(crate) fn user_id(&self, email: &str) -> String {
+        self.ids
+            .get(&self.email(email).to_lowercase())
+            .cloned()
+            .expect("the user registered earlier")
+    }
+
     /// The token of the latest link to `path` logged for the user by any
     /// identity instance (by the lines' timestamps), waiting for one up to
     /// 30 s.
@@ -40,26 +63,6 @@ impl Platform {
             .chars()
             .take_while(char::is_ascii_hexdigit)
             .collect()
-    }
-
-    pub(crate) async fn register(&mut self, email: &str, password: &str) {
-        let email = self.email(email);
-        self.post(
-            "/v1/users",
-            json!({"email": email, "password": password, "display_name": "Someone"}),
-        )
-        .await;
-        if self.status == 201 {
-            let id = self.body["id"].as_str().unwrap().to_owned();
-            self.ids.insert(email.to_lowercase(), id);
-        }
-    }
-
-    pub(crate) fn user_id(&self, email: &str) -> String {
-        self.ids
-            .get(&self.email(email).to_lowercase())
-            .cloned()
-            .expect("the user registered earlier")
     }
 
     async fn sign_in(&mut self, email: &str, password: &str) -> Result<pb::User, tonic::Status> {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::json;
 
 use super::{Backend, spawn_identity};
-use crate::binary::{ServiceProcess, free_port, login, static_registry};
-use crate::support::PASSWORD;
+use crate::binary::{ServiceProcess, free_port, static_registry};
+use crate::support::{PASSWORD, register, send, sign_in};
 
 /// How many requests for `route` an instance has answered, from its metrics.
 async fn answered(base: &str, route: &str) -> u64 {
@@ -103,22 +104,11 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     } = two;
     let gw = gateway.base.clone();
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{gw}/v1/users"))
-        .json(&json!({"email": "lb@example.org", "password": PASSWORD, "display_name": "LB"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let pair: serde_json::Value = login(&http, &gw, "lb@example.org", PASSWORD).await;
-    let token = pair["access_token"].as_str().unwrap().to_owned();
+    register(&http, &gw, "lb@example.org").await;
+    let token = sign_in(&http, &gw, "lb@example.org", PASSWORD).await;
+    let me = format!("{gw}/v1/users/me");
     for _ in 0..40 {
-        let r = http
-            .get(format!("{gw}/v1/users/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = send(&http, Method::GET, &me, Some(&token), None).await;
         assert_eq!(r.status(), 200);
     }
     // One access-log line per request; nothing about tokens or passwords.
@@ -147,12 +137,12 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (http, gw, token, stop) = (http.clone(), gw.clone(), token.clone(), stop.clone());
+            let (http, me, token, stop) = (http.clone(), me.clone(), token.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut answered = 0u32;
                 while !stop.load(Ordering::SeqCst) {
                     let r = http
-                        .get(format!("{gw}/v1/users/me"))
+                        .get(&me)
                         .bearer_auth(&token)
                         .send()
                         .await
@@ -180,25 +170,18 @@ async fn the_gateway_spreads_load_and_loses_no_request_when_an_instance_dies() {
     );
     // Every later request still gets its answer.
     for i in 0..30 {
-        let r = http
-            .get(format!("{gw}/v1/users/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = send(&http, Method::GET, &me, Some(&token), None).await;
         assert_eq!(r.status(), 200, "GET {i}");
-        let r = http
-            .post(format!("{gw}/v1/password-resets"))
-            .json(&json!({"email": "lb@example.org"}))
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{gw}/v1/password-resets");
+        let body = json!({"email": "lb@example.org"});
+        let r = send(&http, Method::POST, url, None, Some(body)).await;
         assert_eq!(r.status(), 202, "POST {i}");
     }
 }
 
 /// Signs in at `auth` in a loop until `stop`: for each attempt, when it
-/// started (since `epoch`) and whether it got its tokens.
+/// started (since `epoch`) and whether it got its tokens. An attempt that
+/// got no answer at all is one that failed, not the end of the loop.
 async fn sign_ins(
     auth: String,
     email: &'static str,
@@ -238,13 +221,7 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
         ..
     } = two;
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{}/v1/users", first.base))
-        .json(&json!({"email": "steady@example.org", "password": PASSWORD, "display_name": "S"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    register(&http, &first.base, "steady@example.org").await;
 
     // Four clients sign in without a pause; one identity instance is
     // killed under them.
@@ -303,8 +280,7 @@ async fn sign_ins_go_on_when_an_identity_instance_dies_and_come_back_to_it() {
     back.started();
     auth.wait_line("instance back in service calls");
     for _ in 0..10 {
-        let pair = login(&http, &auth.base, "steady@example.org", PASSWORD).await;
-        assert!(pair["access_token"].is_string(), "{pair}");
+        sign_in(&http, &auth.base, "steady@example.org", PASSWORD).await;
     }
     let on_back = answered(&back.ops_base(), VERIFY).await;
     assert!(on_back > 0, "the instance back gets calls again");

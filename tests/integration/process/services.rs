@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use gatehouse::proto::identity::v1 as pb;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
+use reqwest::Method;
 use serde_json::json;
 
 use super::{Backend, spawn_identity};
-use crate::binary::{
-    ServiceProcess, free_port, login, make_admin, signed_channel, static_registry,
-};
-use crate::support::PASSWORD;
+use crate::binary::{ServiceProcess, free_port, make_admin, signed_channel, static_registry};
+use crate::support::{PASSWORD, login, register, register_response, send, sign_in};
 
 #[tokio::test]
 async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
@@ -27,21 +26,9 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
-    assert_eq!(
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let r = http
-        .post(format!("{base}/v1/users"))
-        .json(&json!({"email": "proc@example.org", "password": PASSWORD, "display_name": "Proc"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let ready = send(&http, Method::GET, format!("{base}/readyz"), None, None).await;
+    assert_eq!(ready.status(), 200);
+    register(&http, &base, "proc@example.org").await;
     // The development notifier writes the verification link to the log.
     let line = proc.wait_line("/verify-email?token=");
     let token = line
@@ -52,12 +39,9 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
         .take_while(char::is_ascii_hexdigit)
         .collect::<String>();
     assert_eq!(token.len(), 64);
-    let r = http
-        .post(format!("{base}/v1/email-verifications/confirm"))
-        .json(&json!({"token": token}))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{base}/v1/email-verifications/confirm");
+    let body = json!({"token": token});
+    let r = send(&http, Method::POST, url, None, Some(body)).await;
     assert_eq!(r.status(), 200);
 
     // Reaching the port is not enough to call the internal API: a call
@@ -106,13 +90,8 @@ async fn the_identity_binary_serves_http_and_grpc_and_stops_on_sigterm() {
     // The data survives the restart.
     let mut proc = spawn_identity(port, dir.path(), &backend.env);
     proc.wait_line("service started");
-    let r = http
-        .post(format!("{base}/v1/users"))
-        .json(&json!({"email": "proc@example.org", "password": PASSWORD, "display_name": "Again"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+    let again = register_response(&http, &base, "proc@example.org", PASSWORD).await;
+    assert_eq!(again.status(), 409);
 }
 
 #[tokio::test]
@@ -136,55 +115,29 @@ async fn identity_and_auth_as_separate_processes_find_each_other_through_the_sta
     auth.started();
     let http = reqwest::Client::new();
 
-    let r = http
-        .post(format!("{}/v1/users", identity.base))
-        .json(&json!({"email": "two@example.org", "password": PASSWORD, "display_name": "Two"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    register(&http, &identity.base, "two@example.org").await;
     // Auth checks the password with identity over gRPC ...
-    let pair: serde_json::Value = login(&http, &auth.base, "two@example.org", PASSWORD).await;
+    let pair = login(&http, &auth.base, "two@example.org", PASSWORD).await;
     let token = pair["access_token"].as_str().unwrap();
     // ... and identity verifies the token with keys fetched from auth.
-    let me = http
-        .get(format!("{}/v1/users/me", identity.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
-    let refreshed = http
-        .post(format!("{}/v1/auth/refresh", auth.base))
-        .json(&json!({"refresh_token": pair["refresh_token"]}))
-        .send()
-        .await
-        .unwrap();
+    let me = format!("{}/v1/users/me", identity.base);
+    let r = send(&http, Method::GET, &me, Some(token), None).await;
+    assert_eq!(r.status(), 200);
+    let body = json!({"refresh_token": pair["refresh_token"]});
+    let url = format!("{}/v1/auth/refresh", auth.base);
+    let refreshed = send(&http, Method::POST, url, None, Some(body)).await;
     assert_eq!(refreshed.status(), 200);
-    let second: serde_json::Value = login(&http, &auth.base, "two@example.org", PASSWORD).await;
-    let logout = http
-        .post(format!("{}/v1/auth/logout", auth.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let second = sign_in(&http, &auth.base, "two@example.org", PASSWORD).await;
+    let url = format!("{}/v1/auth/logout", auth.base);
+    let logout = send(&http, Method::POST, url, Some(token), None).await;
     assert_eq!(logout.status(), 204);
-    let sessions = http
-        .get(format!("{}/v1/auth/sessions", auth.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}/v1/auth/sessions", auth.base);
+    let sessions = send(&http, Method::GET, url, Some(token), None).await;
     assert_eq!(sessions.status(), 401);
     // With auth down, identity keeps verifying new tokens with the keys it has.
     drop(auth);
-    let me = http
-        .get(format!("{}/v1/users/me", identity.base))
-        .bearer_auth(second["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
+    let r = send(&http, Method::GET, &me, Some(&second), None).await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
@@ -288,86 +241,48 @@ async fn the_authz_binary_behind_the_gateway_guards_the_admin_apis() {
     }
     let base = format!("http://127.0.0.1:{gateway}");
     let http = reqwest::Client::new();
-    let register = |email: &str| {
-        http.post(format!("{base}/v1/users"))
-            .json(&json!({"email": email, "password": PASSWORD, "display_name": "Ann"}))
-            .send()
-    };
-    let ann = register("ann@example.org").await.unwrap();
-    assert_eq!(ann.status(), 201);
-    let ann_id = ann.json::<serde_json::Value>().await.unwrap()["id"]
+    let ann_id = register(&http, &base, "ann@example.org").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let ann = login(&http, &base, "ann@example.org", PASSWORD).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let users = || {
-        http.get(format!("{base}/v1/users"))
-            .bearer_auth(&ann)
-            .send()
-    };
-    assert_eq!(users().await.unwrap().status(), 403);
+    let ann = sign_in(&http, &base, "ann@example.org", PASSWORD).await;
+    let users_url = format!("{base}/v1/users");
+    let users = || send(&http, Method::GET, &users_url, Some(&ann), None);
+    assert_eq!(users().await.status(), 403);
 
     // The first admin, from the command line on the same data.
     make_admin(dir.path(), &backend.env, "root@example.org", PASSWORD);
-    let root = login(&http, &base, "root@example.org", PASSWORD).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = sign_in(&http, &base, "root@example.org", PASSWORD).await;
+    let as_root = |method: Method, path: &str, body: Option<serde_json::Value>| {
+        send(&http, method, format!("{base}{path}"), Some(&root), body)
+    };
     // Authz reads a write made beside it within its refresh interval (1 s).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let roles = http
-            .get(format!("{base}/v1/authz/roles"))
-            .bearer_auth(&root)
-            .send()
-            .await
-            .unwrap();
+        let roles = as_root(Method::GET, "/v1/authz/roles", None).await;
         if roles.status() == 200 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{}", roles.status());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let created = http
-        .post(format!("{base}/v1/authz/bindings"))
-        .bearer_auth(&root)
-        .json(&json!({"subject": format!("user:{ann_id}"), "role": "auditor"}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"subject": format!("user:{ann_id}"), "role": "auditor"});
+    let created = as_root(Method::POST, "/v1/authz/bindings", Some(body)).await;
     assert_eq!(created.status(), 201);
-    let role = http
-        .post(format!("{base}/v1/authz/roles"))
-        .bearer_auth(&root)
-        .json(&json!({"name": "support", "permissions": ["users:read"]}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"name": "support", "permissions": ["users:read"]});
+    let role = as_root(Method::POST, "/v1/authz/roles", Some(body)).await;
     assert_eq!(role.status(), 201);
-    let bound = http
-        .post(format!("{base}/v1/authz/bindings"))
-        .bearer_auth(&root)
-        .json(&json!({"subject": format!("user:{ann_id}"), "role": "support"}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"subject": format!("user:{ann_id}"), "role": "support"});
+    let bound = as_root(Method::POST, "/v1/authz/bindings", Some(body)).await;
     assert_eq!(bound.status(), 201);
-    let listed = users().await.unwrap();
+    let listed = users().await;
     assert_eq!(listed.status(), 200, "identity asked authz over gRPC");
     // What authz answers Ann asking about herself.
     let check = async |permission: &str| -> serde_json::Value {
-        http.post(format!("{base}/v1/authz/check"))
-            .bearer_auth(&ann)
-            .json(&json!({ "permission": permission }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let url = format!("{base}/v1/authz/check");
+        let body = json!({ "permission": permission });
+        let r = send(&http, Method::POST, url, Some(&ann), Some(body)).await;
+        r.json().await.unwrap()
     };
     let check_audit = check("audit:read").await;
     assert_eq!(check_audit["allowed"], true, "{check_audit}");

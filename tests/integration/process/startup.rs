@@ -7,11 +7,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::json;
 
 use super::Backend;
 use crate::binary::{ServiceProcess, free_port, spawn_platform, static_registry};
-use crate::support::PASSWORD;
+use crate::support::{register, send};
 
 /// The all-in-one's listeners, each on a free port of `host`.
 fn listening_on(host: &str) -> Vec<(&'static str, String)> {
@@ -141,15 +142,8 @@ async fn the_data_directory_and_its_databases_are_the_owners_alone() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let platform = spawn_platform(wrapper.to_str().unwrap(), &data, &[]).await;
-    let http = reqwest::Client::new();
     // A registration writes identity's database (and its journal).
-    let r = http
-        .post(format!("{}/v1/users", platform.base))
-        .json(&json!({"email": "mode@example.org", "password": PASSWORD, "display_name": "M"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    register(&reqwest::Client::new(), &platform.base, "mode@example.org").await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     let mut files = Vec::new();
@@ -203,21 +197,12 @@ async fn the_all_in_one_routes_to_a_teams_service_listed_in_its_config() {
     )
     .await;
     let http = reqwest::Client::new();
-    let billing = http
-        .get(format!("{}/billing/invoices/7", platform.base))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}/billing/invoices/7", platform.base);
+    let billing = send(&http, Method::GET, url, None, None).await;
     assert_eq!(billing.status(), 200);
     let body: serde_json::Value = billing.json().await.unwrap();
     assert_eq!(body["billing"], "/billing/invoices/7");
-    let registered = http
-        .post(format!("{}/v1/users", platform.base))
-        .json(&json!({"email": "team@example.org", "password": PASSWORD, "display_name": "T"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+    register(&http, &platform.base, "team@example.org").await;
     drop(platform);
 
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
