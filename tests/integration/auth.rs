@@ -9,7 +9,7 @@ use gatehouse::kernel::clock::Clock as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{PASSWORD, TestApp, assert_problem};
+use crate::support::{PASSWORD, TestApp, assert_problem, send};
 
 async fn signed_up(app: &TestApp, email: &str) -> Value {
     app.register(email).await;
@@ -142,18 +142,17 @@ fn from_address(x: u8, y: u8) -> reqwest::Client {
         .unwrap()
 }
 
+/// The owner's sign-in from `client` with `password`, on the device that
+/// holds `device` when given.
 async fn sign_in(
     client: &reqwest::Client,
     app: &TestApp,
     password: &str,
     device: Option<&str>,
 ) -> reqwest::Response {
-    client
-        .post(format!("{}/v1/auth/login", app.auth_base))
-        .json(&json!({"email": "owner@example.org", "password": password, "device_token": device}))
-        .send()
-        .await
-        .unwrap()
+    let body = json!({"email": "owner@example.org", "password": password, "device_token": device});
+    let url = format!("{}/v1/auth/login", app.auth_base);
+    send(client, Method::POST, url, None, Some(body)).await
 }
 
 /// An attacker guesses at one account from 20 loopback addresses for an

@@ -52,23 +52,6 @@ pub fn static_registry(services: &[(&str, &[u16])]) -> Vec<(&'static str, String
     env
 }
 
-/// Logs in at `base` (auth or the gateway) and answers the token response.
-pub async fn login(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-    password: &str,
-) -> serde_json::Value {
-    http.post(format!("{base}/v1/auth/login"))
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Makes `email` an admin with `gatehouse admin create` (the password
 /// given on standard input) on the data in `data` and the databases `env`
 /// names; answers what the command printed.

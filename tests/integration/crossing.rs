@@ -7,11 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::binary::{ServiceProcess, free_port, login, make_admin, static_registry};
+use crate::binary::{ServiceProcess, free_port, make_admin, static_registry};
 use crate::process::Backend;
-use crate::support::PASSWORD;
+use crate::support::{PASSWORD, register, send, sign_in};
 
 const SERVICES: [&str; 4] = ["identity", "auth", "authz", "audit"];
 
@@ -111,35 +112,20 @@ impl Deployment {
         format!("http://127.0.0.1:{}", self.gateway_port)
     }
 
+    /// Registers `email` through the gateway; answers the new user's id.
     async fn register(&self, email: &str) -> String {
-        let r = self
-            .http
-            .post(format!("{}/v1/users", self.gateway()))
-            .json(&json!({"email": email, "password": PASSWORD, "display_name": "User"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let user = register(&self.http, &self.gateway(), email).await;
+        user["id"].as_str().unwrap().to_owned()
     }
 
+    /// Signs in through the gateway; answers the access token.
     async fn sign_in(&self, email: &str, password: &str) -> String {
-        login(&self.http, &self.gateway(), email, password).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        sign_in(&self.http, &self.gateway(), email, password).await
     }
 
     async fn get(&self, base: &str, path: &str, token: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{base}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
+        let url = format!("{base}{path}");
+        send(&self.http, Method::GET, url, Some(token), None).await
     }
 
     /// How long until `GET path` at `base` with `token` answers `status`
@@ -232,13 +218,8 @@ async fn share_events(bus: Bus) {
 
     // A session ended at auth is refused by the gateway and by identity,
     // each in its own process, within a second.
-    let r = d
-        .http
-        .post(format!("{gateway}/v1/auth/logout"))
-        .bearer_auth(&first)
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{gateway}/v1/auth/logout");
+    let r = send(&d.http, Method::POST, url, Some(&first), None).await;
     assert_eq!(r.status(), 204);
     // Refused everywhere within a second of the sign-out: by the gateway,
     // and by identity, authz and audit, which check tokens for their own
@@ -261,14 +242,9 @@ async fn share_events(bus: Bus) {
 
     // Identity's event (a new password) ends Ann's other sessions at auth,
     // whose revocations reach the gateway.
-    let r = d
-        .http
-        .post(format!("{gateway}/v1/users/me/password"))
-        .bearer_auth(&second)
-        .json(&json!({"current_password": PASSWORD, "new_password": "a new password for ann"}))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{gateway}/v1/users/me/password");
+    let body = json!({"current_password": PASSWORD, "new_password": "a new password for ann"});
+    let r = send(&d.http, Method::POST, url, Some(&second), Some(body)).await;
     assert_eq!(r.status(), 204);
     let ended = d.until(&gateway, "/v1/users/me", &third, 401).await;
     assert!(ended < Duration::from_secs(1), "{ended:?}");
@@ -292,14 +268,9 @@ async fn share_events(bus: Bus) {
         d.get(&gateway, "/v1/audit/events", &second).await.status(),
         403
     );
-    let r = d
-        .http
-        .post(format!("{gateway}/v1/authz/bindings"))
-        .bearer_auth(&root)
-        .json(&json!({"subject": format!("user:{ann}"), "role": "auditor"}))
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{gateway}/v1/authz/bindings");
+    let body = json!({"subject": format!("user:{ann}"), "role": "auditor"});
+    let r = send(&d.http, Method::POST, url, Some(&root), Some(body)).await;
     assert_eq!(r.status(), 201);
     let opened = d.until(&gateway, "/v1/audit/events", &second, 200).await;
     assert!(opened < Duration::from_secs(1), "{opened:?}");
@@ -446,7 +417,8 @@ async fn a_broker_down_for_thirty_seconds_loses_and_repeats_no_event() {
             .local_address(std::net::IpAddr::from([127, 0, 2, n]))
             .build()
             .unwrap();
-        let refused = login(&client, &gateway, &email, "not the password").await;
+        let refused = crate::support::login_response(&client, &gateway, &email, "not the password");
+        let refused: Value = refused.await.json().await.unwrap();
         assert_eq!(refused["code"], "invalid_credentials", "{refused}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

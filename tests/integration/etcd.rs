@@ -12,11 +12,10 @@ use gatehouse::kernel::config::EtcdConfig;
 use gatehouse::kernel::health::{Probe, Probes};
 use gatehouse::kernel::registry::etcd::EtcdRegistry;
 use gatehouse::kernel::registry::{Instance, Registry};
-use serde_json::json;
 
-use crate::binary::{ServiceProcess, free_port, login};
+use crate::binary::{ServiceProcess, free_port};
 use crate::servers::Etcd;
-use crate::support::PASSWORD;
+use crate::support::{PASSWORD, login, register_response};
 
 /// Waits (up to `within`) until `registry` lists exactly `urls` for
 /// `service`, and answers how long that took.
@@ -211,19 +210,15 @@ async fn the_gateway_and_service_clients_follow_instances_without_a_restart() {
     let _gateway = spawn("gateway", gateway_port, data.path(), &config);
     let gateway = format!("http://127.0.0.1:{gateway_port}");
     let http = reqwest::Client::new();
-    let register = |email: &'static str| {
-        http.post(format!("{gateway}/v1/users"))
-            .json(&json!({"email": email, "password": PASSWORD, "display_name": "User"}))
-            .send()
-    };
-    assert_eq!(register("ann@example.org").await.unwrap().status(), 201);
+    let register = |email: &'static str| register_response(&http, &gateway, email, PASSWORD);
+    assert_eq!(register("ann@example.org").await.status(), 201);
     let signed_in = login(&http, &gateway, "ann@example.org", PASSWORD).await;
     assert!(signed_in["access_token"].is_string(), "{signed_in}");
 
     // The only identity stops: nothing answers for it.
     assert!(identity.terminate().await.success());
     until_listed(&watcher, "identity", &[], Duration::from_secs(5)).await;
-    let refused = register("bob@example.org").await.unwrap();
+    let refused = register("bob@example.org").await;
     assert_eq!(refused.status(), 503);
 
     // Another starts on a port neither the gateway nor auth has heard of:
@@ -239,7 +234,7 @@ async fn the_gateway_and_service_clients_follow_instances_without_a_restart() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = register("bob@example.org").await.unwrap();
+        let answer = register("bob@example.org").await;
         if answer.status() == 201 {
             break;
         }

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use gatehouse::gateway::balance::EJECT_AFTER;
 use gatehouse::gateway::config::{AuthPolicy, RouteConfig, UpstreamProtocol};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::binary::{login, raw_get};
-use crate::support::{PASSWORD, TestApp, assert_problem, closed_addr, closed_url, grpc_code};
+use crate::binary::raw_get;
+use crate::support::{
+    PASSWORD, TestApp, assert_problem, closed_addr, closed_url, grpc_code, register, send, sign_in,
+};
 
 /// A stand-in upstream that records the headers it receives and echoes its
 /// path and query; `delay` makes it slow.
@@ -165,35 +168,17 @@ async fn an_h2c_answer_whose_body_stalls_is_cut_short_within_the_routes_timeout(
 async fn the_whole_journey_goes_through_one_entry_point() {
     let app = TestApp::start().await;
     let gw = &app.gateway_base;
-    let r = app
-        .http
-        .post(format!("{gw}/v1/users"))
-        .json(&json!({"email": "gw@example.org", "password": PASSWORD, "display_name": "Gee"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let pair: Value = login(&app.http, gw, "gw@example.org", PASSWORD).await;
-    let token = pair["access_token"].as_str().unwrap();
-    let me = app
-        .http
-        .get(format!("{gw}/v1/users/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    register(&app.http, gw, "gw@example.org").await;
+    let token = sign_in(&app.http, gw, "gw@example.org", PASSWORD).await;
+    let url = format!("{gw}/v1/users/me");
+    let me = send(&app.http, Method::GET, url, Some(&token), None).await;
     assert_eq!(me.status(), 200);
     assert!(me.headers().contains_key("x-request-id"));
     let me: Value = me.json().await.unwrap();
     assert_eq!(me["email"], "gw@example.org");
     // Auth's own signed-in routes pass through with the token.
-    let sessions = app
-        .http
-        .get(format!("{gw}/v1/auth/sessions"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{gw}/v1/auth/sessions");
+    let sessions = send(&app.http, Method::GET, url, Some(&token), None).await;
     assert_eq!(sessions.status(), 200);
 }
 

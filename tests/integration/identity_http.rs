@@ -693,7 +693,7 @@ async fn only_json_objects_pass_and_wrong_methods_are_problems_too() {
 /// A link asked for while another connection holds identity's write lock,
 /// and commits a change meanwhile, still goes out once the lock is free:
 /// the link's transaction waits its turn for the lock instead of failing
-/// on the change it did not see.
+/// on the change it did not see, and its event shows it saw that change.
 #[cfg(not(feature = "it-postgres"))]
 #[tokio::test]
 async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
@@ -701,6 +701,12 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
     let app = TestApp::start().await;
     app.register("busy@example.org").await;
     let before = app.notices();
+    let mut events = app
+        .ctx
+        .bus
+        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+        .await
+        .unwrap();
     let path = app.ctx.data_dir.join("identity.db");
     let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     diesel::sql_query("BEGIN IMMEDIATE")
@@ -715,13 +721,27 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
         .post("/v1/password-resets", json!({"email": "busy@example.org"}))
         .await;
     assert_eq!(r.status(), 202);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         app.notices(),
         before,
         "nothing goes out while the lock is held"
     );
     diesel::sql_query("COMMIT").execute(&mut other).unwrap();
+    // The link's own event, written in the link's transaction, shows the
+    // row as the other connection committed it: the link was worked only
+    // once the lock was free, so nothing went out before.
+    let requested = loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("the link's event within 5 s")
+            .unwrap()
+            .event;
+        if event.r#type == "identity.password.reset_requested" {
+            break event;
+        }
+    };
+    let payload = gatehouse::proto::events::v1::UserEvent::decode(&requested.payload[..]).unwrap();
+    assert_eq!(payload.display_name, "Changed");
     app.await_notices(before + 1).await;
     assert!(
         app.last_token(NoticeKind::PasswordReset, "busy@example.org")

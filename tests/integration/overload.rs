@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::binary::{ServiceProcess, spawn_platform};
 use crate::process::Backend;
-use crate::support::PASSWORD;
+use crate::support::{PASSWORD, login_response, register, register_response};
 
 /// Hashes at once in these tests.
 const CONCURRENT: u64 = 2;
@@ -84,22 +84,6 @@ impl Platform {
             .filter(|l| l.contains("ejected"))
             .collect()
     }
-
-    async fn register(&self, http: &reqwest::Client, email: &str) -> reqwest::Response {
-        http.post(format!("{}/v1/users", self.base()))
-            .json(&json!({"email": email, "password": PASSWORD, "display_name": "Flood"}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn login(&self, http: &reqwest::Client, email: &str) -> reqwest::Response {
-        http.post(format!("{}/v1/auth/login", self.base()))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-    }
 }
 
 /// A sign-in sent by hand from the loopback address `from`, whose client
@@ -163,7 +147,7 @@ async fn abandoned_sign_ins_keep_memory_bounded_and_sign_in_working() {
         .build()
         .unwrap();
     let owner = "owner@flood.example.org";
-    assert_eq!(platform.register(&http, owner).await.status(), 201);
+    register(&http, platform.base(), owner).await;
     // The process's own memory before the flood: a test build holds more
     // than a release build (24 MiB idle), which the bound is for.
     let before = platform.rss_mib();
@@ -183,7 +167,7 @@ async fn abandoned_sign_ins_keep_memory_bounded_and_sign_in_working() {
     flood.join_all().await;
 
     let started = Instant::now();
-    let signed_in = platform.login(&http, owner).await;
+    let signed_in = login_response(&http, platform.base(), owner, PASSWORD).await;
     let waited = started.elapsed();
     let status = signed_in.status();
     let body: serde_json::Value = signed_in.json().await.unwrap();
@@ -220,13 +204,13 @@ async fn bursts_are_served_or_refused_as_overloaded_and_eject_nothing() {
     .await;
     let http = reqwest::Client::new();
     let owner = "owner@burst.example.org";
-    assert_eq!(platform.register(&http, owner).await.status(), 201);
+    register(&http, platform.base(), owner).await;
     let platform = std::sync::Arc::new(platform);
 
     let mut logins = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let (platform, http) = (platform.clone(), http.clone());
-        logins.spawn(async move { platform.login(&http, owner).await });
+        logins.spawn(async move { login_response(&http, platform.base(), owner, PASSWORD).await });
     }
     let mut tally = Tally::default();
     for response in logins.join_all().await {
@@ -240,9 +224,8 @@ async fn bursts_are_served_or_refused_as_overloaded_and_eject_nothing() {
     for n in 0..1000 {
         let (platform, http) = (platform.clone(), http.clone());
         signups.spawn(async move {
-            platform
-                .register(&http, &format!("new{n}@burst.example.org"))
-                .await
+            let email = format!("new{n}@burst.example.org");
+            register_response(&http, platform.base(), &email, PASSWORD).await
         });
     }
     let mut tally = Tally::default();
@@ -254,6 +237,6 @@ async fn bursts_are_served_or_refused_as_overloaded_and_eject_nothing() {
     assert!(tally.served > 0 && tally.overloaded > 0, "{tally:?}");
 
     assert_eq!(platform.ejections(), Vec::<String>::new());
-    let after = platform.login(&http, owner).await;
+    let after = login_response(&http, platform.base(), owner, PASSWORD).await;
     assert_eq!(after.status(), 200);
 }

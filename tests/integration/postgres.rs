@@ -4,7 +4,7 @@
 use diesel::{Connection, QueryableByName, RunQueryDsl};
 use gatehouse::kernel::clock::Clock as _;
 
-use crate::support::{TestApp, database_url};
+use crate::support::{PASSWORD, TestApp, database_url, login_response};
 
 #[derive(QueryableByName)]
 struct Located {
@@ -119,14 +119,10 @@ async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
             .await
             .unwrap();
     let login = {
-        let http = app.http.clone();
-        let url = format!("{}/v1/auth/login", app.auth_base);
+        let (http, auth) = (app.http.clone(), app.auth_base.clone());
         tokio::spawn(async move {
-            http.post(url)
-                .json(&serde_json::json!({"email": "window@example.org", "password": crate::support::PASSWORD}))
-                .send()
+            login_response(&http, &auth, "window@example.org", PASSWORD)
                 .await
-                .unwrap()
                 .status()
                 .as_u16()
         })

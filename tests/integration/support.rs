@@ -1,5 +1,8 @@
 //! `TestApp`: the identity service started in-process on a free port with an
-//! isolated database, a memory notifier and a clock the test controls.
+//! isolated database, a memory notifier and a clock the test controls; and
+//! the requests every suite makes (`send`, `register`, `login`), as plain
+//! functions of a client and a base URL, so suites that start real
+//! processes make them the same way. `TestApp`'s methods wrap them.
 
 use std::sync::Arc;
 
@@ -12,10 +15,81 @@ use gatehouse::kernel::clock::ManualClock;
 use gatehouse::kernel::http::server::Running;
 use gatehouse::kernel::rpc::RpcChannel;
 use gatehouse::proto::identity::v1::identity_client::IdentityClient;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Sends `method url`, with `token` as its bearer token and `body` as its
+/// JSON when given; answers the response as it came.
+pub async fn send(
+    http: &reqwest::Client,
+    method: Method,
+    url: impl reqwest::IntoUrl,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// Registers `email` with `password` at `base` (identity, or the gateway in
+/// front of it); answers the response as it came.
+pub async fn register_response(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let url = format!("{base}/v1/users");
+    let body = json!({"email": email, "password": password, "display_name": "Test User"});
+    send(http, Method::POST, url, None, Some(body)).await
+}
+
+/// Registers `email` with [`PASSWORD`] at `base`; answers the new user.
+pub async fn register(http: &reqwest::Client, base: &str, email: &str) -> Value {
+    let r = register_response(http, base, email, PASSWORD).await;
+    json_with(r, StatusCode::CREATED).await
+}
+
+/// Signs `email` in with `password` at `base` (auth, or the gateway in
+/// front of it); answers the response as it came.
+pub async fn login_response(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let url = format!("{base}/v1/auth/login");
+    let body = json!({"email": email, "password": password});
+    send(http, Method::POST, url, None, Some(body)).await
+}
+
+/// Signs `email` in with `password` at `base`; answers the token pair.
+pub async fn login(http: &reqwest::Client, base: &str, email: &str, password: &str) -> Value {
+    let r = login_response(http, base, email, password).await;
+    json_with(r, StatusCode::OK).await
+}
+
+/// Signs `email` in with `password` at `base`; answers the access token.
+pub async fn sign_in(http: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
+    let pair = login(http, base, email, password).await;
+    pair["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The JSON body of `r`, which must have `status`.
+async fn json_with(r: reqwest::Response, status: StatusCode) -> Value {
+    let got = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
 
 /// scrypt parameters cheap enough for tests.
 pub fn cheap_identity() -> IdentityConfig {
@@ -102,27 +176,18 @@ impl TestApp {
             .await
             .unwrap();
         self.clock.advance(chrono::Duration::seconds(2));
-        let pair = self.login(email, PASSWORD).await;
-        pair["access_token"].as_str().unwrap().to_owned()
+        sign_in(&self.http, &self.auth_base, email, PASSWORD).await
     }
 
     /// A request through the gateway with a bearer token.
-    pub fn through(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-    ) -> reqwest::RequestBuilder {
+    pub fn through(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.with_token(method, format!("{}{path}", self.gateway_base), token)
     }
 
+    /// `POST path` to identity with the JSON `body`.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        let url = format!("{}{path}", self.base);
+        send(&self.http, Method::POST, url, None, Some(body)).await
     }
 
     /// Registers an instance of `service` at `url` (a stand-in upstream) in
@@ -162,49 +227,31 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET path` from identity.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        let url = format!("{}{path}", self.base);
+        send(&self.http, Method::GET, url, None, None).await
     }
 
+    /// `POST path` to auth with the JSON `body`.
     pub async fn auth_post(&self, path: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.auth_base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        let url = format!("{}{path}", self.auth_base);
+        send(&self.http, Method::POST, url, None, Some(body)).await
     }
 
-    /// Logs in and answers the token response.
+    /// Logs in at auth and answers the token response.
     pub async fn login(&self, email: &str, password: &str) -> Value {
-        let r = self
-            .auth_post(
-                "/v1/auth/login",
-                json!({"email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::OK);
-        r.json().await.unwrap()
+        login(&self.http, &self.auth_base, email, password).await
     }
 
     /// Registers a user, logs in, and answers the access token.
     pub async fn signed_in(&self, email: &str) -> String {
         self.register(email).await;
-        let pair = self.login(email, PASSWORD).await;
-        pair["access_token"].as_str().unwrap().to_owned()
+        sign_in(&self.http, &self.auth_base, email, PASSWORD).await
     }
 
     /// A request to identity or auth (`base`) with a bearer token.
-    pub fn with_token(
-        &self,
-        method: reqwest::Method,
-        url: String,
-        token: &str,
-    ) -> reqwest::RequestBuilder {
+    pub fn with_token(&self, method: Method, url: String, token: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, url)
             .header("authorization", format!("Bearer {token}"))
@@ -212,26 +259,13 @@ impl TestApp {
 
     /// `GET /v1/users/me` with `token`.
     pub async fn me(&self, token: &str) -> reqwest::Response {
-        self.with_token(
-            reqwest::Method::GET,
-            format!("{}/v1/users/me", self.base),
-            token,
-        )
-        .send()
-        .await
-        .unwrap()
+        let url = format!("{}/v1/users/me", self.base);
+        send(&self.http, Method::GET, url, Some(token), None).await
     }
 
-    /// Registers a user and answers its JSON.
+    /// Registers a user at identity and answers its JSON.
     pub async fn register(&self, email: &str) -> Value {
-        let r = self
-            .post(
-                "/v1/users",
-                json!({"email": email, "password": PASSWORD, "display_name": "Test User"}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let user = r.json().await.unwrap();
+        let user = register(&self.http, &self.base, email).await;
         // Its verification mail goes out after the answer.
         self.await_token(NoticeKind::EmailVerification, email).await;
         user

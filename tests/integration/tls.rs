@@ -3,11 +3,10 @@
 //! without a restart, and a broken one not taken.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::support::{PASSWORD, TestApp};
+use crate::support::{PASSWORD, TestApp, login_response, register_response};
 
 /// A self-signed certificate for `localhost`: its PEM and its key's PEM.
 fn certificate() -> (String, String) {
@@ -33,12 +32,48 @@ fn client(cert: &str, http1: bool) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-async fn register(http: &reqwest::Client, base: &str, email: &str) -> reqwest::Response {
-    http.post(format!("{base}/v1/users"))
-        .json(&json!({"email": email, "password": PASSWORD, "display_name": "T"}))
-        .send()
-        .await
-        .unwrap()
+/// What the test's thread logs at ERROR, as text. A `#[tokio::test]` runs
+/// every task on that thread, the gateway's certificate watcher among them.
+#[derive(Clone, Default)]
+struct Logged(Arc<Mutex<Vec<u8>>>);
+
+impl Logged {
+    /// Starts keeping what this thread logs, until the guard is dropped.
+    fn start() -> (Logged, tracing::subscriber::DefaultGuard) {
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logged, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Waits (up to 15 s) until a line containing `needle` is logged past
+    /// byte `from`.
+    async fn wait_past(&self, from: usize, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !String::from_utf8_lossy(&self.0.lock().unwrap()[from..]).contains(needle) {
+            assert!(Instant::now() < deadline, "never logged: {needle}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl std::io::Write for Logged {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `openssl s_client` completes a handshake at `port` with only
@@ -59,6 +94,7 @@ async fn handshakes(port: u16, version: &str) -> bool {
 
 #[tokio::test]
 async fn the_gateway_serves_http2_and_http1_over_tls_and_takes_a_renewed_certificate() {
+    let (logged, _guard) = Logged::start();
     let dir = tempfile::tempdir().unwrap();
     let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (first, first_key) = certificate();
@@ -81,20 +117,15 @@ async fn the_gateway_serves_http2_and_http1_over_tls_and_takes_a_renewed_certifi
 
     // HTTP/2 by ALPN, through to identity and back.
     let h2 = client(&first, false);
-    let created = register(&h2, &base, "h2@example.org").await;
+    let created = register_response(&h2, &base, "h2@example.org", PASSWORD).await;
     assert_eq!(created.version(), reqwest::Version::HTTP_2);
     assert_eq!(created.status(), 201);
     // HTTP/1.1 for a client that offers nothing else.
     let h1 = client(&first, true);
-    let created = register(&h1, &base, "h1@example.org").await;
+    let created = register_response(&h1, &base, "h1@example.org", PASSWORD).await;
     assert_eq!(created.version(), reqwest::Version::HTTP_11);
     assert_eq!(created.status(), 201);
-    let signed_in = h1
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": "h1@example.org", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let signed_in = login_response(&h1, &base, "h1@example.org", PASSWORD).await;
     assert_eq!(signed_in.status(), 200);
     // Plain HTTP gets no answer on the TLS port.
     let plain = reqwest::Client::new()
@@ -131,12 +162,14 @@ async fn the_gateway_serves_http2_and_http1_over_tls_and_takes_a_renewed_certifi
         "the old certificate is still served"
     );
 
-    // A broken file is not taken: the renewed certificate stays.
+    // A broken file is not taken: once the watcher has read it and said
+    // so, the renewed certificate stays.
+    let seen = logged.len();
     install(
         &cert_file,
         "-----BEGIN CERTIFICATE-----\nnot a certificate\n",
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    logged.wait_past(seen, "TLS certificate not reloaded").await;
     let still = client(&second, true)
         .get(format!("{base}/healthz"))
         .send()
