@@ -15,6 +15,7 @@ mod events;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod oidc;
 pub mod schema;
 pub mod service;
 mod sessions;

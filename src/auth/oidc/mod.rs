@@ -1,0 +1,6 @@
+//! The OpenID Connect provider: applications sign their users in through
+//! auth with standard OpenID Connect.
+//!
+//! Rooms: `jws.rs` (ID tokens' signatures and the keys' public halves).
+
+pub mod jws;
