@@ -139,6 +139,7 @@ macro_rules! internal_from {
     )*};
 }
 internal_from!(
+    super::oidc::jws::JwsError,
     crate::kernel::seal::SealError,
     crate::middleware::token::SignError,
     pasetors::errors::Error

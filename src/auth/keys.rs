@@ -34,7 +34,7 @@ const SIGNER_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 /// How much longer than its last token's lifetime a retired key stays
 /// published: instances may sign with it for one more `SIGNER_RELOAD`, and
 /// their clocks may differ by up to a minute.
-const RETIRE_MARGIN: Duration = Duration::seconds(70);
+pub(super) const RETIRE_MARGIN: Duration = Duration::seconds(70);
 
 /// The key-encryption key. Never logged, never stored in the database.
 #[derive(Clone)]
@@ -101,12 +101,14 @@ type ReadSigner = (Signer, String, DateTime<Utc>);
 /// Signing-key storage and rotation.
 #[derive(Clone)]
 pub struct KeyRing {
-    db: Db,
-    kek: Kek,
-    clock: Arc<dyn Clock>,
-    cache_ttl: Duration,
-    access_ttl: Duration,
+    pub(super) db: Db,
+    pub(super) kek: Kek,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) cache_ttl: Duration,
+    pub(super) access_ttl: Duration,
     signer: Arc<RwLock<Option<ReadSigner>>>,
+    /// The ID-token keys read last, by id (see `oidc/keys.rs`).
+    pub(super) id_token_signers: super::oidc::keys::Signers,
 }
 
 impl KeyRing {
@@ -124,6 +126,7 @@ impl KeyRing {
             cache_ttl,
             access_ttl,
             signer: Arc::default(),
+            id_token_signers: Arc::default(),
         }
     }
 
@@ -151,7 +154,8 @@ impl KeyRing {
     }
 
     /// Publishes a new key that signs one key-cache lifetime from now; the
-    /// current key then stays published until its last token expired.
+    /// current key then stays published until its last token expired. The
+    /// ID-token keys rotate with it (see `oidc/keys.rs`).
     pub async fn rotate(&self) -> Result<String, AuthError> {
         let now = self.clock.now();
         let signs_from = now + self.cache_ttl;
@@ -181,6 +185,7 @@ impl KeyRing {
             })
             .await?;
         tracing::info!(kid = %kid, signs_from = %signs_from, "signing key rotated");
+        self.rotate_id_token_keys().await?;
         Ok(kid)
     }
 

@@ -65,7 +65,8 @@ async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(
 /// differs finds the other's key.
 async fn ensure_keys(ring: &KeyRing) -> anyhow::Result<()> {
     ring.ensure_one().await?;
-    if !ring.opens_stored_keys().await? {
+    ring.ensure_id_token_key(oidc::jws::Alg::Rs256).await?;
+    if !ring.opens_stored_keys().await? || !ring.opens_id_token_keys().await? {
         anyhow::bail!(
             "auth.key_encryption_key does not open the signing keys in the database: \
              every auth instance on one database needs the same key (see \
@@ -76,7 +77,8 @@ async fn ensure_keys(ring: &KeyRing) -> anyhow::Result<()> {
 }
 
 /// `gatehouse keys rotate`: publishes a new signing key that signs after
-/// one verifier key-cache lifetime. Answers its key id.
+/// one verifier key-cache lifetime, and a new ID-token key for each
+/// algorithm in use. Answers the access tokens' new key id.
 pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<String> {
     let (_, _, ring) = key_ring(ctx, config).await?;
     ensure_keys(&ring).await?;

@@ -13,6 +13,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    id_token_keys (kid) {
+        kid -> Text,
+        alg -> Text,
+        public_jwk -> Text,
+        secret_key_enc -> Binary,
+        created_at -> Timestamp,
+        signs_from -> Timestamp,
+        published_until -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Text,
         user_id -> Text,
@@ -53,6 +65,7 @@ diesel::table! {
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
+    id_token_keys,
     sessions,
     refresh_tokens,
     processed_events,
