@@ -65,7 +65,6 @@ async fn key_ring(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::Result<(
 /// differs finds the other's key.
 async fn ensure_keys(ring: &KeyRing) -> anyhow::Result<()> {
     ring.ensure_one().await?;
-    ring.ensure_id_token_key(oidc::jws::Alg::Rs256).await?;
     if !ring.opens_stored_keys().await? || !ring.opens_id_token_keys().await? {
         anyhow::bail!(
             "auth.key_encryption_key does not open the signing keys in the database: \

@@ -34,7 +34,9 @@ struct Row {
 
 impl KeyRing {
     /// Makes the first ID-token key of `alg`, signing at once, when there
-    /// is none.
+    /// is none. Called when the provider first needs the algorithm, not at
+    /// start: an RSA key costs a moment's CPU, and a platform that signs
+    /// no ID token needs none.
     pub async fn ensure_id_token_key(&self, alg: Alg) -> Result<(), AuthError> {
         let name = alg.name();
         let any: i64 = self
