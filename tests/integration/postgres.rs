@@ -42,6 +42,7 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
         vec![
             "auth.__diesel_schema_migrations",
             "auth.consumed",
+            "auth.id_token_keys",
             "auth.outbox",
             "auth.outbox_head",
             "auth.processed_events",
