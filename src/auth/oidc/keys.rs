@@ -164,25 +164,11 @@ impl KeyRing {
 
     /// The JWKS: every ID-token key published now, oldest first.
     pub async fn jwks(&self) -> Result<Value, AuthError> {
-        let now = self.clock.now().naive_utc();
-        let published: Vec<String> = self
-            .db
-            .run(move |c| {
-                id_token_keys::table
-                    .filter(
-                        id_token_keys::published_until
-                            .is_null()
-                            .or(id_token_keys::published_until.gt(now)),
-                    )
-                    .order(id_token_keys::signs_from.asc())
-                    .select(id_token_keys::public_jwk)
-                    .load(c)
-                    .map_err(AuthError::from)
-            })
-            .await?;
-        let keys = published
+        let keys = self
+            .published_id_token_keys()
+            .await?
             .iter()
-            .map(|text| serde_json::from_str(text))
+            .map(|(jwk, _)| serde_json::from_str(jwk))
             .collect::<Result<Vec<Value>, _>>()
             .map_err(|e| AuthError::Internal(format!("a stored JWK: {e}")))?;
         Ok(json!({ "keys": keys }))
@@ -191,9 +177,15 @@ impl KeyRing {
     /// Whether this ring's key-encryption key opens every ID-token key
     /// still published; true when there is none.
     pub async fn opens_id_token_keys(&self) -> Result<bool, AuthError> {
+        let published = self.published_id_token_keys().await?;
+        Ok(published.iter().all(|(_, s)| self.kek.open(s).is_ok()))
+    }
+
+    /// The public JWK and the sealed secret of every ID-token key
+    /// published now, oldest first.
+    async fn published_id_token_keys(&self) -> Result<Vec<(String, Vec<u8>)>, AuthError> {
         let now = self.clock.now().naive_utc();
-        let sealed: Vec<Vec<u8>> = self
-            .db
+        self.db
             .run(move |c| {
                 id_token_keys::table
                     .filter(
@@ -201,12 +193,12 @@ impl KeyRing {
                             .is_null()
                             .or(id_token_keys::published_until.gt(now)),
                     )
-                    .select(id_token_keys::secret_key_enc)
+                    .order(id_token_keys::signs_from.asc())
+                    .select((id_token_keys::public_jwk, id_token_keys::secret_key_enc))
                     .load(c)
                     .map_err(AuthError::from)
             })
-            .await?;
-        Ok(sealed.iter().all(|s| self.kek.open(s).is_ok()))
+            .await
     }
 }
 
