@@ -443,8 +443,9 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn unknown_key_ids_cannot_make_the_check_hammer_auth() {
+    /// A key, a source that serves it and counts its fetches, and a check
+    /// on that source.
+    fn checking() -> (AsymmetricKeyPair<V4>, Arc<Counting>, TokenCheck) {
         let known = AsymmetricKeyPair::<V4>::generate().unwrap();
         let source = Arc::new(Counting {
             kid: token::key_id_of(&known.public),
@@ -457,6 +458,12 @@ mod tests {
             Arc::new(SystemClock),
             Duration::from_secs(900),
         );
+        (known, source, check)
+    }
+
+    #[tokio::test]
+    async fn unknown_key_ids_cannot_make_the_check_hammer_auth() {
+        let (known, source, check) = checking();
         let good = signed_by(&known);
         check.check(&good).await.unwrap();
         assert_eq!(source.fetches.load(Ordering::SeqCst), 1);
@@ -476,18 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_sessions_are_refused_even_when_cached() {
-        let known = AsymmetricKeyPair::<V4>::generate().unwrap();
-        let source = Arc::new(Counting {
-            kid: token::key_id_of(&known.public),
-            key: known.public.clone(),
-            fetches: AtomicUsize::new(0),
-        });
-        let check = TokenCheck::new(
-            source,
-            issuer_audience(),
-            Arc::new(SystemClock),
-            Duration::from_secs(900),
-        );
+        let (known, _, check) = checking();
         let token = signed_by(&known);
         let principal = check.check(&token).await.unwrap();
         check.revoke(principal.session_id);

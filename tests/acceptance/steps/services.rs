@@ -28,26 +28,9 @@ fn both_running(world: &mut Platform) {
         return;
     }
     let (identity_port, auth_port) = (free_port(), free_port());
-    let mut auth_env = static_registry(&[("identity", &[identity_port])]);
     // Reuse is detected at once (no grace window) to keep scenarios short.
-    auth_env.push(("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned()));
-    let identity = Service::spawn(
-        env!("CARGO_BIN_EXE_gatehouse-identity"),
-        "identity",
-        identity_port,
-        &static_registry(&[("auth", &[auth_port])]),
-    );
-    world.identity_logs.push(identity.process.log.clone());
-    let base = world.keep(identity);
-    world.identity.push(base);
-    let auth = Service::spawn(
-        env!("CARGO_BIN_EXE_gatehouse-auth"),
-        "auth",
-        auth_port,
-        &auth_env,
-    );
-    let base = world.keep(auth);
-    world.auth.push(base);
+    let grace = [("GATEHOUSE_AUTH__REFRESH_GRACE_SECS", "0".to_owned())];
+    identity_and_auth(world, identity_port, auth_port, &grace);
 }
 
 #[given("the gateway, auth and identity services are running")]
@@ -56,6 +39,25 @@ fn three_running(world: &mut Platform) {
         return;
     }
     let (identity_port, auth_port, gateway_port) = (free_port(), free_port(), free_port());
+    identity_and_auth(world, identity_port, auth_port, &[]);
+    let gateway = Service::spawn(
+        env!("CARGO_BIN_EXE_gatehouse-gateway"),
+        "gateway",
+        gateway_port,
+        &static_registry(&[("auth", &[auth_port]), ("identity", &[identity_port])]),
+    );
+    let base = world.keep(gateway);
+    world.gateway.push(base);
+}
+
+/// Identity and auth on the ports given, each finding the other through a
+/// static registry; auth with `auth_env` besides.
+fn identity_and_auth(
+    world: &mut Platform,
+    identity_port: u16,
+    auth_port: u16,
+    auth_env: &[(&'static str, String)],
+) {
     let identity = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-identity"),
         "identity",
@@ -65,22 +67,16 @@ fn three_running(world: &mut Platform) {
     world.identity_logs.push(identity.process.log.clone());
     let base = world.keep(identity);
     world.identity.push(base);
+    let mut env = static_registry(&[("identity", &[identity_port])]);
+    env.extend(auth_env.iter().cloned());
     let auth = Service::spawn(
         env!("CARGO_BIN_EXE_gatehouse-auth"),
         "auth",
         auth_port,
-        &static_registry(&[("identity", &[identity_port])]),
+        &env,
     );
     let base = world.keep(auth);
     world.auth.push(base);
-    let gateway = Service::spawn(
-        env!("CARGO_BIN_EXE_gatehouse-gateway"),
-        "gateway",
-        gateway_port,
-        &static_registry(&[("auth", &[auth_port]), ("identity", &[identity_port])]),
-    );
-    let base = world.keep(gateway);
-    world.gateway.push(base);
 }
 
 #[given("the whole platform is running")]
