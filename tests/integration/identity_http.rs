@@ -39,12 +39,7 @@ async fn registration_returns_the_user_and_never_a_secret() {
 #[tokio::test]
 async fn registration_writes_an_event_without_secrets() {
     let app = TestApp::start().await;
-    let mut events = app
-        .ctx
-        .bus
-        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
-        .await
-        .unwrap();
+    let mut events = app.identity_events().await;
     let user = app.register("ev@example.org").await;
     let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
         .await
@@ -701,12 +696,7 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
     let app = TestApp::start().await;
     app.register("busy@example.org").await;
     let before = app.notices();
-    let mut events = app
-        .ctx
-        .bus
-        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
-        .await
-        .unwrap();
+    let mut events = app.identity_events().await;
     let path = app.ctx.data_dir.join("identity.db");
     let mut other = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     diesel::sql_query("BEGIN IMMEDIATE")
@@ -754,12 +744,7 @@ async fn a_link_asked_for_while_the_database_is_busy_still_goes_out() {
 #[tokio::test]
 async fn events_carry_the_client_request_trace_and_user_that_caused_them() {
     let app = TestApp::start().await;
-    let mut events = app
-        .ctx
-        .bus
-        .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
-        .await
-        .unwrap();
+    let mut events = app.identity_events().await;
     // Another loopback address than the gateway's own, so the two differ.
     let client = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())

@@ -297,6 +297,17 @@ impl TestApp {
         self.notifier.last_token(kind, email)
     }
 
+    /// Identity's events from now on, read as the consumer `test`.
+    pub async fn identity_events(
+        &self,
+    ) -> tokio::sync::mpsc::Receiver<gatehouse::kernel::bus::Delivery> {
+        self.ctx
+            .bus
+            .subscribe("test", &["identity"], gatehouse::kernel::bus::Start::Latest)
+            .await
+            .unwrap()
+    }
+
     pub fn notices(&self) -> usize {
         self.notifier.sent.lock().unwrap().len()
     }
