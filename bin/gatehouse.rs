@@ -45,6 +45,58 @@ enum Command {
         #[command(subcommand)]
         command: CredentialsCommand,
     },
+    /// The OpenID Connect provider.
+    Oidc {
+        #[command(subcommand)]
+        command: OidcCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OidcCommand {
+    /// Applications that sign their users in through the provider.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client and print its id and its secret, which is shown
+    /// this once. A confidential client may use the authorization code,
+    /// refresh token and client credentials grants; a public one (a
+    /// browser or native app, `--public`) the first two, with PKCE.
+    Create {
+        /// The name shown on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Where the provider may send the browser back with a code; matched
+        /// exactly (a loopback http URI with any port).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Where the provider may send the browser after signing out.
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// Origins whose scripts call the token and userinfo endpoints.
+        #[arg(long = "web-origin")]
+        web_origins: Vec<String>,
+        /// A client that holds no secret.
+        #[arg(long)]
+        public: bool,
+        /// A client of this platform's own: its users are not asked to consent.
+        #[arg(long)]
+        first_party: bool,
+        /// The grants allowed, comma-separated (default: every one its kind may use).
+        #[arg(long, value_delimiter = ',')]
+        grants: Option<Vec<String>>,
+        /// The ID tokens' algorithm: RS256 (default), ES256 or EdDSA.
+        #[arg(long)]
+        id_token_alg: Option<String>,
+        /// Print `{"client_id", "client_secret"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +172,9 @@ fn main() -> ExitCode {
         Some(Command::Credentials {
             command: CredentialsCommand::Issue { out, services },
         }) => issue_credentials(&out, &services),
+        Some(Command::Oidc {
+            command: OidcCommand::Client { command },
+        }) => oidc_client(cli.config, command),
         None | Some(Command::Serve) => serve(cli.config),
     }
 }
@@ -180,6 +235,63 @@ fn rotate(config: Option<PathBuf>) -> ExitCode {
 
 #[cfg(not(feature = "auth"))]
 fn rotate(_config: Option<PathBuf>) -> ExitCode {
+    fail(&anyhow::anyhow!("this build has no auth service"))
+}
+
+#[cfg(feature = "auth")]
+fn oidc_client(config: Option<PathBuf>, command: ClientCommand) -> ExitCode {
+    let ClientCommand::Create {
+        name,
+        redirect_uris,
+        post_logout_redirect_uris,
+        web_origins,
+        public,
+        first_party,
+        grants,
+        id_token_alg,
+        json,
+    } = command;
+    let spec = gatehouse::auth::oidc::clients::ClientSpec {
+        name,
+        redirect_uris,
+        post_logout_redirect_uris,
+        web_origins,
+        grant_types: grants,
+        scopes: None,
+        id_token_signed_response_alg: id_token_alg,
+        first_party,
+        public,
+    };
+    let result = run_command(async {
+        let config = gatehouse::config::Config::load(config.as_deref())?;
+        let ctx = gatehouse::platform::context(&config)?;
+        gatehouse::auth::register_client(&ctx, spec).await
+    });
+    match result {
+        Ok(issued) if json => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "client_id": issued.client.id,
+                    "client_secret": issued.secret,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(issued) => {
+            println!("client_id: {}", issued.client.id);
+            match issued.secret {
+                Some(secret) => println!("client_secret: {secret}\n(the secret is shown this once)"),
+                None => println!("a public client: no secret; it proves itself with PKCE"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+#[cfg(not(feature = "auth"))]
+fn oidc_client(_config: Option<PathBuf>, _command: ClientCommand) -> ExitCode {
     fail(&anyhow::anyhow!("this build has no auth service"))
 }
 

@@ -122,7 +122,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         data_dir: config.data_dir.clone(),
         database: config.database.clone(),
         server: config.server.clone(),
-        tokens: config.tokens.clone(),
+        tokens: config.tokens.clone().issued_at(&config.server.public_url),
         clients,
         keyring,
         permission_cache: std::time::Duration::from_millis(config.rpc.permission_cache_ms),

@@ -26,6 +26,8 @@ pub struct AuthConfig {
     /// (32 bytes). When empty, a key file `auth.kek` readable only by its
     /// owner is created under `data_dir` on first start.
     pub key_encryption_key: String,
+    /// The OpenID Connect provider.
+    pub oidc: super::oidc::config::OidcConfig,
 }
 
 impl Default for AuthConfig {
@@ -38,6 +40,7 @@ impl Default for AuthConfig {
             key_cache_ttl_secs: 300,
             key_rotation_interval_secs: 30 * 86_400,
             key_encryption_key: String::new(),
+            oidc: Default::default(),
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum AuthError {
     Token(TokenError),
     #[error("no such session")]
     SessionNotFound,
+    #[error("no such client")]
+    ClientNotFound,
     #[error("service unavailable")]
     Unavailable(String),
     /// A service this request needs is at its capacity; try again shortly.
@@ -74,6 +76,12 @@ impl AuthError {
                 "session_not_found",
                 Code::NotFound,
                 "No such session",
+            ),
+            ClientNotFound => Kind::new(
+                StatusCode::NOT_FOUND,
+                "client_not_found",
+                Code::NotFound,
+                "No such client",
             ),
             Unavailable(_) => Kind::UNAVAILABLE,
             Overloaded { .. } => Kind::OVERLOADED,

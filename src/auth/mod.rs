@@ -84,6 +84,18 @@ pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::R
     Ok(ring.rotate().await?)
 }
 
+/// `gatehouse oidc client create`: registers a client of the provider on
+/// the configured database.
+pub async fn register_client(
+    ctx: &ServiceContext,
+    spec: oidc::clients::ClientSpec,
+) -> anyhow::Result<oidc::registry::Issued> {
+    let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    Ok(oidc::registry::ClientRegistry::new(db, ctx.clock.clone())
+        .create_client(spec)
+        .await?)
+}
+
 pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<Running> {
     let (db, kek, ring) = key_ring(ctx, &config).await?;
     ensure_keys(&ring).await?;

@@ -34,6 +34,65 @@ diesel::table! {
         generation -> BigInt,
         revoked_at -> Nullable<Timestamp>,
         revoked_reason -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        scope -> Nullable<Text>,
+        browser_session_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    oidc_clients (id) {
+        id -> Text,
+        name -> Text,
+        secret_hash -> Nullable<Text>,
+        redirect_uris -> Text,
+        post_logout_redirect_uris -> Text,
+        web_origins -> Text,
+        grant_types -> Text,
+        scopes -> Text,
+        id_token_alg -> Text,
+        first_party -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    oidc_codes (code_hash) {
+        code_hash -> Text,
+        client_id -> Text,
+        user_id -> Text,
+        browser_session_id -> Text,
+        redirect_uri -> Text,
+        code_challenge -> Nullable<Text>,
+        nonce -> Nullable<Text>,
+        scope -> Text,
+        auth_time -> Timestamp,
+        amr -> Text,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+        session_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    oidc_consents (user_id, client_id) {
+        user_id -> Text,
+        client_id -> Text,
+        scope -> Text,
+        granted_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    browser_sessions (id) {
+        id -> Text,
+        token_hash -> Text,
+        user_id -> Text,
+        auth_time -> Timestamp,
+        amr -> Text,
+        expires_at -> Timestamp,
+        ended_at -> Nullable<Timestamp>,
     }
 }
 
@@ -69,5 +128,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     refresh_tokens,
     processed_events,
-    user_revocations
+    user_revocations,
+    oidc_clients,
+    oidc_codes,
+    oidc_consents,
+    browser_sessions
 );

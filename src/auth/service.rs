@@ -153,6 +153,9 @@ impl Auth {
             generation: 1,
             revoked_at: None,
             revoked_reason: None,
+            client_id: None,
+            scope: None,
+            browser_session_id: None,
         };
         let mut pair = self.pair(user_id, &session, now).await?;
         pair.device_token = Some(verified.device_token).filter(|t| !t.is_empty());

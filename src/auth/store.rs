@@ -19,6 +19,12 @@ pub struct SessionRow {
     pub generation: i64,
     pub revoked_at: Option<NaiveDateTime>,
     pub revoked_reason: Option<String>,
+    /// The provider's client the session was opened for, if any.
+    pub client_id: Option<String>,
+    /// The scopes granted to that client, space-separated.
+    pub scope: Option<String>,
+    /// The browser session it came from (the hosted pages), if any.
+    pub browser_session_id: Option<String>,
 }
 
 /// A refresh token row. No `Debug`: the successor holds live tokens (sealed).

@@ -14,7 +14,7 @@ pub struct IdentityConfig {
     /// URL other services reach this instance at; defaults to `http://<listen>`.
     pub advertise_url: Option<String>,
     /// Base of the links sent to users (password reset, email verification);
-    /// the token is appended as `?token=...`.
+    /// the token is appended as `?token=...`. Empty: `server.public_url`.
     pub link_base_url: String,
     /// Whether `POST /v1/users` is open to anyone.
     pub registration_enabled: bool,
@@ -52,7 +52,7 @@ impl Default for IdentityConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4102)),
             advertise_url: None,
-            link_base_url: "http://127.0.0.1:8080".into(),
+            link_base_url: String::new(),
             registration_enabled: true,
             password: PasswordPolicy::default(),
             scrypt: ScryptConfig::default(),

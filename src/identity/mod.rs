@@ -116,7 +116,11 @@ pub async fn open(
             notifier,
             clock: ctx.clock.clone(),
             metrics: ctx.metrics.clone(),
-            link_base_url: config.link_base_url.clone(),
+            link_base_url: if config.link_base_url.is_empty() {
+                ctx.server.public_url.trim_end_matches('/').to_owned()
+            } else {
+                config.link_base_url.clone()
+            },
             config: config.mail.clone(),
         },
         ctx.shutdown.clone(),

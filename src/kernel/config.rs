@@ -82,6 +82,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// The URL people and applications reach the platform at (the
+    /// gateway, or what is in front of it): the OpenID Connect issuer, the
+    /// access tokens' `iss` and the base of the links mailed to users,
+    /// unless `auth.oidc.issuer`, `tokens.issuer` or
+    /// `identity.link_base_url` say otherwise. Scheme and host, no path.
+    pub public_url: String,
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub body_limit_bytes: usize,
     /// Longest a request may take before it is answered with a timeout.
@@ -115,6 +121,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            public_url: "http://127.0.0.1:8080".into(),
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 30_000,
@@ -365,7 +372,7 @@ impl Default for RpcConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenConfig {
-    /// The `iss` claim.
+    /// The `iss` claim; empty: `server.public_url`.
     pub issuer: String,
     /// The `aud` claim.
     pub audience: String,
@@ -376,7 +383,7 @@ pub struct TokenConfig {
 impl Default for TokenConfig {
     fn default() -> Self {
         Self {
-            issuer: "gatehouse".into(),
+            issuer: String::new(),
             audience: "gatehouse".into(),
             access_token_ttl_secs: 900,
         }
@@ -384,6 +391,15 @@ impl Default for TokenConfig {
 }
 
 impl TokenConfig {
+    /// This config with an empty issuer made `public_url`, so that access
+    /// tokens name the platform's public place.
+    pub fn issued_at(mut self, public_url: &str) -> Self {
+        if self.issuer.is_empty() {
+            self.issuer = public_url.trim_end_matches('/').to_owned();
+        }
+        self
+    }
+
     /// How long an access token lives.
     pub fn access_ttl(&self) -> chrono::Duration {
         chrono::Duration::seconds(i64::try_from(self.access_token_ttl_secs).unwrap_or(900))

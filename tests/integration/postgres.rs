@@ -41,8 +41,12 @@ async fn each_service_keeps_its_tables_in_its_own_schema() {
         names,
         vec![
             "auth.__diesel_schema_migrations",
+            "auth.browser_sessions",
             "auth.consumed",
             "auth.id_token_keys",
+            "auth.oidc_clients",
+            "auth.oidc_codes",
+            "auth.oidc_consents",
             "auth.outbox",
             "auth.outbox_head",
             "auth.processed_events",

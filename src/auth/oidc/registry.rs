@@ -1,0 +1,137 @@
+//! The provider's registered clients: made, read, changed, given a new
+//! secret and deleted, by the admin API and the CLI.
+
+use std::sync::Arc;
+
+use diesel::Connection as _;
+
+use super::clients::{Client, ClientSpec, SpecError, new_client_id, new_secret};
+use super::store;
+use crate::auth::error::AuthError;
+use crate::kernel::clock::Clock;
+use crate::kernel::db::Db;
+
+/// The clients, on auth's database.
+#[derive(Clone)]
+pub struct ClientRegistry {
+    db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+/// A client just made or given a new secret: the secret is shown this once.
+#[derive(Debug)]
+pub struct Issued {
+    pub client: Client,
+    pub secret: Option<String>,
+}
+
+/// Most clients one list answers.
+const LIST_LIMIT: i64 = 1000;
+
+impl ClientRegistry {
+    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+
+    /// Registers a client; a confidential one gets a secret, shown once.
+    pub async fn create_client(&self, spec: ClientSpec) -> Result<Issued, AuthError> {
+        let settled = spec.settle().map_err(invalid)?;
+        let (secret, hash) = if settled.public {
+            (None, None)
+        } else {
+            let (secret, hash) = new_secret();
+            (Some(secret), Some(hash))
+        };
+        let now = self.clock.now();
+        let id = new_client_id();
+        let client = self
+            .db
+            .run(move |c| store::insert_client(c, &id, &settled, hash, now))
+            .await?;
+        tracing::info!(client_id = %client.id, "client registered");
+        Ok(Issued { client, secret })
+    }
+
+    pub async fn client(&self, id: &str) -> Result<Client, AuthError> {
+        let id = id.to_owned();
+        self.db
+            .run(move |c| store::client(c, &id))
+            .await?
+            .ok_or(AuthError::ClientNotFound)
+    }
+
+    pub async fn clients(&self) -> Result<Vec<Client>, AuthError> {
+        self.db
+            .run(|c| store::clients(c, LIST_LIMIT))
+            .await
+    }
+
+    /// Replaces a client's registration. A client made public loses its
+    /// secret; one made confidential gets a new one, shown once.
+    pub async fn update_client(&self, id: &str, spec: ClientSpec) -> Result<Issued, AuthError> {
+        let settled = spec.settle().map_err(invalid)?;
+        let id = id.to_owned();
+        let now = self.clock.now();
+        let (client, secret) = self
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let existing = store::client(c, &id)?.ok_or(AuthError::ClientNotFound)?;
+                    let (secret, hash) = match (settled.public, existing.secret_hash.clone()) {
+                        (true, _) => (None, None),
+                        (false, Some(kept)) => (None, Some(kept)),
+                        (false, None) => {
+                            let (secret, hash) = new_secret();
+                            (Some(secret), Some(hash))
+                        }
+                    };
+                    let client = store::update_client(c, &existing, &settled, hash, now)?;
+                    Ok::<_, AuthError>((client, secret))
+                })
+            })
+            .await?;
+        Ok(Issued { client, secret })
+    }
+
+    /// Gives a confidential client a new secret, shown once; the old one
+    /// stops working at once.
+    pub async fn rotate_secret(&self, id: &str) -> Result<Issued, AuthError> {
+        let client = self.client(id).await?;
+        if client.is_public() {
+            return Err(AuthError::Invalid {
+                field: "client_id",
+                message: "a public client has no secret".into(),
+            });
+        }
+        let (secret, hash) = new_secret();
+        let now = self.clock.now();
+        let client_id = client.id.clone();
+        self.db
+            .run(move |c| store::set_secret(c, &client_id, &hash, now))
+            .await?;
+        Ok(Issued {
+            client: self.client(id).await?,
+            secret: Some(secret),
+        })
+    }
+
+    pub async fn delete_client(&self, id: &str) -> Result<(), AuthError> {
+        let id = id.to_owned();
+        let deleted = self
+            .db
+            .run(move |c| store::delete_client(c, &id))
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(AuthError::ClientNotFound)
+        }
+    }
+}
+
+fn invalid(e: SpecError) -> AuthError {
+    AuthError::Invalid {
+        field: e.field,
+        message: e.message,
+    }
+}
