@@ -261,6 +261,7 @@ fn oidc_client(config: Option<PathBuf>, command: ClientCommand) -> ExitCode {
         id_token_signed_response_alg: id_token_alg,
         first_party,
         public,
+        require_pkce: None,
     };
     let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
@@ -281,7 +282,9 @@ fn oidc_client(config: Option<PathBuf>, command: ClientCommand) -> ExitCode {
         Ok(issued) => {
             println!("client_id: {}", issued.client.id);
             match issued.secret {
-                Some(secret) => println!("client_secret: {secret}\n(the secret is shown this once)"),
+                Some(secret) => {
+                    println!("client_secret: {secret}\n(the secret is shown this once)")
+                }
                 None => println!("a public client: no secret; it proves itself with PKCE"),
             }
             ExitCode::SUCCESS

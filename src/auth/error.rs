@@ -89,7 +89,7 @@ impl AuthError {
         }
     }
 
-    fn log_if_ours(&self) {
+    pub(super) fn log_if_ours(&self) {
         match self {
             AuthError::Internal(e) => tracing::error!(error = %e, "auth internal error"),
             AuthError::Unavailable(e) => tracing::warn!(error = %e, "auth dependency unavailable"),

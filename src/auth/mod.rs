@@ -102,6 +102,8 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
     let (listen, advertise) = (config.listen, config.advertise_url.clone());
     let rotation_every = config.key_rotation_interval_secs;
+    let issuer = oidc::config::issuer(&config.oidc.issuer, &ctx.server.public_url)?;
+    let oidc_config = config.oidc.clone();
     let auth = Auth::new(
         db.clone(),
         ring.clone(),
@@ -112,8 +114,10 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
         Arc::new(config),
         ctx.tokens.clone(),
     );
+    let provider = oidc::Provider::new(auth.clone(), issuer, oidc_config);
     let mut background = vec![
         relay_task,
+        provider.sweep(ctx.shutdown.clone()),
         consume_identity_events(ctx, &db, auth.clone()).await?,
     ];
     if rotation_every > 0 {
@@ -123,7 +127,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     let service = server::Service {
         name: NAME,
         db,
-        http: http::routes(auth.clone()),
+        http: http::routes(auth.clone()).merge(oidc::http::routes(provider)),
         api: http::ApiDoc::openapi(),
         grpc: grpc::server(auth),
         produces_events: true,

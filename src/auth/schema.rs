@@ -52,6 +52,7 @@ diesel::table! {
         scopes -> Text,
         id_token_alg -> Text,
         first_party -> Bool,
+        require_pkce -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }

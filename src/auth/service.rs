@@ -57,16 +57,48 @@ pub struct Session {
 pub struct Auth {
     pub(super) db: Db,
     keys: KeyRing,
-    kek: Kek,
-    clients: Clients,
+    pub(super) kek: Kek,
+    pub(super) clients: Clients,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) relay: Relay,
-    config: Arc<AuthConfig>,
-    tokens: TokenConfig,
+    pub(super) config: Arc<AuthConfig>,
+    pub(super) tokens: TokenConfig,
+}
+
+/// Whom identity found the credentials of.
+pub(super) struct Verified {
+    pub user: UserId,
+    /// The token the client keeps for its next sign-ins at the account.
+    pub device_token: Option<String>,
+}
+
+/// Stores a new session, its first refresh token if any, and its `event`,
+/// inside the caller's transaction. Refused when the user's password was
+/// reset since `started`, when the credentials were checked.
+pub(super) fn open_session(
+    c: &mut crate::kernel::db::DbConnection,
+    session: &SessionRow,
+    refresh_hash: Option<&str>,
+    event: &outbox::NewEvent,
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    store::lock_user(c, &session.user_id)?;
+    store::insert_session(c, session)?;
+    // The password may have been reset while identity checked it: such a
+    // sign-in opens no session.
+    if store::watermark(c, &session.user_id)?.is_some_and(|w| w > started.naive_utc()) {
+        return Err(AuthError::InvalidCredentials);
+    }
+    if let Some(refresh_hash) = refresh_hash {
+        store::insert_refresh(c, refresh_hash, &session.id, 1, now.naive_utc())?;
+    }
+    outbox::enqueue(c, event, now)?;
+    Ok(())
 }
 
 enum Refreshed {
-    Pair(TokenPair),
+    Pair(Box<(TokenPair, SessionRow)>),
     Reused,
 }
 
@@ -110,6 +142,40 @@ impl Auth {
         password: &str,
         device_token: Option<&str>,
     ) -> Result<TokenPair, AuthError> {
+        let started = self.clock.now();
+        let verified = self
+            .verify_credentials(email, password, device_token)
+            .await?;
+        let now = self.clock.now();
+        let session = self.new_session(verified.user, now);
+        let mut pair = self.pair(verified.user, &session, now).await?;
+        pair.device_token = verified.device_token;
+        let refresh_hash = hash(&pair.refresh_token);
+        let event = session_event(
+            &events::SESSION_CREATED,
+            &session,
+            "login",
+            self.tokens_expire_by(now),
+        );
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    open_session(c, &session, Some(&refresh_hash), &event, started, now)
+                })
+            })
+            .await?;
+        self.relay.wake();
+        Ok(pair)
+    }
+
+    /// Asks identity whose credentials these are. `device_token` is the one
+    /// an earlier sign-in gave the client.
+    pub(super) async fn verify_credentials(
+        &self,
+        email: &str,
+        password: &str,
+        device_token: Option<&str>,
+    ) -> Result<Verified, AuthError> {
         if email.trim().is_empty() || email.len() > 254 {
             return Err(AuthError::Invalid {
                 field: "email",
@@ -122,7 +188,6 @@ impl Auth {
                 message: "must not be empty".into(),
             });
         }
-        let started = self.clock.now();
         let channel = self
             .clients
             .channel("identity")
@@ -141,12 +206,19 @@ impl Auth {
             .user
             .ok_or_else(|| AuthError::Internal("identity answered without a user".into()))?;
         let user_id = UserId::parse(&user.id).map_err(|e| AuthError::Internal(e.to_string()))?;
-        // The user who signed in opened the session.
+        // The user who signed in opens what follows.
         crate::kernel::telemetry::set_actor(user_id.as_uuid());
-        let now = self.clock.now();
-        let session = SessionRow {
+        Ok(Verified {
+            user: user_id,
+            device_token: Some(verified.device_token).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// A new session of `user`, starting `now`.
+    pub(super) fn new_session(&self, user: UserId, now: DateTime<Utc>) -> SessionRow {
+        SessionRow {
             id: SessionId::now_v7().to_string(),
-            user_id: user_id.to_string(),
+            user_id: user.to_string(),
             created_at: now.naive_utc(),
             expires_at: (now + secs(self.config.session_ttl_secs)).naive_utc(),
             refreshed_at: now.naive_utc(),
@@ -156,40 +228,25 @@ impl Auth {
             client_id: None,
             scope: None,
             browser_session_id: None,
-        };
-        let mut pair = self.pair(user_id, &session, now).await?;
-        pair.device_token = Some(verified.device_token).filter(|t| !t.is_empty());
-        let refresh_hash = hash(&pair.refresh_token);
-        let event = session_event(
-            &events::SESSION_CREATED,
-            &session,
-            "login",
-            self.tokens_expire_by(now),
-        );
-        self.db
-            .run(move |c| {
-                c.transaction(|c| {
-                    store::lock_user(c, &session.user_id)?;
-                    store::insert_session(c, &session)?;
-                    // The password may have been reset while identity checked
-                    // it: such a login opens no session.
-                    if store::watermark(c, &session.user_id)?
-                        .is_some_and(|w| w > started.naive_utc())
-                    {
-                        return Err(AuthError::InvalidCredentials);
-                    }
-                    store::insert_refresh(c, &refresh_hash, &session.id, 1, now.naive_utc())?;
-                    outbox::enqueue(c, &event, now)?;
-                    Ok::<_, AuthError>(())
-                })
-            })
-            .await?;
-        self.relay.wake();
-        Ok(pair)
+        }
     }
 
     /// Rotates a refresh token (see the module doc for the rules).
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
+        self.refresh_bound(refresh_token, None)
+            .await
+            .map(|(pair, _)| pair)
+    }
+
+    /// Rotates a refresh token of a session opened for `client` (`None`:
+    /// by the JSON API's sign-in); answers the new pair and the session. A
+    /// token of another client's session is refused and left as it was.
+    pub(super) async fn refresh_bound(
+        &self,
+        refresh_token: &str,
+        client: Option<&str>,
+    ) -> Result<(TokenPair, SessionRow), AuthError> {
+        let client = client.map(str::to_owned);
         if refresh_token.is_empty() || refresh_token.len() > 256 {
             return Err(AuthError::InvalidRefreshToken);
         }
@@ -212,7 +269,11 @@ impl Auth {
                     if let Some(row) = store::claim_refresh(c, &presented, n)? {
                         let session = store::session(c, &row.session_id)?
                             .ok_or(AuthError::InvalidRefreshToken)?;
-                        if session.revoked_at.is_some() || session.expires_at <= n {
+                        if session.revoked_at.is_some()
+                            || session.expires_at <= n
+                            || session.client_id != client
+                        {
+                            // The claim above is rolled back with the error.
                             return Err(AuthError::InvalidRefreshToken);
                         }
                         if row.generation != session.generation
@@ -246,14 +307,14 @@ impl Auth {
                                 .map_err(|e| AuthError::Internal(e.to_string()))?,
                         )?;
                         store::set_successor(c, &presented, &sealed)?;
-                        return Ok(Refreshed::Pair(pair));
+                        return Ok(Refreshed::Pair(Box::new((pair, session))));
                     }
                     let Some(row) = store::refresh_by_hash(c, &presented)? else {
                         return Err(AuthError::InvalidRefreshToken);
                     };
                     let session = store::session(c, &row.session_id)?
                         .ok_or(AuthError::InvalidRefreshToken)?;
-                    if session.revoked_at.is_some() {
+                    if session.revoked_at.is_some() || session.client_id != client {
                         return Err(AuthError::InvalidRefreshToken);
                     }
                     // A retry of the latest rotation, inside the grace window,
@@ -266,7 +327,7 @@ impl Auth {
                         let plain = kek.open(sealed)?;
                         let pair: TokenPair = serde_json::from_slice(&plain)
                             .map_err(|e| AuthError::Internal(e.to_string()))?;
-                        return Ok(Refreshed::Pair(pair));
+                        return Ok(Refreshed::Pair(Box::new((pair, session))));
                     }
                     end_session(c, &session.id, "reuse_detected", now, tokens_expire_by)?;
                     let detected = session_event(
@@ -281,7 +342,7 @@ impl Auth {
             })
             .await?;
         match outcome {
-            Refreshed::Pair(pair) => Ok(pair),
+            Refreshed::Pair(refreshed) => Ok(*refreshed),
             Refreshed::Reused => {
                 self.relay.wake();
                 tracing::warn!("refresh token reuse detected; session ended");
@@ -352,7 +413,7 @@ impl Auth {
 }
 
 /// Maps identity's answer to `VerifyCredentials` onto auth's errors.
-fn identity_error(status: tonic::Status) -> AuthError {
+pub(super) fn identity_error(status: tonic::Status) -> AuthError {
     let code = status
         .metadata()
         .get("gatehouse-code")

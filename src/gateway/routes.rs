@@ -195,6 +195,14 @@ pub fn built_in() -> Vec<RouteConfig> {
     vec![
         // Auth checks the bearer token of its own signed-in routes itself.
         route("/v1/auth", "auth", AuthPolicy::Public),
+        // The OpenID Connect provider: its clients authenticate to it
+        // themselves (Basic, PKCE), and its userinfo checks its bearer token.
+        route("/oauth2", "auth", AuthPolicy::Public),
+        route(
+            "/.well-known/openid-configuration",
+            "auth",
+            AuthPolicy::Public,
+        ),
         route("/v1/users", "identity", AuthPolicy::Public),
         route("/v1/users/me", "identity", AuthPolicy::Required),
         route("/v1/password-resets", "identity", AuthPolicy::Public),

@@ -439,8 +439,9 @@ async fn the_shared_check_refuses_other_audiences_issuers_and_keys() {
             std::time::Duration::from_secs(900),
         )
     };
+    // The issuer is the platform's public URL, unless set.
     let ours = IssuerAudience {
-        issuer: "gatehouse".into(),
+        issuer: "http://127.0.0.1:8080".into(),
         audience: "gatehouse".into(),
     };
     assert!(check(ours.clone()).check(&token).await.is_ok());

@@ -33,6 +33,7 @@ mod kafka;
 mod kernel;
 #[cfg(feature = "it-smtp")]
 mod mail;
+mod oidc;
 mod openapi;
 mod overload;
 #[cfg(feature = "it-postgres")]

@@ -69,6 +69,8 @@ pub struct Client {
     pub id_token_alg: Alg,
     /// A client of the platform's own operator: no consent is asked.
     pub first_party: bool,
+    /// Whether an authorization request must carry a PKCE challenge.
+    pub require_pkce: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -149,6 +151,10 @@ pub struct ClientSpec {
     /// A browser or native app, which holds no secret.
     #[serde(default)]
     pub public: bool,
+    /// Default: true. A public client always needs PKCE; a confidential
+    /// one that cannot send a challenge may be let off.
+    #[serde(default)]
+    pub require_pkce: Option<bool>,
 }
 
 /// Why a client cannot be registered as described.
@@ -178,6 +184,7 @@ pub struct Settled {
     pub id_token_alg: Alg,
     pub first_party: bool,
     pub public: bool,
+    pub require_pkce: bool,
 }
 
 impl ClientSpec {
@@ -223,7 +230,8 @@ impl ClientSpec {
             ));
         }
         for uri in &redirect_uris {
-            check_redirect_uri(uri).map_err(|m| refuse("redirect_uris", format!("{uri:?}: {m}")))?;
+            check_redirect_uri(uri)
+                .map_err(|m| refuse("redirect_uris", format!("{uri:?}: {m}")))?;
         }
         let post_logout_redirect_uris = dedup(self.post_logout_redirect_uris);
         for uri in &post_logout_redirect_uris {
@@ -232,8 +240,7 @@ impl ClientSpec {
         }
         let web_origins = dedup(self.web_origins);
         for origin in &web_origins {
-            check_origin(origin)
-                .map_err(|m| refuse("web_origins", format!("{origin:?}: {m}")))?;
+            check_origin(origin).map_err(|m| refuse("web_origins", format!("{origin:?}: {m}")))?;
         }
         let scopes: BTreeSet<String> = match self.scopes {
             None => SCOPES.iter().map(|s| (*s).to_owned()).collect(),
@@ -242,7 +249,10 @@ impl ClientSpec {
         if let Some(unknown) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
             return Err(refuse(
                 "scopes",
-                format!("{unknown:?} is not a scope the provider knows ({})", SCOPES.join(", ")),
+                format!(
+                    "{unknown:?} is not a scope the provider knows ({})",
+                    SCOPES.join(", ")
+                ),
             ));
         }
         let id_token_alg = match self.id_token_signed_response_alg {
@@ -264,6 +274,7 @@ impl ClientSpec {
             id_token_alg,
             first_party: self.first_party,
             public: self.public,
+            require_pkce: self.public || self.require_pkce.unwrap_or(true),
         })
     }
 }
@@ -279,7 +290,10 @@ fn dedup(list: Vec<String>) -> Vec<String> {
 /// app's private-use scheme (reverse domain, RFC 8252 §7.1); absolute, with
 /// no fragment and no user info.
 fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
-    if uri.len() > 2000 || uri.contains('#') || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if uri.len() > 2000
+        || uri.contains('#')
+        || uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("must be an absolute URI of at most 2000 characters without a fragment");
     }
     let Some((scheme, rest)) = uri.split_once(':') else {
@@ -294,11 +308,15 @@ fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
                 return Err("must not carry user info");
             }
             if scheme == "http" && !is_loopback(host) {
-                return Err("plain http is allowed only on a loopback host (127.0.0.1, [::1], localhost)");
+                return Err(
+                    "plain http is allowed only on a loopback host (127.0.0.1, [::1], localhost)",
+                );
             }
             Ok(())
         }
-        "javascript" | "data" | "file" | "vbscript" => Err("is not a scheme a browser may be sent to"),
+        "javascript" | "data" | "file" | "vbscript" => {
+            Err("is not a scheme a browser may be sent to")
+        }
         _ if scheme.contains('.')
             && scheme
                 .chars()
@@ -307,7 +325,9 @@ fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
         {
             Ok(())
         }
-        _ => Err("must be https, http on loopback, or a private-use scheme such as com.example.app:/callback"),
+        _ => Err(
+            "must be https, http on loopback, or a private-use scheme such as com.example.app:/callback",
+        ),
     }
 }
 
@@ -317,7 +337,9 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
     if !matches!(parsed.scheme_str(), Some("https" | "http"))
         || parsed.host().is_none()
         || origin.ends_with('/')
-        || parsed.path_and_query().is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/")
+        || parsed
+            .path_and_query()
+            .is_some_and(|p| !p.as_str().is_empty() && p.as_str() != "/")
         || origin.contains('@')
     {
         return Err("must be scheme://host[:port], such as https://app.example.com");
@@ -366,6 +388,7 @@ mod tests {
             scopes: BTreeSet::new(),
             id_token_alg: Alg::Rs256,
             first_party: false,
+            require_pkce: true,
             created_at: now,
             updated_at: now,
         }
@@ -373,7 +396,11 @@ mod tests {
 
     #[test]
     fn redirect_uris_match_exactly_but_for_a_loopback_port() {
-        let c = client(&["https://app.example.com/cb", "http://127.0.0.1/cb", "http://[::1]:8000/cb"]);
+        let c = client(&[
+            "https://app.example.com/cb",
+            "http://127.0.0.1/cb",
+            "http://[::1]:8000/cb",
+        ]);
         assert!(c.redirect_uri("https://app.example.com/cb").is_some());
         for refused in [
             "https://app.example.com/cb/",
@@ -389,8 +416,14 @@ mod tests {
         ] {
             assert_eq!(c.redirect_uri(refused), None, "{refused}");
         }
-        assert_eq!(c.redirect_uri("http://127.0.0.1:53412/cb"), Some("http://127.0.0.1/cb"));
-        assert_eq!(c.redirect_uri("http://[::1]:1/cb"), Some("http://[::1]:8000/cb"));
+        assert_eq!(
+            c.redirect_uri("http://127.0.0.1:53412/cb"),
+            Some("http://127.0.0.1/cb")
+        );
+        assert_eq!(
+            c.redirect_uri("http://[::1]:1/cb"),
+            Some("http://[::1]:8000/cb")
+        );
     }
 
     #[test]
@@ -422,19 +455,41 @@ mod tests {
         assert_eq!(confidential.name, "App");
         assert_eq!(confidential.grants, Grant::ALL.into());
         assert_eq!(confidential.id_token_alg, Alg::Rs256);
+        assert!(confidential.require_pkce);
         let public = spec(true).settle().unwrap();
         assert!(!public.grants.contains(&Grant::ClientCredentials));
+        let let_off = |public| ClientSpec {
+            require_pkce: Some(false),
+            ..spec(public)
+        };
+        assert!(!let_off(false).settle().unwrap().require_pkce);
+        assert!(
+            let_off(true).settle().unwrap().require_pkce,
+            "a public client always needs PKCE"
+        );
 
         let field = |spec: ClientSpec| spec.settle().unwrap_err().field;
-        assert_eq!(field(ClientSpec { name: "".into(), ..spec(false) }), "name");
+        assert_eq!(
+            field(ClientSpec {
+                name: "".into(),
+                ..spec(false)
+            }),
+            "name"
+        );
         for grant in ["implicit", "password"] {
             assert_eq!(
-                field(ClientSpec { grant_types: Some(vec![grant.into()]), ..spec(false) }),
+                field(ClientSpec {
+                    grant_types: Some(vec![grant.into()]),
+                    ..spec(false)
+                }),
                 "grant_types"
             );
         }
         assert_eq!(
-            field(ClientSpec { grant_types: Some(vec!["client_credentials".into()]), ..spec(true) }),
+            field(ClientSpec {
+                grant_types: Some(vec!["client_credentials".into()]),
+                ..spec(true)
+            }),
             "grant_types"
         );
         for uri in [
@@ -446,28 +501,55 @@ mod tests {
             "myapp:/cb",
         ] {
             assert_eq!(
-                field(ClientSpec { redirect_uris: vec![uri.into()], ..spec(false) }),
+                field(ClientSpec {
+                    redirect_uris: vec![uri.into()],
+                    ..spec(false)
+                }),
                 "redirect_uris",
                 "{uri}"
             );
         }
-        for ok in ["http://127.0.0.1:9000/cb", "http://localhost/cb", "com.example.app:/oauth"] {
+        for ok in [
+            "http://127.0.0.1:9000/cb",
+            "http://localhost/cb",
+            "com.example.app:/oauth",
+        ] {
             assert!(
-                ClientSpec { redirect_uris: vec![ok.into()], ..spec(true) }.settle().is_ok(),
+                ClientSpec {
+                    redirect_uris: vec![ok.into()],
+                    ..spec(true)
+                }
+                .settle()
+                .is_ok(),
                 "{ok}"
             );
         }
         assert_eq!(
-            field(ClientSpec { redirect_uris: vec![], ..spec(false) }),
+            field(ClientSpec {
+                redirect_uris: vec![],
+                ..spec(false)
+            }),
             "redirect_uris"
         );
-        assert_eq!(field(ClientSpec { scopes: Some(vec!["admin".into()]), ..spec(false) }), "scopes");
         assert_eq!(
-            field(ClientSpec { web_origins: vec!["https://app.example.com/path".into()], ..spec(false) }),
+            field(ClientSpec {
+                scopes: Some(vec!["admin".into()]),
+                ..spec(false)
+            }),
+            "scopes"
+        );
+        assert_eq!(
+            field(ClientSpec {
+                web_origins: vec!["https://app.example.com/path".into()],
+                ..spec(false)
+            }),
             "web_origins"
         );
         assert_eq!(
-            field(ClientSpec { id_token_signed_response_alg: Some("HS256".into()), ..spec(false) }),
+            field(ClientSpec {
+                id_token_signed_response_alg: Some("HS256".into()),
+                ..spec(false)
+            }),
             "id_token_signed_response_alg"
         );
     }

@@ -36,7 +36,9 @@ impl Default for OidcConfig {
 /// Why an issuer cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
-    #[error("the issuer {0:?} is not an http or https URL with a host and no path, query or fragment")]
+    #[error(
+        "the issuer {0:?} is not an http or https URL with a host and no path, query or fragment"
+    )]
     Malformed(String),
     #[error(
         "the issuer {0:?} is plain http on a host other than loopback: browsers would send \

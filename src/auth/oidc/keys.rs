@@ -174,6 +174,16 @@ impl KeyRing {
         Ok(json!({ "keys": keys }))
     }
 
+    /// The claims of an ID token a key published now signed (expired ones
+    /// included: an `id_token_hint` may be old).
+    pub async fn read_id_token(&self, token: &str) -> Result<Option<Value>, AuthError> {
+        let published = self.published_id_token_keys().await?;
+        Ok(published.iter().find_map(|(jwk, _)| {
+            let jwk: Value = serde_json::from_str(jwk).ok()?;
+            super::jws::verify(&jwk, token).map(|(_, claims)| claims)
+        }))
+    }
+
     /// Whether this ring's key-encryption key opens every ID-token key
     /// still published; true when there is none.
     pub async fn opens_id_token_keys(&self) -> Result<bool, AuthError> {

@@ -1,17 +1,33 @@
 //! The OpenID Connect provider: applications sign their users in through
-//! auth with standard OpenID Connect.
+//! auth with standard OpenID Connect, on hosted pages.
 //!
-//! Rooms: `config.rs` (the `[auth.oidc]` section and the issuer),
-//! `clients.rs` (what a client registration may say, secrets, redirect
-//! URI matching), `registry.rs` (the clients' registrations), `service.rs` (the
-//! provider's logic), `store.rs` (its
-//! tables), `jws.rs` (ID tokens' signatures and the keys' public halves),
-//! `keys.rs` (the ID-token keys' storage and lifecycle).
+//! Rooms:
+//! - `config.rs`: the `[auth.oidc]` section and the issuer;
+//! - `clients.rs`: what a client registration may say, secrets, redirect
+//!   URI matching; `registry.rs`: the registrations;
+//! - `service.rs`: the provider and what its parts share (userinfo);
+//! - `authorize.rs`: an authorization request, checked; `flow.rs`: the
+//!   browser's way from it to a code; `browser.rs`: cookies, CSRF and
+//!   browser sessions; `pages.rs`: the hosted pages;
+//! - `logout.rs`: RP-initiated logout;
+//! - `grants.rs`: the token endpoint;
+//! - `http.rs`: the routes; `error.rs`: OAuth's error responses;
+//! - `store.rs`: the provider's tables;
+//! - `jws.rs`: ID tokens' signatures; `keys.rs`: the ID-token keys'
+//!   storage and lifecycle.
 
+pub mod authorize;
+pub mod browser;
 pub mod clients;
 pub mod config;
+pub mod error;
+pub mod flow;
+pub mod grants;
+pub mod http;
 pub mod jws;
 pub mod keys;
+pub mod logout;
+pub mod pages;
 pub mod registry;
 pub mod service;
 mod store;

@@ -52,6 +52,12 @@ impl ClientRegistry {
         Ok(Issued { client, secret })
     }
 
+    /// The client `id`, if it is registered.
+    pub async fn find(&self, id: &str) -> Result<Option<Client>, AuthError> {
+        let id = id.to_owned();
+        self.db.run(move |c| store::client(c, &id)).await
+    }
+
     pub async fn client(&self, id: &str) -> Result<Client, AuthError> {
         let id = id.to_owned();
         self.db
@@ -61,9 +67,7 @@ impl ClientRegistry {
     }
 
     pub async fn clients(&self) -> Result<Vec<Client>, AuthError> {
-        self.db
-            .run(|c| store::clients(c, LIST_LIMIT))
-            .await
+        self.db.run(|c| store::clients(c, LIST_LIMIT)).await
     }
 
     /// Replaces a client's registration. A client made public loses its
@@ -117,10 +121,7 @@ impl ClientRegistry {
 
     pub async fn delete_client(&self, id: &str) -> Result<(), AuthError> {
         let id = id.to_owned();
-        let deleted = self
-            .db
-            .run(move |c| store::delete_client(c, &id))
-            .await?;
+        let deleted = self.db.run(move |c| store::delete_client(c, &id)).await?;
         if deleted {
             Ok(())
         } else {

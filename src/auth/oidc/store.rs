@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use super::clients::{Client, Grant, Settled};
 use super::jws::Alg;
 use crate::auth::error::AuthError;
-use crate::auth::schema::oidc_clients;
+use crate::auth::schema::{browser_sessions, oidc_clients, oidc_codes, oidc_consents};
 use crate::kernel::db::DbConnection;
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
@@ -24,12 +24,14 @@ struct ClientRow {
     scopes: String,
     id_token_alg: String,
     first_party: bool,
+    require_pkce: bool,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
 }
 
 fn list(json: &str) -> Result<Vec<String>, AuthError> {
-    serde_json::from_str(json).map_err(|e| AuthError::Internal(format!("a stored client list: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| AuthError::Internal(format!("a stored client list: {e}")))
 }
 
 fn json(list: impl IntoIterator<Item = impl serde::Serialize>) -> String {
@@ -54,6 +56,7 @@ impl ClientRow {
             name: self.name,
             secret_hash: self.secret_hash,
             first_party: self.first_party,
+            require_pkce: self.require_pkce,
             created_at: self.created_at.and_utc(),
             updated_at: self.updated_at.and_utc(),
         })
@@ -77,6 +80,7 @@ impl ClientRow {
             scopes: json(&settled.scopes),
             id_token_alg: settled.id_token_alg.name().to_owned(),
             first_party: settled.first_party,
+            require_pkce: settled.require_pkce,
             created_at: created_at.naive_utc(),
             updated_at: now.naive_utc(),
         }
@@ -128,7 +132,13 @@ pub fn update_client(
     secret_hash: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Client, AuthError> {
-    let row = ClientRow::new(existing.id.clone(), settled, secret_hash, existing.created_at, now);
+    let row = ClientRow::new(
+        existing.id.clone(),
+        settled,
+        secret_hash,
+        existing.created_at,
+        now,
+    );
     diesel::update(oidc_clients::table.find(&existing.id))
         .set(&row)
         .execute(conn)?;
@@ -152,4 +162,203 @@ pub fn set_secret(
 
 pub fn delete_client(conn: &mut DbConnection, id: &str) -> Result<bool, AuthError> {
     Ok(diesel::delete(oidc_clients::table.find(id)).execute(conn)? == 1)
+}
+
+/// An authorization code's row: what the exchange must match and what it
+/// hands out.
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = oidc_codes)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub browser_session_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub scope: String,
+    pub auth_time: NaiveDateTime,
+    pub amr: String,
+    pub expires_at: NaiveDateTime,
+    pub used_at: Option<NaiveDateTime>,
+    pub session_id: Option<String>,
+}
+
+pub fn insert_code(conn: &mut DbConnection, row: &CodeRow) -> Result<(), AuthError> {
+    diesel::insert_into(oidc_codes::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Marks an unused code used, answering it; `None` when it is unknown or
+/// was used before.
+pub fn claim_code(
+    conn: &mut DbConnection,
+    code_hash: &str,
+    now: NaiveDateTime,
+) -> Result<Option<CodeRow>, AuthError> {
+    Ok(diesel::update(
+        oidc_codes::table
+            .filter(oidc_codes::code_hash.eq(code_hash))
+            .filter(oidc_codes::used_at.is_null()),
+    )
+    .set(oidc_codes::used_at.eq(Some(now)))
+    .returning(oidc_codes::all_columns)
+    .get_result(conn)
+    .optional()?)
+}
+
+pub fn code(conn: &mut DbConnection, code_hash: &str) -> Result<Option<CodeRow>, AuthError> {
+    Ok(oidc_codes::table
+        .find(code_hash)
+        .select(CodeRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Records the session a code's exchange opened, for a second use to end.
+pub fn set_code_session(
+    conn: &mut DbConnection,
+    code_hash: &str,
+    session_id: &str,
+) -> Result<(), AuthError> {
+    diesel::update(oidc_codes::table.find(code_hash))
+        .set(oidc_codes::session_id.eq(Some(session_id)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Deletes codes that expired before `before`: used ones are kept that
+/// long so that a second use is still recognised.
+pub fn delete_expired_codes(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+) -> Result<usize, AuthError> {
+    Ok(
+        diesel::delete(oidc_codes::table.filter(oidc_codes::expires_at.lt(before)))
+            .execute(conn)?,
+    )
+}
+
+/// The scopes `user` has let `client` have, if any.
+pub fn consent(
+    conn: &mut DbConnection,
+    user: &str,
+    client: &str,
+) -> Result<Option<String>, AuthError> {
+    Ok(oidc_consents::table
+        .find((user, client))
+        .select(oidc_consents::scope)
+        .first(conn)
+        .optional()?)
+}
+
+/// Records that `user` lets `client` have `scope` (space-separated),
+/// replacing what was granted before.
+pub fn set_consent(
+    conn: &mut DbConnection,
+    user: &str,
+    client: &str,
+    scope: &str,
+    now: NaiveDateTime,
+) -> Result<(), AuthError> {
+    diesel::delete(oidc_consents::table.find((user, client))).execute(conn)?;
+    diesel::insert_into(oidc_consents::table)
+        .values((
+            oidc_consents::user_id.eq(user),
+            oidc_consents::client_id.eq(client),
+            oidc_consents::scope.eq(scope),
+            oidc_consents::granted_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = browser_sessions)]
+pub struct BrowserSessionRow {
+    pub id: String,
+    pub token_hash: String,
+    pub user_id: String,
+    pub auth_time: NaiveDateTime,
+    pub amr: String,
+    pub expires_at: NaiveDateTime,
+    pub ended_at: Option<NaiveDateTime>,
+}
+
+pub fn insert_browser_session(
+    conn: &mut DbConnection,
+    row: &BrowserSessionRow,
+) -> Result<(), AuthError> {
+    diesel::insert_into(browser_sessions::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The live browser session whose cookie hashes to `token_hash`.
+pub fn browser_session(
+    conn: &mut DbConnection,
+    token_hash: &str,
+    now: NaiveDateTime,
+) -> Result<Option<BrowserSessionRow>, AuthError> {
+    Ok(browser_sessions::table
+        .filter(browser_sessions::token_hash.eq(token_hash))
+        .filter(browser_sessions::ended_at.is_null())
+        .filter(browser_sessions::expires_at.gt(now))
+        .select(BrowserSessionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn browser_session_by_id(
+    conn: &mut DbConnection,
+    id: &str,
+) -> Result<Option<BrowserSessionRow>, AuthError> {
+    Ok(browser_sessions::table
+        .find(id)
+        .select(BrowserSessionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn end_browser_session(
+    conn: &mut DbConnection,
+    id: &str,
+    now: NaiveDateTime,
+) -> Result<bool, AuthError> {
+    Ok(diesel::update(
+        browser_sessions::table
+            .find(id)
+            .filter(browser_sessions::ended_at.is_null()),
+    )
+    .set(browser_sessions::ended_at.eq(Some(now)))
+    .execute(conn)?
+        == 1)
+}
+
+/// The live sessions opened from browser session `id`.
+pub fn sessions_of_browser(conn: &mut DbConnection, id: &str) -> Result<Vec<String>, AuthError> {
+    use crate::auth::schema::sessions;
+    Ok(sessions::table
+        .filter(sessions::browser_session_id.eq(id))
+        .filter(sessions::revoked_at.is_null())
+        .select(sessions::id)
+        .load(conn)?)
+}
+
+/// Deletes browser sessions that expired or ended before `before`.
+pub fn delete_stale_browser_sessions(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+) -> Result<usize, AuthError> {
+    Ok(diesel::delete(
+        browser_sessions::table.filter(
+            browser_sessions::expires_at
+                .lt(before)
+                .or(browser_sessions::ended_at.lt(before)),
+        ),
+    )
+    .execute(conn)?)
 }

@@ -12,6 +12,9 @@ CREATE TABLE oidc_clients (
     scopes TEXT NOT NULL,
     id_token_alg TEXT NOT NULL,
     first_party BOOLEAN NOT NULL,
+    -- Whether its authorization requests must carry a PKCE challenge
+    -- (always, for a public client).
+    require_pkce BOOLEAN NOT NULL,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
 );

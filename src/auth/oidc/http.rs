@@ -1,0 +1,217 @@
+//! The provider's HTTP routes, public through the gateway: discovery and
+//! the JWKS, the authorization endpoint and the hosted pages' forms, and
+//! the token and userinfo endpoints. Thin handlers: decode, call the
+//! provider, encode.
+
+use axum::Router;
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::authorize::AuthorizeParams;
+use super::clients::{Grant, SCOPES};
+use super::error::OAuthError;
+use super::flow::{Answer, ConsentForm, SignInForm};
+use super::grants::TokenForm;
+use super::jws::Alg;
+use super::logout::{LogoutForm, LogoutParams};
+use super::pages;
+use super::service::Provider;
+
+/// Where the discovery document is, below the issuer.
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+pub fn routes(provider: Provider) -> Router {
+    Router::new()
+        .route(DISCOVERY_PATH, get(discovery))
+        .route("/oauth2/jwks", get(jwks))
+        .route("/oauth2/authorize", get(authorize_get).post(authorize_post))
+        .route("/oauth2/signin", post(sign_in))
+        .route("/oauth2/consent", post(consent))
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/userinfo", get(userinfo).post(userinfo))
+        .route("/oauth2/logout", get(logout_page).post(logout))
+        .route("/oauth2/style.css", get(style))
+        .with_state(provider)
+}
+
+/// The discovery document (OpenID Connect Discovery 1.0 §3).
+pub fn discovery_document(issuer: &str) -> Value {
+    let at = |path: &str| format!("{issuer}/oauth2/{path}");
+    json!({
+        "issuer": issuer,
+        "authorization_endpoint": at("authorize"),
+        "token_endpoint": at("token"),
+        "userinfo_endpoint": at("userinfo"),
+        "jwks_uri": at("jwks"),
+        "end_session_endpoint": at("logout"),
+        "scopes_supported": SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": Grant::ALL.map(Grant::name),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": Alg::ALL.map(Alg::name),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "claims_supported": [
+            "iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "at_hash", "sid",
+            "amr", "email", "email_verified", "name"
+        ],
+        "claims_parameter_supported": false,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "authorization_response_iss_parameter_supported": true,
+    })
+}
+
+async fn discovery(State(provider): State<Provider>) -> Response {
+    let ttl = provider.auth.key_cache_ttl_secs();
+    (
+        [(header::CACHE_CONTROL, format!("public, max-age={ttl}"))],
+        axum::Json(discovery_document(provider.issuer())),
+    )
+        .into_response()
+}
+
+/// The ID-token keys. The RS256 key, which every relying party can use,
+/// is made before the first answer, so that it is published before it
+/// signs; the cache lifetime is the verifiers' key-cache TTL, within
+/// which every new key is published before it signs.
+async fn jwks(State(provider): State<Provider>) -> Result<Response, OAuthError> {
+    let keys = provider.auth.keys();
+    keys.ensure_id_token_key(Alg::Rs256).await?;
+    let jwks = keys.jwks().await?;
+    let ttl = provider.auth.key_cache_ttl_secs();
+    Ok((
+        [
+            (header::CACHE_CONTROL, format!("public, max-age={ttl}")),
+            (header::CONTENT_TYPE, "application/jwk-set+json".into()),
+        ],
+        jwks.to_string(),
+    )
+        .into_response())
+}
+
+async fn authorize_get(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    params: Result<Query<AuthorizeParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    match params {
+        Ok(Query(params)) => provider.authorize(params, &headers).await,
+        Err(_) => Answer::error(
+            StatusCode::BAD_REQUEST,
+            "The authorization request is malformed.",
+        ),
+    }
+}
+
+async fn authorize_post(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    params: Result<Form<AuthorizeParams>, axum::extract::rejection::FormRejection>,
+) -> Answer {
+    match params {
+        Ok(Form(params)) => provider.authorize(params, &headers).await,
+        Err(_) => Answer::error(
+            StatusCode::BAD_REQUEST,
+            "The authorization request is malformed.",
+        ),
+    }
+}
+
+async fn sign_in(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    form: Result<Form<SignInForm>, axum::extract::rejection::FormRejection>,
+) -> Answer {
+    match form {
+        Ok(Form(form)) => provider.sign_in(form, &headers).await,
+        Err(_) => Answer::error(StatusCode::BAD_REQUEST, "The sign-in form is malformed."),
+    }
+}
+
+async fn consent(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    form: Result<Form<ConsentForm>, axum::extract::rejection::FormRejection>,
+) -> Answer {
+    match form {
+        Ok(Form(form)) => provider.consent(form, &headers).await,
+        Err(_) => Answer::error(StatusCode::BAD_REQUEST, "The consent form is malformed."),
+    }
+}
+
+async fn token(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Ok(Form(form)) = form else {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be an application/x-www-form-urlencoded form".into(),
+        ));
+    };
+    let answer = provider.token(&headers, form).await?;
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        axum::Json(answer),
+    )
+        .into_response())
+}
+
+/// The claims of the access token's user that its scopes allow (GET, or
+/// POST with the token in the header).
+async fn userinfo(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let token = crate::middleware::bearer::bearer_token(&headers)
+        .ok()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or(OAuthError::InvalidToken)?;
+    let claims = provider.userinfo(token).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(claims)).into_response())
+}
+
+async fn logout_page(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    params: Result<Query<LogoutParams>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    match params {
+        Ok(Query(params)) => provider.logout_page(params, &headers).await,
+        Err(_) => Answer::error(
+            StatusCode::BAD_REQUEST,
+            "The sign-out request is malformed.",
+        ),
+    }
+}
+
+async fn logout(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    form: Result<Form<LogoutForm>, axum::extract::rejection::FormRejection>,
+) -> Answer {
+    match form {
+        Ok(Form(form)) => provider.logout(form, &headers).await,
+        Err(_) => Answer::error(StatusCode::BAD_REQUEST, "The sign-out form is malformed."),
+    }
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        pages::STYLE,
+    )
+        .into_response()
+}

@@ -1,0 +1,805 @@
+//! The OpenID Connect provider through the gateway, with the `openidconnect`
+//! crate as the relying party: discovery, the hosted pages (driven as a
+//! browser without script would: GET the page, POST its form), the code
+//! exchange with PKCE, ID-token validation, userinfo and refresh; and the
+//! attacks the provider refuses.
+
+use std::collections::BTreeMap;
+
+use gatehouse::auth::oidc::clients::ClientSpec;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreUserInfoClaims,
+};
+use openidconnect::{
+    AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    OAuth2TokenResponse as _, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse as _,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{self, PASSWORD, TestApp};
+
+const REDIRECT: &str = "http://127.0.0.1:9999/callback";
+
+/// An app whose gateway listens at its public URL, the issuer.
+async fn provider() -> (TestApp, String) {
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let app = TestApp::builder()
+        .gateway(|g| g.listen = addr)
+        .server(|s| s.public_url = public_url)
+        .start()
+        .await;
+    (app, issuer)
+}
+
+/// Registers a client; answers its id and secret.
+async fn client(app: &TestApp, spec: ClientSpec) -> (String, Option<String>) {
+    let issued = gatehouse::auth::register_client(&app.ctx, spec)
+        .await
+        .unwrap();
+    (issued.client.id, issued.secret)
+}
+
+fn spec(name: &str) -> ClientSpec {
+    ClientSpec {
+        name: name.into(),
+        redirect_uris: vec![REDIRECT.into()],
+        ..Default::default()
+    }
+}
+
+/// A browser without script: follows nothing by itself, keeps cookies.
+struct Browser {
+    http: reqwest::Client,
+    cookies: BTreeMap<String, String>,
+}
+
+/// What a page answered: status, `Location`, body.
+struct Page {
+    status: StatusCode,
+    location: Option<String>,
+    body: String,
+}
+
+impl Page {
+    /// The value of the hidden field `name` of the page's form.
+    fn field(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let start = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.body))
+            + marker.len();
+        let end = self.body[start..].find('"').unwrap() + start;
+        self.body[start..end].to_owned()
+    }
+
+    /// The query parameters of the redirect's target.
+    fn redirect_query(&self) -> BTreeMap<String, String> {
+        let location = self
+            .location
+            .as_deref()
+            .unwrap_or_else(|| panic!("no redirect: {} {}", self.status, self.body));
+        let query = location.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        serde_urlencoded::from_str(query).unwrap()
+    }
+}
+
+impl Browser {
+    fn new() -> Self {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn answer(&mut self, response: reqwest::Response) -> Page {
+        for set in response.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            assert!(
+                set.contains("Secure") && set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+                "{set}"
+            );
+            assert!(
+                set.starts_with("__Host-") && set.contains("Path=/") && !set.contains("Domain"),
+                "{set}"
+            );
+            let (pair, _) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || set.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.into(), value.into());
+            }
+        }
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let csp = response.headers()["content-security-policy"]
+                .to_str()
+                .unwrap();
+            assert!(
+                csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+                "{csp}"
+            );
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        Page {
+            status,
+            location,
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        let response = self
+            .http
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.answer(response).await
+    }
+
+    async fn post(&mut self, url: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .http
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.answer(response).await
+    }
+
+    /// Signs in on the page `page` shows.
+    async fn sign_in(&mut self, issuer: &str, page: &Page, email: &str, password: &str) -> Page {
+        assert!(
+            page.body.contains("<label for=\"password\">"),
+            "{}",
+            page.body
+        );
+        let (request, csrf) = (page.field("request"), page.field("csrf"));
+        self.post(
+            &format!("{issuer}/oauth2/signin"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("email", email),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    /// Answers the consent page `page` shows with `decision`.
+    async fn consent(&mut self, issuer: &str, page: &Page, decision: &str) -> Page {
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let (request, csrf) = (page.field("request"), page.field("csrf"));
+        self.post(
+            &format!("{issuer}/oauth2/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("decision", decision),
+            ],
+        )
+        .await
+    }
+}
+
+/// The relying party's client, discovered through the gateway.
+async fn relying_party(
+    issuer: &str,
+    id: &str,
+    secret: Option<&str>,
+) -> (
+    CoreClient<
+        openidconnect::EndpointSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointNotSet,
+        openidconnect::EndpointMaybeSet,
+        openidconnect::EndpointMaybeSet,
+    >,
+    reqwest::Client,
+) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let metadata =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(issuer.into()).unwrap(), &http)
+            .await
+            .unwrap();
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(id.into()),
+        secret.map(|s| ClientSecret::new(s.into())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+    (client, http)
+}
+
+#[tokio::test]
+async fn a_relying_party_signs_a_user_in_with_a_code_and_pkce_on_the_hosted_pages() {
+    let (app, issuer) = provider().await;
+    let user = support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let (id, secret) = client(&app, spec("Grafana")).await;
+    let (rp, http) = relying_party(&issuer, &id, secret.as_deref()).await;
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state, nonce) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("email".into()))
+        .add_scope(Scope::new("profile".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut browser = Browser::new();
+    let page = browser.get(url.as_str()).await;
+    assert!(
+        page.body.contains("Grafana"),
+        "the sign-in page names the client"
+    );
+
+    // A wrong password shows the page again, saying so, with no redirect.
+    let wrong = browser
+        .sign_in(&issuer, &page, "ann@example.com", "not the password")
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.body.contains("The email or password is wrong."),
+        "{}",
+        wrong.body
+    );
+    assert_eq!(wrong.location, None);
+
+    let consent = browser
+        .sign_in(&issuer, &wrong, "ann@example.com", PASSWORD)
+        .await;
+    assert!(consent.body.contains("Allow Grafana?"), "{}", consent.body);
+    assert!(consent.body.contains("see your email address"));
+    let back = browser.consent(&issuer, &consent, "allow").await;
+    assert!(back.location.as_deref().unwrap().starts_with(REDIRECT));
+    let query = back.redirect_query();
+    assert_eq!(
+        query["state"],
+        *state.secret(),
+        "state comes back unchanged"
+    );
+    assert_eq!(query["iss"], issuer, "the issuer names itself (RFC 9207)");
+
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(query["code"].clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let id_token = tokens.id_token().expect("an ID token");
+    let verifier = rp.id_token_verifier();
+    let claims = id_token
+        .claims(&verifier, &nonce)
+        .expect("the ID token validates");
+    assert_eq!(claims.subject().as_str(), user["id"].as_str().unwrap());
+    assert_eq!(claims.email().unwrap().as_str(), "ann@example.com");
+    assert_eq!(claims.email_verified(), Some(false));
+    assert!(claims.auth_time().is_some());
+    let at_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&at_hash));
+    assert!(
+        tokens.refresh_token().is_none(),
+        "no offline_access, no refresh token"
+    );
+
+    let info: CoreUserInfoClaims = rp
+        .user_info(tokens.access_token().clone(), None)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert_eq!(info.subject().as_str(), user["id"].as_str().unwrap());
+    assert_eq!(info.email().unwrap().as_str(), "ann@example.com");
+
+    // The access token is the platform's: the gateway lets it through.
+    let me = app
+        .through(
+            reqwest::Method::GET,
+            "/v1/users/me",
+            tokens.access_token().secret(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+
+    // The same browser, later: signed in and consent remembered, so the
+    // next request goes straight back with a code.
+    let (again, _, _) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("email".into()))
+        .set_pkce_challenge(PkceCodeChallenge::new_random_sha256().0)
+        .url();
+    let straight = browser.get(again.as_str()).await;
+    assert!(
+        straight.redirect_query().contains_key("code"),
+        "{}",
+        straight.body
+    );
+
+    // prompt=login asks for the password again.
+    let (fresh, _, _) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_prompt(openidconnect::core::CoreAuthPrompt::Login)
+        .set_pkce_challenge(PkceCodeChallenge::new_random_sha256().0)
+        .url();
+    let page = browser.get(fresh.as_str()).await;
+    assert!(
+        page.body.contains("<label for=\"password\">"),
+        "{}",
+        page.body
+    );
+}
+
+/// Runs the browser leg for `client_id` with `scope`; answers the code and
+/// the PKCE verifier.
+async fn code_for(
+    issuer: &str,
+    browser: &mut Browser,
+    client_id: &str,
+    scope: &str,
+) -> (String, String) {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let url = format!(
+        "{issuer}/oauth2/authorize?{}",
+        serde_urlencoded::to_string([
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", scope),
+            ("state", "s"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .unwrap()
+    );
+    let mut page = browser.get(&url).await;
+    if page.body.contains("<label for=\"password\">") {
+        page = browser
+            .sign_in(issuer, &page, "ann@example.com", PASSWORD)
+            .await;
+    }
+    if page.body.contains("Allow") {
+        page = browser.consent(issuer, &page, "allow").await;
+    }
+    (
+        page.redirect_query()["code"].clone(),
+        verifier.secret().clone(),
+    )
+}
+
+/// Posts the token endpoint's form with the client's Basic credentials.
+async fn token(
+    app: &TestApp,
+    issuer: &str,
+    id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let r = app
+        .http
+        .post(format!("{issuer}/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_code_works_once_and_its_second_use_ends_what_the_first_opened() {
+    let (app, issuer) = provider().await;
+    support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let (id, secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("App")
+        },
+    )
+    .await;
+    let secret = secret.unwrap();
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid offline_access").await;
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, first) = token(&app, &issuer, &id, &secret, &exchange).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let access = first["access_token"].as_str().unwrap();
+    assert!(
+        first["refresh_token"].is_string(),
+        "offline_access brings a refresh token"
+    );
+    assert_eq!(app.me(access).await.status(), StatusCode::OK);
+
+    let (status, second) = token(&app, &issuer, &id, &secret, &exchange).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(second["error"], "invalid_grant");
+    // The first exchange's session is ended: its access token and its
+    // refresh token are refused from now on.
+    let info = app
+        .http
+        .get(format!("{issuer}/oauth2/userinfo"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        info.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let refresh = first["refresh_token"].as_str().unwrap();
+    let (status, refused) = token(
+        &app,
+        &issuer,
+        &id,
+        &secret,
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test]
+async fn the_exchange_refuses_a_wrong_verifier_uri_secret_or_client() {
+    let (app, issuer) = provider().await;
+    support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let (id, secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("App")
+        },
+    )
+    .await;
+    let secret = secret.unwrap();
+    let (other, other_secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("Other")
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid offline_access").await;
+    let form = |code: &'static str, uri: &'static str, v: &'static str| {
+        vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", uri),
+            ("code_verifier", v),
+        ]
+    };
+    let code: &'static str = Box::leak(code.into_boxed_str());
+    let verifier: &'static str = Box::leak(verifier.into_boxed_str());
+
+    let wrong_verifier = "x".repeat(43);
+    let (status, body) = token(
+        &app,
+        &issuer,
+        &id,
+        &secret,
+        &form(code, REDIRECT, Box::leak(wrong_verifier.into_boxed_str())),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // Dropping PKCE at the exchange is refused too.
+    let (status, body) = token(&app, &issuer, &id, &secret, &form(code, REDIRECT, "")[..3]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (status, body) = token(
+        &app,
+        &issuer,
+        &id,
+        &secret,
+        &form(code, "http://127.0.0.1:9999/other", verifier),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (status, body) = token(
+        &app,
+        &issuer,
+        &id,
+        "not-the-secret",
+        &form(code, REDIRECT, verifier),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    let (status, body) = token(
+        &app,
+        &issuer,
+        &other,
+        other_secret.as_deref().unwrap(),
+        &form(code, REDIRECT, verifier),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // None of that spent the code: its own client still exchanges it.
+    let (status, tokens) =
+        token(&app, &issuer, &id, &secret, &form(code, REDIRECT, verifier)).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+
+    // A refresh token is its client's: another client's attempt is
+    // refused and leaves it working.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let rotate = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    let (status, body) = token(
+        &app,
+        &issuer,
+        &other,
+        other_secret.as_deref().unwrap(),
+        &rotate,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (status, rotated) = token(&app, &issuer, &id, &secret, &rotate).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert!(
+        rotated["id_token"].is_string(),
+        "a refresh brings a new ID token"
+    );
+    assert_ne!(rotated["refresh_token"], tokens["refresh_token"]);
+    // The JSON API does not take a provider client's refresh token either.
+    let r = app
+        .auth_post(
+            "/v1/auth/refresh",
+            serde_json::json!({"refresh_token": rotated["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_wrong_client_or_redirect_uri_is_shown_and_never_redirected() {
+    let (app, issuer) = provider().await;
+    let (id, _) = client(&app, spec("App")).await;
+    let mut browser = Browser::new();
+    for (client_id, redirect) in [
+        (id.as_str(), "https://evil.example.com/callback"),
+        (id.as_str(), "http://127.0.0.1:9999/callback/x"),
+        ("no-such-client", REDIRECT),
+    ] {
+        let url = format!(
+            "{issuer}/oauth2/authorize?client_id={client_id}&redirect_uri={}&response_type=code&scope=openid",
+            urlencode(redirect)
+        );
+        let page = browser.get(&url).await;
+        assert_eq!(
+            page.status,
+            StatusCode::BAD_REQUEST,
+            "{client_id} {redirect}"
+        );
+        assert_eq!(page.location, None);
+        assert!(page.body.contains("Sign-in cannot go on"), "{}", page.body);
+    }
+
+    // Other faults go back to the client, with its state and the issuer.
+    let url = format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=token&scope=openid&state=xyz",
+        urlencode(REDIRECT)
+    );
+    let query = browser.get(&url).await.redirect_query();
+    assert_eq!(query["error"], "unsupported_response_type");
+    assert_eq!(query["state"], "xyz");
+    assert_eq!(query["iss"], issuer);
+
+    // prompt=none with nobody signed in: login_required, with no page.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let url = format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=code&scope=openid&state=s&prompt=none&code_challenge={}&code_challenge_method=S256",
+        urlencode(REDIRECT),
+        challenge.as_str()
+    );
+    assert_eq!(
+        browser.get(&url).await.redirect_query()["error"],
+        "login_required"
+    );
+
+    // A form posted without the browser's CSRF cookie is refused.
+    let page = browser
+        .get(&format!(
+            "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256",
+            urlencode(REDIRECT),
+            challenge.as_str()
+        ))
+        .await;
+    let mut stranger = Browser::new();
+    let forged = stranger
+        .sign_in(&issuer, &page, "ann@example.com", PASSWORD)
+        .await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    assert_eq!(forged.location, None);
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_browser_session_and_what_it_opened_and_goes_back_only_where_registered()
+ {
+    let (app, issuer) = provider().await;
+    support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let back_to = "https://app.example.com/signed-out";
+    let (id, secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            post_logout_redirect_uris: vec![back_to.into()],
+            ..spec("App")
+        },
+    )
+    .await;
+    let secret = secret.unwrap();
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid").await;
+    let (_, tokens) = token(
+        &app,
+        &issuer,
+        &id,
+        &secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    let id_token = tokens["id_token"].as_str().unwrap();
+
+    // An unregistered place to go back to is shown, never followed.
+    for evil in [
+        "https://evil.example.com/",
+        "https://app.example.com/signed-out/x",
+    ] {
+        let page = browser
+            .get(&format!(
+                "{issuer}/oauth2/logout?id_token_hint={id_token}&post_logout_redirect_uri={}",
+                urlencode(evil)
+            ))
+            .await;
+        assert_eq!(
+            (page.status, page.location.as_deref()),
+            (StatusCode::BAD_REQUEST, None),
+            "{evil}"
+        );
+    }
+    // A hint this provider did not sign is refused too.
+    let forged = format!("{}x", &id_token[..id_token.len() - 1]);
+    let page = browser
+        .get(&format!(
+            "{issuer}/oauth2/logout?id_token_hint={forged}&post_logout_redirect_uri={}",
+            urlencode(back_to)
+        ))
+        .await;
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (StatusCode::BAD_REQUEST, None)
+    );
+
+    let confirm = browser
+        .get(&format!(
+            "{issuer}/oauth2/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye",
+            urlencode(back_to)
+        ))
+        .await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+    assert!(confirm.body.contains("App"), "the page names the client");
+    let (request, csrf) = (confirm.field("request"), confirm.field("csrf"));
+    let done = browser
+        .post(
+            &format!("{issuer}/oauth2/logout"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("decision", "sign_out"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        done.location.as_deref(),
+        Some(&*format!("{back_to}?state=bye"))
+    );
+    assert!(!browser.cookies.contains_key("__Host-gatehouse-session"));
+
+    // The session the sign-in opened for the app has ended with it...
+    let info = app
+        .http
+        .get(format!("{issuer}/oauth2/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+    // ...and the next application's request asks for the password.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let page = browser
+        .get(&format!(
+            "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256",
+            urlencode(REDIRECT),
+            challenge.as_str()
+        ))
+        .await;
+    assert!(
+        page.body.contains("<label for=\"password\">"),
+        "{}",
+        page.body
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
+}
