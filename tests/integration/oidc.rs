@@ -800,6 +800,77 @@ async fn signing_out_ends_the_browser_session_and_what_it_opened_and_goes_back_o
     );
 }
 
+/// Posts `form` to `path` below the issuer with Basic credentials.
+async fn form_post(app: &TestApp, url: String, id: &str, secret: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+    let r = app
+        .http
+        .post(url)
+        .basic_auth(id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_resource_server_introspects_tokens_and_a_client_revokes_its_own() {
+    let (app, issuer) = provider().await;
+    let user = support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let (id, secret) = client(&app, ClientSpec { first_party: true, ..spec("App") }).await;
+    let secret = secret.unwrap();
+    let (api, api_secret) = client(&app, spec("Billing API")).await;
+    let api_secret = api_secret.unwrap();
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid email offline_access").await;
+    let (_, tokens) = token(&app, &issuer, &id, &secret, &[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", &verifier),
+    ])
+    .await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let introspect = |token: &str| {
+        let token = token.to_owned();
+        let (url, api, api_secret) = (format!("{issuer}/oauth2/introspect"), api.clone(), api_secret.clone());
+        let app = &app;
+        async move {
+            let (status, body) = form_post(app, url, &api, &api_secret, &[("token", &token)]).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+
+    let about = introspect(access).await;
+    assert_eq!(about["active"], true);
+    assert_eq!(about["token_type"], "access_token");
+    assert_eq!(about["sub"], user["id"]);
+    assert_eq!(about["client_id"], id.as_str());
+    assert_eq!(about["scope"], "email offline_access openid");
+    assert_eq!(introspect(refresh).await["token_type"], "refresh_token");
+    assert_eq!(introspect("not-a-token").await, serde_json::json!({"active": false}));
+    // Introspection needs a client's authentication.
+    let (status, body) = form_post(&app, format!("{issuer}/oauth2/introspect"), &api, "wrong", &[("token", access)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // Another client cannot revoke the token: the answer is the same, and
+    // the token stays active.
+    let revoke = format!("{issuer}/oauth2/revoke");
+    let (status, _) = form_post(&app, revoke.clone(), &api, &api_secret, &[("token", refresh)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(introspect(refresh).await["active"], true);
+    // Its own client can, which ends the session with its access token.
+    let (status, _) = form_post(&app, revoke.clone(), &id, &secret, &[("token", refresh)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(introspect(refresh).await["active"], false);
+    assert_eq!(introspect(access).await["active"], false);
+    // An unknown token is answered alike.
+    let (status, _) = form_post(&app, revoke, &id, &secret, &[("token", "unknown")]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
 }

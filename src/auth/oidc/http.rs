@@ -19,6 +19,7 @@ use super::jws::Alg;
 use super::logout::{LogoutForm, LogoutParams};
 use super::pages;
 use super::service::Provider;
+use super::tokens::TokenQuery;
 
 /// Where the discovery document is, below the issuer.
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
@@ -33,6 +34,8 @@ pub fn routes(provider: Provider) -> Router {
         .route("/oauth2/token", post(token))
         .route("/oauth2/userinfo", get(userinfo).post(userinfo))
         .route("/oauth2/logout", get(logout_page).post(logout))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/style.css", get(style))
         .with_state(provider)
 }
@@ -47,6 +50,10 @@ pub fn discovery_document(issuer: &str) -> Value {
         "userinfo_endpoint": at("userinfo"),
         "jwks_uri": at("jwks"),
         "end_session_endpoint": at("logout"),
+        "introspection_endpoint": at("introspect"),
+        "revocation_endpoint": at("revoke"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": SCOPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -150,12 +157,7 @@ async fn token(
     headers: HeaderMap,
     form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Ok(Form(form)) = form else {
-        return Err(OAuthError::InvalidRequest(
-            "the body must be an application/x-www-form-urlencoded form".into(),
-        ));
-    };
-    let answer = provider.token(&headers, form).await?;
+    let answer = provider.token(&headers, self::form(form)?).await?;
     Ok((
         [
             (header::CACHE_CONTROL, "no-store"),
@@ -203,6 +205,40 @@ async fn logout(
         Ok(Form(form)) => provider.logout(form, &headers).await,
         Err(_) => Answer::error(StatusCode::BAD_REQUEST, "The sign-out form is malformed."),
     }
+}
+
+/// A form of the token, introspection or revocation endpoint, or
+/// `invalid_request`.
+fn form<T>(form: Result<Form<T>, axum::extract::rejection::FormRejection>) -> Result<T, OAuthError> {
+    form.map(|Form(f)| f).map_err(|_| {
+        OAuthError::InvalidRequest("the body must be an application/x-www-form-urlencoded form".into())
+    })
+}
+
+async fn introspect(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    query: Result<Form<TokenQuery>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let query = form(query)?;
+    let client = provider
+        .authenticate_client(&headers, query.client_id.as_deref(), query.client_secret.as_deref())
+        .await?;
+    let answer = provider.introspect(&client, query).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response())
+}
+
+async fn revoke(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    query: Result<Form<TokenQuery>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let query = form(query)?;
+    let client = provider
+        .authenticate_client(&headers, query.client_id.as_deref(), query.client_secret.as_deref())
+        .await?;
+    provider.revoke(&client, query).await?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn style() -> Response {

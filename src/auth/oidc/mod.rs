@@ -10,7 +10,8 @@
 //!   browser's way from it to a code; `browser.rs`: cookies, CSRF and
 //!   browser sessions; `pages.rs`: the hosted pages;
 //! - `logout.rs`: RP-initiated logout;
-//! - `grants.rs`: the token endpoint;
+//! - `grants.rs`: the token endpoint; `tokens.rs`: introspection and
+//!   revocation;
 //! - `http.rs`: the routes; `error.rs`: OAuth's error responses;
 //! - `store.rs`: the provider's tables;
 //! - `jws.rs`: ID tokens' signatures; `keys.rs`: the ID-token keys'
@@ -31,5 +32,6 @@ pub mod pages;
 pub mod registry;
 pub mod service;
 mod store;
+pub mod tokens;
 
 pub use service::Provider;
