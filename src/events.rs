@@ -13,7 +13,9 @@ use std::marker::PhantomData;
 use prost::Message;
 
 use crate::kernel::outbox::NewEvent;
-use crate::proto::events::v1::{Envelope, KeyEvent, PolicyEvent, SessionEvent, UserEvent};
+use crate::proto::events::v1::{
+    Envelope, KeyEvent, OidcEvent, PolicyEvent, SessionEvent, UserEvent,
+};
 
 /// One event: its name on the bus and the type of its payload.
 pub struct Event<P> {
@@ -73,7 +75,7 @@ macro_rules! catalogue {
             #[doc = concat!("The events `", stringify!($producer), "` produces.")]
             pub mod $producer {
                 #[allow(unused_imports, reason = "each producer uses the payloads of its own events")]
-                use super::{Event, KeyEvent, PolicyEvent, SessionEvent, UserEvent};
+                use super::{Event, KeyEvent, OidcEvent, PolicyEvent, SessionEvent, UserEvent};
                 $(
                     #[doc = $meaning]
                     pub const $constant: Event<$payload> = Event::new($name);
@@ -129,33 +131,53 @@ catalogue! {
             "A refresh token was used twice; its session was ended.";
         KEY_ROTATED: KeyEvent = "auth.key.rotated", [],
             "A new signing key was published.";
+        OIDC_AUTHORIZED: OidcEvent = "auth.oidc.authorized", [],
+            "A user's browser was sent back to a client with an authorization code.";
+        OIDC_CONSENT_GIVEN: OidcEvent = "auth.oidc.consent_given", [],
+            "A user let a client have the scopes it asked for.";
+        OIDC_CONSENT_REVOKED: OidcEvent = "auth.oidc.consent_revoked", [],
+            "A user took back what a client was let have.";
+        OIDC_TOKEN_ISSUED: OidcEvent = "auth.oidc.token_issued", [],
+            "A client exchanged a grant for tokens.";
+        OIDC_TOKEN_REFRESHED: OidcEvent = "auth.oidc.token_refreshed", [],
+            "A client rotated a refresh token.";
+        OIDC_TOKEN_REVOKED: OidcEvent = "auth.oidc.token_revoked", [],
+            "A client revoked a token of its own; its session ended.";
+        OIDC_CLIENT_CREATED: OidcEvent = "auth.oidc.client_created", [],
+            "A client was registered.";
+        OIDC_CLIENT_UPDATED: OidcEvent = "auth.oidc.client_updated", [],
+            "A client's registration changed.";
+        OIDC_CLIENT_SECRET_ROTATED: OidcEvent = "auth.oidc.client_secret_rotated", [],
+            "A client was given a new secret; the old one stopped working.";
+        OIDC_CLIENT_DELETED: OidcEvent = "auth.oidc.client_deleted", [],
+            "A client was deleted, with its codes and consents.";
     }
     authz {
-        ROLE_CREATED: PolicyEvent = "authz.role.created", ["gateway", "identity", "audit"],
+        ROLE_CREATED: PolicyEvent = "authz.role.created", ["gateway", "identity", "auth", "audit"],
             "A role was made.";
-        ROLE_UPDATED: PolicyEvent = "authz.role.updated", ["gateway", "identity", "audit"],
+        ROLE_UPDATED: PolicyEvent = "authz.role.updated", ["gateway", "identity", "auth", "audit"],
             "A role's permissions changed.";
-        ROLE_DELETED: PolicyEvent = "authz.role.deleted", ["gateway", "identity", "audit"],
+        ROLE_DELETED: PolicyEvent = "authz.role.deleted", ["gateway", "identity", "auth", "audit"],
             "A role was deleted, with its bindings.";
-        GROUP_CREATED: PolicyEvent = "authz.group.created", ["gateway", "identity", "audit"],
+        GROUP_CREATED: PolicyEvent = "authz.group.created", ["gateway", "identity", "auth", "audit"],
             "A group was made.";
-        GROUP_UPDATED: PolicyEvent = "authz.group.updated", ["gateway", "identity", "audit"],
+        GROUP_UPDATED: PolicyEvent = "authz.group.updated", ["gateway", "identity", "auth", "audit"],
             "A group's name or description changed.";
-        GROUP_DELETED: PolicyEvent = "authz.group.deleted", ["gateway", "identity", "audit"],
+        GROUP_DELETED: PolicyEvent = "authz.group.deleted", ["gateway", "identity", "auth", "audit"],
             "A group was deleted, with its bindings and memberships.";
-        MEMBER_ADDED: PolicyEvent = "authz.member.added", ["gateway", "identity", "audit"],
+        MEMBER_ADDED: PolicyEvent = "authz.member.added", ["gateway", "identity", "auth", "audit"],
             "A user or group joined a group.";
-        MEMBER_REMOVED: PolicyEvent = "authz.member.removed", ["gateway", "identity", "audit"],
+        MEMBER_REMOVED: PolicyEvent = "authz.member.removed", ["gateway", "identity", "auth", "audit"],
             "A user or group left a group.";
-        BINDING_CREATED: PolicyEvent = "authz.binding.created", ["gateway", "identity", "audit"],
+        BINDING_CREATED: PolicyEvent = "authz.binding.created", ["gateway", "identity", "auth", "audit"],
             "A role was bound to a subject over a scope.";
-        BINDING_DELETED: PolicyEvent = "authz.binding.deleted", ["gateway", "identity", "audit"],
+        BINDING_DELETED: PolicyEvent = "authz.binding.deleted", ["gateway", "identity", "auth", "audit"],
             "A binding was deleted.";
-        PARENT_SET: PolicyEvent = "authz.parent.set", ["gateway", "identity", "audit"],
+        PARENT_SET: PolicyEvent = "authz.parent.set", ["gateway", "identity", "auth", "audit"],
             "A resource was given a parent it inherits bindings from.";
-        PARENT_REMOVED: PolicyEvent = "authz.parent.removed", ["gateway", "identity", "audit"],
+        PARENT_REMOVED: PolicyEvent = "authz.parent.removed", ["gateway", "identity", "auth", "audit"],
             "A resource's parent was removed.";
-        SUBJECT_FORGOTTEN: PolicyEvent = "authz.subject.forgotten", ["gateway", "identity", "audit"],
+        SUBJECT_FORGOTTEN: PolicyEvent = "authz.subject.forgotten", ["gateway", "identity", "auth", "audit"],
             "A deleted user's bindings and memberships were removed.";
     }
 }

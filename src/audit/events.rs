@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::model::NewEntry;
 use crate::kernel::bus::Envelope;
-use crate::proto::events::v1::{KeyEvent, PolicyEvent, SessionEvent, UserEvent};
+use crate::proto::events::v1::{KeyEvent, OidcEvent, PolicyEvent, SessionEvent, UserEvent};
 
 /// The entry recording `event`.
 pub fn entry(event: &Envelope) -> NewEntry {
@@ -57,6 +57,7 @@ fn subject(event: &Envelope) -> String {
             return format!("session:{}", session.session_id);
         }
         (Some("auth"), Some("key")) => "key",
+        (Some("auth"), Some("oidc")) => "client",
         (Some("authz"), Some("member")) => "group",
         (Some("authz"), Some("subject")) => "user",
         // A resource's parent: the subject names its type already.
@@ -101,6 +102,15 @@ fn details(event: &Envelope) -> Value {
             fields([
                 ("key_id", json!(p.key_id)),
                 ("signs_from", millis(p.signs_from_unix_ms)),
+            ])
+        }),
+        ["auth", "oidc"] => OidcEvent::decode(payload).map(|p| {
+            fields([
+                ("client_id", json!(p.client_id)),
+                ("user_id", json!(p.user_id)),
+                ("session_id", json!(p.session_id)),
+                ("scope", json!(p.scope)),
+                ("grant", json!(p.grant)),
             ])
         }),
         ["authz", _] => PolicyEvent::decode(payload).map(|p| {

@@ -36,6 +36,11 @@ pub enum AuthError {
     SessionNotFound,
     #[error("no such client")]
     ClientNotFound,
+    #[error("no consent was given to this client")]
+    ConsentNotFound,
+    /// The caller lacks this permission.
+    #[error("you may not do this")]
+    Forbidden(&'static str),
     #[error("service unavailable")]
     Unavailable(String),
     /// A service this request needs is at its capacity; try again shortly.
@@ -83,6 +88,13 @@ impl AuthError {
                 Code::NotFound,
                 "No such client",
             ),
+            ConsentNotFound => Kind::new(
+                StatusCode::NOT_FOUND,
+                "consent_not_found",
+                Code::NotFound,
+                "No such consent",
+            ),
+            Forbidden(_) => Kind::FORBIDDEN,
             Unavailable(_) => Kind::UNAVAILABLE,
             Overloaded { .. } => Kind::OVERLOADED,
             Internal(_) => Kind::INTERNAL,
@@ -123,6 +135,9 @@ impl axum::response::IntoResponse for AuthError {
                 .retry_after(*retry_after_secs),
             AuthError::Unavailable(_) => problem.retry_after(1),
             AuthError::Internal(_) => problem,
+            AuthError::Forbidden(permission) => {
+                crate::kernel::error::Problem::forbidden(permission)
+            }
             other => problem.detail(other.to_string()),
         };
         problem.into_response()
@@ -159,6 +174,12 @@ impl From<TokenError> for AuthError {
             TokenError::Unavailable => AuthError::Unavailable("token keys".into()),
             other => AuthError::Token(other),
         }
+    }
+}
+
+impl From<crate::middleware::permit::PermitError> for AuthError {
+    fn from(e: crate::middleware::permit::PermitError) -> Self {
+        AuthError::Unavailable(e.to_string())
     }
 }
 

@@ -14,7 +14,7 @@ use super::store::{self, SessionRow};
 pub(super) use crate::events::auth::*;
 use crate::events::{Event, identity};
 use crate::kernel::outbox::NewEvent;
-use crate::proto::events::v1::{SessionEvent, UserEvent};
+use crate::proto::events::v1::{OidcEvent, SessionEvent, UserEvent};
 
 /// `event` about the session `s`, whose access tokens are all expired by `by`.
 pub(super) fn session_event(
@@ -31,6 +31,22 @@ pub(super) fn session_event(
         tokens_expire_by_unix_ms: by.timestamp_millis(),
     };
     event.row(s.user_id.clone(), &payload)
+}
+
+/// `event` of the OpenID Connect provider about client `client_id`; the
+/// other fields are left empty, for the caller to set those that apply.
+pub(super) fn oidc_event(
+    event: &Event<OidcEvent>,
+    client_id: &str,
+    fill: impl FnOnce(&mut OidcEvent),
+) -> NewEvent {
+    let mut payload = OidcEvent {
+        client_id: client_id.to_owned(),
+        ..Default::default()
+    };
+    fill(&mut payload);
+    // A client's events are ordered by the client.
+    event.row(client_id, &payload)
 }
 
 impl Auth {

@@ -54,7 +54,11 @@ pub fn routes(auth: Auth) -> Router {
 
 /// Lets the request through with its [`Principal`] when its bearer token
 /// verifies and its session is live.
-async fn require_session(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+pub(super) async fn require_session(
+    State(auth): State<Auth>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let verdict = match bearer::bearer(&req) {
         Ok(token) => auth.validate(token).await,
         Err(e) => Err(e.into()),

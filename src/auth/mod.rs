@@ -91,12 +91,16 @@ pub async fn register_client(
     spec: oidc::clients::ClientSpec,
 ) -> anyhow::Result<oidc::registry::Issued> {
     let db = open_db(&ctx.database, &ctx.data_dir).await?;
-    Ok(oidc::registry::ClientRegistry::new(db, ctx.clock.clone())
-        .create_client(spec)
-        .await?)
+    Ok(
+        oidc::registry::ClientRegistry::new(db, ctx.clock.clone(), None)
+            .create_client(spec)
+            .await?,
+    )
 }
 
 pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<Running> {
+    let permits = crate::middleware::permit::Permits::for_service(ctx, NAME).await?;
+    let changes = permits.listen(NAME, &ctx.bus, ctx.shutdown.clone()).await?;
     let (db, kek, ring) = key_ring(ctx, &config).await?;
     ensure_keys(&ring).await?;
     let (relay, relay_task) = outbox::spawn(ctx, NAME, db.clone());
@@ -117,6 +121,7 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     let provider = oidc::Provider::new(auth.clone(), issuer, oidc_config);
     let mut background = vec![
         relay_task,
+        changes,
         provider.sweep(ctx.shutdown.clone()),
         consume_identity_events(ctx, &db, auth.clone()).await?,
     ];
@@ -127,8 +132,10 @@ pub async fn start(ctx: &ServiceContext, config: AuthConfig) -> anyhow::Result<R
     let service = server::Service {
         name: NAME,
         db,
-        http: http::routes(auth.clone()).merge(oidc::http::routes(provider)),
-        api: http::ApiDoc::openapi(),
+        http: http::routes(auth.clone())
+            .merge(oidc::http::routes(provider.clone()))
+            .merge(oidc::admin::routes(provider, permits)),
+        api: http::ApiDoc::openapi().merge_from(oidc::admin::AdminDoc::openapi()),
         grpc: grpc::server(auth),
         produces_events: true,
         listen,

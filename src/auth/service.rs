@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::AuthConfig;
 use super::error::AuthError;
-use super::events::{self, session_event};
+use super::events::{self, oidc_event, session_event};
 use super::keys::{Kek, KeyRing};
 use super::sessions::{end_session, hash, new_refresh_token, secs};
 use super::store::{self, SessionRow};
@@ -307,6 +307,15 @@ impl Auth {
                                 .map_err(|e| AuthError::Internal(e.to_string()))?,
                         )?;
                         store::set_successor(c, &presented, &sealed)?;
+                        if let Some(client) = &session.client_id {
+                            let event = oidc_event(&events::OIDC_TOKEN_REFRESHED, client, |e| {
+                                e.user_id = session.user_id.clone();
+                                e.session_id = session.id.clone();
+                                e.scope = session.scope.clone().unwrap_or_default();
+                                e.grant = "refresh_token".into();
+                            });
+                            outbox::enqueue(c, &event, now)?;
+                        }
                         return Ok(Refreshed::Pair(Box::new((pair, session))));
                     }
                     let Some(row) = store::refresh_by_hash(c, &presented)? else {
@@ -342,7 +351,12 @@ impl Auth {
             })
             .await?;
         match outcome {
-            Refreshed::Pair(refreshed) => Ok(*refreshed),
+            Refreshed::Pair(refreshed) => {
+                if refreshed.1.client_id.is_some() {
+                    self.relay.wake();
+                }
+                Ok(*refreshed)
+            }
             Refreshed::Reused => {
                 self.relay.wake();
                 tracing::warn!("refresh token reuse detected; session ended");

@@ -203,6 +203,7 @@ pub fn built_in() -> Vec<RouteConfig> {
             "auth",
             AuthPolicy::Public,
         ),
+        route("/v1/oidc", "auth", AuthPolicy::Required),
         route("/v1/users", "identity", AuthPolicy::Public),
         route("/v1/users/me", "identity", AuthPolicy::Required),
         route("/v1/password-resets", "identity", AuthPolicy::Public),

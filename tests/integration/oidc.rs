@@ -801,7 +801,13 @@ async fn signing_out_ends_the_browser_session_and_what_it_opened_and_goes_back_o
 }
 
 /// Posts `form` to `path` below the issuer with Basic credentials.
-async fn form_post(app: &TestApp, url: String, id: &str, secret: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+async fn form_post(
+    app: &TestApp,
+    url: String,
+    id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String) {
     let r = app
         .http
         .post(url)
@@ -817,24 +823,42 @@ async fn form_post(app: &TestApp, url: String, id: &str, secret: &str, form: &[(
 async fn a_resource_server_introspects_tokens_and_a_client_revokes_its_own() {
     let (app, issuer) = provider().await;
     let user = support::register(&app.http, &app.gateway_base, "ann@example.com").await;
-    let (id, secret) = client(&app, ClientSpec { first_party: true, ..spec("App") }).await;
+    let (id, secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("App")
+        },
+    )
+    .await;
     let secret = secret.unwrap();
     let (api, api_secret) = client(&app, spec("Billing API")).await;
     let api_secret = api_secret.unwrap();
     let mut browser = Browser::new();
-    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid email offline_access").await;
-    let (_, tokens) = token(&app, &issuer, &id, &secret, &[
-        ("grant_type", "authorization_code"),
-        ("code", &code),
-        ("redirect_uri", REDIRECT),
-        ("code_verifier", &verifier),
-    ])
+    let (code, verifier) =
+        code_for(&issuer, &mut browser, &id, "openid email offline_access").await;
+    let (_, tokens) = token(
+        &app,
+        &issuer,
+        &id,
+        &secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
     .await;
     let access = tokens["access_token"].as_str().unwrap();
     let refresh = tokens["refresh_token"].as_str().unwrap();
     let introspect = |token: &str| {
         let token = token.to_owned();
-        let (url, api, api_secret) = (format!("{issuer}/oauth2/introspect"), api.clone(), api_secret.clone());
+        let (url, api, api_secret) = (
+            format!("{issuer}/oauth2/introspect"),
+            api.clone(),
+            api_secret.clone(),
+        );
         let app = &app;
         async move {
             let (status, body) = form_post(app, url, &api, &api_secret, &[("token", &token)]).await;
@@ -850,15 +874,32 @@ async fn a_resource_server_introspects_tokens_and_a_client_revokes_its_own() {
     assert_eq!(about["client_id"], id.as_str());
     assert_eq!(about["scope"], "email offline_access openid");
     assert_eq!(introspect(refresh).await["token_type"], "refresh_token");
-    assert_eq!(introspect("not-a-token").await, serde_json::json!({"active": false}));
+    assert_eq!(
+        introspect("not-a-token").await,
+        serde_json::json!({"active": false})
+    );
     // Introspection needs a client's authentication.
-    let (status, body) = form_post(&app, format!("{issuer}/oauth2/introspect"), &api, "wrong", &[("token", access)]).await;
+    let (status, body) = form_post(
+        &app,
+        format!("{issuer}/oauth2/introspect"),
+        &api,
+        "wrong",
+        &[("token", access)],
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     // Another client cannot revoke the token: the answer is the same, and
     // the token stays active.
     let revoke = format!("{issuer}/oauth2/revoke");
-    let (status, _) = form_post(&app, revoke.clone(), &api, &api_secret, &[("token", refresh)]).await;
+    let (status, _) = form_post(
+        &app,
+        revoke.clone(),
+        &api,
+        &api_secret,
+        &[("token", refresh)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(introspect(refresh).await["active"], true);
     // Its own client can, which ends the session with its access token.
@@ -869,6 +910,247 @@ async fn a_resource_server_introspects_tokens_and_a_client_revokes_its_own() {
     // An unknown token is answered alike.
     let (status, _) = form_post(&app, revoke, &id, &secret, &[("token", "unknown")]).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admins_manage_clients_users_revoke_consents_and_the_audit_log_has_it_all() {
+    use reqwest::Method;
+    use serde_json::json;
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let app = TestApp::builder()
+        .gateway(|g| g.listen = addr)
+        .server(|s| s.public_url = public_url)
+        .with_audit()
+        .start()
+        .await;
+    let admin = app.admin("root@example.com").await;
+    let ann = app.signed_in("ann@example.com").await;
+    let body = json!({"name": "Wiki", "redirect_uris": [REDIRECT]});
+
+    // Only those authz lets manage clients may.
+    let r = app
+        .through(Method::POST, "/v1/oidc/clients", &ann)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    support::assert_problem(r, 403, "forbidden").await;
+    let r = app
+        .through(Method::POST, "/v1/oidc/clients", &admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let made: Value = r.json().await.unwrap();
+    let id = made["client"]["client_id"].as_str().unwrap().to_owned();
+    let first_secret = made["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        made["client"]["grant_types"],
+        json!(["authorization_code", "refresh_token", "client_credentials"])
+    );
+    let r = app
+        .through(Method::POST, "/v1/oidc/clients", &admin)
+        .json(&json!({"name": "Bad", "redirect_uris": ["http://evil.example.com/cb"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        support::assert_problem(r, 422, "validation_failed").await["field"],
+        "redirect_uris"
+    );
+
+    let list: Value = app
+        .through(Method::GET, "/v1/oidc/clients", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["clients"][0]["client_id"], id.as_str());
+    assert!(
+        list.to_string().find(&first_secret).is_none(),
+        "a secret is never shown again"
+    );
+    let r = app
+        .through(Method::PUT, &format!("/v1/oidc/clients/{id}"), &admin)
+        .json(&json!({"name": "Team Wiki", "redirect_uris": [REDIRECT], "scopes": ["openid", "email"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let read: Value = app
+        .through(Method::GET, &format!("/v1/oidc/clients/{id}"), &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (read["name"].as_str(), &read["scopes"]),
+        (Some("Team Wiki"), &json!(["email", "openid"]))
+    );
+
+    // Ann signs in to it and allows it; she sees and revokes the consent.
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid email").await;
+    let exchange = |secret: String| {
+        let (code, verifier, id, issuer) =
+            (code.clone(), verifier.clone(), id.clone(), issuer.clone());
+        let app = &app;
+        async move {
+            token(
+                app,
+                &issuer,
+                &id,
+                &secret,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", REDIRECT),
+                    ("code_verifier", &verifier),
+                ],
+            )
+            .await
+        }
+    };
+    // A new secret: the old one stops working at once.
+    let rotated: Value = app
+        .through(
+            Method::POST,
+            &format!("/v1/oidc/clients/{id}/secret"),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, body) = exchange(first_secret).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    let (status, tokens) = exchange(rotated["client_secret"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+
+    let consents: Value = app
+        .through(Method::GET, "/v1/oidc/consents", &ann)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(consents["consents"][0]["client_name"], "Team Wiki");
+    assert_eq!(
+        consents["consents"][0]["scopes"],
+        json!(["email", "openid"])
+    );
+    let r = app
+        .through(Method::DELETE, &format!("/v1/oidc/consents/{id}"), &ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .through(Method::DELETE, &format!("/v1/oidc/consents/{id}"), &ann)
+        .send()
+        .await
+        .unwrap();
+    support::assert_problem(r, 404, "consent_not_found").await;
+    let info = app
+        .http
+        .get(format!("{issuer}/oauth2/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.status(),
+        StatusCode::UNAUTHORIZED,
+        "revoking consent ends the client's sessions"
+    );
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let again = format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256",
+        urlencode(REDIRECT),
+        challenge.as_str()
+    );
+    assert!(
+        browser.get(&again).await.body.contains("Allow Team Wiki?"),
+        "asked again"
+    );
+
+    let r = app
+        .through(Method::DELETE, &format!("/v1/oidc/clients/{id}"), &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        browser.get(&again).await.status,
+        StatusCode::BAD_REQUEST,
+        "a deleted client is unknown"
+    );
+
+    // Every step is on the audit log, about the client, by whom it was.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let page: Value = app
+            .through(Method::GET, "/v1/audit/events?limit=100", &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"].as_str().unwrap().starts_with("auth.oidc."))
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap().to_owned(),
+                    e["subject"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if seen.len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let actions: BTreeMap<String, usize> = seen.iter().fold(BTreeMap::new(), |mut m, (a, _)| {
+        *m.entry(a.clone()).or_default() += 1;
+        m
+    });
+    for action in [
+        "auth.oidc.client_created",
+        "auth.oidc.client_updated",
+        "auth.oidc.client_secret_rotated",
+        "auth.oidc.authorized",
+        "auth.oidc.consent_given",
+        "auth.oidc.token_issued",
+        "auth.oidc.consent_revoked",
+        "auth.oidc.client_deleted",
+    ] {
+        assert!(
+            actions.contains_key(action),
+            "{action} missing from {actions:?}"
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|(_, subject)| *subject == format!("client:{id}")),
+        "{seen:?}"
+    );
 }
 
 fn urlencode(s: &str) -> String {

@@ -17,6 +17,8 @@ use super::pages::{self, Message};
 use super::service::Provider;
 use super::store::{self, CodeRow};
 use crate::auth::error::AuthError;
+use crate::auth::events::{self, oidc_event};
+use crate::kernel::outbox;
 
 /// What the browser gets next, with the cookies to set.
 pub struct Answer {
@@ -231,7 +233,7 @@ impl Provider {
                         session.user.to_string(),
                         client.id.clone(),
                         pending.scope.clone(),
-                        self.auth.clock.now().naive_utc(),
+                        self.auth.clock.now(),
                     );
                     self.auth
                         .db
@@ -246,7 +248,14 @@ impl Provider {
                                     .filter(|s| !s.is_empty())
                                     .collect();
                                 let all = all.into_iter().collect::<Vec<_>>().join(" ");
-                                store::set_consent(c, &user, &client_id, &all, now)
+                                store::set_consent(c, &user, &client_id, &all, now.naive_utc())?;
+                                let event =
+                                    oidc_event(&events::OIDC_CONSENT_GIVEN, &client_id, |e| {
+                                        e.user_id = user.clone();
+                                        e.scope = all.clone();
+                                    });
+                                outbox::enqueue(c, &event, now)?;
+                                Ok::<_, AuthError>(())
                             })
                         })
                         .await?;
@@ -384,10 +393,21 @@ impl Provider {
             used_at: None,
             session_id: None,
         };
+        let event = oidc_event(&events::OIDC_AUTHORIZED, &row.client_id, |e| {
+            e.user_id = row.user_id.clone();
+            e.scope = row.scope.clone();
+        });
         self.auth
             .db
-            .run(move |c| store::insert_code(c, &row))
+            .run(move |c| {
+                c.transaction(|c| {
+                    store::insert_code(c, &row)?;
+                    outbox::enqueue(c, &event, now)?;
+                    Ok::<_, AuthError>(())
+                })
+            })
             .await?;
+        self.auth.relay.wake();
         let mut pairs = vec![("code", code.as_str())];
         if let Some(state) = &pending.state {
             pairs.push(("state", state));

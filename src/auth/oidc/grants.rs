@@ -21,7 +21,7 @@ use super::jws::half_hash;
 use super::service::Provider;
 use super::store::{self, CodeRow};
 use crate::auth::error::AuthError;
-use crate::auth::events::{self, session_event};
+use crate::auth::events::{self, oidc_event, session_event};
 use crate::auth::service::open_session;
 use crate::auth::sessions::{end_session, new_refresh_token};
 use crate::auth::store::SessionRow;
@@ -207,6 +207,12 @@ impl Provider {
             "authorization_code",
             self.auth.tokens_expire_by(now),
         );
+        let issued = oidc_event(&events::OIDC_TOKEN_ISSUED, &client.id, |e| {
+            e.user_id = session.user_id.clone();
+            e.session_id = session.id.clone();
+            e.scope = row.scope.clone();
+            e.grant = Grant::AuthorizationCode.name().into();
+        });
         let refresh_hash = refresh.as_ref().map(|(_, h)| h.clone());
         let auth_time = row.auth_time.and_utc();
         let stored = session.clone();
@@ -221,6 +227,7 @@ impl Provider {
                     // Refused when the password was reset since the sign-in.
                     open_session(c, &stored, refresh_hash.as_deref(), &event, auth_time, now)?;
                     store::set_code_session(c, &code_hash, &stored.id)?;
+                    crate::kernel::outbox::enqueue(c, &issued, now)?;
                     Ok::<_, AuthError>(true)
                 })
             })

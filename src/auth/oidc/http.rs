@@ -209,9 +209,13 @@ async fn logout(
 
 /// A form of the token, introspection or revocation endpoint, or
 /// `invalid_request`.
-fn form<T>(form: Result<Form<T>, axum::extract::rejection::FormRejection>) -> Result<T, OAuthError> {
+fn form<T>(
+    form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, OAuthError> {
     form.map(|Form(f)| f).map_err(|_| {
-        OAuthError::InvalidRequest("the body must be an application/x-www-form-urlencoded form".into())
+        OAuthError::InvalidRequest(
+            "the body must be an application/x-www-form-urlencoded form".into(),
+        )
     })
 }
 
@@ -222,7 +226,11 @@ async fn introspect(
 ) -> Result<Response, OAuthError> {
     let query = form(query)?;
     let client = provider
-        .authenticate_client(&headers, query.client_id.as_deref(), query.client_secret.as_deref())
+        .authenticate_client(
+            &headers,
+            query.client_id.as_deref(),
+            query.client_secret.as_deref(),
+        )
         .await?;
     let answer = provider.introspect(&client, query).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(answer)).into_response())
@@ -235,7 +243,11 @@ async fn revoke(
 ) -> Result<Response, OAuthError> {
     let query = form(query)?;
     let client = provider
-        .authenticate_client(&headers, query.client_id.as_deref(), query.client_secret.as_deref())
+        .authenticate_client(
+            &headers,
+            query.client_id.as_deref(),
+            query.client_secret.as_deref(),
+        )
         .await?;
     provider.revoke(&client, query).await?;
     Ok(StatusCode::OK.into_response())

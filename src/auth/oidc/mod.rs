@@ -12,11 +12,13 @@
 //! - `logout.rs`: RP-initiated logout;
 //! - `grants.rs`: the token endpoint; `tokens.rs`: introspection and
 //!   revocation;
-//! - `http.rs`: the routes; `error.rs`: OAuth's error responses;
+//! - `http.rs`: the protocol's routes; `admin.rs`: the JSON API of
+//!   clients and consents; `error.rs`: OAuth's error responses;
 //! - `store.rs`: the provider's tables;
 //! - `jws.rs`: ID tokens' signatures; `keys.rs`: the ID-token keys'
 //!   storage and lifecycle.
 
+pub mod admin;
 pub mod authorize;
 pub mod browser;
 pub mod clients;

@@ -3,19 +3,25 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use diesel::Connection as _;
 
 use super::clients::{Client, ClientSpec, SpecError, new_client_id, new_secret};
 use super::store;
 use crate::auth::error::AuthError;
+use crate::auth::events::{self, oidc_event};
+use crate::auth::sessions::end_session;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::outbox::{self, Relay};
 
 /// The clients, on auth's database.
 #[derive(Clone)]
 pub struct ClientRegistry {
     db: Db,
     clock: Arc<dyn Clock>,
+    relay: Option<Relay>,
 }
 
 /// A client just made or given a new secret: the secret is shown this once.
@@ -29,8 +35,10 @@ pub struct Issued {
 const LIST_LIMIT: i64 = 1000;
 
 impl ClientRegistry {
-    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+    /// `relay`: the outbox relay to wake for the clients' events (none
+    /// from the command line, whose events a running auth relays).
+    pub fn new(db: Db, clock: Arc<dyn Clock>, relay: Option<Relay>) -> Self {
+        Self { db, clock, relay }
     }
 
     /// Registers a client; a confidential one gets a secret, shown once.
@@ -44,10 +52,18 @@ impl ClientRegistry {
         };
         let now = self.clock.now();
         let id = new_client_id();
+        let event = oidc_event(&events::OIDC_CLIENT_CREATED, &id, |_| {});
         let client = self
             .db
-            .run(move |c| store::insert_client(c, &id, &settled, hash, now))
+            .run(move |c| {
+                c.transaction(|c| {
+                    let client = store::insert_client(c, &id, &settled, hash, now)?;
+                    outbox::enqueue(c, &event, now)?;
+                    Ok::<_, AuthError>(client)
+                })
+            })
             .await?;
+        self.wake();
         tracing::info!(client_id = %client.id, "client registered");
         Ok(Issued { client, secret })
     }
@@ -59,11 +75,7 @@ impl ClientRegistry {
     }
 
     pub async fn client(&self, id: &str) -> Result<Client, AuthError> {
-        let id = id.to_owned();
-        self.db
-            .run(move |c| store::client(c, &id))
-            .await?
-            .ok_or(AuthError::ClientNotFound)
+        self.find(id).await?.ok_or(AuthError::ClientNotFound)
     }
 
     pub async fn clients(&self) -> Result<Vec<Client>, AuthError> {
@@ -76,6 +88,7 @@ impl ClientRegistry {
         let settled = spec.settle().map_err(invalid)?;
         let id = id.to_owned();
         let now = self.clock.now();
+        let event = oidc_event(&events::OIDC_CLIENT_UPDATED, &id, |_| {});
         let (client, secret) = self
             .db
             .run(move |c| {
@@ -90,10 +103,12 @@ impl ClientRegistry {
                         }
                     };
                     let client = store::update_client(c, &existing, &settled, hash, now)?;
+                    outbox::enqueue(c, &event, now)?;
                     Ok::<_, AuthError>((client, secret))
                 })
             })
             .await?;
+        self.wake();
         Ok(Issued { client, secret })
     }
 
@@ -110,22 +125,56 @@ impl ClientRegistry {
         let (secret, hash) = new_secret();
         let now = self.clock.now();
         let client_id = client.id.clone();
+        let event = oidc_event(&events::OIDC_CLIENT_SECRET_ROTATED, &client.id, |_| {});
         self.db
-            .run(move |c| store::set_secret(c, &client_id, &hash, now))
+            .run(move |c| {
+                c.transaction(|c| {
+                    if !store::set_secret(c, &client_id, &hash, now)? {
+                        return Err(AuthError::ClientNotFound);
+                    }
+                    outbox::enqueue(c, &event, now)?;
+                    Ok(())
+                })
+            })
             .await?;
+        self.wake();
         Ok(Issued {
             client: self.client(id).await?,
             secret: Some(secret),
         })
     }
 
-    pub async fn delete_client(&self, id: &str) -> Result<(), AuthError> {
+    /// Deletes a client with its codes and consents, and ends the sessions
+    /// opened for it.
+    pub async fn delete_client(
+        &self,
+        id: &str,
+        tokens_expire_by: DateTime<Utc>,
+    ) -> Result<(), AuthError> {
         let id = id.to_owned();
-        let deleted = self.db.run(move |c| store::delete_client(c, &id)).await?;
-        if deleted {
-            Ok(())
-        } else {
-            Err(AuthError::ClientNotFound)
+        let now = self.clock.now();
+        let event = oidc_event(&events::OIDC_CLIENT_DELETED, &id, |_| {});
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    if !store::delete_client(c, &id)? {
+                        return Err(AuthError::ClientNotFound);
+                    }
+                    for session in store::sessions_of_client(c, &id)? {
+                        end_session(c, &session, "client_deleted", now, tokens_expire_by)?;
+                    }
+                    outbox::enqueue(c, &event, now)?;
+                    Ok(())
+                })
+            })
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(relay) = &self.relay {
+            relay.wake();
         }
     }
 }

@@ -29,7 +29,11 @@ pub struct Provider {
 impl Provider {
     pub fn new(auth: Auth, issuer: String, config: OidcConfig) -> Self {
         Self {
-            clients: ClientRegistry::new(auth.db.clone(), auth.clock.clone()),
+            clients: ClientRegistry::new(
+                auth.db.clone(),
+                auth.clock.clone(),
+                Some(auth.relay.clone()),
+            ),
             auth,
             issuer: issuer.into(),
             config: Arc::new(config),

@@ -160,8 +160,22 @@ pub fn set_secret(
         == 1)
 }
 
+/// Deletes a client with its codes and consents.
 pub fn delete_client(conn: &mut DbConnection, id: &str) -> Result<bool, AuthError> {
-    Ok(diesel::delete(oidc_clients::table.find(id)).execute(conn)? == 1)
+    let deleted = diesel::delete(oidc_clients::table.find(id)).execute(conn)? == 1;
+    diesel::delete(oidc_codes::table.filter(oidc_codes::client_id.eq(id))).execute(conn)?;
+    diesel::delete(oidc_consents::table.filter(oidc_consents::client_id.eq(id))).execute(conn)?;
+    Ok(deleted)
+}
+
+/// The live sessions opened for client `id`.
+pub fn sessions_of_client(conn: &mut DbConnection, id: &str) -> Result<Vec<String>, AuthError> {
+    use crate::auth::schema::sessions;
+    Ok(sessions::table
+        .filter(sessions::client_id.eq(id))
+        .filter(sessions::revoked_at.is_null())
+        .select(sessions::id)
+        .load(conn)?)
 }
 
 /// An authorization code's row: what the exchange must match and what it
@@ -361,4 +375,45 @@ pub fn delete_stale_browser_sessions(
         ),
     )
     .execute(conn)?)
+}
+
+/// A user's consents with their clients' names, by client name.
+pub fn consents_of(
+    conn: &mut DbConnection,
+    user: &str,
+) -> Result<Vec<(String, String, String, NaiveDateTime)>, AuthError> {
+    Ok(oidc_consents::table
+        .inner_join(oidc_clients::table.on(oidc_clients::id.eq(oidc_consents::client_id)))
+        .filter(oidc_consents::user_id.eq(user))
+        .order(oidc_clients::name.asc())
+        .select((
+            oidc_consents::client_id,
+            oidc_clients::name,
+            oidc_consents::scope,
+            oidc_consents::granted_at,
+        ))
+        .load(conn)?)
+}
+
+pub fn delete_consent(
+    conn: &mut DbConnection,
+    user: &str,
+    client: &str,
+) -> Result<bool, AuthError> {
+    Ok(diesel::delete(oidc_consents::table.find((user, client))).execute(conn)? == 1)
+}
+
+/// The live sessions of `user` opened for client `client`.
+pub fn sessions_of_user_client(
+    conn: &mut DbConnection,
+    user: &str,
+    client: &str,
+) -> Result<Vec<String>, AuthError> {
+    use crate::auth::schema::sessions;
+    Ok(sessions::table
+        .filter(sessions::user_id.eq(user))
+        .filter(sessions::client_id.eq(client))
+        .filter(sessions::revoked_at.is_null())
+        .select(sessions::id)
+        .load(conn)?)
 }

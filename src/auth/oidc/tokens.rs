@@ -10,6 +10,7 @@ use super::clients::Client;
 use super::error::OAuthError;
 use super::service::Provider;
 use crate::auth::error::AuthError;
+use crate::auth::events::{self, oidc_event};
 use crate::auth::sessions::{end_session, hash};
 use crate::auth::store::{self, SessionRow};
 
@@ -32,7 +33,11 @@ impl Provider {
     /// `POST /oauth2/introspect`: whether `token` is active, and if so
     /// whose it is, for an authenticated confidential client (a resource
     /// server). `{"active": false}` for anything else.
-    pub async fn introspect(&self, client: &Client, query: TokenQuery) -> Result<Value, OAuthError> {
+    pub async fn introspect(
+        &self,
+        client: &Client,
+        query: TokenQuery,
+    ) -> Result<Value, OAuthError> {
         if client.is_public() {
             return Err(OAuthError::UnauthorizedClient(
                 "a public client may not introspect tokens".into(),
@@ -89,10 +94,22 @@ impl Provider {
         }
         let now = self.auth.clock.now();
         let by = self.auth.tokens_expire_by(now);
+        let event = oidc_event(&events::OIDC_TOKEN_REVOKED, &client.id, |e| {
+            e.user_id = session.user_id.clone();
+            e.session_id = session.id.clone();
+        });
         let ended = self
             .auth
             .db
-            .run(move |c| c.transaction(|c| end_session(c, &session.id, "revoked", now, by)))
+            .run(move |c| {
+                c.transaction(|c| {
+                    let ended = end_session(c, &session.id, "revoked", now, by)?;
+                    if ended {
+                        crate::kernel::outbox::enqueue(c, &event, now)?;
+                    }
+                    Ok::<_, AuthError>(ended)
+                })
+            })
             .await?;
         if ended {
             self.auth.relay.wake();
