@@ -15,11 +15,19 @@ use super::openapi;
 use crate::kernel::http::server;
 
 /// The service for one connection: `local` for the paths the gateway serves itself,
-/// `forwarded` for the rest.
+/// `forwarded` for the rest, but `own_cors` (forwarded without the
+/// gateway's CORS layer) for the OpenID Connect provider's paths, whose
+/// CORS follows the origins registered on its clients.
 #[derive(Clone)]
-pub struct Edge<O, P> {
+pub struct Edge<O, P, Q> {
     pub local: O,
     pub forwarded: P,
+    pub own_cors: Q,
+}
+
+/// Whether `path` is the OpenID Connect provider's, which answers CORS itself.
+pub fn answers_own_cors(path: &str) -> bool {
+    path.starts_with("/oauth2/") || path == "/.well-known/openid-configuration"
 }
 
 /// Whether the gateway answers `path` itself.
@@ -27,22 +35,26 @@ pub fn is_local(path: &str) -> bool {
     server::is_kernel_path(path) || openapi::is_local(path)
 }
 
-impl<O, P, B> tower::Service<http::Request<Body>> for Edge<O, P>
+impl<O, P, Q, B, C> tower::Service<http::Request<Body>> for Edge<O, P, Q>
 where
     O: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>,
     P: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    Q: tower::Service<http::Request<Body>, Response = http::Response<C>, Error = Infallible>,
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
+    C: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    C::Error: Into<axum::BoxError>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = EdgeFuture<O::Future, P::Future>;
+    type Future = EdgeFuture<O::Future, P::Future, Q::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both sides are always ready; ask both, as the contract wants.
+        // Every side is always ready; ask each, as the contract wants.
         let local = self.local.poll_ready(cx)?;
         let forwarded = self.forwarded.poll_ready(cx)?;
-        if local.is_ready() && forwarded.is_ready() {
+        let own_cors = self.own_cors.poll_ready(cx)?;
+        if local.is_ready() && forwarded.is_ready() && own_cors.is_ready() {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
@@ -50,9 +62,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if is_local(req.uri().path()) {
+        let path = req.uri().path();
+        if is_local(path) {
             EdgeFuture::Local {
                 future: self.local.call(req),
+            }
+        } else if answers_own_cors(path) {
+            EdgeFuture::OwnCors {
+                future: self.own_cors.call(req),
             }
         } else {
             EdgeFuture::Forwarded {
@@ -65,18 +82,22 @@ where
 pin_project_lite::pin_project! {
     /// The response of an [`Edge`].
     #[project = EdgeProjection]
-    pub enum EdgeFuture<O, P> {
+    pub enum EdgeFuture<O, P, Q> {
         Local { #[pin] future: O },
         Forwarded { #[pin] future: P },
+        OwnCors { #[pin] future: Q },
     }
 }
 
-impl<O, P, B> Future for EdgeFuture<O, P>
+impl<O, P, Q, B, C> Future for EdgeFuture<O, P, Q>
 where
     O: Future<Output = Result<Response, Infallible>>,
     P: Future<Output = Result<http::Response<B>, Infallible>>,
+    Q: Future<Output = Result<http::Response<C>, Infallible>>,
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
+    C: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    C::Error: Into<axum::BoxError>,
 {
     type Output = Result<Response, Infallible>;
 
@@ -84,6 +105,9 @@ where
         match self.project() {
             EdgeProjection::Local { future } => future.poll(cx),
             EdgeProjection::Forwarded { future } => future
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(Body::new))),
+            EdgeProjection::OwnCors { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(Body::new))),
         }

@@ -210,11 +210,15 @@ pub async fn start(ctx: &ServiceContext, config: GatewayConfig) -> anyhow::Resul
             let peer = headers::Peer::new(addr, secure);
             // The observe layer is the connection's own too, for the same reason.
             let observe = ObserveLayer::new(tracked.clone());
+            let forward = {
+                let gateway = gateway.clone();
+                let peer = peer.clone();
+                tower::service_fn(move |req| proxy::forward(&gateway, &peer, req))
+            };
             edge::Edge {
                 local: crate::kernel::http::connection::with_peer(router.clone(), addr),
-                forwarded: observe.layer(cors_layers.service(tower::service_fn(move |req| {
-                    proxy::forward(&gateway, &peer, req)
-                }))),
+                forwarded: observe.layer(cors_layers.service(forward.clone())),
+                own_cors: observe.layer(forward),
             }
         }
     })

@@ -1153,6 +1153,111 @@ async fn admins_manage_clients_users_revoke_consents_and_the_audit_log_has_it_al
     );
 }
 
+#[tokio::test]
+async fn browser_apps_of_registered_origins_may_call_the_provider_and_no_others() {
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.listen = addr;
+            g.cors.allowed_origins = vec!["https://console.example.com".into()];
+        })
+        .server(|s| s.public_url = public_url)
+        .start()
+        .await;
+    let spa = "https://spa.example.com";
+    client(
+        &app,
+        ClientSpec {
+            public: true,
+            web_origins: vec![spa.into()],
+            ..spec("SPA")
+        },
+    )
+    .await;
+    let preflight = |path: &'static str, origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{issuer}{path}"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    for path in ["/oauth2/token", "/oauth2/userinfo", "/oauth2/revoke"] {
+        let r = preflight(path, spa).await.unwrap();
+        assert_eq!(allowed(&r).as_deref(), Some(spa), "{path}");
+        let r = preflight(path, "https://evil.example.com").await.unwrap();
+        assert_eq!(allowed(&r), None, "{path}");
+        // The gateway's own list is for the platform's API, not the provider.
+        let r = preflight(path, "https://console.example.com")
+            .await
+            .unwrap();
+        assert_eq!(allowed(&r), None, "{path}");
+    }
+    let get = |path: &'static str, origin: &'static str| {
+        app.http
+            .get(format!("{issuer}{path}"))
+            .header("origin", origin)
+            .send()
+    };
+    for path in ["/.well-known/openid-configuration", "/oauth2/jwks"] {
+        let r = get(path, spa).await.unwrap();
+        assert_eq!(
+            (r.status(), allowed(&r).as_deref()),
+            (StatusCode::OK, Some(spa)),
+            "{path}"
+        );
+        assert_eq!(
+            allowed(&get(path, "https://evil.example.com").await.unwrap()),
+            None
+        );
+    }
+    // The platform's API keeps the gateway's list.
+    let r = get("/v1/auth/keys", "https://console.example.com")
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).as_deref(), Some("https://console.example.com"));
+    assert_eq!(allowed(&get("/v1/auth/keys", spa).await.unwrap()), None);
+}
+
+#[tokio::test]
+async fn the_token_endpoint_is_rate_limited_per_client_address() {
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let app = TestApp::builder()
+        .gateway(|g| {
+            g.listen = addr;
+            g.rate_limit.per_ip_per_sec = 1;
+            g.rate_limit.per_ip_burst = 5;
+        })
+        .server(|s| s.public_url = public_url)
+        .start()
+        .await;
+    let (id, _) = client(&app, spec("App")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, _) = form_post(
+            &app,
+            format!("{issuer}/oauth2/token"),
+            &id,
+            "guessed-secret",
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+        statuses.push(status.as_u16());
+    }
+    // Guessing secrets spends the address's allowance like any request.
+    assert_eq!(&statuses[..5], [401; 5]);
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+}
+
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
 }

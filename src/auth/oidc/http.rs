@@ -5,10 +5,11 @@
 
 use axum::Router;
 use axum::extract::{Form, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, options, post};
 use serde_json::{Value, json};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::authorize::AuthorizeParams;
 use super::clients::{Grant, SCOPES};
@@ -25,19 +26,57 @@ use super::tokens::TokenQuery;
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 pub fn routes(provider: Provider) -> Router {
+    // What scripts of the clients' registered web origins may call.
+    // A preflight is answered by the CORS layer; one from an origin it
+    // does not allow reaches this, and gets no CORS headers.
+    let preflight = || options(|| async { StatusCode::NO_CONTENT });
+    let scripted = Router::new()
+        .route(DISCOVERY_PATH, get(discovery).merge(preflight()))
+        .route("/oauth2/jwks", get(jwks).merge(preflight()))
+        .route("/oauth2/token", post(token).merge(preflight()))
+        .route(
+            "/oauth2/userinfo",
+            get(userinfo).post(userinfo).merge(preflight()),
+        )
+        .route("/oauth2/revoke", post(revoke).merge(preflight()))
+        .layer(cors(provider.clone()));
     Router::new()
-        .route(DISCOVERY_PATH, get(discovery))
-        .route("/oauth2/jwks", get(jwks))
         .route("/oauth2/authorize", get(authorize_get).post(authorize_post))
         .route("/oauth2/signin", post(sign_in))
         .route("/oauth2/consent", post(consent))
-        .route("/oauth2/token", post(token))
-        .route("/oauth2/userinfo", get(userinfo).post(userinfo))
         .route("/oauth2/logout", get(logout_page).post(logout))
         .route("/oauth2/introspect", post(introspect))
-        .route("/oauth2/revoke", post(revoke))
         .route("/oauth2/style.css", get(style))
+        .merge(scripted)
         .with_state(provider)
+}
+
+/// CORS for the origins registered on clients: a browser app's scripts
+/// discover the provider, exchange codes, refresh, read userinfo and
+/// revoke. No cookies are involved, so none are allowed.
+fn cors(provider: Provider) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::async_predicate(
+            move |origin: HeaderValue, _: &http::request::Parts| {
+                let provider = provider.clone();
+                async move {
+                    let Ok(origin) = origin.to_str() else {
+                        return false;
+                    };
+                    provider
+                        .clients()
+                        .allows_origin(origin)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the clients' origins");
+                            false
+                        })
+                }
+            },
+        ))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The discovery document (OpenID Connect Discovery 1.0 §3).

@@ -1,7 +1,9 @@
 //! The provider's registered clients: made, read, changed, given a new
 //! secret and deleted, by the admin API and the CLI.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -14,6 +16,7 @@ use crate::auth::events::{self, oidc_event};
 use crate::auth::sessions::end_session;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
+use crate::kernel::locks;
 use crate::kernel::outbox::{self, Relay};
 
 /// The clients, on auth's database.
@@ -22,7 +25,15 @@ pub struct ClientRegistry {
     db: Db,
     clock: Arc<dyn Clock>,
     relay: Option<Relay>,
+    /// The origins registered on clients, as read last, and when.
+    origins: Arc<Mutex<Option<Origins>>>,
 }
+
+/// The origins registered on clients, and when they were read.
+type Origins = (Instant, Arc<HashSet<String>>);
+
+/// How long the registered origins are kept before they are read again.
+const ORIGINS_KEPT: Duration = Duration::from_secs(5);
 
 /// A client just made or given a new secret: the secret is shown this once.
 #[derive(Debug)]
@@ -38,7 +49,32 @@ impl ClientRegistry {
     /// `relay`: the outbox relay to wake for the clients' events (none
     /// from the command line, whose events a running auth relays).
     pub fn new(db: Db, clock: Arc<dyn Clock>, relay: Option<Relay>) -> Self {
-        Self { db, clock, relay }
+        Self {
+            db,
+            clock,
+            relay,
+            origins: Arc::default(),
+        }
+    }
+
+    /// Whether `origin` is registered on a client (read again when the
+    /// last reading is older than a few seconds, and after any change
+    /// here).
+    pub async fn allows_origin(&self, origin: &str) -> Result<bool, AuthError> {
+        let kept = locks::lock(&self.origins)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < ORIGINS_KEPT)
+            .map(|(_, set)| set.clone());
+        let set = match kept {
+            Some(set) => set,
+            None => {
+                let set: Arc<HashSet<String>> =
+                    Arc::new(self.db.run(store::web_origins).await?.into_iter().collect());
+                *locks::lock(&self.origins) = Some((Instant::now(), set.clone()));
+                set
+            }
+        };
+        Ok(set.contains(origin))
     }
 
     /// Registers a client; a confidential one gets a secret, shown once.
@@ -173,6 +209,7 @@ impl ClientRegistry {
     }
 
     fn wake(&self) {
+        *locks::lock(&self.origins) = None;
         if let Some(relay) = &self.relay {
             relay.wake();
         }

@@ -417,3 +417,15 @@ pub fn sessions_of_user_client(
         .select(sessions::id)
         .load(conn)?)
 }
+
+/// Every origin registered on a client.
+pub fn web_origins(conn: &mut DbConnection) -> Result<Vec<String>, AuthError> {
+    let lists: Vec<String> = oidc_clients::table
+        .select(oidc_clients::web_origins)
+        .load(conn)?;
+    let mut all = Vec::new();
+    for json in lists {
+        all.extend(list(&json)?);
+    }
+    Ok(all)
+}
