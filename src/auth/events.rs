@@ -101,6 +101,12 @@ impl Auth {
                             by,
                         )?;
                         store::raise_watermark(c, &payload.user_id, occurred.naive_utc())?;
+                        // The hosted pages ask for the password again.
+                        super::oidc::store::end_browser_sessions_of(
+                            c,
+                            &payload.user_id,
+                            now.naive_utc(),
+                        )?;
                         Ok(ended)
                     })
                 })

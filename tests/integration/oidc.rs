@@ -1258,6 +1258,57 @@ async fn the_token_endpoint_is_rate_limited_per_client_address() {
     assert!(statuses[5..].contains(&429), "{statuses:?}");
 }
 
+#[tokio::test]
+async fn a_new_password_signs_the_browser_out_of_the_hosted_pages() {
+    let (app, issuer) = provider().await;
+    let token = app.signed_in("ann@example.com").await;
+    let (id, _) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("App")
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    code_for(&issuer, &mut browser, &id, "openid").await;
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let again = format!(
+        "{issuer}/oauth2/authorize?client_id={id}&redirect_uri={}&response_type=code&scope=openid&code_challenge={}&code_challenge_method=S256",
+        urlencode(REDIRECT),
+        challenge.as_str()
+    );
+    assert!(
+        browser
+            .get(&again)
+            .await
+            .redirect_query()
+            .contains_key("code"),
+        "signed in"
+    );
+
+    let r = app
+        .through(reqwest::Method::POST, "/v1/users/me/password", &token)
+        .json(&serde_json::json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Auth learns of it from identity's event; then the pages ask again.
+    for _ in 0..200 {
+        if browser
+            .get(&again)
+            .await
+            .body
+            .contains("<label for=\"password\">")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the browser session outlived the password it signed in with");
+}
+
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
 }

@@ -33,7 +33,7 @@ pub mod logout;
 pub mod pages;
 pub mod registry;
 pub mod service;
-mod store;
+pub(in crate::auth) mod store;
 pub mod tokens;
 
 pub use service::Provider;

@@ -429,3 +429,19 @@ pub fn web_origins(conn: &mut DbConnection) -> Result<Vec<String>, AuthError> {
     }
     Ok(all)
 }
+
+/// Ends every live browser session of `user`: their sign-ins no longer
+/// stand (a new password, a reset, a disabled or deleted account).
+pub fn end_browser_sessions_of(
+    conn: &mut DbConnection,
+    user: &str,
+    now: NaiveDateTime,
+) -> Result<usize, AuthError> {
+    Ok(diesel::update(
+        browser_sessions::table
+            .filter(browser_sessions::user_id.eq(user))
+            .filter(browser_sessions::ended_at.is_null()),
+    )
+    .set(browser_sessions::ended_at.eq(Some(now)))
+    .execute(conn)?)
+}
