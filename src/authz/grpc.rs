@@ -134,6 +134,21 @@ impl pb::authz_server::Authz for Grpc {
         }))
     }
 
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        let req = request.into_inner();
+        let (roles, revision) = self
+            .authz
+            .roles(user(&req.user_id)?, req.at_least_revision)
+            .await?;
+        Ok(Response::new(pb::ListRolesResponse {
+            roles: roles.into_iter().collect(),
+            revision,
+        }))
+    }
+
     async fn list_subjects(
         &self,
         request: Request<pb::ListSubjectsRequest>,

@@ -242,6 +242,16 @@ impl Authz {
         Ok((held, policy.revision))
     }
 
+    /// The roles bound to `user` everywhere, by name.
+    pub async fn roles(
+        &self,
+        user: Uuid,
+        at_least: u64,
+    ) -> Result<(BTreeSet<String>, u64), AuthzError> {
+        let policy = self.policy(at_least).await?;
+        Ok((policy.roles(user, self.clock.now()), policy.revision))
+    }
+
     /// The users who may do `permission` at `resource` (or at its type).
     pub async fn subjects(
         &self,

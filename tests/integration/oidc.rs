@@ -1309,6 +1309,80 @@ async fn a_new_password_signs_the_browser_out_of_the_hosted_pages() {
     panic!("the browser session outlived the password it signed in with");
 }
 
+#[tokio::test]
+async fn the_roles_scope_brings_the_users_roles_from_authz() {
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let app = TestApp::builder()
+        .gateway(|g| g.listen = addr)
+        .server(|s| s.public_url = public_url)
+        .with_authz()
+        .start()
+        .await;
+    app.admin("ann@example.com").await;
+    let (id, secret) = client(
+        &app,
+        ClientSpec {
+            first_party: true,
+            ..spec("App")
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid roles profile").await;
+    let (status, tokens) = token(
+        &app,
+        &issuer,
+        &id,
+        secret.as_deref().unwrap(),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    use base64::Engine as _;
+    let payload = tokens["id_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        claims["roles"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("admin")),
+        "{claims}"
+    );
+    assert_eq!(claims["name"], "Test User");
+    let info: Value = app
+        .http
+        .get(format!("{issuer}/oauth2/userinfo"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["roles"], claims["roles"]);
+    assert!(
+        info.get("email").is_none(),
+        "no email scope, no email: {info}"
+    );
+}
+
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
 }

@@ -438,23 +438,27 @@ impl Provider {
     }
 
     /// The claims `scope` lets a client have of `user`, beside `sub`:
-    /// `email` and `email_verified`, and `name` (with `profile`).
+    /// `email` and `email_verified` (with `email`), `name` (with
+    /// `profile`), and `roles` (with `roles`: the roles bound to the user
+    /// everywhere, from authz).
     pub(super) async fn profile_claims(
         &self,
         user: UserId,
         scope: &BTreeSet<&str>,
         claims: &mut Map<String, Value>,
     ) -> Result<(), AuthError> {
-        if !scope.contains("email") && !scope.contains("profile") {
-            return Ok(());
+        if scope.contains("email") || scope.contains("profile") {
+            let account = self.user(user).await?;
+            if scope.contains("email") {
+                claims.insert("email".into(), json!(account.email));
+                claims.insert("email_verified".into(), json!(account.email_verified));
+            }
+            if scope.contains("profile") {
+                claims.insert("name".into(), json!(account.display_name));
+            }
         }
-        let account = self.user(user).await?;
-        if scope.contains("email") {
-            claims.insert("email".into(), json!(account.email));
-            claims.insert("email_verified".into(), json!(account.email_verified));
-        }
-        if scope.contains("profile") {
-            claims.insert("name".into(), json!(account.display_name));
+        if scope.contains("roles") {
+            claims.insert("roles".into(), json!(self.roles(user).await?));
         }
         Ok(())
     }

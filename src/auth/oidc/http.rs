@@ -104,7 +104,7 @@ pub fn discovery_document(issuer: &str) -> Value {
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "claims_supported": [
             "iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "at_hash", "sid",
-            "amr", "email", "email_verified", "name"
+            "amr", "email", "email_verified", "name", "roles"
         ],
         "claims_parameter_supported": false,
         "request_parameter_supported": false,

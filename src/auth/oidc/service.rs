@@ -13,6 +13,8 @@ use super::registry::ClientRegistry;
 use crate::auth::error::AuthError;
 use crate::auth::service::{Auth, identity_error};
 use crate::middleware::ids::UserId;
+use crate::proto::authz::v1::ListRolesRequest;
+use crate::proto::authz::v1::authz_client::AuthzClient;
 use crate::proto::identity::v1::identity_client::IdentityClient;
 use crate::proto::identity::v1::{GetUserRequest, User};
 
@@ -117,6 +119,24 @@ impl Provider {
                 }
             }
         })
+    }
+
+    /// The roles bound to `user` everywhere, as authz has them now.
+    pub(super) async fn roles(&self, user: UserId) -> Result<Vec<String>, AuthError> {
+        let channel = self
+            .auth
+            .clients
+            .channel("authz")
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let answer = AuthzClient::new(channel)
+            .list_roles(ListRolesRequest {
+                user_id: user.to_string(),
+                at_least_revision: 0,
+            })
+            .await
+            .map_err(|s| AuthError::Unavailable(format!("authz: {}", s.message())))?;
+        Ok(answer.into_inner().roles)
     }
 
     /// The account `id`, as identity has it now.

@@ -264,6 +264,24 @@ impl Policy {
         held
     }
 
+    /// The roles bound to `user` everywhere at `now`, itself or through
+    /// its groups, by name.
+    pub fn roles(&self, user: Uuid, now: DateTime<Utc>) -> BTreeSet<String> {
+        let mut roles = BTreeSet::new();
+        for (subject, _) in &self.reach(user).found {
+            for index in self.bindings_of.get(subject).into_iter().flatten() {
+                let binding = &self.bindings[*index];
+                if binding.scope == Scope::Everywhere
+                    && !binding.expires_at.is_some_and(|end| end <= now)
+                    && self.roles.contains_key(&binding.role)
+                {
+                    roles.insert(binding.role.clone());
+                }
+            }
+        }
+        roles
+    }
+
     /// The users who may do `asked` on `resource` at `now`: those bound
     /// themselves and the members of bound groups, however deep.
     pub fn subjects(
