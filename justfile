@@ -11,6 +11,14 @@ run *ARGS:
 test:
     scripts/tests-ran.sh cargo test
 
+# The OpenID Connect provider end to end with real client libraries: a
+# requests-oauth2client relying party and headless Chromium through
+# chromedriver, against the debug `gatehouse` that build-all made
+# (scripts/oidc-e2e.sh installs Chromium and the Python side when missing).
+test-oidc:
+    scripts/oidc-e2e.sh install
+    scripts/oidc-e2e.sh run
+
 # The integration suite against the local PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
 test-postgres:
     scripts/tests-ran.sh cargo test --features it-postgres --test integration
@@ -71,7 +79,7 @@ bench-smoke:
     BENCH_PROFILE=bench-smoke timeout 900 scripts/bench.sh 1 all
 
 # Everything CI checks (the PostgreSQL suite runs within test-servers).
-ci: fmt-check clippy build-all check-deploy test test-servers fuzz-api bench-smoke
+ci: fmt-check clippy build-all check-deploy test test-oidc test-servers fuzz-api bench-smoke
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), flood (memory and
