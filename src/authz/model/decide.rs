@@ -272,7 +272,7 @@ impl Policy {
             for index in self.bindings_of.get(subject).into_iter().flatten() {
                 let binding = &self.bindings[*index];
                 if binding.scope == Scope::Everywhere
-                    && !binding.expires_at.is_some_and(|end| end <= now)
+                    && binding.expires_at.is_none_or(|end| end > now)
                     && self.roles.contains_key(&binding.role)
                 {
                     roles.insert(binding.role.clone());
