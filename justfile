@@ -84,8 +84,8 @@ ci: fmt-check clippy build-all check-deploy test test-oidc test-servers fuzz-api
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), flood (memory and
 # answers under floods of sign-ins and sign-ups), authz (checks over gRPC),
-# core (platform scenarios), edge (gateway next to nginx), tls (the same
-# over TLS), all.
+# core (platform scenarios), oidc (the OpenID Connect provider through the
+# gateway), edge (gateway next to nginx), tls (the same over TLS), all.
 bench seconds="15" what="all":
     cargo build --release --features bench --bins
     scripts/bench.sh {{seconds}} {{what}}

@@ -23,7 +23,8 @@
 //! `flood.rs`). With
 //! `--authz`, it measures authz's checks over gRPC on a policy it makes
 //! itself (see `authz.rs`). With `--audit`, audit's ingest and lag on the
-//! local PostgreSQL (see `audit.rs`).
+//! local PostgreSQL (see `audit.rs`). With `--oidc`, the OpenID Connect
+//! provider through the platform's gateway (see `oidc.rs`).
 #![allow(
     clippy::disallowed_methods,
     reason = "the load tool stamps what it sends with the wall clock"
@@ -39,6 +40,8 @@ mod edge;
 mod flood;
 #[path = "bench/footprint.rs"]
 mod footprint;
+#[path = "bench/oidc.rs"]
+mod oidc;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -110,6 +113,10 @@ struct Cli {
     /// Run the audit benchmark (self-contained, on the local PostgreSQL).
     #[arg(long)]
     audit: bool,
+    /// Run the OpenID Connect benchmark against the running platform's
+    /// gateway (`server.public_url`).
+    #[arg(long)]
+    oidc: bool,
     /// wrk threads for the edge benchmark.
     #[arg(long, default_value_t = 1)]
     wrk_threads: usize,
@@ -170,10 +177,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.audit {
         return audit::run(cli.seconds).await;
     }
-    let params = gatehouse::identity::password::params(&config.identity.scrypt)?;
     let concurrency = cli
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if cli.oidc {
+        return oidc::run(
+            &config,
+            &cli.identity_url,
+            concurrency,
+            cli.connections,
+            cli.seconds,
+        )
+        .await;
+    }
+    let params = gatehouse::identity::password::params(&config.identity.scrypt)?;
     let span = Duration::from_secs(cli.seconds);
     let setup = format!(
         "scrypt log_n={} r={} p={}, concurrency {concurrency}, {}s each",

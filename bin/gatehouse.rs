@@ -266,7 +266,7 @@ fn oidc_client(config: Option<PathBuf>, command: ClientCommand) -> ExitCode {
     let result = run_command(async {
         let config = gatehouse::config::Config::load(config.as_deref())?;
         let ctx = gatehouse::platform::context(&config)?;
-        gatehouse::auth::register_client(&ctx, spec).await
+        gatehouse::auth::register_client(&ctx, &config.auth, spec).await
     });
     match result {
         Ok(issued) if json => {

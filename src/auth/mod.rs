@@ -88,11 +88,13 @@ pub async fn rotate_keys(ctx: &ServiceContext, config: &AuthConfig) -> anyhow::R
 /// the configured database.
 pub async fn register_client(
     ctx: &ServiceContext,
+    config: &AuthConfig,
     spec: oidc::clients::ClientSpec,
 ) -> anyhow::Result<oidc::registry::Issued> {
-    let db = open_db(&ctx.database, &ctx.data_dir).await?;
+    let (db, _, ring) = key_ring(ctx, config).await?;
+    ensure_keys(&ring).await?;
     Ok(
-        oidc::registry::ClientRegistry::new(db, ctx.clock.clone(), None)
+        oidc::registry::ClientRegistry::new(db, ctx.clock.clone(), None, ring)
             .create_client(spec)
             .await?,
     )

@@ -36,7 +36,8 @@ async fn provider() -> (TestApp, String) {
 
 /// Registers a client; answers its id and secret.
 async fn client(app: &TestApp, spec: ClientSpec) -> (String, Option<String>) {
-    let issued = gatehouse::auth::register_client(&app.ctx, spec)
+    let auth = gatehouse::auth::AuthConfig::default();
+    let issued = gatehouse::auth::register_client(&app.ctx, &auth, spec)
         .await
         .unwrap();
     (issued.client.id, issued.secret)
@@ -1381,6 +1382,85 @@ async fn the_roles_scope_brings_the_users_roles_from_authz() {
         info.get("email").is_none(),
         "no email scope, no email: {info}"
     );
+}
+
+#[tokio::test]
+async fn a_clients_id_token_key_is_published_when_it_is_registered() {
+    use base64::Engine as _;
+    let (app, issuer) = provider().await;
+    support::register(&app.http, &app.gateway_base, "ann@example.com").await;
+    let mut kids = BTreeMap::new();
+    for alg in ["ES256", "EdDSA"] {
+        let (id, secret) = client(
+            &app,
+            ClientSpec {
+                first_party: true,
+                id_token_signed_response_alg: Some(alg.into()),
+                ..spec(alg)
+            },
+        )
+        .await;
+        kids.insert(alg, (id, secret.unwrap()));
+    }
+    // What a relying party fetches before anyone signs in.
+    let jwks: Value = app
+        .http
+        .get(format!("{issuer}/oauth2/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let published: BTreeMap<String, String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_owned(),
+                k["alg"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut browser = Browser::new();
+    for (alg, (id, secret)) in kids {
+        let (code, verifier) = code_for(&issuer, &mut browser, &id, "openid").await;
+        let (status, tokens) = token(
+            &app,
+            &issuer,
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(
+                    tokens["id_token"]
+                        .as_str()
+                        .unwrap()
+                        .split('.')
+                        .next()
+                        .unwrap(),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], alg);
+        let kid = header["kid"].as_str().unwrap();
+        assert_eq!(
+            published.get(kid).map(String::as_str),
+            Some(alg),
+            "{kid} was not in {published:?}"
+        );
+    }
 }
 
 fn urlencode(s: &str) -> String {

@@ -5,7 +5,6 @@ loopback default."""
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from requests_oauth2client import InvalidIdToken
 from selenium.webdriver.common.by import By
 
 from browser import click, heading, sign_in, text
@@ -78,12 +77,6 @@ def test_denying_consent_sends_access_denied_back(browser, tls, make_app):
     assert "code" not in query
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidIdToken,
-    reason="the provider makes an algorithm's first key when it first signs with it, so the "
-    "JWKS the relying party fetched before (cacheable for max-age=300) lacks the key",
-)
 @pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
 def test_the_first_id_token_of_another_algorithm_validates(browser, tls, make_app, alg):
     """The relying party fetched the JWKS when it discovered the provider,

@@ -13,6 +13,7 @@ use super::clients::{Client, ClientSpec, SpecError, new_client_id, new_secret};
 use super::store;
 use crate::auth::error::AuthError;
 use crate::auth::events::{self, oidc_event};
+use crate::auth::keys::KeyRing;
 use crate::auth::sessions::end_session;
 use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
@@ -25,6 +26,7 @@ pub struct ClientRegistry {
     db: Db,
     clock: Arc<dyn Clock>,
     relay: Option<Relay>,
+    keys: KeyRing,
     /// The origins registered on clients, as read last, and when.
     origins: Arc<Mutex<Option<Origins>>>,
 }
@@ -48,11 +50,12 @@ const LIST_LIMIT: i64 = 1000;
 impl ClientRegistry {
     /// `relay`: the outbox relay to wake for the clients' events (none
     /// from the command line, whose events a running auth relays).
-    pub fn new(db: Db, clock: Arc<dyn Clock>, relay: Option<Relay>) -> Self {
+    pub fn new(db: Db, clock: Arc<dyn Clock>, relay: Option<Relay>, keys: KeyRing) -> Self {
         Self {
             db,
             clock,
             relay,
+            keys,
             origins: Arc::default(),
         }
     }
@@ -80,6 +83,9 @@ impl ClientRegistry {
     /// Registers a client; a confidential one gets a secret, shown once.
     pub async fn create_client(&self, spec: ClientSpec) -> Result<Issued, AuthError> {
         let settled = spec.settle().map_err(invalid)?;
+        // The client's ID-token key is published before it can sign in
+        // anyone, so that relying parties find it in the JWKS they fetch.
+        self.keys.ensure_id_token_key(settled.id_token_alg).await?;
         let (secret, hash) = if settled.public {
             (None, None)
         } else {
@@ -122,6 +128,7 @@ impl ClientRegistry {
     /// secret; one made confidential gets a new one, shown once.
     pub async fn update_client(&self, id: &str, spec: ClientSpec) -> Result<Issued, AuthError> {
         let settled = spec.settle().map_err(invalid)?;
+        self.keys.ensure_id_token_key(settled.id_token_alg).await?;
         let id = id.to_owned();
         let now = self.clock.now();
         let event = oidc_event(&events::OIDC_CLIENT_UPDATED, &id, |_| {});

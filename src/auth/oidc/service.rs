@@ -35,6 +35,7 @@ impl Provider {
                 auth.db.clone(),
                 auth.clock.clone(),
                 Some(auth.relay.clone()),
+                auth.keys().clone(),
             ),
             auth,
             issuer: issuer.into(),
