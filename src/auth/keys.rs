@@ -30,7 +30,7 @@ use crate::proto::events::v1::KeyEvent;
 
 /// How long the signer is reused before the key table is read again (picks
 /// up rotations made by other instances or the CLI).
-const SIGNER_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const SIGNER_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 /// How much longer than its last token's lifetime a retired key stays
 /// published: instances may sign with it for one more `SIGNER_RELOAD`, and
 /// their clocks may differ by up to a minute.

@@ -1402,16 +1402,21 @@ async fn a_clients_id_token_key_is_published_when_it_is_registered() {
         .await;
         kids.insert(alg, (id, secret.unwrap()));
     }
-    // What a relying party fetches before anyone signs in.
-    let jwks: Value = app
+    // What a relying party fetches before anyone signs in, and keeps no
+    // longer than verifiers keep keys.
+    let r = app
         .http
         .get(format!("{issuer}/oauth2/jwks"))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let cache = r.headers()["cache-control"].to_str().unwrap().to_owned();
+    let max_age: u64 = cache.split("max-age=").nth(1).unwrap().parse().unwrap();
+    assert!(
+        max_age <= gatehouse::auth::AuthConfig::default().key_cache_ttl_secs,
+        "{cache}"
+    );
+    let jwks: Value = r.json().await.unwrap();
     let published: BTreeMap<String, String> = jwks["keys"]
         .as_array()
         .unwrap()

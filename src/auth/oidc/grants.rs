@@ -425,10 +425,6 @@ impl Provider {
             json!(half_hash(client.id_token_alg, access_token)),
         );
         self.profile_claims(user, &scope, &mut claims).await?;
-        self.auth
-            .keys()
-            .ensure_id_token_key(client.id_token_alg)
-            .await?;
         let signer = self
             .auth
             .keys()

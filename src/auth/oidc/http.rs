@@ -3,6 +3,8 @@
 //! the token and userinfo endpoints. Thin handlers: decode, call the
 //! provider, encode.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -96,7 +98,9 @@ pub fn discovery_document(issuer: &str) -> Value {
         "scopes_supported": SCOPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": Grant::ALL.map(Grant::name),
+        // Client credentials are offered once clients can be the subjects
+        // of the platform's tokens.
+        "grant_types_supported": [Grant::AuthorizationCode.name(), Grant::RefreshToken.name()],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": Alg::ALL.map(Alg::name),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -116,21 +120,45 @@ pub fn discovery_document(issuer: &str) -> Value {
 async fn discovery(State(provider): State<Provider>) -> Response {
     let ttl = provider.auth.key_cache_ttl_secs();
     (
-        [(header::CACHE_CONTROL, format!("public, max-age={ttl}"))],
-        axum::Json(discovery_document(provider.issuer())),
+        [
+            (header::CACHE_CONTROL, format!("public, max-age={ttl}")),
+            (header::CONTENT_TYPE, "application/json".into()),
+        ],
+        provider.discovery.to_string(),
     )
         .into_response()
 }
+
+/// How long the JWKS is answered as read, before the keys are read again.
+const JWKS_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The ID-token keys. The RS256 key, which every relying party can use,
 /// is made before the first answer, so that it is published before it
 /// signs; the cache lifetime is the verifiers' key-cache TTL, within
 /// which every new key is published before it signs.
 async fn jwks(State(provider): State<Provider>) -> Result<Response, OAuthError> {
-    let keys = provider.auth.keys();
-    keys.ensure_id_token_key(Alg::Rs256).await?;
-    let jwks = keys.jwks().await?;
-    let ttl = provider.auth.key_cache_ttl_secs();
+    let kept = crate::kernel::locks::lock(&provider.jwks)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < JWKS_KEPT)
+        .map(|(_, jwks)| jwks.clone());
+    let jwks = match kept {
+        Some(jwks) => jwks,
+        None => {
+            let keys = provider.auth.keys();
+            keys.ensure_id_token_key(Alg::Rs256).await?;
+            let read: Arc<str> = keys.jwks().await?.to_string().into();
+            *crate::kernel::locks::lock(&provider.jwks) =
+                Some((std::time::Instant::now(), read.clone()));
+            read
+        }
+    };
+    // A key published while the answer was kept is in the next one: the
+    // cache lifetime leaves that second out, so that no verifier meets a
+    // key before it has had the whole key-cache lifetime to fetch it.
+    let ttl = provider
+        .auth
+        .key_cache_ttl_secs()
+        .saturating_sub(JWKS_KEPT.as_secs());
     Ok((
         [
             (header::CACHE_CONTROL, format!("public, max-age={ttl}")),

@@ -13,12 +13,19 @@ use serde_json::{Value, json};
 
 use super::jws::{Alg, SigningKey, generate};
 use crate::auth::error::AuthError;
-use crate::auth::keys::{KeyRing, RETIRE_MARGIN};
+use crate::auth::keys::{KeyRing, RETIRE_MARGIN, SIGNER_RELOAD};
 use crate::auth::schema::id_token_keys;
 use crate::kernel::locks;
 
-/// The ID-token keys opened last, by key id.
-pub type Signers = Arc<RwLock<HashMap<String, Arc<SigningKey>>>>;
+/// The ID-token keys opened, by key id, and the one each algorithm signs
+/// with now, with when that was read.
+pub type Signers = Arc<RwLock<Opened>>;
+
+#[derive(Default)]
+pub struct Opened {
+    by_kid: HashMap<String, Arc<SigningKey>>,
+    current: HashMap<Alg, (String, DateTime<Utc>)>,
+}
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = id_token_keys)]
@@ -132,34 +139,62 @@ impl KeyRing {
     }
 
     /// The key of `alg` to sign an ID token with now: the newest whose
-    /// `signs_from` has come.
+    /// `signs_from` has come, read again every `SIGNER_RELOAD` (rotations
+    /// publish a key that long and more before it signs). An algorithm
+    /// with no key yet gets its first.
     pub async fn id_token_signer(&self, alg: Alg) -> Result<Arc<SigningKey>, AuthError> {
-        let now = self.clock.now().naive_utc();
-        let row: Option<Row> = self
-            .db
+        let read_at = self.clock.now();
+        {
+            let opened = locks::read(&self.id_token_signers);
+            if let Some((kid, at)) = opened.current.get(&alg)
+                // A clock set back leaves the choice read as fresh.
+                && (read_at - *at).to_std().map_or(true, |age| age < SIGNER_RELOAD)
+                && let Some(key) = opened.by_kid.get(kid)
+            {
+                return Ok(key.clone());
+            }
+        }
+        let row = match self.signing_row(alg, read_at).await? {
+            Some(row) => row,
+            None => {
+                self.ensure_id_token_key(alg).await?;
+                self.signing_row(alg, read_at).await?.ok_or_else(|| {
+                    AuthError::Internal(format!("no {} ID-token key signs yet", alg.name()))
+                })?
+            }
+        };
+        let known = locks::read(&self.id_token_signers)
+            .by_kid
+            .get(&row.kid)
+            .cloned();
+        let key = match known {
+            Some(key) => key,
+            None => Arc::new(SigningKey::from_pkcs8(
+                alg,
+                &self.kek.open(&row.secret_key_enc)?,
+            )?),
+        };
+        let mut opened = locks::write(&self.id_token_signers);
+        opened.by_kid.insert(row.kid.clone(), key.clone());
+        opened.current.insert(alg, (row.kid, read_at));
+        Ok(key)
+    }
+
+    /// The newest key of `alg` whose `signs_from` has come by `at`.
+    async fn signing_row(&self, alg: Alg, at: DateTime<Utc>) -> Result<Option<Row>, AuthError> {
+        let at = at.naive_utc();
+        self.db
             .run(move |c| {
                 id_token_keys::table
                     .filter(id_token_keys::alg.eq(alg.name()))
-                    .filter(id_token_keys::signs_from.le(now))
+                    .filter(id_token_keys::signs_from.le(at))
                     .order(id_token_keys::signs_from.desc())
                     .select(Row::as_select())
                     .first(c)
                     .optional()
                     .map_err(AuthError::from)
             })
-            .await?;
-        let row = row.ok_or_else(|| {
-            AuthError::Internal(format!("no {} ID-token key signs yet", alg.name()))
-        })?;
-        if let Some(key) = locks::read(&self.id_token_signers).get(&row.kid) {
-            return Ok(key.clone());
-        }
-        let key = Arc::new(SigningKey::from_pkcs8(
-            alg,
-            &self.kek.open(&row.secret_key_enc)?,
-        )?);
-        locks::write(&self.id_token_signers).insert(row.kid, key.clone());
-        Ok(key)
+            .await
     }
 
     /// The JWKS: every ID-token key published now, oldest first.

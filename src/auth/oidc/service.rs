@@ -26,6 +26,10 @@ pub struct Provider {
     pub(super) issuer: Arc<str>,
     pub(super) config: Arc<OidcConfig>,
     pub(super) clients: ClientRegistry,
+    /// The discovery document, as sent.
+    pub(super) discovery: Arc<str>,
+    /// The JWKS as sent last, and when it was read.
+    pub(super) jwks: Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>>,
 }
 
 impl Provider {
@@ -38,8 +42,10 @@ impl Provider {
                 auth.keys().clone(),
             ),
             auth,
+            discovery: super::http::discovery_document(&issuer).to_string().into(),
             issuer: issuer.into(),
             config: Arc::new(config),
+            jwks: Arc::default(),
         }
     }
 
