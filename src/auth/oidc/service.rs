@@ -29,8 +29,11 @@ pub struct Provider {
     /// The discovery document, as sent.
     pub(super) discovery: Arc<str>,
     /// The JWKS as sent last, and when it was read.
-    pub(super) jwks: Arc<std::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>>,
+    pub(super) jwks: Arc<std::sync::Mutex<Option<KeptJwks>>>,
 }
+
+/// A JWKS as sent, and when it was read.
+pub(super) type KeptJwks = (std::time::Instant, Arc<str>);
 
 impl Provider {
     pub fn new(auth: Auth, issuer: String, config: OidcConfig) -> Self {
