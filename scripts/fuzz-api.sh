@@ -71,8 +71,12 @@ export FUZZ_DATA_DIR="$data"
 export SCHEMATHESIS_HOOKS=fuzz_hooks
 export PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}"
 status=0
+# ensure_resource_availability is left out: a member naming a group nobody
+# made is 404 about that group, which the check reads as the group just
+# created gone missing (POST /v1/authz/groups, then its members).
 "$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" \
     --checks all \
+    --exclude-checks ensure_resource_availability \
     --phases examples,coverage,fuzzing,stateful \
     --max-examples "${FUZZ_EXAMPLES:-25}" \
     --seed "${FUZZ_SEED:-1}" \

@@ -90,7 +90,12 @@ impl Admin {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClientBody {
-    #[schema(min_length = 1, max_length = 100)]
+    /// Shown on the consent page: printable, not blank.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// Matched exactly, except for the port of a loopback `http` URI.
     #[serde(default)]
@@ -100,6 +105,7 @@ struct ClientBody {
     #[serde(default)]
     web_origins: Vec<String>,
     /// Default: every grant a client of its kind may use.
+    #[schema(min_items = 1)]
     grant_types: Option<Vec<String>>,
     /// Default: every scope the provider knows.
     scopes: Option<Vec<String>>,
@@ -244,7 +250,7 @@ async fn list_clients(
     path = "/v1/oidc/clients/{id}",
     tag = "oidc",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The client id")),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,128}$", description = "The client id")),
     responses(
         (status = 200, description = "The client", body = ClientView),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -268,7 +274,7 @@ async fn read_client(
     path = "/v1/oidc/clients/{id}",
     tag = "oidc",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The client id")),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,128}$", description = "The client id")),
     request_body = ClientBody,
     responses(
         (status = 200, description = "The whole registration replaced; a client made confidential gets a secret, shown this once", body = IssuedView),
@@ -298,7 +304,7 @@ async fn update_client(
     path = "/v1/oidc/clients/{id}/secret",
     tag = "oidc",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The client id")),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,128}$", description = "The client id")),
     responses(
         (status = 200, description = "A new secret, shown this once; the old one no longer works", body = IssuedView),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -323,7 +329,7 @@ async fn rotate_secret(
     path = "/v1/oidc/clients/{id}",
     tag = "oidc",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The client id")),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,128}$", description = "The client id")),
     responses(
         (status = 204, description = "Deleted, with its codes and consents; the sessions opened for it are ended"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -406,7 +412,7 @@ async fn list_consents(
     path = "/v1/oidc/consents/{client_id}",
     tag = "oidc",
     security(("bearer" = [])),
-    params(("client_id" = String, Path, description = "The client the consent was given to")),
+    params(("client_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,128}$", description = "The client the consent was given to")),
     responses(
         (status = 204, description = "Revoked: the client must ask again, and the user's sessions opened for it are ended"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
