@@ -1,32 +1,27 @@
-//! The token endpoint: client authentication (`client_secret_basic`,
-//! `client_secret_post`, or `none` for a public client) and the grants,
-//! authorization code with PKCE and refresh token. What it answers carries
-//! the access token (PASETO v4, as from the JSON API), the refresh token
-//! when one is due, and the ID token.
+//! The token endpoint's grants: authorization code with PKCE and refresh
+//! token. The client is authenticated first (`client_auth.rs`); what it
+//! answers carries the access token, the refresh token when one is due,
+//! and the ID token (`id_token.rs`).
 
 use std::collections::BTreeSet;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use diesel::Connection as _;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::clients::{Client, Grant, secret_hash};
 use super::error::OAuthError;
-use super::jws::half_hash;
+use super::id_token::IdTokenFacts;
 use super::service::Provider;
 use super::store::{self, CodeRow};
 use crate::auth::error::AuthError;
 use crate::auth::events::{self, oidc_event, session_event};
 use crate::auth::service::open_session;
 use crate::auth::sessions::{end_session, new_refresh_token};
-use crate::auth::store::SessionRow;
-use crate::middleware::ids::{SessionId, UserId};
-use crate::middleware::token;
+use crate::middleware::ids::UserId;
 
 /// The token endpoint's form (and the client's credentials, for
 /// `client_secret_post`).
@@ -56,54 +51,6 @@ pub struct TokenResponse {
 }
 
 impl Provider {
-    /// Finds and authenticates the client of a token, introspection or
-    /// revocation request.
-    pub async fn authenticate_client(
-        &self,
-        headers: &HeaderMap,
-        form_id: Option<&str>,
-        form_secret: Option<&str>,
-    ) -> Result<Client, OAuthError> {
-        let basic = basic_credentials(headers)?;
-        let used_basic = basic.is_some();
-        let (id, secret) = match (basic, form_secret) {
-            (Some(_), Some(_)) => {
-                return Err(OAuthError::InvalidRequest(
-                    "the client authenticated in more than one way".into(),
-                ));
-            }
-            (Some((id, secret)), None) => {
-                if form_id.is_some_and(|f| f != id) {
-                    return Err(OAuthError::InvalidRequest(
-                        "client_id differs from the Authorization header's".into(),
-                    ));
-                }
-                (id, Some(secret))
-            }
-            (None, secret) => match form_id {
-                Some(id) => (id.to_owned(), secret.map(str::to_owned)),
-                None => return Err(OAuthError::InvalidClient { basic: false }),
-            },
-        };
-        let refused = OAuthError::InvalidClient { basic: used_basic };
-        if id.is_empty() || id.len() > 128 {
-            return Err(refused);
-        }
-        let Some(client) = self.clients.find(&id).await? else {
-            return Err(refused);
-        };
-        let authenticated = match (&secret, client.is_public()) {
-            (None, true) => true,
-            (Some(secret), false) => client.secret_matches(secret),
-            _ => false,
-        };
-        if !authenticated {
-            tracing::info!(client_id = %client.id, "client authentication failed");
-            return Err(refused);
-        }
-        Ok(client)
-    }
-
     /// `POST /oauth2/token`.
     pub async fn token(
         &self,
@@ -359,139 +306,6 @@ impl Provider {
             && (scope.contains("offline_access")
                 || (client.first_party && self.config.first_party_refresh))
     }
-
-    /// An access token of `session`, as the JSON API signs them.
-    async fn access_token(
-        &self,
-        user: UserId,
-        session: &SessionRow,
-        now: DateTime<Utc>,
-    ) -> Result<String, AuthError> {
-        let signer = self.auth.keys().signer().await?;
-        let sid = SessionId::parse(&session.id).map_err(|e| AuthError::Internal(e.to_string()))?;
-        Ok(token::sign(
-            &signer.secret,
-            &signer.id,
-            user,
-            sid,
-            &self.auth.tokens.issuer_audience(),
-            now,
-            now + self.auth.tokens.access_ttl(),
-        )?)
-    }
-
-    /// The ID token of `session` for `client`, when it was granted `openid`.
-    async fn id_token(
-        &self,
-        client: &Client,
-        session: &SessionRow,
-        facts: IdTokenFacts,
-        access_token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<String>, AuthError> {
-        let scope: BTreeSet<&str> = session
-            .scope
-            .as_deref()
-            .unwrap_or_default()
-            .split(' ')
-            .collect();
-        if !scope.contains("openid") {
-            return Ok(None);
-        }
-        let user =
-            UserId::parse(&session.user_id).map_err(|e| AuthError::Internal(e.to_string()))?;
-        let mut claims = Map::new();
-        claims.insert("iss".into(), json!(&*self.issuer));
-        claims.insert("sub".into(), json!(session.user_id));
-        claims.insert("aud".into(), json!(client.id));
-        claims.insert("azp".into(), json!(client.id));
-        claims.insert("iat".into(), json!(now.timestamp()));
-        claims.insert(
-            "exp".into(),
-            json!((now + self.auth.tokens.access_ttl()).timestamp()),
-        );
-        claims.insert("auth_time".into(), json!(facts.auth_time.timestamp()));
-        if let Some(nonce) = facts.nonce {
-            claims.insert("nonce".into(), json!(nonce));
-        }
-        if let Some(sid) = &session.browser_session_id {
-            claims.insert("sid".into(), json!(sid));
-        }
-        if !facts.amr.is_empty() {
-            claims.insert("amr".into(), json!(facts.amr));
-        }
-        claims.insert(
-            "at_hash".into(),
-            json!(half_hash(client.id_token_alg, access_token)),
-        );
-        self.profile_claims(user, &scope, &mut claims).await?;
-        let signer = self
-            .auth
-            .keys()
-            .id_token_signer(client.id_token_alg)
-            .await?;
-        Ok(Some(signer.sign(&Value::Object(claims))?))
-    }
-
-    /// The claims `scope` lets a client have of `user`, beside `sub`:
-    /// `email` and `email_verified` (with `email`), `name` (with
-    /// `profile`), and `roles` (with `roles`: the roles bound to the user
-    /// everywhere, from authz).
-    pub(super) async fn profile_claims(
-        &self,
-        user: UserId,
-        scope: &BTreeSet<&str>,
-        claims: &mut Map<String, Value>,
-    ) -> Result<(), AuthError> {
-        if scope.contains("email") || scope.contains("profile") {
-            let account = self.user(user).await?;
-            if scope.contains("email") {
-                claims.insert("email".into(), json!(account.email));
-                claims.insert("email_verified".into(), json!(account.email_verified));
-            }
-            if scope.contains("profile") {
-                claims.insert("name".into(), json!(account.display_name));
-            }
-        }
-        if scope.contains("roles") {
-            claims.insert("roles".into(), json!(self.roles(user).await?));
-        }
-        Ok(())
-    }
-}
-
-/// What an ID token says of the sign-in behind it.
-struct IdTokenFacts {
-    auth_time: DateTime<Utc>,
-    amr: Vec<String>,
-    nonce: Option<String>,
-}
-
-/// The id and secret of an `Authorization: Basic` header, each
-/// form-decoded after the base64 (RFC 6749 §2.3.1); `None` without one.
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let refused = || OAuthError::InvalidClient { basic: true };
-    let value = value.to_str().map_err(|_| refused())?;
-    let Some((scheme, encoded)) = value.split_once(' ') else {
-        return Err(refused());
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::InvalidRequest(
-            "clients authenticate with Authorization: Basic or in the form".into(),
-        ));
-    }
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| refused())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| refused())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(refused)?;
-    let form_decode = |part: &str| -> Result<String, OAuthError> {
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(&format!("v={part}")).map_err(|_| refused())?;
-        Ok(pairs.into_iter().next().map(|(_, v)| v).unwrap_or_default())
-    };
-    Ok(Some((form_decode(id)?, form_decode(secret)?)))
 }
 
 /// Checks the PKCE verifier against the code's challenge: both or neither
@@ -549,25 +363,5 @@ mod tests {
                 "{c:?} {v:?}"
             );
         }
-    }
-
-    #[test]
-    fn basic_credentials_are_form_decoded_after_the_base64() {
-        let mut headers = HeaderMap::new();
-        assert!(basic_credentials(&headers).unwrap().is_none());
-        let encoded = STANDARD.encode("my%20app:p%3Ass+word");
-        headers.insert(
-            http::header::AUTHORIZATION,
-            format!("Basic {encoded}").parse().unwrap(),
-        );
-        assert_eq!(
-            basic_credentials(&headers).unwrap(),
-            Some(("my app".into(), "p:ss word".into()))
-        );
-        headers.insert(http::header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert!(matches!(
-            basic_credentials(&headers),
-            Err(OAuthError::InvalidClient { basic: true })
-        ));
     }
 }
