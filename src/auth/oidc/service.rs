@@ -72,11 +72,8 @@ impl Provider {
                 AuthError::Token(_) => OAuthError::InvalidToken,
                 other => other.into(),
             })?;
-        let id = principal.session_id.to_string();
         let session = self
-            .auth
-            .db
-            .run(move |c| Ok::<_, AuthError>(crate::auth::store::session(c, &id)?))
+            .session(principal.session_id.to_string())
             .await?
             .ok_or(OAuthError::InvalidToken)?;
         let scope: BTreeSet<&str> = session

@@ -152,7 +152,7 @@ impl Provider {
     }
 
     /// Session `id`, if it has not ended.
-    async fn session(&self, id: String) -> Result<Option<SessionRow>, AuthError> {
+    pub(super) async fn session(&self, id: String) -> Result<Option<SessionRow>, AuthError> {
         Ok(self
             .auth
             .db
