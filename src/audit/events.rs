@@ -94,6 +94,7 @@ fn details(event: &Envelope) -> Value {
             fields([
                 ("session_id", json!(p.session_id)),
                 ("user_id", json!(p.user_id)),
+                ("client_id", json!(p.client_id)),
                 ("reason", json!(p.reason)),
                 ("tokens_expire_by", millis(p.tokens_expire_by_unix_ms)),
             ])

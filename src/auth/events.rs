@@ -23,12 +23,19 @@ pub(super) fn session_event(
     reason: &str,
     by: DateTime<Utc>,
 ) -> NewEvent {
-    // A user's sessions' events are ordered by the user.
+    // A user's sessions' events are ordered by the user, a client's own
+    // by the client.
+    let (user_id, client_id) = if s.is_clients_own() {
+        (String::new(), s.user_id.clone())
+    } else {
+        (s.user_id.clone(), String::new())
+    };
     let payload = SessionEvent {
         session_id: s.id.clone(),
-        user_id: s.user_id.clone(),
+        user_id,
         reason: reason.to_owned(),
         tokens_expire_by_unix_ms: by.timestamp_millis(),
+        client_id,
     };
     event.row(s.user_id.clone(), &payload)
 }

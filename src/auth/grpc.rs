@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::error::AuthError;
 use super::service::Auth;
-use crate::middleware::token::public_key_paserk;
+use crate::middleware::token::{Subject, public_key_paserk};
 use crate::proto::auth::v1 as pb;
 use crate::proto::auth::v1::auth_server::AuthServer;
 
@@ -53,11 +53,16 @@ impl pb::auth_server::Auth for Grpc {
         &self,
         request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        let p = self.auth.validate(&request.into_inner().token).await?;
+        let caller = self.auth.validate(&request.into_inner().token).await?;
+        let (user_id, client_id) = match caller.subject() {
+            Subject::User(id) => (id.to_string(), String::new()),
+            Subject::Client(id) => (String::new(), id.to_string()),
+        };
         Ok(Response::new(pb::ValidateTokenResponse {
-            user_id: p.user_id.to_string(),
-            session_id: p.session_id.to_string(),
-            expires_at_unix_ms: p.expires_at.timestamp_millis(),
+            user_id,
+            session_id: caller.session_id().to_string(),
+            expires_at_unix_ms: caller.expires_at().timestamp_millis(),
+            client_id,
         }))
     }
 

@@ -20,7 +20,7 @@ use super::service::{Auth, TokenPair};
 use crate::kernel::error::{ApiJson, Problem};
 use crate::kernel::openapi::{BearerScheme, CommonResponses};
 use crate::middleware::bearer;
-use crate::middleware::token::{Principal, SessionId};
+use crate::middleware::token::{Holder, Principal, SessionId};
 
 /// The description of auth's public HTTP API.
 #[derive(OpenApi)]
@@ -53,7 +53,8 @@ pub fn routes(auth: Auth) -> Router {
 }
 
 /// Lets the request through with its [`Principal`] when its bearer token
-/// verifies and its session is live.
+/// verifies and its session is live; a client's own token is refused with
+/// 403, as at every other service.
 pub(super) async fn require_session(
     State(auth): State<Auth>,
     mut req: Request,
@@ -64,11 +65,12 @@ pub(super) async fn require_session(
         Err(e) => Err(e.into()),
     };
     match verdict {
-        Ok(principal) => {
+        Ok(Holder::User(principal)) => {
             crate::kernel::telemetry::set_actor(principal.user_id.as_uuid());
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
+        Ok(Holder::Client { .. }) => bearer::client_refused(),
         Err(e) => e.into_response(),
     }
 }

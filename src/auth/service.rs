@@ -26,7 +26,7 @@ use crate::kernel::db::Db;
 use crate::kernel::error::Kind;
 use crate::kernel::outbox::{self, Relay};
 use crate::kernel::rpc::Clients;
-use crate::middleware::token::{self, Principal, SessionId, TokenConfig, TokenError, UserId};
+use crate::middleware::token::{self, Holder, SessionId, TokenConfig, TokenError, UserId};
 use crate::proto::identity::v1::VerifyCredentialsRequest;
 use crate::proto::identity::v1::identity_client::IdentityClient;
 
@@ -367,7 +367,7 @@ impl Auth {
 
     /// Verifies an access token against the published keys and the session
     /// table (the authoritative answer, for auth's own routes and `ValidateToken`).
-    pub async fn validate(&self, access_token: &str) -> Result<Principal, AuthError> {
+    pub async fn validate(&self, access_token: &str) -> Result<Holder, AuthError> {
         let kid = token::key_id(access_token)?;
         let key = self
             .keys
@@ -376,19 +376,19 @@ impl Auth {
             .into_iter()
             .find(|k| k.kid == kid)
             .ok_or(TokenError::UnknownKey)?;
-        let principal = token::verify(
+        let caller = token::verify(
             access_token,
             &key.public,
             &self.tokens.issuer_audience(),
             self.clock.now(),
         )?;
-        let id = principal.session_id.to_string();
+        let id = caller.session_id().to_string();
         let session = self
             .db
             .run(move |c| Ok::<_, AuthError>(store::session(c, &id)?))
             .await?;
         match session {
-            Some(s) if s.revoked_at.is_none() => Ok(principal),
+            Some(s) if s.revoked_at.is_none() => Ok(caller),
             _ => Err(TokenError::Revoked.into()),
         }
     }

@@ -27,6 +27,16 @@ pub struct SessionRow {
     pub browser_session_id: Option<String>,
 }
 
+impl SessionRow {
+    /// Whether the session is a client's own (the client credentials
+    /// grant): its subject, in `user_id`, is then the client itself. A
+    /// user's session opened for a client never names the client there,
+    /// since a user's id is never a client's.
+    pub fn is_clients_own(&self) -> bool {
+        self.client_id.as_deref() == Some(self.user_id.as_str())
+    }
+}
+
 /// A refresh token row. No `Debug`: the successor holds live tokens (sealed).
 #[derive(Queryable, Selectable, Clone)]
 #[diesel(table_name = refresh_tokens)]

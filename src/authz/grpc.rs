@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::error::AuthzError;
-use super::model::{Decision, Denial};
+use super::model::{Decision, Denial, Subject};
 use super::service::{Authz, Question};
 use super::store::scope_text;
 use crate::proto::authz::v1 as pb;
@@ -23,8 +23,12 @@ pub fn server(authz: Authz) -> AuthzServer<Grpc> {
 }
 
 fn user(text: &str) -> Result<Uuid, AuthzError> {
+    id("user_id", text)
+}
+
+fn id(field: &'static str, text: &str) -> Result<Uuid, AuthzError> {
     Uuid::parse_str(text).map_err(|_| AuthzError::Field {
-        field: "user_id",
+        field,
         message: "not a valid id".into(),
     })
 }
@@ -39,8 +43,18 @@ fn question(q: Option<pb::Question>) -> Result<Question, AuthzError> {
         field: "question",
         message: "missing".into(),
     })?;
+    let subject = match (q.user_id.is_empty(), q.client_id.is_empty()) {
+        (false, true) => Subject::User(user(&q.user_id)?),
+        (true, false) => Subject::Client(id("client_id", &q.client_id)?),
+        _ => {
+            return Err(AuthzError::Field {
+                field: "user_id",
+                message: "one of user_id and client_id".into(),
+            });
+        }
+    };
     Ok(Question {
-        user: user(&q.user_id)?,
+        subject,
         permission: q.permission,
         resource: resource(&q.resource).map(str::to_owned),
     })

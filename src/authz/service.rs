@@ -52,14 +52,15 @@ pub struct Authz {
 /// on or when it is full.
 struct Reaches {
     revision: u64,
-    kept: std::collections::HashMap<Uuid, Arc<Reach>, foldhash::fast::RandomState>,
+    kept: std::collections::HashMap<Subject, Arc<Reach>, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 /// A check's question.
 #[derive(Debug, Clone)]
 pub struct Question {
-    pub user: Uuid,
+    /// A user, or a client acting for itself.
+    pub subject: Subject,
     pub permission: String,
     /// `type:id`, or none to ask at the permission's type.
     pub resource: Option<String>,
@@ -114,28 +115,28 @@ impl Authz {
         self
     }
 
-    /// `user`'s reach in `policy`: kept from an earlier check at the same
-    /// revision, or worked out now.
-    fn reach(&self, policy: &Policy, user: Uuid) -> Arc<Reach> {
+    /// `subject`'s reach in `policy`: kept from an earlier check at the
+    /// same revision, or worked out now.
+    fn reach(&self, policy: &Policy, subject: Subject) -> Arc<Reach> {
         let Some(reaches) = &self.reaches else {
-            return Arc::new(policy.reach(user));
+            return Arc::new(policy.reach(subject));
         };
         {
             let held = locks::read(reaches);
             if held.revision == policy.revision
-                && let Some(kept) = held.kept.get(&user)
+                && let Some(kept) = held.kept.get(&subject)
             {
                 return kept.clone();
             }
         }
-        let reach = Arc::new(policy.reach_indexed(user));
+        let reach = Arc::new(policy.reach_indexed(subject));
         let mut held = locks::write(reaches);
         if held.revision < policy.revision || held.kept.len() >= held.capacity {
             held.kept.clear();
             held.revision = held.revision.max(policy.revision);
         }
         if held.revision == policy.revision {
-            held.kept.insert(user, reach.clone());
+            held.kept.insert(subject, reach.clone());
         }
         reach
     }
@@ -201,7 +202,7 @@ impl Authz {
     ) -> Result<(Decision, u64), AuthzError> {
         let (asked, resource) = question.parse()?;
         let policy = self.policy(at_least).await?;
-        let reach = self.reach(&policy, question.user);
+        let reach = self.reach(&policy, question.subject);
         let decision = policy.check_from(&reach, &asked, resource.as_ref(), self.clock.now());
         Ok((decision, policy.revision))
     }
@@ -222,7 +223,7 @@ impl Authz {
             .iter()
             .zip(&asked)
             .map(|(q, (permission, resource))| {
-                let reach = self.reach(&policy, q.user);
+                let reach = self.reach(&policy, q.subject);
                 policy.check_from(&reach, permission, resource.as_ref(), now)
             })
             .collect();
@@ -378,6 +379,13 @@ impl Authz {
         group: Uuid,
         member: Subject,
     ) -> Result<u64, AuthzError> {
+        if let Subject::Client(_) = member {
+            return Err(AuthzError::Field {
+                field: "member",
+                message: "a group holds users and groups; bind a client's roles to the client itself"
+                    .into(),
+            });
+        }
         // The new member gains everything the group holds.
         self.no_escalation(
             actor,

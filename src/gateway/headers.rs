@@ -19,7 +19,7 @@ use bytes::{BufMut as _, BytesMut};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::middleware::token::Principal;
+use crate::middleware::token::{Holder, SessionId, Subject};
 
 /// Headers that describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -35,6 +35,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 pub const USER_ID: HeaderName = HeaderName::from_static("x-gatehouse-user-id");
 pub const SESSION_ID: HeaderName = HeaderName::from_static("x-gatehouse-session-id");
+/// Set instead of the user's id for a client acting for itself (its own
+/// token, from the client credentials grant).
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-gatehouse-client-id");
 
 pub fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
     headers
@@ -81,11 +84,9 @@ pub struct ProxyFields {
     host: HeaderValue,
     /// The client's address as `Forwarded` writes it.
     node: Node,
-    /// The verified user and session, written as text where they go.
-    identity: Option<(
-        crate::middleware::token::UserId,
-        crate::middleware::token::SessionId,
-    )>,
+    /// The verified user (or client) and session, written as text where
+    /// they go.
+    identity: Option<(Subject, SessionId)>,
     /// `http` or `https`.
     proto: &'static [u8],
     /// The gateway's service credential, for a platform service (see
@@ -142,7 +143,7 @@ pub fn upstream_headers(
     headers: &mut HeaderMap,
     peer: &Peer,
     client: IpAddr,
-    principal: Option<&Principal>,
+    caller: Option<&Holder>,
     peer_trusted: bool,
     underscores: bool,
     credential: Option<HeaderValue>,
@@ -179,7 +180,7 @@ pub fn upstream_headers(
         IpAddr::V4(v4) => Node::V4(v4),
         IpAddr::V6(v6) => Node::V6(v6),
     };
-    let identity = principal.map(|p| (p.user_id, p.session_id));
+    let identity = caller.map(|c| (c.subject(), c.session_id()));
     crate::kernel::telemetry::inject_headers(headers);
     ProxyFields {
         forwarded_for,
@@ -201,6 +202,7 @@ impl ProxyFields {
             || name == X_FORWARDED_HOST
             || name == X_FORWARDED_PROTO
             || name == USER_ID
+            || name == CLIENT_ID
             || name == SESSION_ID
             || name == CREDENTIAL
     }
@@ -216,12 +218,16 @@ impl ProxyFields {
         }
         field(&X_FORWARDED_PROTO, &|out| out.put_slice(self.proto));
         field(&header::FORWARDED, &|out| self.forwarded(out));
-        if let Some((user, session)) = &self.identity {
+        if let Some((subject, session)) = &self.identity {
             let text = |id: uuid::Uuid, out: &mut BytesMut| {
                 let mut buffer = uuid::Uuid::encode_buffer();
                 out.put_slice(id.hyphenated().encode_lower(&mut buffer).as_bytes());
             };
-            field(&USER_ID, &|out| text(user.as_uuid(), out));
+            let name = match subject {
+                Subject::User(_) => &USER_ID,
+                Subject::Client(_) => &CLIENT_ID,
+            };
+            field(name, &|out| text(subject.as_uuid(), out));
             field(&SESSION_ID, &|out| text(session.as_uuid(), out));
         }
         if let Some(credential) = &self.credential {

@@ -1,6 +1,6 @@
-//! The ids of users and sessions, each a type of its own, so that one is
-//! never passed where the other is wanted. Both are UUIDs on the wire and
-//! in storage; the conversions are at those edges.
+//! The ids of users, sessions and clients, each a type of its own, so that
+//! one is never passed where another is wanted. All are UUIDs on the wire
+//! and in storage; the conversions are at those edges.
 
 use std::fmt;
 
@@ -64,6 +64,54 @@ uuid_id!(
     /// A session's id, as auth gives it and tokens carry it (`sid`).
     SessionId
 );
+uuid_id!(
+    /// A registered OpenID Connect client's id, as auth gives it (a random
+    /// UUID) and its own tokens carry it (`sub`, for the client credentials
+    /// grant).
+    ClientId
+);
+
+/// Whom authz is asked about: a user, or a client acting for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    User(UserId),
+    Client(ClientId),
+}
+
+impl Subject {
+    pub const fn as_uuid(&self) -> Uuid {
+        match self {
+            Subject::User(id) => id.as_uuid(),
+            Subject::Client(id) => id.as_uuid(),
+        }
+    }
+
+    /// `user` or `client`, as authz's subjects are spelt (`user:<id>`).
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Subject::User(_) => "user",
+            Subject::Client(_) => "client",
+        }
+    }
+}
+
+impl From<UserId> for Subject {
+    fn from(id: UserId) -> Self {
+        Subject::User(id)
+    }
+}
+
+impl From<ClientId> for Subject {
+    fn from(id: ClientId) -> Self {
+        Subject::Client(id)
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.as_uuid())
+    }
+}
 
 #[cfg(test)]
 mod tests {

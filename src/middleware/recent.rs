@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::hash::BuildHasher;
 
-use super::token::Principal;
+use super::token::Holder;
 
 /// Entries per thread.
 pub const SLOTS: usize = 256;
@@ -30,7 +30,7 @@ struct Slot {
     check: u64,
     generation: u64,
     token: Box<[u8]>,
-    principal: Principal,
+    principal: Holder,
 }
 
 thread_local! {
@@ -48,7 +48,7 @@ fn slot_of(token: &[u8]) -> usize {
 
 /// The principal of `token`, if this thread remembers it as verified by
 /// `check` at `generation`.
-pub fn get(check: u64, generation: u64, token: &[u8]) -> Option<Principal> {
+pub fn get(check: u64, generation: u64, token: &[u8]) -> Option<Holder> {
     TABLE
         .try_with(|table| {
             let table = table.try_borrow().ok()?;
@@ -61,7 +61,7 @@ pub fn get(check: u64, generation: u64, token: &[u8]) -> Option<Principal> {
 }
 
 /// Remembers that `token` verified as `principal` by `check` at `generation`.
-pub fn put(check: u64, generation: u64, token: &[u8], principal: &Principal) {
+pub fn put(check: u64, generation: u64, token: &[u8], principal: &Holder) {
     // Gone only while the thread is ending; nothing to remember then.
     let _ = TABLE.try_with(|table| {
         let Ok(mut table) = table.try_borrow_mut() else {
@@ -84,14 +84,14 @@ pub fn put(check: u64, generation: u64, token: &[u8], principal: &Principal) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::middleware::token::{SessionId, UserId};
+    use crate::middleware::token::{Principal, SessionId, UserId};
 
-    fn principal() -> Principal {
-        Principal {
+    fn principal() -> Holder {
+        Holder::User(Principal {
             user_id: UserId::now_v7(),
             session_id: SessionId::now_v7(),
             expires_at: chrono::Utc::now(),
-        }
+        })
     }
 
     #[test]

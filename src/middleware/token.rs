@@ -2,8 +2,9 @@
 //! anyone holding auth's public keys.
 //!
 //! Claims: `sub` (user id), `sid` (session id), `iss`, `aud`, `iat`, `nbf`,
-//! `exp` (RFC 3339), `jti`; the footer holds the signing key's PASERK id as
-//! `kid`. Time checks use the caller's clock, never the system's, so tests
+//! `exp` (RFC 3339), `jti`, and `sub_type` = `client` when the subject is a
+//! client acting for itself (the client credentials grant), its id in
+//! `sub`; the footer holds the signing key's PASERK id as `kid`. Time checks use the caller's clock, never the system's, so tests
 //! can expire tokens at will.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -16,14 +17,59 @@ use pasetors::version4::{PublicToken, V4};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use super::ids::{SessionId, UserId};
+pub use super::ids::{ClientId, SessionId, Subject, UserId};
 
-/// Who made a request, as proven by a verified access token.
+/// The user who made a request, as proven by a verified access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub user_id: UserId,
     pub session_id: SessionId,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Whoever a verified access token speaks for: a user, or a client acting
+/// for itself. The platform's own APIs serve users only
+/// ([`super::bearer::require`]); the gateway lets either through to the
+/// routes it guards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    User(Principal),
+    Client {
+        client_id: ClientId,
+        session_id: SessionId,
+        expires_at: DateTime<Utc>,
+    },
+}
+
+impl Holder {
+    pub fn subject(&self) -> Subject {
+        match self {
+            Holder::User(p) => Subject::User(p.user_id),
+            Holder::Client { client_id, .. } => Subject::Client(*client_id),
+        }
+    }
+
+    pub fn session_id(&self) -> SessionId {
+        match self {
+            Holder::User(p) => p.session_id,
+            Holder::Client { session_id, .. } => *session_id,
+        }
+    }
+
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        match self {
+            Holder::User(p) => p.expires_at,
+            Holder::Client { expires_at, .. } => *expires_at,
+        }
+    }
+
+    /// The user, when it is one.
+    pub fn user(&self) -> Option<&Principal> {
+        match self {
+            Holder::User(p) => Some(p),
+            Holder::Client { .. } => None,
+        }
+    }
 }
 
 /// Why a token was refused. `code()` is the stable reason clients see.
@@ -97,7 +143,13 @@ pub struct Claims {
     pub nbf: String,
     pub exp: String,
     pub jti: String,
+    /// `client` when `sub` is a client's id; absent for a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_type: Option<String>,
 }
+
+/// What `sub_type` says of a client.
+const CLIENT: &str = "client";
 
 pub use crate::kernel::config::TokenConfig;
 
@@ -132,19 +184,20 @@ pub enum SignError {
     Paseto(#[from] pasetors::errors::Error),
 }
 
-/// Signs an access token for `user_id` in `session_id`, valid from `now`
+/// Signs an access token for `subject` in `session_id`, valid from `now`
 /// until `expires_at`, with the key `kid`.
 pub fn sign(
     key: &AsymmetricSecretKey<V4>,
     kid: &Id,
-    user_id: UserId,
+    subject: impl Into<Subject>,
     session_id: SessionId,
     expected: &IssuerAudience,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<String, SignError> {
+    let subject = subject.into();
     let claims = Claims {
-        sub: user_id.to_string(),
+        sub: subject.as_uuid().to_string(),
         sid: session_id.to_string(),
         iss: expected.issuer.clone(),
         aud: expected.audience.clone(),
@@ -152,6 +205,7 @@ pub fn sign(
         nbf: rfc3339(now),
         exp: rfc3339(expires_at),
         jti: Uuid::now_v7().to_string(),
+        sub_type: matches!(subject, Subject::Client(_)).then(|| CLIENT.to_owned()),
     };
     let payload = serde_json::to_vec(&claims)?;
     let mut footer = Footer::new();
@@ -186,7 +240,7 @@ pub fn verify(
     key: &AsymmetricPublicKey<V4>,
     expected: &IssuerAudience,
     now: DateTime<Utc>,
-) -> Result<Principal, TokenError> {
+) -> Result<Holder, TokenError> {
     let untrusted =
         UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
     let trusted =
@@ -212,11 +266,20 @@ pub fn verify(
     if now >= exp {
         return Err(TokenError::Expired);
     }
-    Ok(Principal {
-        user_id: UserId::parse(&claims.sub).map_err(|_| TokenError::Malformed)?,
-        session_id: SessionId::parse(&claims.sid).map_err(|_| TokenError::Malformed)?,
-        expires_at: exp,
-    })
+    let session_id = SessionId::parse(&claims.sid).map_err(|_| TokenError::Malformed)?;
+    match claims.sub_type.as_deref() {
+        None => Ok(Holder::User(Principal {
+            user_id: UserId::parse(&claims.sub).map_err(|_| TokenError::Malformed)?,
+            session_id,
+            expires_at: exp,
+        })),
+        Some(CLIENT) => Ok(Holder::Client {
+            client_id: ClientId::parse(&claims.sub).map_err(|_| TokenError::Malformed)?,
+            session_id,
+            expires_at: exp,
+        }),
+        Some(_) => Err(TokenError::Malformed),
+    }
 }
 
 /// The PASERK (`k4.public.…`) form of a public key.
@@ -279,7 +342,42 @@ mod tests {
         pasetors::paserk::FormatAsPaserk::fmt(&kid, &mut kid_text).unwrap();
         assert_eq!(key_id(&token).unwrap(), kid_text);
         let p = verify(&token, &kp.public, &issuer_audience(), now).unwrap();
-        assert_eq!((p.user_id, p.session_id), (user, session));
+        assert_eq!((p.subject(), p.session_id()), (Subject::User(user), session));
+        assert!(p.user().is_some());
+    }
+
+    #[test]
+    fn a_clients_token_speaks_for_the_client_and_never_passes_for_a_user() {
+        let (kp, kid) = pair();
+        let now = Utc::now();
+        let (client, session) = (ClientId::from_uuid(Uuid::new_v4()), SessionId::now_v7());
+        let token = sign(
+            &kp.secret,
+            &kid,
+            client,
+            session,
+            &issuer_audience(),
+            now,
+            now + chrono::Duration::minutes(5),
+        )
+        .unwrap();
+        let caller = verify(&token, &kp.public, &issuer_audience(), now).unwrap();
+        assert_eq!(caller.subject(), Subject::Client(client));
+        assert_eq!(caller.session_id(), session);
+        assert_eq!(caller.user(), None);
+        // The same id signed as a user's is the user's: the kind is signed.
+        let as_user = sign(
+            &kp.secret,
+            &kid,
+            UserId::from_uuid(client.as_uuid()),
+            session,
+            &issuer_audience(),
+            now,
+            now + chrono::Duration::minutes(5),
+        )
+        .unwrap();
+        let caller = verify(&as_user, &kp.public, &issuer_audience(), now).unwrap();
+        assert!(matches!(caller, Holder::User(_)));
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn service(app: &TestApp, refresh: std::time::Duration) -> Authz {
 
 fn question(user: Uuid, permission: &str, resource: Option<&str>) -> Question {
     Question {
-        user,
+        subject: Subject::User(user),
         permission: permission.into(),
         resource: resource.map(Into::into),
     }
@@ -376,6 +376,7 @@ fn asked(user: Uuid, permission: &str, resource: &str) -> pb::Question {
         user_id: user.to_string(),
         permission: permission.into(),
         resource: resource.into(),
+        ..Default::default()
     }
 }
 

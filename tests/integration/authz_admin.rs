@@ -497,7 +497,7 @@ async fn upstream() -> String {
 
 /// Polls `GET path` with `token` through the gateway until it answers
 /// `status`; fails when that takes a second or more.
-async fn within_a_second(app: &TestApp, path: &str, token: &str, status: u16) -> Duration {
+pub(crate) async fn within_a_second(app: &TestApp, path: &str, token: &str, status: u16) -> Duration {
     let started = Instant::now();
     loop {
         let r = app.through(Method::GET, path, token).send().await.unwrap();
@@ -725,7 +725,7 @@ async fn a_route_with_rules_lets_through_only_what_a_rule_covers() {
 }
 
 /// `text` read as the config file reads it.
-fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     use figment::providers::Format as _;
     figment::Figment::from(figment::providers::Toml::string(text))
         .extract()

@@ -845,6 +845,7 @@ async fn calls_to_a_service_whose_instances_all_hang_fail_at_once_after_a_few() 
                     user_id: uuid::Uuid::now_v7().to_string(),
                     permission: "users:read".into(),
                     resource: String::new(),
+                    ..Default::default()
                 }),
                 at_least_revision: 0,
             })

@@ -1471,3 +1471,194 @@ async fn a_clients_id_token_key_is_published_when_it_is_registered() {
 fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_owned()
 }
+
+/// A backend signs in as itself with the client credentials grant, through
+/// the `openidconnect` crate: its token reaches a team's route once authz
+/// binds `client:<id>` a role there, and the upstream is told the client
+/// (never a user); the platform's own APIs and userinfo refuse it;
+/// introspection names the client; revoking it closes the route at once.
+/// A public client, a client without the grant, and a user's scope are
+/// refused.
+#[tokio::test]
+async fn a_client_acts_for_itself_where_authz_lets_it_with_client_credentials() {
+    use reqwest::Method;
+    use serde_json::json;
+    let addr = support::closed_addr();
+    let issuer = format!("http://{addr}");
+    let public_url = issuer.clone();
+    let rule: gatehouse::gateway::config::RouteRule =
+        crate::authz_admin::from_toml("path = \"/reports/{id}\"\nGET = \"reports:read\"\n");
+    let app = TestApp::builder()
+        .with_authz()
+        .gateway(|g| {
+            g.listen = addr;
+            g.routes.push(gatehouse::gateway::config::RouteConfig {
+                rules: vec![rule],
+                ..gatehouse::gateway::config::RouteConfig::new(
+                    "/reports",
+                    "reports",
+                    gatehouse::gateway::config::AuthPolicy::Required,
+                )
+            });
+        })
+        .server(|s| s.public_url = public_url)
+        .start()
+        .await;
+    // The upstream says who the gateway told it the caller is.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let echo = axum::Router::new().fallback(|headers: http::HeaderMap| async move {
+        let field = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        axum::Json(json!({
+            "client": field("x-gatehouse-client-id"),
+            "user": field("x-gatehouse-user-id"),
+        }))
+    });
+    tokio::spawn(async move { axum::serve(listener, echo).await });
+    app.register_instance("reports", upstream).await;
+    let admin = app.admin("root@example.org").await;
+
+    let (id, secret) = client(&app, spec("Nightly export")).await;
+    let secret = secret.unwrap();
+    let (rp, http) = relying_party(&issuer, &id, Some(&secret)).await;
+    let granted = rp
+        .exchange_client_credentials()
+        .unwrap()
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert!(granted.refresh_token().is_none());
+    assert!(granted.extra_fields().id_token().is_none());
+    let token = granted.access_token().secret().clone();
+
+    // No binding yet: the route's permission is not the client's.
+    let refused = app
+        .through(Method::GET, "/reports/7", &token)
+        .send()
+        .await
+        .unwrap();
+    let refusal = support::assert_problem(refused, 403, "forbidden").await;
+    assert_eq!(refusal["permission"], "reports:read");
+    let role = app
+        .through(Method::POST, "/v1/authz/roles", &admin)
+        .json(&json!({"name": "report-reader", "permissions": ["reports:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(role.status(), 201);
+    let bound = app
+        .through(Method::POST, "/v1/authz/bindings", &admin)
+        .json(&json!({"subject": format!("client:{id}"), "role": "report-reader"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 201, "{}", bound.text().await.unwrap());
+    crate::authz_admin::within_a_second(&app, "/reports/7", &token, 200).await;
+    let told: Value = app
+        .through(Method::GET, "/reports/7", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(told, json!({"client": id, "user": null}));
+
+    // The platform's APIs serve users; userinfo speaks of one.
+    support::assert_problem(app.me(&token).await, 403, "client_token_refused").await;
+    let userinfo = app
+        .http
+        .get(format!("{issuer}/oauth2/userinfo"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), 401);
+
+    // A resource server learns whose token it is.
+    let (api, api_secret) = client(&app, spec("Reports API")).await;
+    let api_secret = api_secret.unwrap();
+    let introspect = format!("{issuer}/oauth2/introspect");
+    let (status, body) = form_post(
+        &app,
+        introspect.clone(),
+        &api,
+        &api_secret,
+        &[("token", &token)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let about: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(about["active"], true);
+    assert_eq!(about["sub"], id.as_str());
+    assert_eq!(about["client_id"], id.as_str());
+    assert!(about.get("scope").is_none(), "{about}");
+
+    // Revoked by its client: inactive, and the gateway refuses it at once.
+    let (status, _) = form_post(
+        &app,
+        format!("{issuer}/oauth2/revoke"),
+        &id,
+        &secret,
+        &[("token", &token)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = form_post(&app, introspect, &api, &api_secret, &[("token", &token)]).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["active"], false);
+    crate::authz_admin::within_a_second(&app, "/reports/7", &token, 401).await;
+
+    // Refused: a user's scope, a public client, a client without the grant.
+    let url = format!("{issuer}/oauth2/token");
+    let (status, body) = form_post(
+        &app,
+        url.clone(),
+        &id,
+        &secret,
+        &[("grant_type", "client_credentials"), ("scope", "openid")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "invalid_scope");
+    let (public, _) = client(
+        &app,
+        ClientSpec {
+            public: true,
+            ..spec("Browser app")
+        },
+    )
+    .await;
+    let answer = app
+        .http
+        .post(&url)
+        .form(&[("grant_type", "client_credentials"), ("client_id", &public)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert_eq!(
+        answer.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+    let (code_only, code_secret) = client(
+        &app,
+        ClientSpec {
+            grant_types: Some(vec!["authorization_code".into()]),
+            ..spec("Web app")
+        },
+    )
+    .await;
+    let (status, body) = form_post(
+        &app,
+        url,
+        &code_only,
+        &code_secret.unwrap(),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "unauthorized_client"
+    );
+}

@@ -1,9 +1,10 @@
 //! The provider's clients: what a registration may say, how its secret is
 //! made and checked, and how a redirect URI is matched.
 //!
-//! Ids and secrets are random, spelt with URL-unreserved characters only
-//! (base64url), so that `client_secret_basic`'s form-encoding changes
-//! nothing. A secret is 256 random bits: a SHA-256 of it is stored, which
+//! Ids are random UUIDs (a client acting for itself is a subject of
+//! tokens and of authz's bindings, as users are, by UUID); secrets are
+//! random, spelt with URL-unreserved characters only (base64url). Neither
+//! is changed by `client_secret_basic`'s form-encoding. A secret is 256 random bits: a SHA-256 of it is stored, which
 //! is as hard to reverse as the secret is to guess, and costs a client's
 //! authentication no slow hash.
 
@@ -50,7 +51,8 @@ impl Grant {
     }
 }
 
-/// The scopes the provider knows.
+/// The scopes the provider knows. Each speaks of a user, so a client's own
+/// token (client credentials) is granted none of them.
 pub const SCOPES: [&str; 5] = ["openid", "profile", "email", "offline_access", "roles"];
 
 /// A registered client.
@@ -129,9 +131,9 @@ fn same_but_loopback_port(a: &str, b: &str) -> bool {
         && !b.to_string().contains('@')
 }
 
-/// A new client id: 128 random bits.
+/// A new client id: a random (v4) UUID, 122 random bits.
 pub fn new_client_id() -> String {
-    random_token(16)
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A new client secret (256 random bits) and the hash that is stored.

@@ -1,7 +1,12 @@
-//! The token endpoint's grants: authorization code with PKCE and refresh
-//! token. The client is authenticated first (`client_auth.rs`); what it
-//! answers carries the access token, the refresh token when one is due,
-//! and the ID token (`id_token.rs`).
+//! The token endpoint's grants: authorization code with PKCE, refresh
+//! token, and client credentials. The client is authenticated first
+//! (`client_auth.rs`); what it answers carries the access token, the
+//! refresh token when one is due, and the ID token (`id_token.rs`).
+//!
+//! A client credentials token speaks for the client itself: its session is
+//! the client's own (see [`SessionRow::is_clients_own`]), it lasts as long
+//! as its one access token, and it carries no user's scope. Authz's
+//! bindings of `client:<id>` say what it may do at the gateway's routes.
 
 use std::collections::BTreeSet;
 
@@ -21,7 +26,8 @@ use crate::auth::error::AuthError;
 use crate::auth::events::{self, oidc_event, session_event};
 use crate::auth::service::open_session;
 use crate::auth::sessions::{end_session, new_refresh_token};
-use crate::middleware::ids::UserId;
+use crate::auth::store::SessionRow;
+use crate::middleware::ids::{ClientId, SessionId, UserId};
 
 /// The token endpoint's form (and the client's credentials, for
 /// `client_secret_post`).
@@ -47,6 +53,8 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// Left out when empty (a client's own token has no scope).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub scope: String,
 }
 
@@ -77,8 +85,81 @@ impl Provider {
         match grant {
             Grant::AuthorizationCode => self.exchange_code(&client, form).await,
             Grant::RefreshToken => self.refresh(&client, form).await,
-            Grant::ClientCredentials => Err(OAuthError::UnsupportedGrantType),
+            Grant::ClientCredentials => self.client_credentials(&client, form).await,
         }
+    }
+
+    /// The client credentials grant: an access token for the client itself,
+    /// in a session of its own that ends with the token.
+    async fn client_credentials(
+        &self,
+        client: &Client,
+        form: TokenForm,
+    ) -> Result<TokenResponse, OAuthError> {
+        if client.is_public() {
+            return Err(OAuthError::UnauthorizedClient(
+                "a public client holds no secret to grant on".into(),
+            ));
+        }
+        if let Some(asked) = form.scope.as_deref()
+            && let Some(scope) = asked.split(' ').find(|s| !s.is_empty())
+        {
+            return Err(OAuthError::InvalidScope(format!(
+                "{scope} speaks of a user; a client's own token carries no scope"
+            )));
+        }
+        let client_id = ClientId::parse(&client.id).map_err(|_| {
+            OAuthError::UnauthorizedClient(
+                "the client's id is not a UUID; register it again to use client_credentials"
+                    .into(),
+            )
+        })?;
+        let now = self.auth.clock.now();
+        let ttl = self.auth.tokens.access_ttl();
+        let session = SessionRow {
+            id: SessionId::now_v7().to_string(),
+            user_id: client_id.to_string(),
+            created_at: now.naive_utc(),
+            expires_at: (now + ttl).naive_utc(),
+            refreshed_at: now.naive_utc(),
+            generation: 1,
+            revoked_at: None,
+            revoked_reason: None,
+            client_id: Some(client.id.clone()),
+            scope: Some(String::new()),
+            browser_session_id: None,
+        };
+        let access_token = self.access_token(client_id, &session, now).await?;
+        let opened = session_event(
+            &events::SESSION_CREATED,
+            &session,
+            Grant::ClientCredentials.name(),
+            self.auth.tokens_expire_by(now),
+        );
+        let issued = oidc_event(&events::OIDC_TOKEN_ISSUED, &client.id, |e| {
+            e.session_id = session.id.clone();
+            e.grant = Grant::ClientCredentials.name().into();
+        });
+        self.auth
+            .db
+            .run(move |c| {
+                c.transaction(|c| {
+                    crate::auth::store::insert_session(c, &session)?;
+                    crate::kernel::outbox::enqueue(c, &opened, now)?;
+                    crate::kernel::outbox::enqueue(c, &issued, now)?;
+                    Ok::<_, AuthError>(())
+                })
+            })
+            .await?;
+        self.auth.relay.wake();
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ttl.num_seconds(),
+            refresh_token: None,
+            id_token: None,
+            scope: String::new(),
+        })
     }
 
     /// The authorization code grant: one use of a code, by its client, with

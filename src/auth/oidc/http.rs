@@ -98,9 +98,7 @@ pub fn discovery_document(issuer: &str) -> Value {
         "scopes_supported": SCOPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        // Client credentials are offered once clients can be the subjects
-        // of the platform's tokens.
-        "grant_types_supported": [Grant::AuthorizationCode.name(), Grant::RefreshToken.name()],
+        "grant_types_supported": Grant::ALL.map(Grant::name),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": Alg::ALL.map(Alg::name),
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],

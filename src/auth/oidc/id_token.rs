@@ -12,14 +12,14 @@ use super::jws::half_hash;
 use super::service::Provider;
 use crate::auth::error::AuthError;
 use crate::auth::store::SessionRow;
-use crate::middleware::ids::{SessionId, UserId};
+use crate::middleware::ids::{SessionId, Subject, UserId};
 use crate::middleware::token;
 
 impl Provider {
     /// An access token of `session`, as the JSON API signs them.
     pub(super) async fn access_token(
         &self,
-        user: UserId,
+        subject: impl Into<Subject>,
         session: &SessionRow,
         now: DateTime<Utc>,
     ) -> Result<String, AuthError> {
@@ -28,7 +28,7 @@ impl Provider {
         Ok(token::sign(
             &signer.secret,
             &signer.id,
-            user,
+            subject,
             sid,
             &self.auth.tokens.issuer_audience(),
             now,

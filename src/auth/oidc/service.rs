@@ -13,6 +13,7 @@ use super::registry::ClientRegistry;
 use crate::auth::error::AuthError;
 use crate::auth::service::{Auth, identity_error};
 use crate::middleware::ids::UserId;
+use crate::middleware::token::Holder;
 use crate::proto::authz::v1::ListRolesRequest;
 use crate::proto::authz::v1::authz_client::AuthzClient;
 use crate::proto::identity::v1::identity_client::IdentityClient;
@@ -64,7 +65,7 @@ impl Provider {
     /// scopes allow, for a token of a live session opened through the
     /// provider with `openid`.
     pub async fn userinfo(&self, access_token: &str) -> Result<Value, OAuthError> {
-        let principal = self
+        let caller = self
             .auth
             .validate(access_token)
             .await
@@ -72,6 +73,10 @@ impl Provider {
                 AuthError::Token(_) => OAuthError::InvalidToken,
                 other => other.into(),
             })?;
+        // A client's own token speaks for no user.
+        let Holder::User(principal) = caller else {
+            return Err(OAuthError::InvalidToken);
+        };
         let session = self
             .session(principal.session_id.to_string())
             .await?

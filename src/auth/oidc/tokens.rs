@@ -71,7 +71,7 @@ impl Provider {
         if let Some(client_id) = &session.client_id {
             answer["client_id"] = json!(client_id);
         }
-        if let Some(scope) = &session.scope {
+        if let Some(scope) = session.scope.as_deref().filter(|s| !s.is_empty()) {
             answer["scope"] = json!(scope);
         }
         Ok(answer)
@@ -95,7 +95,9 @@ impl Provider {
         let now = self.auth.clock.now();
         let by = self.auth.tokens_expire_by(now);
         let event = oidc_event(&events::OIDC_TOKEN_REVOKED, &client.id, |e| {
-            e.user_id = session.user_id.clone();
+            if !session.is_clients_own() {
+                e.user_id = session.user_id.clone();
+            }
             e.session_id = session.id.clone();
         });
         let ended = self
@@ -125,10 +127,10 @@ impl Provider {
         }
         if token.starts_with("v4.public.") {
             return match self.auth.validate(token).await {
-                Ok(principal) => {
-                    let id = principal.session_id.to_string();
+                Ok(caller) => {
+                    let id = caller.session_id().to_string();
                     let session = self.session(id).await?;
-                    Ok(session.map(|s| Found::Access(s, principal.expires_at)))
+                    Ok(session.map(|s| Found::Access(s, caller.expires_at())))
                 }
                 Err(AuthError::Token(_)) => Ok(None),
                 Err(e) => Err(e.into()),

@@ -35,7 +35,7 @@ pub fn routes() -> Router<Authz> {
 pub struct BindingView {
     #[schema(format = Uuid)]
     id: String,
-    /// `user:<id>` or `group:<id>`.
+    /// `user:<id>`, `group:<id>` or `client:<id>`.
     subject: String,
     role: String,
     /// `*` (everywhere), a resource type, or one resource `type:id`.
@@ -79,9 +79,10 @@ fn scope(text: &str) -> Result<Scope, AuthzError> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only the bindings of this subject: `user:<id>` or `group:<id>`.
+    /// Only the bindings of this subject: `user:<id>`, `group:<id>` or
+    /// `client:<id>`.
     #[param(
-        pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        pattern = r"^(user|group|client):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     )]
     subject: Option<String>,
     /// Only the bindings of this role.
@@ -135,9 +136,10 @@ pub async fn list(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBinding {
-    /// `user:<id>` or `group:<id>`.
+    /// `user:<id>`, `group:<id>` or `client:<id>` (a client acting for
+    /// itself, with its own token from the client credentials grant).
     #[schema(
-        pattern = r"^(user|group):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        pattern = r"^(user|group|client):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     )]
     subject: String,
     #[schema(pattern = r"^[a-z][a-z0-9_-]{0,63}$")]

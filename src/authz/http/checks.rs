@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{READ, require, time};
 use crate::authz::error::AuthzError;
 use crate::authz::grpc::MAX_BATCH;
-use crate::authz::model::{Decision, Denial};
+use crate::authz::model::{Decision, Denial, Subject};
 use crate::authz::service::{Authz, Question};
 use crate::authz::store::scope_text;
 use crate::kernel::error::{ApiJson, ApiQuery, Problem};
@@ -163,7 +163,7 @@ pub async fn check(
 ) -> Result<Json<CheckView>, AuthzError> {
     let user = about(&authz, &caller, body.user_id).await?;
     let asked = Question {
-        user,
+        subject: Subject::User(user),
         permission: body.permission,
         resource: body.resource,
     };
@@ -241,7 +241,7 @@ pub async fn batch_check(
         .questions
         .into_iter()
         .map(|q| Question {
-            user: q.user_id.unwrap_or(caller.user_id.as_uuid()),
+            subject: Subject::User(q.user_id.unwrap_or(caller.user_id.as_uuid())),
             permission: q.permission,
             resource: q.resource,
         })

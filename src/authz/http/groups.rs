@@ -66,11 +66,11 @@ pub struct MemberView {
     added_at: String,
 }
 
-/// `user:<id>` or `group:<id>`, as a body or a path gives it.
+/// `user:<id>`, `group:<id>` or `client:<id>`, as a body or a path gives it.
 pub(super) fn subject(field: &'static str, text: &str) -> Result<Subject, AuthzError> {
     let bad = || AuthzError::Field {
         field,
-        message: "`user:<id>` or `group:<id>`".into(),
+        message: "`user:<id>`, `group:<id>` or `client:<id>`".into(),
     };
     let (kind, id) = text.split_once(':').ok_or_else(bad)?;
     // The hyphenated form only, as the API document says.
@@ -81,6 +81,7 @@ pub(super) fn subject(field: &'static str, text: &str) -> Result<Subject, AuthzE
     match kind {
         "user" => Ok(Subject::User(id)),
         "group" => Ok(Subject::Group(id)),
+        "client" => Ok(Subject::Client(id)),
         _ => Err(bad()),
     }
 }

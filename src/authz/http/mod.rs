@@ -24,6 +24,7 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use super::error::AuthzError;
+use super::model::Subject;
 use super::service::{Authz, Question};
 use crate::kernel::openapi::{BearerScheme, CommonResponses, PermissionResponses};
 use crate::middleware::bearer::{self, TokenCheck};
@@ -91,7 +92,7 @@ async fn require(
     permission: &'static str,
 ) -> Result<(), AuthzError> {
     let asked = Question {
-        user: caller.user_id.as_uuid(),
+        subject: Subject::User(caller.user_id.as_uuid()),
         permission: permission.to_owned(),
         resource: None,
     };

@@ -12,12 +12,13 @@ use uuid::Uuid;
 use super::policy::{Map, Policy};
 use super::{Decision, Denial, Grant, Permission, Resource, Scope, Subject};
 
-/// A user and the groups they are in, each with the groups between; and,
+/// A subject (a user, or a client) and the groups it is in, each with the
+/// groups between; and,
 /// when indexed, their bindings by the resource type their roles speak of,
 /// so that a check looks only at the bindings that can answer it.
 #[derive(Debug, Clone)]
 pub struct Reach {
-    pub user: Uuid,
+    pub subject: Subject,
     /// The revision of the policy it was worked out in.
     pub revision: u64,
     found: Vec<(Subject, Vec<Uuid>)>,
@@ -38,10 +39,10 @@ impl Policy {
     /// nearest first; breadth first, so each group comes with its shortest
     /// path. What a check of the user starts from, the same for every check
     /// at this revision: the service keeps it per user (see [`Reach`]).
-    pub fn reach(&self, user: Uuid) -> Reach {
-        let mut found = vec![(Subject::User(user), Vec::new())];
+    pub fn reach(&self, subject: Subject) -> Reach {
+        let mut found = vec![(subject, Vec::new())];
         let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([(Subject::User(user), Vec::<Uuid>::new())]);
+        let mut queue = VecDeque::from([(subject, Vec::<Uuid>::new())]);
         while let Some((subject, path)) = queue.pop_front() {
             for group in self.member_of.get(&subject).into_iter().flatten() {
                 if seen.insert(*group) {
@@ -53,7 +54,7 @@ impl Policy {
             }
         }
         Reach {
-            user,
+            subject,
             revision: self.revision,
             found,
             index: None,
@@ -62,8 +63,8 @@ impl Policy {
 
     /// [`Policy::reach`], with the user's bindings indexed by type: more
     /// work once, less for each check made from it.
-    pub fn reach_indexed(&self, user: Uuid) -> Reach {
-        let mut reach = self.reach(user);
+    pub fn reach_indexed(&self, subject: Subject) -> Reach {
+        let mut reach = self.reach(subject);
         let mut index = Index::default();
         for (at, (subject, _)) in reach.found.iter().enumerate() {
             for binding in self.bindings_of.get(subject).into_iter().flatten() {
@@ -127,7 +128,7 @@ impl Policy {
         resource: Option<&Resource>,
         now: DateTime<Utc>,
     ) -> Decision {
-        self.check_from(&self.reach(user), asked, resource, now)
+        self.check_from(&self.reach(Subject::User(user)), asked, resource, now)
     }
 
     /// [`Policy::check`] from the user's reach, made at this revision.
@@ -141,7 +142,7 @@ impl Policy {
         // A reach indexes this revision's bindings; one of another revision
         // is worked out again.
         if reach.revision != self.revision {
-            return self.check_from(&self.reach(reach.user), asked, resource, now);
+            return self.check_from(&self.reach(reach.subject), asked, resource, now);
         }
         let mut best: Option<Grant> = None;
         let mut best_key: Option<(usize, usize, usize)> = None;
@@ -241,7 +242,7 @@ impl Policy {
         now: DateTime<Utc>,
     ) -> BTreeSet<Permission> {
         let mut held = BTreeSet::new();
-        for (subject, _) in &self.reach(user).found {
+        for (subject, _) in &self.reach(Subject::User(user)).found {
             for index in self.bindings_of.get(subject).into_iter().flatten() {
                 let binding = &self.bindings[*index];
                 if binding.expires_at.is_some_and(|end| end <= now) {
@@ -268,7 +269,7 @@ impl Policy {
     /// its groups, by name.
     pub fn roles(&self, user: Uuid, now: DateTime<Utc>) -> BTreeSet<String> {
         let mut roles = BTreeSet::new();
-        for (subject, _) in &self.reach(user).found {
+        for (subject, _) in &self.reach(Subject::User(user)).found {
             for index in self.bindings_of.get(subject).into_iter().flatten() {
                 let binding = &self.bindings[*index];
                 if binding.scope == Scope::Everywhere
@@ -307,6 +308,8 @@ impl Policy {
                     users.insert(user);
                 }
                 Subject::Group(group) => groups.push(group),
+                // Clients are not users.
+                Subject::Client(_) => {}
             }
         }
         let mut seen = HashSet::new();
@@ -320,6 +323,7 @@ impl Policy {
                         users.insert(*user);
                     }
                     Subject::Group(inner) => groups.push(*inner),
+                    Subject::Client(_) => {}
                 }
             }
         }

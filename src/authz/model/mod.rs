@@ -2,7 +2,8 @@
 //! `type:*` and `*`), resources (`type:id`) and their parents, roles (named
 //! sets of permissions), groups (which may contain groups, never in a
 //! circle), and bindings that give a subject (a user or a group) a role at a
-//! scope, possibly until some time; and what a check answers.
+//! scope, possibly until some time (a client, acting for itself, may hold
+//! bindings too); and what a check answers.
 //!
 //! Rooms: this file holds the records and what the model refuses;
 //! `policy.rs` holds one revision of it all, `decide.rs` decides checks on
@@ -51,11 +52,13 @@ pub enum Scope {
     Resource(Resource),
 }
 
-/// Who a binding is for.
+/// Who a binding is for. A client is one acting for itself (the client
+/// credentials grant); it holds only its own bindings, never a group's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subject {
     User(Uuid),
     Group(Uuid),
+    Client(Uuid),
 }
 
 /// A named set of permissions.

@@ -89,7 +89,10 @@ fn an_indexed_reach_decides_as_a_plain_one() {
     }
     let mut compared = 0;
     for user in &users {
-        let (plain, indexed) = (policy.reach(*user), policy.reach_indexed(*user));
+        let (plain, indexed) = (
+            policy.reach(Subject::User(*user)),
+            policy.reach_indexed(Subject::User(*user)),
+        );
         for kind in kinds {
             for action in ["read", "write", "delete"] {
                 let asked = p(&format!("{kind}:{action}"));

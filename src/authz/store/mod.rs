@@ -70,7 +70,8 @@ impl Change {
     }
 
     /// A change to what `subject` holds: only a user's own answers move
-    /// with it; a group's reach its members, however deep.
+    /// with it; a group's reach its members, however deep. A client's are
+    /// not a user's: its change names no user, and voids every kept answer.
     fn of(mut self, subject: Subject) -> Change {
         self.subject = Some(subject);
         if let Subject::User(user) = subject {
@@ -104,7 +105,8 @@ impl Change {
     }
 }
 
-/// A subject as the API and events write it: `user:<id>` or `group:<id>`.
+/// A subject as the API and events write it: `user:<id>`, `group:<id>` or
+/// `client:<id>`.
 pub fn subject_text(subject: Subject) -> String {
     let (kind, id) = subject_columns(subject);
     format!("{kind}:{id}")
@@ -149,6 +151,7 @@ fn subject_columns(subject: Subject) -> (&'static str, String) {
     match subject {
         Subject::User(id) => ("user", id.to_string()),
         Subject::Group(id) => ("group", id.to_string()),
+        Subject::Client(id) => ("client", id.to_string()),
     }
 }
 
@@ -158,6 +161,7 @@ fn subject_of(kind: &str, id: &str) -> Result<Subject, AuthzError> {
     match kind {
         "user" => Ok(Subject::User(id)),
         "group" => Ok(Subject::Group(id)),
+        "client" => Ok(Subject::Client(id)),
         _ => Err(corrupt()),
     }
 }

@@ -21,7 +21,7 @@ use crate::kernel::credentials::SERVICES;
 use crate::kernel::error::Problem;
 use crate::middleware::bearer::{self};
 use crate::middleware::ratelimit::{self, RateKey, Verdict};
-use crate::middleware::token::{Principal, TokenError};
+use crate::middleware::token::{Holder, TokenError};
 
 /// Every method but the tunnels and echoes the gateway takes on no route.
 const ALL_BUT_TUNNELS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
@@ -50,8 +50,8 @@ pub(super) struct Plan {
 
 /// Where the route's token policy stands for a request.
 pub(super) enum Admission {
-    /// Decided: the principal, when a token verified.
-    Decided(Option<Principal>),
+    /// Decided: the user or client, when a token verified.
+    Decided(Option<Holder>),
     /// The token is not known yet: it is verified in the exchange.
     Unverified,
 }
@@ -188,7 +188,7 @@ fn checked_now(
     gw: &Gateway,
     policy: AuthPolicy,
     headers: &HeaderMap,
-) -> Option<Result<Option<Principal>, TokenError>> {
+) -> Option<Result<Option<Holder>, TokenError>> {
     let token = match policy {
         AuthPolicy::Public => Err(TokenError::Missing),
         _ => bearer::bearer_token(headers),
@@ -222,11 +222,11 @@ fn checked_now(
 pub(super) fn admit_checked(
     gw: &Gateway,
     route: &RouteConfig,
-    checked: Result<Option<Principal>, TokenError>,
+    checked: Result<Option<Holder>, TokenError>,
     client_ip: IpAddr,
     verdict: &mut Option<Verdict>,
     shared_due: &mut Option<RateKey>,
-) -> Result<Option<Principal>, Response> {
+) -> Result<Option<Holder>, Response> {
     if !matches!(checked, Ok(Some(_)) | Err(TokenError::Unavailable)) && route.rate_limit {
         gw.count_local(RateKey::Address(client_ip), verdict, shared_due)?;
     }
@@ -239,7 +239,7 @@ pub(super) fn admit_checked(
     })
 }
 
-/// Takes one request from the allowance of the verified user, if any,
+/// Takes one request from the allowance of the verified user (or client), if any,
 /// on a rate limited route.
 #[allow(
     clippy::result_large_err,
@@ -248,13 +248,13 @@ pub(super) fn admit_checked(
 pub(super) fn limit_user(
     gw: &Gateway,
     route: &RouteConfig,
-    principal: Option<&Principal>,
+    caller: Option<&Holder>,
     verdict: &mut Option<Verdict>,
     shared_due: &mut Option<RateKey>,
 ) -> Result<(), Response> {
-    match principal {
-        Some(p) if route.rate_limit => {
-            gw.count_local(RateKey::User(p.user_id.as_uuid()), verdict, shared_due)
+    match caller {
+        Some(c) if route.rate_limit => {
+            gw.count_local(RateKey::User(c.subject().as_uuid()), verdict, shared_due)
         }
         _ => Ok(()),
     }
@@ -363,13 +363,13 @@ pub(super) async fn permitted(
     resource: Option<&str>,
     permission: &str,
 ) -> Result<(), Response> {
-    let Admission::Decided(Some(principal)) = admission else {
+    let Admission::Decided(Some(caller)) = admission else {
         return Err(bearer::refusal(TokenError::Missing));
     };
     match gw
         .inner
         .permits
-        .allowed(principal.user_id, permission, resource)
+        .allowed(caller.subject(), permission, resource)
         .await
     {
         Ok(true) => Ok(()),

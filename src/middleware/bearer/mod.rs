@@ -35,7 +35,7 @@ use pasetors::keys::AsymmetricPublicKey;
 use pasetors::version4::V4;
 
 use super::recent;
-use super::token::{self, IssuerAudience, Principal, SessionId, TokenError};
+use super::token::{self, Holder, IssuerAudience, SessionId, TokenError};
 use crate::kernel::bus::BusError;
 use crate::kernel::clock::Clock;
 use crate::kernel::error::Problem;
@@ -62,14 +62,14 @@ struct Cached {
 /// Keeps a verified token until it expires by the injected clock.
 struct UntilExpiry(Arc<dyn Clock>);
 
-impl Expiry<Box<[u8]>, Principal> for UntilExpiry {
+impl Expiry<Box<[u8]>, Holder> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &Box<[u8]>,
-        value: &Principal,
+        value: &Holder,
         _now: Instant,
     ) -> Option<Duration> {
-        (value.expires_at - self.0.now()).to_std().ok()
+        (value.expires_at() - self.0.now()).to_std().ok()
     }
 }
 
@@ -107,7 +107,7 @@ struct Inner {
     /// Keyed by the token itself, hashed with foldhash: SipHash over a token
     /// of some 500 bytes costs more than the rest of the lookup, and only
     /// tokens that verified are ever put in.
-    verified: moka::sync::Cache<Box<[u8]>, Principal, foldhash::fast::RandomState>,
+    verified: moka::sync::Cache<Box<[u8]>, Holder, foldhash::fast::RandomState>,
     revoked: moka::sync::Cache<SessionId, Duration>,
     /// Moves on at every revocation, which voids the per-thread tables.
     generation: AtomicU64,
@@ -153,7 +153,7 @@ impl TokenCheck {
 
     /// Checks a bearer token: from memory when it verified before, else
     /// verified now.
-    pub async fn check(&self, token: impl AsRef<[u8]>) -> Result<Principal, TokenError> {
+    pub async fn check(&self, token: impl AsRef<[u8]>) -> Result<Holder, TokenError> {
         let token = token.as_ref();
         match self.check_remembered(token) {
             Some(verdict) => verdict,
@@ -163,7 +163,7 @@ impl TokenCheck {
 
     /// The verdict on a token that verified before, with no signature work;
     /// `None` when this check has not verified it (or has forgotten it).
-    pub fn check_remembered(&self, token: &[u8]) -> Option<Result<Principal, TokenError>> {
+    pub fn check_remembered(&self, token: &[u8]) -> Option<Result<Holder, TokenError>> {
         if !self.inner.caught_up.load(Ordering::Acquire) {
             return None;
         }
@@ -172,7 +172,7 @@ impl TokenCheck {
         // racing with it voids what is remembered here.
         let generation = self.inner.generation.load(Ordering::Acquire);
         if let Some(p) = recent::get(self.inner.id, generation, token) {
-            return Some(if now >= p.expires_at {
+            return Some(if now >= p.expires_at() {
                 Err(TokenError::Expired)
             } else {
                 Ok(p)
@@ -186,7 +186,7 @@ impl TokenCheck {
     }
 
     /// Verifies a token's signature and claims, and remembers it when good.
-    pub async fn check_fresh(&self, token: &[u8]) -> Result<Principal, TokenError> {
+    pub async fn check_fresh(&self, token: &[u8]) -> Result<Holder, TokenError> {
         if !self.inner.caught_up.load(Ordering::Acquire) && !self.try_catch_up().await {
             return Err(TokenError::Unavailable);
         }
@@ -202,7 +202,7 @@ impl TokenCheck {
     }
 
     /// Verifies without the verified-token cache (keys are still cached).
-    pub async fn verify_uncached(&self, token: &str) -> Result<Principal, TokenError> {
+    pub async fn verify_uncached(&self, token: &str) -> Result<Holder, TokenError> {
         let kid = token::key_id(token)?;
         let key = self.key(&kid).await?;
         let principal = token::verify(token, &key, &self.inner.expected, self.inner.clock.now())?;
@@ -211,16 +211,16 @@ impl TokenCheck {
 
     fn still_good(
         &self,
-        p: Principal,
+        p: Holder,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Principal, TokenError> {
+    ) -> Result<Holder, TokenError> {
         if !self.inner.caught_up.load(Ordering::Acquire) {
             return Err(TokenError::Unavailable);
         }
-        if now >= p.expires_at {
+        if now >= p.expires_at() {
             return Err(TokenError::Expired);
         }
-        if self.inner.revoked.contains_key(&p.session_id) {
+        if self.inner.revoked.contains_key(&p.session_id()) {
             return Err(TokenError::Revoked);
         }
         Ok(p)
@@ -375,21 +375,35 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], TokenError> {
     Ok(token)
 }
 
-/// Axum middleware: lets the request through with a [`Principal`] in its
-/// extensions, or answers 401.
+/// Axum middleware: lets a user's request through with its
+/// [`token::Principal`] in its extensions, or answers 401. The platform's
+/// APIs serve users: a client's own token (the client credentials grant)
+/// is refused with 403 `client_token_refused`.
 pub async fn require(State(check): State<TokenCheck>, mut req: Request, next: Next) -> Response {
     let verdict = match bearer_token(req.headers()) {
         Ok(token) => check.check(token).await,
         Err(e) => Err(e),
     };
     match verdict {
-        Ok(principal) => {
+        Ok(Holder::User(principal)) => {
             crate::kernel::telemetry::set_actor(principal.user_id.as_uuid());
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
+        Ok(Holder::Client { .. }) => client_refused(),
         Err(e) => refusal(e),
     }
+}
+
+/// The 403 answer for a client's own token where only users are served.
+pub fn client_refused() -> Response {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "client_token_refused",
+        "This API serves users",
+    )
+    .detail("a client's own token (client credentials) cannot call the platform's APIs")
+    .into_response()
 }
 
 #[cfg(test)]
@@ -486,7 +500,7 @@ mod tests {
         let (known, _, check) = checking();
         let token = signed_by(&known);
         let principal = check.check(&token).await.unwrap();
-        check.revoke(principal.session_id);
+        check.revoke(principal.session_id());
         assert_eq!(check.check(&token).await, Err(TokenError::Revoked));
     }
 }

@@ -1,6 +1,7 @@
-//! Asking authz whether a user may do something: the client the gateway
-//! and the services share, over authz's gRPC API, with the answers kept a
-//! short while per (user, permission, resource).
+//! Asking authz whether a user (or a client acting for itself) may do
+//! something: the client the gateway and the services share, over authz's
+//! gRPC API, with the answers kept a short while per (subject, permission,
+//! resource).
 //!
 //! A kept answer never outlives the change that voids it, nor the time it
 //! lapses by itself: an allowance lasts no longer than the latest expiry of
@@ -27,7 +28,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::ids::UserId;
+use super::ids::{Subject, UserId};
 
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::{self, EventBus, Unhandled};
@@ -69,7 +70,7 @@ impl Kept {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    user: Uuid,
+    subject: Subject,
     permission: Box<str>,
     resource: Option<Box<str>>,
 }
@@ -81,12 +82,13 @@ struct Key {
 #[async_trait::async_trait]
 pub trait SharedDecisions: Send + Sync {
     /// The answer kept for the question, unless a change known since voids it.
-    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept>;
+    async fn get(&self, subject: Subject, permission: &str, resource: Option<&str>)
+    -> Option<Kept>;
     /// Keeps `answer`, given at `revision`, for the store's time, unless
     /// a change after `revision` is known.
     async fn put(
         &self,
-        user: Uuid,
+        subject: Subject,
         permission: &str,
         resource: Option<&str>,
         revision: u64,
@@ -185,17 +187,18 @@ impl Permits {
         }
     }
 
-    /// Whether `user` may do `permission` (one action on one type) on
-    /// `resource` (`type:id`), or at the permission's type without one.
+    /// Whether `subject` (a user, or a client) may do `permission` (one
+    /// action on one type) on `resource` (`type:id`), or at the
+    /// permission's type without one.
     pub async fn allowed(
         &self,
-        user: UserId,
+        subject: impl Into<Subject>,
         permission: &str,
         resource: Option<&str>,
     ) -> Result<bool, PermitError> {
-        let user = user.as_uuid();
+        let subject = subject.into();
         let key = Key {
-            user,
+            subject,
             permission: permission.into(),
             resource: resource.map(Into::into),
         };
@@ -209,7 +212,7 @@ impl Permits {
         let shared = self.inner.shared.as_deref();
         let kept = match shared {
             Some(s) => s
-                .get(user, permission, resource)
+                .get(subject, permission, resource)
                 .await
                 .filter(|k| k.holds_at(now_ms)),
             None => None,
@@ -219,7 +222,7 @@ impl Permits {
             None => {
                 let (decision, revision) = self.ask(&key).await?;
                 if let Some(s) = shared {
-                    s.put(user, permission, resource, revision, decision).await;
+                    s.put(subject, permission, resource, revision, decision).await;
                 }
                 decision
             }
@@ -252,7 +255,14 @@ impl Permits {
     async fn ask(&self, key: &Key) -> Result<(Kept, u64), PermitError> {
         let asked = pb::CheckRequest {
             question: Some(pb::Question {
-                user_id: key.user.to_string(),
+                user_id: match key.subject {
+                    Subject::User(id) => id.to_string(),
+                    Subject::Client(_) => String::new(),
+                },
+                client_id: match key.subject {
+                    Subject::Client(id) => id.to_string(),
+                    Subject::User(_) => String::new(),
+                },
                 permission: key.permission.to_string(),
                 resource: key.resource.as_deref().unwrap_or_default().to_owned(),
             }),
@@ -322,7 +332,9 @@ impl Permits {
         // A cache that cannot drop by user drops them all.
         let dropped = named_users(change).is_some_and(|users| {
             decisions
-                .invalidate_entries_if(move |key, _| users.contains(&key.user))
+                .invalidate_entries_if(move |key, _| {
+                    matches!(key.subject, Subject::User(u) if users.contains(&u.as_uuid()))
+                })
                 .is_ok()
         });
         if !dropped {

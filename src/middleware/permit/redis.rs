@@ -25,6 +25,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::{Kept, SharedDecisions};
+use crate::middleware::ids::{Subject, UserId};
 use crate::kernel::locks;
 use crate::kernel::redis::Redis;
 
@@ -103,24 +104,24 @@ impl RedisDecisions {
     }
 
     /// The answer's key, the user's floor and everyone's floor.
-    fn keys(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Vec<String> {
+    fn keys(&self, subject: Subject, permission: &str, resource: Option<&str>) -> Vec<String> {
         // The permission's length keeps `a:b` + `c` apart from `a` + `b:c`.
         let resource = resource.unwrap_or_default();
         vec![
             self.redis.key(&format!(
-                "permit:{}:{user}:{}:{permission}:{resource}",
+                "permit:{}:{subject}:{}:{permission}:{resource}",
                 self.service,
                 permission.len()
             )),
-            self.user_floor(user),
+            self.floor(subject),
             self.redis
                 .key(&format!("permit-floor:{}:all", self.service)),
         ]
     }
 
-    fn user_floor(&self, user: Uuid) -> String {
+    fn floor(&self, subject: Subject) -> String {
         self.redis
-            .key(&format!("permit-floor:{}:{user}", self.service))
+            .key(&format!("permit-floor:{}:{subject}", self.service))
     }
 
     /// The tag of `answer` (`<revision>:<0|1>`) kept at `key`.
@@ -156,11 +157,11 @@ impl RedisDecisions {
 
 #[async_trait::async_trait]
 impl SharedDecisions for RedisDecisions {
-    async fn get(&self, user: Uuid, permission: &str, resource: Option<&str>) -> Option<Kept> {
+    async fn get(&self, subject: Subject, permission: &str, resource: Option<&str>) -> Option<Kept> {
         if !self.trusted() {
             return None;
         }
-        let keys = self.keys(user, permission, resource);
+        let keys = self.keys(subject, permission, resource);
         let key = keys[0].clone();
         let (kept, floor) = self
             .redis
@@ -172,13 +173,13 @@ impl SharedDecisions for RedisDecisions {
 
     async fn put(
         &self,
-        user: Uuid,
+        subject: Subject,
         permission: &str,
         resource: Option<&str>,
         revision: u64,
         kept: Kept,
     ) {
-        let keys = self.keys(user, permission, resource);
+        let keys = self.keys(subject, permission, resource);
         let decision = format!(
             "{revision}:{}:{}",
             u8::from(kept.allowed),
@@ -197,7 +198,10 @@ impl SharedDecisions for RedisDecisions {
 
     async fn forget(&self, users: Option<&[Uuid]>, revision: u64) {
         let floors = match users {
-            Some(users) => users.iter().map(|u| self.user_floor(*u)).collect(),
+            Some(users) => users
+                .iter()
+                .map(|u| self.floor(Subject::User(UserId::from_uuid(*u))))
+                .collect(),
             None => vec![
                 self.redis
                     .key(&format!("permit-floor:{}:all", self.service)),

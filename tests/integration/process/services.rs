@@ -165,6 +165,7 @@ async fn the_authz_binary_answers_checks_over_grpc_and_stops_on_sigterm() {
                 user_id: uuid::Uuid::now_v7().to_string(),
                 permission: "users:read".into(),
                 resource: String::new(),
+                ..Default::default()
             }),
             at_least_revision: 1,
         })
