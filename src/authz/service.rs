@@ -382,8 +382,9 @@ impl Authz {
         if let Subject::Client(_) = member {
             return Err(AuthzError::Field {
                 field: "member",
-                message: "a group holds users and groups; bind a client's roles to the client itself"
-                    .into(),
+                message:
+                    "a group holds users and groups; bind a client's roles to the client itself"
+                        .into(),
             });
         }
         // The new member gains everything the group holds.

@@ -342,7 +342,10 @@ mod tests {
         pasetors::paserk::FormatAsPaserk::fmt(&kid, &mut kid_text).unwrap();
         assert_eq!(key_id(&token).unwrap(), kid_text);
         let p = verify(&token, &kp.public, &issuer_audience(), now).unwrap();
-        assert_eq!((p.subject(), p.session_id()), (Subject::User(user), session));
+        assert_eq!(
+            (p.subject(), p.session_id()),
+            (Subject::User(user), session)
+        );
         assert!(p.user().is_some());
     }
 

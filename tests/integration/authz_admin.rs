@@ -497,7 +497,12 @@ async fn upstream() -> String {
 
 /// Polls `GET path` with `token` through the gateway until it answers
 /// `status`; fails when that takes a second or more.
-pub(crate) async fn within_a_second(app: &TestApp, path: &str, token: &str, status: u16) -> Duration {
+pub(crate) async fn within_a_second(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    status: u16,
+) -> Duration {
     let started = Instant::now();
     loop {
         let r = app.through(Method::GET, path, token).send().await.unwrap();

@@ -1478,7 +1478,7 @@ fn urlencode(s: &str) -> String {
 /// (never a user); the platform's own APIs and userinfo refuse it;
 /// introspection names the client; revoking it closes the route at once.
 /// A public client, a client without the grant, and a user's scope are
-/// refused.
+/// refused, and so is a client as a group's member.
 #[tokio::test]
 async fn a_client_acts_for_itself_where_authz_lets_it_with_client_credentials() {
     use reqwest::Method;
@@ -1554,6 +1554,27 @@ async fn a_client_acts_for_itself_where_authz_lets_it_with_client_credentials() 
         .unwrap();
     assert_eq!(bound.status(), 201, "{}", bound.text().await.unwrap());
     crate::authz_admin::within_a_second(&app, "/reports/7", &token, 200).await;
+    // A client holds its own bindings, never a group's.
+    let group: Value = app
+        .through(Method::POST, "/v1/authz/groups", &admin)
+        .json(&json!({"name": "exporters"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let joined = app
+        .through(
+            Method::POST,
+            &format!("/v1/authz/groups/{}/members", group["id"].as_str().unwrap()),
+            &admin,
+        )
+        .json(&json!({"member": format!("client:{id}")}))
+        .send()
+        .await
+        .unwrap();
+    support::assert_problem(joined, 422, "validation_failed").await;
     let told: Value = app
         .through(Method::GET, "/reports/7", &token)
         .send()
@@ -1605,7 +1626,10 @@ async fn a_client_acts_for_itself_where_authz_lets_it_with_client_credentials() 
     .await;
     assert_eq!(status, StatusCode::OK);
     let (_, body) = form_post(&app, introspect, &api, &api_secret, &[("token", &token)]).await;
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["active"], false);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["active"],
+        false
+    );
     crate::authz_admin::within_a_second(&app, "/reports/7", &token, 401).await;
 
     // Refused: a user's scope, a public client, a client without the grant.
@@ -1619,7 +1643,10 @@ async fn a_client_acts_for_itself_where_authz_lets_it_with_client_credentials() 
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "invalid_scope");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "invalid_scope"
+    );
     let (public, _) = client(
         &app,
         ClientSpec {

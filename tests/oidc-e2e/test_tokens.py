@@ -1,9 +1,10 @@
-"""The relying party's calls after the sign-in, with no browser: userinfo
-and the refresh token grant. Each test signs its user in once in the
-browser to get its tokens."""
+"""The relying party's calls with no browser: userinfo, the refresh token
+grant, introspection and revocation after a sign-in (each such test signs
+its user in once in the browser to get its tokens), and the client
+credentials grant."""
 
 import pytest
-from requests_oauth2client import InvalidClient, OAuth2Client
+from requests_oauth2client import InvalidClient, InvalidGrant, OAuth2Client
 
 from flow import check_id_token, exchange, sign_in_and_allow
 
@@ -57,11 +58,38 @@ def test_a_refresh_with_a_wrong_secret_is_refused(signed_in, tls):
         impostor.refresh_token(token)
 
 
-# Client credentials, introspection and revocation.
-#
-# Their tests go here once the provider has those endpoints: each with the
-# `signed_in` fixture (or an app of its own for client credentials) and the
-# relying party's own calls, `app.rp.client_credentials(...)`,
-# `app.rp.introspect_token(...)` and `app.rp.revoke_refresh_token(...)`,
-# which discovery sets up from `introspection_endpoint` and
-# `revocation_endpoint`.
+def test_a_resource_server_introspects_and_the_client_revokes(signed_in, tls, make_app):
+    app, user, token = signed_in
+    api = make_app(tls, "Calendar API")
+    about = api.rp.introspect_token(token.access_token)
+    assert about["active"] is True
+    assert about["sub"] == token.id_token.subject
+    assert about["client_id"] == app.client_id
+    assert set(about["scope"].split()) == {"openid", "email", "offline_access"}
+
+    # Revoking the refresh token ends the sign-in's session, and with it
+    # the access token (RFC 7009 section 2.1).
+    assert app.rp.revoke_refresh_token(token.refresh_token)
+    assert api.rp.introspect_token(token.access_token) == {"active": False}
+    assert api.rp.introspect_token(token.refresh_token) == {"active": False}
+    with pytest.raises(InvalidGrant):
+        app.rp.refresh_token(token)
+
+
+def test_a_backend_gets_a_token_of_its_own_with_client_credentials(tls, make_app):
+    app = make_app(tls, "Nightly export")
+    assert "client_credentials" in app.discovery["grant_types_supported"]
+    token = app.rp.client_credentials()
+    assert token.refresh_token is None and token.id_token is None
+
+    about = app.rp.introspect_token(token.access_token)
+    assert about["active"] is True
+    assert about["sub"] == app.client_id == about["client_id"]
+
+    # It speaks for no user: the platform's user API refuses it.
+    me = tls.session().get(f"{tls.issuer}/v1/users/me", headers={"Authorization": f"Bearer {token.access_token}"})
+    assert me.status_code == 403, me.text
+    assert me.json()["code"] == "client_token_refused"
+
+    assert app.rp.revoke_access_token(token.access_token)
+    assert app.rp.introspect_token(token.access_token) == {"active": False}

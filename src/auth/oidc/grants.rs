@@ -110,8 +110,7 @@ impl Provider {
         }
         let client_id = ClientId::parse(&client.id).map_err(|_| {
             OAuthError::UnauthorizedClient(
-                "the client's id is not a UUID; register it again to use client_credentials"
-                    .into(),
+                "the client's id is not a UUID; register it again to use client_credentials".into(),
             )
         })?;
         let now = self.auth.clock.now();

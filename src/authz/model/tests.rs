@@ -151,6 +151,35 @@ fn a_check_is_allowed_by_a_binding_and_says_which() {
     );
 }
 
+/// A client holds its own bindings only: a binding of the client is not
+/// the user's with the same id, nor the other way round, and the users
+/// who hold a permission never include a client.
+#[test]
+fn a_client_holds_its_own_bindings_and_is_never_taken_for_a_user() {
+    let id = Uuid::new_v4();
+    let mut policy = Policy::new(1, 8);
+    policy.add_role(role("exporter", &["reports:read"]));
+    policy.add_binding(bind(Subject::Client(id), "exporter", Scope::Everywhere));
+    let client = policy.reach(Subject::Client(id));
+    assert!(
+        policy
+            .check_from(&client, &p("reports:read"), None, now())
+            .allowed()
+    );
+    assert!(
+        !policy
+            .check_from(&client, &p("reports:write"), None, now())
+            .allowed()
+    );
+    assert!(!policy.check(id, &p("reports:read"), None, now()).allowed());
+    assert!(policy.subjects(&p("reports:read"), None, now()).is_empty());
+    policy.add_binding(bind(Subject::User(id), "exporter", Scope::Everywhere));
+    assert_eq!(
+        policy.subjects(&p("reports:read"), None, now()),
+        [id].into()
+    );
+}
+
 #[test]
 fn nested_groups_pass_their_bindings_down_and_refuse_circles() {
     let ann = Uuid::now_v7();

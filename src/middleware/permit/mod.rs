@@ -222,7 +222,8 @@ impl Permits {
             None => {
                 let (decision, revision) = self.ask(&key).await?;
                 if let Some(s) = shared {
-                    s.put(subject, permission, resource, revision, decision).await;
+                    s.put(subject, permission, resource, revision, decision)
+                        .await;
                 }
                 decision
             }

@@ -25,9 +25,9 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::{Kept, SharedDecisions};
-use crate::middleware::ids::{Subject, UserId};
 use crate::kernel::locks;
 use crate::kernel::redis::Redis;
+use crate::middleware::ids::{Subject, UserId};
 
 /// `KEYS`: the answer, the user's floor, everyone's floor. Answers the
 /// kept value (nil when there is none) and the higher floor.
@@ -157,7 +157,12 @@ impl RedisDecisions {
 
 #[async_trait::async_trait]
 impl SharedDecisions for RedisDecisions {
-    async fn get(&self, subject: Subject, permission: &str, resource: Option<&str>) -> Option<Kept> {
+    async fn get(
+        &self,
+        subject: Subject,
+        permission: &str,
+        resource: Option<&str>,
+    ) -> Option<Kept> {
         if !self.trusted() {
             return None;
         }
