@@ -234,6 +234,7 @@ async fn checks(
                                 user_id: user.to_string(),
                                 permission: format!("type{kind}:{action}"),
                                 resource: format!("type{kind}:{}", draw.next(RESOURCES)),
+                                ..Default::default()
                             }),
                             at_least_revision: 0,
                         }

@@ -200,7 +200,13 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
         [7; 32],
         keep,
     );
-    let (ann, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    use gatehouse::middleware::ids::{ClientId, Subject, UserId};
+    let (ann, bob) = (
+        Subject::User(UserId::now_v7()),
+        Subject::User(UserId::now_v7()),
+    );
+    // A client is asked about apart from a user, whatever its id.
+    let client = Subject::Client(ClientId::from_uuid(ann.as_uuid()));
     let doc = Some("document:1");
     assert_eq!(there.get(ann, "document:read", doc).await, None);
     here.put(ann, "document:read", doc, 5, YES).await;
@@ -208,11 +214,12 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
     // Another replica reads what this one was told; other questions are not kept.
     assert_eq!(there.get(ann, "document:read", doc).await, Some(YES));
     assert_eq!(there.get(bob, "document:read", doc).await, Some(NO));
+    assert_eq!(there.get(client, "document:read", doc).await, None);
     assert_eq!(there.get(ann, "document:read", None).await, None);
     assert_eq!(there.get(ann, "document:write", doc).await, None);
 
     // A change at revision 6 naming ann voids her answers only.
-    there.forget(Some(&[ann]), 6).await;
+    there.forget(Some(&[ann.as_uuid()]), 6).await;
     assert_eq!(here.get(ann, "document:read", doc).await, None);
     assert_eq!(here.get(bob, "document:read", doc).await, Some(NO));
     // An answer given before the change, written after it, is not kept.
@@ -221,7 +228,7 @@ async fn shared_authz_answers_are_voided_by_the_changes_after_them() {
     here.put(ann, "document:read", doc, 6, NO).await;
     assert_eq!(there.get(ann, "document:read", doc).await, Some(NO));
     // A floor never goes down.
-    there.forget(Some(&[ann]), 4).await;
+    there.forget(Some(&[ann.as_uuid()]), 4).await;
     assert_eq!(there.get(ann, "document:read", doc).await, Some(NO));
 
     // An allowance that lapses by time is read with its end.
@@ -328,14 +335,15 @@ async fn a_replica_that_could_not_void_shared_answers_stops_reading_them() {
         [7; 32],
         keep,
     );
-    let ann = uuid::Uuid::new_v4();
+    let ann =
+        gatehouse::middleware::ids::Subject::User(gatehouse::middleware::ids::UserId::now_v7());
     writer.put(ann, "document:read", None, 5, YES).await;
     assert_eq!(replica.get(ann, "document:read", None).await, Some(YES));
 
     // The replica's link is down when a change arrives: the floor stays
     // where it was, so the voided answer is still in Redis.
     relay.cut();
-    replica.forget(Some(&[ann]), 6).await;
+    replica.forget(Some(&[ann.as_uuid()]), 6).await;
     relay.mend();
     assert_eq!(writer.get(ann, "document:read", None).await, Some(YES));
     // The replica reads nothing shared, even with its link back, until the
