@@ -19,6 +19,13 @@ test-oidc:
     scripts/oidc-e2e.sh install
     scripts/oidc-e2e.sh run
 
+# The same browser and relying-party tests against the five service binaries as
+# processes of their own on PostgreSQL (DATABASE_URL's server).
+test-oidc-separate:
+    cargo build --features it-postgres,it-kafka,it-etcd,it-redis,it-smtp,it-cluster --bins
+    scripts/oidc-e2e.sh install
+    scripts/oidc-e2e.sh run-separate
+
 # The integration suite against the local PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres).
 test-postgres:
     scripts/tests-ran.sh cargo test --features it-postgres --test integration
@@ -79,7 +86,7 @@ bench-smoke:
     BENCH_PROFILE=bench-smoke timeout 900 scripts/bench.sh 1 all
 
 # Everything CI checks (the PostgreSQL suite runs within test-servers).
-ci: fmt-check clippy build-all check-deploy test test-oidc test-servers fuzz-api bench-smoke
+ci: fmt-check clippy build-all check-deploy test test-oidc test-servers test-oidc-separate fuzz-api bench-smoke
 
 # Benchmarks against a running release build; prints figure, baseline and ratio per
 # scenario. `what`: footprint (idle memory, start), flood (memory and

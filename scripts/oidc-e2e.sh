@@ -10,11 +10,19 @@
 #                                 the gateway's TLS with a test certificate,
 #                                 one on plain http at a loopback address)
 #                                 and run the tests against them
+#   scripts/oidc-e2e.sh run-separate
+#                                 the same, each platform made of the five
+#                                 service binaries as processes of their own
+#                                 on PostgreSQL (a fresh database each, at
+#                                 DATABASE_URL's server), wired by the static
+#                                 registry, the outbox bus and service keys
 #
 # `run` takes the binary from GATEHOUSE_BIN (default
-# $CARGO_TARGET_DIR/debug/gatehouse) and runs a copy of it, so a build
-# during the run does not change it underneath. Arguments after `run` go
-# to pytest (`run -k logout`).
+# $CARGO_TARGET_DIR/debug/gatehouse); `run-separate` takes the service
+# binaries and `gatehouse` (for the operator's commands) from
+# GATEHOUSE_BIN_DIR (default $CARGO_TARGET_DIR/debug), built with the
+# postgres feature. Copies run, so a build during the run does not change
+# them underneath. Arguments after the mode go to pytest (`run -k logout`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +31,13 @@ venv="$cache/oidc-venv"
 requirements="tests/oidc-e2e/requirements.txt"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/gatehouse/target}"
 binary="${GATEHOUSE_BIN:-$target/debug/gatehouse}"
+bin_dir="${GATEHOUSE_BIN_DIR:-$target/debug}"
+database_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+# psql says only what went wrong.
+export PGOPTIONS="-c client_min_messages=warning"
+services=(identity auth authz audit gateway)
+# all-in-one, or separate (run-separate).
+topology="all-in-one"
 
 install() {
     local missing=()
@@ -121,6 +136,34 @@ listen = "127.0.0.1:${ports[3]}"
 [audit]
 listen = "127.0.0.1:${ports[4]}"
 EOF
+    if [ "$topology" = separate ]; then
+        local database
+        database="gatehouse_oidc_e2e_$(basename "$dir")_$$"
+        psql -q "$database_url" -c "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database"
+        echo "$database" >"$dir/database"
+        "$work/gatehouse" credentials issue --out "$dir/credentials" >/dev/null
+        cat >>"$dir/gatehouse.toml" <<EOF
+
+[database]
+backend = "postgres"
+url = "${database_url%/*}/$database"
+
+[registry]
+backend = "static"
+
+[registry.instances]
+identity = ["http://127.0.0.1:${ports[1]}"]
+auth = ["http://127.0.0.1:${ports[2]}"]
+authz = ["http://127.0.0.1:${ports[3]}"]
+audit = ["http://127.0.0.1:${ports[4]}"]
+
+[bus]
+backend = "outbox"
+
+[rpc]
+credentials_dir = "$dir/credentials"
+EOF
+    fi
     if [ "$scheme" = https ]; then
         cat >>"$dir/gatehouse.toml" <<EOF
 
@@ -155,7 +198,8 @@ ready() {
     return 1
 }
 
-# stop DIR: stops DIR's processes and waits for them to end.
+# stop DIR: stops DIR's processes, waits for them to end, and drops the
+# database they had.
 stop() {
     local pid
     for pid in $(cat "$1/pids" 2>/dev/null); do
@@ -165,6 +209,25 @@ stop() {
         while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     done
     rm -f "$1/pids"
+    if [ -f "$1/database" ]; then
+        psql -q "$database_url" -c "DROP DATABASE IF EXISTS $(cat "$1/database")" || true
+        rm -f "$1/database"
+    fi
+}
+
+# start DIR: the platform's processes on DIR's configuration; prints the
+# services' own readiness URLs, which answer once each is up.
+start() {
+    local dir="$1" service port
+    if [ "$topology" = separate ]; then
+        for service in "${services[@]}"; do
+            spawn "$dir" "gatehouse-$service"
+            port="$(sed -n "/^\[$service\]\$/,/^listen/ s/^listen = \"127.0.0.1:\([0-9]*\)\"/\1/p" "$dir/gatehouse.toml")"
+            [ "$service" = gateway ] || echo "http://127.0.0.1:$port/readyz"
+        done
+    else
+        spawn "$dir" gatehouse
+    fi
 }
 
 # deploy NAME SCHEME: the all-in-one platform in $work/NAME; sets $issuer.
@@ -175,9 +238,11 @@ deploy() {
     for _ in 1 2 3; do
         mkdir -p "$dir/data"
         write_config "$dir" "$scheme"
-        spawn "$dir" gatehouse
-        if ready "$dir" "$issuer/readyz" "$issuer/.well-known/openid-configuration"; then
-            echo "$name platform ready at $issuer"
+        local probes
+        probes="$(start "$dir")"
+        # shellcheck disable=SC2086 # one URL a word
+        if ready "$dir" $probes "$issuer/readyz" "$issuer/.well-known/openid-configuration"; then
+            echo "$name platform ($topology) ready at $issuer"
             return
         fi
         stop "$dir"
@@ -198,9 +263,23 @@ run() {
         echo "no gatehouse binary at $binary (build it, or set GATEHOUSE_BIN)" >&2
         exit 1
     fi
+    local service
+    if [ "$topology" = separate ]; then
+        for service in "${services[@]}"; do
+            if [ ! -x "$bin_dir/gatehouse-$service" ]; then
+                echo "no gatehouse-$service in $bin_dir (build it with the postgres feature)" >&2
+                exit 1
+            fi
+        done
+    fi
     work="$(mktemp -d)"
     trap 'for d in "$work"/*/; do stop "$d"; done; rm -rf "$work"' EXIT
     cp "$binary" "$work/gatehouse"
+    if [ "$topology" = separate ]; then
+        for service in "${services[@]}"; do
+            cp "$bin_dir/gatehouse-$service" "$work/"
+        done
+    fi
     mkdir "$work/certs"
     make_certificate "$work/certs"
 
@@ -228,5 +307,6 @@ run() {
 case "${1:-}" in
     install) install ;;
     run) shift; run "$@" ;;
-    *) echo "usage: $0 install|run [pytest arguments]" >&2; exit 2 ;;
+    run-separate) shift; topology=separate; binary="$bin_dir/gatehouse"; run "$@" ;;
+    *) echo "usage: $0 install|run|run-separate [pytest arguments]" >&2; exit 2 ;;
 esac

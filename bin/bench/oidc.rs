@@ -8,6 +8,9 @@
 //!   once.
 //! - `refreshes_per_sec`: refresh-token rotations, each with a new ID
 //!   token, against the same signing rate.
+//! - `client_credentials_per_sec`: client credentials grants (a PASETO
+//!   access token in a session of the client's own, no ID token), against
+//!   the same signing rate.
 //! - `discovery_per_sec` and `jwks_per_sec`: the two documents relying
 //!   parties fetch, against `/healthz` through the same gateway.
 
@@ -125,6 +128,18 @@ pub async fn run(
     })
     .await?;
     report("refreshes_per_sec", refreshes, signs, &about, 0.5);
+
+    let s = setup.clone();
+    let grants = rate(concurrency, span, move |_, _| {
+        let s = s.clone();
+        async move {
+            let answer = token_post(&s, &[("grant_type", "client_credentials")]).await?;
+            anyhow::ensure!(answer["access_token"].is_string(), "no access token");
+            Ok(())
+        }
+    })
+    .await?;
+    report("client_credentials_per_sec", grants, signs, &about, 0.5);
 
     let against = format!("through the gateway, {connections} connections, {seconds}s each");
     let health = get_rate(&setup, "/healthz", connections, span).await?;
