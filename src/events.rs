@@ -124,7 +124,7 @@ catalogue! {
     }
     auth {
         SESSION_CREATED: SessionEvent = "auth.session.created", [],
-            "A sign-in opened a session.";
+            "A sign-in opened a session, or a client one of its own (client credentials).";
         SESSION_REVOKED: SessionEvent = "auth.session.revoked", ["gateway", "identity", "authz", "audit"],
             "A session ended; every token check refuses its access tokens from then on.";
         SESSION_REUSE_DETECTED: SessionEvent = "auth.session.reuse_detected", [],
