@@ -197,6 +197,12 @@ pub struct RouteConfig {
     /// limits by itself, or that comes from callers known not to abuse it.
     #[serde(default = "limited")]
     pub rate_limit: bool,
+    /// Whether the gateway keeps the route's public responses a moment and
+    /// answers the same `GET` from them (see `proxy/kept.rs`): a `GET`
+    /// without credentials, cookies or `Origin`, answered 200 with
+    /// `Cache-Control: public, max-age=N`, for at most a second.
+    #[serde(default)]
+    pub keep_public: bool,
     /// Path templates with a permission per method (see `gateway::rules`):
     /// on a route with rules, a request goes on only when one covers it,
     /// and its user holds that permission; the route must be `required`.
@@ -254,6 +260,7 @@ impl RouteConfig {
             methods: Vec::new(),
             upstream_protocol: UpstreamProtocol::default(),
             rate_limit: true,
+            keep_public: false,
             rules: Vec::new(),
             permission: None,
             resource_segment: None,

@@ -197,12 +197,20 @@ pub fn built_in() -> Vec<RouteConfig> {
         route("/v1/auth", "auth", AuthPolicy::Public),
         // The OpenID Connect provider: its clients authenticate to it
         // themselves (Basic, PKCE), and its userinfo checks its bearer token.
-        route("/oauth2", "auth", AuthPolicy::Public),
-        route(
-            "/.well-known/openid-configuration",
-            "auth",
-            AuthPolicy::Public,
-        ),
+        // Discovery and the JWKS, fetched often, say `public, max-age`:
+        // the gateway keeps them a moment.
+        RouteConfig {
+            keep_public: true,
+            ..route("/oauth2", "auth", AuthPolicy::Public)
+        },
+        RouteConfig {
+            keep_public: true,
+            ..route(
+                "/.well-known/openid-configuration",
+                "auth",
+                AuthPolicy::Public,
+            )
+        },
         route("/v1/oidc", "auth", AuthPolicy::Required),
         route("/v1/users", "identity", AuthPolicy::Public),
         route("/v1/users/me", "identity", AuthPolicy::Required),

@@ -945,3 +945,81 @@ async fn a_grpc_client_gets_the_gateways_own_refusals_as_grpc_statuses() {
         .unwrap();
     assert_problem(r, 503, "upstream_unavailable").await;
 }
+
+/// On a route that keeps public responses, the same `GET` is answered from
+/// the gateway's copy for a moment: the upstream hears it once. Another
+/// query, a request with credentials, a cookie or an origin, a private
+/// answer and a route that keeps nothing reach the upstream every time;
+/// after a second the copy is gone.
+#[tokio::test]
+async fn public_responses_are_kept_a_moment_on_routes_that_ask_for_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let heard = Arc::new(AtomicU64::new(0));
+    let count = heard.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = axum::Router::new().fallback(move |uri: http::Uri| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let cache = if uri.path().ends_with("/private") {
+                "private, max-age=60"
+            } else {
+                "public, max-age=60"
+            };
+            (
+                [(http::header::CACHE_CONTROL, cache)],
+                axum::Json(json!({"n": n})),
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, upstream).await });
+    let app = with_instance("docs", url, |g| {
+        let mut keeping = RouteConfig::new("/kept", "docs", AuthPolicy::Public);
+        keeping.keep_public = true;
+        g.routes.push(keeping);
+        g.routes
+            .push(RouteConfig::new("/plain", "docs", AuthPolicy::Public));
+    })
+    .await;
+    let get = |path: &str, field: Option<(&'static str, &'static str)>| {
+        let mut request = app.http.get(format!("{}{path}", app.gateway_base));
+        if let Some((name, value)) = field {
+            request = request.header(name, value);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let aged = r.headers().contains_key("age");
+            (
+                r.json::<Value>().await.unwrap()["n"].as_u64().unwrap(),
+                aged,
+            )
+        }
+    };
+
+    let (first, aged) = get("/kept/jwks", None).await;
+    assert!(!aged);
+    assert_eq!(get("/kept/jwks", None).await, (first, true));
+    assert_eq!(heard.load(Ordering::SeqCst), 1);
+    assert_ne!(get("/kept/jwks?v=2", None).await.0, first);
+    for field in [
+        ("authorization", "Bearer anything"),
+        ("cookie", "session=1"),
+        ("origin", "https://app.example"),
+    ] {
+        let before = heard.load(Ordering::SeqCst);
+        assert_eq!(get("/kept/jwks", Some(field)).await, (before + 1, false));
+    }
+    for path in [
+        "/kept/private",
+        "/kept/private",
+        "/plain/jwks",
+        "/plain/jwks",
+    ] {
+        let before = heard.load(Ordering::SeqCst);
+        assert_eq!(get(path, None).await, (before + 1, false), "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (after, aged) = get("/kept/jwks", None).await;
+    assert!(after > first && !aged);
+}

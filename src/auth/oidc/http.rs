@@ -150,13 +150,15 @@ async fn jwks(State(provider): State<Provider>) -> Result<Response, OAuthError> 
             read
         }
     };
-    // A key published while the answer was kept is in the next one: the
-    // cache lifetime leaves that second out, so that no verifier meets a
-    // key before it has had the whole key-cache lifetime to fetch it.
+    // A key published while the answer was kept, here or at the gateway,
+    // is in the next one: the cache lifetime leaves those seconds out, so
+    // that no verifier meets a key before it has had the whole key-cache
+    // lifetime to fetch it.
+    let kept = JWKS_KEPT + crate::kernel::http::KEPT_AT_THE_EDGE;
     let ttl = provider
         .auth
         .key_cache_ttl_secs()
-        .saturating_sub(JWKS_KEPT.as_secs());
+        .saturating_sub(kept.as_secs());
     Ok((
         [
             (header::CACHE_CONTROL, format!("public, max-age={ttl}")),

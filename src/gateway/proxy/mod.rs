@@ -6,11 +6,13 @@
 //! Rooms: this file forwards (the exchange and its attempts in turn);
 //! `admission.rs` routes a request and applies its policy and limits,
 //! `attempt.rs` makes one attempt at one instance, `body.rs` prepares the
-//! request body for the attempts.
+//! request body for the attempts, `kept.rs` keeps public responses of the
+//! routes that ask for it a moment and answers from them.
 
 mod admission;
 mod attempt;
 mod body;
+mod kept;
 
 use super::client::upstream;
 use admission::{Admission, Plan, Refusal, admit_checked, limit_user, permitted, plan};
@@ -81,6 +83,8 @@ struct Inner {
     /// Signs the credential that vouches for the client address of a
     /// request forwarded to a built-in service.
     caller: Option<Arc<Caller>>,
+    /// Public responses of the routes that keep them (see `kept.rs`).
+    kept: kept::Kept,
 }
 
 /// What the gateway needs besides its route table.
@@ -136,6 +140,7 @@ impl Gateway {
                 shutdown: settings.shutdown,
                 permits: settings.permits,
                 caller: settings.caller,
+                kept: kept::Kept::default(),
             }),
         })
     }
@@ -266,7 +271,24 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
                 }
             }
         }
-        let mut response = send(&gw, &mut plan).await;
+        let keep = gw
+            .inner
+            .table
+            .route(plan.route)
+            .config
+            .keep_public
+            .then(|| plan.head.as_ref().and_then(kept::Kept::key))
+            .flatten();
+        let mut response = match keep {
+            Some(key) => match gw.inner.kept.answer(&key) {
+                Some(kept) => kept,
+                None => {
+                    let fresh = send(&gw, &mut plan).await;
+                    gw.inner.kept.keep(key, fresh).await
+                }
+            },
+            None => send(&gw, &mut plan).await,
+        };
         if let Some(v) = plan.verdict {
             ratelimit::annotate(v, response.headers_mut());
         }

@@ -25,3 +25,8 @@ pub mod ops;
 pub mod server;
 pub mod tls;
 pub mod wire;
+
+/// The longest the gateway answers a public response from its own copy
+/// (`gateway/proxy/kept.rs`); a service whose `max-age` must hold from
+/// the moment a change is made leaves it out.
+pub const KEPT_AT_THE_EDGE: std::time::Duration = std::time::Duration::from_secs(1);
