@@ -47,13 +47,13 @@ struct Entry {
 impl Kept {
     /// The key a request is kept under, when it may be answered from here:
     /// a `GET` without `Authorization`, `Cookie` or `Origin`.
-    pub fn key(head: &request::Parts) -> Option<Box<str>> {
+    pub fn key(head: &request::Parts) -> Option<&str> {
         let headers = &head.headers;
         (head.method == Method::GET
             && !headers.contains_key(header::AUTHORIZATION)
             && !headers.contains_key(header::COOKIE)
             && !headers.contains_key(header::ORIGIN))
-        .then(|| head.uri.path_and_query().map_or("/", |p| p.as_str()).into())
+        .then(|| head.uri.path_and_query().map_or("/", |p| p.as_str()))
     }
 
     /// The kept response for `key`, while it is fresh.
@@ -224,7 +224,7 @@ mod tests {
             builder.body(()).unwrap().into_parts().0
         };
         assert_eq!(
-            Kept::key(&head(Method::GET, None)).as_deref(),
+            Kept::key(&head(Method::GET, None)),
             Some("/oauth2/jwks?x=1")
         );
         assert_eq!(Kept::key(&head(Method::POST, None)), None);

@@ -163,7 +163,10 @@ pub fn forward(gw: &Arc<Gateway>, peer: &Peer, req: Request) -> Forwarding {
     let grpc = fault::is_grpc(req.headers());
     let mut label = None;
     let state = match plan(gw, peer, req, &mut label) {
-        Ok(plan) => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
+        Ok(mut plan) => match answer_kept(gw, &mut plan) {
+            Some(kept) => Forward::Immediate(Some(kept)),
+            None => Forward::Exchanging(Box::pin(exchange(gw.clone(), plan))),
+        },
         Err(Refusal {
             response,
             shared_due: None,
@@ -277,7 +280,7 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
             .route(plan.route)
             .config
             .keep_public
-            .then(|| plan.head.as_ref().and_then(kept::Kept::key))
+            .then(|| plan.head.as_ref().and_then(kept::Kept::key).map(Box::from))
             .flatten();
         let mut response = match keep {
             Some(key) => match gw.inner.kept.answer(&key) {
@@ -299,6 +302,29 @@ fn exchange(gw: Arc<Gateway>, mut plan: Plan) -> impl Future<Output = Response> 
         }
         response
     }
+}
+
+/// The response the gateway keeps for `plan`'s request (see `kept.rs`),
+/// when it keeps one and nothing about the request waits: no shared count,
+/// no token to verify, no permission to ask. The rest is the exchange's.
+fn answer_kept(gw: &Gateway, plan: &mut Plan) -> Option<Response> {
+    let config = &gw.inner.table.route(plan.route).config;
+    if !config.keep_public
+        || plan.shared_due.is_some()
+        || plan.cover.is_some()
+        || !matches!(plan.admission, Admission::Decided(_))
+    {
+        return None;
+    }
+    let key = plan.head.as_ref().and_then(kept::Kept::key)?;
+    let mut response = gw.inner.kept.answer(key)?;
+    if let Some(v) = plan.verdict {
+        ratelimit::annotate(v, response.headers_mut());
+    }
+    if let Some(head) = plan.head.take() {
+        wire::recycle_headers(head.headers);
+    }
+    Some(response)
 }
 
 /// Verifies the token of a request whose token was not known, and applies
