@@ -35,6 +35,17 @@ impl SessionRow {
     pub fn is_clients_own(&self) -> bool {
         self.client_id.as_deref() == Some(self.user_id.as_str())
     }
+
+    /// The scopes granted to the session's client; none outside the
+    /// provider.
+    pub fn scopes(&self) -> std::collections::BTreeSet<&str> {
+        self.scope
+            .as_deref()
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }
 
 /// A refresh token row. No `Debug`: the successor holds live tokens (sealed).

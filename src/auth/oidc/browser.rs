@@ -114,12 +114,7 @@ impl BrowserSession {
         Ok(BrowserSession {
             user: UserId::parse(&row.user_id).map_err(|e| AuthError::Internal(e.to_string()))?,
             auth_time: row.auth_time.and_utc(),
-            amr: row
-                .amr
-                .split(' ')
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            amr: super::id_token::methods(&row.amr),
             id: row.id,
         })
     }

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::clients::{Client, Grant, secret_hash};
 use super::error::OAuthError;
-use super::id_token::IdTokenFacts;
+use super::id_token::{IdTokenFacts, methods};
 use super::service::Provider;
 use super::store::{self, CodeRow};
 use crate::auth::error::AuthError;
@@ -216,12 +216,7 @@ impl Provider {
                 &session,
                 IdTokenFacts {
                     auth_time: row.auth_time.and_utc(),
-                    amr: row
-                        .amr
-                        .split(' ')
-                        .filter(|a| !a.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
+                    amr: methods(&row.amr),
                     nonce: row.nonce.clone(),
                 },
                 &access_token,
@@ -355,15 +350,7 @@ impl Provider {
                 .as_ref()
                 .map_or(session.created_at, |b| b.auth_time)
                 .and_utc(),
-            amr: browser
-                .map(|b| {
-                    b.amr
-                        .split(' ')
-                        .filter(|a| !a.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            amr: browser.map(|b| methods(&b.amr)).unwrap_or_default(),
             nonce: None,
         };
         let now = self.auth.clock.now();

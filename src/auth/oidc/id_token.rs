@@ -45,12 +45,7 @@ impl Provider {
         access_token: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, AuthError> {
-        let scope: BTreeSet<&str> = session
-            .scope
-            .as_deref()
-            .unwrap_or_default()
-            .split(' ')
-            .collect();
+        let scope = session.scopes();
         if !scope.contains("openid") {
             return Ok(None);
         }
@@ -114,6 +109,15 @@ impl Provider {
         }
         Ok(())
     }
+}
+
+/// The methods of a sign-in as stored, space-separated (`amr`).
+pub(super) fn methods(stored: &str) -> Vec<String> {
+    stored
+        .split(' ')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What an ID token says of the sign-in behind it.

@@ -2,7 +2,6 @@
 //! the browser's way to a code in `flow.rs`, the token endpoint's grants
 //! in `grants.rs`.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -81,12 +80,7 @@ impl Provider {
             .session(principal.session_id.to_string())
             .await?
             .ok_or(OAuthError::InvalidToken)?;
-        let scope: BTreeSet<&str> = session
-            .scope
-            .as_deref()
-            .unwrap_or_default()
-            .split(' ')
-            .collect();
+        let scope = session.scopes();
         if !scope.contains("openid") {
             return Err(OAuthError::InsufficientScope);
         }
