@@ -106,6 +106,7 @@ pub fn context(config: &Config) -> anyhow::Result<ServiceContext> {
         BusBackend::InProcess => Arc::new(InProcessBus::default()),
         BusBackend::Outbox => Arc::new(crate::kernel::stream::OutboxBus::new(
             clients.clone(),
+            keyring.clone(),
             metrics.clone(),
         )),
         #[cfg(feature = "kafka")]

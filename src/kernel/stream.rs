@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{BusError, Delivery, EventBus, Lag, Position, Start};
+use super::credentials::{CallingService, Keyring};
 use super::db::{Db, DbError};
 use super::metrics::Metrics;
 use super::outbox;
@@ -65,7 +66,18 @@ impl EventStream for Streams {
         &self,
         request: tonic::Request<SubscribeRequest>,
     ) -> Result<tonic::Response<Self::SubscribeStream>, tonic::Status> {
+        // A consumer is named for its service (`authz`, `audit.ingest`):
+        // only that service's credential may stream as it.
+        let caller = request.extensions().get::<CallingService>().cloned();
         let asked = request.into_inner();
+        if let Some(CallingService(caller)) = caller
+            && *caller != *consumer_service(&asked.consumer)
+        {
+            tracing::info!(source = self.source, consumer = %asked.consumer, caller = %caller, "refused a stream to a consumer of another service");
+            return Err(tonic::Status::permission_denied(
+                "a consumer streams with its own service's credential",
+            ));
+        }
         let (db, source, shutdown) = (self.db.clone(), self.source, self.shutdown.clone());
         let unavailable = |e: DbError| tonic::Status::unavailable(e.to_string());
         let after = if asked.from_latest {
@@ -138,16 +150,24 @@ impl EventStream for Streams {
     }
 }
 
+/// The service a consumer belongs to: its name up to the first dot.
+fn consumer_service(consumer: &str) -> &str {
+    consumer.split('.').next().unwrap_or(consumer)
+}
+
 /// The consuming side: pulls each source's events from its outbox.
 pub struct OutboxBus {
     clients: Clients,
+    /// The keys a consumer's pulls are signed with: its own service's.
+    keyring: Arc<Keyring>,
     progress: Arc<Lag>,
 }
 
 impl OutboxBus {
-    pub fn new(clients: Clients, metrics: Metrics) -> OutboxBus {
+    pub fn new(clients: Clients, keyring: Arc<Keyring>, metrics: Metrics) -> OutboxBus {
         OutboxBus {
             clients,
+            keyring,
             progress: Arc::new(Lag::new(metrics)),
         }
     }
@@ -168,6 +188,13 @@ impl EventBus for OutboxBus {
         sources: &[&str],
         start: Start,
     ) -> Result<mpsc::Receiver<Delivery>, BusError> {
+        // The consumer's calls carry its own service's credential, which
+        // the source checks against the consumer it names; a process
+        // holding no key of that service signs with its first.
+        let clients = self
+            .keyring
+            .caller(consumer_service(consumer))
+            .map_or_else(|| self.clients.clone(), |own| self.clients.calling_as(own));
         let (tx, rx) = mpsc::channel(CONSUMER_QUEUE);
         for source in sources {
             let after = match &start {
@@ -183,7 +210,7 @@ impl EventBus for OutboxBus {
                 self.progress.start(consumer, source, 0, after);
             }
             let pull = Pull {
-                clients: self.clients.clone(),
+                clients: clients.clone(),
                 consumer: consumer.to_owned(),
                 source: (*source).to_owned(),
                 after,

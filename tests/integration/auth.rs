@@ -321,6 +321,48 @@ async fn logout_stops_the_access_token_within_a_second() {
 }
 
 #[tokio::test]
+async fn on_the_outbox_bus_each_service_pulls_events_as_itself_and_as_no_other() {
+    use gatehouse::proto::events::v1::SubscribeRequest;
+    use gatehouse::proto::events::v1::event_stream_client::EventStreamClient;
+
+    // Every service of the all-in-one pulls auth's events with its own
+    // key: identity learns of the logout from them.
+    let app = TestApp::builder().outbox_bus().start().await;
+    let pair = signed_up(&app, "outbox@example.org").await;
+    let token = access(&pair);
+    assert_eq!(app.me(&token).await.status(), 200);
+    let r = app
+        .with_token(
+            Method::POST,
+            format!("{}/v1/auth/logout", app.auth_base),
+            &token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = me_becomes(&app, &token, 401, StdDuration::from_secs(5)).await;
+    assert_problem(r, 401, "session_revoked").await;
+
+    // The gateway's key streams as the gateway, and as no other consumer.
+    let as_gateway = app
+        .ctx
+        .clients
+        .calling_as(app.ctx.keyring.caller("gateway").unwrap());
+    let ask = |consumer: &str| SubscribeRequest {
+        consumer: consumer.into(),
+        after: 0,
+        from_latest: true,
+    };
+    let mut stream = EventStreamClient::new(as_gateway.channel("auth").await.unwrap());
+    assert!(stream.subscribe(ask("gateway")).await.is_ok());
+    for other in ["identity", "audit", "authz.ingest"] {
+        let refused = stream.subscribe(ask(other)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{other}");
+    }
+}
+
+#[tokio::test]
 async fn users_see_and_end_their_own_sessions_only() {
     let app = TestApp::start().await;
     let laptop = signed_up(&app, "s@example.org").await;

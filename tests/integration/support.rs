@@ -135,6 +135,8 @@ pub struct Builder {
     auth: gatehouse::auth::AuthConfig,
     storage: Option<Arc<Storage>>,
     bus: Option<Arc<dyn gatehouse::kernel::bus::EventBus>>,
+    /// Pull events from the services' outboxes (`bus.backend = "outbox"`).
+    outbox: bool,
     authz: bool,
     audit: bool,
     permission_cache_ms: Option<u64>,
@@ -159,6 +161,7 @@ impl TestApp {
             },
             storage: None,
             bus: None,
+            outbox: false,
             authz: false,
             audit: false,
             permission_cache_ms: None,
@@ -398,6 +401,13 @@ impl Builder {
         self
     }
 
+    /// Use the broker-less bus: each consumer pulls its sources' outboxes
+    /// over gRPC, as separate processes do.
+    pub fn outbox_bus(mut self) -> Self {
+        self.outbox = true;
+        self
+    }
+
     pub async fn start(self) -> TestApp {
         let storage = self.storage.unwrap_or_else(|| {
             let dir = tempfile::tempdir().unwrap();
@@ -415,6 +425,13 @@ impl Builder {
         let mut ctx = gatehouse::platform::context(&storage.config).unwrap();
         if let Some(bus) = self.bus {
             ctx.bus = bus;
+        }
+        if self.outbox {
+            ctx.bus = Arc::new(gatehouse::kernel::stream::OutboxBus::new(
+                ctx.clients.clone(),
+                ctx.keyring.clone(),
+                ctx.metrics.clone(),
+            ));
         }
         if let Some(server) = self.server {
             ctx.server = server;
