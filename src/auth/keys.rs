@@ -140,26 +140,55 @@ impl KeyRing {
             .all(|r| self.kek.open(&r.secret_key_enc).is_ok()))
     }
 
-    /// Creates the first key, signing at once, when there is none.
+    /// Creates the first key, signing at once, when there is none. Under
+    /// the rotation lock, so that of replicas starting on an empty database
+    /// together, one makes it.
     pub async fn ensure_one(&self) -> Result<(), AuthError> {
-        let any: i64 = self
-            .db
-            .run(|c| Ok::<_, AuthError>(signing_keys::table.count().get_result(c)?))
-            .await?;
-        if any == 0 {
-            let now = self.clock.now();
-            self.insert_new(now, now).await?;
-        }
-        Ok(())
+        let now = self.clock.now();
+        let row = self.new_row(now, now)?;
+        self.db
+            .run(move |c| {
+                c.transaction(|c| {
+                    lock_rotation(c)?;
+                    let any: i64 = signing_keys::table.count().get_result(c)?;
+                    if any == 0 {
+                        diesel::insert_into(signing_keys::table)
+                            .values(&row)
+                            .execute(c)?;
+                    }
+                    Ok::<_, AuthError>(())
+                })
+            })
+            .await
     }
 
     /// Publishes a new key that signs one key-cache lifetime from now; the
     /// current key then stays published until its last token expired. The
     /// ID-token keys rotate with it (see `oidc/keys.rs`).
     pub async fn rotate(&self) -> Result<String, AuthError> {
+        let kid = self.rotate_unless_newer_than(None).await?;
+        kid.ok_or_else(|| AuthError::Internal("a rotation made no key".into()))
+    }
+
+    /// Rotates when the newest key is at least `every` old, and answers the
+    /// new key's id; `None` when it was not due. Replicas looking at once
+    /// publish one key between them: the look and the rotation are one
+    /// transaction, under a lock they share.
+    pub async fn rotate_when_older_than(
+        &self,
+        every: Duration,
+    ) -> Result<Option<String>, AuthError> {
+        self.rotate_unless_newer_than(Some(every)).await
+    }
+
+    async fn rotate_unless_newer_than(
+        &self,
+        every: Option<Duration>,
+    ) -> Result<Option<String>, AuthError> {
         let now = self.clock.now();
         let signs_from = now + self.cache_ttl;
-        let kid = self.insert_new(now, signs_from).await?;
+        let row = self.new_row(now, signs_from)?;
+        let kid = row.kid.clone();
         let retire_at = (signs_from + self.access_ttl + RETIRE_MARGIN).naive_utc();
         let keep = kid.clone();
         let event = crate::events::auth::KEY_ROTATED.row(
@@ -169,9 +198,22 @@ impl KeyRing {
                 signs_from_unix_ms: signs_from.timestamp_millis(),
             },
         );
-        self.db
+        let rotated = self
+            .db
             .run(move |c| {
                 c.transaction(|c| {
+                    lock_rotation(c)?;
+                    if let Some(every) = every {
+                        let newest: Option<NaiveDateTime> = signing_keys::table
+                            .select(diesel::dsl::max(signing_keys::created_at))
+                            .first(c)?;
+                        if newest.is_some_and(|at| now.naive_utc() - at < every) {
+                            return Ok(false);
+                        }
+                    }
+                    diesel::insert_into(signing_keys::table)
+                        .values(&row)
+                        .execute(c)?;
                     diesel::update(
                         signing_keys::table
                             .filter(signing_keys::kid.ne(keep))
@@ -179,41 +221,31 @@ impl KeyRing {
                     )
                     .set(signing_keys::published_until.eq(Some(retire_at)))
                     .execute(c)?;
-                    outbox::enqueue(c, &event, now)
+                    outbox::enqueue(c, &event, now)?;
+                    Ok::<_, AuthError>(true)
                 })
-                .map_err(AuthError::from)
             })
             .await?;
+        if !rotated {
+            return Ok(None);
+        }
         tracing::info!(kid = %kid, signs_from = %signs_from, "signing key rotated");
         self.rotate_id_token_keys().await?;
-        Ok(kid)
+        Ok(Some(kid))
     }
 
-    async fn insert_new(
-        &self,
-        now: DateTime<Utc>,
-        signs_from: DateTime<Utc>,
-    ) -> Result<String, AuthError> {
+    /// A new key pair's row, its secret half sealed.
+    fn new_row(&self, now: DateTime<Utc>, signs_from: DateTime<Utc>) -> Result<KeyRow, AuthError> {
         let pair =
             AsymmetricKeyPair::<V4>::generate().map_err(|e| AuthError::Internal(e.to_string()))?;
-        let kid = key_id_of(&pair.public);
-        let row = KeyRow {
-            kid: kid.clone(),
+        Ok(KeyRow {
+            kid: key_id_of(&pair.public),
             public_key: public_key_paserk(&pair.public),
             secret_key_enc: self.kek.seal(pair.secret.as_bytes())?,
             created_at: now.naive_utc(),
             signs_from: signs_from.naive_utc(),
             published_until: None,
-        };
-        self.db
-            .run(move |c| {
-                diesel::insert_into(signing_keys::table)
-                    .values(&row)
-                    .execute(c)
-                    .map_err(AuthError::from)
-            })
-            .await?;
-        Ok(kid)
+        })
     }
 
     /// The key to sign with now: the newest one whose `signs_from` has come.
@@ -291,18 +323,21 @@ impl KeyRing {
             })
             .await
     }
+}
 
-    /// When the newest key was made.
-    pub async fn newest_created(&self) -> Result<Option<DateTime<Utc>>, AuthError> {
-        self.db
-            .run(|c| {
-                signing_keys::table
-                    .select(diesel::dsl::max(signing_keys::created_at))
-                    .first::<Option<NaiveDateTime>>(c)
-                    .map(|t| t.map(|t| t.and_utc()))
-                    .map_err(AuthError::from)
-            })
-            .await
+/// Takes, for the rest of the transaction, the lock that lets one auth
+/// replica at a time make or rotate keys. SQLite needs none: one writer at
+/// a time, and a transaction that read before another's write cannot write
+/// after it.
+fn lock_rotation(conn: &mut crate::kernel::db::DbConnection) -> QueryResult<()> {
+    match conn {
+        #[cfg(feature = "postgres")]
+        crate::kernel::db::DbConnection::Pg(pg) => {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(72616304)").execute(pg)?;
+            Ok(())
+        }
+        #[cfg(feature = "sqlite")]
+        crate::kernel::db::DbConnection::Sqlite(_) => Ok(()),
     }
 }
 

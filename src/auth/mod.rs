@@ -33,7 +33,6 @@ use service::Auth;
 
 use crate::kernel::ServiceContext;
 use crate::kernel::bus::Unhandled;
-use crate::kernel::clock::Clock;
 use crate::kernel::db::Db;
 use crate::kernel::http::server::{self, Running};
 use crate::kernel::outbox;
@@ -172,7 +171,6 @@ async fn consume_identity_events(
 fn rotation_schedule(ctx: &ServiceContext, ring: KeyRing, every_secs: u64) -> JoinHandle<()> {
     let look_every = Duration::from_secs((every_secs / 10).clamp(1, 60));
     let shutdown = ctx.shutdown.clone();
-    let clock: Arc<dyn Clock> = ctx.clock.clone();
     let every = chrono::Duration::seconds(i64::try_from(every_secs).unwrap_or(i64::MAX / 1000));
     tokio::spawn(async move {
         loop {
@@ -180,16 +178,8 @@ fn rotation_schedule(ctx: &ServiceContext, ring: KeyRing, every_secs: u64) -> Jo
                 () = tokio::time::sleep(look_every) => {},
                 () = shutdown.cancelled() => break,
             }
-            match ring.newest_created().await {
-                Ok(Some(at)) if clock.now() - at >= every => {
-                    if let Err(e) = ring.rotate().await {
-                        tracing::warn!(error = %e, "scheduled key rotation failed");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read signing keys for the rotation schedule")
-                }
+            if let Err(e) = ring.rotate_when_older_than(every).await {
+                tracing::warn!(error = %e, "scheduled key rotation failed");
             }
         }
     })

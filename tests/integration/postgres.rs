@@ -208,3 +208,80 @@ async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
         "a session opened by a login under way outlived the reset"
     );
 }
+
+#[tokio::test]
+async fn auth_replicas_looking_at_once_publish_one_key_between_them() {
+    use gatehouse::auth::keys::{Kek, KeyRing};
+    let app = TestApp::start().await;
+    let ring = || async {
+        let db = gatehouse::auth::open_db(&app.ctx.database, &app.ctx.data_dir)
+            .await
+            .unwrap();
+        let kek = Kek::load("", &app.ctx.data_dir).unwrap();
+        KeyRing::new(
+            db,
+            kek,
+            app.ctx.clock.clone(),
+            chrono::Duration::seconds(300),
+            chrono::Duration::seconds(900),
+        )
+    };
+    let (first, second) = (ring().await, ring().await);
+    let url = app.ctx.database.url.clone();
+    let keys = move || {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query("SELECT count(*) AS n FROM auth.signing_keys")
+            .get_result::<Count>(&mut conn)
+            .unwrap()
+            .n
+    };
+    let count = keys.clone();
+    let before = tokio::task::spawn_blocking(move || count()).await.unwrap();
+    // The key is a day old. The key table is held against writes while
+    // both replicas look, so that both look before either has written its
+    // key: the widest window.
+    app.clock.advance(chrono::Duration::days(1));
+    let url = app.ctx.database.url.clone();
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
+        diesel::sql_query("LOCK TABLE auth.signing_keys IN SHARE MODE")
+            .execute(&mut conn)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        held.recv().unwrap();
+        diesel::sql_query("COMMIT").execute(&mut conn).unwrap();
+    });
+    locked.await.unwrap();
+    let every = chrono::Duration::hours(1);
+    let (a, b) = (first.clone(), second.clone());
+    let looks = [
+        tokio::spawn(async move { a.rotate_when_older_than(every).await.unwrap() }),
+        tokio::spawn(async move { b.rotate_when_older_than(every).await.unwrap() }),
+    ];
+    let watch_url = app.ctx.database.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut watch = diesel::PgConnection::establish(&watch_url).unwrap();
+        await_waiters(&mut watch, 2);
+    })
+    .await
+    .unwrap();
+    hold.send(()).unwrap();
+    holder.join().unwrap();
+    let mut rotated = Vec::new();
+    for look in looks {
+        rotated.extend(look.await.unwrap());
+    }
+    assert_eq!(rotated.len(), 1, "one of the two rotates: {rotated:?}");
+    let after = tokio::task::spawn_blocking(move || keys()).await.unwrap();
+    assert_eq!(after, before + 1);
+    // The next look, within the hour, finds the new key young enough.
+    assert_eq!(first.rotate_when_older_than(every).await.unwrap(), None);
+}
