@@ -30,6 +30,18 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
         .await
 }
 
+/// Logs the session of `token` out at auth.
+async fn logout(app: &TestApp, token: &str) -> reqwest::Response {
+    app.with_token(
+        Method::POST,
+        format!("{}/v1/auth/logout", app.auth_base),
+        token,
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
 /// Polls `/v1/users/me` until it answers `status`, for at most `within`.
 async fn me_becomes(
     app: &TestApp,
@@ -287,15 +299,7 @@ async fn logout_stops_the_access_token_within_a_second() {
     let pair = signed_up(&app, "out@example.org").await;
     let token = access(&pair);
     assert_eq!(app.me(&token).await.status(), 200);
-    let r = app
-        .with_token(
-            Method::POST,
-            format!("{}/v1/auth/logout", app.auth_base),
-            &token,
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&app, &token).await;
     assert_eq!(r.status(), 204);
     let r = me_becomes(&app, &token, 401, StdDuration::from_secs(1)).await;
     assert!(
@@ -308,15 +312,7 @@ async fn logout_stops_the_access_token_within_a_second() {
     let r = refresh(&app, &refresh_token(&pair)).await;
     assert_problem(r, 401, "invalid_refresh_token").await;
     // Logging out again with the dead token is refused.
-    let r = app
-        .with_token(
-            Method::POST,
-            format!("{}/v1/auth/logout", app.auth_base),
-            &token,
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&app, &token).await;
     assert_problem(r, 401, "session_revoked").await;
 }
 
@@ -331,15 +327,7 @@ async fn on_the_outbox_bus_each_service_pulls_events_as_itself_and_as_no_other()
     let pair = signed_up(&app, "outbox@example.org").await;
     let token = access(&pair);
     assert_eq!(app.me(&token).await.status(), 200);
-    let r = app
-        .with_token(
-            Method::POST,
-            format!("{}/v1/auth/logout", app.auth_base),
-            &token,
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&app, &token).await;
     assert_eq!(r.status(), 204);
     let r = me_becomes(&app, &token, 401, StdDuration::from_secs(5)).await;
     assert_problem(r, 401, "session_revoked").await;
@@ -805,15 +793,7 @@ async fn a_verifier_started_after_a_logout_still_refuses_the_session() {
     let app = TestApp::start().await;
     let ended = access(&signed_up(&app, "gone@example.org").await);
     let live = access(&signed_up(&app, "here@example.org").await);
-    let r = app
-        .with_token(
-            Method::POST,
-            format!("{}/v1/auth/logout", app.auth_base),
-            &ended,
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&app, &ended).await;
     assert_eq!(r.status(), 204);
 
     let (late, _task) = TokenCheck::for_service(&app.ctx, "late-verifier")

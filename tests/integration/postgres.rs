@@ -95,29 +95,48 @@ fn await_waiters(conn: &mut diesel::PgConnection, n: i64) {
     }
 }
 
+/// A table of the app's database locked by a transaction of its own,
+/// until released.
+struct Held {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl Held {
+    /// Locks `table` in `mode` (`SHARE`, `ACCESS EXCLUSIVE`, ...).
+    async fn table(app: &TestApp, table: &str, mode: &str) -> Held {
+        let url = app.ctx.database.url.clone();
+        let lock = format!("LOCK TABLE {table} IN {mode} MODE");
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let holder = std::thread::spawn(move || {
+            let mut conn = diesel::PgConnection::establish(&url).unwrap();
+            diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
+            diesel::sql_query(lock).execute(&mut conn).unwrap();
+            locked_tx.send(()).unwrap();
+            released.recv().unwrap();
+            diesel::sql_query("COMMIT").execute(&mut conn).unwrap();
+        });
+        locked.await.unwrap();
+        Held { release, holder }
+    }
+
+    fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
     use prost::Message;
     let app = TestApp::start().await;
     let user = app.register("window@example.org").await;
     let user_id = user["id"].as_str().unwrap().to_owned();
-    let url = app.ctx.database.url.clone();
     // Holds the mark's table, so that the login stops at its read of the
     // mark, its session written but not committed, and the revocation
     // stops where it writes the mark: the narrowest window, held open.
-    let (hold, held) = std::sync::mpsc::channel::<()>();
-    let (locked_tx, locked) = tokio::sync::oneshot::channel();
-    let holder = std::thread::spawn(move || {
-        let mut conn = diesel::PgConnection::establish(&url).unwrap();
-        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
-        diesel::sql_query("LOCK TABLE auth.user_revocations IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut conn)
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        held.recv().unwrap();
-        diesel::sql_query("COMMIT").execute(&mut conn).unwrap();
-    });
-    locked.await.unwrap();
+    let held = Held::table(&app, "auth.user_revocations", "ACCESS EXCLUSIVE").await;
     let watch_url = app.ctx.database.url.clone();
     let mut watch =
         tokio::task::spawn_blocking(move || diesel::PgConnection::establish(&watch_url).unwrap())
@@ -164,8 +183,7 @@ async fn a_login_under_way_while_all_sessions_end_leaves_no_live_session() {
     })
     .await
     .unwrap();
-    hold.send(()).unwrap();
-    holder.join().unwrap();
+    held.release();
     let status = login.await.unwrap();
     assert!(status == 200 || status == 401, "{status}");
     // Once the reset is handled, no session of the user is live.
@@ -241,25 +259,12 @@ async fn auth_replicas_looking_at_once_publish_one_key_between_them() {
             .n
     };
     let count = keys.clone();
-    let before = tokio::task::spawn_blocking(move || count()).await.unwrap();
+    let before = tokio::task::spawn_blocking(count).await.unwrap();
     // The key is a day old. The key table is held against writes while
     // both replicas look, so that both look before either has written its
     // key: the widest window.
     app.clock.advance(chrono::Duration::days(1));
-    let url = app.ctx.database.url.clone();
-    let (hold, held) = std::sync::mpsc::channel::<()>();
-    let (locked_tx, locked) = tokio::sync::oneshot::channel();
-    let holder = std::thread::spawn(move || {
-        let mut conn = diesel::PgConnection::establish(&url).unwrap();
-        diesel::sql_query("BEGIN").execute(&mut conn).unwrap();
-        diesel::sql_query("LOCK TABLE auth.signing_keys IN SHARE MODE")
-            .execute(&mut conn)
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        held.recv().unwrap();
-        diesel::sql_query("COMMIT").execute(&mut conn).unwrap();
-    });
-    locked.await.unwrap();
+    let held = Held::table(&app, "auth.signing_keys", "SHARE").await;
     let every = chrono::Duration::hours(1);
     let (a, b) = (first.clone(), second.clone());
     let looks = [
@@ -273,14 +278,13 @@ async fn auth_replicas_looking_at_once_publish_one_key_between_them() {
     })
     .await
     .unwrap();
-    hold.send(()).unwrap();
-    holder.join().unwrap();
+    held.release();
     let mut rotated = Vec::new();
     for look in looks {
         rotated.extend(look.await.unwrap());
     }
     assert_eq!(rotated.len(), 1, "one of the two rotates: {rotated:?}");
-    let after = tokio::task::spawn_blocking(move || keys()).await.unwrap();
+    let after = tokio::task::spawn_blocking(keys).await.unwrap();
     assert_eq!(after, before + 1);
     // The next look, within the hour, finds the new key young enough.
     assert_eq!(first.rotate_when_older_than(every).await.unwrap(), None);
