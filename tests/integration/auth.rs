@@ -327,6 +327,29 @@ async fn on_the_outbox_bus_each_service_pulls_events_as_itself_and_as_no_other()
     let pair = signed_up(&app, "outbox@example.org").await;
     let token = access(&pair);
     assert_eq!(app.me(&token).await.status(), 200);
+    // Identity reads auth's events from the moment its stream opens: its
+    // lag is known from the stream's first message.
+    let opened = "gatehouse_bus_consumer_lag{consumer=\"identity\",source=\"auth\"}";
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    loop {
+        let metrics = app
+            .http
+            .get(format!("{}/metrics", app.ops_base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(opened) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "identity's stream of auth's events never opened"
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
     let r = logout(&app, &token).await;
     assert_eq!(r.status(), 204);
     let r = me_becomes(&app, &token, 401, StdDuration::from_secs(5)).await;
