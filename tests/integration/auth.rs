@@ -332,16 +332,7 @@ async fn on_the_outbox_bus_each_service_pulls_events_as_itself_and_as_no_other()
     let opened = "gatehouse_bus_consumer_lag{consumer=\"identity\",source=\"auth\"}";
     let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
     loop {
-        let metrics = app
-            .http
-            .get(format!("{}/metrics", app.ops_base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains(opened) {
+        if app.metrics().await.contains(opened) {
             break;
         }
         assert!(
